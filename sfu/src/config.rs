@@ -1,0 +1,55 @@
+//! Media node settings, with the defaults a laptop run needs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// UDP address every peer's media arrives on.
+    pub bind: SocketAddr,
+    /// Addresses announced as ICE host candidates. Empty: the bind address, or
+    /// 127.0.0.1 when bound to an unspecified address.
+    pub public_ips: Vec<IpAddr>,
+    /// Forwarding threads; a room lives on one. 0 means one per core.
+    pub shards: usize,
+    /// A connected session that receives nothing for this long is ended.
+    pub ice_timeout: Duration,
+    /// A session that has not connected this long after joining is ended.
+    pub connect_timeout: Duration,
+    /// At most one keyframe request per published track in this interval.
+    pub keyframe_request_interval: Duration,
+    /// Packets kept per outgoing video stream to answer NACKs.
+    pub nack_cache_packets: usize,
+    pub max_participants_per_room: usize,
+    /// Datagrams queued per shard before new ones are dropped.
+    pub shard_queue: usize,
+    /// Events queued per session for its signaling connection.
+    pub session_event_queue: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            public_ips: Vec::new(),
+            shards: 0,
+            ice_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(30),
+            keyframe_request_interval: Duration::from_millis(500),
+            nack_cache_packets: 1024,
+            max_participants_per_room: 300,
+            shard_queue: 16_384,
+            session_event_queue: 1024,
+        }
+    }
+}
+
+impl MediaConfig {
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The forwarding core: pure logic that decides what each subscriber receives and how
+//! its outgoing RTP is numbered. No sockets, no clocks: time comes in as arguments.
+
+pub mod keyframe;
+pub mod rewrite;
+
+pub use keyframe::{KeyframeThrottle, VideoCodec, starts_keyframe};
+pub use rewrite::{RtpRewriter, Rewritten, SeqExtender};

@@ -1,0 +1,19 @@
+//! Huiyi's media plane: WebRTC sessions (str0m, ICE-lite, one UDP port), rooms, and
+//! selective forwarding of RTP between participants.
+
+pub mod api;
+pub mod config;
+pub mod demux;
+pub mod forward;
+pub mod metrics;
+mod node;
+mod room;
+mod shard;
+
+pub use api::{
+    JoinRequest, Joined, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent, SessionHandle,
+    SessionId, TrackInfo, TrackKind, TrackSource,
+};
+pub use config::MediaConfig;
+pub use node::MediaNode;
+pub use shard::random_id;

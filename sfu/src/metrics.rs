@@ -1,0 +1,66 @@
+//! Prometheus metrics of the media plane, registered into the process registry.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct SfuMetrics {
+    pub rooms: IntGauge,
+    pub participants: IntGauge,
+    pub tracks: IntGauge,
+    pub packets_in: IntCounter,
+    pub bytes_in: IntCounter,
+    pub packets_out: IntCounter,
+    pub bytes_out: IntCounter,
+    pub rtp_forwarded: IntCounter,
+    pub nacks: IntCounter,
+    pub keyframe_requests: IntCounterVec,
+    pub dropped_datagrams: IntCounterVec,
+    pub dropped_events: IntCounter,
+    pub sessions_ended: IntCounterVec,
+}
+
+impl SfuMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric name");
+            registry.register(Box::new(g.clone())).expect("register metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric name");
+            registry.register(Box::new(c.clone())).expect("register metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric name");
+            registry.register(Box::new(c.clone())).expect("register metric");
+            c
+        };
+        Self {
+            rooms: gauge("huiyi_rooms", "Rooms with at least one participant on this media node"),
+            participants: gauge("huiyi_participants", "Participants with a media session"),
+            tracks: gauge("huiyi_tracks", "Published tracks"),
+            packets_in: counter("huiyi_udp_packets_in_total", "Datagrams received on the media port"),
+            bytes_in: counter("huiyi_udp_bytes_in_total", "Bytes received on the media port"),
+            packets_out: counter("huiyi_udp_packets_out_total", "Datagrams sent from the media port"),
+            bytes_out: counter("huiyi_udp_bytes_out_total", "Bytes sent from the media port"),
+            rtp_forwarded: counter("huiyi_rtp_forwarded_total", "RTP packets written to subscribers"),
+            nacks: counter("huiyi_nacks_received_total", "NACKs received from subscribers"),
+            keyframe_requests: counter_vec(
+                "huiyi_keyframe_requests_total",
+                "Keyframe requests: from subscribers (received) and to publishers (sent, after throttling)",
+                &["direction"],
+            ),
+            dropped_datagrams: counter_vec(
+                "huiyi_dropped_datagrams_total",
+                "Datagrams dropped before reaching a session, by reason",
+                &["reason"],
+            ),
+            dropped_events: counter(
+                "huiyi_dropped_session_events_total",
+                "Session events not delivered because a signaling connection fell behind",
+            ),
+            sessions_ended: counter_vec("huiyi_sessions_ended_total", "Sessions ended, by reason", &["reason"]),
+        }
+    }
+}

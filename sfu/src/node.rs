@@ -1,0 +1,179 @@
+//! The media node: binds the one UDP port, starts the shards and the receive thread,
+//! places rooms on shards and admits participants.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use prometheus::Registry;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use crate::api::{JoinRequest, Joined, MediaError, SessionHandle};
+use crate::config::MediaConfig;
+use crate::demux::{RouteTable, Unroutable};
+use crate::metrics::SfuMetrics;
+use crate::shard::{Shard, ShardInput, ShardParts, ShardSender};
+
+/// Largest datagram we accept; anything longer is not WebRTC media.
+const MAX_DATAGRAM: usize = 2048;
+
+pub struct MediaNode {
+    shards: Vec<ShardSender>,
+    room_placement: Arc<DashMap<String, usize>>,
+    local_addr: SocketAddr,
+    config: MediaConfig,
+    stopping: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl MediaNode {
+    pub fn start(config: MediaConfig, registry: &Registry) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(config.bind)?;
+        let local_addr = socket.local_addr()?;
+        // Wake the receive thread now and then so it notices shutdown.
+        socket.set_read_timeout(Some(Duration::from_millis(250)))?;
+        let socket = Arc::new(socket);
+        let candidates = candidate_addrs(&config, local_addr);
+        let metrics = SfuMetrics::new(registry);
+        let routes = Arc::new(RouteTable::default());
+        let room_placement = Arc::new(DashMap::new());
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let mut shards = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..config.shard_count() {
+            let (tx, rx) = sync_channel(config.shard_queue);
+            let load = Arc::new(AtomicUsize::new(0));
+            let shard = Shard::new(ShardParts {
+                index,
+                config: config.clone(),
+                socket: socket.clone(),
+                candidates: candidates.clone(),
+                routes: routes.clone(),
+                room_placement: room_placement.clone(),
+                load: load.clone(),
+                metrics: metrics.clone(),
+            })?;
+            threads.push(std::thread::Builder::new().name(format!("huiyi-shard-{index}")).spawn(move || shard.run(rx))?);
+            shards.push(ShardSender { tx, sessions: load });
+        }
+
+        let receiver = {
+            let socket = socket.clone();
+            let shards = shards.clone();
+            let stopping = stopping.clone();
+            std::thread::Builder::new()
+                .name("huiyi-udp-recv".into())
+                .spawn(move || receive_loop(&socket, &routes, &shards, &metrics, &stopping))?
+        };
+        threads.push(receiver);
+        info!(%local_addr, candidates = ?candidates, shards = shards.len(), "media node listening");
+        Ok(Self { shards, room_placement, local_addr, config, stopping, threads })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn config(&self) -> &MediaConfig {
+        &self.config
+    }
+
+    /// Admit a participant to a room (created on first join) on this node.
+    pub async fn join(&self, request: JoinRequest) -> Result<Joined, MediaError> {
+        let index = *self.room_placement.entry(request.room.clone()).or_insert_with(|| self.least_loaded_shard());
+        let shard = self.shards[index].clone();
+        let (events_tx, events) = mpsc::channel(self.config.session_event_queue);
+        let (reply, answer) = oneshot::channel();
+        shard.command(ShardInput::Join { request, events: events_tx, reply })?;
+        let (id, others) = answer.await.map_err(|_| MediaError::ShuttingDown)??;
+        Ok(Joined { session: SessionHandle { id, shard, left: false }, others, events })
+    }
+
+    fn least_loaded_shard(&self) -> usize {
+        (0..self.shards.len()).min_by_key(|i| self.shards[*i].sessions.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Stop every shard: sessions end with `RoomClosed`.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        for shard in &self.shards {
+            shard.command_blocking_ok(ShardInput::Shutdown);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MediaNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn candidate_addrs(config: &MediaConfig, local: SocketAddr) -> Vec<SocketAddr> {
+    if !config.public_ips.is_empty() {
+        return config.public_ips.iter().map(|ip| SocketAddr::new(*ip, local.port())).collect();
+    }
+    if local.ip().is_unspecified() {
+        // Nothing better known: loopback works for a laptop; deployments set public_ips.
+        return vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), local.port())];
+    }
+    vec![local]
+}
+
+fn receive_loop(
+    socket: &UdpSocket,
+    routes: &RouteTable,
+    shards: &[ShardSender],
+    metrics: &SfuMetrics,
+    stopping: &AtomicBool,
+) {
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let dropped = |reason: &str| metrics.dropped_datagrams.with_label_values(&[reason]).inc();
+    while !stopping.load(Ordering::Relaxed) {
+        let (len, source) = match socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => {
+                // ICMP port-unreachable from a vanished peer surfaces here on Linux.
+                debug!(error = %e, "media socket receive error");
+                continue;
+            }
+        };
+        metrics.packets_in.inc();
+        metrics.bytes_in.inc_by(len as u64);
+        if len > MAX_DATAGRAM {
+            dropped("oversized");
+            continue;
+        }
+        let datagram = &buf[..len];
+        let shard = match routes.route(source, datagram) {
+            Ok(s) => s,
+            Err(Unroutable::UnknownSource) => {
+                dropped("unknown_source");
+                continue;
+            }
+            Err(Unroutable::UnknownUfrag) => {
+                dropped("unknown_ufrag");
+                continue;
+            }
+        };
+        let input = ShardInput::Datagram { source, data: datagram.to_vec(), at: Instant::now() };
+        match shards[shard].tx.try_send(input) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => dropped("queue_full"),
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+}

@@ -1,0 +1,927 @@
+//! A shard: one thread that owns a set of rooms and every session in them. It is fed
+//! datagrams and commands through one bounded queue, drives each session's str0m `Rtc`,
+//! and forwards RTP between sessions of a room. No task or thread per peer.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::{Codec, CodecSpec};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::api::{
+    JoinReply, JoinRequest, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent, SessionId,
+    TrackInfo, TrackKind, TrackSource,
+};
+use crate::config::MediaConfig;
+use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
+use crate::forward::{RtpRewriter, VideoCodec, starts_keyframe};
+use crate::metrics::SfuMetrics;
+use crate::room::{Member, Publication, PublicationKey, Room};
+
+const HOUSEKEEPING: Duration = Duration::from_millis(200);
+const MAX_INPUTS_PER_TURN: usize = 512;
+
+pub(crate) enum ShardInput {
+    Datagram { source: SocketAddr, data: Vec<u8>, at: Instant },
+    Join { request: JoinRequest, events: mpsc::Sender<SessionEvent>, reply: JoinReply },
+    Offer { session: SessionId, sdp: String, tracks: Vec<(String, TrackSource)> },
+    Answer { session: SessionId, sdp: String },
+    Candidate { session: SessionId, candidate: String },
+    Mute { session: SessionId, track_id: String, muted: bool },
+    Leave { session: SessionId, reason: LeaveReason },
+    Shutdown,
+}
+
+/// The queue into a shard, plus its load for placement.
+#[derive(Clone)]
+pub(crate) struct ShardSender {
+    pub tx: SyncSender<ShardInput>,
+    pub sessions: Arc<AtomicUsize>,
+}
+
+impl ShardSender {
+    pub fn command(&self, input: ShardInput) -> Result<(), MediaError> {
+        self.tx.try_send(input).map_err(|e| match e {
+            TrySendError::Full(_) => MediaError::Overloaded,
+            TrySendError::Disconnected(_) => MediaError::ShuttingDown,
+        })
+    }
+
+    /// For messages that must not be lost (a session ending): waits for room in the queue.
+    pub fn command_blocking_ok(&self, input: ShardInput) {
+        let _ = self.tx.send(input);
+    }
+}
+
+/// One outgoing track to one peer.
+struct Subscription {
+    publication: PublicationKey,
+    kind: TrackKind,
+    /// True once the peer answered the offer that added it.
+    active: bool,
+    tx_ssrc: Option<Ssrc>,
+    rewriter: RtpRewriter,
+    /// Source payload type and the peer's payload type for the same codec.
+    pt_map: Option<(u8, str0m::media::Pt)>,
+    /// Video waits for a keyframe before the first packet (and after a source change).
+    needs_keyframe: bool,
+}
+
+struct Session {
+    room: String,
+    participant_id: String,
+    can_publish: bool,
+    can_subscribe: bool,
+    rtc: Rtc,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    events: mpsc::Sender<SessionEvent>,
+    pending_offer: Option<SdpPendingOffer>,
+    /// The client's first offer was answered: the transport exists and we may offer.
+    negotiated: bool,
+    /// Publications to add to the next server offer, and our mids to stop.
+    to_add: Vec<PublicationKey>,
+    to_stop: Vec<Mid>,
+    /// Sources the client named for its mids in its last offer.
+    sources: HashMap<Mid, TrackSource>,
+    /// Tracks published in the offer being answered.
+    newly_published: Vec<PublishedTrack>,
+    published: HashMap<Mid, String>,
+    rx_mid: HashMap<Ssrc, Mid>,
+    subscriptions: HashMap<Mid, Subscription>,
+    nacks_seen: HashMap<Mid, u64>,
+    created: Instant,
+    last_rx: Instant,
+    connected: bool,
+    timeout: Instant,
+}
+
+impl Session {
+    fn emit(&self, event: SessionEvent, metrics: &SfuMetrics) {
+        if self.events.try_send(event).is_err() {
+            metrics.dropped_events.inc();
+            debug!(participant = %self.participant_id, "session event queue full or closed");
+        }
+    }
+}
+
+pub(crate) struct Shard {
+    index: usize,
+    config: MediaConfig,
+    socket: Arc<UdpSocket>,
+    local_addr: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    routes: Arc<RouteTable>,
+    room_placement: Arc<DashMap<String, usize>>,
+    load: Arc<AtomicUsize>,
+    metrics: SfuMetrics,
+    sessions: HashMap<SessionId, Session>,
+    by_addr: HashMap<SocketAddr, SessionId>,
+    by_ufrag: HashMap<String, SessionId>,
+    rooms: HashMap<String, Room>,
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    dirty: Vec<SessionId>,
+    next_session: SessionId,
+}
+
+pub(crate) struct ShardParts {
+    pub index: usize,
+    pub config: MediaConfig,
+    pub socket: Arc<UdpSocket>,
+    pub candidates: Vec<SocketAddr>,
+    pub routes: Arc<RouteTable>,
+    pub room_placement: Arc<DashMap<String, usize>>,
+    pub load: Arc<AtomicUsize>,
+    pub metrics: SfuMetrics,
+}
+
+impl Shard {
+    pub fn new(parts: ShardParts) -> std::io::Result<Self> {
+        let local_addr = parts.socket.local_addr()?;
+        Ok(Self {
+            index: parts.index,
+            config: parts.config,
+            socket: parts.socket,
+            local_addr,
+            candidates: parts.candidates,
+            routes: parts.routes,
+            room_placement: parts.room_placement,
+            load: parts.load,
+            metrics: parts.metrics,
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            rooms: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            // Session ids carry the shard index in the low bits so they are unique per node.
+            next_session: 1,
+        })
+    }
+
+    pub fn run(mut self, rx: Receiver<ShardInput>) {
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        loop {
+            let now = Instant::now();
+            let deadline = self.next_deadline().min(next_housekeeping);
+            match rx.recv_timeout(deadline.saturating_duration_since(now)) {
+                Ok(ShardInput::Shutdown) => break,
+                Ok(input) => {
+                    self.handle(input);
+                    for _ in 0..MAX_INPUTS_PER_TURN {
+                        match rx.try_recv() {
+                            Ok(ShardInput::Shutdown) => return self.shutdown(),
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            self.run_timers(now);
+            if now >= next_housekeeping {
+                self.housekeeping(now);
+                next_housekeeping = now + HOUSEKEEPING;
+            }
+            self.flush_dirty();
+        }
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.end_session(id, LeaveReason::RoomClosed);
+        }
+    }
+
+    fn next_deadline(&mut self) -> Instant {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            match self.sessions.get(&id) {
+                Some(s) if s.timeout == at => return at,
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        Instant::now() + HOUSEKEEPING
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get_mut(&id) else { continue };
+            if session.timeout != at {
+                continue;
+            }
+            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
+                debug!(error = %e, "timeout input failed");
+            }
+            self.drain(id);
+        }
+    }
+
+    fn handle(&mut self, input: ShardInput) {
+        match input {
+            ShardInput::Datagram { source, data, at } => self.handle_datagram(source, &data, at),
+            ShardInput::Join { request, events, reply } => {
+                let _ = reply.send(self.join(request, events));
+            }
+            ShardInput::Offer { session, sdp, tracks } => self.handle_offer(session, &sdp, tracks),
+            ShardInput::Answer { session, sdp } => self.handle_answer(session, &sdp),
+            ShardInput::Candidate { session, candidate } => self.handle_candidate(session, &candidate),
+            ShardInput::Mute { session, track_id, muted } => self.handle_mute(session, &track_id, muted),
+            ShardInput::Leave { session, reason } => self.end_session(session, reason),
+            ShardInput::Shutdown => {}
+        }
+        self.flush_dirty();
+    }
+
+    fn join(
+        &mut self,
+        request: JoinRequest,
+        events: mpsc::Sender<SessionEvent>,
+    ) -> Result<(SessionId, Vec<ParticipantInfo>), MediaError> {
+        let now = Instant::now();
+        if let Some(room) = self.rooms.get(&request.room)
+            && room.members.len() >= self.config.max_participants_per_room
+        {
+            return Err(MediaError::RoomFull(self.config.max_participants_per_room));
+        }
+        let id = (self.next_session << 8) | self.index as u64;
+        self.next_session += 1;
+
+        let creds = IceCreds::new();
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_local_ice_credentials(creds.clone())
+            .set_send_buffer_video(self.config.nack_cache_packets)
+            .set_stats_interval(Some(Duration::from_secs(5)))
+            .build(now);
+        for addr in &self.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "unusable host candidate"),
+            }
+        }
+        self.routes.add_ufrag(&creds.ufrag, self.index);
+        self.by_ufrag.insert(creds.ufrag.clone(), id);
+
+        let room = self
+            .rooms
+            .entry(request.room.clone())
+            .or_insert_with(|| {
+                self.metrics.rooms.inc();
+                Room::new(request.room.clone())
+            });
+        self.room_placement.insert(request.room.clone(), self.index);
+        let others: Vec<ParticipantInfo> = room.members.iter().map(|m| room.participant_info(m)).collect();
+        let member = Member {
+            session: id,
+            participant_id: request.participant_id.clone(),
+            identity: request.identity.clone(),
+            name: request.name.clone(),
+        };
+        let me = room.participant_info(&member);
+        room.members.push(member);
+        let member_ids: Vec<SessionId> = room.others(id).collect();
+        for other in member_ids {
+            if let Some(s) = self.sessions.get(&other) {
+                s.emit(SessionEvent::ParticipantJoined(me.clone()), &self.metrics);
+            }
+        }
+
+        self.sessions.insert(
+            id,
+            Session {
+                room: request.room,
+                participant_id: request.participant_id,
+                can_publish: request.can_publish,
+                can_subscribe: request.can_subscribe,
+                rtc,
+                ufrag: creds.ufrag,
+                addrs: Vec::new(),
+                events,
+                pending_offer: None,
+                negotiated: false,
+                to_add: Vec::new(),
+                to_stop: Vec::new(),
+                sources: HashMap::new(),
+                newly_published: Vec::new(),
+                published: HashMap::new(),
+                rx_mid: HashMap::new(),
+                subscriptions: HashMap::new(),
+                nacks_seen: HashMap::new(),
+                created: now,
+                last_rx: now,
+                connected: false,
+                timeout: now,
+            },
+        );
+        self.load.fetch_add(1, Ordering::Relaxed);
+        self.metrics.participants.inc();
+        self.drain(id);
+        Ok((id, others))
+    }
+
+    fn handle_datagram(&mut self, source: SocketAddr, data: &[u8], at: Instant) {
+        let id = match self.by_addr.get(&source) {
+            Some(id) => *id,
+            None => match stun_server_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
+                Some(id) => *id,
+                None => {
+                    self.metrics.dropped_datagrams.with_label_values(&["unknown_source"]).inc();
+                    return;
+                }
+            },
+        };
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let receive = match Receive::new(Protocol::Udp, source, self.local_addr, data) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.dropped_datagrams.with_label_values(&["malformed"]).inc();
+                debug!(%source, error = %e, "unparseable datagram");
+                return;
+            }
+        };
+        let input = Input::Receive(at, receive);
+        if !session.rtc.accepts(&input) {
+            self.metrics.dropped_datagrams.with_label_values(&["rejected"]).inc();
+            return;
+        }
+        if let Err(e) = session.rtc.handle_input(input) {
+            self.metrics.dropped_datagrams.with_label_values(&["session_error"]).inc();
+            debug!(%source, error = %e, "session refused datagram");
+        }
+        session.last_rx = at;
+        if !session.addrs.contains(&source) && is_stun(data) {
+            session.addrs.push(source);
+            self.by_addr.insert(source, id);
+            self.routes.add_addr(source, self.index);
+        }
+        self.drain(id);
+    }
+
+    fn handle_offer(&mut self, id: SessionId, sdp: &str, tracks: Vec<(String, TrackSource)>) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if session.pending_offer.is_some() {
+            // Glare: we are the impolite peer; the client rolls back and answers ours.
+            debug!(participant = %session.participant_id, "client offer ignored during server offer");
+            return;
+        }
+        let offer = match SdpOffer::from_sdp_string(sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                let message = format!("offer is not valid SDP: {e}");
+                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+                return;
+            }
+        };
+        session.sources = tracks.into_iter().map(|(mid, src)| (Mid::from(mid.as_str()), src)).collect();
+        session.newly_published.clear();
+        let answer = match session.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                let message = format!("offer refused: {e}");
+                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+                return;
+            }
+        };
+        let first = !session.negotiated;
+        session.negotiated = true;
+        // MediaAdded and MediaChanged events fire while draining; they fill newly_published.
+        self.drain(id);
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let published = std::mem::take(&mut session.newly_published);
+        session.emit(SessionEvent::Answer { sdp: answer.to_sdp_string(), published }, &self.metrics);
+        if first && session.can_subscribe {
+            let room = &self.rooms[&session.room];
+            session.to_add.extend(room.publications.keys().filter(|(owner, _)| *owner != id).copied());
+        }
+        self.offer_if_needed(id);
+    }
+
+    fn handle_answer(&mut self, id: SessionId, sdp: &str) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(pending) = session.pending_offer.take() else {
+            let message = "answer without an outstanding offer".to_string();
+            session.emit(SessionEvent::Error { code: "bad_request", message }, &self.metrics);
+            return;
+        };
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                session.pending_offer = Some(pending);
+                let message = format!("answer is not valid SDP: {e}");
+                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+                return;
+            }
+        };
+        if let Err(e) = session.rtc.sdp_api().accept_answer(pending, answer) {
+            let message = format!("answer refused: {e}");
+            session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+            return;
+        }
+        let mut want_keyframe = Vec::new();
+        for (mid, sub) in session.subscriptions.iter_mut() {
+            if !sub.active {
+                sub.active = true;
+                sub.tx_ssrc = session.rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
+                if sub.kind == TrackKind::Video {
+                    want_keyframe.push(sub.publication);
+                }
+            }
+        }
+        self.drain(id);
+        let now = Instant::now();
+        for key in want_keyframe {
+            self.request_keyframe(key, now);
+        }
+        self.offer_if_needed(id);
+    }
+
+    fn handle_candidate(&mut self, id: SessionId, candidate: &str) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let line = candidate.trim().trim_start_matches("a=");
+        if line.is_empty() {
+            return;
+        }
+        // ICE-lite: the peer's checks reach us regardless; candidates only help when valid.
+        match Candidate::from_sdp_string(line) {
+            Ok(c) => session.rtc.add_remote_candidate(c),
+            Err(e) => debug!(participant = %session.participant_id, error = %e, "ignored remote candidate"),
+        }
+        self.drain(id);
+    }
+
+    fn handle_mute(&mut self, id: SessionId, track_id: &str, muted: bool) {
+        let Some(session) = self.sessions.get(&id) else { return };
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let Some(publication) = room
+            .publications
+            .iter_mut()
+            .find(|((owner, _), p)| *owner == id && p.track.id == track_id)
+            .map(|(_, p)| p)
+        else {
+            let message = format!("no track {track_id} published by you");
+            session.emit(SessionEvent::Error { code: "bad_request", message }, &self.metrics);
+            return;
+        };
+        if publication.track.muted == muted {
+            return;
+        }
+        publication.track.muted = muted;
+        let event = SessionEvent::TrackMuted {
+            participant_id: session.participant_id.clone(),
+            track_id: track_id.to_string(),
+            muted,
+        };
+        for other in room.others(id) {
+            if let Some(s) = self.sessions.get(&other) {
+                s.emit(event.clone(), &self.metrics);
+            }
+        }
+    }
+
+    /// Send a server offer when tracks to receive changed and no negotiation is in flight.
+    fn offer_if_needed(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if !session.negotiated || session.pending_offer.is_some() {
+            return;
+        }
+        if session.to_add.is_empty() && session.to_stop.is_empty() {
+            return;
+        }
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let mut api = session.rtc.sdp_api();
+        for key in session.to_add.drain(..) {
+            let Some(publication) = room.publications.get_mut(&key) else { continue };
+            let kind = match publication.track.kind {
+                TrackKind::Audio => MediaKind::Audio,
+                TrackKind::Video => MediaKind::Video,
+            };
+            let mid = api.add_media(
+                kind,
+                Direction::SendOnly,
+                Some(publication.owner_participant.clone()),
+                Some(publication.track.id.clone()),
+                None,
+            );
+            let clock = if publication.track.kind == TrackKind::Audio { 48_000 } else { 90_000 };
+            publication.subscribers.push((id, mid));
+            session.subscriptions.insert(
+                mid,
+                Subscription {
+                    publication: key,
+                    kind: publication.track.kind,
+                    active: false,
+                    tx_ssrc: None,
+                    rewriter: RtpRewriter::new(clock),
+                    pt_map: None,
+                    needs_keyframe: publication.track.kind == TrackKind::Video,
+                },
+            );
+        }
+        for mid in session.to_stop.drain(..) {
+            api.stop_media(mid);
+        }
+        if let Some((offer, pending)) = api.apply() {
+            session.pending_offer = Some(pending);
+            session.emit(SessionEvent::Offer { sdp: offer.to_sdp_string() }, &self.metrics);
+        }
+        self.drain(id);
+    }
+
+    /// Drain one session's output: send datagrams, handle events, note its next timeout.
+    fn drain(&mut self, id: SessionId) {
+        loop {
+            let Some(session) = self.sessions.get_mut(&id) else { return };
+            let output = match session.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    debug!(participant = %session.participant_id, error = %e, "session failed");
+                    self.end_session(id, LeaveReason::MediaTimeout);
+                    return;
+                }
+            };
+            match output {
+                Output::Transmit(t) => {
+                    self.metrics.packets_out.inc();
+                    self.metrics.bytes_out.inc_by(t.contents.len() as u64);
+                    if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
+                        debug!(dest = %t.destination, error = %e, "send failed");
+                    }
+                }
+                Output::Timeout(at) => {
+                    if session.timeout != at {
+                        session.timeout = at;
+                        self.timers.push(Reverse((at, id)));
+                    }
+                    return;
+                }
+                Output::Event(event) => self.on_event(id, event),
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while let Some(id) = self.dirty.pop() {
+            self.drain(id);
+        }
+    }
+
+    fn on_event(&mut self, id: SessionId, event: Event) {
+        match event {
+            Event::RtpPacket(packet) => self.forward(id, packet),
+            Event::Connected => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.connected = true;
+                    info!(participant = %s.participant_id, room = %s.room, "media connected");
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.end_session(id, LeaveReason::MediaTimeout);
+            }
+            Event::MediaAdded(added) => {
+                if matches!(added.direction, Direction::RecvOnly | Direction::SendRecv) {
+                    self.publish(id, added.mid, added.kind);
+                }
+            }
+            Event::MediaChanged(changed) => {
+                let receiving = matches!(changed.direction, Direction::RecvOnly | Direction::SendRecv);
+                let published = self.sessions.get(&id).is_some_and(|s| s.published.contains_key(&changed.mid));
+                if receiving && !published {
+                    let kind = self.sessions.get(&id).and_then(|s| s.rtc.media(changed.mid)).map(|m| m.kind());
+                    if let Some(kind) = kind {
+                        self.publish(id, changed.mid, kind);
+                    }
+                } else if !receiving && published {
+                    self.unpublish(id, changed.mid);
+                }
+            }
+            Event::KeyframeRequest(request) => {
+                self.metrics.keyframe_requests.with_label_values(&["received"]).inc();
+                let key = self
+                    .sessions
+                    .get(&id)
+                    .and_then(|s| s.subscriptions.get(&request.mid))
+                    .map(|sub| sub.publication);
+                if let Some(key) = key {
+                    self.request_keyframe(key, Instant::now());
+                }
+            }
+            Event::MediaEgressStats(stats) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let seen = s.nacks_seen.entry(stats.mid).or_insert(0);
+                    self.metrics.nacks.inc_by(stats.nacks.saturating_sub(*seen));
+                    *seen = stats.nacks.max(*seen);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn publish(&mut self, id: SessionId, mid: Mid, kind: MediaKind) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if !session.can_publish {
+            let message = "this token may not publish".to_string();
+            session.emit(SessionEvent::Error { code: "forbidden", message }, &self.metrics);
+            return;
+        }
+        let kind = if kind == MediaKind::Audio { TrackKind::Audio } else { TrackKind::Video };
+        let source = session.sources.get(&mid).copied().unwrap_or(match kind {
+            TrackKind::Audio => TrackSource::Microphone,
+            TrackKind::Video => TrackSource::Camera,
+        });
+        let track = TrackInfo { id: format!("TR_{}", random_id()), kind, source, muted: false };
+        session.published.insert(mid, track.id.clone());
+        session.newly_published.push(PublishedTrack { mid: mid.to_string(), track: track.clone() });
+        let participant_id = session.participant_id.clone();
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        room.publications.insert(
+            (id, mid),
+            Publication::new(track.clone(), participant_id.clone(), self.config.keyframe_request_interval),
+        );
+        self.metrics.tracks.inc();
+        info!(participant = %participant_id, room = %room.name, track = %track.id, kind = kind.as_str(), "track published");
+        let others: Vec<SessionId> = room.others(id).collect();
+        for other in others {
+            let Some(s) = self.sessions.get_mut(&other) else { continue };
+            s.emit(
+                SessionEvent::TrackPublished { participant_id: participant_id.clone(), track: track.clone() },
+                &self.metrics,
+            );
+            if s.can_subscribe && s.negotiated {
+                s.to_add.push((id, mid));
+                self.offer_if_needed(other);
+            }
+        }
+    }
+
+    fn unpublish(&mut self, id: SessionId, mid: Mid) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        session.published.remove(&mid);
+        let participant_id = session.participant_id.clone();
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let Some(publication) = room.publications.remove(&(id, mid)) else { return };
+        self.metrics.tracks.dec();
+        let others: Vec<SessionId> = room.others(id).collect();
+        for (sub_session, sub_mid) in &publication.subscribers {
+            if let Some(s) = self.sessions.get_mut(sub_session) {
+                s.subscriptions.remove(sub_mid);
+                s.to_stop.push(*sub_mid);
+            }
+        }
+        for other in others {
+            let Some(s) = self.sessions.get_mut(&other) else { continue };
+            s.to_add.retain(|k| *k != (id, mid));
+            s.emit(
+                SessionEvent::TrackUnpublished {
+                    participant_id: participant_id.clone(),
+                    track_id: publication.track.id.clone(),
+                },
+                &self.metrics,
+            );
+            self.offer_if_needed(other);
+        }
+    }
+
+    fn request_keyframe(&mut self, key: PublicationKey, now: Instant) {
+        let Some(room) = self.sessions.get(&key.0).map(|s| s.room.clone()) else { return };
+        let Some(publication) = self.rooms.get_mut(&room).and_then(|r| r.publications.get_mut(&key)) else {
+            return;
+        };
+        let Some(ssrc) = publication.source_ssrc else { return };
+        if !publication.keyframe_throttle.request(now) {
+            return;
+        }
+        self.send_keyframe_request(key.0, ssrc);
+    }
+
+    fn send_keyframe_request(&mut self, owner: SessionId, ssrc: Ssrc) {
+        let Some(owner_session) = self.sessions.get_mut(&owner) else { return };
+        if let Some(rx) = owner_session.rtc.direct_api().stream_rx(&ssrc) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            self.metrics.keyframe_requests.with_label_values(&["sent"]).inc();
+            self.dirty.push(owner);
+        }
+    }
+
+    /// The packet path: one RTP packet from a publisher to each of its subscribers.
+    fn forward(&mut self, id: SessionId, packet: RtpPacket) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let ssrc = packet.header.ssrc;
+        let mid = match session.rx_mid.get(&ssrc) {
+            Some(mid) => *mid,
+            None => {
+                let Some(mid) = session.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else { return };
+                session.rx_mid.insert(ssrc, mid);
+                mid
+            }
+        };
+        let pt = *packet.header.payload_type;
+        if session.rtc.media(mid).is_none() {
+            return;
+        }
+        let spec_for_pt = |rtc: &Rtc| rtc.codec_config().find(|p| *p.pt() == pt).map(|p| p.spec());
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let Some(publication) = room.publications.get_mut(&(id, mid)) else { return };
+        publication.source_ssrc = Some(ssrc);
+        if publication.source_format.is_none_or(|(p, _)| p != pt) {
+            let Some(spec) = spec_for_pt(&session.rtc) else { return };
+            publication.video_codec = match spec.codec {
+                Codec::Vp8 => Some(VideoCodec::Vp8),
+                Codec::H264 => Some(VideoCodec::H264),
+                _ => None,
+            };
+            publication.source_format = Some((pt, spec));
+        }
+        let Some((_, spec)) = publication.source_format else { return };
+        let keyframe = publication.video_codec.is_some_and(|c| starts_keyframe(c, &packet.payload));
+        if keyframe {
+            publication.keyframe_throttle.keyframe_received();
+        }
+        let is_video = publication.track.kind == TrackKind::Video;
+        let arrival_ms = packet.timestamp.saturating_duration_since(epoch()).as_millis() as u64;
+        let ext = forwarded_extensions(&packet.header.ext_vals);
+        let mut wants_keyframe = false;
+        for (sub_id, sub_mid) in &publication.subscribers {
+            let Some(subscriber) = self.sessions.get_mut(sub_id) else { continue };
+            let Some(sub) = subscriber.subscriptions.get_mut(sub_mid) else { continue };
+            if !sub.active {
+                continue;
+            }
+            if sub.needs_keyframe {
+                if !keyframe {
+                    wants_keyframe = true;
+                    continue;
+                }
+                sub.needs_keyframe = false;
+            }
+            let out_pt = match sub.pt_map {
+                Some((src, dst)) if src == pt => dst,
+                _ => {
+                    let Some(dst) = matching_pt(&subscriber.rtc, *sub_mid, &spec) else { continue };
+                    sub.pt_map = Some((pt, dst));
+                    dst
+                }
+            };
+            let Some(tx_ssrc) = sub.tx_ssrc else { continue };
+            let Some(out) =
+                sub.rewriter.rewrite(*ssrc, packet.header.sequence_number, packet.header.timestamp, arrival_ms)
+            else {
+                continue;
+            };
+            let mut api = subscriber.rtc.direct_api();
+            let Some(stream) = api.stream_tx(&tx_ssrc) else { continue };
+            let write = RtpWrite::new(out_pt, out.seq.into(), out.timestamp, packet.timestamp, packet.payload.clone())
+                .marker(packet.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(is_video);
+            stream.write_rtp(write);
+            self.metrics.rtp_forwarded.inc();
+            self.dirty.push(*sub_id);
+        }
+        if wants_keyframe {
+            self.request_keyframe((id, mid), packet.timestamp);
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (id, s) in &self.sessions {
+            if !s.connected && now.duration_since(s.created) > self.config.connect_timeout {
+                expired.push(*id);
+            } else if s.connected && now.duration_since(s.last_rx) > self.config.ice_timeout {
+                expired.push(*id);
+            }
+        }
+        for id in expired {
+            info!(session = id, "media went silent; ending session");
+            self.end_session(id, LeaveReason::MediaTimeout);
+        }
+        // Deferred keyframe requests whose throttle interval ended.
+        let mut due = Vec::new();
+        for room in self.rooms.values_mut() {
+            for (key, publication) in room.publications.iter_mut() {
+                if publication.keyframe_throttle.poll(now)
+                    && let Some(ssrc) = publication.source_ssrc
+                {
+                    due.push((key.0, ssrc));
+                }
+            }
+        }
+        for (owner, ssrc) in due {
+            self.send_keyframe_request(owner, ssrc);
+        }
+    }
+
+    fn end_session(&mut self, id: SessionId, reason: LeaveReason) {
+        let Some(mut session) = self.sessions.remove(&id) else { return };
+        session.rtc.disconnect();
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.participants.dec();
+        self.metrics.sessions_ended.with_label_values(&[reason.as_str()]).inc();
+        for addr in &session.addrs {
+            self.by_addr.remove(addr);
+            self.routes.remove_addr(addr);
+        }
+        self.by_ufrag.remove(&session.ufrag);
+        self.routes.remove_ufrag(&session.ufrag);
+        info!(participant = %session.participant_id, room = %session.room, reason = reason.as_str(), "session ended");
+        if reason != LeaveReason::Disconnected && reason != LeaveReason::Left {
+            session.emit(SessionEvent::Closed { reason }, &self.metrics);
+        }
+
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        room.members.retain(|m| m.session != id);
+        // Its subscriptions leave the publications they fed from.
+        for (mid, sub) in &session.subscriptions {
+            if let Some(p) = room.publications.get_mut(&sub.publication) {
+                p.subscribers.retain(|(s, m)| !(*s == id && m == mid));
+            }
+        }
+        let own: Vec<Mid> = session.published.keys().copied().collect();
+        // Put the session back briefly so unpublish can find it, then drop it for good.
+        self.sessions.insert(id, session);
+        for mid in own {
+            self.unpublish(id, mid);
+        }
+        let Some(session) = self.sessions.remove(&id) else { return };
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let others: Vec<SessionId> = room.members.iter().map(|m| m.session).collect();
+        for other in others {
+            if let Some(s) = self.sessions.get(&other) {
+                s.emit(
+                    SessionEvent::ParticipantLeft { participant_id: session.participant_id.clone(), reason },
+                    &self.metrics,
+                );
+            }
+        }
+        if room.members.is_empty() {
+            self.rooms.remove(&session.room);
+            self.metrics.rooms.dec();
+            self.room_placement.remove_if(&session.room, |_, shard| *shard == self.index);
+        }
+    }
+}
+
+/// Header extensions that describe the media and so travel with it; transport ones
+/// (mid, rid, transport-cc, abs-send-time) are the subscriber session's own.
+fn forwarded_extensions(src: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: src.audio_level,
+        voice_activity: src.voice_activity,
+        video_orientation: src.video_orientation,
+        video_content_type: src.video_content_type,
+        ..Default::default()
+    }
+}
+
+/// The subscriber's payload type for the codec the publisher sends.
+fn matching_pt(rtc: &Rtc, mid: Mid, spec: &CodecSpec) -> Option<str0m::media::Pt> {
+    let media = rtc.media(mid)?;
+    let config = rtc.codec_config();
+    media.remote_pts().iter().copied().find(|pt| {
+        config.find(|p| p.pt() == *pt).is_some_and(|p| {
+            let s = p.spec();
+            s.codec == spec.codec
+                && s.clock_rate == spec.clock_rate
+                && (spec.codec != Codec::H264
+                    || (s.format.packetization_mode == spec.format.packetization_mode
+                        && s.format.profile_level_id == spec.format.profile_level_id))
+        })
+    })
+}
+
+/// A fixed point for converting packet arrival instants to milliseconds.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// A short random id for participants and tracks.
+pub fn random_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+}

@@ -1,0 +1,174 @@
+//! Huiyi's control plane: the HTTP and WebSocket API (docs/protocol.md), token auth,
+//! the admin API, metrics, and the web client.
+
+pub mod auth;
+mod metrics;
+pub mod protocol;
+mod registry;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sfu::MediaNode;
+
+pub use metrics::SignalingMetrics;
+pub use registry::Registry;
+
+/// How long a token from the dev endpoint lasts.
+const DEV_TOKEN_TTL_SECS: u64 = 6 * 3600;
+
+pub struct AppState {
+    pub media: MediaNode,
+    pub registry: Registry,
+    pub secret: Vec<u8>,
+    /// The dev token endpoint answers only when no real secret is configured.
+    pub dev_tokens: bool,
+    pub metrics: SignalingMetrics,
+    pub prometheus: prometheus::Registry,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/room/{room}", get(page))
+        .route("/app.js", get(script))
+        .route("/style.css", get(style))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/rtc", get(websocket))
+        .route("/v1/dev/token", get(dev_token))
+        .route("/v1/rooms", get(list_rooms))
+        .route("/v1/rooms/{room}", delete(close_room))
+        .route("/v1/rooms/{room}/participants", get(list_participants))
+        .route("/v1/rooms/{room}/participants/{identity}", delete(remove_participant))
+        .with_state(state)
+}
+
+async fn page() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../web/index.html"))
+}
+
+async fn script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/app.js"))
+}
+
+async fn style() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../web/style.css"))
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode_utf8(&state.prometheus.gather(), &mut out) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics encoding failed: {e}")).into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .max_message_size(ws::TRANSPORT_MAX_MESSAGE)
+        .max_frame_size(ws::TRANSPORT_MAX_MESSAGE)
+        .on_upgrade(move |socket| ws::serve(socket, state))
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    room: String,
+    identity: String,
+    name: Option<String>,
+}
+
+async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQuery>) -> Response {
+    if !state.dev_tokens {
+        return error(StatusCode::NOT_FOUND, "the dev token endpoint is off when an API secret is configured");
+    }
+    if q.room.is_empty() || q.identity.is_empty() || q.room.len() > 128 || q.identity.len() > 128 {
+        return error(StatusCode::BAD_REQUEST, "room and identity must be 1 to 128 characters");
+    }
+    let claims = auth::Claims {
+        sub: q.identity,
+        name: q.name.map(|n| n.chars().take(64).collect()),
+        room: q.room,
+        exp: auth::now_unix() + DEV_TOKEN_TTL_SECS,
+        nbf: None,
+        grants: auth::Grants { can_publish: true, can_subscribe: true, room_admin: false },
+    };
+    Json(json!({ "token": auth::mint(&state.secret, &claims) })).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Admin requests carry a bearer token with the roomAdmin grant for that room or `*`.
+fn authorize_admin(state: &AppState, headers: &HeaderMap, room: Option<&str>) -> Result<(), Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+    let claims = auth::verify(&state.secret, token.trim(), auth::now_unix()).map_err(|e| {
+        state.metrics.auth_failures.with_label_values(&[e.label()]).inc();
+        error(StatusCode::UNAUTHORIZED, &format!("unauthorized: {e}"))
+    })?;
+    let room_ok = claims.room == "*" || room.is_some_and(|r| r == claims.room);
+    if !claims.grants.room_admin || !room_ok {
+        return Err(error(StatusCode::FORBIDDEN, "token lacks the roomAdmin grant for this room"));
+    }
+    Ok(())
+}
+
+async fn list_rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize_admin(&state, &headers, None) {
+        return r;
+    }
+    Json(json!({ "rooms": state.registry.rooms() })).into_response()
+}
+
+async fn list_participants(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Response {
+    if let Err(r) = authorize_admin(&state, &headers, Some(&room)) {
+        return r;
+    }
+    match state.registry.participants(&room) {
+        Some(p) => Json(json!({ "participants": p })).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such room"),
+    }
+}
+
+async fn remove_participant(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((room, identity)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = authorize_admin(&state, &headers, Some(&room)) {
+        return r;
+    }
+    if state.registry.kick_participant(&room, &identity) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "no such participant")
+    }
+}
+
+async fn close_room(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(room): Path<String>) -> Response {
+    if let Err(r) = authorize_admin(&state, &headers, Some(&room)) {
+        return r;
+    }
+    if state.registry.close_room(&room) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "no such room")
+    }
+}

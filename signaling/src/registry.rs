@@ -1,0 +1,148 @@
+//! Who is connected where: rooms and their participants as signaling sees them. Serves
+//! the admin API and replaces a participant who joins again with the same identity.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use sfu::LeaveReason;
+use tokio::sync::mpsc;
+
+/// A request to the connection's task to end the participant's session.
+pub type Kick = mpsc::Sender<LeaveReason>;
+
+struct Entry {
+    connection: u64,
+    participant_id: String,
+    name: String,
+    joined_at: u64,
+    kick: Kick,
+}
+
+struct RoomEntry {
+    created_at: u64,
+    participants: HashMap<String, Entry>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomSummary {
+    pub name: String,
+    pub participants: usize,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantSummary {
+    pub id: String,
+    pub identity: String,
+    pub name: String,
+    pub joined_at: u64,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    rooms: Mutex<HashMap<String, RoomEntry>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Registry {
+    /// Record a participant; returns the previous connection's kick for the same identity.
+    pub fn insert(
+        &self,
+        room: &str,
+        identity: &str,
+        connection: u64,
+        participant_id: &str,
+        name: &str,
+        kick: Kick,
+    ) -> Option<Kick> {
+        let mut rooms = self.rooms.lock().expect("registry lock");
+        let entry = rooms
+            .entry(room.to_string())
+            .or_insert_with(|| RoomEntry { created_at: unix_now(), participants: HashMap::new() });
+        let previous = entry.participants.insert(
+            identity.to_string(),
+            Entry {
+                connection,
+                participant_id: participant_id.to_string(),
+                name: name.to_string(),
+                joined_at: unix_now(),
+                kick,
+            },
+        );
+        previous.map(|p| p.kick)
+    }
+
+    /// Forget a connection (only if it still holds its identity's entry).
+    pub fn remove(&self, room: &str, identity: &str, connection: u64) {
+        let mut rooms = self.rooms.lock().expect("registry lock");
+        let Some(entry) = rooms.get_mut(room) else { return };
+        if entry.participants.get(identity).is_some_and(|e| e.connection == connection) {
+            entry.participants.remove(identity);
+        }
+        if entry.participants.is_empty() {
+            rooms.remove(room);
+        }
+    }
+
+    pub fn rooms(&self) -> Vec<RoomSummary> {
+        let rooms = self.rooms.lock().expect("registry lock");
+        let mut list: Vec<RoomSummary> = rooms
+            .iter()
+            .map(|(name, r)| RoomSummary {
+                name: name.clone(),
+                participants: r.participants.len(),
+                created_at: r.created_at,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    pub fn participants(&self, room: &str) -> Option<Vec<ParticipantSummary>> {
+        let rooms = self.rooms.lock().expect("registry lock");
+        let r = rooms.get(room)?;
+        let mut list: Vec<ParticipantSummary> = r
+            .participants
+            .iter()
+            .map(|(identity, e)| ParticipantSummary {
+                id: e.participant_id.clone(),
+                identity: identity.clone(),
+                name: e.name.clone(),
+                joined_at: e.joined_at,
+            })
+            .collect();
+        list.sort_by(|a, b| a.identity.cmp(&b.identity));
+        Some(list)
+    }
+
+    pub fn kick_participant(&self, room: &str, identity: &str) -> bool {
+        let rooms = self.rooms.lock().expect("registry lock");
+        match rooms.get(room).and_then(|r| r.participants.get(identity)) {
+            Some(e) => {
+                let _ = e.kick.try_send(LeaveReason::Removed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn close_room(&self, room: &str) -> bool {
+        let rooms = self.rooms.lock().expect("registry lock");
+        match rooms.get(room) {
+            Some(r) => {
+                for e in r.participants.values() {
+                    let _ = e.kick.try_send(LeaveReason::RoomClosed);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}

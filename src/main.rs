@@ -1,0 +1,152 @@
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use huiyi::Config;
+use signaling::auth;
+
+/// Huiyi: a media server for video meetings and live classes.
+///
+/// With no subcommand, runs signaling and an embedded media node in one process and
+/// prints the address of the web client. Settings come from the config file, then
+/// environment variables, then these flags.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// TOML config file (keys: http, [media] bind/public_ips/shards/ice_timeout_secs/
+    /// max_participants_per_room, [auth] api_secret, [log] json/level).
+    #[arg(long, short, env = "HUIYI_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// HTTP and WebSocket address (default 127.0.0.1:7700).
+    #[arg(long, env = "HUIYI_HTTP")]
+    http: Option<SocketAddr>,
+    /// UDP address for all WebRTC media (default 127.0.0.1:7701).
+    #[arg(long, env = "HUIYI_MEDIA")]
+    media: Option<SocketAddr>,
+    /// IP announced to browsers as the media candidate; repeat for several. Needed when
+    /// --media binds 0.0.0.0 behind NAT or on a server.
+    #[arg(long = "public-ip", env = "HUIYI_PUBLIC_IPS", value_delimiter = ',')]
+    public_ips: Vec<IpAddr>,
+    /// Forwarding threads (default: one per core).
+    #[arg(long, env = "HUIYI_SHARDS")]
+    shards: Option<usize>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "HUIYI_LOG_JSON")]
+    log_json: bool,
+    /// Log filter, e.g. `info` or `huiyi=debug,sfu=debug` (also RUST_LOG).
+    #[arg(long, env = "HUIYI_LOG")]
+    log: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print an access token signed with the configured secret (HUIYI_API_SECRET).
+    Token {
+        /// Room the token admits to (`*` with --admin for every room).
+        #[arg(long, default_value = "*")]
+        room: String,
+        /// Participant identity.
+        #[arg(long, default_value = "admin")]
+        identity: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 6 * 3600)]
+        ttl: u64,
+        /// Grant roomAdmin (for the admin API) instead of publish and subscribe.
+        #[arg(long)]
+        admin: bool,
+        /// Receive only: no publish grant.
+        #[arg(long)]
+        subscribe_only: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.serve.config.as_deref())?;
+    apply_flags(&mut config, &cli.serve);
+    match cli.command {
+        Some(Command::Token { room, identity, name, ttl, admin, subscribe_only }) => {
+            let claims = auth::Claims {
+                sub: identity,
+                name,
+                room,
+                exp: auth::now_unix() + ttl,
+                nbf: None,
+                grants: auth::Grants {
+                    can_publish: !admin && !subscribe_only,
+                    can_subscribe: !admin,
+                    room_admin: admin,
+                },
+            };
+            println!("{}", auth::mint(config.secret(), &claims));
+            Ok(())
+        }
+        None | Some(Command::Serve) => serve(config),
+    }
+}
+
+fn apply_flags(config: &mut Config, args: &ServeArgs) {
+    if let Some(http) = args.http {
+        config.http = http;
+    }
+    if let Some(media) = args.media {
+        config.media.bind = media;
+    }
+    if !args.public_ips.is_empty() {
+        config.media.public_ips = args.public_ips.clone();
+    }
+    if let Some(shards) = args.shards {
+        config.media.shards = shards;
+    }
+    if args.log_json {
+        config.log.json = true;
+    }
+    if let Some(level) = &args.log {
+        config.log.level = level.clone();
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .context("bad log filter")?;
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let running = huiyi::start(&config).await?;
+        if config.dev_mode() {
+            tracing::warn!(
+                "no api_secret configured: tokens use the public dev secret and /v1/dev/token is on; \
+                 set HUIYI_API_SECRET before exposing this server"
+            );
+        }
+        println!();
+        println!("  Huiyi is running. Open http://{}/ in two browser tabs.", running.http_addr);
+        println!("  Media on udp/{}. Metrics at http://{}/metrics", running.media_addr, running.http_addr);
+        println!();
+        tokio::select! {
+            result = running.task => result.context("HTTP server task")?.context("HTTP server")?,
+            _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        }
+        Ok(())
+    })
+}
