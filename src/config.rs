@@ -109,3 +109,25 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_to_the_defaults() {
+        let parsed: Config = toml::from_str(include_str!("../huiyi.example.toml")).expect("example parses");
+        let defaults = Config::default();
+        assert_eq!(parsed.http, defaults.http);
+        assert_eq!(parsed.media.bind, defaults.media.bind);
+        assert_eq!(parsed.media.ice_timeout_secs, defaults.media.ice_timeout_secs);
+        assert_eq!(parsed.media.max_participants_per_room, defaults.media.max_participants_per_room);
+        assert_eq!(parsed.auth.api_secret, "");
+        assert!(!parsed.log.json);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("htp = \"127.0.0.1:1\"").is_err());
+    }
+}

@@ -54,3 +54,71 @@ pub fn admin_token() -> String {
 pub fn ws_url(server: &Running) -> String {
     format!("ws://{}/v1/rtc", server.http_addr)
 }
+
+/// One HTTP/1.1 request with `Connection: close`; answers the status and the body as text.
+/// Bounded by a 5 s timeout so that a server that never answers fails the test instead of hanging it.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the HTTP port");
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send the HTTP request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read the HTTP response");
+        raw
+    };
+    let raw = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no complete response within 5 s"));
+    parse_http_response(&raw).unwrap_or_else(|| {
+        panic!("{method} {path}: unparsable response {:?}", String::from_utf8_lossy(&raw))
+    })
+}
+
+fn parse_http_response(raw: &[u8]) -> Option<(u16, String)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut body = &raw[end + 4..];
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut chunked = false;
+    let mut length = None;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().ok()?);
+        }
+    }
+    let body = if chunked {
+        let mut out = Vec::new();
+        loop {
+            let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+            let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            body = &body[line_end + 2..];
+            if size == 0 {
+                break out;
+            }
+            out.extend_from_slice(body.get(..size)?);
+            body = body.get(size + 2..)?;
+        }
+    } else if let Some(n) = length {
+        body.get(..n)?.to_vec()
+    } else {
+        body.to_vec()
+    };
+    Some((status, String::from_utf8(body).ok()?))
+}

@@ -1,0 +1,96 @@
+// Opens N pages of the Huiyi web client in one headless Chromium, each joining the same
+// room with the fake camera and microphone, and checks what a person would see: every
+// page plays the other N-1 participants' video and receives their audio.
+// Usage: node meeting.mjs <base-url> <room> [pages=3] [timeout-seconds=60]
+import { chromium } from "playwright-core";
+
+const [base, room, pagesArg = "3", timeoutArg = "60"] = process.argv.slice(2);
+const pages = Number(pagesArg);
+const deadline = Date.now() + Number(timeoutArg) * 1000;
+const executablePath = process.env.CHROMIUM || "/usr/lib/chromium/chromium";
+
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+  ],
+});
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// What one page shows: remote videos playing and remote audio packets arriving.
+async function observe(page) {
+  return page.evaluate(async () => {
+    const videos = [...document.querySelectorAll(".tile:not(.local) video")].map((v) => ({
+      participant: v.closest(".tile").dataset.participant,
+      width: v.videoWidth,
+      time: v.currentTime,
+    }));
+    const stats = await window.huiyi.stats();
+    const audio = [];
+    const video = [];
+    stats.forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      if (s.kind === "audio") audio.push({ mid: s.mid, packets: s.packetsReceived });
+      if (s.kind === "video") video.push({ mid: s.mid, frames: s.framesDecoded || 0 });
+    });
+    const pc = window.huiyi.state.pc;
+    return { videos, audio, video, connection: pc ? pc.connectionState : "none", error: document.getElementById("meeting-error").textContent };
+  });
+}
+
+let result = { ok: false };
+try {
+  const opened = [];
+  const logs = [];
+  for (let i = 0; i < pages; i++) {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.on("console", (m) => { if (m.type() === "warning" || m.type() === "error") logs.push(`page${i}: ${m.text()}`); });
+    page.on("pageerror", (e) => logs.push(`page${i} error: ${e.message}`));
+    await page.goto(`${base}/room/${encodeURIComponent(room)}?name=user${i}&autojoin=1`);
+    opened.push(page);
+  }
+  const started = Date.now();
+  let first = null;
+  let last = null;
+  while (Date.now() < deadline) {
+    await sleep(1000);
+    const now = await Promise.all(opened.map(observe));
+    if (!first) { first = now; continue; }
+    last = now;
+    // A page passes when N-1 remote videos have size and advanced since the first sample,
+    // and N-1 remote audio streams received more packets than at the first sample.
+    const verdicts = now.map((obs, i) => {
+      const before = first[i];
+      const playing = obs.videos.filter((v) => {
+        const b = before.videos.find((x) => x.participant === v.participant);
+        return v.width > 0 && b && v.time > b.time;
+      }).length;
+      const hearing = obs.audio.filter((a) => {
+        const b = before.audio.find((x) => x.mid === a.mid);
+        return b && a.packets > b.packets;
+      }).length;
+      return { playing, hearing };
+    });
+    const done = verdicts.every((v) => v.playing >= pages - 1 && v.hearing >= pages - 1);
+    if (done) {
+      result = { ok: true, seconds: (Date.now() - started) / 1000, verdicts, pages: now };
+      break;
+    }
+    // Re-baseline every few seconds so "advancing" is measured over a recent window.
+    if ((Date.now() - started) % 5000 < 1000) first = now;
+    result = { ok: false, verdicts, pages: now, logs: logs.slice(-20) };
+  }
+  if (!result.ok) result.reason = "timed out before every page played every remote participant";
+  if (!result.ok && last === null) result.reason = "pages never reported";
+} catch (e) {
+  result = { ok: false, reason: String(e && e.stack || e) };
+} finally {
+  await browser.close();
+}
+console.log("RESULT " + JSON.stringify(result));
+process.exit(result.ok ? 0 : 1);
