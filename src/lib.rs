@@ -34,10 +34,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics: SignalingMetrics::new(&prometheus),
         prometheus,
     });
-    let listener =
-        TcpListener::bind(config.http).await.with_context(|| format!("binding the HTTP port {}", config.http))?;
+    let listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding the HTTP port {}", config.http))?;
     let http_addr = listener.local_addr()?;
     let app = signaling::router(state.clone());
     let task = tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(Running { http_addr, media_addr, state, task })
+    Ok(Running {
+        http_addr,
+        media_addr,
+        state,
+        task,
+    })
 }

@@ -114,18 +114,41 @@ impl LeaveReason {
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
     /// Answer to the client's offer, with the tracks it now publishes.
-    Answer { sdp: String, published: Vec<PublishedTrack> },
+    Answer {
+        sdp: String,
+        published: Vec<PublishedTrack>,
+    },
     /// A server-initiated offer (tracks to receive were added or removed).
-    Offer { sdp: String },
+    Offer {
+        sdp: String,
+    },
     /// The client's last request was refused; the session goes on.
-    Error { code: &'static str, message: String },
+    Error {
+        code: &'static str,
+        message: String,
+    },
     ParticipantJoined(ParticipantInfo),
-    ParticipantLeft { participant_id: String, reason: LeaveReason },
-    TrackPublished { participant_id: String, track: TrackInfo },
-    TrackUnpublished { participant_id: String, track_id: String },
-    TrackMuted { participant_id: String, track_id: String, muted: bool },
+    ParticipantLeft {
+        participant_id: String,
+        reason: LeaveReason,
+    },
+    TrackPublished {
+        participant_id: String,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        participant_id: String,
+        track_id: String,
+    },
+    TrackMuted {
+        participant_id: String,
+        track_id: String,
+        muted: bool,
+    },
     /// The media node ended this session.
-    Closed { reason: LeaveReason },
+    Closed {
+        reason: LeaveReason,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,25 +191,42 @@ impl SessionHandle {
     /// The client's offer; the answer (or an error) arrives as a [`SessionEvent`].
     /// `tracks` labels the client's mids with a source.
     pub fn offer(&self, sdp: String, tracks: Vec<(String, TrackSource)>) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Offer { session: self.id, sdp, tracks })
+        self.shard.command(ShardInput::Offer {
+            session: self.id,
+            sdp,
+            tracks,
+        })
     }
 
     pub fn answer(&self, sdp: String) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Answer { session: self.id, sdp })
+        self.shard.command(ShardInput::Answer {
+            session: self.id,
+            sdp,
+        })
     }
 
     pub fn candidate(&self, candidate: String) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Candidate { session: self.id, candidate })
+        self.shard.command(ShardInput::Candidate {
+            session: self.id,
+            candidate,
+        })
     }
 
     pub fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Mute { session: self.id, track_id, muted })
+        self.shard.command(ShardInput::Mute {
+            session: self.id,
+            track_id,
+            muted,
+        })
     }
 
     /// End the session with a reason the others are told.
     pub fn leave(mut self, reason: LeaveReason) {
         self.left = true;
-        self.shard.command_blocking_ok(ShardInput::Leave { session: self.id, reason });
+        self.shard.command_blocking_ok(ShardInput::Leave {
+            session: self.id,
+            reason,
+        });
     }
 }
 

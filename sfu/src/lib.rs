@@ -6,13 +6,15 @@ pub mod config;
 pub mod demux;
 pub mod forward;
 pub mod metrics;
+#[cfg(test)]
+mod nack_tests;
 mod node;
 mod room;
 mod shard;
 
 pub use api::{
-    JoinRequest, Joined, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent, SessionHandle,
-    SessionId, TrackInfo, TrackKind, TrackSource,
+    JoinRequest, Joined, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent,
+    SessionHandle, SessionId, TrackInfo, TrackKind, TrackSource,
 };
 pub use config::MediaConfig;
 pub use node::MediaNode;

@@ -37,12 +37,21 @@ impl SfuMetrics {
             c
         };
         Self {
-            rooms: gauge("huiyi_rooms", "Rooms with at least one participant on this media node"),
+            rooms: gauge(
+                "huiyi_rooms",
+                "Rooms with at least one participant on this media node",
+            ),
             participants: gauge("huiyi_participants", "Participants with a media session"),
             tracks: gauge("huiyi_tracks", "Published tracks"),
-            packets_in: counter("huiyi_udp_packets_in_total", "Datagrams received on the media port"),
+            packets_in: counter(
+                "huiyi_udp_packets_in_total",
+                "Datagrams received on the media port",
+            ),
             bytes_in: counter("huiyi_udp_bytes_in_total", "Bytes received on the media port"),
-            packets_out: counter("huiyi_udp_packets_out_total", "Datagrams sent from the media port"),
+            packets_out: counter(
+                "huiyi_udp_packets_out_total",
+                "Datagrams sent from the media port",
+            ),
             bytes_out: counter("huiyi_udp_bytes_out_total", "Bytes sent from the media port"),
             rtp_forwarded: counter("huiyi_rtp_forwarded_total", "RTP packets written to subscribers"),
             nacks: counter("huiyi_nacks_received_total", "NACKs received from subscribers"),
@@ -60,7 +69,11 @@ impl SfuMetrics {
                 "huiyi_dropped_session_events_total",
                 "Session events not delivered because a signaling connection fell behind",
             ),
-            sessions_ended: counter_vec("huiyi_sessions_ended_total", "Sessions ended, by reason", &["reason"]),
+            sessions_ended: counter_vec(
+                "huiyi_sessions_ended_total",
+                "Sessions ended, by reason",
+                &["reason"],
+            ),
         }
     }
 }

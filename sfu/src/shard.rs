@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    JoinReply, JoinRequest, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent, SessionId,
-    TrackInfo, TrackKind, TrackSource,
+    JoinReply, JoinRequest, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent,
+    SessionId, TrackInfo, TrackKind, TrackSource,
 };
 use crate::config::MediaConfig;
 use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
@@ -32,15 +32,41 @@ use crate::room::{Member, Publication, PublicationKey, Room};
 
 const HOUSEKEEPING: Duration = Duration::from_millis(200);
 const MAX_INPUTS_PER_TURN: usize = 512;
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(crate) enum ShardInput {
-    Datagram { source: SocketAddr, data: Vec<u8>, at: Instant },
-    Join { request: JoinRequest, events: mpsc::Sender<SessionEvent>, reply: JoinReply },
-    Offer { session: SessionId, sdp: String, tracks: Vec<(String, TrackSource)> },
-    Answer { session: SessionId, sdp: String },
-    Candidate { session: SessionId, candidate: String },
-    Mute { session: SessionId, track_id: String, muted: bool },
-    Leave { session: SessionId, reason: LeaveReason },
+    Datagram {
+        source: SocketAddr,
+        data: Vec<u8>,
+        at: Instant,
+    },
+    Join {
+        request: JoinRequest,
+        events: mpsc::Sender<SessionEvent>,
+        reply: JoinReply,
+    },
+    Offer {
+        session: SessionId,
+        sdp: String,
+        tracks: Vec<(String, TrackSource)>,
+    },
+    Answer {
+        session: SessionId,
+        sdp: String,
+    },
+    Candidate {
+        session: SessionId,
+        candidate: String,
+    },
+    Mute {
+        session: SessionId,
+        track_id: String,
+        muted: bool,
+    },
+    Leave {
+        session: SessionId,
+        reason: LeaveReason,
+    },
     Shutdown,
 }
 
@@ -227,7 +253,9 @@ impl Shard {
                 break;
             }
             self.timers.pop();
-            let Some(session) = self.sessions.get_mut(&id) else { continue };
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if session.timeout != at {
                 continue;
             }
@@ -241,13 +269,21 @@ impl Shard {
     fn handle(&mut self, input: ShardInput) {
         match input {
             ShardInput::Datagram { source, data, at } => self.handle_datagram(source, &data, at),
-            ShardInput::Join { request, events, reply } => {
+            ShardInput::Join {
+                request,
+                events,
+                reply,
+            } => {
                 let _ = reply.send(self.join(request, events));
             }
             ShardInput::Offer { session, sdp, tracks } => self.handle_offer(session, &sdp, tracks),
             ShardInput::Answer { session, sdp } => self.handle_answer(session, &sdp),
             ShardInput::Candidate { session, candidate } => self.handle_candidate(session, &candidate),
-            ShardInput::Mute { session, track_id, muted } => self.handle_mute(session, &track_id, muted),
+            ShardInput::Mute {
+                session,
+                track_id,
+                muted,
+            } => self.handle_mute(session, &track_id, muted),
             ShardInput::Leave { session, reason } => self.end_session(session, reason),
             ShardInput::Shutdown => {}
         }
@@ -269,13 +305,7 @@ impl Shard {
         self.next_session += 1;
 
         let creds = IceCreds::new();
-        let mut rtc = Rtc::builder()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .set_local_ice_credentials(creds.clone())
-            .set_send_buffer_video(self.config.nack_cache_packets)
-            .set_stats_interval(Some(Duration::from_secs(5)))
-            .build(now);
+        let mut rtc = session_rtc(&self.config, creds.clone(), now);
         for addr in &self.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
@@ -287,13 +317,10 @@ impl Shard {
         self.routes.add_ufrag(&creds.ufrag, self.index);
         self.by_ufrag.insert(creds.ufrag.clone(), id);
 
-        let room = self
-            .rooms
-            .entry(request.room.clone())
-            .or_insert_with(|| {
-                self.metrics.rooms.inc();
-                Room::new(request.room.clone())
-            });
+        let room = self.rooms.entry(request.room.clone()).or_insert_with(|| {
+            self.metrics.rooms.inc();
+            Room::new(request.room.clone())
+        });
         self.room_placement.insert(request.room.clone(), self.index);
         let others: Vec<ParticipantInfo> = room.members.iter().map(|m| room.participant_info(m)).collect();
         let member = Member {
@@ -350,27 +377,41 @@ impl Shard {
             None => match stun_server_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
                 Some(id) => *id,
                 None => {
-                    self.metrics.dropped_datagrams.with_label_values(&["unknown_source"]).inc();
+                    self.metrics
+                        .dropped_datagrams
+                        .with_label_values(&["unknown_source"])
+                        .inc();
                     return;
                 }
             },
         };
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let receive = match Receive::new(Protocol::Udp, source, self.local_addr, data) {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.dropped_datagrams.with_label_values(&["malformed"]).inc();
+                self.metrics
+                    .dropped_datagrams
+                    .with_label_values(&["malformed"])
+                    .inc();
                 debug!(%source, error = %e, "unparseable datagram");
                 return;
             }
         };
         let input = Input::Receive(at, receive);
         if !session.rtc.accepts(&input) {
-            self.metrics.dropped_datagrams.with_label_values(&["rejected"]).inc();
+            self.metrics
+                .dropped_datagrams
+                .with_label_values(&["rejected"])
+                .inc();
             return;
         }
         if let Err(e) = session.rtc.handle_input(input) {
-            self.metrics.dropped_datagrams.with_label_values(&["session_error"]).inc();
+            self.metrics
+                .dropped_datagrams
+                .with_label_values(&["session_error"])
+                .inc();
             debug!(%source, error = %e, "session refused datagram");
         }
         session.last_rx = at;
@@ -383,7 +424,9 @@ impl Shard {
     }
 
     fn handle_offer(&mut self, id: SessionId, sdp: &str, tracks: Vec<(String, TrackSource)>) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if session.pending_offer.is_some() {
             // Glare: we are the impolite peer; the client rolls back and answers ours.
             debug!(participant = %session.participant_id, "client offer ignored during server offer");
@@ -393,17 +436,32 @@ impl Shard {
             Ok(o) => o,
             Err(e) => {
                 let message = format!("offer is not valid SDP: {e}");
-                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+                session.emit(
+                    SessionEvent::Error {
+                        code: "bad_sdp",
+                        message,
+                    },
+                    &self.metrics,
+                );
                 return;
             }
         };
-        session.sources = tracks.into_iter().map(|(mid, src)| (Mid::from(mid.as_str()), src)).collect();
+        session.sources = tracks
+            .into_iter()
+            .map(|(mid, src)| (Mid::from(mid.as_str()), src))
+            .collect();
         session.newly_published.clear();
         let answer = match session.rtc.sdp_api().accept_offer(offer) {
             Ok(a) => a,
             Err(e) => {
                 let message = format!("offer refused: {e}");
-                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+                session.emit(
+                    SessionEvent::Error {
+                        code: "bad_sdp",
+                        message,
+                    },
+                    &self.metrics,
+                );
                 return;
             }
         };
@@ -411,21 +469,42 @@ impl Shard {
         session.negotiated = true;
         // MediaAdded and MediaChanged events fire while draining; they fill newly_published.
         self.drain(id);
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let published = std::mem::take(&mut session.newly_published);
-        session.emit(SessionEvent::Answer { sdp: answer.to_sdp_string(), published }, &self.metrics);
+        session.emit(
+            SessionEvent::Answer {
+                sdp: answer.to_sdp_string(),
+                published,
+            },
+            &self.metrics,
+        );
         if first && session.can_subscribe {
             let room = &self.rooms[&session.room];
-            session.to_add.extend(room.publications.keys().filter(|(owner, _)| *owner != id).copied());
+            session.to_add.extend(
+                room.publications
+                    .keys()
+                    .filter(|(owner, _)| *owner != id)
+                    .copied(),
+            );
         }
         self.offer_if_needed(id);
     }
 
     fn handle_answer(&mut self, id: SessionId, sdp: &str) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let Some(pending) = session.pending_offer.take() else {
             let message = "answer without an outstanding offer".to_string();
-            session.emit(SessionEvent::Error { code: "bad_request", message }, &self.metrics);
+            session.emit(
+                SessionEvent::Error {
+                    code: "bad_request",
+                    message,
+                },
+                &self.metrics,
+            );
             return;
         };
         let answer = match SdpAnswer::from_sdp_string(sdp) {
@@ -433,20 +512,36 @@ impl Shard {
             Err(e) => {
                 session.pending_offer = Some(pending);
                 let message = format!("answer is not valid SDP: {e}");
-                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+                session.emit(
+                    SessionEvent::Error {
+                        code: "bad_sdp",
+                        message,
+                    },
+                    &self.metrics,
+                );
                 return;
             }
         };
         if let Err(e) = session.rtc.sdp_api().accept_answer(pending, answer) {
             let message = format!("answer refused: {e}");
-            session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+            session.emit(
+                SessionEvent::Error {
+                    code: "bad_sdp",
+                    message,
+                },
+                &self.metrics,
+            );
             return;
         }
         let mut want_keyframe = Vec::new();
         for (mid, sub) in session.subscriptions.iter_mut() {
             if !sub.active {
                 sub.active = true;
-                sub.tx_ssrc = session.rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
+                sub.tx_ssrc = session
+                    .rtc
+                    .direct_api()
+                    .stream_tx_by_mid(*mid, None)
+                    .map(|s| s.ssrc());
                 if sub.kind == TrackKind::Video {
                     want_keyframe.push(sub.publication);
                 }
@@ -461,7 +556,9 @@ impl Shard {
     }
 
     fn handle_candidate(&mut self, id: SessionId, candidate: &str) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let line = candidate.trim().trim_start_matches("a=");
         if line.is_empty() {
             return;
@@ -475,8 +572,12 @@ impl Shard {
     }
 
     fn handle_mute(&mut self, id: SessionId, track_id: &str, muted: bool) {
-        let Some(session) = self.sessions.get(&id) else { return };
-        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&session.room) else {
+            return;
+        };
         let Some(publication) = room
             .publications
             .iter_mut()
@@ -484,7 +585,13 @@ impl Shard {
             .map(|(_, p)| p)
         else {
             let message = format!("no track {track_id} published by you");
-            session.emit(SessionEvent::Error { code: "bad_request", message }, &self.metrics);
+            session.emit(
+                SessionEvent::Error {
+                    code: "bad_request",
+                    message,
+                },
+                &self.metrics,
+            );
             return;
         };
         if publication.track.muted == muted {
@@ -505,17 +612,23 @@ impl Shard {
 
     /// Send a server offer when tracks to receive changed and no negotiation is in flight.
     fn offer_if_needed(&mut self, id: SessionId) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if !session.negotiated || session.pending_offer.is_some() {
             return;
         }
         if session.to_add.is_empty() && session.to_stop.is_empty() {
             return;
         }
-        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let Some(room) = self.rooms.get_mut(&session.room) else {
+            return;
+        };
         let mut api = session.rtc.sdp_api();
         for key in session.to_add.drain(..) {
-            let Some(publication) = room.publications.get_mut(&key) else { continue };
+            let Some(publication) = room.publications.get_mut(&key) else {
+                continue;
+            };
             let kind = match publication.track.kind {
                 TrackKind::Audio => MediaKind::Audio,
                 TrackKind::Video => MediaKind::Video,
@@ -527,7 +640,11 @@ impl Shard {
                 Some(publication.track.id.clone()),
                 None,
             );
-            let clock = if publication.track.kind == TrackKind::Audio { 48_000 } else { 90_000 };
+            let clock = if publication.track.kind == TrackKind::Audio {
+                48_000
+            } else {
+                90_000
+            };
             publication.subscribers.push((id, mid));
             session.subscriptions.insert(
                 mid,
@@ -547,7 +664,12 @@ impl Shard {
         }
         if let Some((offer, pending)) = api.apply() {
             session.pending_offer = Some(pending);
-            session.emit(SessionEvent::Offer { sdp: offer.to_sdp_string() }, &self.metrics);
+            session.emit(
+                SessionEvent::Offer {
+                    sdp: offer.to_sdp_string(),
+                },
+                &self.metrics,
+            );
         }
         self.drain(id);
     }
@@ -555,7 +677,9 @@ impl Shard {
     /// Drain one session's output: send datagrams, handle events, note its next timeout.
     fn drain(&mut self, id: SessionId) {
         loop {
-            let Some(session) = self.sessions.get_mut(&id) else { return };
+            let Some(session) = self.sessions.get_mut(&id) else {
+                return;
+            };
             let output = match session.rtc.poll_output() {
                 Ok(o) => o,
                 Err(e) => {
@@ -609,9 +733,16 @@ impl Shard {
             }
             Event::MediaChanged(changed) => {
                 let receiving = matches!(changed.direction, Direction::RecvOnly | Direction::SendRecv);
-                let published = self.sessions.get(&id).is_some_and(|s| s.published.contains_key(&changed.mid));
+                let published = self
+                    .sessions
+                    .get(&id)
+                    .is_some_and(|s| s.published.contains_key(&changed.mid));
                 if receiving && !published {
-                    let kind = self.sessions.get(&id).and_then(|s| s.rtc.media(changed.mid)).map(|m| m.kind());
+                    let kind = self
+                        .sessions
+                        .get(&id)
+                        .and_then(|s| s.rtc.media(changed.mid))
+                        .map(|m| m.kind());
                     if let Some(kind) = kind {
                         self.publish(id, changed.mid, kind);
                     }
@@ -620,7 +751,10 @@ impl Shard {
                 }
             }
             Event::KeyframeRequest(request) => {
-                self.metrics.keyframe_requests.with_label_values(&["received"]).inc();
+                self.metrics
+                    .keyframe_requests
+                    .with_label_values(&["received"])
+                    .inc();
                 let key = self
                     .sessions
                     .get(&id)
@@ -642,33 +776,64 @@ impl Shard {
     }
 
     fn publish(&mut self, id: SessionId, mid: Mid, kind: MediaKind) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if !session.can_publish {
             let message = "this token may not publish".to_string();
-            session.emit(SessionEvent::Error { code: "forbidden", message }, &self.metrics);
+            session.emit(
+                SessionEvent::Error {
+                    code: "forbidden",
+                    message,
+                },
+                &self.metrics,
+            );
             return;
         }
-        let kind = if kind == MediaKind::Audio { TrackKind::Audio } else { TrackKind::Video };
+        let kind = if kind == MediaKind::Audio {
+            TrackKind::Audio
+        } else {
+            TrackKind::Video
+        };
         let source = session.sources.get(&mid).copied().unwrap_or(match kind {
             TrackKind::Audio => TrackSource::Microphone,
             TrackKind::Video => TrackSource::Camera,
         });
-        let track = TrackInfo { id: format!("TR_{}", random_id()), kind, source, muted: false };
+        let track = TrackInfo {
+            id: format!("TR_{}", random_id()),
+            kind,
+            source,
+            muted: false,
+        };
         session.published.insert(mid, track.id.clone());
-        session.newly_published.push(PublishedTrack { mid: mid.to_string(), track: track.clone() });
+        session.newly_published.push(PublishedTrack {
+            mid: mid.to_string(),
+            track: track.clone(),
+        });
         let participant_id = session.participant_id.clone();
-        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let Some(room) = self.rooms.get_mut(&session.room) else {
+            return;
+        };
         room.publications.insert(
             (id, mid),
-            Publication::new(track.clone(), participant_id.clone(), self.config.keyframe_request_interval),
+            Publication::new(
+                track.clone(),
+                participant_id.clone(),
+                self.config.keyframe_request_interval,
+            ),
         );
         self.metrics.tracks.inc();
         info!(participant = %participant_id, room = %room.name, track = %track.id, kind = kind.as_str(), "track published");
         let others: Vec<SessionId> = room.others(id).collect();
         for other in others {
-            let Some(s) = self.sessions.get_mut(&other) else { continue };
+            let Some(s) = self.sessions.get_mut(&other) else {
+                continue;
+            };
             s.emit(
-                SessionEvent::TrackPublished { participant_id: participant_id.clone(), track: track.clone() },
+                SessionEvent::TrackPublished {
+                    participant_id: participant_id.clone(),
+                    track: track.clone(),
+                },
                 &self.metrics,
             );
             if s.can_subscribe && s.negotiated {
@@ -679,11 +844,17 @@ impl Shard {
     }
 
     fn unpublish(&mut self, id: SessionId, mid: Mid) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         session.published.remove(&mid);
         let participant_id = session.participant_id.clone();
-        let Some(room) = self.rooms.get_mut(&session.room) else { return };
-        let Some(publication) = room.publications.remove(&(id, mid)) else { return };
+        let Some(room) = self.rooms.get_mut(&session.room) else {
+            return;
+        };
+        let Some(publication) = room.publications.remove(&(id, mid)) else {
+            return;
+        };
         self.metrics.tracks.dec();
         let others: Vec<SessionId> = room.others(id).collect();
         for (sub_session, sub_mid) in &publication.subscribers {
@@ -693,7 +864,9 @@ impl Shard {
             }
         }
         for other in others {
-            let Some(s) = self.sessions.get_mut(&other) else { continue };
+            let Some(s) = self.sessions.get_mut(&other) else {
+                continue;
+            };
             s.to_add.retain(|k| *k != (id, mid));
             s.emit(
                 SessionEvent::TrackUnpublished {
@@ -707,11 +880,19 @@ impl Shard {
     }
 
     fn request_keyframe(&mut self, key: PublicationKey, now: Instant) {
-        let Some(room) = self.sessions.get(&key.0).map(|s| s.room.clone()) else { return };
-        let Some(publication) = self.rooms.get_mut(&room).and_then(|r| r.publications.get_mut(&key)) else {
+        let Some(room) = self.sessions.get(&key.0).map(|s| s.room.clone()) else {
             return;
         };
-        let Some(ssrc) = publication.source_ssrc else { return };
+        let Some(publication) = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|r| r.publications.get_mut(&key))
+        else {
+            return;
+        };
+        let Some(ssrc) = publication.source_ssrc else {
+            return;
+        };
         if !publication.keyframe_throttle.request(now) {
             return;
         }
@@ -719,7 +900,9 @@ impl Shard {
     }
 
     fn send_keyframe_request(&mut self, owner: SessionId, ssrc: Ssrc) {
-        let Some(owner_session) = self.sessions.get_mut(&owner) else { return };
+        let Some(owner_session) = self.sessions.get_mut(&owner) else {
+            return;
+        };
         if let Some(rx) = owner_session.rtc.direct_api().stream_rx(&ssrc) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
             self.metrics.keyframe_requests.with_label_values(&["sent"]).inc();
@@ -729,12 +912,16 @@ impl Shard {
 
     /// The packet path: one RTP packet from a publisher to each of its subscribers.
     fn forward(&mut self, id: SessionId, packet: RtpPacket) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let ssrc = packet.header.ssrc;
         let mid = match session.rx_mid.get(&ssrc) {
             Some(mid) => *mid,
             None => {
-                let Some(mid) = session.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else { return };
+                let Some(mid) = session.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                    return;
+                };
                 session.rx_mid.insert(ssrc, mid);
                 mid
             }
@@ -744,11 +931,17 @@ impl Shard {
             return;
         }
         let spec_for_pt = |rtc: &Rtc| rtc.codec_config().find(|p| *p.pt() == pt).map(|p| p.spec());
-        let Some(room) = self.rooms.get_mut(&session.room) else { return };
-        let Some(publication) = room.publications.get_mut(&(id, mid)) else { return };
+        let Some(room) = self.rooms.get_mut(&session.room) else {
+            return;
+        };
+        let Some(publication) = room.publications.get_mut(&(id, mid)) else {
+            return;
+        };
         publication.source_ssrc = Some(ssrc);
         if publication.source_format.is_none_or(|(p, _)| p != pt) {
-            let Some(spec) = spec_for_pt(&session.rtc) else { return };
+            let Some(spec) = spec_for_pt(&session.rtc) else {
+                return;
+            };
             publication.video_codec = match spec.codec {
                 Codec::Vp8 => Some(VideoCodec::Vp8),
                 Codec::H264 => Some(VideoCodec::H264),
@@ -756,8 +949,12 @@ impl Shard {
             };
             publication.source_format = Some((pt, spec));
         }
-        let Some((_, spec)) = publication.source_format else { return };
-        let keyframe = publication.video_codec.is_some_and(|c| starts_keyframe(c, &packet.payload));
+        let Some((_, spec)) = publication.source_format else {
+            return;
+        };
+        let keyframe = publication
+            .video_codec
+            .is_some_and(|c| starts_keyframe(c, &packet.payload));
         if keyframe {
             publication.keyframe_throttle.keyframe_received();
         }
@@ -766,8 +963,12 @@ impl Shard {
         let ext = forwarded_extensions(&packet.header.ext_vals);
         let mut wants_keyframe = false;
         for (sub_id, sub_mid) in &publication.subscribers {
-            let Some(subscriber) = self.sessions.get_mut(sub_id) else { continue };
-            let Some(sub) = subscriber.subscriptions.get_mut(sub_mid) else { continue };
+            let Some(subscriber) = self.sessions.get_mut(sub_id) else {
+                continue;
+            };
+            let Some(sub) = subscriber.subscriptions.get_mut(sub_mid) else {
+                continue;
+            };
             if !sub.active {
                 continue;
             }
@@ -781,23 +982,36 @@ impl Shard {
             let out_pt = match sub.pt_map {
                 Some((src, dst)) if src == pt => dst,
                 _ => {
-                    let Some(dst) = matching_pt(&subscriber.rtc, *sub_mid, &spec) else { continue };
+                    let Some(dst) = matching_pt(&subscriber.rtc, *sub_mid, &spec) else {
+                        continue;
+                    };
                     sub.pt_map = Some((pt, dst));
                     dst
                 }
             };
             let Some(tx_ssrc) = sub.tx_ssrc else { continue };
-            let Some(out) =
-                sub.rewriter.rewrite(*ssrc, packet.header.sequence_number, packet.header.timestamp, arrival_ms)
-            else {
+            let Some(out) = sub.rewriter.rewrite(
+                *ssrc,
+                packet.header.sequence_number,
+                packet.header.timestamp,
+                arrival_ms,
+            ) else {
                 continue;
             };
             let mut api = subscriber.rtc.direct_api();
-            let Some(stream) = api.stream_tx(&tx_ssrc) else { continue };
-            let write = RtpWrite::new(out_pt, out.seq.into(), out.timestamp, packet.timestamp, packet.payload.clone())
-                .marker(packet.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(is_video);
+            let Some(stream) = api.stream_tx(&tx_ssrc) else {
+                continue;
+            };
+            let write = RtpWrite::new(
+                out_pt,
+                out.seq.into(),
+                out.timestamp,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(packet.header.marker)
+            .ext_vals(ext.clone())
+            .nackable(is_video);
             stream.write_rtp(write);
             self.metrics.rtp_forwarded.inc();
             self.dirty.push(*sub_id);
@@ -837,11 +1051,16 @@ impl Shard {
     }
 
     fn end_session(&mut self, id: SessionId, reason: LeaveReason) {
-        let Some(mut session) = self.sessions.remove(&id) else { return };
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
         session.rtc.disconnect();
         self.load.fetch_sub(1, Ordering::Relaxed);
         self.metrics.participants.dec();
-        self.metrics.sessions_ended.with_label_values(&[reason.as_str()]).inc();
+        self.metrics
+            .sessions_ended
+            .with_label_values(&[reason.as_str()])
+            .inc();
         for addr in &session.addrs {
             self.by_addr.remove(addr);
             self.routes.remove_addr(addr);
@@ -853,7 +1072,9 @@ impl Shard {
             session.emit(SessionEvent::Closed { reason }, &self.metrics);
         }
 
-        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let Some(room) = self.rooms.get_mut(&session.room) else {
+            return;
+        };
         room.members.retain(|m| m.session != id);
         // Its subscriptions leave the publications they fed from.
         for (mid, sub) in &session.subscriptions {
@@ -867,13 +1088,20 @@ impl Shard {
         for mid in own {
             self.unpublish(id, mid);
         }
-        let Some(session) = self.sessions.remove(&id) else { return };
-        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&session.room) else {
+            return;
+        };
         let others: Vec<SessionId> = room.members.iter().map(|m| m.session).collect();
         for other in others {
             if let Some(s) = self.sessions.get(&other) {
                 s.emit(
-                    SessionEvent::ParticipantLeft { participant_id: session.participant_id.clone(), reason },
+                    SessionEvent::ParticipantLeft {
+                        participant_id: session.participant_id.clone(),
+                        reason,
+                    },
                     &self.metrics,
                 );
             }
@@ -881,9 +1109,22 @@ impl Shard {
         if room.members.is_empty() {
             self.rooms.remove(&session.room);
             self.metrics.rooms.dec();
-            self.room_placement.remove_if(&session.room, |_, shard| *shard == self.index);
+            self.room_placement
+                .remove_if(&session.room, |_, shard| *shard == self.index);
         }
     }
+}
+
+/// A session's WebRTC engine as every participant gets it: ICE-lite, RTP mode (we forward
+/// packets, not frames), and a NACK cache sized from the config.
+pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -> Rtc {
+    Rtc::builder()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .set_local_ice_credentials(creds)
+        .set_send_buffer_video(config.nack_cache_packets)
+        .set_stats_interval(Some(STATS_INTERVAL))
+        .build(now)
 }
 
 /// Header extensions that describe the media and so travel with it; transport ones
@@ -923,5 +1164,7 @@ fn epoch() -> Instant {
 /// A short random id for participants and tracks.
 pub fn random_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+    (0..10)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
 }

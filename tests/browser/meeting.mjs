@@ -1,10 +1,12 @@
 // Opens N pages of the Huiyi web client in one headless Chromium, each joining the same
 // room with the fake camera and microphone, and checks what a person would see: every
 // page plays the other N-1 participants' video and receives their audio.
-// Usage: node meeting.mjs <base-url> <room> [pages=3] [timeout-seconds=60]
+// Usage: node meeting.mjs <base-url> <room> [pages=3] [timeout-seconds=60] [hold-seconds=0]
+// With hold-seconds, the pages stay in the meeting that long after they all play media
+// (for measuring the server under a real meeting).
 import { chromium } from "playwright-core";
 
-const [base, room, pagesArg = "3", timeoutArg = "60"] = process.argv.slice(2);
+const [base, room, pagesArg = "3", timeoutArg = "60", holdArg = "0"] = process.argv.slice(2);
 const pages = Number(pagesArg);
 const deadline = Date.now() + Number(timeoutArg) * 1000;
 const executablePath = process.env.CHROMIUM || "/usr/lib/chromium/chromium";
@@ -79,6 +81,12 @@ try {
     const done = verdicts.every((v) => v.playing >= pages - 1 && v.hearing >= pages - 1);
     if (done) {
       result = { ok: true, seconds: (Date.now() - started) / 1000, verdicts, pages: now };
+      if (Number(holdArg) > 0) {
+        console.log("ALL_PLAYING " + Date.now());
+        await sleep(Number(holdArg) * 1000);
+        result.held = Number(holdArg);
+        result.after_hold = await Promise.all(opened.map(observe));
+      }
       break;
     }
     // Re-baseline every few seconds so "advancing" is measured over a recent window.

@@ -5,4 +5,4 @@ pub mod keyframe;
 pub mod rewrite;
 
 pub use keyframe::{KeyframeThrottle, VideoCodec, starts_keyframe};
-pub use rewrite::{RtpRewriter, Rewritten, SeqExtender};
+pub use rewrite::{Rewritten, RtpRewriter, SeqExtender};

@@ -45,6 +45,8 @@ pub struct Rewritten {
 #[derive(Debug, Clone)]
 pub struct RtpRewriter {
     source: Option<u32>,
+    /// The source before the current one: its late packets are stale, not a switch back.
+    retired: Option<u32>,
     extender: SeqExtender,
     /// Extended source sequence of the first packet taken from the current source.
     source_base: u64,
@@ -61,6 +63,7 @@ impl RtpRewriter {
     pub fn new(clock_rate: u32) -> Self {
         Self {
             source: None,
+            retired: None,
             extender: SeqExtender::default(),
             source_base: 0,
             seq_offset: 0,
@@ -77,6 +80,9 @@ impl RtpRewriter {
     /// packet older than the switch point.
     pub fn rewrite(&mut self, ssrc: u32, seq: u16, timestamp: u32, arrival_ms: u64) -> Option<Rewritten> {
         if self.source != Some(ssrc) {
+            if self.retired == Some(ssrc) {
+                return None;
+            }
             self.switch_to(ssrc, seq, timestamp, arrival_ms);
         }
         let ext = self.extender.extend(seq);
@@ -90,11 +96,15 @@ impl RtpRewriter {
             self.last_out_ts = out_ts;
             self.last_arrival_ms = arrival_ms;
         }
-        Some(Rewritten { seq: out_seq, timestamp: out_ts })
+        Some(Rewritten {
+            seq: out_seq,
+            timestamp: out_ts,
+        })
     }
 
     /// The number of the next outgoing packet after a switch: one past the last sent.
     fn switch_to(&mut self, ssrc: u32, seq: u16, timestamp: u32, arrival_ms: u64) {
+        self.retired = self.source;
         self.source = Some(ssrc);
         self.extender = SeqExtender::default();
         let first_ext = self.extender.extend(seq);
@@ -149,7 +159,11 @@ mod tests {
         // The source restarts with a new SSRC, a random sequence and timestamp, 100 ms later.
         let first_new = r.rewrite(2, 40_000, 77, 9 * 33 + 100).unwrap();
         assert_eq!(first_new.seq, last.seq + 1);
-        assert_eq!(first_new.timestamp.wrapping_sub(last.timestamp), 9000, "100 ms at 90 kHz");
+        assert_eq!(
+            first_new.timestamp.wrapping_sub(last.timestamp),
+            9000,
+            "100 ms at 90 kHz"
+        );
         let second_new = r.rewrite(2, 40_001, 77 + 3000, 9 * 33 + 133).unwrap();
         assert_eq!(second_new.seq, last.seq + 2);
         assert_eq!(second_new.timestamp.wrapping_sub(first_new.timestamp), 3000);
