@@ -47,27 +47,43 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/rooms/{room}", delete(close_room))
         .route("/v1/rooms/{room}/participants", get(list_participants))
-        .route("/v1/rooms/{room}/participants/{identity}", delete(remove_participant))
+        .route(
+            "/v1/rooms/{room}/participants/{identity}",
+            delete(remove_participant),
+        )
         .with_state(state)
 }
 
 async fn page() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../web/index.html"))
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../web/index.html"),
+    )
 }
 
 async fn script() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/app.js"))
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../web/app.js"),
+    )
 }
 
 async fn style() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../web/style.css"))
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../web/style.css"),
+    )
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode_utf8(&state.prometheus.gather(), &mut out) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics encoding failed: {e}")).into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("metrics encoding failed: {e}"),
+        )
+            .into_response();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
@@ -88,10 +104,16 @@ struct DevTokenQuery {
 
 async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQuery>) -> Response {
     if !state.dev_tokens {
-        return error(StatusCode::NOT_FOUND, "the dev token endpoint is off when an API secret is configured");
+        return error(
+            StatusCode::NOT_FOUND,
+            "the dev token endpoint is off when an API secret is configured",
+        );
     }
     if q.room.is_empty() || q.identity.is_empty() || q.room.len() > 128 || q.identity.len() > 128 {
-        return error(StatusCode::BAD_REQUEST, "room and identity must be 1 to 128 characters");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "room and identity must be 1 to 128 characters",
+        );
     }
     let claims = auth::Claims {
         sub: q.identity,
@@ -99,7 +121,11 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQ
         room: q.room,
         exp: auth::now_unix() + DEV_TOKEN_TTL_SECS,
         nbf: None,
-        grants: auth::Grants { can_publish: true, can_subscribe: true, room_admin: false },
+        grants: auth::Grants {
+            can_publish: true,
+            can_subscribe: true,
+            room_admin: false,
+        },
     };
     Json(json!({ "token": auth::mint(&state.secret, &claims) })).into_response()
 }
@@ -121,7 +147,10 @@ fn authorize_admin(state: &AppState, headers: &HeaderMap, room: Option<&str>) ->
     })?;
     let room_ok = claims.room == "*" || room.is_some_and(|r| r == claims.room);
     if !claims.grants.room_admin || !room_ok {
-        return Err(error(StatusCode::FORBIDDEN, "token lacks the roomAdmin grant for this room"));
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "token lacks the roomAdmin grant for this room",
+        ));
     }
     Ok(())
 }
@@ -162,7 +191,11 @@ async fn remove_participant(
     }
 }
 
-async fn close_room(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(room): Path<String>) -> Response {
+async fn close_room(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Response {
     if let Err(r) = authorize_admin(&state, &headers, Some(&room)) {
         return r;
     }

@@ -6,19 +6,26 @@ use sfu::{LeaveReason, ParticipantInfo, PublishedTrack, SessionEvent, TrackInfo}
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ClientMessage {
-    Join { token: String },
+    Join {
+        token: String,
+    },
     Offer {
         sdp: String,
         #[serde(default)]
         tracks: Vec<TrackLabel>,
     },
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     Candidate {
         #[serde(default)]
         candidate: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
-    Mute { track_id: String, muted: bool },
+    Mute {
+        track_id: String,
+        muted: bool,
+    },
     Leave,
     Ping,
 }
@@ -39,7 +46,12 @@ pub struct Track {
 
 impl From<&TrackInfo> for Track {
     fn from(t: &TrackInfo) -> Self {
-        Track { id: t.id.clone(), kind: t.kind.as_str(), source: t.source.as_str(), muted: t.muted }
+        Track {
+            id: t.id.clone(),
+            kind: t.kind.as_str(),
+            source: t.source.as_str(),
+            muted: t.muted,
+        }
     }
 }
 
@@ -52,7 +64,10 @@ pub struct OwnTrack {
 
 impl From<&PublishedTrack> for OwnTrack {
     fn from(p: &PublishedTrack) -> Self {
-        OwnTrack { mid: p.mid.clone(), track: Track::from(&p.track) }
+        OwnTrack {
+            mid: p.mid.clone(),
+            track: Track::from(&p.track),
+        }
     }
 }
 
@@ -78,48 +93,99 @@ impl From<&ParticipantInfo> for Participant {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ServerMessage {
-    Joined { room: String, participant: Participant, participants: Vec<Participant> },
-    Answer { sdp: String, tracks: Vec<OwnTrack> },
-    Offer { sdp: String },
+    Joined {
+        room: String,
+        participant: Participant,
+        participants: Vec<Participant>,
+    },
+    Answer {
+        sdp: String,
+        tracks: Vec<OwnTrack>,
+    },
+    Offer {
+        sdp: String,
+    },
     #[serde(rename_all = "camelCase")]
-    ParticipantJoined { participant: Participant },
+    ParticipantJoined {
+        participant: Participant,
+    },
     #[serde(rename_all = "camelCase")]
-    ParticipantLeft { participant_id: String, reason: &'static str },
+    ParticipantLeft {
+        participant_id: String,
+        reason: &'static str,
+    },
     #[serde(rename_all = "camelCase")]
-    TrackPublished { participant_id: String, track: Track },
+    TrackPublished {
+        participant_id: String,
+        track: Track,
+    },
     #[serde(rename_all = "camelCase")]
-    TrackUnpublished { participant_id: String, track_id: String },
+    TrackUnpublished {
+        participant_id: String,
+        track_id: String,
+    },
     #[serde(rename_all = "camelCase")]
-    TrackMuted { participant_id: String, track_id: String, muted: bool },
+    TrackMuted {
+        participant_id: String,
+        track_id: String,
+        muted: bool,
+    },
     Pong,
-    Error { code: &'static str, message: String },
+    Error {
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl ServerMessage {
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        ServerMessage::Error { code, message: message.into() }
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The message for a media session event; `Closed` has none (the socket closes).
     pub fn from_event(event: &SessionEvent) -> Option<Self> {
         Some(match event {
-            SessionEvent::Answer { sdp, published } => {
-                ServerMessage::Answer { sdp: sdp.clone(), tracks: published.iter().map(OwnTrack::from).collect() }
-            }
+            SessionEvent::Answer { sdp, published } => ServerMessage::Answer {
+                sdp: sdp.clone(),
+                tracks: published.iter().map(OwnTrack::from).collect(),
+            },
             SessionEvent::Offer { sdp } => ServerMessage::Offer { sdp: sdp.clone() },
-            SessionEvent::Error { code, message } => ServerMessage::Error { code, message: message.clone() },
-            SessionEvent::ParticipantJoined(p) => ServerMessage::ParticipantJoined { participant: p.into() },
-            SessionEvent::ParticipantLeft { participant_id, reason } => {
-                ServerMessage::ParticipantLeft { participant_id: participant_id.clone(), reason: reason.as_str() }
-            }
-            SessionEvent::TrackPublished { participant_id, track } => {
-                ServerMessage::TrackPublished { participant_id: participant_id.clone(), track: track.into() }
-            }
-            SessionEvent::TrackUnpublished { participant_id, track_id } => ServerMessage::TrackUnpublished {
+            SessionEvent::Error { code, message } => ServerMessage::Error {
+                code,
+                message: message.clone(),
+            },
+            SessionEvent::ParticipantJoined(p) => ServerMessage::ParticipantJoined {
+                participant: p.into(),
+            },
+            SessionEvent::ParticipantLeft {
+                participant_id,
+                reason,
+            } => ServerMessage::ParticipantLeft {
+                participant_id: participant_id.clone(),
+                reason: reason.as_str(),
+            },
+            SessionEvent::TrackPublished {
+                participant_id,
+                track,
+            } => ServerMessage::TrackPublished {
+                participant_id: participant_id.clone(),
+                track: track.into(),
+            },
+            SessionEvent::TrackUnpublished {
+                participant_id,
+                track_id,
+            } => ServerMessage::TrackUnpublished {
                 participant_id: participant_id.clone(),
                 track_id: track_id.clone(),
             },
-            SessionEvent::TrackMuted { participant_id, track_id, muted } => ServerMessage::TrackMuted {
+            SessionEvent::TrackMuted {
+                participant_id,
+                track_id,
+                muted,
+            } => ServerMessage::TrackMuted {
                 participant_id: participant_id.clone(),
                 track_id: track_id.clone(),
                 muted: *muted,
