@@ -71,10 +71,7 @@ impl Default for MediaSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self {
-            json: false,
-            level: "info".into(),
-        }
+        Self { json: false, level: "info".into() }
     }
 }
 
@@ -94,11 +91,7 @@ impl Config {
     }
 
     pub fn secret(&self) -> &[u8] {
-        if self.auth.api_secret.is_empty() {
-            DEV_SECRET.as_bytes()
-        } else {
-            self.auth.api_secret.as_bytes()
-        }
+        if self.auth.api_secret.is_empty() { DEV_SECRET.as_bytes() } else { self.auth.api_secret.as_bytes() }
     }
 
     pub fn dev_mode(&self) -> bool {
@@ -128,10 +121,7 @@ mod tests {
         assert_eq!(parsed.http, defaults.http);
         assert_eq!(parsed.media.bind, defaults.media.bind);
         assert_eq!(parsed.media.ice_timeout_secs, defaults.media.ice_timeout_secs);
-        assert_eq!(
-            parsed.media.max_participants_per_room,
-            defaults.media.max_participants_per_room
-        );
+        assert_eq!(parsed.media.max_participants_per_room, defaults.media.max_participants_per_room);
         assert_eq!(parsed.auth.api_secret, "");
         assert!(!parsed.log.json);
     }

@@ -40,10 +40,5 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let http_addr = listener.local_addr()?;
     let app = signaling::router(state.clone());
     let task = tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(Running {
-        http_addr,
-        media_addr,
-        state,
-        task,
-    })
+    Ok(Running { http_addr, media_addr, state, task })
 }

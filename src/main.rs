@@ -79,14 +79,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = Config::load(cli.serve.config.as_deref())?;
     apply_flags(&mut config, &cli.serve);
     match cli.command {
-        Some(Command::Token {
-            room,
-            identity,
-            name,
-            ttl,
-            admin,
-            subscribe_only,
-        }) => {
+        Some(Command::Token { room, identity, name, ttl, admin, subscribe_only }) => {
             let claims = auth::Claims {
                 sub: identity,
                 name,
@@ -137,10 +130,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         subscriber.init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let running = huiyi::start(&config).await?;
         if config.dev_mode() {
@@ -150,14 +140,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             );
         }
         println!();
-        println!(
-            "  Huiyi is running. Open http://{}/ in two browser tabs.",
-            running.http_addr
-        );
-        println!(
-            "  Media on udp/{}. Metrics at http://{}/metrics",
-            running.media_addr, running.http_addr
-        );
+        println!("  Huiyi is running. Open http://{}/ in two browser tabs.", running.http_addr);
+        println!("  Media on udp/{}. Metrics at http://{}/metrics", running.media_addr, running.http_addr);
         println!();
         tokio::select! {
             result = running.task => result.context("HTTP server task")?.context("HTTP server")?,

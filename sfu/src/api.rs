@@ -191,42 +191,25 @@ impl SessionHandle {
     /// The client's offer; the answer (or an error) arrives as a [`SessionEvent`].
     /// `tracks` labels the client's mids with a source.
     pub fn offer(&self, sdp: String, tracks: Vec<(String, TrackSource)>) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Offer {
-            session: self.id,
-            sdp,
-            tracks,
-        })
+        self.shard.command(ShardInput::Offer { session: self.id, sdp, tracks })
     }
 
     pub fn answer(&self, sdp: String) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Answer {
-            session: self.id,
-            sdp,
-        })
+        self.shard.command(ShardInput::Answer { session: self.id, sdp })
     }
 
     pub fn candidate(&self, candidate: String) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Candidate {
-            session: self.id,
-            candidate,
-        })
+        self.shard.command(ShardInput::Candidate { session: self.id, candidate })
     }
 
     pub fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Mute {
-            session: self.id,
-            track_id,
-            muted,
-        })
+        self.shard.command(ShardInput::Mute { session: self.id, track_id, muted })
     }
 
     /// End the session with a reason the others are told.
     pub fn leave(mut self, reason: LeaveReason) {
         self.left = true;
-        self.shard.command_blocking_ok(ShardInput::Leave {
-            session: self.id,
-            reason,
-        });
+        self.shard.command_blocking_ok(ShardInput::Leave { session: self.id, reason });
     }
 }
 

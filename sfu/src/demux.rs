@@ -58,10 +58,7 @@ impl RouteTable {
             return Ok(*shard);
         }
         let ufrag = stun_server_ufrag(datagram).ok_or(Unroutable::UnknownSource)?;
-        self.by_ufrag
-            .get(ufrag)
-            .map(|s| *s)
-            .ok_or(Unroutable::UnknownUfrag)
+        self.by_ufrag.get(ufrag).map(|s| *s).ok_or(Unroutable::UnknownUfrag)
     }
 
     pub fn add_ufrag(&self, ufrag: &str, shard: usize) {
@@ -134,10 +131,7 @@ mod tests {
         table.add_ufrag("u1", 1);
         assert_eq!(table.route(a, &binding_request("u1:x")), Ok(1));
         assert_eq!(table.route(a, &[0x80, 0, 0, 0]), Err(Unroutable::UnknownSource));
-        assert_eq!(
-            table.route(a, &binding_request("nope:x")),
-            Err(Unroutable::UnknownUfrag)
-        );
+        assert_eq!(table.route(a, &binding_request("nope:x")), Err(Unroutable::UnknownUfrag));
         table.add_addr(b, 0);
         assert_eq!(table.route(b, &[0x80, 0, 0, 0]), Ok(0));
     }

@@ -37,21 +37,12 @@ impl SfuMetrics {
             c
         };
         Self {
-            rooms: gauge(
-                "huiyi_rooms",
-                "Rooms with at least one participant on this media node",
-            ),
+            rooms: gauge("huiyi_rooms", "Rooms with at least one participant on this media node"),
             participants: gauge("huiyi_participants", "Participants with a media session"),
             tracks: gauge("huiyi_tracks", "Published tracks"),
-            packets_in: counter(
-                "huiyi_udp_packets_in_total",
-                "Datagrams received on the media port",
-            ),
+            packets_in: counter("huiyi_udp_packets_in_total", "Datagrams received on the media port"),
             bytes_in: counter("huiyi_udp_bytes_in_total", "Bytes received on the media port"),
-            packets_out: counter(
-                "huiyi_udp_packets_out_total",
-                "Datagrams sent from the media port",
-            ),
+            packets_out: counter("huiyi_udp_packets_out_total", "Datagrams sent from the media port"),
             bytes_out: counter("huiyi_udp_bytes_out_total", "Bytes sent from the media port"),
             rtp_forwarded: counter("huiyi_rtp_forwarded_total", "RTP packets written to subscribers"),
             nacks: counter("huiyi_nacks_received_total", "NACKs received from subscribers"),

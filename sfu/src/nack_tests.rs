@@ -55,14 +55,8 @@ impl Link {
         client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
         Link {
             now,
-            server: Peer {
-                rtc: server,
-                next_timeout: now,
-            },
-            client: Peer {
-                rtc: client,
-                next_timeout: now,
-            },
+            server: Peer { rtc: server, next_timeout: now },
+            client: Peer { rtc: client, next_timeout: now },
             drop_once: None,
             client_muted: false,
             held: Vec::new(),
@@ -85,11 +79,7 @@ impl Link {
 
     fn drain(&mut self, server_side: bool) {
         loop {
-            let peer = if server_side {
-                &mut self.server
-            } else {
-                &mut self.client
-            };
+            let peer = if server_side { &mut self.server } else { &mut self.client };
             match peer.rtc.poll_output().unwrap() {
                 Output::Timeout(t) => {
                     peer.next_timeout = t;
@@ -124,11 +114,7 @@ impl Link {
 
     fn deliver(&mut self, to_server: bool, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
         let now = self.now;
-        let peer = if to_server {
-            &mut self.server
-        } else {
-            &mut self.client
-        };
+        let peer = if to_server { &mut self.server } else { &mut self.client };
         let receive = Receive::new(Protocol::Udp, source, destination, data).unwrap();
         peer.rtc.handle_input(Input::Receive(now, receive)).unwrap();
         self.drain(to_server);
@@ -140,11 +126,7 @@ impl Link {
         loop {
             self.drain(true);
             self.drain(false);
-            let next = self
-                .server
-                .next_timeout
-                .min(self.client.next_timeout)
-                .max(self.now);
+            let next = self.server.next_timeout.min(self.client.next_timeout).max(self.now);
             if next > end {
                 self.now = end;
                 break;
@@ -181,20 +163,10 @@ impl Link {
                 .remote_pts()
                 .iter()
                 .copied()
-                .find(|pt| {
-                    config
-                        .find(|p| p.pt() == *pt)
-                        .is_some_and(|p| p.spec().codec == Codec::Vp8)
-                })
+                .find(|pt| config.find(|p| p.pt() == *pt).is_some_and(|p| p.spec().codec == Codec::Vp8))
                 .expect("VP8 negotiated")
         };
-        let ssrc = self
-            .server
-            .rtc
-            .direct_api()
-            .stream_tx_by_mid(mid, None)
-            .unwrap()
-            .ssrc();
+        let ssrc = self.server.rtc.direct_api().stream_tx_by_mid(mid, None).unwrap().ssrc();
         (ssrc, pt)
     }
 
@@ -218,25 +190,15 @@ fn lost_packet_in_cache_is_resent() {
     }
     link.advance(Duration::from_secs(6));
     let got: Vec<u16> = link.received.iter().map(|(s, _)| *s).collect();
-    assert!(
-        got.contains(&5),
-        "the dropped packet arrived by retransmission: {got:?}"
-    );
+    assert!(got.contains(&5), "the dropped packet arrived by retransmission: {got:?}");
     let resent = link.received.iter().find(|(s, _)| *s == 5).unwrap();
-    assert_eq!(
-        resent.1,
-        vec![0x10, 0x01, 5, 0],
-        "retransmission carries the original payload"
-    );
+    assert_eq!(resent.1, vec![0x10, 0x01, 5, 0], "retransmission carries the original payload");
     assert!(link.server_nacks >= 1, "the server saw the NACK");
 }
 
 #[test]
 fn lost_packet_evicted_from_cache_is_not_resent() {
-    let config = MediaConfig {
-        nack_cache_packets: 8,
-        ..MediaConfig::default()
-    };
+    let config = MediaConfig { nack_cache_packets: 8, ..MediaConfig::default() };
     let mut link = Link::new(&config);
     let (ssrc, pt) = link.connect();
     link.drop_once = Some((*ssrc, 5));
@@ -249,10 +211,7 @@ fn lost_packet_evicted_from_cache_is_not_resent() {
     link.release_held();
     link.advance(Duration::from_secs(6));
     let got: Vec<u16> = link.received.iter().map(|(s, _)| *s).collect();
-    assert!(
-        !got.contains(&5),
-        "seq 5 fell out of an 8-packet cache and cannot be resent: {got:?}"
-    );
+    assert!(!got.contains(&5), "seq 5 fell out of an 8-packet cache and cannot be resent: {got:?}");
     assert!(got.contains(&45), "later packets flow: {got:?}");
     assert!(link.server_nacks >= 1, "the NACK reached the server and missed");
 }

@@ -77,14 +77,7 @@ impl MediaNode {
         };
         threads.push(receiver);
         info!(%local_addr, candidates = ?candidates, shards = shards.len(), "media node listening");
-        Ok(Self {
-            shards,
-            room_placement,
-            local_addr,
-            config,
-            stopping,
-            threads,
-        })
+        Ok(Self { shards, room_placement, local_addr, config, stopping, threads })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -97,34 +90,18 @@ impl MediaNode {
 
     /// Admit a participant to a room (created on first join) on this node.
     pub async fn join(&self, request: JoinRequest) -> Result<Joined, MediaError> {
-        let index = *self
-            .room_placement
-            .entry(request.room.clone())
-            .or_insert_with(|| self.least_loaded_shard());
+        let index =
+            *self.room_placement.entry(request.room.clone()).or_insert_with(|| self.least_loaded_shard());
         let shard = self.shards[index].clone();
         let (events_tx, events) = mpsc::channel(self.config.session_event_queue);
         let (reply, answer) = oneshot::channel();
-        shard.command(ShardInput::Join {
-            request,
-            events: events_tx,
-            reply,
-        })?;
+        shard.command(ShardInput::Join { request, events: events_tx, reply })?;
         let (id, others) = answer.await.map_err(|_| MediaError::ShuttingDown)??;
-        Ok(Joined {
-            session: SessionHandle {
-                id,
-                shard,
-                left: false,
-            },
-            others,
-            events,
-        })
+        Ok(Joined { session: SessionHandle { id, shard, left: false }, others, events })
     }
 
     fn least_loaded_shard(&self) -> usize {
-        (0..self.shards.len())
-            .min_by_key(|i| self.shards[*i].sessions.load(Ordering::Relaxed))
-            .unwrap_or(0)
+        (0..self.shards.len()).min_by_key(|i| self.shards[*i].sessions.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     /// Stop every shard: sessions end with `RoomClosed`.
@@ -151,11 +128,7 @@ impl Drop for MediaNode {
 
 fn candidate_addrs(config: &MediaConfig, local: SocketAddr) -> Vec<SocketAddr> {
     if !config.public_ips.is_empty() {
-        return config
-            .public_ips
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, local.port()))
-            .collect();
+        return config.public_ips.iter().map(|ip| SocketAddr::new(*ip, local.port())).collect();
     }
     if local.ip().is_unspecified() {
         // Nothing better known: loopback works for a laptop; deployments set public_ips.
@@ -176,12 +149,7 @@ fn receive_loop(
     while !stopping.load(Ordering::Relaxed) {
         let (len, source) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 continue;
             }
             Err(e) => {
@@ -208,11 +176,7 @@ fn receive_loop(
                 continue;
             }
         };
-        let input = ShardInput::Datagram {
-            source,
-            data: datagram.to_vec(),
-            at: Instant::now(),
-        };
+        let input = ShardInput::Datagram { source, data: datagram.to_vec(), at: Instant::now() };
         match shards[shard].tx.try_send(input) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => dropped("queue_full"),

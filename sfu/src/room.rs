@@ -57,11 +57,7 @@ pub struct Room {
 
 impl Room {
     pub fn new(name: String) -> Self {
-        Self {
-            name,
-            members: Vec::new(),
-            publications: HashMap::new(),
-        }
+        Self { name, members: Vec::new(), publications: HashMap::new() }
     }
 
     pub fn participant_info(&self, member: &Member) -> ParticipantInfo {
@@ -81,9 +77,6 @@ impl Room {
     }
 
     pub fn others(&self, session: SessionId) -> impl Iterator<Item = SessionId> + '_ {
-        self.members
-            .iter()
-            .map(|m| m.session)
-            .filter(move |s| *s != session)
+        self.members.iter().map(|m| m.session).filter(move |s| *s != session)
     }
 }

@@ -35,38 +35,13 @@ const MAX_INPUTS_PER_TURN: usize = 512;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(crate) enum ShardInput {
-    Datagram {
-        source: SocketAddr,
-        data: Vec<u8>,
-        at: Instant,
-    },
-    Join {
-        request: JoinRequest,
-        events: mpsc::Sender<SessionEvent>,
-        reply: JoinReply,
-    },
-    Offer {
-        session: SessionId,
-        sdp: String,
-        tracks: Vec<(String, TrackSource)>,
-    },
-    Answer {
-        session: SessionId,
-        sdp: String,
-    },
-    Candidate {
-        session: SessionId,
-        candidate: String,
-    },
-    Mute {
-        session: SessionId,
-        track_id: String,
-        muted: bool,
-    },
-    Leave {
-        session: SessionId,
-        reason: LeaveReason,
-    },
+    Datagram { source: SocketAddr, data: Vec<u8>, at: Instant },
+    Join { request: JoinRequest, events: mpsc::Sender<SessionEvent>, reply: JoinReply },
+    Offer { session: SessionId, sdp: String, tracks: Vec<(String, TrackSource)> },
+    Answer { session: SessionId, sdp: String },
+    Candidate { session: SessionId, candidate: String },
+    Mute { session: SessionId, track_id: String, muted: bool },
+    Leave { session: SessionId, reason: LeaveReason },
     Shutdown,
 }
 
@@ -269,21 +244,13 @@ impl Shard {
     fn handle(&mut self, input: ShardInput) {
         match input {
             ShardInput::Datagram { source, data, at } => self.handle_datagram(source, &data, at),
-            ShardInput::Join {
-                request,
-                events,
-                reply,
-            } => {
+            ShardInput::Join { request, events, reply } => {
                 let _ = reply.send(self.join(request, events));
             }
             ShardInput::Offer { session, sdp, tracks } => self.handle_offer(session, &sdp, tracks),
             ShardInput::Answer { session, sdp } => self.handle_answer(session, &sdp),
             ShardInput::Candidate { session, candidate } => self.handle_candidate(session, &candidate),
-            ShardInput::Mute {
-                session,
-                track_id,
-                muted,
-            } => self.handle_mute(session, &track_id, muted),
+            ShardInput::Mute { session, track_id, muted } => self.handle_mute(session, &track_id, muted),
             ShardInput::Leave { session, reason } => self.end_session(session, reason),
             ShardInput::Shutdown => {}
         }
@@ -377,10 +344,7 @@ impl Shard {
             None => match stun_server_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
                 Some(id) => *id,
                 None => {
-                    self.metrics
-                        .dropped_datagrams
-                        .with_label_values(&["unknown_source"])
-                        .inc();
+                    self.metrics.dropped_datagrams.with_label_values(&["unknown_source"]).inc();
                     return;
                 }
             },
@@ -391,27 +355,18 @@ impl Shard {
         let receive = match Receive::new(Protocol::Udp, source, self.local_addr, data) {
             Ok(r) => r,
             Err(e) => {
-                self.metrics
-                    .dropped_datagrams
-                    .with_label_values(&["malformed"])
-                    .inc();
+                self.metrics.dropped_datagrams.with_label_values(&["malformed"]).inc();
                 debug!(%source, error = %e, "unparseable datagram");
                 return;
             }
         };
         let input = Input::Receive(at, receive);
         if !session.rtc.accepts(&input) {
-            self.metrics
-                .dropped_datagrams
-                .with_label_values(&["rejected"])
-                .inc();
+            self.metrics.dropped_datagrams.with_label_values(&["rejected"]).inc();
             return;
         }
         if let Err(e) = session.rtc.handle_input(input) {
-            self.metrics
-                .dropped_datagrams
-                .with_label_values(&["session_error"])
-                .inc();
+            self.metrics.dropped_datagrams.with_label_values(&["session_error"]).inc();
             debug!(%source, error = %e, "session refused datagram");
         }
         session.last_rx = at;
@@ -436,32 +391,17 @@ impl Shard {
             Ok(o) => o,
             Err(e) => {
                 let message = format!("offer is not valid SDP: {e}");
-                session.emit(
-                    SessionEvent::Error {
-                        code: "bad_sdp",
-                        message,
-                    },
-                    &self.metrics,
-                );
+                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
                 return;
             }
         };
-        session.sources = tracks
-            .into_iter()
-            .map(|(mid, src)| (Mid::from(mid.as_str()), src))
-            .collect();
+        session.sources = tracks.into_iter().map(|(mid, src)| (Mid::from(mid.as_str()), src)).collect();
         session.newly_published.clear();
         let answer = match session.rtc.sdp_api().accept_offer(offer) {
             Ok(a) => a,
             Err(e) => {
                 let message = format!("offer refused: {e}");
-                session.emit(
-                    SessionEvent::Error {
-                        code: "bad_sdp",
-                        message,
-                    },
-                    &self.metrics,
-                );
+                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
                 return;
             }
         };
@@ -473,21 +413,10 @@ impl Shard {
             return;
         };
         let published = std::mem::take(&mut session.newly_published);
-        session.emit(
-            SessionEvent::Answer {
-                sdp: answer.to_sdp_string(),
-                published,
-            },
-            &self.metrics,
-        );
+        session.emit(SessionEvent::Answer { sdp: answer.to_sdp_string(), published }, &self.metrics);
         if first && session.can_subscribe {
             let room = &self.rooms[&session.room];
-            session.to_add.extend(
-                room.publications
-                    .keys()
-                    .filter(|(owner, _)| *owner != id)
-                    .copied(),
-            );
+            session.to_add.extend(room.publications.keys().filter(|(owner, _)| *owner != id).copied());
         }
         self.offer_if_needed(id);
     }
@@ -498,13 +427,7 @@ impl Shard {
         };
         let Some(pending) = session.pending_offer.take() else {
             let message = "answer without an outstanding offer".to_string();
-            session.emit(
-                SessionEvent::Error {
-                    code: "bad_request",
-                    message,
-                },
-                &self.metrics,
-            );
+            session.emit(SessionEvent::Error { code: "bad_request", message }, &self.metrics);
             return;
         };
         let answer = match SdpAnswer::from_sdp_string(sdp) {
@@ -512,36 +435,20 @@ impl Shard {
             Err(e) => {
                 session.pending_offer = Some(pending);
                 let message = format!("answer is not valid SDP: {e}");
-                session.emit(
-                    SessionEvent::Error {
-                        code: "bad_sdp",
-                        message,
-                    },
-                    &self.metrics,
-                );
+                session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
                 return;
             }
         };
         if let Err(e) = session.rtc.sdp_api().accept_answer(pending, answer) {
             let message = format!("answer refused: {e}");
-            session.emit(
-                SessionEvent::Error {
-                    code: "bad_sdp",
-                    message,
-                },
-                &self.metrics,
-            );
+            session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
             return;
         }
         let mut want_keyframe = Vec::new();
         for (mid, sub) in session.subscriptions.iter_mut() {
             if !sub.active {
                 sub.active = true;
-                sub.tx_ssrc = session
-                    .rtc
-                    .direct_api()
-                    .stream_tx_by_mid(*mid, None)
-                    .map(|s| s.ssrc());
+                sub.tx_ssrc = session.rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
                 if sub.kind == TrackKind::Video {
                     want_keyframe.push(sub.publication);
                 }
@@ -585,13 +492,7 @@ impl Shard {
             .map(|(_, p)| p)
         else {
             let message = format!("no track {track_id} published by you");
-            session.emit(
-                SessionEvent::Error {
-                    code: "bad_request",
-                    message,
-                },
-                &self.metrics,
-            );
+            session.emit(SessionEvent::Error { code: "bad_request", message }, &self.metrics);
             return;
         };
         if publication.track.muted == muted {
@@ -640,11 +541,7 @@ impl Shard {
                 Some(publication.track.id.clone()),
                 None,
             );
-            let clock = if publication.track.kind == TrackKind::Audio {
-                48_000
-            } else {
-                90_000
-            };
+            let clock = if publication.track.kind == TrackKind::Audio { 48_000 } else { 90_000 };
             publication.subscribers.push((id, mid));
             session.subscriptions.insert(
                 mid,
@@ -664,12 +561,7 @@ impl Shard {
         }
         if let Some((offer, pending)) = api.apply() {
             session.pending_offer = Some(pending);
-            session.emit(
-                SessionEvent::Offer {
-                    sdp: offer.to_sdp_string(),
-                },
-                &self.metrics,
-            );
+            session.emit(SessionEvent::Offer { sdp: offer.to_sdp_string() }, &self.metrics);
         }
         self.drain(id);
     }
@@ -733,16 +625,11 @@ impl Shard {
             }
             Event::MediaChanged(changed) => {
                 let receiving = matches!(changed.direction, Direction::RecvOnly | Direction::SendRecv);
-                let published = self
-                    .sessions
-                    .get(&id)
-                    .is_some_and(|s| s.published.contains_key(&changed.mid));
+                let published =
+                    self.sessions.get(&id).is_some_and(|s| s.published.contains_key(&changed.mid));
                 if receiving && !published {
-                    let kind = self
-                        .sessions
-                        .get(&id)
-                        .and_then(|s| s.rtc.media(changed.mid))
-                        .map(|m| m.kind());
+                    let kind =
+                        self.sessions.get(&id).and_then(|s| s.rtc.media(changed.mid)).map(|m| m.kind());
                     if let Some(kind) = kind {
                         self.publish(id, changed.mid, kind);
                     }
@@ -751,10 +638,7 @@ impl Shard {
                 }
             }
             Event::KeyframeRequest(request) => {
-                self.metrics
-                    .keyframe_requests
-                    .with_label_values(&["received"])
-                    .inc();
+                self.metrics.keyframe_requests.with_label_values(&["received"]).inc();
                 let key = self
                     .sessions
                     .get(&id)
@@ -781,46 +665,24 @@ impl Shard {
         };
         if !session.can_publish {
             let message = "this token may not publish".to_string();
-            session.emit(
-                SessionEvent::Error {
-                    code: "forbidden",
-                    message,
-                },
-                &self.metrics,
-            );
+            session.emit(SessionEvent::Error { code: "forbidden", message }, &self.metrics);
             return;
         }
-        let kind = if kind == MediaKind::Audio {
-            TrackKind::Audio
-        } else {
-            TrackKind::Video
-        };
+        let kind = if kind == MediaKind::Audio { TrackKind::Audio } else { TrackKind::Video };
         let source = session.sources.get(&mid).copied().unwrap_or(match kind {
             TrackKind::Audio => TrackSource::Microphone,
             TrackKind::Video => TrackSource::Camera,
         });
-        let track = TrackInfo {
-            id: format!("TR_{}", random_id()),
-            kind,
-            source,
-            muted: false,
-        };
+        let track = TrackInfo { id: format!("TR_{}", random_id()), kind, source, muted: false };
         session.published.insert(mid, track.id.clone());
-        session.newly_published.push(PublishedTrack {
-            mid: mid.to_string(),
-            track: track.clone(),
-        });
+        session.newly_published.push(PublishedTrack { mid: mid.to_string(), track: track.clone() });
         let participant_id = session.participant_id.clone();
         let Some(room) = self.rooms.get_mut(&session.room) else {
             return;
         };
         room.publications.insert(
             (id, mid),
-            Publication::new(
-                track.clone(),
-                participant_id.clone(),
-                self.config.keyframe_request_interval,
-            ),
+            Publication::new(track.clone(), participant_id.clone(), self.config.keyframe_request_interval),
         );
         self.metrics.tracks.inc();
         info!(participant = %participant_id, room = %room.name, track = %track.id, kind = kind.as_str(), "track published");
@@ -830,10 +692,7 @@ impl Shard {
                 continue;
             };
             s.emit(
-                SessionEvent::TrackPublished {
-                    participant_id: participant_id.clone(),
-                    track: track.clone(),
-                },
+                SessionEvent::TrackPublished { participant_id: participant_id.clone(), track: track.clone() },
                 &self.metrics,
             );
             if s.can_subscribe && s.negotiated {
@@ -883,11 +742,7 @@ impl Shard {
         let Some(room) = self.sessions.get(&key.0).map(|s| s.room.clone()) else {
             return;
         };
-        let Some(publication) = self
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.publications.get_mut(&key))
-        else {
+        let Some(publication) = self.rooms.get_mut(&room).and_then(|r| r.publications.get_mut(&key)) else {
             return;
         };
         let Some(ssrc) = publication.source_ssrc else {
@@ -952,9 +807,7 @@ impl Shard {
         let Some((_, spec)) = publication.source_format else {
             return;
         };
-        let keyframe = publication
-            .video_codec
-            .is_some_and(|c| starts_keyframe(c, &packet.payload));
+        let keyframe = publication.video_codec.is_some_and(|c| starts_keyframe(c, &packet.payload));
         if keyframe {
             publication.keyframe_throttle.keyframe_received();
         }
@@ -1024,9 +877,9 @@ impl Shard {
     fn housekeeping(&mut self, now: Instant) {
         let mut expired = Vec::new();
         for (id, s) in &self.sessions {
-            if !s.connected && now.duration_since(s.created) > self.config.connect_timeout {
-                expired.push(*id);
-            } else if s.connected && now.duration_since(s.last_rx) > self.config.ice_timeout {
+            let never_connected = !s.connected && now.duration_since(s.created) > self.config.connect_timeout;
+            let went_silent = s.connected && now.duration_since(s.last_rx) > self.config.ice_timeout;
+            if never_connected || went_silent {
                 expired.push(*id);
             }
         }
@@ -1057,10 +910,7 @@ impl Shard {
         session.rtc.disconnect();
         self.load.fetch_sub(1, Ordering::Relaxed);
         self.metrics.participants.dec();
-        self.metrics
-            .sessions_ended
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        self.metrics.sessions_ended.with_label_values(&[reason.as_str()]).inc();
         for addr in &session.addrs {
             self.by_addr.remove(addr);
             self.routes.remove_addr(addr);
@@ -1098,10 +948,7 @@ impl Shard {
         for other in others {
             if let Some(s) = self.sessions.get(&other) {
                 s.emit(
-                    SessionEvent::ParticipantLeft {
-                        participant_id: session.participant_id.clone(),
-                        reason,
-                    },
+                    SessionEvent::ParticipantLeft { participant_id: session.participant_id.clone(), reason },
                     &self.metrics,
                 );
             }
@@ -1109,8 +956,7 @@ impl Shard {
         if room.members.is_empty() {
             self.rooms.remove(&session.room);
             self.metrics.rooms.dec();
-            self.room_placement
-                .remove_if(&session.room, |_, shard| *shard == self.index);
+            self.room_placement.remove_if(&session.room, |_, shard| *shard == self.index);
         }
     }
 }
@@ -1164,7 +1010,5 @@ fn epoch() -> Instant {
 /// A short random id for participants and tracks.
 pub fn random_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    (0..10)
-        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
-        .collect()
+    (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
 }

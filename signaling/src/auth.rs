@@ -69,10 +69,7 @@ struct Header {
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn mac(secret: &[u8]) -> HmacSha256 {
@@ -107,14 +104,9 @@ pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, TokenError
     if header.alg != "HS256" {
         return Err(TokenError::Algorithm);
     }
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature)
-        .map_err(|_| TokenError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
     let mut m = mac(secret);
-    let signing_input = token
-        .rfind('.')
-        .map(|i| &token[..i])
-        .ok_or(TokenError::Malformed)?;
+    let signing_input = token.rfind('.').map(|i| &token[..i]).ok_or(TokenError::Malformed)?;
     m.update(signing_input.as_bytes());
     m.verify_slice(&signature).map_err(|_| TokenError::Signature)?;
     let claims: Claims = URL_SAFE_NO_PAD
@@ -145,11 +137,7 @@ mod tests {
             room: "r1".into(),
             exp,
             nbf: None,
-            grants: Grants {
-                can_publish: true,
-                can_subscribe: true,
-                room_admin: false,
-            },
+            grants: Grants { can_publish: true, can_subscribe: true, room_admin: false },
         }
     }
 
@@ -167,10 +155,7 @@ mod tests {
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(9999)).unwrap());
         parts[1] = &forged;
-        assert_eq!(
-            verify(b"secret", &parts.join("."), 1000),
-            Err(TokenError::Signature)
-        );
+        assert_eq!(verify(b"secret", &parts.join("."), 1000), Err(TokenError::Signature));
         assert_eq!(verify(b"secret", "a.b", 1000), Err(TokenError::Malformed));
         assert_eq!(verify(b"secret", "", 1000), Err(TokenError::Malformed));
         assert_eq!(verify(b"secret", "!!.??.**", 1000), Err(TokenError::Malformed));
@@ -180,9 +165,6 @@ mod tests {
     fn refuses_alg_none() {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(2000)).unwrap());
-        assert_eq!(
-            verify(b"secret", &format!("{header}.{payload}."), 1000),
-            Err(TokenError::Algorithm)
-        );
+        assert_eq!(verify(b"secret", &format!("{header}.{payload}."), 1000), Err(TokenError::Algorithm));
     }
 }

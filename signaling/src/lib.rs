@@ -47,43 +47,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/rooms/{room}", delete(close_room))
         .route("/v1/rooms/{room}/participants", get(list_participants))
-        .route(
-            "/v1/rooms/{room}/participants/{identity}",
-            delete(remove_participant),
-        )
+        .route("/v1/rooms/{room}/participants/{identity}", delete(remove_participant))
         .with_state(state)
 }
 
 async fn page() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("../web/index.html"),
-    )
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../web/index.html"))
 }
 
 async fn script() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../web/app.js"),
-    )
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/app.js"))
 }
 
 async fn style() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-        include_str!("../web/style.css"),
-    )
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../web/style.css"))
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode_utf8(&state.prometheus.gather(), &mut out) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("metrics encoding failed: {e}"),
-        )
-            .into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics encoding failed: {e}")).into_response();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
@@ -110,10 +94,7 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQ
         );
     }
     if q.room.is_empty() || q.identity.is_empty() || q.room.len() > 128 || q.identity.len() > 128 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "room and identity must be 1 to 128 characters",
-        );
+        return error(StatusCode::BAD_REQUEST, "room and identity must be 1 to 128 characters");
     }
     let claims = auth::Claims {
         sub: q.identity,
@@ -121,11 +102,7 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQ
         room: q.room,
         exp: auth::now_unix() + DEV_TOKEN_TTL_SECS,
         nbf: None,
-        grants: auth::Grants {
-            can_publish: true,
-            can_subscribe: true,
-            room_admin: false,
-        },
+        grants: auth::Grants { can_publish: true, can_subscribe: true, room_admin: false },
     };
     Json(json!({ "token": auth::mint(&state.secret, &claims) })).into_response()
 }
@@ -135,28 +112,31 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// Admin requests carry a bearer token with the roomAdmin grant for that room or `*`.
-fn authorize_admin(state: &AppState, headers: &HeaderMap, room: Option<&str>) -> Result<(), Response> {
-    let token = headers
+/// Returns the refusal to send, if any.
+fn admin_refusal(state: &AppState, headers: &HeaderMap, room: Option<&str>) -> Option<Response> {
+    let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    let claims = auth::verify(&state.secret, token.trim(), auth::now_unix()).map_err(|e| {
-        state.metrics.auth_failures.with_label_values(&[e.label()]).inc();
-        error(StatusCode::UNAUTHORIZED, &format!("unauthorized: {e}"))
-    })?;
+    else {
+        return Some(error(StatusCode::UNAUTHORIZED, "missing bearer token"));
+    };
+    let claims = match auth::verify(&state.secret, token.trim(), auth::now_unix()) {
+        Ok(c) => c,
+        Err(e) => {
+            state.metrics.auth_failures.with_label_values(&[e.label()]).inc();
+            return Some(error(StatusCode::UNAUTHORIZED, &format!("unauthorized: {e}")));
+        }
+    };
     let room_ok = claims.room == "*" || room.is_some_and(|r| r == claims.room);
     if !claims.grants.room_admin || !room_ok {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "token lacks the roomAdmin grant for this room",
-        ));
+        return Some(error(StatusCode::FORBIDDEN, "token lacks the roomAdmin grant for this room"));
     }
-    Ok(())
+    None
 }
 
 async fn list_rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize_admin(&state, &headers, None) {
+    if let Some(r) = admin_refusal(&state, &headers, None) {
         return r;
     }
     Json(json!({ "rooms": state.registry.rooms() })).into_response()
@@ -167,7 +147,7 @@ async fn list_participants(
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize_admin(&state, &headers, Some(&room)) {
+    if let Some(r) = admin_refusal(&state, &headers, Some(&room)) {
         return r;
     }
     match state.registry.participants(&room) {
@@ -181,7 +161,7 @@ async fn remove_participant(
     headers: HeaderMap,
     Path((room, identity)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = authorize_admin(&state, &headers, Some(&room)) {
+    if let Some(r) = admin_refusal(&state, &headers, Some(&room)) {
         return r;
     }
     if state.registry.kick_participant(&room, &identity) {
@@ -196,7 +176,7 @@ async fn close_room(
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize_admin(&state, &headers, Some(&room)) {
+    if let Some(r) = admin_refusal(&state, &headers, Some(&room)) {
         return r;
     }
     if state.registry.close_room(&room) {

@@ -16,18 +16,12 @@ impl SignalingMetrics {
         let connections =
             IntGauge::new("huiyi_signaling_connections", "Open signaling WebSockets").expect("metric");
         let messages = IntCounterVec::new(
-            Opts::new(
-                "huiyi_signaling_messages_total",
-                "Client messages received, by type",
-            ),
+            Opts::new("huiyi_signaling_messages_total", "Client messages received, by type"),
             &["type"],
         )
         .expect("metric");
         let errors = IntCounterVec::new(
-            Opts::new(
-                "huiyi_signaling_errors_total",
-                "Error messages sent to clients, by code",
-            ),
+            Opts::new("huiyi_signaling_errors_total", "Error messages sent to clients, by code"),
             &["code"],
         )
         .expect("metric");
@@ -50,12 +44,6 @@ impl SignalingMetrics {
         ] {
             registry.register(m).expect("register metric");
         }
-        Self {
-            connections,
-            messages,
-            errors,
-            auth_failures,
-            join_seconds,
-        }
+        Self { connections, messages, errors, auth_failures, join_seconds }
     }
 }

@@ -46,12 +46,7 @@ pub struct Track {
 
 impl From<&TrackInfo> for Track {
     fn from(t: &TrackInfo) -> Self {
-        Track {
-            id: t.id.clone(),
-            kind: t.kind.as_str(),
-            source: t.source.as_str(),
-            muted: t.muted,
-        }
+        Track { id: t.id.clone(), kind: t.kind.as_str(), source: t.source.as_str(), muted: t.muted }
     }
 }
 
@@ -64,10 +59,7 @@ pub struct OwnTrack {
 
 impl From<&PublishedTrack> for OwnTrack {
     fn from(p: &PublishedTrack) -> Self {
-        OwnTrack {
-            mid: p.mid.clone(),
-            track: Track::from(&p.track),
-        }
+        OwnTrack { mid: p.mid.clone(), track: Track::from(&p.track) }
     }
 }
 
@@ -139,10 +131,7 @@ pub enum ServerMessage {
 
 impl ServerMessage {
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        ServerMessage::Error {
-            code,
-            message: message.into(),
-        }
+        ServerMessage::Error { code, message: message.into() }
     }
 
     /// The message for a media session event; `Closed` has none (the socket closes).
@@ -153,39 +142,20 @@ impl ServerMessage {
                 tracks: published.iter().map(OwnTrack::from).collect(),
             },
             SessionEvent::Offer { sdp } => ServerMessage::Offer { sdp: sdp.clone() },
-            SessionEvent::Error { code, message } => ServerMessage::Error {
-                code,
-                message: message.clone(),
-            },
-            SessionEvent::ParticipantJoined(p) => ServerMessage::ParticipantJoined {
-                participant: p.into(),
-            },
-            SessionEvent::ParticipantLeft {
-                participant_id,
-                reason,
-            } => ServerMessage::ParticipantLeft {
+            SessionEvent::Error { code, message } => ServerMessage::Error { code, message: message.clone() },
+            SessionEvent::ParticipantJoined(p) => ServerMessage::ParticipantJoined { participant: p.into() },
+            SessionEvent::ParticipantLeft { participant_id, reason } => ServerMessage::ParticipantLeft {
                 participant_id: participant_id.clone(),
                 reason: reason.as_str(),
             },
-            SessionEvent::TrackPublished {
-                participant_id,
-                track,
-            } => ServerMessage::TrackPublished {
-                participant_id: participant_id.clone(),
-                track: track.into(),
-            },
-            SessionEvent::TrackUnpublished {
-                participant_id,
-                track_id,
-            } => ServerMessage::TrackUnpublished {
+            SessionEvent::TrackPublished { participant_id, track } => {
+                ServerMessage::TrackPublished { participant_id: participant_id.clone(), track: track.into() }
+            }
+            SessionEvent::TrackUnpublished { participant_id, track_id } => ServerMessage::TrackUnpublished {
                 participant_id: participant_id.clone(),
                 track_id: track_id.clone(),
             },
-            SessionEvent::TrackMuted {
-                participant_id,
-                track_id,
-                muted,
-            } => ServerMessage::TrackMuted {
+            SessionEvent::TrackMuted { participant_id, track_id, muted } => ServerMessage::TrackMuted {
                 participant_id: participant_id.clone(),
                 track_id: track_id.clone(),
                 muted: *muted,

@@ -48,10 +48,7 @@ pub struct Registry {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Registry {
@@ -66,10 +63,9 @@ impl Registry {
         kick: Kick,
     ) -> Option<Kick> {
         let mut rooms = self.rooms.lock().expect("registry lock");
-        let entry = rooms.entry(room.to_string()).or_insert_with(|| RoomEntry {
-            created_at: unix_now(),
-            participants: HashMap::new(),
-        });
+        let entry = rooms
+            .entry(room.to_string())
+            .or_insert_with(|| RoomEntry { created_at: unix_now(), participants: HashMap::new() });
         let previous = entry.participants.insert(
             identity.to_string(),
             Entry {
@@ -87,11 +83,7 @@ impl Registry {
     pub fn remove(&self, room: &str, identity: &str, connection: u64) {
         let mut rooms = self.rooms.lock().expect("registry lock");
         let Some(entry) = rooms.get_mut(room) else { return };
-        if entry
-            .participants
-            .get(identity)
-            .is_some_and(|e| e.connection == connection)
-        {
+        if entry.participants.get(identity).is_some_and(|e| e.connection == connection) {
             entry.participants.remove(identity);
         }
         if entry.participants.is_empty() {

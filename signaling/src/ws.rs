@@ -46,10 +46,7 @@ impl Connection {
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
+        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         let _ = self.socket.send(Message::Close(Some(frame))).await;
     }
 
@@ -59,12 +56,7 @@ impl Connection {
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Incoming::Closed,
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
-                let ok = self
-                    .send(&ServerMessage::error(
-                        "bad_json",
-                        "binary frames are not accepted",
-                    ))
-                    .await;
+                let ok = self.send(&ServerMessage::error("bad_json", "binary frames are not accepted")).await;
                 return if ok { Incoming::Refused } else { Incoming::Closed };
             }
             Some(Ok(_)) => return Incoming::Refused,
@@ -76,23 +68,13 @@ impl Connection {
         }
         self.window_count += 1;
         let refusal = if self.window_count > MAX_MESSAGES_PER_SECOND {
-            Some(ServerMessage::error(
-                "rate_limited",
-                "too many messages; slow down",
-            ))
+            Some(ServerMessage::error("rate_limited", "too many messages; slow down"))
         } else if text.len() > MAX_MESSAGE {
-            Some(ServerMessage::error(
-                "too_large",
-                format!("messages are limited to {MAX_MESSAGE} bytes"),
-            ))
+            Some(ServerMessage::error("too_large", format!("messages are limited to {MAX_MESSAGE} bytes")))
         } else {
             match serde_json::from_str::<ClientMessage>(&text) {
                 Ok(m) => {
-                    self.state
-                        .metrics
-                        .messages
-                        .with_label_values(&[message_type(&m)])
-                        .inc();
+                    self.state.metrics.messages.with_label_values(&[message_type(&m)]).inc();
                     return Incoming::Message(m);
                 }
                 Err(e) => Some(classify_json_error(&text, e)),
@@ -136,12 +118,7 @@ const KNOWN_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "
 
 pub async fn serve(socket: WebSocket, state: Arc<AppState>) {
     state.metrics.connections.inc();
-    let mut conn = Connection {
-        socket,
-        state: state.clone(),
-        window_start: Instant::now(),
-        window_count: 0,
-    };
+    let mut conn = Connection { socket, state: state.clone(), window_start: Instant::now(), window_count: 0 };
     run(&mut conn).await;
     state.metrics.connections.dec();
 }
@@ -159,10 +136,7 @@ async fn run(conn: &mut Connection) {
             Incoming::Refused => continue,
             Incoming::Message(ClientMessage::Join { token }) => break token,
             Incoming::Message(_) => {
-                if !conn
-                    .send(&ServerMessage::error("not_joined", "send join first"))
-                    .await
-                {
+                if !conn.send(&ServerMessage::error("not_joined", "send join first")).await {
                     return;
                 }
             }
@@ -172,41 +146,22 @@ async fn run(conn: &mut Connection) {
     let claims = match auth::verify(&conn.state.secret, &token, auth::now_unix()) {
         Ok(c) => c,
         Err(e) => {
-            conn.state
-                .metrics
-                .auth_failures
-                .with_label_values(&[e.label()])
-                .inc();
+            conn.state.metrics.auth_failures.with_label_values(&[e.label()]).inc();
             debug!(error = %e, "join refused");
             return conn.close(4001, unauthorized_reason(&e)).await;
         }
     };
     if !claims.grants.can_publish && !claims.grants.can_subscribe {
-        conn.state
-            .metrics
-            .auth_failures
-            .with_label_values(&["no_grants"])
-            .inc();
-        return conn
-            .close(4001, "unauthorized: token grants neither publish nor subscribe")
-            .await;
+        conn.state.metrics.auth_failures.with_label_values(&["no_grants"]).inc();
+        return conn.close(4001, "unauthorized: token grants neither publish nor subscribe").await;
     }
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let participant_id = format!("PA_{}", sfu::random_id());
-    let name = claims
-        .name
-        .clone()
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| claims.sub.clone());
+    let name = claims.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| claims.sub.clone());
     let (kick_tx, mut kick) = mpsc::channel(4);
-    if let Some(previous) = conn.state.registry.insert(
-        &claims.room,
-        &claims.sub,
-        connection,
-        &participant_id,
-        &name,
-        kick_tx,
-    ) {
+    if let Some(previous) =
+        conn.state.registry.insert(&claims.room, &claims.sub, connection, &participant_id, &name, kick_tx)
+    {
         let _ = previous.send(LeaveReason::Replaced).await;
     }
     let joined = conn
@@ -233,21 +188,13 @@ async fn run(conn: &mut Connection) {
             return conn.close(code, reason).await;
         }
     };
-    let me = Participant {
-        id: participant_id.clone(),
-        identity: claims.sub.clone(),
-        name,
-        tracks: vec![],
-    };
+    let me = Participant { id: participant_id.clone(), identity: claims.sub.clone(), name, tracks: vec![] };
     let message = ServerMessage::Joined {
         room: claims.room.clone(),
         participant: me,
         participants: joined.others.iter().map(Participant::from).collect(),
     };
-    conn.state
-        .metrics
-        .join_seconds
-        .observe(started.elapsed().as_secs_f64());
+    conn.state.metrics.join_seconds.observe(started.elapsed().as_secs_f64());
     info!(room = %claims.room, identity = %claims.sub, participant = %participant_id, "joined");
     let session = joined.session;
     let mut events = joined.events;

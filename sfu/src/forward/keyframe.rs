@@ -83,19 +83,12 @@ pub struct KeyframeThrottle {
 
 impl KeyframeThrottle {
     pub fn new(min_interval: Duration) -> Self {
-        Self {
-            min_interval,
-            last_sent: None,
-            deferred: false,
-        }
+        Self { min_interval, last_sent: None, deferred: false }
     }
 
     /// A subscriber wants a keyframe: true when the request should go to the publisher now.
     pub fn request(&mut self, now: Instant) -> bool {
-        if self
-            .last_sent
-            .is_some_and(|t| now.duration_since(t) < self.min_interval)
-        {
+        if self.last_sent.is_some_and(|t| now.duration_since(t) < self.min_interval) {
             self.deferred = true;
             return false;
         }
@@ -111,9 +104,7 @@ impl KeyframeThrottle {
 
     /// When a deferred request is due, the time it becomes due.
     pub fn deferred_due(&self) -> Option<Instant> {
-        self.deferred
-            .then(|| self.last_sent.map(|t| t + self.min_interval))
-            .flatten()
+        self.deferred.then(|| self.last_sent.map(|t| t + self.min_interval)).flatten()
     }
 
     /// True when a deferred request should be sent now.
@@ -136,10 +127,7 @@ mod tests {
         // Same with P=1: an interframe.
         assert!(!starts_keyframe(VideoCodec::Vp8, &[0x10, 0x01]));
         // X=1, I=1 with 15-bit picture id, L=1, T=1; then P=0.
-        assert!(starts_keyframe(
-            VideoCodec::Vp8,
-            &[0x90, 0xe0, 0x80, 0x05, 0x01, 0x20, 0x50]
-        ));
+        assert!(starts_keyframe(VideoCodec::Vp8, &[0x90, 0xe0, 0x80, 0x05, 0x01, 0x20, 0x50]));
         // Not the start of a partition.
         assert!(!starts_keyframe(VideoCodec::Vp8, &[0x00, 0x00]));
         // Truncated input never panics.
@@ -153,10 +141,7 @@ mod tests {
         assert!(starts_keyframe(VideoCodec::H264, &[0x67, 0x42]), "SPS");
         assert!(!starts_keyframe(VideoCodec::H264, &[0x41, 0x9a]), "non-IDR slice");
         // STAP-A with an SPS inside.
-        assert!(starts_keyframe(
-            VideoCodec::H264,
-            &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68]
-        ));
+        assert!(starts_keyframe(VideoCodec::H264, &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68]));
         // FU-A start fragment of an IDR, then a middle fragment.
         assert!(starts_keyframe(VideoCodec::H264, &[0x7c, 0x85, 0x00]));
         assert!(!starts_keyframe(VideoCodec::H264, &[0x7c, 0x05, 0x00]));
@@ -174,10 +159,7 @@ mod tests {
         assert!(!t.request(t0 + ms(20)));
         assert_eq!(t.deferred_due(), Some(t0 + ms(500)));
         assert!(!t.poll(t0 + ms(499)));
-        assert!(
-            t.poll(t0 + ms(500)),
-            "the deferred request goes out once the interval ends"
-        );
+        assert!(t.poll(t0 + ms(500)), "the deferred request goes out once the interval ends");
         assert!(!t.poll(t0 + ms(1000)), "and only once");
         assert!(t.request(t0 + ms(1000)));
     }

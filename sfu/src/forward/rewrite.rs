@@ -96,10 +96,7 @@ impl RtpRewriter {
             self.last_out_ts = out_ts;
             self.last_arrival_ms = arrival_ms;
         }
-        Some(Rewritten {
-            seq: out_seq,
-            timestamp: out_ts,
-        })
+        Some(Rewritten { seq: out_seq, timestamp: out_ts })
     }
 
     /// The number of the next outgoing packet after a switch: one past the last sent.
@@ -159,11 +156,7 @@ mod tests {
         // The source restarts with a new SSRC, a random sequence and timestamp, 100 ms later.
         let first_new = r.rewrite(2, 40_000, 77, 9 * 33 + 100).unwrap();
         assert_eq!(first_new.seq, last.seq + 1);
-        assert_eq!(
-            first_new.timestamp.wrapping_sub(last.timestamp),
-            9000,
-            "100 ms at 90 kHz"
-        );
+        assert_eq!(first_new.timestamp.wrapping_sub(last.timestamp), 9000, "100 ms at 90 kHz");
         let second_new = r.rewrite(2, 40_001, 77 + 3000, 9 * 33 + 133).unwrap();
         assert_eq!(second_new.seq, last.seq + 2);
         assert_eq!(second_new.timestamp.wrapping_sub(first_new.timestamp), 3000);
