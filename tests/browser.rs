@@ -1,5 +1,7 @@
 //! What a person sees: headless Chromium opens three meeting pages in one room; every
-//! page must play the other two participants' video and receive their audio.
+//! page must play the other two participants' video and receive their audio. Then the
+//! first page shares its screen (a renegotiation on every page): the others must play
+//! it, and drop its tile when sharing stops; and its muted microphone shows as muted.
 //! Needs Debian's chromium and `npm install` in tests/browser (scripts/test does both).
 
 mod common;
@@ -29,6 +31,8 @@ async fn three_browsers_see_and_hear_each_other() {
         .arg("browser-test")
         .arg("3")
         .arg("60")
+        .arg("0")
+        .arg("share")
         .current_dir(&script_dir)
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
@@ -42,8 +46,14 @@ async fn three_browsers_see_and_hear_each_other() {
     let result: serde_json::Value = serde_json::from_str(result).expect("RESULT is JSON");
     println!("browser test took {:.1} s: {result}", started.elapsed().as_secs_f64());
     assert_eq!(result["ok"], true, "browser pages did not all see and hear each other: {result:#}");
+    assert!(result["screen_seen_s"].is_number(), "shared screen never played on the other pages: {result:#}");
+    assert!(result["screen_gone_s"].is_number(), "screen tile stayed after sharing stopped: {result:#}");
+    assert!(result["mute_seen_s"].is_number(), "muting the mic did not show on the other pages: {result:#}");
     for page in result["verdicts"].as_array().expect("verdicts") {
         assert!(page["playing"].as_u64() >= Some(2), "a page plays fewer than 2 remote videos: {result:#}");
-        assert!(page["hearing"].as_u64() >= Some(2), "a page hears fewer than 2 remote audio streams: {result:#}");
+        assert!(
+            page["hearing"].as_u64() >= Some(2),
+            "a page hears fewer than 2 remote audio streams: {result:#}"
+        );
     }
 }

@@ -407,7 +407,10 @@ impl Shard {
         };
         let first = !session.negotiated;
         session.negotiated = true;
-        // MediaAdded and MediaChanged events fire while draining; they fill newly_published.
+        // Publications follow the SDP now, so the answer can name the tracks it accepted.
+        for mid in offer_mids(sdp) {
+            self.sync_publication(id, mid);
+        }
         self.drain(id);
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
@@ -618,25 +621,10 @@ impl Shard {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.end_session(id, LeaveReason::MediaTimeout);
             }
-            Event::MediaAdded(added) => {
-                if matches!(added.direction, Direction::RecvOnly | Direction::SendRecv) {
-                    self.publish(id, added.mid, added.kind);
-                }
-            }
-            Event::MediaChanged(changed) => {
-                let receiving = matches!(changed.direction, Direction::RecvOnly | Direction::SendRecv);
-                let published =
-                    self.sessions.get(&id).is_some_and(|s| s.published.contains_key(&changed.mid));
-                if receiving && !published {
-                    let kind =
-                        self.sessions.get(&id).and_then(|s| s.rtc.media(changed.mid)).map(|m| m.kind());
-                    if let Some(kind) = kind {
-                        self.publish(id, changed.mid, kind);
-                    }
-                } else if !receiving && published {
-                    self.unpublish(id, changed.mid);
-                }
-            }
+            // str0m holds these back until DTLS is up; `sync_publications` after each
+            // accepted offer has usually handled them already, and repeating it is harmless.
+            Event::MediaAdded(added) => self.sync_publication(id, added.mid),
+            Event::MediaChanged(changed) => self.sync_publication(id, changed.mid),
             Event::KeyframeRequest(request) => {
                 self.metrics.keyframe_requests.with_label_values(&["received"]).inc();
                 let key = self
@@ -656,6 +644,21 @@ impl Shard {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Publish or unpublish the track on `mid` so it matches what the client sends.
+    fn sync_publication(&mut self, id: SessionId, mid: Mid) {
+        let Some(session) = self.sessions.get(&id) else { return };
+        let Some(media) = session.rtc.media(mid) else { return };
+        let receiving =
+            matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) && !media.disabled();
+        let kind = media.kind();
+        let published = session.published.contains_key(&mid);
+        if receiving && !published {
+            self.publish(id, mid, kind);
+        } else if !receiving && published {
+            self.unpublish(id, mid);
         }
     }
 
@@ -999,6 +1002,11 @@ fn matching_pt(rtc: &Rtc, mid: Mid, spec: &CodecSpec) -> Option<str0m::media::Pt
                         && s.format.profile_level_id == spec.format.profile_level_id))
         })
     })
+}
+
+/// The mids of an SDP, in order (`a=mid:` lines).
+fn offer_mids(sdp: &str) -> Vec<Mid> {
+    sdp.lines().filter_map(|l| l.trim_end().strip_prefix("a=mid:")).map(Mid::from).collect()
 }
 
 /// A fixed point for converting packet arrival instants to milliseconds.

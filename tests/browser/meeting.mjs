@@ -1,12 +1,14 @@
 // Opens N pages of the Huiyi web client in one headless Chromium, each joining the same
 // room with the fake camera and microphone, and checks what a person would see: every
 // page plays the other N-1 participants' video and receives their audio.
-// Usage: node meeting.mjs <base-url> <room> [pages=3] [timeout-seconds=60] [hold-seconds=0]
+// Usage: node meeting.mjs <base-url> <room> [pages=3] [timeout-seconds=60] [hold-seconds=0] [share]
+// With "share", the first page then shares its screen: every other page must play it
+// in a screen tile, and the tile must go away when sharing stops.
 // With hold-seconds, the pages stay in the meeting that long after they all play media
 // (for measuring the server under a real meeting).
 import { chromium } from "playwright-core";
 
-const [base, room, pagesArg = "3", timeoutArg = "60", holdArg = "0"] = process.argv.slice(2);
+const [base, room, pagesArg = "3", timeoutArg = "60", holdArg = "0", shareArg = ""] = process.argv.slice(2);
 const pages = Number(pagesArg);
 const deadline = Date.now() + Number(timeoutArg) * 1000;
 const executablePath = process.env.CHROMIUM || "/usr/lib/chromium/chromium";
@@ -16,7 +18,7 @@ const browser = await chromium.launch({
   args: [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection", "--auto-select-desktop-capture-source=Entire screen", "--autoplay-policy=no-user-gesture-required",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
   ],
 });
@@ -42,6 +44,26 @@ async function observe(page) {
     const pc = window.huiyi.state.pc;
     return { videos, audio, video, connection: pc ? pc.connectionState : "none", error: document.getElementById("meeting-error").textContent };
   });
+}
+
+// Wait until every other page plays a screen-share tile (or, with gone=true, has none).
+async function screenSeen(opened, gone) {
+  const probe = () => Promise.all(opened.slice(1).map((p) => p.evaluate(() => {
+    const v = document.querySelector(".tile.screen video");
+    return v ? { width: v.videoWidth, time: v.currentTime } : null;
+  })));
+  const start = Date.now();
+  let before = await probe();
+  while (Date.now() < deadline) {
+    await sleep(500);
+    const now = await probe();
+    const ok = gone
+      ? now.every((v) => v === null)
+      : now.every((v, i) => v && v.width > 0 && before[i] && v.time > before[i].time);
+    if (ok) return (Date.now() - start) / 1000;
+    before = now;
+  }
+  return null;
 }
 
 let result = { ok: false };
@@ -81,6 +103,26 @@ try {
     const done = verdicts.every((v) => v.playing >= pages - 1 && v.hearing >= pages - 1);
     if (done) {
       result = { ok: true, seconds: (Date.now() - started) / 1000, verdicts, pages: now };
+      if (shareArg === "share") {
+        await opened[0].click("#share");
+        result.screen_seen_s = await screenSeen(opened, false);
+        await opened[0].click("#share");
+        result.screen_gone_s = await screenSeen(opened, true);
+        if (result.screen_seen_s === null) { result.ok = false; result.reason = "others never played the shared screen"; }
+        else if (result.screen_gone_s === null) { result.ok = false; result.reason = "screen tile stayed after sharing stopped"; }
+        // Mute the first page's microphone: the others must show it muted.
+        const me = await opened[0].evaluate(() => window.huiyi.state.me.id);
+        await opened[0].click("#toggle-mic");
+        const shownMuted = async () => (await Promise.all(opened.slice(1).map((p) => p.evaluate((id) => {
+          const label = document.querySelector(`.tile[data-participant="${id}"]:not(.screen) .label`);
+          return !!label && label.classList.contains("muted");
+        }, me)))).every(Boolean);
+        const muteStart = Date.now();
+        while (Date.now() < deadline && !(await shownMuted())) await sleep(200);
+        result.mute_seen_s = (await shownMuted()) ? (Date.now() - muteStart) / 1000 : null;
+        if (result.mute_seen_s === null) { result.ok = false; result.reason = "others never showed the mic as muted"; }
+        result.logs = logs.slice(-20);
+      }
       if (Number(holdArg) > 0) {
         console.log("ALL_PLAYING " + Date.now());
         await sleep(Number(holdArg) * 1000);
@@ -93,7 +135,7 @@ try {
     if ((Date.now() - started) % 5000 < 1000) first = now;
     result = { ok: false, verdicts, pages: now, logs: logs.slice(-20) };
   }
-  if (!result.ok) result.reason = "timed out before every page played every remote participant";
+  if (!result.ok && !result.reason) result.reason = "timed out before every page played every remote participant";
   if (!result.ok && last === null) result.reason = "pages never reported";
 } catch (e) {
   result = { ok: false, reason: String(e && e.stack || e) };

@@ -1,6 +1,11 @@
 //! Shared helpers for tests that run a real Huiyi server in-process on free ports.
 #![allow(dead_code)]
 
+// A WebRTC client on an independent stack (webrtc-rs); unused items are fine for test
+// files that only need the server helpers.
+#[allow(dead_code, unused_imports)]
+pub mod webrtc_client;
+
 use std::net::SocketAddr;
 
 use huiyi::{Config, Running};
@@ -14,8 +19,7 @@ pub async fn start_server() -> Running {
 }
 
 pub async fn start_server_with(adjust: impl FnOnce(&mut Config)) -> Running {
-    let mut config = Config::default();
-    config.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = Config { http: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
     config.media.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     config.auth.api_secret = TEST_SECRET.into();
     adjust(&mut config);
@@ -80,9 +84,8 @@ pub async fn http_request(
     let raw = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
         .await
         .unwrap_or_else(|_| panic!("{method} {path}: no complete response within 5 s"));
-    parse_http_response(&raw).unwrap_or_else(|| {
-        panic!("{method} {path}: unparsable response {:?}", String::from_utf8_lossy(&raw))
-    })
+    parse_http_response(&raw)
+        .unwrap_or_else(|| panic!("{method} {path}: unparsable response {:?}", String::from_utf8_lossy(&raw)))
 }
 
 fn parse_http_response(raw: &[u8]) -> Option<(u16, String)> {

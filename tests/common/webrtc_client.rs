@@ -1,0 +1,813 @@
+//! A meeting participant built on an independent WebRTC stack, the `webrtc` crate
+//! (webrtc-rs 0.21, on the sans-IO `rtc` core). It joins a room over the signaling
+//! WebSocket, publishes one Opus and one VP8 track as sendonly transceivers, answers
+//! the server's offers, trickles its candidates and records every RTP packet it
+//! receives, so a test can check that it got exactly the bytes the others sent.
+//!
+//! Payloads are synthetic but recognisable: [`payload`] builds the bytes of packet
+//! `counter` of one sender's track, and [`parse_marker`] reads the sender and counter
+//! back, so a receiver can rebuild the expected payload and compare it byte for byte.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use huiyi::Running;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::media_stream::{MediaStreamTrack, Track};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
+};
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
+
+type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long one signaling step (joined, the answer to our offer) may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
+pub const VIDEO_INTERVAL: Duration = Duration::from_millis(33);
+/// Every this many video packets is a keyframe (packet 0 is one).
+pub const KEYFRAME_EVERY: u32 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+impl Kind {
+    pub const BOTH: [Kind; 2] = [Kind::Audio, Kind::Video];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Audio => "audio",
+            Kind::Video => "video",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Kind::Audio => b'a',
+            Kind::Video => b'v',
+        }
+    }
+
+    /// Where the marker starts: after the VP8 payload descriptor and frame header for video.
+    fn marker_offset(self) -> usize {
+        match self {
+            Kind::Audio => 0,
+            Kind::Video => VP8_KEYFRAME_PREFIX.len(),
+        }
+    }
+}
+
+/// VP8 payload descriptor 0x10 (S=1, PID=0), then a frame tag with P=0 (keyframe)
+/// and the keyframe start code 9d 01 2a.
+const VP8_KEYFRAME_PREFIX: [u8; 5] = [0x10, 0x00, 0x9d, 0x01, 0x2a];
+/// The same descriptor, then a frame tag with P=1 (interframe).
+const VP8_DELTA_PREFIX: [u8; 5] = [0x10, 0x01, 0x00, 0x00, 0x00];
+const MARKER_MAGIC: [u8; 2] = *b"HY";
+
+pub fn is_keyframe_counter(counter: u32) -> bool {
+    counter.is_multiple_of(KEYFRAME_EVERY)
+}
+
+/// The payload of packet `counter` on `sender`'s track of `kind`: codec prefix (video),
+/// then the marker `HY <kind> <sender> <counter:u32 BE>`, then filler derived from all
+/// three, of a length that varies with the counter.
+pub fn payload(kind: Kind, sender: u8, counter: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1200);
+    if kind == Kind::Video {
+        let prefix = if is_keyframe_counter(counter) { VP8_KEYFRAME_PREFIX } else { VP8_DELTA_PREFIX };
+        p.extend_from_slice(&prefix);
+    }
+    p.extend_from_slice(&MARKER_MAGIC);
+    p.push(kind.tag());
+    p.push(sender);
+    p.extend_from_slice(&counter.to_be_bytes());
+    let filler = match kind {
+        Kind::Audio => 40 + counter % 80,
+        Kind::Video => 300 + counter.wrapping_mul(37) % 800,
+    };
+    let seed = counter.wrapping_mul(2_654_435_761) ^ u32::from(sender).wrapping_mul(0x9e37_79b9);
+    p.extend((0..filler).map(|i| (seed.rotate_left(i % 32) ^ i.wrapping_mul(31)) as u8));
+    p
+}
+
+/// The sender index and counter carried by a payload made by [`payload`].
+pub fn parse_marker(kind: Kind, payload: &[u8]) -> Option<(u8, u32)> {
+    let at = kind.marker_offset();
+    let m = payload.get(at..at + 8)?;
+    if m[..2] != MARKER_MAGIC || m[2] != kind.tag() {
+        return None;
+    }
+    Some((m[3], u32::from_be_bytes([m[4], m[5], m[6], m[7]])))
+}
+
+/// Does this VP8 payload start a keyframe (descriptor S=1, PID=0, frame tag P=0)?
+pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
+    payload.len() >= 2 && payload[0] == 0x10 && payload[1] & 0x01 == 0
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceivedPacket {
+    pub at: Instant,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub payload_type: u8,
+    pub payload: Bytes,
+}
+
+/// A track the server sends us, as `on_track` announced it.
+#[derive(Debug, Clone)]
+pub struct RemoteTrack {
+    /// The msid stream id: the publishing participant's id.
+    pub participant_id: String,
+    /// The msid track id: the server's track id.
+    pub track_id: String,
+    pub kind: Option<Kind>,
+    pub packets: Vec<ReceivedPacket>,
+    pub ended: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ParticipantEntry {
+    pub identity: String,
+    /// Track id to kind, from `joined`, `participantJoined` and `trackPublished`.
+    pub tracks: HashMap<String, String>,
+    pub left: Option<String>,
+}
+
+/// What a receiver verified about one sender's track of one kind.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// Track ids on which this sender's media of this kind arrived.
+    pub track_ids: Vec<String>,
+    /// Packets considered (inside the time window).
+    pub packets: usize,
+    /// Distinct counters whose payload matched, byte for byte, what the sender sent.
+    pub matching: usize,
+    /// Packets whose bytes are not something this sender sent on this track.
+    pub bad: Vec<String>,
+    /// Whether the first packet received on the track (not windowed) started a keyframe.
+    pub first_is_keyframe: Option<bool>,
+}
+
+#[derive(Default)]
+struct Shared {
+    label: String,
+    participants: Mutex<HashMap<String, ParticipantEntry>>,
+    remote: Mutex<Vec<RemoteTrack>>,
+    /// Our own published tracks from the server's answer: kind to track id.
+    published: Mutex<HashMap<String, String>>,
+    /// Problems: server `error` messages, failed negotiation steps, write errors.
+    errors: Mutex<Vec<String>>,
+    states: Mutex<Vec<RTCPeerConnectionState>>,
+    answers: AtomicU32,
+    offers_answered: AtomicU32,
+    candidates_sent: AtomicU32,
+    closed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn error(&self, message: String) {
+        eprintln!("[{}] {message}", self.label);
+        self.errors.lock().unwrap().push(message);
+    }
+
+    fn add_participant(&self, p: &Value) {
+        let Some(id) = p["id"].as_str() else { return };
+        let mut participants = self.participants.lock().unwrap();
+        let entry = participants.entry(id.to_string()).or_default();
+        entry.identity = p["identity"].as_str().unwrap_or_default().to_string();
+        for t in p["tracks"].as_array().into_iter().flatten() {
+            if let (Some(tid), Some(kind)) = (t["id"].as_str(), t["kind"].as_str()) {
+                entry.tracks.insert(tid.to_string(), kind.to_string());
+            }
+        }
+    }
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+    out: mpsc::UnboundedSender<String>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let message =
+                    json!({"type": "candidate", "candidate": init.candidate, "sdpMid": init.sdp_mid});
+                if self.out.send(message.to_string()).is_ok() {
+                    self.shared.candidates_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => self.shared.error(format!("local candidate not serializable: {e}")),
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.shared.states.lock().unwrap().push(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let participant_id = track.stream_id().await;
+        let track_id = track.track_id().await;
+        let kind = match track.kind().await {
+            RtpCodecKind::Audio => Some(Kind::Audio),
+            RtpCodecKind::Video => Some(Kind::Video),
+            _ => None,
+        };
+        let index = {
+            let mut remote = self.shared.remote.lock().unwrap();
+            remote.push(RemoteTrack { participant_id, track_id, kind, packets: Vec::new(), ended: false });
+            remote.len() - 1
+        };
+        // This runs on the connection's driver: read the track on a task of its own.
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                match event {
+                    TrackRemoteEvent::OnRtpPacket(p) => {
+                        let packet = ReceivedPacket {
+                            at: Instant::now(),
+                            ssrc: p.header.ssrc,
+                            seq: p.header.sequence_number,
+                            timestamp: p.header.timestamp,
+                            payload_type: p.header.payload_type,
+                            payload: p.payload,
+                        };
+                        shared.remote.lock().unwrap()[index].packets.push(packet);
+                    }
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+            shared.remote.lock().unwrap()[index].ended = true;
+        });
+    }
+}
+
+/// One local track we publish, and what we sent on it.
+struct LocalTrack {
+    kind: Kind,
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    sent: Arc<AtomicU32>,
+}
+
+pub struct Client {
+    pub identity: String,
+    /// Put in every payload this client sends.
+    pub index: u8,
+    pub participant_id: String,
+    pub pc: Arc<dyn PeerConnection>,
+    shared: Arc<Shared>,
+    out: mpsc::UnboundedSender<String>,
+    local: Vec<LocalTrack>,
+    stop_media: Arc<AtomicBool>,
+    media_tasks: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Client {
+    /// Connect to the server's signaling, join `room` as `identity`, publish audio and
+    /// video as sendonly transceivers, and return once the server answered our offer.
+    pub async fn join(server: &Running, room: &str, identity: &str, index: u8) -> anyhow::Result<Client> {
+        let label = format!("{identity}#{index}");
+        let (ws, _) = tokio_tungstenite::connect_async(super::ws_url(server))
+            .await
+            .with_context(|| format!("{label}: WebSocket connect"))?;
+        let (mut ws_tx, mut ws_rx) = ws.split();
+        let join = json!({"type": "join", "token": super::token(room, identity)});
+        ws_tx.send(Message::text(join.to_string())).await.context("sending join")?;
+
+        let joined = tokio::time::timeout(STEP_TIMEOUT, next_json(&mut ws_rx))
+            .await
+            .map_err(|_| anyhow!("{label}: no `joined` within {STEP_TIMEOUT:?}"))??;
+        if joined["type"] != "joined" {
+            bail!("{label}: expected `joined` first, got {joined}");
+        }
+        let participant_id = joined["participant"]["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{label}: `joined` without participant.id: {joined}"))?
+            .to_string();
+        let shared = Arc::new(Shared { label: label.clone(), ..Default::default() });
+        for p in joined["participants"].as_array().into_iter().flatten() {
+            shared.add_participant(p);
+        }
+
+        let (out, out_rx) = mpsc::unbounded_channel::<String>();
+        let pc = build_peer_connection(shared.clone(), out.clone()).await?;
+
+        let mut local = Vec::new();
+        for kind in Kind::BOTH {
+            local.push(add_sendonly_track(&pc, kind, identity).await?);
+        }
+
+        // Send the offer before applying it: gathering starts in set_local_description,
+        // so every trickled candidate follows the offer on the socket.
+        let offer = pc.create_offer(None).await.context("create_offer")?;
+        let tracks = sources_by_mid(&offer.sdp);
+        if tracks.len() != 2 {
+            bail!("{label}: our offer should have an audio and a video m-line:\n{}", offer.sdp);
+        }
+        let message = json!({"type": "offer", "sdp": offer.sdp, "tracks": tracks});
+        out.send(message.to_string()).expect("writer not started yet, channel open");
+        pc.set_local_description(offer).await.context("set_local_description(offer)")?;
+
+        let writer = tokio::spawn(write_loop(ws_tx, out_rx));
+        let reader = tokio::spawn(signaling_loop(ws_rx, pc.clone(), shared.clone(), out.clone()));
+
+        let client = Client {
+            identity: identity.to_string(),
+            index,
+            participant_id,
+            pc,
+            shared,
+            out,
+            local,
+            stop_media: Arc::new(AtomicBool::new(false)),
+            media_tasks: Vec::new(),
+            tasks: vec![writer, reader],
+        };
+        let answered = wait_until(STEP_TIMEOUT, || {
+            client.shared.answers.load(Ordering::SeqCst) > 0 || !client.errors().is_empty()
+        })
+        .await;
+        if !answered {
+            bail!("{label}: the server did not answer our offer within {STEP_TIMEOUT:?}");
+        }
+        if client.shared.answers.load(Ordering::SeqCst) == 0 {
+            bail!("{label}: offer failed: {:?}", client.errors());
+        }
+        Ok(client)
+    }
+
+    pub fn label(&self) -> &str {
+        &self.shared.label
+    }
+
+    /// Wait for the peer connection (ICE + DTLS) to reach `connected`.
+    pub async fn wait_connected(&self, timeout: Duration) -> anyhow::Result<()> {
+        let connected =
+            wait_until(timeout, || self.states().contains(&RTCPeerConnectionState::Connected)).await;
+        if !connected {
+            bail!(
+                "{}: peer connection not connected after {timeout:?}; states {:?}, candidates sent {}, errors {:?}",
+                self.label(),
+                self.states(),
+                self.shared.candidates_sent.load(Ordering::Relaxed),
+                self.errors()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn states(&self) -> Vec<RTCPeerConnectionState> {
+        self.shared.states.lock().unwrap().clone()
+    }
+
+    /// Server `error` messages and failures of this client's own negotiation steps.
+    pub fn errors(&self) -> Vec<String> {
+        self.shared.errors.lock().unwrap().clone()
+    }
+
+    /// Server offers this client answered.
+    pub fn offers_answered(&self) -> u32 {
+        self.shared.offers_answered.load(Ordering::SeqCst)
+    }
+
+    /// Why the signaling socket closed, if it did.
+    pub fn closed(&self) -> Option<String> {
+        self.shared.closed.lock().unwrap().clone()
+    }
+
+    /// Participants we heard of (by id), with identities and announced tracks.
+    pub fn roster(&self) -> HashMap<String, ParticipantEntry> {
+        self.shared.participants.lock().unwrap().clone()
+    }
+
+    /// Our track id for `kind`, as the server's answer named it.
+    pub fn published_track(&self, kind: Kind) -> Option<String> {
+        self.shared.published.lock().unwrap().get(kind.as_str()).cloned()
+    }
+
+    pub fn remote_tracks(&self) -> Vec<RemoteTrack> {
+        self.shared.remote.lock().unwrap().clone()
+    }
+
+    /// Packets sent so far on our track of `kind`.
+    pub fn sent(&self, kind: Kind) -> u32 {
+        self.local.iter().find(|t| t.kind == kind).map_or(0, |t| t.sent.load(Ordering::SeqCst))
+    }
+
+    /// Start writing RTP: Opus-sized audio every 20 ms and VP8 video every 33 ms, each
+    /// [`KEYFRAME_EVERY`]th video packet a keyframe.
+    pub async fn start_media(&mut self) -> anyhow::Result<()> {
+        for t in &self.local {
+            let params = t.sender.get_parameters().await.context("sender parameters")?;
+            let mime = match t.kind {
+                Kind::Audio => MIME_TYPE_OPUS,
+                Kind::Video => MIME_TYPE_VP8,
+            };
+            let pt = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                .map(|c| c.payload_type)
+                .ok_or_else(|| {
+                    anyhow!("{}: {mime} not negotiated: {:?}", self.label(), params.rtp_parameters)
+                })?;
+            let task = tokio::spawn(send_loop(
+                t.kind,
+                self.index,
+                pt,
+                t.ssrc,
+                t.track.clone(),
+                t.sent.clone(),
+                self.stop_media.clone(),
+                self.shared.clone(),
+            ));
+            self.media_tasks.push(task);
+        }
+        Ok(())
+    }
+
+    pub async fn stop_media(&mut self) {
+        self.stop_media.store(true, Ordering::SeqCst);
+        for task in self.media_tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    /// Packets received from `sender` on its track(s) of `kind` at or after `from` (cheap:
+    /// counts, does not verify; see [`Client::verify_from`]).
+    pub fn received_count(&self, sender: &Client, kind: Kind, from: Option<Instant>) -> usize {
+        let remote = self.shared.remote.lock().unwrap();
+        remote
+            .iter()
+            .filter(|t| t.participant_id == sender.participant_id && t.kind == Some(kind))
+            .map(|t| t.packets.iter().filter(|p| from.is_none_or(|f| p.at >= f)).count())
+            .sum()
+    }
+
+    /// Check what this client received from `sender` on its track of `kind`, counting
+    /// only packets that arrived inside `[from, until)` when given.
+    pub fn verify_from(
+        &self,
+        sender: &Client,
+        kind: Kind,
+        from: Option<Instant>,
+        until: Option<Instant>,
+    ) -> Verified {
+        let sent = sender.sent(kind);
+        let mut v = Verified::default();
+        let mut counters = BTreeSet::new();
+        let remote = self.shared.remote.lock().unwrap();
+        for track in
+            remote.iter().filter(|t| t.participant_id == sender.participant_id && t.kind == Some(kind))
+        {
+            v.track_ids.push(track.track_id.clone());
+            if kind == Kind::Video {
+                v.first_is_keyframe = track.packets.first().map(|p| vp8_is_keyframe(&p.payload));
+            }
+            let window =
+                |p: &&ReceivedPacket| from.is_none_or(|f| p.at >= f) && until.is_none_or(|u| p.at < u);
+            for p in track.packets.iter().filter(window) {
+                v.packets += 1;
+                let describe = |why: &str| {
+                    let head: Vec<u8> = p.payload.iter().take(16).copied().collect();
+                    format!(
+                        "track {} seq {} ({} bytes, starts {head:02x?}): {why}",
+                        track.track_id,
+                        p.seq,
+                        p.payload.len()
+                    )
+                };
+                let Some((index, counter)) = parse_marker(kind, &p.payload) else {
+                    v.bad.push(describe("no marker"));
+                    continue;
+                };
+                if index != sender.index {
+                    v.bad.push(describe(&format!(
+                        "carries sender #{index}'s marker, expected #{}",
+                        sender.index
+                    )));
+                } else if counter >= sent {
+                    v.bad.push(describe(&format!("counter {counter} was never sent (sent {sent})")));
+                } else if p.payload[..] != payload(kind, index, counter)[..] {
+                    v.bad.push(describe(&format!("bytes differ from packet {counter} as sent")));
+                } else {
+                    counters.insert(counter);
+                }
+            }
+        }
+        v.matching = counters.len();
+        v
+    }
+
+    /// Say goodbye on the signaling socket and close the peer connection.
+    pub async fn close(mut self) {
+        self.stop_media().await;
+        let _ = self.out.send(json!({"type": "leave"}).to_string());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = self.pc.close().await;
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+async fn build_peer_connection(
+    shared: Arc<Shared>,
+    out: mpsc::UnboundedSender<String>,
+) -> anyhow::Result<Arc<dyn PeerConnection>> {
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs().context("register codecs")?;
+    let registry =
+        register_default_interceptors(Registry::new(), &mut media_engine).context("interceptors")?;
+    // mDNS would bind port 5353 for every client in this one process; the server ignores
+    // `.local` candidates anyway.
+    let settings = SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .with_handler(Arc::new(Handler { shared, out }))
+        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .build()
+        .await
+        .context("building the peer connection")?;
+    Ok(Arc::new(pc))
+}
+
+async fn add_sendonly_track(
+    pc: &Arc<dyn PeerConnection>,
+    kind: Kind,
+    identity: &str,
+) -> anyhow::Result<LocalTrack> {
+    let ssrc = fastrand::u32(1..);
+    let (codec_kind, codec) = match kind {
+        Kind::Audio => (
+            RtpCodecKind::Audio,
+            RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                ..Default::default()
+            },
+        ),
+        Kind::Video => (
+            RtpCodecKind::Video,
+            RTCRtpCodec { mime_type: MIME_TYPE_VP8.to_owned(), clock_rate: 90_000, ..Default::default() },
+        ),
+    };
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        format!("{identity}-stream"),
+        format!("{identity}-{}", kind.as_str()),
+        format!("{identity} {}", kind.as_str()),
+        codec_kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec,
+            ..Default::default()
+        }],
+    )));
+    let init = RTCRtpTransceiverInit {
+        direction: RTCRtpTransceiverDirection::Sendonly,
+        streams: vec![],
+        send_encodings: vec![],
+    };
+    let transceiver = pc
+        .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(init))
+        .await
+        .with_context(|| format!("adding the {} transceiver", kind.as_str()))?;
+    let sender =
+        transceiver.sender().await?.ok_or_else(|| anyhow!("{} transceiver has no sender", kind.as_str()))?;
+    Ok(LocalTrack { kind, track, sender, ssrc, sent: Arc::new(AtomicU32::new(0)) })
+}
+
+/// `[{"mid", "source"}]` for the audio and video m-lines of an SDP.
+fn sources_by_mid(sdp: &str) -> Vec<Value> {
+    let mut tracks = Vec::new();
+    let mut source = None;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            source = if m.starts_with("audio") {
+                Some("microphone")
+            } else if m.starts_with("video") {
+                Some("camera")
+            } else {
+                None
+            };
+        } else if let (Some(mid), Some(s)) = (line.strip_prefix("a=mid:"), source) {
+            tracks.push(json!({"mid": mid.trim(), "source": s}));
+        }
+    }
+    tracks
+}
+
+async fn next_json(ws_rx: &mut SplitStream<WsStream>) -> anyhow::Result<Value> {
+    loop {
+        match ws_rx.next().await {
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(text.as_str()).context("server JSON");
+            }
+            Some(Ok(Message::Close(frame))) => bail!("socket closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("socket error: {e}"),
+            None => bail!("socket ended"),
+        }
+    }
+}
+
+async fn write_loop(mut ws_tx: SplitSink<WsStream, Message>, mut out_rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(text) = out_rx.recv().await {
+        if ws_tx.send(Message::text(text)).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn signaling_loop(
+    mut ws_rx: SplitStream<WsStream>,
+    pc: Arc<dyn PeerConnection>,
+    shared: Arc<Shared>,
+    out: mpsc::UnboundedSender<String>,
+) {
+    loop {
+        let message = match next_json(&mut ws_rx).await {
+            Ok(m) => m,
+            Err(e) => {
+                *shared.closed.lock().unwrap() = Some(e.to_string());
+                return;
+            }
+        };
+        if std::env::var_os("HUIYI_DUMP_SIGNALING").is_some() {
+            let mut shown = message.clone();
+            if let Some(sdp) = shown.get_mut("sdp") {
+                *sdp = json!("...");
+            }
+            eprintln!("[{}] server: {shown}", shared.label);
+        }
+        if let Err(e) = handle_server_message(&message, &pc, &shared, &out).await {
+            let kind = message["type"].as_str().unwrap_or("?");
+            shared.error(format!("handling server {kind}: {e:#}"));
+        }
+    }
+}
+
+async fn handle_server_message(
+    message: &Value,
+    pc: &Arc<dyn PeerConnection>,
+    shared: &Shared,
+    out: &mpsc::UnboundedSender<String>,
+) -> anyhow::Result<()> {
+    let sdp = || message["sdp"].as_str().map(str::to_string).ok_or_else(|| anyhow!("no sdp in {message}"));
+    match message["type"].as_str().unwrap_or_default() {
+        "answer" => {
+            let answer = RTCSessionDescription::answer(sdp()?).context("parsing the server's answer")?;
+            pc.set_remote_description(answer).await.context("set_remote_description(answer)")?;
+            let mut published = shared.published.lock().unwrap();
+            for t in message["tracks"].as_array().into_iter().flatten() {
+                if let (Some(kind), Some(id)) = (t["kind"].as_str(), t["id"].as_str()) {
+                    published.insert(kind.to_string(), id.to_string());
+                }
+            }
+            shared.answers.fetch_add(1, Ordering::SeqCst);
+        }
+        "offer" => {
+            let offer = RTCSessionDescription::offer(sdp()?).context("parsing the server's offer")?;
+            pc.set_remote_description(offer).await.context("set_remote_description(offer)")?;
+            let answer = pc.create_answer(None).await.context("create_answer")?;
+            let text = json!({"type": "answer", "sdp": answer.sdp}).to_string();
+            pc.set_local_description(answer).await.context("set_local_description(answer)")?;
+            out.send(text).map_err(|_| anyhow!("signaling writer gone"))?;
+            shared.offers_answered.fetch_add(1, Ordering::SeqCst);
+        }
+        "participantJoined" => shared.add_participant(&message["participant"]),
+        "participantLeft" => {
+            if let Some(id) = message["participantId"].as_str() {
+                let reason = message["reason"].as_str().unwrap_or_default().to_string();
+                shared.participants.lock().unwrap().entry(id.to_string()).or_default().left = Some(reason);
+            }
+        }
+        "trackPublished" => {
+            let (Some(id), Some(tid), Some(kind)) = (
+                message["participantId"].as_str(),
+                message["track"]["id"].as_str(),
+                message["track"]["kind"].as_str(),
+            ) else {
+                bail!("malformed trackPublished: {message}");
+            };
+            let mut participants = shared.participants.lock().unwrap();
+            participants.entry(id.to_string()).or_default().tracks.insert(tid.to_string(), kind.to_string());
+        }
+        "error" => bail!("server error: {message}"),
+        _ => {}
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_loop(
+    kind: Kind,
+    index: u8,
+    payload_type: u8,
+    ssrc: u32,
+    track: Arc<TrackLocalStaticRTP>,
+    sent: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+) {
+    let (period, ticks_per_packet) = match kind {
+        Kind::Audio => (AUDIO_INTERVAL, 960),
+        Kind::Video => (VIDEO_INTERVAL, 2970),
+    };
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = fastrand::u16(..);
+    let mut timestamp = fastrand::u32(..);
+    let mut write_errors = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        interval.tick().await;
+        let counter = sent.load(Ordering::SeqCst);
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: kind == Kind::Video,
+                payload_type,
+                sequence_number: seq,
+                timestamp,
+                ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::from(payload(kind, index, counter)),
+        };
+        match track.write_rtp(packet).await {
+            Ok(()) => {
+                sent.fetch_add(1, Ordering::SeqCst);
+                seq = seq.wrapping_add(1);
+                timestamp = timestamp.wrapping_add(ticks_per_packet);
+            }
+            Err(e) => {
+                write_errors += 1;
+                if write_errors <= 3 {
+                    shared.error(format!("writing {} RTP: {e}", kind.as_str()));
+                }
+            }
+        }
+    }
+}
+
+/// Poll `condition` every 20 ms until it holds (true) or `timeout` passes (false).
+pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Log to the test output when RUST_LOG is set (the server's tracing and webrtc-rs's log).
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}

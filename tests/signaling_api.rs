@@ -1,0 +1,530 @@
+//! The signaling API as docs/protocol.md describes it, against a real in-process server:
+//! token refusal, message errors, room events without media, the admin API, replacement
+//! of a participant by the same identity, and the plain HTTP endpoints.
+//!
+//! The 10 s join timeout (close code 4002) is not tested here: it would need a 10 s wait.
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use huiyi::Running;
+use serde_json::{Value, json};
+use signaling::auth::{self, Claims, Grants};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The longest any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// What the server sent next.
+#[derive(Debug)]
+enum Received {
+    Json(Value),
+    Binary,
+    /// A close frame: code and reason (`None` for a close frame without a payload).
+    Close(Option<(u16, String)>),
+}
+
+async fn connect(server: &Running) -> Ws {
+    let url = common::ws_url(server);
+    let (ws, _) = tokio::time::timeout(WAIT, connect_async(url.as_str()))
+        .await
+        .unwrap_or_else(|_| panic!("WebSocket handshake with {url} took over 5 s"))
+        .unwrap_or_else(|e| panic!("WebSocket handshake with {url} failed: {e}"));
+    ws
+}
+
+async fn send_text(ws: &mut Ws, text: impl Into<String>) {
+    let text: String = text.into();
+    tokio::time::timeout(WAIT, ws.send(Message::text(text)))
+        .await
+        .expect("sending took over 5 s")
+        .expect("send a text frame");
+}
+
+async fn send(ws: &mut Ws, message: Value) {
+    send_text(ws, message.to_string()).await;
+}
+
+/// The next text, binary or close frame (pings and pongs skipped), within 5 s.
+async fn next(ws: &mut Ws) -> Received {
+    let read = async {
+        loop {
+            match ws.next().await {
+                None => panic!("the connection ended without a close frame"),
+                Some(Err(e)) => panic!("the connection failed without a close frame: {e}"),
+                Some(Ok(Message::Text(t))) => {
+                    let value = serde_json::from_str(t.as_str())
+                        .unwrap_or_else(|e| panic!("server sent non-JSON text {:?}: {e}", t.as_str()));
+                    return Received::Json(value);
+                }
+                Some(Ok(Message::Binary(_))) => return Received::Binary,
+                Some(Ok(Message::Close(frame))) => {
+                    return Received::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.expect("nothing from the server within 5 s")
+}
+
+/// The next message, which must be a JSON message (not a close).
+async fn recv(ws: &mut Ws) -> Value {
+    match next(ws).await {
+        Received::Json(v) => v,
+        other => panic!("expected a JSON message, got {other:?}"),
+    }
+}
+
+/// The next message, which must have `type` equal to `expected`.
+async fn recv_type(ws: &mut Ws, expected: &str) -> Value {
+    let v = recv(ws).await;
+    assert_eq!(v["type"], expected, "expected a {expected:?} message, got {v}");
+    v
+}
+
+/// Read until a close frame and return its code and reason. Room events
+/// (`participantJoined`, `participantLeft`) that arrive first are skipped; anything else fails.
+async fn expect_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match next(ws).await {
+            Received::Close(Some(frame)) => return frame,
+            Received::Close(None) => panic!("close frame without a code"),
+            Received::Json(v) if v["type"] == "participantJoined" || v["type"] == "participantLeft" => {
+                continue;
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Connect and join with `token`; answers the socket and the `joined` message.
+async fn join(server: &Running, token: &str) -> (Ws, Value) {
+    let mut ws = connect(server).await;
+    send(&mut ws, json!({"type": "join", "token": token})).await;
+    let joined = recv_type(&mut ws, "joined").await;
+    (ws, joined)
+}
+
+async fn assert_ping_pong(ws: &mut Ws, after: &str) {
+    send(ws, json!({"type": "ping"})).await;
+    let v = recv(ws).await;
+    assert_eq!(v["type"], "pong", "after {after}, ping got {v} instead of pong");
+}
+
+fn claims(room: &str, identity: &str, exp: u64, grants: Grants) -> Claims {
+    Claims { sub: identity.into(), name: None, room: room.into(), exp, nbf: None, grants }
+}
+
+fn participant_grants() -> Grants {
+    Grants { can_publish: true, can_subscribe: true, room_admin: false }
+}
+
+fn admin_header(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn parse_json(body: &str, what: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: body {body:?} is not JSON: {e}"))
+}
+
+/// Asserts a JSON `{"error": "<non-empty string>"}` body.
+fn assert_error_body(body: &str, what: &str) {
+    let v = parse_json(body, what);
+    assert!(
+        v["error"].as_str().is_some_and(|s| !s.is_empty()),
+        "{what}: expected {{\"error\": \"...\"}}, got {body}"
+    );
+}
+
+async fn admin_get(server: &Running, path: &str) -> (u16, String) {
+    let auth = admin_header(&common::admin_token());
+    common::http_request(server.http_addr, "GET", path, &[("Authorization", &auth)]).await
+}
+
+async fn admin_delete(server: &Running, path: &str) -> (u16, String) {
+    let auth = admin_header(&common::admin_token());
+    common::http_request(server.http_addr, "DELETE", path, &[("Authorization", &auth)]).await
+}
+
+/// The identities the admin API lists in `room`, in order.
+async fn listed_identities(server: &Running, room: &str) -> Vec<String> {
+    let (status, body) = admin_get(server, &format!("/v1/rooms/{room}/participants")).await;
+    assert_eq!(status, 200, "GET /v1/rooms/{room}/participants: {body}");
+    let v = parse_json(&body, "participants list");
+    v["participants"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no participants array in {body}"))
+        .iter()
+        .map(|p| p["identity"].as_str().unwrap_or_else(|| panic!("participant without identity: {p}")).into())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_closed_with_4001() {
+    let server = common::start_server().await;
+    let now = auth::now_unix();
+    let cases = [
+        (
+            "wrong secret",
+            auth::mint(b"not-the-test-secret", &claims("r", "ana", now + 3600, participant_grants())),
+        ),
+        (
+            "expired",
+            auth::mint(common::TEST_SECRET.as_bytes(), &claims("r", "ana", now - 60, participant_grants())),
+        ),
+        ("garbage", "this is not a token".to_string()),
+        (
+            "no grants",
+            auth::mint(common::TEST_SECRET.as_bytes(), &claims("r", "ana", now + 3600, Grants::default())),
+        ),
+    ];
+    for (what, token) in cases {
+        let mut ws = connect(&server).await;
+        send(&mut ws, json!({"type": "join", "token": token})).await;
+        match next(&mut ws).await {
+            Received::Close(Some((code, reason))) => {
+                assert_eq!(code, 4001, "{what} token: close code (reason {reason:?})");
+                assert!(reason.starts_with("unauthorized"), "{what} token: close reason {reason:?}");
+            }
+            other => panic!("{what} token: expected a close frame with 4001, got {other:?}"),
+        }
+    }
+    // None of them entered the room.
+    let (status, body) = admin_get(&server, "/v1/rooms/r/participants").await;
+    assert_eq!(status, 404, "the room of refused joins should not exist: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_refuses_missing_bad_and_non_admin_tokens() {
+    let server = common::start_server().await;
+    // A room to address, so that 404 cannot stand in for an auth failure.
+    let (_ws, _) = join(&server, &common::token("r", "ana")).await;
+    let now = auth::now_unix();
+    let admin_grants = Grants { can_publish: false, can_subscribe: false, room_admin: true };
+    let wrong_secret =
+        auth::mint(b"not-the-test-secret", &claims("*", "admin", now + 3600, admin_grants.clone()));
+    let expired = auth::mint(common::TEST_SECRET.as_bytes(), &claims("*", "admin", now - 60, admin_grants));
+    let participant = common::token("r", "ana");
+    let endpoints = [
+        ("GET", "/v1/rooms"),
+        ("GET", "/v1/rooms/r/participants"),
+        ("DELETE", "/v1/rooms/r/participants/ana"),
+        ("DELETE", "/v1/rooms/r"),
+    ];
+    let unauthorized: Vec<(&str, Option<String>)> = vec![
+        ("no Authorization header", None),
+        ("a garbage bearer token", Some("Bearer garbage".into())),
+        ("a wrong-secret admin token", Some(admin_header(&wrong_secret))),
+        ("an expired admin token", Some(admin_header(&expired))),
+        ("a Basic scheme", Some("Basic YWRtaW46YWRtaW4=".into())),
+    ];
+    for (method, path) in endpoints {
+        for (what, header) in &unauthorized {
+            let headers: Vec<(&str, &str)> =
+                header.as_deref().map(|h| vec![("Authorization", h)]).unwrap_or_default();
+            let (status, body) = common::http_request(server.http_addr, method, path, &headers).await;
+            assert_eq!(status, 401, "{method} {path} with {what}: {body}");
+            assert_error_body(&body, &format!("{method} {path} with {what}"));
+        }
+        let auth = admin_header(&participant);
+        let (status, body) =
+            common::http_request(server.http_addr, method, path, &[("Authorization", &auth)]).await;
+        assert_eq!(status, 403, "{method} {path} with a participant token: {body}");
+        assert_error_body(&body, &format!("{method} {path} with a participant token"));
+    }
+    // Nothing above removed anyone.
+    assert_eq!(listed_identities(&server, "r").await, ["ana"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_before_join_is_refused_with_not_joined() {
+    let server = common::start_server().await;
+    let mut ws = connect(&server).await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    let v = recv_type(&mut ws, "error").await;
+    assert_eq!(v["code"], "not_joined", "ping before join: {v}");
+    send(&mut ws, json!({"type": "leave"})).await;
+    let v = recv_type(&mut ws, "error").await;
+    assert_eq!(v["code"], "not_joined", "leave before join: {v}");
+    // The connection is still usable: a join after the refusals succeeds.
+    send(&mut ws, json!({"type": "join", "token": common::token("r", "ana")})).await;
+    let joined = recv_type(&mut ws, "joined").await;
+    assert_eq!(joined["room"], "r", "{joined}");
+    assert_ping_pong(&mut ws, "a late join").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_after_join_get_errors_and_the_connection_stays_usable() {
+    let server = common::start_server().await;
+    let token = common::token("r", "ana");
+    let (mut ws, joined) = join(&server, &token).await;
+    assert_eq!(joined["room"], "r", "{joined}");
+    assert_eq!(joined["participant"]["identity"], "ana", "{joined}");
+    assert_eq!(joined["participant"]["name"], "ANA", "{joined}");
+    assert!(joined["participant"]["id"].as_str().is_some_and(|s| !s.is_empty()), "{joined}");
+    assert_eq!(joined["participants"], json!([]), "alone in the room: {joined}");
+    assert_ping_pong(&mut ws, "join").await;
+
+    // Over 64 KiB, well under the 1 MiB transport limit, and otherwise a valid ping.
+    let too_large = json!({"type": "ping", "padding": "x".repeat(70 * 1024)}).to_string();
+    assert!(too_large.len() > 64 * 1024 && too_large.len() < 1024 * 1024);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("malformed JSON", "{\"type\": \"ping\"".into(), "bad_json"),
+        ("plain text", "hello".into(), "bad_json"),
+        ("an unknown type", json!({"type": "dance"}).to_string(), "unknown_type"),
+        ("a message over 64 KiB", too_large, "too_large"),
+        ("mute without fields", json!({"type": "mute"}).to_string(), "bad_request"),
+        ("mute without muted", json!({"type": "mute", "trackId": "TR_x"}).to_string(), "bad_request"),
+        ("offer without sdp", json!({"type": "offer", "tracks": []}).to_string(), "bad_request"),
+        ("answer without sdp", json!({"type": "answer"}).to_string(), "bad_request"),
+        ("a second join", json!({"type": "join", "token": token}).to_string(), "already_joined"),
+    ];
+    for (what, text, code) in cases {
+        send_text(&mut ws, text).await;
+        let v = recv(&mut ws).await;
+        assert_eq!(v["type"], "error", "{what}: expected an error, got {v}");
+        assert_eq!(v["code"], code, "{what}: {v}");
+        assert!(v["message"].is_string(), "{what}: error without a message: {v}");
+        assert_ping_pong(&mut ws, what).await;
+    }
+
+    // Text frames only: a binary frame is refused with an error (the doc names no code for it).
+    tokio::time::timeout(WAIT, ws.send(Message::binary(br#"{"type":"ping"}"#.to_vec())))
+        .await
+        .expect("sending took over 5 s")
+        .expect("send a binary frame");
+    let v = recv(&mut ws).await;
+    assert_eq!(v["type"], "error", "a binary frame: expected an error, got {v}");
+    assert!(v["code"].is_string(), "a binary frame: error without a code: {v}");
+    assert_ping_pong(&mut ws, "a binary frame").await;
+
+    // Unknown fields are ignored.
+    send(&mut ws, json!({"type": "ping", "extra": {"nested": true}})).await;
+    recv_type(&mut ws, "pong").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_see_each_other_join_and_leave() {
+    let server = common::start_server().await;
+    let (mut ana, ana_joined) = join(&server, &common::token("room1", "ana")).await;
+    let ana_id = ana_joined["participant"]["id"].as_str().expect("own participant id").to_string();
+
+    let (mut bob, bob_joined) = join(&server, &common::token("room1", "bob")).await;
+    let bob_id = bob_joined["participant"]["id"].as_str().expect("own participant id").to_string();
+    assert_ne!(ana_id, bob_id);
+    // Bob's joined lists Ana.
+    let others = bob_joined["participants"].as_array().expect("participants array");
+    assert_eq!(others.len(), 1, "{bob_joined}");
+    assert_eq!(others[0]["id"], ana_id.as_str(), "{bob_joined}");
+    assert_eq!(others[0]["identity"], "ana", "{bob_joined}");
+    assert_eq!(others[0]["name"], "ANA", "{bob_joined}");
+
+    // Ana hears about Bob.
+    let v = recv_type(&mut ana, "participantJoined").await;
+    assert_eq!(v["participant"]["id"], bob_id.as_str(), "{v}");
+    assert_eq!(v["participant"]["identity"], "bob", "{v}");
+    assert_eq!(v["participant"]["name"], "BOB", "{v}");
+    assert_eq!(v["participant"]["tracks"], json!([]), "{v}");
+
+    // Bob leaves: his socket closes with 1000, Ana hears participantLeft.
+    send(&mut bob, json!({"type": "leave"})).await;
+    let (code, reason) = expect_close(&mut bob).await;
+    assert_eq!(code, 1000, "close after leave (reason {reason:?})");
+    assert_eq!(reason, "left");
+    let v = recv_type(&mut ana, "participantLeft").await;
+    assert_eq!(v["participantId"], bob_id.as_str(), "{v}");
+    assert_eq!(v["reason"], "left", "{v}");
+    assert_ping_pong(&mut ana, "another participant left").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_socket_is_a_participant_leaving() {
+    let server = common::start_server().await;
+    let (mut ana, _) = join(&server, &common::token("room1", "ana")).await;
+    let (mut bob, bob_joined) = join(&server, &common::token("room1", "bob")).await;
+    let bob_id = bob_joined["participant"]["id"].as_str().expect("own participant id").to_string();
+    recv_type(&mut ana, "participantJoined").await;
+
+    // Bob's client closes the socket without sending leave.
+    tokio::time::timeout(WAIT, bob.close(None)).await.expect("closing took over 5 s").expect("close");
+    drop(bob);
+    let v = recv_type(&mut ana, "participantLeft").await;
+    assert_eq!(v["participantId"], bob_id.as_str(), "{v}");
+    assert_eq!(v["reason"], "disconnected", "{v}");
+    assert_eq!(listed_identities(&server, "room1").await, ["ana"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_lists_removes_and_closes() {
+    let server = common::start_server().await;
+    let (mut ana, _) = join(&server, &common::token("class", "ana")).await;
+    let (mut bob, bob_joined) = join(&server, &common::token("class", "bob")).await;
+    let bob_id = bob_joined["participant"]["id"].as_str().expect("own participant id").to_string();
+    let (mut cy, _) = join(&server, &common::token("class", "cy")).await;
+    let (mut dan, _) = join(&server, &common::token("other", "dan")).await;
+    recv_type(&mut ana, "participantJoined").await; // bob
+    recv_type(&mut ana, "participantJoined").await; // cy
+    recv_type(&mut bob, "participantJoined").await; // cy
+
+    // GET /v1/rooms
+    let (status, body) = admin_get(&server, "/v1/rooms").await;
+    assert_eq!(status, 200, "GET /v1/rooms: {body}");
+    let v = parse_json(&body, "GET /v1/rooms");
+    let rooms = v["rooms"].as_array().unwrap_or_else(|| panic!("no rooms array in {body}"));
+    assert_eq!(rooms.len(), 2, "{body}");
+    let class =
+        rooms.iter().find(|r| r["name"] == "class").unwrap_or_else(|| panic!("no room class in {body}"));
+    assert_eq!(class["participants"], 3, "{body}");
+    assert!(class["createdAt"].is_u64(), "createdAt: {body}");
+    let other =
+        rooms.iter().find(|r| r["name"] == "other").unwrap_or_else(|| panic!("no room other in {body}"));
+    assert_eq!(other["participants"], 1, "{body}");
+
+    // GET /v1/rooms/{room}/participants
+    let (status, body) = admin_get(&server, "/v1/rooms/class/participants").await;
+    assert_eq!(status, 200, "{body}");
+    let v = parse_json(&body, "participants list");
+    let list = v["participants"].as_array().unwrap_or_else(|| panic!("no participants array in {body}"));
+    let mut identities: Vec<&str> = list.iter().filter_map(|p| p["identity"].as_str()).collect();
+    identities.sort_unstable();
+    assert_eq!(identities, ["ana", "bob", "cy"], "{body}");
+    let bob_entry = list.iter().find(|p| p["identity"] == "bob").expect("bob listed");
+    assert_eq!(bob_entry["id"], bob_id.as_str(), "{body}");
+    assert_eq!(bob_entry["name"], "BOB", "{body}");
+
+    // DELETE /v1/rooms/{room}/participants/{identity}
+    let (status, body) = admin_delete(&server, "/v1/rooms/class/participants/bob").await;
+    assert_eq!(status, 204, "DELETE participant bob: {body}");
+    assert_eq!(body, "", "204 has no body");
+    let (code, reason) = expect_close(&mut bob).await;
+    assert_eq!(code, 4003, "bob's close code (reason {reason:?})");
+    assert_eq!(reason, "removed by admin");
+    for (who, ws) in [("ana", &mut ana), ("cy", &mut cy)] {
+        let v = recv_type(ws, "participantLeft").await;
+        assert_eq!(v["participantId"], bob_id.as_str(), "{who}: {v}");
+        assert_eq!(v["reason"], "removed", "{who}: {v}");
+    }
+    assert_eq!(listed_identities(&server, "class").await, ["ana", "cy"]);
+
+    // DELETE /v1/rooms/{room}
+    let (status, body) = admin_delete(&server, "/v1/rooms/class").await;
+    assert_eq!(status, 204, "DELETE room class: {body}");
+    assert_eq!(body, "", "204 has no body");
+    for (who, ws) in [("ana", &mut ana), ("cy", &mut cy)] {
+        let (code, reason) = expect_close(ws).await;
+        assert_eq!(code, 4004, "{who}'s close code (reason {reason:?})");
+        assert_eq!(reason, "room closed", "{who}");
+    }
+    // The room is gone; the other room is untouched.
+    let (status, body) = admin_get(&server, "/v1/rooms/class/participants").await;
+    assert_eq!(status, 404, "participants of a closed room: {body}");
+    let (status, body) = admin_get(&server, "/v1/rooms").await;
+    assert_eq!(status, 200, "{body}");
+    let v = parse_json(&body, "GET /v1/rooms");
+    let names: Vec<&str> =
+        v["rooms"].as_array().expect("rooms").iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["other"], "{body}");
+    assert_ping_pong(&mut dan, "another room closed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_answers_404_for_unknown_rooms_and_participants() {
+    let server = common::start_server().await;
+    let (_ana, _) = join(&server, &common::token("real", "ana")).await;
+    let cases = [
+        ("GET", "/v1/rooms/nope/participants"),
+        ("DELETE", "/v1/rooms/nope"),
+        ("DELETE", "/v1/rooms/nope/participants/ana"),
+        ("DELETE", "/v1/rooms/real/participants/nobody"),
+    ];
+    for (method, path) in cases {
+        let auth = admin_header(&common::admin_token());
+        let (status, body) =
+            common::http_request(server.http_addr, method, path, &[("Authorization", &auth)]).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert_error_body(&body, &format!("{method} {path}"));
+    }
+    let (status, body) = admin_get(&server, "/v1/rooms").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse_json(&body, "rooms")["rooms"].as_array().map(Vec::len), Some(1), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_join_with_the_same_identity_replaces_the_first() {
+    let server = common::start_server().await;
+    let (mut first, first_joined) = join(&server, &common::token("r", "ana")).await;
+    let first_id = first_joined["participant"]["id"].as_str().expect("id").to_string();
+    let (mut second, second_joined) = join(&server, &common::token("r", "ana")).await;
+    let second_id = second_joined["participant"]["id"].as_str().expect("id").to_string();
+    assert_ne!(first_id, second_id);
+
+    let (code, reason) = expect_close(&mut first).await;
+    assert_eq!(code, 4005, "the replaced connection's close code (reason {reason:?})");
+    assert_eq!(reason, "replaced by a new connection");
+
+    assert_ping_pong(&mut second, "replacing an older connection").await;
+    let (status, body) = admin_get(&server, "/v1/rooms/r/participants").await;
+    assert_eq!(status, 200, "{body}");
+    let v = parse_json(&body, "participants");
+    let list = v["participants"].as_array().expect("participants");
+    assert_eq!(list.len(), 1, "one entry per identity: {body}");
+    assert_eq!(list[0]["id"], second_id.as_str(), "the new connection holds the identity: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_metrics() {
+    let server = common::start_server().await;
+    let (status, body) = common::http_request(server.http_addr, "GET", "/healthz", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "ok");
+
+    let (_ws, _) = join(&server, &common::token("r", "ana")).await;
+    let (status, body) = common::http_request(server.http_addr, "GET", "/metrics", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    for name in ["huiyi_participants", "huiyi_signaling_connections"] {
+        assert!(body.lines().any(|l| l.starts_with(&format!("# TYPE {name} "))), "no {name} in:\n{body}");
+    }
+    assert!(body.lines().any(|l| l == "huiyi_participants 1"), "one participant expected in:\n{body}");
+    assert!(
+        body.lines().any(|l| l == "huiyi_signaling_connections 1"),
+        "one connection expected in:\n{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_token_endpoint_is_off_with_a_secret() {
+    let server = common::start_server().await;
+    let (status, body) =
+        common::http_request(server.http_addr, "GET", "/v1/dev/token?room=r&identity=i", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("\"token\""), "no token may be handed out: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_token_endpoint_serves_dev_secret_tokens_without_a_secret() {
+    let server = common::start_server_with(|c| c.auth.api_secret = String::new()).await;
+    let (status, body) =
+        common::http_request(server.http_addr, "GET", "/v1/dev/token?room=r&identity=i&name=Ivy", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let v = parse_json(&body, "dev token");
+    let token = v["token"].as_str().unwrap_or_else(|| panic!("no token in {body}"));
+    let claims = auth::verify(huiyi::config::DEV_SECRET.as_bytes(), token, auth::now_unix())
+        .unwrap_or_else(|e| panic!("the dev token does not verify against DEV_SECRET: {e}"));
+    assert_eq!(claims.room, "r");
+    assert_eq!(claims.sub, "i");
+    assert_eq!(claims.name.as_deref(), Some("Ivy"));
+    assert!(claims.grants.can_publish && claims.grants.can_subscribe, "{:?}", claims.grants);
+    assert!(!claims.grants.room_admin, "a dev token must not be an admin token");
+
+    // And the server admits it.
+    let (_ws, joined) = join(&server, token).await;
+    assert_eq!(joined["participant"]["identity"], "i", "{joined}");
+    assert_eq!(joined["participant"]["name"], "Ivy", "{joined}");
+}
