@@ -272,14 +272,14 @@ async fn bad_messages_after_join_get_errors_and_the_connection_stays_usable() {
     assert_eq!(joined["participants"], json!([]), "alone in the room: {joined}");
     assert_ping_pong(&mut ws, "join").await;
 
-    // Over 64 KiB, well under the 1 MiB transport limit, and otherwise a valid ping.
-    let too_large = json!({"type": "ping", "padding": "x".repeat(70 * 1024)}).to_string();
-    assert!(too_large.len() > 64 * 1024 && too_large.len() < 1024 * 1024);
+    // Over 1 MiB, well under the 4 MiB transport limit, and otherwise a valid ping.
+    let too_large = json!({"type": "ping", "padding": "x".repeat(1100 * 1024)}).to_string();
+    assert!(too_large.len() > 1024 * 1024 && too_large.len() < 4 * 1024 * 1024);
     let cases: Vec<(&str, String, &str)> = vec![
         ("malformed JSON", "{\"type\": \"ping\"".into(), "bad_json"),
         ("plain text", "hello".into(), "bad_json"),
         ("an unknown type", json!({"type": "dance"}).to_string(), "unknown_type"),
-        ("a message over 64 KiB", too_large, "too_large"),
+        ("a message over 1 MiB", too_large, "too_large"),
         ("mute without fields", json!({"type": "mute"}).to_string(), "bad_request"),
         ("mute without muted", json!({"type": "mute", "trackId": "TR_x"}).to_string(), "bad_request"),
         ("offer without sdp", json!({"type": "offer", "tracks": []}).to_string(), "bad_request"),

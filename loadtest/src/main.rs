@@ -1,11 +1,541 @@
-//! The Huiyi load generator. Synthetic clients that speak the real signaling and media
-//! protocols arrive with issue 3; until then this binary says so instead of pretending.
+//! The Huiyi load generator: synthetic meetings that speak the real protocols (signaling
+//! WebSocket, ICE, DTLS, SRTP) and send real media shapes, and measure what users feel.
+//! See docs/loadtest.md for the report and SCENARIOS.md for the scenarios.
+
+mod engine;
+mod media;
+mod report;
+mod scenario;
+mod signal;
+mod stats;
+
+use std::io::Write as _;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use engine::{ClientResult, ClientSetup, Shared, Worker, WorkerHandle, WorkerInput, WorkerResult};
+use media::{OpusLibrary, layer};
+use report::{Delivery, P99, Percentiles, Report, Second, ServerProcess};
+use scenario::Scenario;
+use signal::{FromServer, ServerUrl, SignalError};
+use stats::{LatencyHistogram, percentile};
+
+/// Run a scenario against a Huiyi server and report delivery, latency, jitter, join time
+/// and the server's CPU per forwarded packet.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Scenario file (benches/scenarios/*.toml).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// The server's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    url: String,
+    /// Write the JSON report here (also when the run fails part-way).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write an SVG plot of latency and bitrate over time here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Server process ids to measure (CPU seconds, cores, peak RSS from /proc).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Mint tokens with this secret instead of asking the server's dev endpoint.
+    #[arg(long, env = "HUIYI_API_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Media threads in the generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Exit non-zero when any subscriber's delivery is below this (0..=1) or a join failed.
+    #[arg(long)]
+    min_delivery: Option<f64>,
+}
+
+/// Exit codes: 0 fine, 2 the run could not be done, 3 the generator was the bottleneck,
+/// 4 a behaviour check (--min-delivery) failed.
+const EXIT_ERROR: i32 = 2;
+const EXIT_GENERATOR_BOUND: i32 = 3;
+const EXIT_CHECK_FAILED: i32 = 4;
 
 fn main() {
-    eprintln!(
-        "loadtest: not built yet. The synthetic meeting and class generator (scenarios in \
-         benches/scenarios/, reports per docs/loadtest.md) is the next piece of work; \
-         until it lands, tests/interop.rs and tests/browser.rs exercise real clients."
+    let cli = Cli::parse();
+    let scenario = match Scenario::load(&cli.scenario) {
+        Ok(s) => s,
+        Err(e) => fail(&e.to_string()),
+    };
+    if scenario.video.layers.len() > 1 && scenario.video.publishers > 0 {
+        fail("simulcast scenarios need server-side simulcast (issue 4); use one layer for now");
+    }
+    let url = ServerUrl::parse(&cli.url).unwrap_or_else(|e| fail(&e));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("tokio: {e}")));
+    let (report, code) = runtime.block_on(run(&cli, scenario, url));
+    eprint!("\n{}", report.summary());
+    if let Some(path) = &cli.report
+        && let Err(e) = report.write_json(path)
+    {
+        eprintln!("loadtest: cannot write {}: {e}", path.display());
+    }
+    if let Some(path) = &cli.plot
+        && let Err(e) = std::fs::write(path, report.svg())
+    {
+        eprintln!("loadtest: cannot write {}: {e}", path.display());
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("loadtest: {message}");
+    std::process::exit(EXIT_ERROR);
+}
+
+struct Run {
+    scenario: Scenario,
+    url: ServerUrl,
+    secret: Option<String>,
+    room: String,
+    shared: Arc<Shared>,
+    workers: Vec<WorkerHandle>,
+    next_serial: AtomicU64,
+    failed_joins: AtomicUsize,
+    closed_sockets: Arc<AtomicUsize>,
+    /// Clients the run took out on purpose (churn): their sockets closing is expected.
+    removed: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Run {
+    /// One participant joins in `slot`: token, WebSocket, then its media on a worker.
+    async fn join(self: &Arc<Self>, slot: usize) -> Result<u32, SignalError> {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed) as u32;
+        let identity = format!("lt-{slot}-{serial}");
+        let token = match &self.secret {
+            Some(secret) => signal::mint_token(secret, &self.room, &identity, Duration::from_secs(3600)),
+            None => signal::dev_token(&self.url, &self.room, &identity).await?,
+        };
+        let worker = self.workers[serial as usize % self.workers.len()].clone();
+        let ws_open_at = Instant::now();
+        let inbox = worker.clone();
+        let closed = self.closed_sockets.clone();
+        let removed = self.removed.clone();
+        let (_joined, to_server) = signal::join(&self.url, &token, move |m| {
+            // A socket we did not close on purpose: the server ended it.
+            if matches!(m, FromServer::Closed(_)) && !removed.lock().expect("lock").contains(&serial) {
+                closed.fetch_add(1, Ordering::Relaxed);
+            }
+            inbox.send(WorkerInput::Signal(serial, m));
+        })
+        .await?;
+        let video =
+            (slot < self.scenario.video.publishers).then(|| layer(&self.scenario.video.layers[0])).flatten();
+        worker.send(WorkerInput::Add(Box::new(ClientSetup {
+            serial,
+            slot,
+            audio: slot < self.scenario.audio.publishers,
+            video,
+            to_server,
+            ws_open_at,
+            join_measurable: slot > 0
+                && (self.scenario.audio.publishers > 0 || self.scenario.video.publishers > 0),
+        })));
+        Ok(serial)
+    }
+
+    fn note_error(&self, e: &SignalError) {
+        self.failed_joins.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().expect("lock");
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    }
+}
+
+async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
+    let mut report = Report {
+        scenario: scenario.name.clone(),
+        url: cli.url.clone(),
+        date: iso_date(),
+        participants: scenario.participants,
+        duration_s: scenario.duration_s,
+        ..Default::default()
+    };
+    let server_ip = match url.host_port.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+        Some(a) => a.ip(),
+        None => {
+            report.error = Some(format!("cannot resolve {}", url.host_port));
+            return (report, EXIT_ERROR);
+        }
+    };
+    // Fail fast and clearly when the server is not there.
+    if let Err(e) = signal::http_get(&url.host_port, "/healthz").await {
+        report.error = Some(e.to_string());
+        return (report, EXIT_ERROR);
+    }
+    let opus = match OpusLibrary::encode() {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            report.error = Some(format!("opus encoder: {e}"));
+            return (report, EXIT_ERROR);
+        }
+    };
+    let churn_joins = scenario.churn.as_ref().map_or(0.0, |c| c.joins_per_s * scenario.duration_s);
+    let max_clients = scenario.participants + churn_joins.ceil() as usize + 64;
+    let shared = Arc::new(Shared::new(max_clients * 2));
+    let mut workers = Vec::new();
+    let mut threads = Vec::new();
+    for i in 0..cli.threads.max(1) {
+        match Worker::spawn(i, shared.clone(), scenario.clone(), opus.clone(), server_ip) {
+            Ok((h, t)) => {
+                workers.push(h);
+                threads.push(t);
+            }
+            Err(e) => {
+                report.error = Some(format!("cannot start a media thread: {e}"));
+                return (report, EXIT_ERROR);
+            }
+        }
+    }
+    let run = Arc::new(Run {
+        room: format!("{}-{}", scenario.room, fastrand::u32(..)),
+        scenario: scenario.clone(),
+        url,
+        secret: cli.secret.clone(),
+        shared: shared.clone(),
+        workers,
+        next_serial: AtomicU64::new(0),
+        failed_joins: AtomicUsize::new(0),
+        closed_sockets: Arc::new(AtomicUsize::new(0)),
+        removed: Default::default(),
+        first_error: std::sync::Mutex::new(None),
+    });
+
+    // Joining, at the scenario's rate, with a progress bar.
+    let mut joins = tokio::task::JoinSet::new();
+    let mut slots: Vec<Option<u32>> = vec![None; scenario.participants];
+    let mut tick = tokio::time::interval(scenario.join_interval());
+    for slot in 0..scenario.participants {
+        tick.tick().await;
+        let r = run.clone();
+        joins.spawn(async move { (slot, r.join(slot).await) });
+        progress(slot + 1, scenario.participants, shared.connected.load(Ordering::Relaxed));
+        // The first join tells whether the server is usable at all.
+        if slot == 0
+            && let Some(Ok((s, result))) = joins.join_next().await
+        {
+            match result {
+                Ok(serial) => slots[s] = Some(serial),
+                Err(e) => {
+                    run.note_error(&e);
+                    return finish(report, run, threads, Some(e.to_string()), cli).await;
+                }
+            }
+        }
+    }
+    while let Some(joined) = joins.join_next().await {
+        if let Ok((s, result)) = joined {
+            match result {
+                Ok(serial) => slots[s] = Some(serial),
+                Err(e) => run.note_error(&e),
+            }
+        }
+    }
+    // Wait for media to connect: everyone who joined, within a bound.
+    let joined = slots.iter().flatten().count() as u64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while shared.connected.load(Ordering::Relaxed) < joined && Instant::now() < deadline {
+        progress(scenario.participants, scenario.participants, shared.connected.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!();
+
+    // The measured window, with a live line each second and churn if the scenario has it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let window_start = Instant::now();
+    let window_end = window_start + scenario.duration();
+    shared.open_window(window_start, window_end);
+    let cpu_start = ProcessSample::take(&cli.server_pids);
+    let sent0 = shared.packets_sent.load(Ordering::Relaxed);
+    let received0 = shared.packets_received.load(Ordering::Relaxed);
+    let mut error = None;
+    let mut last_line = Instant::now();
+    let mut last_counts = (sent0, received0);
+    let mut churn_next = window_start;
+    while Instant::now() < window_end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(churn) = &scenario.churn
+            && churn.leaves_per_s > 0.0
+            && Instant::now() >= churn_next
+        {
+            churn_next += Duration::from_secs_f64(1.0 / churn.leaves_per_s);
+            let slot = fastrand::usize(..slots.len());
+            if let Some(serial) = slots[slot].take() {
+                run.removed.lock().expect("lock").insert(serial);
+                run.workers[serial as usize % run.workers.len()].send(WorkerInput::Remove(serial));
+            }
+            let r = run.clone();
+            match r.join(slot).await {
+                Ok(serial) => slots[slot] = Some(serial),
+                Err(e) => run.note_error(&e),
+            }
+        }
+        if last_line.elapsed() >= Duration::from_secs(1) {
+            let counts = (
+                shared.packets_sent.load(Ordering::Relaxed),
+                shared.packets_received.load(Ordering::Relaxed),
+            );
+            let secs = last_line.elapsed().as_secs_f64();
+            let (out, inn) =
+                ((counts.0 - last_counts.0) as f64 / secs, (counts.1 - last_counts.1) as f64 / secs);
+            let connected = shared.connected.load(Ordering::Relaxed);
+            let fanout = (connected.saturating_sub(1)) as f64;
+            let delivery = if out > 0.0 { inn / (out * fanout.max(1.0)) } else { 0.0 };
+            eprintln!(
+                "t={:>4.0}s  connected {connected}  out {out:.0} pps  in {inn:.0} pps  delivered {:.1}% of full fan-out",
+                window_start.elapsed().as_secs_f64(),
+                delivery * 100.0
+            );
+            last_counts = counts;
+            last_line = Instant::now();
+        }
+        let alive = slots.iter().flatten().count();
+        if run.closed_sockets.load(Ordering::Relaxed) >= alive.max(1) && alive > 0 {
+            error = Some("every signaling connection closed: the server went away mid-run".to_string());
+            break;
+        }
+    }
+    let window = window_start.elapsed().as_secs_f64();
+    report.duration_s = window;
+    let cpu_end = ProcessSample::take(&cli.server_pids);
+    let generator_cpu = (cpu_start.generator_threads.clone(), cpu_end.generator_threads.clone());
+    report.pps_out = (shared.packets_sent.load(Ordering::Relaxed) - sent0) as f64 / window;
+    let received = shared.packets_received.load(Ordering::Relaxed) - received0;
+    report.pps_in = received as f64 / window;
+    report.server = cli
+        .server_pids
+        .iter()
+        .map(|pid| {
+            let cpu = cpu_end.server.get(pid).unwrap_or(&0.0) - cpu_start.server.get(pid).unwrap_or(&0.0);
+            ServerProcess {
+                pid: *pid,
+                cpu_seconds: cpu,
+                cpu_cores: cpu / window,
+                peak_rss_mb: report::peak_rss_mb(*pid).unwrap_or(0.0),
+            }
+        })
+        .collect();
+    let server_cpu: f64 = report.server.iter().map(|s| s.cpu_seconds).sum();
+    report.forwarded_packets_per_cpu_second = (server_cpu > 0.0).then(|| received as f64 / server_cpu);
+    report.generator.cpu_cores = (cpu_end.generator - cpu_start.generator) / window;
+    report.generator.busiest_thread = generator_cpu
+        .1
+        .iter()
+        .map(|(tid, end)| (end - generator_cpu.0.get(tid).unwrap_or(end)) / window)
+        .fold(0.0, f64::max);
+    // Packets sent at the end of the window are still in flight: give them a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    finish(report, run, threads, error, cli).await
+}
+
+async fn finish(
+    mut report: Report,
+    run: Arc<Run>,
+    threads: Vec<std::thread::JoinHandle<WorkerResult>>,
+    error: Option<String>,
+    cli: &Cli,
+) -> (Report, i32) {
+    for w in &run.workers {
+        w.send(WorkerInput::Stop);
+    }
+    let results: Vec<WorkerResult> = threads.into_iter().filter_map(|t| t.join().ok()).collect();
+    let shared = &run.shared;
+    let clients: Vec<&ClientResult> = results.iter().flat_map(|r| r.clients.iter()).collect();
+    report.connected = clients.iter().filter(|c| c.connected).count();
+    report.failed_joins =
+        run.failed_joins.load(Ordering::Relaxed) + clients.iter().filter(|c| !c.connected).count();
+    report.error = error.or_else(|| run.first_error.lock().expect("lock").clone());
+    report.complete = report.error.is_none();
+    let mut problems: Vec<String> = clients
+        .iter()
+        .flat_map(|c| {
+            c.errors.iter().cloned().chain(c.close_reason.iter().filter(|_| !c.left_early).cloned())
+        })
+        .collect();
+    problems.sort();
+    problems.dedup();
+    problems.truncate(10);
+    report.client_problems = problems;
+
+    let joins: Vec<f64> = clients.iter().filter_map(|c| c.join_ms).collect();
+    report.join_ms = Percentiles::of(&joins);
+    let keyframes: Vec<f64> = clients.iter().flat_map(|c| c.first_keyframe_ms.iter().copied()).collect();
+    report.first_keyframe_ms = P99 { p99: percentile(&keyframes, 99.0) };
+    let jitter: Vec<f64> = clients.iter().flat_map(|c| c.jitter_ms.iter().copied()).collect();
+    report.jitter_ms = P99 { p99: percentile(&jitter, 99.0) };
+    let mut latency = LatencyHistogram::default();
+    for r in &results {
+        latency.merge(&r.latency);
+    }
+    report.latency_ms = Percentiles {
+        p50: latency.percentile_ms(50.0),
+        p99: latency.percentile_ms(99.0),
+        max: (latency.count() > 0).then(|| latency.max_ms()),
+    };
+
+    // Delivery per subscriber over the streams it should have received in the window.
+    // (stream, owner, packets sent in the window, whether it was sending before the window).
+    let window_start = shared.window_start_us();
+    let sent: Vec<(u32, u32, u64, bool)> = shared
+        .streams
+        .iter()
+        .enumerate()
+        .filter_map(|(id, s)| {
+            let (first, last) = (s.first.load(Ordering::Relaxed), s.last.load(Ordering::Relaxed));
+            let before = s.started_us.load(Ordering::Relaxed) < window_start;
+            (first != u32::MAX).then(|| {
+                (id as u32, s.owner.load(Ordering::Relaxed), last.wrapping_sub(first) as u64 + 1, before)
+            })
+        })
+        .collect();
+    let (mut total_expected, mut total_received) = (0u64, 0u64);
+    let mut per_subscriber = Vec::new();
+    for c in clients.iter().filter(|c| c.connected) {
+        let stayed = c.whole_window;
+        let (mut expected, mut got) = (0u64, 0u64);
+        for (stream, owner, n, before) in &sent {
+            if *owner == c.serial {
+                continue;
+            }
+            let counter = c.received.iter().find(|(s, _)| s == stream).map(|(_, d)| d);
+            if stayed && *before {
+                expected += n;
+                got += counter.map_or(0, |d| d.received_of(*n));
+            } else if let Some((first, last)) = counter.and_then(|d| d.span()) {
+                // A subscriber or publisher who came or went mid-window is judged on the
+                // span received: losses inside it count; the edges (negotiation, waiting
+                // for a keyframe) cannot be told apart from its coming and going.
+                expected += last - first + 1;
+                got += counter.map_or(0, |d| d.unique());
+            }
+        }
+        if expected > 0 {
+            per_subscriber.push(got as f64 / expected as f64);
+            total_expected += expected;
+            total_received += got;
+        }
+    }
+    report.delivery = Delivery {
+        min: per_subscriber.iter().copied().reduce(f64::min),
+        p1: percentile(&per_subscriber, 1.0),
+        median: percentile(&per_subscriber, 50.0),
+        below_target: per_subscriber.iter().filter(|d| **d < 0.995).count(),
+    };
+    report.duplicate_packets =
+        clients.iter().flat_map(|c| c.received.iter().map(|(_, d)| d.duplicates())).sum();
+    report.loss_pct =
+        (total_expected > 0).then(|| 100.0 * (1.0 - total_received as f64 / total_expected as f64));
+
+    let ports: Vec<u16> = results.iter().flat_map(|r| r.ports.iter().copied()).collect();
+    report.generator.rx_drops = report::udp_drops(&ports);
+    report.generator.bottleneck = report.generator.busiest_thread > 0.9 || report.generator.rx_drops > 0;
+
+    let mut seconds: std::collections::BTreeMap<u64, (u64, u64, LatencyHistogram)> = Default::default();
+    for r in results {
+        for (s, (p, b, h)) in r.seconds {
+            let e = seconds.entry(s).or_insert_with(|| (0, 0, LatencyHistogram::default()));
+            e.0 += p;
+            e.1 += b;
+            e.2.merge(&h);
+        }
+    }
+    let first_second = seconds.keys().next().copied().unwrap_or(0);
+    report.timeline = seconds
+        .into_iter()
+        .map(|(s, (p, b, h))| Second {
+            t: s - first_second,
+            packets: p,
+            kbps: b as f64 * 8.0 / 1000.0,
+            latency_p50_ms: h.percentile_ms(50.0),
+            latency_p99_ms: h.percentile_ms(99.0),
+        })
+        .collect();
+
+    let code = if !report.complete {
+        EXIT_ERROR
+    } else if report.generator.bottleneck {
+        eprintln!(
+            "loadtest: the generator itself was the bottleneck: these figures describe it, not the server"
+        );
+        EXIT_GENERATOR_BOUND
+    } else if let Some(min) = cli.min_delivery
+        && (report.failed_joins > 0 || report.delivery.min.is_none_or(|d| d < min))
+    {
+        eprintln!("loadtest: delivery below {min} or failed joins");
+        EXIT_CHECK_FAILED
+    } else {
+        0
+    };
+    (report, code)
+}
+
+fn progress(joined: usize, total: usize, connected: u64) {
+    let width = 30;
+    let filled = joined * width / total.max(1);
+    eprint!(
+        "\rjoining [{}{}] {joined}/{total}, media connected {connected}   ",
+        "#".repeat(filled),
+        ".".repeat(width - filled)
     );
-    std::process::exit(2);
+    let _ = std::io::stderr().flush();
+}
+
+/// CPU readings at one moment: server processes, the generator and its threads.
+struct ProcessSample {
+    server: std::collections::HashMap<u32, f64>,
+    generator: f64,
+    generator_threads: std::collections::HashMap<String, f64>,
+}
+
+impl ProcessSample {
+    fn take(pids: &[u32]) -> Self {
+        let server = pids
+            .iter()
+            .filter_map(|pid| report::cpu_seconds(&format!("/proc/{pid}/stat")).map(|c| (*pid, c)))
+            .collect();
+        let mut generator_threads = std::collections::HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+            for entry in dir.flatten() {
+                let tid = entry.file_name().to_string_lossy().to_string();
+                if let Some(c) = report::cpu_seconds(&format!("/proc/self/task/{tid}/stat")) {
+                    generator_threads.insert(tid, c);
+                }
+            }
+        }
+        Self { server, generator: report::cpu_seconds("/proc/self/stat").unwrap_or(0.0), generator_threads }
+    }
+}
+
+fn iso_date() -> String {
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }

@@ -16,6 +16,7 @@ pub struct SfuMetrics {
     pub keyframe_requests: IntCounterVec,
     pub dropped_datagrams: IntCounterVec,
     pub dropped_events: IntCounter,
+    pub not_forwarded: IntCounterVec,
     pub sessions_ended: IntCounterVec,
 }
 
@@ -59,6 +60,11 @@ impl SfuMetrics {
             dropped_events: counter(
                 "huiyi_dropped_session_events_total",
                 "Session events not delivered because a signaling connection fell behind",
+            ),
+            not_forwarded: counter_vec(
+                "huiyi_rtp_not_forwarded_total",
+                "RTP packets a subscriber could not be sent, by reason",
+                &["reason"],
             ),
             sessions_ended: counter_vec(
                 "huiyi_sessions_ended_total",

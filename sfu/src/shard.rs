@@ -839,6 +839,12 @@ impl Shard {
                 Some((src, dst)) if src == pt => dst,
                 _ => {
                     let Some(dst) = matching_pt(&subscriber.rtc, *sub_mid, &spec) else {
+                        self.metrics.not_forwarded.with_label_values(&["no_matching_codec"]).inc();
+                        debug!(
+                            subscriber = %subscriber.participant_id,
+                            codec = ?spec.codec,
+                            "subscriber negotiated no payload type for this codec; packet not forwarded"
+                        );
                         continue;
                     };
                     sub.pt_map = Some((pt, dst));
@@ -887,7 +893,9 @@ impl Shard {
             }
         }
         for id in expired {
-            info!(session = id, "media went silent; ending session");
+            if let Some(s) = self.sessions.get(&id) {
+                info!(participant = %s.participant_id, room = %s.room, "media went silent; ending session");
+            }
             self.end_session(id, LeaveReason::MediaTimeout);
         }
         // Deferred keyframe requests whose throttle interval ended.
@@ -999,7 +1007,8 @@ fn matching_pt(rtc: &Rtc, mid: Mid, spec: &CodecSpec) -> Option<str0m::media::Pt
                 && s.clock_rate == spec.clock_rate
                 && (spec.codec != Codec::H264
                     || (s.format.packetization_mode == spec.format.packetization_mode
-                        && s.format.profile_level_id == spec.format.profile_level_id))
+                        && h264_profile(s.format.profile_level_id)
+                            == h264_profile(spec.format.profile_level_id)))
         })
     })
 }
@@ -1013,6 +1022,13 @@ fn offer_mids(sdp: &str) -> Vec<Mid> {
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// The H.264 profile (profile_idc) of a profile-level-id: a decoder of the profile
+/// handles every level and constraint set a sender of it uses in practice (42e01f
+/// constrained baseline plays on a 42001f baseline decoder), so levels do not block.
+fn h264_profile(profile_level_id: Option<u32>) -> Option<u32> {
+    profile_level_id.map(|p| p >> 16)
 }
 
 /// A short random id for participants and tracks.

@@ -16,8 +16,10 @@ use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code};
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages above this get an error; the transport's own limit (which closes) is higher.
-pub const MAX_MESSAGE: usize = 64 * 1024;
-pub const TRANSPORT_MAX_MESSAGE: usize = 1024 * 1024;
+/// SDP grows with the tracks a participant receives (a full 300-person room is several
+/// hundred m-lines, about 0.7 KiB each), so the limit is sized for that.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+pub const TRANSPORT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 const MAX_MESSAGES_PER_SECOND: u32 = 200;
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);

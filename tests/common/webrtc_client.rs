@@ -1,12 +1,18 @@
 //! A meeting participant built on an independent WebRTC stack, the `webrtc` crate
 //! (webrtc-rs 0.21, on the sans-IO `rtc` core). It joins a room over the signaling
-//! WebSocket, publishes one Opus and one VP8 track as sendonly transceivers, answers
-//! the server's offers, trickles its candidates and records every RTP packet it
-//! receives, so a test can check that it got exactly the bytes the others sent.
+//! WebSocket, publishes one Opus and one video track (VP8, or H.264 only when asked) as
+//! sendonly transceivers, answers the server's offers, trickles its candidates and
+//! records every RTP packet and every signaling message it receives, so a test can check
+//! that it got exactly the bytes the others sent, and what the server told it.
 //!
 //! Payloads are synthetic but recognisable: [`payload`] builds the bytes of packet
 //! `counter` of one sender's track, and [`parse_marker`] reads the sender and counter
 //! back, so a receiver can rebuild the expected payload and compare it byte for byte.
+//!
+//! A test can also end a client piecemeal to exercise the server's session lifecycle:
+//! [`Client::disconnect_media`] silences the peer connection but keeps the socket,
+//! [`Client::send_leave`] says goodbye, [`Client::drop_signaling`] drops the socket
+//! without a close frame, and [`Client::wait_closed`] reports the server's close frame.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -19,10 +25,11 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use huiyi::Running;
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -72,13 +79,60 @@ impl Kind {
             Kind::Video => b'v',
         }
     }
+}
 
-    /// Where the marker starts: after the VP8 payload descriptor and frame header for video.
-    fn marker_offset(self) -> usize {
+/// The video codec a client offers and sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VideoCodec {
+    /// webrtc-rs's default codecs are offered; VP8 is sent.
+    #[default]
+    Vp8,
+    /// H.264 constrained baseline, packetization-mode 1 ([`H264_FMTP`]) is the only video
+    /// codec offered, at [`H264_PAYLOAD_TYPE`].
+    H264,
+}
+
+/// The fmtp of the one H.264 format an H.264 client offers.
+pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+pub const H264_PAYLOAD_TYPE: u8 = 102;
+/// A single NAL unit with nal_ref_idc 3 and type 7 (SPS): a keyframe to the SFU.
+const H264_KEYFRAME_PREFIX: [u8; 1] = [0x67];
+/// A single NAL unit with nal_ref_idc 2 and type 1 (non-IDR slice).
+const H264_DELTA_PREFIX: [u8; 1] = [0x41];
+
+impl VideoCodec {
+    pub fn mime(self) -> &'static str {
         match self {
-            Kind::Audio => 0,
-            Kind::Video => VP8_KEYFRAME_PREFIX.len(),
+            VideoCodec::Vp8 => MIME_TYPE_VP8,
+            VideoCodec::H264 => MIME_TYPE_H264,
         }
+    }
+
+    /// Bytes before the marker in a video payload: the VP8 payload descriptor and frame
+    /// header, or the H.264 NAL header.
+    fn prefix(self, keyframe: bool) -> &'static [u8] {
+        match (self, keyframe) {
+            (VideoCodec::Vp8, true) => &VP8_KEYFRAME_PREFIX,
+            (VideoCodec::Vp8, false) => &VP8_DELTA_PREFIX,
+            (VideoCodec::H264, true) => &H264_KEYFRAME_PREFIX,
+            (VideoCodec::H264, false) => &H264_DELTA_PREFIX,
+        }
+    }
+
+    /// Does this payload (as [`payload`] makes them) start a keyframe?
+    pub fn is_keyframe(self, payload: &[u8]) -> bool {
+        match self {
+            VideoCodec::Vp8 => vp8_is_keyframe(payload),
+            VideoCodec::H264 => payload.first().is_some_and(|b| matches!(b & 0x1f, 5 | 7)),
+        }
+    }
+}
+
+/// Where the marker starts: after the codec prefix for video.
+fn marker_offset(codec: VideoCodec, kind: Kind) -> usize {
+    match kind {
+        Kind::Audio => 0,
+        Kind::Video => codec.prefix(false).len(),
     }
 }
 
@@ -93,14 +147,13 @@ pub fn is_keyframe_counter(counter: u32) -> bool {
     counter.is_multiple_of(KEYFRAME_EVERY)
 }
 
-/// The payload of packet `counter` on `sender`'s track of `kind`: codec prefix (video),
-/// then the marker `HY <kind> <sender> <counter:u32 BE>`, then filler derived from all
-/// three, of a length that varies with the counter.
-pub fn payload(kind: Kind, sender: u8, counter: u32) -> Vec<u8> {
+/// The payload of packet `counter` on `sender`'s track of `kind`: codec prefix (video,
+/// in `codec`), then the marker `HY <kind> <sender> <counter:u32 BE>`, then filler derived
+/// from all three, of a length that varies with the counter.
+pub fn payload(codec: VideoCodec, kind: Kind, sender: u8, counter: u32) -> Vec<u8> {
     let mut p = Vec::with_capacity(1200);
     if kind == Kind::Video {
-        let prefix = if is_keyframe_counter(counter) { VP8_KEYFRAME_PREFIX } else { VP8_DELTA_PREFIX };
-        p.extend_from_slice(&prefix);
+        p.extend_from_slice(codec.prefix(is_keyframe_counter(counter)));
     }
     p.extend_from_slice(&MARKER_MAGIC);
     p.push(kind.tag());
@@ -116,8 +169,8 @@ pub fn payload(kind: Kind, sender: u8, counter: u32) -> Vec<u8> {
 }
 
 /// The sender index and counter carried by a payload made by [`payload`].
-pub fn parse_marker(kind: Kind, payload: &[u8]) -> Option<(u8, u32)> {
-    let at = kind.marker_offset();
+pub fn parse_marker(codec: VideoCodec, kind: Kind, payload: &[u8]) -> Option<(u8, u32)> {
+    let at = marker_offset(codec, kind);
     let m = payload.get(at..at + 8)?;
     if m[..2] != MARKER_MAGIC || m[2] != kind.tag() {
         return None;
@@ -189,6 +242,32 @@ struct Shared {
     offers_answered: AtomicU32,
     candidates_sent: AtomicU32,
     closed: Mutex<Option<String>>,
+    /// The server's close frame, if one came.
+    close_frame: Mutex<Option<CloseFrameInfo>>,
+    /// Every message the server sent after `joined`, as it came.
+    messages: Mutex<Vec<ServerMessage>>,
+}
+
+/// A close frame the server sent on the signaling socket.
+#[derive(Debug, Clone)]
+pub struct CloseFrameInfo {
+    pub at: Instant,
+    /// None for a close frame without a status code.
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+/// One JSON message from the server, with when it arrived.
+#[derive(Debug, Clone)]
+pub struct ServerMessage {
+    pub at: Instant,
+    pub json: Value,
+}
+
+impl ServerMessage {
+    pub fn kind(&self) -> &str {
+        self.json["type"].as_str().unwrap_or_default()
+    }
 }
 
 impl Shared {
@@ -281,12 +360,25 @@ struct LocalTrack {
     sent: Arc<AtomicU32>,
 }
 
+/// The codec a sender negotiated, as its parameters say.
+#[derive(Debug, Clone)]
+pub struct NegotiatedCodec {
+    pub kind: Kind,
+    pub payload_type: u8,
+    pub mime_type: String,
+    pub fmtp: String,
+}
+
 pub struct Client {
     pub identity: String,
     /// Put in every payload this client sends.
     pub index: u8,
     pub participant_id: String,
     pub pc: Arc<dyn PeerConnection>,
+    /// The video codec this client offers and sends.
+    pub video: VideoCodec,
+    /// What the senders use, known once [`Client::start_media`] ran.
+    pub negotiated: Vec<NegotiatedCodec>,
     shared: Arc<Shared>,
     out: mpsc::UnboundedSender<String>,
     local: Vec<LocalTrack>,
@@ -297,8 +389,19 @@ pub struct Client {
 
 impl Client {
     /// Connect to the server's signaling, join `room` as `identity`, publish audio and
-    /// video as sendonly transceivers, and return once the server answered our offer.
+    /// VP8 video as sendonly transceivers, and return once the server answered our offer.
     pub async fn join(server: &Running, room: &str, identity: &str, index: u8) -> anyhow::Result<Client> {
+        Self::join_with_video(server, room, identity, index, VideoCodec::Vp8).await
+    }
+
+    /// [`Client::join`], offering and sending `video` as the video codec.
+    pub async fn join_with_video(
+        server: &Running,
+        room: &str,
+        identity: &str,
+        index: u8,
+        video: VideoCodec,
+    ) -> anyhow::Result<Client> {
         let label = format!("{identity}#{index}");
         let (ws, _) = tokio_tungstenite::connect_async(super::ws_url(server))
             .await
@@ -323,11 +426,11 @@ impl Client {
         }
 
         let (out, out_rx) = mpsc::unbounded_channel::<String>();
-        let pc = build_peer_connection(shared.clone(), out.clone()).await?;
+        let pc = build_peer_connection(shared.clone(), out.clone(), video).await?;
 
         let mut local = Vec::new();
         for kind in Kind::BOTH {
-            local.push(add_sendonly_track(&pc, kind, identity).await?);
+            local.push(add_sendonly_track(&pc, kind, identity, video).await?);
         }
 
         // Send the offer before applying it: gathering starts in set_local_description,
@@ -349,6 +452,8 @@ impl Client {
             index,
             participant_id,
             pc,
+            video,
+            negotiated: Vec::new(),
             shared,
             out,
             local,
@@ -408,6 +513,54 @@ impl Client {
         self.shared.closed.lock().unwrap().clone()
     }
 
+    /// The server's close frame, if one came.
+    pub fn close_frame(&self) -> Option<CloseFrameInfo> {
+        self.shared.close_frame.lock().unwrap().clone()
+    }
+
+    /// Wait up to `timeout` for the signaling socket to end; answers the close frame, if
+    /// the server sent one (`Err` with what happened otherwise).
+    pub async fn wait_closed(&self, timeout: Duration) -> anyhow::Result<CloseFrameInfo> {
+        if !wait_until(timeout, || self.closed().is_some()).await {
+            bail!("{}: signaling socket still open after {timeout:?}", self.label());
+        }
+        self.close_frame().ok_or_else(|| {
+            anyhow!("{}: socket ended without a close frame: {:?}", self.label(), self.closed())
+        })
+    }
+
+    /// Every message the server sent after `joined`, in order.
+    pub fn messages(&self) -> Vec<ServerMessage> {
+        self.shared.messages.lock().unwrap().clone()
+    }
+
+    /// The server's messages of one `type`, in order.
+    pub fn messages_of_type(&self, kind: &str) -> Vec<ServerMessage> {
+        self.shared.messages.lock().unwrap().iter().filter(|m| m.kind() == kind).cloned().collect()
+    }
+
+    /// Send `{"type":"leave"}`; the server should close the socket with 1000.
+    pub fn send_leave(&self) {
+        let _ = self.out.send(json!({"type": "leave"}).to_string());
+    }
+
+    /// Go silent at the media level: stop writing RTP and close the peer connection (no
+    /// more STUN, RTP or RTCP from us), but keep the signaling socket open.
+    pub async fn disconnect_media(&mut self) {
+        self.stop_media().await;
+        if let Err(e) = self.pc.close().await {
+            self.shared.error(format!("closing the peer connection: {e}"));
+        }
+    }
+
+    /// Drop the signaling socket without a close frame or goodbye (a vanished client).
+    pub async fn drop_signaling(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Participants we heard of (by id), with identities and announced tracks.
     pub fn roster(&self) -> HashMap<String, ParticipantEntry> {
         self.shared.participants.lock().unwrap().clone()
@@ -427,25 +580,36 @@ impl Client {
         self.local.iter().find(|t| t.kind == kind).map_or(0, |t| t.sent.load(Ordering::SeqCst))
     }
 
-    /// Start writing RTP: Opus-sized audio every 20 ms and VP8 video every 33 ms, each
-    /// [`KEYFRAME_EVERY`]th video packet a keyframe.
+    /// Start writing RTP: Opus-sized audio every 20 ms and video (VP8 or H.264) every
+    /// 33 ms, each [`KEYFRAME_EVERY`]th video packet a keyframe.
     pub async fn start_media(&mut self) -> anyhow::Result<()> {
         for t in &self.local {
             let params = t.sender.get_parameters().await.context("sender parameters")?;
             let mime = match t.kind {
                 Kind::Audio => MIME_TYPE_OPUS,
-                Kind::Video => MIME_TYPE_VP8,
+                Kind::Video => self.video.mime(),
             };
-            let pt = params
+            let codec = params
                 .rtp_parameters
                 .codecs
                 .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
-                .map(|c| c.payload_type)
+                .find(|c| {
+                    c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+                        && (mime != MIME_TYPE_H264
+                            || c.rtp_codec.sdp_fmtp_line.contains("packetization-mode=1"))
+                })
                 .ok_or_else(|| {
                     anyhow!("{}: {mime} not negotiated: {:?}", self.label(), params.rtp_parameters)
                 })?;
+            let pt = codec.payload_type;
+            self.negotiated.push(NegotiatedCodec {
+                kind: t.kind,
+                payload_type: pt,
+                mime_type: codec.rtp_codec.mime_type.clone(),
+                fmtp: codec.rtp_codec.sdp_fmtp_line.clone(),
+            });
             let task = tokio::spawn(send_loop(
+                self.video,
                 t.kind,
                 self.index,
                 pt,
@@ -496,7 +660,7 @@ impl Client {
         {
             v.track_ids.push(track.track_id.clone());
             if kind == Kind::Video {
-                v.first_is_keyframe = track.packets.first().map(|p| vp8_is_keyframe(&p.payload));
+                v.first_is_keyframe = track.packets.first().map(|p| sender.video.is_keyframe(&p.payload));
             }
             let window =
                 |p: &&ReceivedPacket| from.is_none_or(|f| p.at >= f) && until.is_none_or(|u| p.at < u);
@@ -511,7 +675,7 @@ impl Client {
                         p.payload.len()
                     )
                 };
-                let Some((index, counter)) = parse_marker(kind, &p.payload) else {
+                let Some((index, counter)) = parse_marker(sender.video, kind, &p.payload) else {
                     v.bad.push(describe("no marker"));
                     continue;
                 };
@@ -522,7 +686,7 @@ impl Client {
                     )));
                 } else if counter >= sent {
                     v.bad.push(describe(&format!("counter {counter} was never sent (sent {sent})")));
-                } else if p.payload[..] != payload(kind, index, counter)[..] {
+                } else if p.payload[..] != payload(sender.video, kind, index, counter)[..] {
                     v.bad.push(describe(&format!("bytes differ from packet {counter} as sent")));
                 } else {
                     counters.insert(counter);
@@ -548,9 +712,13 @@ impl Client {
 async fn build_peer_connection(
     shared: Arc<Shared>,
     out: mpsc::UnboundedSender<String>,
+    video: VideoCodec,
 ) -> anyhow::Result<Arc<dyn PeerConnection>> {
     let mut media_engine = MediaEngine::default();
-    media_engine.register_default_codecs().context("register codecs")?;
+    match video {
+        VideoCodec::Vp8 => media_engine.register_default_codecs().context("register codecs")?,
+        VideoCodec::H264 => register_opus_and_h264(&mut media_engine)?,
+    }
     let registry =
         register_default_interceptors(Registry::new(), &mut media_engine).context("interceptors")?;
     // mDNS would bind port 5353 for every client in this one process; the server ignores
@@ -569,10 +737,44 @@ async fn build_peer_connection(
     Ok(Arc::new(pc))
 }
 
+/// Opus as in webrtc-rs's defaults, and one video codec: H.264 [`H264_FMTP`].
+fn register_opus_and_h264(media_engine: &mut MediaEngine) -> anyhow::Result<()> {
+    let opus = RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: 111,
+    };
+    media_engine.register_codec(opus, RtpCodecKind::Audio).context("register Opus")?;
+    let feedback = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.into(), parameter: parameter.into() };
+    let h264 = RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: H264_FMTP.to_owned(),
+            rtcp_feedback: vec![
+                feedback("goog-remb", ""),
+                feedback("ccm", "fir"),
+                feedback("nack", ""),
+                feedback("nack", "pli"),
+            ],
+        },
+        payload_type: H264_PAYLOAD_TYPE,
+    };
+    media_engine.register_codec(h264, RtpCodecKind::Video).context("register H.264")?;
+    Ok(())
+}
+
 async fn add_sendonly_track(
     pc: &Arc<dyn PeerConnection>,
     kind: Kind,
     identity: &str,
+    video: VideoCodec,
 ) -> anyhow::Result<LocalTrack> {
     let ssrc = fastrand::u32(1..);
     let (codec_kind, codec) = match kind {
@@ -587,7 +789,12 @@ async fn add_sendonly_track(
         ),
         Kind::Video => (
             RtpCodecKind::Video,
-            RTCRtpCodec { mime_type: MIME_TYPE_VP8.to_owned(), clock_rate: 90_000, ..Default::default() },
+            RTCRtpCodec {
+                mime_type: video.mime().to_owned(),
+                clock_rate: 90_000,
+                sdp_fmtp_line: if video == VideoCodec::H264 { H264_FMTP.to_owned() } else { String::new() },
+                ..Default::default()
+            },
         ),
     };
     let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -636,12 +843,29 @@ fn sources_by_mid(sdp: &str) -> Vec<Value> {
 }
 
 async fn next_json(ws_rx: &mut SplitStream<WsStream>) -> anyhow::Result<Value> {
+    next_json_noting_close(ws_rx, None).await
+}
+
+/// The next JSON message; a close frame ends the stream (an error), noted in `shared`.
+async fn next_json_noting_close(
+    ws_rx: &mut SplitStream<WsStream>,
+    shared: Option<&Shared>,
+) -> anyhow::Result<Value> {
     loop {
         match ws_rx.next().await {
             Some(Ok(Message::Text(text))) => {
                 return serde_json::from_str(text.as_str()).context("server JSON");
             }
-            Some(Ok(Message::Close(frame))) => bail!("socket closed: {frame:?}"),
+            Some(Ok(Message::Close(frame))) => {
+                if let Some(shared) = shared {
+                    *shared.close_frame.lock().unwrap() = Some(CloseFrameInfo {
+                        at: Instant::now(),
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame.as_ref().map(|f| f.reason.to_string()).unwrap_or_default(),
+                    });
+                }
+                bail!("socket closed: {frame:?}")
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => bail!("socket error: {e}"),
             None => bail!("socket ended"),
@@ -664,13 +888,14 @@ async fn signaling_loop(
     out: mpsc::UnboundedSender<String>,
 ) {
     loop {
-        let message = match next_json(&mut ws_rx).await {
+        let message = match next_json_noting_close(&mut ws_rx, Some(&shared)).await {
             Ok(m) => m,
             Err(e) => {
                 *shared.closed.lock().unwrap() = Some(e.to_string());
                 return;
             }
         };
+        shared.messages.lock().unwrap().push(ServerMessage { at: Instant::now(), json: message.clone() });
         if std::env::var_os("HUIYI_DUMP_SIGNALING").is_some() {
             let mut shown = message.clone();
             if let Some(sdp) = shown.get_mut("sdp") {
@@ -739,6 +964,7 @@ async fn handle_server_message(
 
 #[allow(clippy::too_many_arguments)]
 async fn send_loop(
+    video: VideoCodec,
     kind: Kind,
     index: u8,
     payload_type: u8,
@@ -770,7 +996,7 @@ async fn send_loop(
                 ssrc,
                 ..Default::default()
             },
-            payload: Bytes::from(payload(kind, index, counter)),
+            payload: Bytes::from(payload(video, kind, index, counter)),
         };
         match track.write_rtp(packet).await {
             Ok(()) => {

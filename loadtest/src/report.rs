@@ -1,0 +1,299 @@
+//! The run's report: JSON with stable keys (docs/loadtest.md), a summary table, an SVG
+//! plot of latency and bitrate over time, and the /proc readings behind the CPU figures.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::stats::percentile;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Percentiles {
+    pub fn of(values: &[f64]) -> Self {
+        Self {
+            p50: percentile(values, 50.0),
+            p99: percentile(values, 99.0),
+            max: values.iter().copied().reduce(f64::max),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Delivery {
+    pub min: Option<f64>,
+    pub p1: Option<f64>,
+    pub median: Option<f64>,
+    /// Subscribers below 99.5% delivery.
+    pub below_target: usize,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct P99 {
+    pub p99: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ServerProcess {
+    pub pid: u32,
+    pub cpu_seconds: f64,
+    pub cpu_cores: f64,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Generator {
+    pub cpu_cores: f64,
+    /// The busiest media thread's share of one core during the window.
+    pub busiest_thread: f64,
+    pub rx_drops: u64,
+    pub bottleneck: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Second {
+    pub t: u64,
+    pub packets: u64,
+    pub kbps: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub url: String,
+    pub date: String,
+    pub participants: usize,
+    pub connected: usize,
+    pub failed_joins: usize,
+    pub duration_s: f64,
+    pub complete: bool,
+    pub error: Option<String>,
+    /// Distinct errors and unexpected socket closes the clients saw (at most 10).
+    pub client_problems: Vec<String>,
+    pub join_ms: Percentiles,
+    pub delivery: Delivery,
+    pub loss_pct: Option<f64>,
+    /// Packets received more than once (counted once for delivery).
+    pub duplicate_packets: u64,
+    pub latency_ms: Percentiles,
+    pub jitter_ms: P99,
+    pub first_keyframe_ms: P99,
+    pub pps_in: f64,
+    pub pps_out: f64,
+    pub server: Vec<ServerProcess>,
+    pub forwarded_packets_per_cpu_second: Option<f64>,
+    pub generator: Generator,
+    pub timeline: Vec<Second>,
+}
+
+impl Report {
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, text + "\n")
+    }
+
+    pub fn summary(&self) -> String {
+        let f = |v: Option<f64>, unit: &str| v.map(|x| format!("{x:.2}{unit}")).unwrap_or_else(|| "-".into());
+        let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", x * 100.0)).unwrap_or_else(|| "-".into());
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario        {} ({}){}",
+            self.scenario,
+            self.url,
+            if self.complete { "" } else { "  INCOMPLETE" }
+        );
+        let _ = writeln!(
+            out,
+            "participants    {} connected of {}, {} failed joins",
+            self.connected, self.participants, self.failed_joins
+        );
+        let _ = writeln!(
+            out,
+            "join            p50 {}  p99 {}  max {}",
+            f(self.join_ms.p50, " ms"),
+            f(self.join_ms.p99, " ms"),
+            f(self.join_ms.max, " ms")
+        );
+        let _ = writeln!(
+            out,
+            "delivery        min {}  p1 {}  median {}  ({} subscribers below 99.5%)",
+            pct(self.delivery.min),
+            pct(self.delivery.p1),
+            pct(self.delivery.median),
+            self.delivery.below_target
+        );
+        let _ = writeln!(
+            out,
+            "loss            {}",
+            self.loss_pct.map(|l| format!("{l:.3}%")).unwrap_or_else(|| "-".into())
+        );
+        let _ = writeln!(
+            out,
+            "latency         p50 {}  p99 {}  max {}",
+            f(self.latency_ms.p50, " ms"),
+            f(self.latency_ms.p99, " ms"),
+            f(self.latency_ms.max, " ms")
+        );
+        let _ = writeln!(out, "jitter p99      {}", f(self.jitter_ms.p99, " ms"));
+        let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
+        let _ = writeln!(out, "packets/s       in {:.0}  out {:.0}", self.pps_in, self.pps_out);
+        for s in &self.server {
+            let _ = writeln!(
+                out,
+                "server pid {:<6} {:.2} CPU s, {:.2} cores, peak RSS {:.1} MiB",
+                s.pid, s.cpu_seconds, s.cpu_cores, s.peak_rss_mb
+            );
+        }
+        let _ = writeln!(out, "forwarded/CPU-s {}", f(self.forwarded_packets_per_cpu_second, ""));
+        let _ = writeln!(
+            out,
+            "generator       {:.2} cores, busiest thread {:.0}%, {} receive drops{}",
+            self.generator.cpu_cores,
+            self.generator.busiest_thread * 100.0,
+            self.generator.rx_drops,
+            if self.generator.bottleneck { "  <- the generator was the bottleneck" } else { "" }
+        );
+        for p in &self.client_problems {
+            let _ = writeln!(out, "client problem  {p}");
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "error           {e}");
+        }
+        out
+    }
+
+    /// Latency percentiles and received bitrate per second, as an SVG line chart.
+    pub fn svg(&self) -> String {
+        let (w, h, pad) = (800.0, 360.0, 50.0);
+        let n = self.timeline.len().max(2) as f64;
+        let max_lat = self.timeline.iter().filter_map(|s| s.latency_p99_ms).fold(1.0, f64::max);
+        let max_kbps = self.timeline.iter().map(|s| s.kbps).fold(1.0, f64::max);
+        let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (n - 1.0);
+        let y = |v: f64, max: f64| h - pad - (h - 2.0 * pad) * v / max;
+        let line = |values: Vec<(usize, f64)>, max: f64| {
+            values
+                .iter()
+                .map(|(i, v)| format!("{:.1},{:.1}", x(*i), y(*v, max)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let p50 = line(
+            self.timeline.iter().enumerate().filter_map(|(i, s)| s.latency_p50_ms.map(|v| (i, v))).collect(),
+            max_lat,
+        );
+        let p99 = line(
+            self.timeline.iter().enumerate().filter_map(|(i, s)| s.latency_p99_ms.map(|v| (i, v))).collect(),
+            max_lat,
+        );
+        let kbps = line(self.timeline.iter().enumerate().map(|(i, s)| (i, s.kbps)).collect(), max_kbps);
+        format!(
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{pad}" y="20">{title}: latency (ms, left) and received bitrate (kbit/s, right) per second</text>
+<line x1="{pad}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>
+<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{bottom}" stroke="black"/>
+<text x="5" y="{pad}">{max_lat:.1}</text><text x="5" y="{bottom}">0</text>
+<text x="{right_label}" y="{pad}">{max_kbps:.0}</text>
+<text x="{pad}" y="{time_label}">0 s</text><text x="{right}" y="{time_label}" text-anchor="end">{secs} s</text>
+<polyline fill="none" stroke="#1a73e8" stroke-width="1.5" points="{p50}"/>
+<polyline fill="none" stroke="#d93025" stroke-width="1.5" points="{p99}"/>
+<polyline fill="none" stroke="#188038" stroke-width="1" stroke-dasharray="4 2" points="{kbps}"/>
+<text x="{legend}" y="40" fill="#1a73e8">latency p50</text>
+<text x="{legend}" y="55" fill="#d93025">latency p99</text>
+<text x="{legend}" y="70" fill="#188038">kbit/s</text>
+</svg>
+"##,
+            title = self.scenario,
+            bottom = h - pad,
+            right = w - pad,
+            right_label = w - pad + 5.0,
+            time_label = h - pad + 18.0,
+            secs = self.timeline.len(),
+            legend = w - pad - 100.0,
+        )
+    }
+}
+
+/// CPU seconds (user + system) of a process or thread from its /proc stat file.
+pub fn cpu_seconds(stat_path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name in parentheses; utime and stime are 14th and 15th.
+    let after = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions; _SC_CLK_TCK is always a valid name.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Peak resident set size of a process, in MiB.
+pub fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Receive drops the kernel counted on UDP sockets bound to `ports` (IPv4 and IPv6).
+pub fn udp_drops(ports: &[u16]) -> u64 {
+    let mut total = 0;
+    for file in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(port) = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            if ports.contains(&port) {
+                total += fields.last().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_cpu_and_rss() {
+        assert!(cpu_seconds("/proc/self/stat").is_some());
+        assert!(peak_rss_mb(std::process::id()).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn svg_is_well_formed_with_and_without_data() {
+        let mut r = Report { scenario: "x".into(), ..Default::default() };
+        assert!(r.svg().starts_with("<svg"));
+        r.timeline = (0..5)
+            .map(|t| Second {
+                t,
+                packets: 10,
+                kbps: 100.0,
+                latency_p50_ms: Some(1.0),
+                latency_p99_ms: Some(2.0),
+            })
+            .collect();
+        let svg = r.svg();
+        assert!(svg.contains("polyline") && svg.trim_end().ends_with("</svg>"));
+    }
+}

@@ -1,0 +1,211 @@
+//! The control side of a virtual client: a token, the signaling WebSocket, and the
+//! messages of docs/protocol.md. One small task per client carries its WebSocket;
+//! media never passes through here.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(String, std::io::Error),
+    #[error("{0} answered HTTP {1} for a token: {2}")]
+    TokenRefused(String, u16, String),
+    #[error("WebSocket to {0} failed: {1}")]
+    WebSocket(String, String),
+    #[error("the server refused the join: {0}")]
+    JoinRefused(String),
+    #[error("no answer from the server within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected reply from the server: {0}")]
+    Protocol(String),
+}
+
+/// Base URL pieces: `http://host:port`.
+#[derive(Debug, Clone)]
+pub struct ServerUrl {
+    pub host_port: String,
+}
+
+impl ServerUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or("the URL must start with http://")?;
+        let host_port = rest.trim_end_matches('/').to_string();
+        if host_port.is_empty() || host_port.contains('/') {
+            return Err(format!("expected http://host:port, got {url}"));
+        }
+        Ok(Self { host_port })
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://{}/v1/rtc", self.host_port)
+    }
+}
+
+/// Mint an HS256 token like `huiyi token` does, for servers with a configured secret.
+pub fn mint_token(secret: &str, room: &str, identity: &str, ttl: Duration) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default() + ttl;
+    let claims = json!({
+        "sub": identity, "name": identity, "room": room, "exp": exp.as_secs(),
+        "grants": {"canPublish": true, "canSubscribe": true},
+    });
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let input = format!("{header}.{payload}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+/// A token from the server's development endpoint (servers without a secret).
+pub async fn dev_token(url: &ServerUrl, room: &str, identity: &str) -> Result<String, SignalError> {
+    let path = format!(
+        "/v1/dev/token?room={}&identity={}&name={}",
+        escape(room),
+        escape(identity),
+        escape(identity)
+    );
+    let (status, body) = http_get(&url.host_port, &path).await?;
+    if status != 200 {
+        return Err(SignalError::TokenRefused(
+            url.host_port.clone(),
+            status,
+            body.chars().take(200).collect(),
+        ));
+    }
+    let v: Value = serde_json::from_str(&body).map_err(|e| SignalError::Protocol(e.to_string()))?;
+    v["token"].as_str().map(str::to_string).ok_or_else(|| SignalError::Protocol("no token in reply".into()))
+}
+
+fn escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET (the generator needs two endpoints, not an HTTP client).
+pub async fn http_get(host_port: &str, path: &str) -> Result<(u16, String), SignalError> {
+    let unreachable = |e| SignalError::Unreachable(host_port.to_string(), e);
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(host_port))
+        .await
+        .map_err(|_| SignalError::Timeout(Duration::from_secs(5)))?
+        .map_err(unreachable)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(unreachable)?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?
+        .map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) =
+        text.split_once("\r\n\r\n").ok_or_else(|| SignalError::Protocol("bad HTTP reply".into()))?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What a client's WebSocket task reports to the media engine.
+#[derive(Debug)]
+pub enum FromServer {
+    Message(Value),
+    /// The socket closed: the close code and reason, if the server sent one.
+    Closed(Option<(u16, String)>),
+}
+
+/// Connect and join; returns the `joined` message and a sender of messages to the
+/// server. Every later server message (and the close) goes to `on_message`.
+pub async fn join(
+    url: &ServerUrl,
+    token: &str,
+    on_message: impl Fn(FromServer) + Send + 'static,
+) -> Result<(Value, mpsc::UnboundedSender<Value>), SignalError> {
+    let ws_url = url.ws();
+    let (mut ws, _) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&ws_url))
+            .await
+            .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?
+            .map_err(|e| SignalError::WebSocket(ws_url.clone(), e.to_string()))?;
+    let join = json!({"type": "join", "token": token}).to_string();
+    ws.send(Message::Text(join.into()))
+        .await
+        .map_err(|e| SignalError::WebSocket(ws_url.clone(), e.to_string()))?;
+    let joined = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?;
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).map_err(|e| SignalError::Protocol(e.to_string()))?;
+                match v["type"].as_str() {
+                    Some("joined") => break v,
+                    Some("error") => return Err(SignalError::JoinRefused(v["message"].to_string())),
+                    _ => continue,
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                return Err(SignalError::JoinRefused(why));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(SignalError::WebSocket(ws_url, e.to_string())),
+            None => return Err(SignalError::JoinRefused("socket closed".into())),
+        }
+    };
+    let (to_server, mut outgoing) = mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        let close = loop {
+            tokio::select! {
+                out = outgoing.recv() => match out {
+                    Some(v) => {
+                        if ws.send(Message::Text(v.to_string().into())).await.is_err() {
+                            break None;
+                        }
+                    }
+                    None => {
+                        let _ = ws.close(None).await;
+                        break None;
+                    }
+                },
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                            on_message(FromServer::Message(v));
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => break f.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break None,
+                },
+            }
+        };
+        on_message(FromServer::Closed(close));
+    });
+    Ok((joined, to_server))
+}
