@@ -44,6 +44,8 @@ pub struct Shared {
     pub packets_received: AtomicU64,
     pub bytes_received: AtomicU64,
     pub connected: AtomicU64,
+    /// The worst p99 latency (us) any worker saw in its last complete second, for the live line.
+    pub live_p99_us: AtomicU64,
 }
 
 /// One sent stream: the first and last sequence numbers it sent inside the window.
@@ -75,6 +77,7 @@ impl Shared {
             packets_received: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             connected: AtomicU64::new(0),
+            live_p99_us: AtomicU64::new(0),
         }
     }
 
@@ -239,6 +242,7 @@ pub struct Worker {
     latency: LatencyHistogram,
     seconds: HashMap<u64, (u64, u64, LatencyHistogram)>,
     ports: Vec<u16>,
+    published_second: u64,
     buf: Vec<u8>,
     payload: Vec<u8>,
     server_ip: std::net::IpAddr,
@@ -267,6 +271,7 @@ impl Worker {
             latency: LatencyHistogram::default(),
             seconds: HashMap::new(),
             ports: Vec::new(),
+            published_second: 0,
             buf: vec![0; 2048],
             payload: Vec::with_capacity(1500),
             server_ip,
@@ -299,7 +304,9 @@ impl Worker {
             if stop {
                 break;
             }
-            self.run_timers(Instant::now());
+            let now = Instant::now();
+            self.run_timers(now);
+            self.publish_live(now);
         }
         let ids: Vec<u32> = self.clients.keys().copied().collect();
         for id in ids {
@@ -310,6 +317,18 @@ impl Worker {
             latency: std::mem::take(&mut self.latency),
             seconds: std::mem::take(&mut self.seconds),
             ports: std::mem::take(&mut self.ports),
+        }
+    }
+
+    /// Once a second, share the last complete second's p99 latency with the live line.
+    fn publish_live(&mut self, now: Instant) {
+        let second = self.shared.us(now) / 1_000_000;
+        if second <= self.published_second {
+            return;
+        }
+        self.published_second = second;
+        if let Some(p99) = self.seconds.get(&(second - 1)).and_then(|(_, _, h)| h.percentile_ms(99.0)) {
+            self.shared.live_p99_us.fetch_max((p99 * 1000.0) as u64, Ordering::Relaxed);
         }
     }
 

@@ -298,8 +298,10 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
             let connected = shared.connected.load(Ordering::Relaxed);
             let fanout = (connected.saturating_sub(1)) as f64;
             let delivery = if out > 0.0 { inn / (out * fanout.max(1.0)) } else { 0.0 };
+            let p99 = shared.live_p99_us.swap(0, Ordering::Relaxed) as f64 / 1000.0;
             eprintln!(
-                "t={:>4.0}s  connected {connected}  out {out:.0} pps  in {inn:.0} pps  delivered {:.1}% of full fan-out",
+                "t={:>4.0}s  connected {connected}  out {out:.0} pps  in {inn:.0} pps  \
+                 delivered {:.1}% of full fan-out  p99 {p99:.1} ms",
                 window_start.elapsed().as_secs_f64(),
                 delivery * 100.0
             );

@@ -11,6 +11,8 @@ mod nack_tests;
 mod node;
 mod room;
 mod shard;
+#[doc(hidden)]
+pub mod testing;
 
 pub use api::{
     JoinRequest, Joined, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent,

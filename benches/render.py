@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Renders BENCHMARKS.md from benches/results: every stored run, newest first. Run by
+benches/run.sh; figures come only from the stored reports, never typed in."""
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def fmt(v, unit="", digits=2):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def pct(v):
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def scenario_rows(name):
+    rows = []
+    for report_path in sorted((ROOT / name).glob("*.json"), reverse=True):
+        if report_path.name.endswith(".meta.json"):
+            continue
+        meta_path = report_path.with_name(report_path.stem + ".meta.json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        r = json.loads(report_path.read_text())
+        rows.append((report_path, meta, r))
+    return rows
+
+
+def main():
+    out = ["# Benchmarks", "",
+           "Every figure below comes from a run of `benches/run.sh` on the machine named with it;",
+           "this file is rendered from the stored reports in `benches/results/` by",
+           "`benches/render.py` (never edited by hand). Scenarios are defined in SCENARIOS.md",
+           "and `benches/scenarios/`; the report's keys in docs/loadtest.md.", ""]
+    names = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "micro") if ROOT.exists() else []
+    for name in names:
+        rows = scenario_rows(name)
+        if not rows:
+            continue
+        out += [f"## {name}", ""]
+        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | generator cores / busiest thread | complete |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for path, meta, r in rows:
+            server = r.get("server") or [{}]
+            s = server[0]
+            g = r.get("generator", {})
+            lat = r.get("latency_ms", {})
+            d = r.get("delivery", {})
+            complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
+            if g.get("bottleneck"):
+                complete += " (generator-bound)"
+            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} / {}% | {} |".format(
+                r.get("date"), meta.get("commit", "?"), r.get("connected"), r.get("participants"), r.get("failed_joins"),
+                pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), fmt(r.get("loss_pct"), "%", 3),
+                fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")), fmt(r.get("jitter_ms", {}).get("p99")),
+                fmt((r.get("join_ms") or {}).get("p99"), "", 0), fmt((r.get("first_keyframe_ms") or {}).get("p99"), "", 0),
+                r.get("pps_in", 0), r.get("pps_out", 0), fmt(s.get("cpu_cores")), fmt(s.get("peak_rss_mb"), "", 1),
+                fmt(r.get("forwarded_packets_per_cpu_second"), "", 0), fmt(g.get("cpu_cores")),
+                fmt((g.get("busiest_thread") or 0) * 100, "", 0), complete))
+        out.append("")
+        commands = sorted({m.get("command") for _, m, _ in rows if m.get("command")})
+        machines = sorted({m.get("machine") for _, m, _ in rows if m.get("machine")})
+        out += ["Command: " + "; ".join(f"`{c}`" for c in commands), "", "Machine: " + "; ".join(machines), ""]
+    micro = sorted((ROOT / "micro").glob("*.json"), reverse=True) if (ROOT / "micro").exists() else []
+    if micro:
+        out += ["## Micro-benchmarks (criterion, median)", "",
+                "| date and commit | benchmark | time per iteration | per element |", "| --- | --- | --- | --- |"]
+        for path in micro:
+            m = json.loads(path.read_text())
+            for bench, v in sorted(m["results"].items()):
+                per = v["median_ns"] / v["elements"] if v.get("elements") else None
+                out.append(f"| {path.stem} | {bench} | {v['median_ns']:.1f} ns | {fmt(per, ' ns', 1)} |")
+        out += ["", "Command: `" + json.loads(micro[0].read_text())["command"] + "`", "",
+                "Machine: " + json.loads(micro[0].read_text())["machine"], ""]
+    print("\n".join(out))
+
+
+main()
