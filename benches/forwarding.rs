@@ -39,7 +39,8 @@ fn forward_one_to_n(c: &mut Criterion) {
                     let mut api = link.server.rtc.direct_api();
                     let stream = api.stream_tx(ssrc).expect("negotiated stream");
                     stream.write_rtp(
-                        RtpWrite::new(*pt, out.seq.into(), out.timestamp, now, payload.clone()).nackable(true),
+                        RtpWrite::new(*pt, out.seq.into(), out.timestamp, now, payload.clone())
+                            .nackable(true),
                     );
                     link.drain(true);
                 }

@@ -23,7 +23,8 @@ fn stun_binding_request(username: &str) -> Vec<u8> {
 
 fn route_1000_sessions(c: &mut Criterion) {
     let table = RouteTable::default();
-    let addrs: Vec<SocketAddr> = (0..1000).map(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16))).collect();
+    let addrs: Vec<SocketAddr> =
+        (0..1000).map(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16))).collect();
     for (i, a) in addrs.iter().enumerate() {
         table.add_addr(*a, i % 2);
         table.add_ufrag(&format!("ufrag{i:04}"), i % 2);

@@ -156,6 +156,8 @@ pub struct ClientResult {
     pub join_ms: Option<f64>,
     pub connected: bool,
     pub left_early: bool,
+    /// The generator's own WebRTC engine failed for this client.
+    pub engine_failed: bool,
     /// Connected before the measurement window opened and stayed to its end.
     pub whole_window: bool,
     pub first_keyframe_ms: Vec<f64>,
@@ -220,6 +222,7 @@ struct Client {
     rx: HashMap<u32, RxStream>,
     timeout: Instant,
     closed: Option<String>,
+    engine_failed: bool,
     errors: Vec<String>,
 }
 
@@ -430,6 +433,7 @@ impl Worker {
                 rx: HashMap::new(),
                 timeout: now,
                 closed: None,
+                engine_failed: false,
                 errors: Vec::new(),
             },
         );
@@ -513,7 +517,11 @@ impl Worker {
                     if client.timeout != at {
                         continue;
                     }
-                    let _ = client.rtc.handle_input(Input::Timeout(now));
+                    let rtc = &mut client.rtc;
+                    if contained(&mut client.errors, || rtc.handle_input(Input::Timeout(now))).is_none() {
+                        self.fail(id);
+                        continue;
+                    }
                 }
                 Due::Audio => self.send_audio(id, at, now),
                 Due::Video => self.send_video(id, at, now),
@@ -525,7 +533,11 @@ impl Worker {
     fn drain(&mut self, id: u32) {
         loop {
             let Some(client) = self.clients.get_mut(&id) else { return };
-            let output = match client.rtc.poll_output() {
+            let rtc = &mut client.rtc;
+            let Some(polled) = contained(&mut client.errors, || rtc.poll_output()) else {
+                return self.fail(id);
+            };
+            let output = match polled {
                 Ok(o) => o,
                 Err(e) => {
                     client.errors.push(format!("rtc: {e}"));
@@ -702,6 +714,14 @@ impl Worker {
         video.ts = video.ts.wrapping_add(90_000 / video.shape.fps);
     }
 
+    /// The client's engine failed: it leaves, and the report counts a generator failure.
+    fn fail(&mut self, id: u32) {
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.engine_failed = true;
+        }
+        self.finish(id, true);
+    }
+
     /// End a client: leave the room if asked, and keep what it measured.
     fn finish(&mut self, id: u32, leaving: bool) {
         let Some(mut client) = self.clients.remove(&id) else { return };
@@ -717,6 +737,7 @@ impl Worker {
             join_ms: client.join_ms,
             connected: client.connected_at.is_some(),
             left_early: leaving,
+            engine_failed: client.engine_failed,
             whole_window: !leaving
                 && client.connected_at.is_some_and(|t| self.shared.us(t) <= self.shared.window_start_us()),
             first_keyframe_ms: client.rx.values().filter_map(|r| r.first_keyframe_ms).collect(),
@@ -725,6 +746,23 @@ impl Worker {
             close_reason: client.closed,
             errors: client.errors,
         });
+    }
+}
+
+/// Runs one call into a client's WebRTC engine; a panic (a str0m bug) fails only that
+/// client, which the report counts as the generator's failure, not the server's.
+fn contained<T>(errors: &mut Vec<String>, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            errors.push(format!("generator's WebRTC engine panicked: {message}"));
+            None
+        }
     }
 }
 

@@ -447,7 +447,10 @@ async fn finish(
 
     let ports: Vec<u16> = results.iter().flat_map(|r| r.ports.iter().copied()).collect();
     report.generator.rx_drops = report::udp_drops(&ports);
-    report.generator.bottleneck = report.generator.busiest_thread > 0.9 || report.generator.rx_drops > 0;
+    report.generator.client_failures = clients.iter().filter(|c| c.engine_failed).count();
+    report.generator.bottleneck = report.generator.busiest_thread > 0.9
+        || report.generator.rx_drops > 0
+        || report.generator.client_failures > 0;
 
     let mut seconds: std::collections::BTreeMap<u64, (u64, u64, LatencyHistogram)> = Default::default();
     for r in results {

@@ -95,6 +95,8 @@ pub enum LeaveReason {
     Removed,
     Replaced,
     RoomClosed,
+    /// The session's WebRTC engine failed (a panic contained to this session).
+    MediaError,
 }
 
 impl LeaveReason {
@@ -106,6 +108,7 @@ impl LeaveReason {
             LeaveReason::Removed => "removed",
             LeaveReason::Replaced => "replaced",
             LeaveReason::RoomClosed => "room_closed",
+            LeaveReason::MediaError => "media_error",
         }
     }
 }

@@ -17,6 +17,7 @@ pub struct SfuMetrics {
     pub dropped_datagrams: IntCounterVec,
     pub dropped_events: IntCounter,
     pub not_forwarded: IntCounterVec,
+    pub session_panics: IntCounter,
     pub sessions_ended: IntCounterVec,
 }
 
@@ -65,6 +66,10 @@ impl SfuMetrics {
                 "huiyi_rtp_not_forwarded_total",
                 "RTP packets a subscriber could not be sent, by reason",
                 &["reason"],
+            ),
+            session_panics: counter(
+                "huiyi_session_panics_total",
+                "Sessions ended because their WebRTC engine panicked (a bug; the shard carried on)",
             ),
             sessions_ended: counter_vec(
                 "huiyi_sessions_ended_total",

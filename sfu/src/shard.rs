@@ -134,6 +134,10 @@ pub(crate) struct Shard {
     rooms: HashMap<String, Room>,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     dirty: Vec<SessionId>,
+    /// Sessions whose tracks to receive changed during this input: one offer each after it.
+    offers_due: Vec<SessionId>,
+    /// Sessions whose engine panicked, to end after this input.
+    failed: Vec<SessionId>,
     next_session: SessionId,
 }
 
@@ -167,6 +171,8 @@ impl Shard {
             rooms: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
+            offers_due: Vec::new(),
+            failed: Vec::new(),
             // Session ids carry the shard index in the low bits so they are unique per node.
             next_session: 1,
         })
@@ -198,6 +204,8 @@ impl Shard {
                 self.housekeeping(now);
                 next_housekeeping = now + HOUSEKEEPING;
             }
+            self.flush_offers();
+            self.end_failed_sessions();
             self.flush_dirty();
         }
         self.shutdown();
@@ -234,7 +242,10 @@ impl Shard {
             if session.timeout != at {
                 continue;
             }
-            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
+            let rtc = &mut session.rtc;
+            let result =
+                contained(&mut self.failed, &self.metrics, id, || rtc.handle_input(Input::Timeout(now)));
+            if let Some(Err(e)) = result {
                 debug!(error = %e, "timeout input failed");
             }
             self.drain(id);
@@ -254,7 +265,27 @@ impl Shard {
             ShardInput::Leave { session, reason } => self.end_session(session, reason),
             ShardInput::Shutdown => {}
         }
+        self.flush_offers();
+        self.end_failed_sessions();
         self.flush_dirty();
+    }
+
+    /// Send the server offers that publications and unpublications of this input called
+    /// for: one per session, however many tracks changed.
+    fn flush_offers(&mut self) {
+        let mut due = std::mem::take(&mut self.offers_due);
+        due.sort_unstable();
+        due.dedup();
+        for id in due {
+            self.offer_if_needed(id);
+        }
+    }
+
+    /// End sessions whose WebRTC engine panicked: the panic is contained to them.
+    fn end_failed_sessions(&mut self) {
+        while let Some(id) = self.failed.pop() {
+            self.end_session(id, LeaveReason::MediaError);
+        }
     }
 
     fn join(
@@ -365,9 +396,14 @@ impl Shard {
             self.metrics.dropped_datagrams.with_label_values(&["rejected"]).inc();
             return;
         }
-        if let Err(e) = session.rtc.handle_input(input) {
-            self.metrics.dropped_datagrams.with_label_values(&["session_error"]).inc();
-            debug!(%source, error = %e, "session refused datagram");
+        let rtc = &mut session.rtc;
+        match contained(&mut self.failed, &self.metrics, id, || rtc.handle_input(input)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.metrics.dropped_datagrams.with_label_values(&["session_error"]).inc();
+                debug!(%source, error = %e, "session refused datagram");
+            }
+            None => return,
         }
         session.last_rx = at;
         if !session.addrs.contains(&source) && is_stun(data) {
@@ -397,7 +433,13 @@ impl Shard {
         };
         session.sources = tracks.into_iter().map(|(mid, src)| (Mid::from(mid.as_str()), src)).collect();
         session.newly_published.clear();
-        let answer = match session.rtc.sdp_api().accept_offer(offer) {
+        let rtc = &mut session.rtc;
+        let Some(accepted) =
+            contained(&mut self.failed, &self.metrics, id, || rtc.sdp_api().accept_offer(offer))
+        else {
+            return;
+        };
+        let answer = match accepted {
             Ok(a) => a,
             Err(e) => {
                 let message = format!("offer refused: {e}");
@@ -442,7 +484,13 @@ impl Shard {
                 return;
             }
         };
-        if let Err(e) = session.rtc.sdp_api().accept_answer(pending, answer) {
+        let rtc = &mut session.rtc;
+        let Some(accepted) =
+            contained(&mut self.failed, &self.metrics, id, || rtc.sdp_api().accept_answer(pending, answer))
+        else {
+            return;
+        };
+        if let Err(e) = accepted {
             let message = format!("answer refused: {e}");
             session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
             return;
@@ -575,7 +623,14 @@ impl Shard {
             let Some(session) = self.sessions.get_mut(&id) else {
                 return;
             };
-            let output = match session.rtc.poll_output() {
+            if self.failed.contains(&id) {
+                return;
+            }
+            let rtc = &mut session.rtc;
+            let Some(polled) = contained(&mut self.failed, &self.metrics, id, || rtc.poll_output()) else {
+                return;
+            };
+            let output = match polled {
                 Ok(o) => o,
                 Err(e) => {
                     debug!(participant = %session.participant_id, error = %e, "session failed");
@@ -700,7 +755,7 @@ impl Shard {
             );
             if s.can_subscribe && s.negotiated {
                 s.to_add.push((id, mid));
-                self.offer_if_needed(other);
+                self.offers_due.push(other);
             }
         }
     }
@@ -737,7 +792,7 @@ impl Shard {
                 },
                 &self.metrics,
             );
-            self.offer_if_needed(other);
+            self.offers_due.push(other);
         }
     }
 
@@ -874,7 +929,9 @@ impl Shard {
             .marker(packet.header.marker)
             .ext_vals(ext.clone())
             .nackable(is_video);
-            stream.write_rtp(write);
+            if contained(&mut self.failed, &self.metrics, *sub_id, || stream.write_rtp(write)).is_none() {
+                continue;
+            }
             self.metrics.rtp_forwarded.inc();
             self.dirty.push(*sub_id);
         }
@@ -918,7 +975,9 @@ impl Shard {
         let Some(mut session) = self.sessions.remove(&id) else {
             return;
         };
-        session.rtc.disconnect();
+        let rtc = &mut session.rtc;
+        let _ = contained(&mut self.failed, &self.metrics, id, || rtc.disconnect());
+        self.failed.retain(|f| *f != id);
         self.load.fetch_sub(1, Ordering::Relaxed);
         self.metrics.participants.dec();
         self.metrics.sessions_ended.with_label_values(&[reason.as_str()]).inc();
@@ -1018,6 +1077,33 @@ fn offer_mids(sdp: &str) -> Vec<Mid> {
     sdp.lines().filter_map(|l| l.trim_end().strip_prefix("a=mid:")).map(Mid::from).collect()
 }
 
+/// Runs one call into a session's WebRTC engine. A panic in it (a bug that network
+/// input reached) fails only that session: it is counted, logged and ended after the
+/// current input, and every other session on the shard carries on.
+fn contained<T>(
+    failed: &mut Vec<SessionId>,
+    metrics: &SfuMetrics,
+    id: SessionId,
+    f: impl FnOnce() -> T,
+) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            metrics.session_panics.inc();
+            warn!(session = id, panic = %message, "WebRTC engine panicked; ending this session only");
+            if !failed.contains(&id) {
+                failed.push(id);
+            }
+            None
+        }
+    }
+}
+
 /// A fixed point for converting packet arrival instants to milliseconds.
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -1035,4 +1121,22 @@ fn h264_profile(profile_level_id: Option<u32>) -> Option<u32> {
 pub fn random_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_engine_call_fails_only_its_session() {
+        let metrics = SfuMetrics::new(&prometheus::Registry::new());
+        let mut failed = Vec::new();
+        assert_eq!(contained(&mut failed, &metrics, 7, || 42), Some(42));
+        assert!(failed.is_empty());
+        let r: Option<()> = contained(&mut failed, &metrics, 9, || panic!("engine bug"));
+        assert_eq!(r, None);
+        let _: Option<()> = contained(&mut failed, &metrics, 9, || panic!("again"));
+        assert_eq!(failed, vec![9], "marked once");
+        assert_eq!(metrics.session_panics.get(), 2);
+    }
 }

@@ -17,8 +17,7 @@ use crate::config::MediaConfig;
 use crate::shard::session_rtc;
 
 pub struct Peer {
-    pub
-    rtc: Rtc,
+    pub rtc: Rtc,
     next_timeout: Instant,
 }
 
@@ -190,4 +189,3 @@ impl Link {
         self.advance(Duration::from_millis(5));
     }
 }
-
