@@ -23,8 +23,8 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::media::{
-    AUDIO_FRAME, DTX_INTERVAL, LayerShape, OpusLibrary, PacketPlan, STAMP_LEN, Stamp, Vp8Packetizer,
-    find_stamp, vp8_is_keyframe_start,
+    AUDIO_FRAME, DTX_INTERVAL, KeyframeSchedule, LayerShape, OpusLibrary, PacketPlan, STAMP_LEN, Stamp,
+    Vp8Packetizer, find_stamp, vp8_is_keyframe_start,
 };
 use crate::scenario::Scenario;
 use crate::signal::FromServer;
@@ -194,9 +194,7 @@ struct VideoTx {
     ts: u32,
     shape: LayerShape,
     sizes: (usize, usize),
-    frames_per_key: u32,
-    frame_in_gop: u32,
-    force_key: bool,
+    keyframes: KeyframeSchedule,
     packetizer: Vp8Packetizer,
     tx: Option<(Ssrc, Pt)>,
 }
@@ -392,9 +390,7 @@ impl Worker {
                 ts: fastrand::u32(..),
                 shape,
                 sizes: shape.frame_sizes(interval),
-                frames_per_key: (interval.as_secs_f64() * shape.fps as f64).round().max(1.0) as u32,
-                frame_in_gop: 0,
-                force_key: true,
+                keyframes: KeyframeSchedule::new(&shape, interval),
                 packetizer: Vp8Packetizer::default(),
                 tx: None,
             }
@@ -578,7 +574,7 @@ impl Worker {
             }
             Event::KeyframeRequest(_) => {
                 if let Some(v) = client.video.as_mut() {
-                    v.force_key = true;
+                    v.keyframes.request();
                 }
             }
             Event::RtpPacket(packet) => {
@@ -689,9 +685,7 @@ impl Worker {
         let interval = video.shape.frame_interval();
         self.timers.push(Reverse((due + interval, id, Due::Video)));
         let Some((ssrc, pt)) = video.tx else { return };
-        let keyframe = video.force_key || video.frame_in_gop == 0;
-        video.force_key = false;
-        video.frame_in_gop = if keyframe { 1 } else { (video.frame_in_gop + 1) % video.frames_per_key };
+        let keyframe = video.keyframes.next_is_keyframe();
         video.packetizer.next_frame(keyframe);
         let size = if keyframe { video.sizes.1 } else { video.sizes.0 };
         let plans: Vec<PacketPlan> = Vp8Packetizer::plan(size).collect();

@@ -148,6 +148,34 @@ impl LayerShape {
     }
 }
 
+/// When a layer sends keyframes: every interval, and at the next frame after a request.
+#[derive(Debug, Clone)]
+pub struct KeyframeSchedule {
+    frames_per_key: u32,
+    frame_in_interval: u32,
+    requested: bool,
+}
+
+impl KeyframeSchedule {
+    pub fn new(shape: &LayerShape, interval: Duration) -> Self {
+        let frames_per_key = (interval.as_secs_f64() * shape.fps as f64).round().max(1.0) as u32;
+        Self { frames_per_key, frame_in_interval: 0, requested: false }
+    }
+
+    /// A keyframe request (PLI or FIR) arrived.
+    pub fn request(&mut self) {
+        self.requested = true;
+    }
+
+    /// Advance one frame: is it a keyframe?
+    pub fn next_is_keyframe(&mut self) -> bool {
+        let key = self.requested || self.frame_in_interval == 0;
+        self.requested = false;
+        self.frame_in_interval = if key { 1 } else { (self.frame_in_interval + 1) % self.frames_per_key };
+        key
+    }
+}
+
 /// Splits VP8-shaped frames of one layer into RTP payloads.
 #[derive(Debug, Clone)]
 pub struct Vp8Packetizer {
@@ -289,6 +317,26 @@ mod tests {
             assert!((bps - target).abs() / target < 0.10, "{} at {bps} bps vs {target}", shape.rid);
             assert!(bytes > 0);
         }
+    }
+
+    #[test]
+    fn keyframe_every_interval_and_on_request() {
+        for shape in LAYERS {
+            let mut schedule = KeyframeSchedule::new(&shape, Duration::from_secs(3));
+            let keys: Vec<u32> = (0..10 * shape.fps).filter(|_| schedule.next_is_keyframe()).collect();
+            let expected: Vec<u32> = (0..10 * shape.fps).step_by(3 * shape.fps as usize).collect();
+            assert_eq!(keys, expected, "{}: a keyframe every 3 s", shape.rid);
+        }
+        let shape = layer("h").unwrap();
+        let mut schedule = KeyframeSchedule::new(&shape, Duration::from_secs(3));
+        assert!(schedule.next_is_keyframe());
+        assert!(!schedule.next_is_keyframe());
+        schedule.request();
+        assert!(schedule.next_is_keyframe(), "a PLI makes the next frame a keyframe");
+        let until_next = (0..200).position(|_| schedule.next_is_keyframe()).unwrap();
+        assert_eq!(until_next, 89, "and restarts the interval");
+        let (delta, key) = shape.frame_sizes(Duration::from_secs(3));
+        assert!((5..=8).contains(&(key / delta)), "a keyframe is 5-8x a delta frame");
     }
 
     #[test]
