@@ -210,9 +210,9 @@ impl Report {
 <polyline fill="none" stroke="#1a73e8" stroke-width="1.5" points="{p50}"/>
 <polyline fill="none" stroke="#d93025" stroke-width="1.5" points="{p99}"/>
 <polyline fill="none" stroke="#188038" stroke-width="1" stroke-dasharray="4 2" points="{kbps}"/>
-<text x="{legend}" y="40" fill="#1a73e8">latency p50</text>
-<text x="{legend}" y="55" fill="#d93025">latency p99</text>
-<text x="{legend}" y="70" fill="#188038">kbit/s</text>
+<text x="{pad}" y="38" fill="#1a73e8">latency p50</text>
+<text x="{legend_b}" y="38" fill="#d93025">latency p99</text>
+<text x="{legend_c}" y="38" fill="#188038">- - kbit/s</text>
 </svg>
 "##,
             title = self.scenario,
@@ -221,7 +221,8 @@ impl Report {
             right_label = w - pad + 5.0,
             time_label = h - pad + 18.0,
             secs = self.timeline.len(),
-            legend = w - pad - 100.0,
+            legend_b = pad + 100.0,
+            legend_c = pad + 200.0,
         )
     }
 }
