@@ -244,7 +244,6 @@ pub struct Worker {
     seconds: HashMap<u64, (u64, u64, LatencyHistogram)>,
     ports: Vec<u16>,
     published_second: u64,
-    buf: Vec<u8>,
     payload: Vec<u8>,
     server_ip: std::net::IpAddr,
 }
@@ -273,7 +272,7 @@ impl Worker {
             seconds: HashMap::new(),
             ports: Vec::new(),
             published_second: 0,
-            buf: vec![0; 2048],
+
             payload: Vec::with_capacity(1500),
             server_ip,
         };
@@ -284,6 +283,7 @@ impl Worker {
 
     fn run(&mut self) -> WorkerResult {
         let mut events = Events::with_capacity(1024);
+        let mut batch = RecvBatch::new();
         loop {
             let now = Instant::now();
             let next = self.next_due().unwrap_or(now + Duration::from_millis(100));
@@ -299,7 +299,7 @@ impl Worker {
                 if event.token() == WAKER {
                     stop |= self.handle_inbox();
                 } else {
-                    self.receive(event.token().0 as u32);
+                    self.receive(event.token().0 as u32, &mut batch);
                 }
             }
             if stop {
@@ -482,22 +482,31 @@ impl Worker {
         self.drain(id);
     }
 
-    fn receive(&mut self, id: u32) {
+    /// Read what a client's socket holds, a batch per system call, and feed its engine.
+    fn receive(&mut self, id: u32, batch: &mut RecvBatch) {
         loop {
             let Some(client) = self.clients.get_mut(&id) else { return };
-            let (len, source) = match client.socket.recv_from(&mut self.buf) {
-                Ok(r) => r,
+            let count = match batch.receive(&client.socket) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => return,
             };
             let now = Instant::now();
-            let Ok(receive) = Receive::new(Protocol::Udp, source, client.local, &self.buf[..len]) else {
-                continue;
-            };
-            if client.rtc.handle_input(Input::Receive(now, receive)).is_err() {
-                continue;
+            for i in 0..count {
+                let Some(client) = self.clients.get_mut(&id) else { return };
+                let (source, data) = batch.datagram(i);
+                let Ok(receive) = Receive::new(Protocol::Udp, source, client.local, data) else { continue };
+                let rtc = &mut client.rtc;
+                match contained(&mut client.errors, || rtc.handle_input(Input::Receive(now, receive))) {
+                    Some(Ok(())) => self.drain(id),
+                    Some(Err(_)) => {}
+                    None => return self.fail(id),
+                }
             }
-            self.drain(id);
+            // A short batch means the socket was empty when read; new datagrams raise a new event.
+            if count < RecvBatch::SIZE {
+                return;
+            }
         }
     }
 
@@ -740,6 +749,82 @@ impl Worker {
             close_reason: client.closed,
             errors: client.errors,
         });
+    }
+}
+
+/// Buffers for receiving many datagrams with one `recvmmsg` call, made once per media
+/// thread (the headers point into the buffers, so it stays on its thread).
+struct RecvBatch {
+    buffers: Vec<[u8; 2048]>,
+    addrs: Vec<libc::sockaddr_storage>,
+    // Read by the kernel through the headers' pointers.
+    _iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+impl RecvBatch {
+    const SIZE: usize = 32;
+
+    fn new() -> Self {
+        // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+        let empty: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut buffers = vec![[0u8; 2048]; Self::SIZE];
+        let mut addrs = vec![empty; Self::SIZE];
+        let mut iovecs: Vec<libc::iovec> = buffers
+            .iter_mut()
+            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+            .collect();
+        // SAFETY: zeroed mmsghdr is valid; the pointers set below point into heap storage
+        // owned by this struct, which never reallocates.
+        let mut headers: Vec<libc::mmsghdr> =
+            (0..Self::SIZE).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (i, h) in headers.iter_mut().enumerate() {
+            h.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_iov = &mut iovecs[i];
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        Self { buffers, addrs, _iovecs: iovecs, headers }
+    }
+
+    /// Receive up to SIZE datagrams without blocking; Err(WouldBlock) when there are none.
+    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        for h in &mut self.headers {
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_len = 0;
+        }
+        // SAFETY: headers hold SIZE valid entries whose buffers outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                self.headers.as_mut_ptr(),
+                Self::SIZE as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// The i-th datagram of the last batch and where it came from.
+    fn datagram(&self, i: usize) -> (SocketAddr, &[u8]) {
+        let addr = &self.addrs[i];
+        let source = match addr.ss_family as libc::c_int {
+            libc::AF_INET6 => {
+                // SAFETY: the family says this storage holds a sockaddr_in6.
+                let a = unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                SocketAddr::from((a.sin6_addr.s6_addr, u16::from_be(a.sin6_port)))
+            }
+            _ => {
+                // SAFETY: otherwise it is the sockaddr_in of our IPv4 socket.
+                let a = unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                SocketAddr::from((a.sin_addr.s_addr.to_ne_bytes(), u16::from_be(a.sin_port)))
+            }
+        };
+        (source, &self.buffers[i][..self.headers[i].msg_len as usize])
     }
 }
 
