@@ -2,22 +2,25 @@
 # Reruns Huiyi's benchmarks and rewrites BENCHMARKS.md from the results:
 #   benches/run.sh                 every scenario below plus the micro-benchmarks
 #   benches/run.sh meeting-300     just these scenarios (names of benches/scenarios/*.toml)
-#   benches/run.sh --micro         just the micro-benchmarks
+#   benches/run.sh --micro         just the micro-benchmarks (add scenario names to run both)
 # Each scenario runs against a fresh release `huiyi` on this machine; the raw report and
 # plot land in benches/results/<scenario>/<date>-<commit>.{json,svg} with the exact
 # command beside them, and BENCHMARKS.md is rendered from every stored result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 default_scenarios=(meeting-300-smoke audio-3000-smoke churn-smoke meeting-300)
-micro=1
+micro=0
 scenarios=()
 for arg in "$@"; do
   case "$arg" in
-    --micro) scenarios=(); micro=1; only_micro=1 ;;
-    *) scenarios+=("$arg"); micro=0 ;;
+    --micro) micro=1 ;;
+    *) scenarios+=("$arg") ;;
   esac
 done
-[ "${only_micro:-0}" = 1 ] || [ ${#scenarios[@]} -gt 0 ] || scenarios=("${default_scenarios[@]}")
+if [ $# -eq 0 ]; then
+  scenarios=("${default_scenarios[@]}")
+  micro=1
+fi
 
 cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")
@@ -26,7 +29,7 @@ machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpui
 http=127.0.0.1:7780
 media=127.0.0.1:7781
 
-for name in "${scenarios[@]}"; do
+for name in "${scenarios[@]+"${scenarios[@]}"}"; do
   file=benches/scenarios/$name.toml
   [ -f "$file" ] || { echo "no scenario $file" >&2; exit 2; }
   dir=benches/results/$name
