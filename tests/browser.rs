@@ -51,6 +51,7 @@ async fn three_browsers_see_and_hear_each_other() {
     assert!(result["mute_seen_s"].is_number(), "muting the mic did not show on the other pages: {result:#}");
     for page in result["verdicts"].as_array().expect("verdicts") {
         assert!(page["playing"].as_u64() >= Some(2), "a page plays fewer than 2 remote videos: {result:#}");
+        assert_eq!(page["lobbyShown"], false, "the lobby still shows over the meeting: {result:#}");
         assert!(
             page["hearing"].as_u64() >= Some(2),
             "a page hears fewer than 2 remote audio streams: {result:#}"

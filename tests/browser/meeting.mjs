@@ -28,11 +28,17 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // What one page shows: remote videos playing and remote audio packets arriving.
 async function observe(page) {
   return page.evaluate(async () => {
-    const videos = [...document.querySelectorAll(".tile:not(.local) video")].map((v) => ({
+    // Only what is on screen counts: a tile in a hidden section plays for nobody.
+    const shown = (el) => {
+      const r = el.getBoundingClientRect();
+      return r.width > 0 && r.height > 0 && getComputedStyle(el).visibility !== "hidden";
+    };
+    const videos = [...document.querySelectorAll(".tile:not(.local) video")].filter(shown).map((v) => ({
       participant: v.closest(".tile").dataset.participant,
       width: v.videoWidth,
       time: v.currentTime,
     }));
+    const lobbyShown = shown(document.getElementById("lobby"));
     const stats = await window.huiyi.stats();
     const audio = [];
     const video = [];
@@ -42,7 +48,7 @@ async function observe(page) {
       if (s.kind === "video") video.push({ mid: s.mid, frames: s.framesDecoded || 0 });
     });
     const pc = window.huiyi.state.pc;
-    return { videos, audio, video, connection: pc ? pc.connectionState : "none", error: document.getElementById("meeting-error").textContent };
+    return { videos, lobbyShown, audio, video, connection: pc ? pc.connectionState : "none", error: document.getElementById("meeting-error").textContent };
   });
 }
 
@@ -98,9 +104,9 @@ try {
         const b = before.audio.find((x) => x.mid === a.mid);
         return b && a.packets > b.packets;
       }).length;
-      return { playing, hearing };
+      return { playing, hearing, lobbyShown: obs.lobbyShown };
     });
-    const done = verdicts.every((v) => v.playing >= pages - 1 && v.hearing >= pages - 1);
+    const done = verdicts.every((v) => v.playing >= pages - 1 && v.hearing >= pages - 1 && !v.lobbyShown);
     if (done) {
       result = { ok: true, seconds: (Date.now() - started) / 1000, verdicts, pages: now };
       if (shareArg === "share") {
