@@ -158,6 +158,8 @@ pub struct ClientResult {
     pub left_early: bool,
     /// The generator's own WebRTC engine failed for this client.
     pub engine_failed: bool,
+    /// `activeSpeaker` messages the client received.
+    pub speaker_events: u32,
     /// Connected before the measurement window opened and stayed to its end.
     pub whole_window: bool,
     pub first_keyframe_ms: Vec<f64>,
@@ -221,6 +223,7 @@ struct Client {
     timeout: Instant,
     closed: Option<String>,
     engine_failed: bool,
+    speaker_events: u32,
     errors: Vec<String>,
 }
 
@@ -430,6 +433,7 @@ impl Worker {
                 timeout: now,
                 closed: None,
                 engine_failed: false,
+                speaker_events: 0,
                 errors: Vec::new(),
             },
         );
@@ -477,6 +481,7 @@ impl Worker {
                 }
             }
             Some("error") => client.errors.push(format!("{}: {}", m["code"], m["message"])),
+            Some("activeSpeaker") => client.speaker_events += 1,
             _ => {}
         }
         self.drain(id);
@@ -741,6 +746,7 @@ impl Worker {
             connected: client.connected_at.is_some(),
             left_early: leaving,
             engine_failed: client.engine_failed,
+            speaker_events: client.speaker_events,
             whole_window: !leaving
                 && client.connected_at.is_some_and(|t| self.shared.us(t) <= self.shared.window_start_us()),
             first_keyframe_ms: client.rx.values().filter_map(|r| r.first_keyframe_ms).collect(),

@@ -376,6 +376,9 @@ async fn finish(
     problems.truncate(10);
     report.client_problems = problems;
 
+    let speaker_events: Vec<f64> =
+        clients.iter().filter(|c| c.connected).map(|c| c.speaker_events as f64).collect();
+    report.active_speaker_events = percentile(&speaker_events, 50.0);
     let joins: Vec<f64> = clients.iter().filter_map(|c| c.join_ms).collect();
     report.join_ms = Percentiles::of(&joins);
     let keyframes: Vec<f64> = clients.iter().flat_map(|c| c.first_keyframe_ms.iter().copied()).collect();

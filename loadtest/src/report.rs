@@ -88,6 +88,8 @@ pub struct Report {
     pub latency_ms: Percentiles,
     pub jitter_ms: P99,
     pub first_keyframe_ms: P99,
+    /// `activeSpeaker` changes the median participant was told about.
+    pub active_speaker_events: Option<f64>,
     pub pps_in: f64,
     pub pps_out: f64,
     pub server: Vec<ServerProcess>,
@@ -147,6 +149,7 @@ impl Report {
         );
         let _ = writeln!(out, "jitter p99      {}", f(self.jitter_ms.p99, " ms"));
         let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
+        let _ = writeln!(out, "speaker changes {} (median participant)", f(self.active_speaker_events, ""));
         let _ = writeln!(out, "packets/s       in {:.0}  out {:.0}", self.pps_in, self.pps_out);
         for s in &self.server {
             let _ = writeln!(

@@ -90,7 +90,7 @@ fn report_path(name: &str) -> PathBuf {
 
 /// Run a smoke scenario and hold it to the behaviour check: everyone joins, and every
 /// subscriber gets at least 99% of what it should.
-fn smoke(file: &str) {
+fn smoke(file: &str) -> Value {
     let server = start_server(None);
     let pid = server.child.id().to_string();
     let path = report_path(file);
@@ -133,11 +133,17 @@ fn smoke(file: &str) {
     // Exit 3 means the generator itself was saturated: a machine problem, not a server fault,
     // and it is reported, but the behaviour check above is what this test holds.
     assert!(out.code == 0 || out.code == 3, "exit {}: {}", out.code, out.stderr);
+    report
 }
 
 #[test]
 fn meeting_smoke_delivers_to_every_subscriber() {
-    smoke("meeting-300-smoke.toml");
+    let report = smoke("meeting-300-smoke.toml");
+    // Speakers rotate every 5 s: everyone hears of the dominant speaker changing.
+    assert!(
+        report["active_speaker_events"].as_f64().is_some_and(|n| n >= 1.0),
+        "no activeSpeaker events: {report:#}"
+    );
 }
 
 #[test]

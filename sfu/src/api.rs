@@ -148,6 +148,10 @@ pub enum SessionEvent {
         track_id: String,
         muted: bool,
     },
+    /// The room's dominant speaker changed.
+    ActiveSpeaker {
+        participant_id: String,
+    },
     /// The media node ended this session.
     Closed {
         reason: LeaveReason,

@@ -11,6 +11,7 @@ mod nack_tests;
 mod node;
 mod room;
 mod shard;
+pub mod speaker;
 #[doc(hidden)]
 pub mod testing;
 

@@ -10,6 +10,7 @@ use str0m::rtp::Ssrc;
 
 use crate::api::{ParticipantInfo, SessionId, TrackInfo};
 use crate::forward::{KeyframeThrottle, VideoCodec};
+use crate::speaker::{SpeakerConfig, SpeakerDetector};
 
 /// One incoming track is identified by its publisher's session and the mid it arrives on.
 pub type PublicationKey = (SessionId, Mid);
@@ -53,11 +54,17 @@ pub struct Room {
     pub name: String,
     pub members: Vec<Member>,
     pub publications: HashMap<PublicationKey, Publication>,
+    pub speakers: SpeakerDetector,
 }
 
 impl Room {
     pub fn new(name: String) -> Self {
-        Self { name, members: Vec::new(), publications: HashMap::new() }
+        Self {
+            name,
+            members: Vec::new(),
+            publications: HashMap::new(),
+            speakers: SpeakerDetector::new(SpeakerConfig::default(), std::time::Instant::now()),
+        }
     }
 
     pub fn participant_info(&self, member: &Member) -> ParticipantInfo {

@@ -870,6 +870,7 @@ impl Shard {
             publication.keyframe_throttle.keyframe_received();
         }
         let is_video = publication.track.kind == TrackKind::Video;
+        let room_name = room.name.clone();
         let arrival_ms = packet.timestamp.saturating_duration_since(epoch()).as_millis() as u64;
         let ext = forwarded_extensions(&packet.header.ext_vals);
         let mut wants_keyframe = false;
@@ -935,12 +936,19 @@ impl Shard {
             self.metrics.rtp_forwarded.inc();
             self.dirty.push(*sub_id);
         }
+        if !is_video
+            && let Some(level) = packet.header.ext_vals.audio_level
+            && let Some(room) = self.rooms.get_mut(room_name.as_str())
+        {
+            room.speakers.record(id, level.unsigned_abs().min(127), packet.timestamp);
+        }
         if wants_keyframe {
             self.request_keyframe((id, mid), packet.timestamp);
         }
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        self.announce_speakers(now);
         let mut expired = Vec::new();
         for (id, s) in &self.sessions {
             let never_connected = !s.connected && now.duration_since(s.created) > self.config.connect_timeout;
@@ -971,6 +979,20 @@ impl Shard {
         }
     }
 
+    /// Tell every room whose dominant speaker changed.
+    fn announce_speakers(&mut self, now: Instant) {
+        for room in self.rooms.values_mut() {
+            let Some(speaker) = room.speakers.poll(now) else { continue };
+            let Some(member) = room.members.iter().find(|m| m.session == speaker) else { continue };
+            let event = SessionEvent::ActiveSpeaker { participant_id: member.participant_id.clone() };
+            for m in &room.members {
+                if let Some(s) = self.sessions.get(&m.session) {
+                    s.emit(event.clone(), &self.metrics);
+                }
+            }
+        }
+    }
+
     fn end_session(&mut self, id: SessionId, reason: LeaveReason) {
         let Some(mut session) = self.sessions.remove(&id) else {
             return;
@@ -996,6 +1018,7 @@ impl Shard {
             return;
         };
         room.members.retain(|m| m.session != id);
+        room.speakers.remove(id);
         // Its subscriptions leave the publications they fed from.
         for (mid, sub) in &session.subscriptions {
             if let Some(p) = room.publications.get_mut(&sub.publication) {

@@ -122,6 +122,10 @@ pub enum ServerMessage {
         track_id: String,
         muted: bool,
     },
+    #[serde(rename_all = "camelCase")]
+    ActiveSpeaker {
+        participant_id: String,
+    },
     Pong,
     Error {
         code: &'static str,
@@ -160,6 +164,9 @@ impl ServerMessage {
                 track_id: track_id.clone(),
                 muted: *muted,
             },
+            SessionEvent::ActiveSpeaker { participant_id } => {
+                ServerMessage::ActiveSpeaker { participant_id: participant_id.clone() }
+            }
             SessionEvent::Closed { .. } => return None,
         })
     }

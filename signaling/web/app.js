@@ -192,6 +192,11 @@ async function handleMessage(msg) {
       break;
     }
     case "trackMuted": if (state.trackSources.get(msg.trackId) === "microphone") setMuted(msg.participantId, msg.muted); break;
+    case "activeSpeaker":
+      for (const el of document.querySelectorAll(".tile")) {
+        el.classList.toggle("speaking", el.dataset.participant === msg.participantId && !el.classList.contains("screen"));
+      }
+      break;
     case "error": $("meeting-error").textContent = msg.code + ": " + msg.message; break;
   }
 }
