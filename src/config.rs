@@ -29,6 +29,7 @@ pub struct MediaSection {
     pub shards: usize,
     pub ice_timeout_secs: u64,
     pub max_participants_per_room: usize,
+    pub max_publications_per_participant: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,6 +66,7 @@ impl Default for MediaSection {
             shards: 0,
             ice_timeout_secs: d.ice_timeout.as_secs(),
             max_participants_per_room: d.max_participants_per_room,
+            max_publications_per_participant: d.max_publications_per_participant,
         }
     }
 }
@@ -105,6 +107,7 @@ impl Config {
             shards: self.media.shards,
             ice_timeout: Duration::from_secs(self.media.ice_timeout_secs.max(1)),
             max_participants_per_room: self.media.max_participants_per_room.max(1),
+            max_publications_per_participant: self.media.max_publications_per_participant,
             ..sfu::MediaConfig::default()
         }
     }
@@ -122,6 +125,10 @@ mod tests {
         assert_eq!(parsed.media.bind, defaults.media.bind);
         assert_eq!(parsed.media.ice_timeout_secs, defaults.media.ice_timeout_secs);
         assert_eq!(parsed.media.max_participants_per_room, defaults.media.max_participants_per_room);
+        assert_eq!(
+            parsed.media.max_publications_per_participant,
+            defaults.media.max_publications_per_participant
+        );
         assert_eq!(parsed.auth.api_secret, "");
         assert!(!parsed.log.json);
     }

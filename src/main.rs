@@ -23,7 +23,8 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct ServeArgs {
     /// TOML config file (keys: http, [media] bind/public_ips/shards/ice_timeout_secs/
-    /// max_participants_per_room, [auth] api_secret, [log] json/level).
+    /// max_participants_per_room/max_publications_per_participant, [auth] api_secret,
+    /// [log] json/level); see huiyi.example.toml.
     #[arg(long, short, env = "HUIYI_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// HTTP and WebSocket address (default 127.0.0.1:7700).

@@ -21,6 +21,8 @@ pub struct MediaConfig {
     /// Packets kept per outgoing video stream to answer NACKs.
     pub nack_cache_packets: usize,
     pub max_participants_per_room: usize,
+    /// Tracks one participant may publish at once (microphone, camera, screen, ...).
+    pub max_publications_per_participant: usize,
     /// Datagrams queued per shard before new ones are dropped.
     pub shard_queue: usize,
     /// Events queued per session for its signaling connection.
@@ -38,6 +40,7 @@ impl Default for MediaConfig {
             keyframe_request_interval: Duration::from_millis(500),
             nack_cache_packets: 1024,
             max_participants_per_room: 300,
+            max_publications_per_participant: 6,
             shard_queue: 16_384,
             session_event_queue: 1024,
         }

@@ -100,6 +100,8 @@ struct Session {
     /// Tracks published in the offer being answered.
     newly_published: Vec<PublishedTrack>,
     published: HashMap<Mid, String>,
+    /// Mids whose publication was refused (no grant, over the limit): told once.
+    refused: std::collections::HashSet<Mid>,
     rx_mid: HashMap<Ssrc, Mid>,
     subscriptions: HashMap<Mid, Subscription>,
     nacks_seen: HashMap<Mid, u64>,
@@ -354,6 +356,7 @@ impl Shard {
                 sources: HashMap::new(),
                 newly_published: Vec::new(),
                 published: HashMap::new(),
+                refused: Default::default(),
                 rx_mid: HashMap::new(),
                 subscriptions: HashMap::new(),
                 nacks_seen: HashMap::new(),
@@ -704,12 +707,16 @@ impl Shard {
 
     /// Publish or unpublish the track on `mid` so it matches what the client sends.
     fn sync_publication(&mut self, id: SessionId, mid: Mid) {
-        let Some(session) = self.sessions.get(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else { return };
         let Some(media) = session.rtc.media(mid) else { return };
         let receiving =
             matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) && !media.disabled();
         let kind = media.kind();
         let published = session.published.contains_key(&mid);
+        if !receiving {
+            // A refused track that stops may be offered again later.
+            session.refused.remove(&mid);
+        }
         if receiving && !published {
             self.publish(id, mid, kind);
         } else if !receiving && published {
@@ -722,8 +729,19 @@ impl Shard {
             return;
         };
         if !session.can_publish {
-            let message = "this token may not publish".to_string();
-            session.emit(SessionEvent::Error { code: "forbidden", message }, &self.metrics);
+            if session.refused.insert(mid) {
+                let message = "this token may not publish".to_string();
+                session.emit(SessionEvent::Error { code: "forbidden", message }, &self.metrics);
+            }
+            return;
+        }
+        let limit = self.config.max_publications_per_participant;
+        if session.published.len() >= limit {
+            if session.refused.insert(mid) {
+                let message =
+                    format!("at most {limit} published tracks per participant; mid {mid} is not forwarded");
+                session.emit(SessionEvent::Error { code: "limit_exceeded", message }, &self.metrics);
+            }
             return;
         }
         let kind = if kind == MediaKind::Audio { TrackKind::Audio } else { TrackKind::Video };
