@@ -269,7 +269,6 @@ impl Shard {
         }
         self.flush_offers();
         self.end_failed_sessions();
-        self.flush_dirty();
     }
 
     /// Send the server offers that publications and unpublications of this input called
@@ -661,9 +660,16 @@ impl Shard {
         }
     }
 
+    /// Drain every session written to since the last flush, once each: a turn of many
+    /// inputs polls each subscriber's engine once, not once per forwarded packet.
     fn flush_dirty(&mut self) {
-        while let Some(id) = self.dirty.pop() {
-            self.drain(id);
+        while !self.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            for id in dirty {
+                self.drain(id);
+            }
         }
     }
 
