@@ -219,6 +219,7 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     });
 
     // Joining, at the scenario's rate, with a progress bar.
+    let run_start = (Instant::now(), ProcessSample::take(&[]));
     let mut joins = tokio::task::JoinSet::new();
     let mut slots: Vec<Option<u32>> = vec![None; scenario.participants];
     let mut tick = tokio::time::interval(scenario.join_interval());
@@ -342,6 +343,15 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         .iter()
         .map(|(tid, end)| (end - generator_cpu.0.get(tid).unwrap_or(end)) / window)
         .fold(0.0, f64::max);
+    // Joining is measured too (join times, first keyframes): was the generator saturated then?
+    let joining = window_start.duration_since(run_start.0).as_secs_f64().max(0.001);
+    report.generator.busiest_thread_joining = cpu_start
+        .generator_threads
+        .iter()
+        .map(|(tid, at_window)| {
+            (at_window - run_start.1.generator_threads.get(tid).unwrap_or(at_window)) / joining
+        })
+        .fold(0.0, f64::max);
     // Packets sent at the end of the window are still in flight: give them a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
     finish(report, run, threads, error, cli).await
@@ -452,6 +462,7 @@ async fn finish(
     report.generator.rx_drops = report::udp_drops(&ports);
     report.generator.client_failures = clients.iter().filter(|c| c.engine_failed).count();
     report.generator.bottleneck = report.generator.busiest_thread > 0.9
+        || report.generator.busiest_thread_joining > 0.9
         || report.generator.rx_drops > 0
         || report.generator.client_failures > 0;
 

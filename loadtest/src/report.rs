@@ -52,6 +52,8 @@ pub struct Generator {
     pub cpu_cores: f64,
     /// The busiest media thread's share of one core during the window.
     pub busiest_thread: f64,
+    /// The same while participants were joining (before the window).
+    pub busiest_thread_joining: f64,
     pub rx_drops: u64,
     /// Clients whose own WebRTC engine failed (counted against the generator).
     pub client_failures: usize,
@@ -161,9 +163,10 @@ impl Report {
         let _ = writeln!(out, "forwarded/CPU-s {}", f(self.forwarded_packets_per_cpu_second, ""));
         let _ = writeln!(
             out,
-            "generator       {:.2} cores, busiest thread {:.0}%, {} receive drops, {} failed clients{}",
+            "generator       {:.2} cores, busiest thread {:.0}% ({:.0}% while joining), {} receive drops, {} failed clients{}",
             self.generator.cpu_cores,
             self.generator.busiest_thread * 100.0,
+            self.generator.busiest_thread_joining * 100.0,
             self.generator.rx_drops,
             self.generator.client_failures,
             if self.generator.bottleneck { "  <- the generator was the bottleneck" } else { "" }
