@@ -5,21 +5,7 @@ use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sfu::demux::RouteTable;
-
-fn stun_binding_request(username: &str) -> Vec<u8> {
-    let mut attrs = vec![0x00, 0x06];
-    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-    attrs.extend_from_slice(username.as_bytes());
-    while attrs.len() % 4 != 0 {
-        attrs.push(0);
-    }
-    let mut msg = vec![0x00, 0x01];
-    msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    msg.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-    msg.extend_from_slice(&[9; 12]);
-    msg.extend_from_slice(&attrs);
-    msg
-}
+use sfu::testing::stun_binding_request;
 
 fn route_1000_sessions(c: &mut Criterion) {
     let table = RouteTable::default();

@@ -86,24 +86,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn binding_request(username: &str) -> Vec<u8> {
-        let mut attrs = Vec::new();
-        // A PRIORITY attribute first, so the parser has to walk past it.
-        attrs.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]);
-        attrs.extend_from_slice(&STUN_ATTR_USERNAME.to_be_bytes());
-        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attrs.extend_from_slice(username.as_bytes());
-        while attrs.len() % 4 != 0 {
-            attrs.push(0);
-        }
-        let mut msg = vec![0x00, 0x01];
-        msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-        msg.extend_from_slice(&STUN_MAGIC_COOKIE);
-        msg.extend_from_slice(&[7; 12]);
-        msg.extend_from_slice(&attrs);
-        msg
-    }
+    use crate::testing::stun_binding_request as binding_request;
 
     #[test]
     fn finds_server_ufrag_in_binding_request() {
