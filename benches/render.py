@@ -43,7 +43,7 @@ def main():
         if not rows:
             continue
         out += [f"## {name}", ""]
-        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | generator cores / busiest thread | complete |",
+        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | generator cores / busiest thread (joining) | complete |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for path, meta, r in rows:
             server = r.get("server") or [{}]
@@ -54,14 +54,15 @@ def main():
             complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
             if g.get("bottleneck"):
                 complete += " (generator-bound)"
-            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} / {}% | {} |".format(
+            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} / {}% ({}) | {} |".format(
                 r.get("date"), meta.get("commit", "?"), r.get("connected"), r.get("participants"), r.get("failed_joins"),
                 pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), fmt(r.get("loss_pct"), "%", 3),
                 fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")), fmt(r.get("jitter_ms", {}).get("p99")),
                 fmt((r.get("join_ms") or {}).get("p99"), "", 0), fmt((r.get("first_keyframe_ms") or {}).get("p99"), "", 0),
                 r.get("pps_in", 0), r.get("pps_out", 0), fmt(s.get("cpu_cores")), fmt(s.get("peak_rss_mb"), "", 1),
                 fmt(r.get("forwarded_packets_per_cpu_second"), "", 0), fmt(g.get("cpu_cores")),
-                fmt((g.get("busiest_thread") or 0) * 100, "", 0), complete))
+                fmt((g.get("busiest_thread") or 0) * 100, "", 0),
+                fmt(g["busiest_thread_joining"] * 100, "%", 0) if "busiest_thread_joining" in g else "-", complete))
         out.append("")
         commands = sorted({m.get("command") for _, m, _ in rows if m.get("command")})
         machines = sorted({m.get("machine") for _, m, _ in rows if m.get("machine")})

@@ -24,7 +24,7 @@ fi
 
 cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")
-day=$(date -u +%F)
+day=$(date -u +%FT%H%M)
 machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
 http=127.0.0.1:7780
 media=127.0.0.1:7781
