@@ -32,6 +32,8 @@ use crate::room::{Member, Publication, PublicationKey, Room};
 
 const HOUSEKEEPING: Duration = Duration::from_millis(200);
 const MAX_INPUTS_PER_TURN: usize = 512;
+/// Source addresses one session may be reached from (ICE may move between a few).
+const MAX_ADDRS_PER_SESSION: usize = 8;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(crate) enum ShardInput {
@@ -402,13 +404,15 @@ impl Shard {
         match contained(&mut self.failed, &self.metrics, id, || rtc.handle_input(input)) {
             Some(Ok(())) => {}
             Some(Err(e)) => {
+                // Refused input neither keeps the session alive nor claims an address.
                 self.metrics.dropped_datagrams.with_label_values(&["session_error"]).inc();
                 debug!(%source, error = %e, "session refused datagram");
+                return;
             }
             None => return,
         }
         session.last_rx = at;
-        if !session.addrs.contains(&source) && is_stun(data) {
+        if !session.addrs.contains(&source) && session.addrs.len() < MAX_ADDRS_PER_SESSION && is_stun(data) {
             session.addrs.push(source);
             self.by_addr.insert(source, id);
             self.routes.add_addr(source, self.index);
@@ -871,7 +875,8 @@ impl Shard {
         let Some(room) = self.rooms.get_mut(&session.room) else {
             return;
         };
-        let Some(publication) = room.publications.get_mut(&(id, mid)) else {
+        let Room { publications, speakers, .. } = room;
+        let Some(publication) = publications.get_mut(&(id, mid)) else {
             return;
         };
         publication.source_ssrc = Some(ssrc);
@@ -894,7 +899,9 @@ impl Shard {
             publication.keyframe_throttle.keyframe_received();
         }
         let is_video = publication.track.kind == TrackKind::Video;
-        let room_name = room.name.clone();
+        if !is_video && let Some(level) = packet.header.ext_vals.audio_level {
+            speakers.record(id, level.unsigned_abs().min(127), packet.timestamp);
+        }
         let arrival_ms = packet.timestamp.saturating_duration_since(epoch()).as_millis() as u64;
         let ext = forwarded_extensions(&packet.header.ext_vals);
         let mut wants_keyframe = false;
@@ -959,12 +966,6 @@ impl Shard {
             }
             self.metrics.rtp_forwarded.inc();
             self.dirty.push(*sub_id);
-        }
-        if !is_video
-            && let Some(level) = packet.header.ext_vals.audio_level
-            && let Some(room) = self.rooms.get_mut(room_name.as_str())
-        {
-            room.speakers.record(id, level.unsigned_abs().min(127), packet.timestamp);
         }
         if wants_keyframe {
             self.request_keyframe((id, mid), packet.timestamp);
