@@ -30,6 +30,12 @@ pub struct MediaSection {
     pub ice_timeout_secs: u64,
     pub max_participants_per_room: usize,
     pub max_publications_per_participant: usize,
+    /// Loudest speakers forwarded in large rooms.
+    pub audio_top_n: usize,
+    /// Rooms of at most this many participants forward every audio track.
+    pub audio_top_n_above: usize,
+    /// Estimate each subscriber's bandwidth and fit its video layers into it.
+    pub bwe: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -67,6 +73,9 @@ impl Default for MediaSection {
             ice_timeout_secs: d.ice_timeout.as_secs(),
             max_participants_per_room: d.max_participants_per_room,
             max_publications_per_participant: d.max_publications_per_participant,
+            audio_top_n: d.audio_top_n,
+            audio_top_n_above: d.audio_top_n_above,
+            bwe: d.bwe,
         }
     }
 }
@@ -108,6 +117,9 @@ impl Config {
             ice_timeout: Duration::from_secs(self.media.ice_timeout_secs.max(1)),
             max_participants_per_room: self.media.max_participants_per_room.max(1),
             max_publications_per_participant: self.media.max_publications_per_participant,
+            audio_top_n: self.media.audio_top_n.max(1),
+            audio_top_n_above: self.media.audio_top_n_above,
+            bwe: self.media.bwe,
             ..sfu::MediaConfig::default()
         }
     }

@@ -1,17 +1,22 @@
-//! What a person sees: headless Chromium opens three meeting pages in one room; every
-//! page must play the other two participants' video and receive their audio. Then the
-//! first page shares its screen (a renegotiation on every page): the others must play
-//! it, and drop its tile when sharing stops; and its muted microphone shows as muted.
+//! What a person sees, in headless Chromium against a real server.
+//! - Three meeting pages in one room: every page plays the other two participants' video
+//!   and receives their audio (on slots). Then the first page shares its screen (a
+//!   renegotiation on every page): the others must play it, and drop its tile when sharing
+//!   stops; its muted microphone shows as muted; and a page whose tab is hidden stops
+//!   receiving video and gets it back when shown.
+//! - Simulcast: one page publishes its camera in three layers, another shows that tile
+//!   large, small, large: frames keep coming and the decoded width follows the tile.
+//!
 //! Needs Debian's chromium and `npm install` in tests/browser (scripts/test does both).
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_browsers_see_and_hear_each_other() {
+/// Chromium and the script directory, or a panic that says how to get them.
+fn browser_setup() -> (String, PathBuf) {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/lib/chromium/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
@@ -22,17 +27,20 @@ async fn three_browsers_see_and_hear_each_other() {
         script_dir.join("node_modules/playwright-core").exists(),
         "playwright-core missing: run `npm install` in tests/browser (scripts/test does)"
     );
+    (chromium, script_dir)
+}
+
+/// Runs a script in tests/browser against a dev-mode server and returns its `RESULT` JSON.
+async fn run_script(script: &str, room: &str, args: &[&str]) -> serde_json::Value {
+    let (chromium, script_dir) = browser_setup();
     // The page gets its token from the dev endpoint, so this server runs in dev mode.
     let server = common::start_server_with(|c| c.auth.api_secret = String::new()).await;
     let started = Instant::now();
     let output = tokio::process::Command::new("node")
-        .arg("meeting.mjs")
+        .arg(script)
         .arg(format!("http://{}", server.http_addr))
-        .arg("browser-test")
-        .arg("3")
-        .arg("60")
-        .arg("0")
-        .arg("share")
+        .arg(room)
+        .args(args)
         .current_dir(&script_dir)
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
@@ -40,21 +48,48 @@ async fn three_browsers_see_and_hear_each_other() {
         .await
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let result = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| {
-        panic!("no RESULT line from the browser script; stderr: {}", String::from_utf8_lossy(&output.stderr))
-    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let result = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line from {script}; stderr: {stderr}"));
     let result: serde_json::Value = serde_json::from_str(result).expect("RESULT is JSON");
-    println!("browser test took {:.1} s: {result}", started.elapsed().as_secs_f64());
+    println!("{script} took {:.1} s\n{stderr}{result:#}", started.elapsed().as_secs_f64());
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_browsers_see_and_hear_each_other() {
+    let result = run_script("meeting.mjs", "browser-test", &["3", "60", "0", "share,hide"]).await;
     assert_eq!(result["ok"], true, "browser pages did not all see and hear each other: {result:#}");
     assert!(result["screen_seen_s"].is_number(), "shared screen never played on the other pages: {result:#}");
     assert!(result["screen_gone_s"].is_number(), "screen tile stayed after sharing stopped: {result:#}");
     assert!(result["mute_seen_s"].is_number(), "muting the mic did not show on the other pages: {result:#}");
+    assert!(result["hide"]["stopped_s"].is_number(), "a hidden page kept receiving video: {result:#}");
+    assert!(
+        result["hide"]["resumed_s"].is_number(),
+        "video did not resume when the page was shown: {result:#}"
+    );
     for page in result["verdicts"].as_array().expect("verdicts") {
         assert!(page["playing"].as_u64() >= Some(2), "a page plays fewer than 2 remote videos: {result:#}");
+        assert!(
+            page["slotted"].as_u64() >= Some(2),
+            "a page shows fewer than 2 videos on slots named by `slots`: {result:#}"
+        );
         assert_eq!(page["lobbyShown"], false, "the lobby still shows over the meeting: {result:#}");
         assert!(
             page["hearing"].as_u64() >= Some(2),
             "a page hears fewer than 2 remote audio streams: {result:#}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_layer_follows_the_tile_size() {
+    let result = run_script("simulcast.mjs", "simulcast-test", &["15"]).await;
+    assert_eq!(result["ok"], true, "the received layer did not follow the tile size: {result:#}");
+    let width = |phase: &str| result["widths"][phase].as_u64().unwrap_or(0);
+    assert!(width("large") > 320, "a large tile got the quarter layer: {result:#}");
+    assert!(width("small") < width("large"), "going small did not lower the width: {result:#}");
+    assert!(width("large_again") > width("small"), "going large again did not raise the width: {result:#}");
 }

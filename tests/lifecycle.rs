@@ -57,6 +57,7 @@ async fn silent_participant() {
 
     // Bob's peer connection goes away (no more STUN, RTP, RTCP); his socket stays open.
     let silent_since = Instant::now();
+    let carried_bob = slots_carrying(&alice, &bob.participant_id);
     bob.disconnect_media().await;
     eprintln!("bob's peer connection closed; his signaling socket stays open");
 
@@ -86,17 +87,13 @@ async fn silent_participant() {
         )),
     }
 
-    // Alice: bob left with reason `timeout`, both his tracks went, and a server offer
-    // took them out of her peer connection (which she answered).
+    // Alice: bob left with reason `timeout`, both his tracks went, and the slots that
+    // carried them were told to carry nothing (they stay for reuse: no renegotiation).
     let told = wait_until(Duration::from_secs(5), || {
         let left = left_reason(&alice, &bob.participant_id).is_some();
         let unpublished = unpublished_tracks(&alice, &bob.participant_id) == bob_tracks;
-        let offer_done = last_offer(&alice).is_some_and(|o| {
-            !sdp_has_active_msid(o.json["sdp"].as_str().unwrap_or_default(), &bob.participant_id)
-        });
-        left && unpublished
-            && offer_done
-            && alice.offers_answered() as usize == alice.messages_of_type("offer").len()
+        let slots_freed = slots_carrying(&alice, &bob.participant_id).is_empty();
+        left && unpublished && slots_freed
     })
     .await;
     let reason = left_reason(&alice, &bob.participant_id);
@@ -110,23 +107,17 @@ async fn silent_participant() {
             "alice got trackUnpublished for bob's tracks {unpublished:?}, expected both of {bob_tracks:?}"
         ));
     }
-    let offers_after: Vec<ServerMessage> =
-        alice.messages_of_type("offer").into_iter().filter(|m| m.at >= silent_since).collect();
-    match offers_after.last() {
-        None => failures.push("alice got no server offer removing bob's tracks".into()),
-        Some(o) if sdp_has_active_msid(o.json["sdp"].as_str().unwrap_or_default(), &bob.participant_id) => {
-            failures.push(format!(
-                "alice's last server offer still sends bob's tracks:\n{}",
-                o.json["sdp"].as_str().unwrap_or_default()
-            ))
-        }
-        Some(_) => {}
+    if carried_bob.len() != 2 {
+        failures
+            .push(format!("before bob went silent, alice's slots carrying him: {carried_bob:?}, expected 2"));
+    }
+    let still = slots_carrying(&alice, &bob.participant_id);
+    if !still.is_empty() {
+        failures.push(format!("alice's slots {still:?} still carry bob's tracks"));
     }
     if !told {
         failures.push(format!(
-            "alice was not told everything within 5 s; offers {} answered {}; messages since bob went silent: {:?}",
-            alice.messages_of_type("offer").len(),
-            alice.offers_answered(),
+            "alice was not told everything within 5 s; messages since bob went silent: {:?}",
             summarize(alice.messages().iter().filter(|m| m.at >= silent_since))
         ));
     }
@@ -548,10 +539,6 @@ fn unpublished_tracks(client: &Client, participant_id: &str) -> BTreeSet<String>
         .collect()
 }
 
-fn last_offer(client: &Client) -> Option<ServerMessage> {
-    client.messages_of_type("offer").pop()
-}
-
 fn summarize<'a>(messages: impl Iterator<Item = &'a ServerMessage>) -> Vec<String> {
     messages
         .map(|m| {
@@ -577,16 +564,17 @@ fn sections(sdp: &str) -> Vec<Vec<&str>> {
     out
 }
 
-/// Is an m-section still in use: port not 0 and not inactive.
-fn section_active(section: &[&str]) -> bool {
-    let port = section[0].split_whitespace().nth(1).unwrap_or("0");
-    port != "0" && !section.contains(&"a=inactive")
-}
-
 /// Does an SDP still send a track of `participant_id` (an active section with its msid)?
-fn sdp_has_active_msid(sdp: &str, participant_id: &str) -> bool {
-    let msid = format!("a=msid:{participant_id} ");
-    sections(sdp).iter().any(|s| section_active(s) && s.iter().any(|l| l.starts_with(&msid)))
+/// The mids whose latest `slots` entry says they carry a track of `participant_id`.
+fn slots_carrying(client: &Client, participant_id: &str) -> Vec<String> {
+    let mut now: std::collections::BTreeMap<String, Option<String>> = Default::default();
+    for m in client.messages_of_type("slots") {
+        for slot in m.json["slots"].as_array().into_iter().flatten() {
+            let mid = slot["mid"].as_str().unwrap_or_default().to_string();
+            now.insert(mid, slot["participantId"].as_str().map(str::to_string));
+        }
+    }
+    now.into_iter().filter(|(_, p)| p.as_deref() == Some(participant_id)).map(|(mid, _)| mid).collect()
 }
 
 fn section_with_msid<'a>(sdp: &'a str, participant_id: &str, media: &str) -> Option<Vec<&'a str>> {

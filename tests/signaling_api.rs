@@ -285,6 +285,22 @@ async fn bad_messages_after_join_get_errors_and_the_connection_stays_usable() {
         ("offer without sdp", json!({"type": "offer", "tracks": []}).to_string(), "bad_request"),
         ("answer without sdp", json!({"type": "answer"}).to_string(), "bad_request"),
         ("a second join", json!({"type": "join", "token": token}).to_string(), "already_joined"),
+        ("subscribe without tracks", json!({"type": "subscribe"}).to_string(), "bad_request"),
+        (
+            "subscribe with an unknown quality",
+            json!({"type": "subscribe", "tracks": [{"trackId": "TR_x", "quality": "ultra"}]}).to_string(),
+            "bad_request",
+        ),
+        (
+            "subscribe with neither size nor quality",
+            json!({"type": "subscribe", "tracks": [{"trackId": "TR_x"}]}).to_string(),
+            "bad_request",
+        ),
+        (
+            "subscribe naming 101 tracks",
+            json!({"type": "subscribe", "tracks": (0..101).map(|i| json!({"trackId": format!("TR_{i}"), "quality": "low"})).collect::<Vec<_>>()}).to_string(),
+            "bad_request",
+        ),
     ];
     for (what, text, code) in cases {
         send_text(&mut ws, text).await;

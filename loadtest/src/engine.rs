@@ -7,7 +7,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
@@ -16,21 +17,25 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use serde_json::{Value, json};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::expect::{FROZEN_SUBSCRIBED, STREAMS_PER_CLIENT, Shown, StreamKind, TalkTurn};
 use crate::media::{
-    AUDIO_FRAME, DTX_INTERVAL, KeyframeSchedule, LayerShape, OpusLibrary, PacketPlan, STAMP_LEN, Stamp,
-    Vp8Packetizer, find_stamp, vp8_is_keyframe_start,
+    AUDIO_FRAME, DTX_INTERVAL, KeyframeSchedule, LAYERS, LayerShape, OpusLibrary, PacketPlan, STAMP_LEN,
+    Stamp, Vp8Packetizer, find_stamp, layer_for_tile, vp8_is_keyframe_start,
 };
 use crate::scenario::Scenario;
 use crate::signal::FromServer;
 use crate::stats::{DeliveryCounter, Jitter, LatencyHistogram, window_index};
+use crate::view::View;
 
 const WAKER: Token = Token(usize::MAX);
+/// Inputs (signaling messages, clients to add) handled between two runs of the timers.
+const INBOX_TURN: usize = 64;
 const UNSET: u32 = u32::MAX;
 
 /// State every worker and the controller share: the clock, the measurement window and
@@ -46,20 +51,26 @@ pub struct Shared {
     pub connected: AtomicU64,
     /// The worst p99 latency (us) any worker saw in its last complete second, for the live line.
     pub live_p99_us: AtomicU64,
+    /// How late (us) a media timer ran at worst inside the window: media sent late is
+    /// bursty, and its latency is the generator's.
+    pub max_timer_late_us: AtomicU64,
+    /// Camera track ids (from each publisher's `answer`) and the client that publishes them.
+    camera_tracks: Mutex<HashMap<String, u32>>,
 }
 
-/// One sent stream: the first and last sequence numbers it sent inside the window.
+/// One sent stream (ids and kinds: `expect::StreamKind`): the first and last sequence
+/// numbers it sent inside the window.
 pub struct StreamSlot {
-    /// When the stream sent its first packet at all (microseconds since the epoch).
+    /// When its publisher's media connected (microseconds since the epoch).
     pub started_us: AtomicU64,
     pub first: AtomicU32,
     pub last: AtomicU32,
     pub owner: AtomicU32,
-    pub video: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(max_streams: usize) -> Self {
+    pub fn new(max_clients: usize) -> Self {
+        let max_streams = max_clients * STREAMS_PER_CLIENT as usize;
         Self {
             epoch: Instant::now(),
             window_start_us: AtomicU64::new(u64::MAX),
@@ -70,7 +81,6 @@ impl Shared {
                     first: AtomicU32::new(UNSET),
                     last: AtomicU32::new(UNSET),
                     owner: AtomicU32::new(UNSET),
-                    video: AtomicBool::new(false),
                 })
                 .collect(),
             packets_sent: AtomicU64::new(0),
@@ -78,6 +88,8 @@ impl Shared {
             bytes_received: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             live_p99_us: AtomicU64::new(0),
+            max_timer_late_us: AtomicU64::new(0),
+            camera_tracks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -94,6 +106,30 @@ impl Shared {
         self.window_start_us.load(Ordering::Relaxed)
     }
 
+    /// The window's end, or None before it opened.
+    pub fn window_end_us(&self) -> Option<u64> {
+        Some(self.window_end_us.load(Ordering::Relaxed)).filter(|e| *e != u64::MAX)
+    }
+
+    /// The client publishing camera track `track`, once its answer named it.
+    fn camera_owner(&self, track: &str) -> Option<u32> {
+        self.camera_tracks.lock().ok()?.get(track).copied()
+    }
+
+    fn note_camera(&self, track: &str, serial: u32) {
+        if let Ok(mut tracks) = self.camera_tracks.lock() {
+            tracks.insert(track.to_string(), serial);
+        }
+    }
+
+    /// A client's media connected: its streams count as sending from now.
+    fn note_connected(&self, serial: u32, us: u64) {
+        let first = (serial * STREAMS_PER_CLIENT) as usize;
+        for slot in self.streams.iter().skip(first).take(STREAMS_PER_CLIENT as usize) {
+            slot.started_us.store(us, Ordering::Relaxed);
+        }
+    }
+
     fn in_window(&self, us: u64) -> bool {
         us >= self.window_start_us.load(Ordering::Relaxed) && us < self.window_end_us.load(Ordering::Relaxed)
     }
@@ -101,9 +137,6 @@ impl Shared {
     /// A sender notes a packet it sent at `us` with stream sequence `seq`.
     fn note_sent(&self, stream: u32, seq: u32, us: u64) {
         let slot = &self.streams[stream as usize];
-        if seq == 0 {
-            slot.started_us.store(us, Ordering::Relaxed);
-        }
         if !self.in_window(us) {
             return;
         }
@@ -120,7 +153,10 @@ pub struct ClientSetup {
     /// The participant's place in the scenario (roles such as speaking follow it).
     pub slot: usize,
     pub audio: bool,
-    pub video: Option<LayerShape>,
+    /// The camera's layers, lowest first; empty without a camera.
+    pub video: Vec<LayerShape>,
+    /// The server's `joined` message (the room as the client found it).
+    pub joined: Value,
     pub to_server: UnboundedSender<Value>,
     pub ws_open_at: Instant,
     /// The client may count its join time (someone was already publishing when it came).
@@ -162,6 +198,17 @@ pub struct ClientResult {
     pub speaker_events: u32,
     /// Connected before the measurement window opened and stayed to its end.
     pub whole_window: bool,
+    /// It showed a view (sent `subscribe`).
+    pub has_view: bool,
+    /// Tracks it showed at the end of the window that had stopped arriving.
+    pub frozen: usize,
+    /// Times the server's `layers` paused one of its camera's layers.
+    pub layer_pauses: u32,
+    /// From a `subscribe` that resized a tile to the first keyframe of another layer.
+    pub switch_keyframe_ms: Vec<f64>,
+    /// Resizes asked for at least `FROZEN_SUBSCRIBED` before the window's end whose new
+    /// layer never came.
+    pub unfinished_switches: usize,
     pub first_keyframe_ms: Vec<f64>,
     pub jitter_ms: Vec<f64>,
     /// Per received stream: (stream id, delivery counter).
@@ -180,32 +227,56 @@ pub struct WorkerResult {
 
 struct AudioTx {
     mid: Mid,
-    stream: u32,
-    seq: u32,
+    /// Next stream sequence of the `Talk` and `Unexpected` measurement streams.
+    seq: [u32; 2],
+    turn: TalkTurn,
     rtp_seq: u64,
     ts: u32,
     frame: usize,
     tx: Option<(Ssrc, Pt)>,
 }
 
+/// A camera: one m-line, with simulcast when it sends more than one layer.
 struct VideoTx {
     mid: Mid,
+    simulcast: bool,
+    layers: Vec<LayerTx>,
+}
+
+/// One layer of a camera: its own RTP stream, frame timer, keyframes and picture ids.
+struct LayerTx {
+    shape: LayerShape,
     stream: u32,
     seq: u32,
     rtp_seq: u64,
     ts: u32,
-    shape: LayerShape,
     sizes: (usize, usize),
     keyframes: KeyframeSchedule,
     packetizer: Vp8Packetizer,
     tx: Option<(Ssrc, Pt)>,
+    /// The server's `layers` left it out: nobody receives it.
+    paused: bool,
 }
 
+/// One measurement stream as a receiver sees it.
 struct RxStream {
     delivery: DeliveryCounter,
     jitter: Jitter,
+    /// The last packet received inside the window (microseconds since the epoch).
+    last_in_window_us: Option<u64>,
+}
+
+/// One camera as a receiver sees it, whichever layers arrive.
+struct RxTrack {
+    /// The layer (rank) of the last packet received.
+    layer: usize,
     first_keyframe_ms: Option<f64>,
-    subscribed_at: Instant,
+    /// Since when the receiver waits for a keyframe of a layer other than this one.
+    switch: Option<(Instant, usize)>,
+    /// When it should have started arriving: the last server offer before its first
+    /// packet, the `slots` that put it on a mid, or the subscription that first showed
+    /// it, whichever came last.
+    started: Instant,
 }
 
 struct Client {
@@ -216,10 +287,20 @@ struct Client {
     pending: Option<SdpPendingOffer>,
     audio: Option<AudioTx>,
     video: Option<VideoTx>,
+    /// The id others see for this client's camera (from its `answer`).
+    camera_track: Option<String>,
+    view: Option<View>,
     connected_at: Option<Instant>,
     join_ms: Option<f64>,
     last_offer_at: Instant,
+    /// By measurement stream id.
     rx: HashMap<u32, RxStream>,
+    /// By the serial of the client publishing the camera.
+    rx_tracks: HashMap<u32, RxTrack>,
+    /// What each receiving mid carries by the server's last `slots`, and since when.
+    slots: HashMap<String, (String, Instant)>,
+    layer_pauses: u32,
+    switch_keyframe_ms: Vec<f64>,
     timeout: Instant,
     closed: Option<String>,
     engine_failed: bool,
@@ -231,7 +312,8 @@ struct Client {
 enum Due {
     Rtc,
     Audio,
-    Video,
+    /// A frame of the camera layer at this index of `VideoTx::layers`.
+    Video(u8),
 }
 
 pub struct Worker {
@@ -287,10 +369,13 @@ impl Worker {
     fn run(&mut self) -> WorkerResult {
         let mut events = Events::with_capacity(1024);
         let mut batch = RecvBatch::new();
+        // The inbox had more than one turn's worth: do not wait for a wake-up to go on.
+        let mut inbox_waiting = false;
         loop {
             let now = Instant::now();
             let next = self.next_due().unwrap_or(now + Duration::from_millis(100));
             let wait = next.saturating_duration_since(now).min(Duration::from_millis(100));
+            let wait = if inbox_waiting { Duration::ZERO } else { wait };
             if let Err(e) = self.poll.poll(&mut events, Some(wait))
                 && e.kind() != ErrorKind::Interrupted
             {
@@ -300,10 +385,13 @@ impl Worker {
             let mut stop = false;
             for event in events.iter() {
                 if event.token() == WAKER {
-                    stop |= self.handle_inbox();
+                    inbox_waiting = true;
                 } else {
                     self.receive(event.token().0 as u32, &mut batch);
                 }
+            }
+            if inbox_waiting {
+                (stop, inbox_waiting) = self.handle_inbox();
             }
             if stop {
                 break;
@@ -340,8 +428,11 @@ impl Worker {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
-    fn handle_inbox(&mut self) -> bool {
-        while let Ok(input) = self.inbox.try_recv() {
+    /// Handle up to `INBOX_TURN` inputs, so media timers run between turns; returns
+    /// (stop, more inputs may wait).
+    fn handle_inbox(&mut self) -> (bool, bool) {
+        for _ in 0..INBOX_TURN {
+            let Ok(input) = self.inbox.try_recv() else { return (false, false) };
             match input {
                 WorkerInput::Add(setup) => {
                     let serial = setup.serial;
@@ -351,10 +442,10 @@ impl Worker {
                 }
                 WorkerInput::Signal(id, message) => self.signal(id, message),
                 WorkerInput::Remove(id) => self.finish(id, true),
-                WorkerInput::Stop => return true,
+                WorkerInput::Stop => return (true, false),
             }
         }
-        false
+        (false, true)
     }
 
     fn add(&mut self, setup: ClientSetup) -> std::io::Result<()> {
@@ -367,36 +458,49 @@ impl Worker {
         rtc.add_local_candidate(Candidate::host(local, "udp").map_err(std::io::Error::other)?);
         let mut api = rtc.sdp_api();
         let mut tracks = Vec::new();
+        let serial = setup.serial;
         let audio = setup.audio.then(|| {
             let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
             tracks.push(json!({"mid": mid.to_string(), "source": "microphone"}));
-            let stream = setup.serial * 2;
             AudioTx {
                 mid,
-                stream,
-                seq: 0,
+                seq: [0, 0],
+                turn: TalkTurn::default(),
                 rtp_seq: fastrand::u64(..30_000),
                 ts: fastrand::u32(..),
                 frame: 0,
                 tx: None,
             }
         });
-        let video = setup.video.map(|shape| {
-            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let video = (!setup.video.is_empty()).then(|| {
+            let simulcast = setup.video.len() > 1;
+            let layers = simulcast.then(|| {
+                let mut s = Simulcast::new();
+                for shape in &setup.video {
+                    s.add_send_layer(SimulcastLayer::new(shape.rid));
+                }
+                s
+            });
+            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers);
             tracks.push(json!({"mid": mid.to_string(), "source": "camera"}));
             let interval = Duration::from_secs_f64(self.scenario.video.keyframe_interval_s);
-            VideoTx {
-                mid,
-                stream: setup.serial * 2 + 1,
-                seq: 0,
-                rtp_seq: fastrand::u64(..30_000),
-                ts: fastrand::u32(..),
-                shape,
-                sizes: shape.frame_sizes(interval),
-                keyframes: KeyframeSchedule::new(&shape, interval),
-                packetizer: Vp8Packetizer::default(),
-                tx: None,
-            }
+            let layers = setup
+                .video
+                .iter()
+                .map(|&shape| LayerTx {
+                    shape,
+                    stream: StreamKind::Video(shape.rank()).id(serial),
+                    seq: 0,
+                    rtp_seq: fastrand::u64(..30_000),
+                    ts: fastrand::u32(..),
+                    sizes: shape.frame_sizes(interval),
+                    keyframes: KeyframeSchedule::new(&shape, interval),
+                    packetizer: Vp8Packetizer::default(),
+                    tx: None,
+                    paused: false,
+                })
+                .collect();
+            VideoTx { mid, simulcast, layers }
         });
         if audio.is_none() && video.is_none() {
             api.add_channel("loadtest".into());
@@ -406,16 +510,15 @@ impl Worker {
         };
         let _ =
             setup.to_server.send(json!({"type": "offer", "sdp": offer.to_sdp_string(), "tracks": tracks}));
-        for (stream, video) in
-            [(audio.as_ref().map(|a| a.stream), false), (video.as_ref().map(|v| v.stream), true)]
-        {
-            if let Some(s) = stream {
-                let slot = &self.shared.streams[s as usize];
-                slot.owner.store(setup.serial, Ordering::Relaxed);
-                slot.video.store(video, Ordering::Relaxed);
-            }
+        let mut streams = Vec::new();
+        if audio.is_some() {
+            streams.extend([StreamKind::Talk.id(serial), StreamKind::Unexpected.id(serial)]);
         }
-        let serial = setup.serial;
+        streams.extend(video.iter().flat_map(|v| v.layers.iter().map(|l| l.stream)));
+        for s in streams {
+            self.shared.streams[s as usize].owner.store(serial, Ordering::Relaxed);
+        }
+        let view = self.scenario.view.clone().map(|plan| View::new(plan, &setup.joined));
         self.clients.insert(
             serial,
             Client {
@@ -426,10 +529,16 @@ impl Worker {
                 pending: Some(pending),
                 audio,
                 video,
+                camera_track: None,
+                view,
                 connected_at: None,
                 join_ms: None,
                 last_offer_at: now,
                 rx: HashMap::new(),
+                rx_tracks: HashMap::new(),
+                slots: HashMap::new(),
+                layer_pauses: 0,
+                switch_keyframe_ms: Vec::new(),
                 timeout: now,
                 closed: None,
                 engine_failed: false,
@@ -437,6 +546,7 @@ impl Worker {
                 errors: Vec::new(),
             },
         );
+        self.update_view(serial, now);
         self.drain(serial);
         Ok(())
     }
@@ -455,6 +565,16 @@ impl Worker {
         match m["type"].as_str() {
             Some("answer") => {
                 let (Some(pending), Some(sdp)) = (client.pending.take(), m["sdp"].as_str()) else { return };
+                let camera_mid = client.video.as_ref().map(|v| v.mid.to_string());
+                let camera = m["tracks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t["mid"].as_str().is_some_and(|mid| Some(mid) == camera_mid.as_deref()));
+                if let Some(track) = camera.and_then(|t| t["id"].as_str()) {
+                    client.camera_track = Some(track.to_string());
+                    self.shared.note_camera(track, id);
+                }
                 match SdpAnswer::from_sdp_string(sdp) {
                     Ok(answer) => {
                         if let Err(e) = client.rtc.sdp_api().accept_answer(pending, answer) {
@@ -482,9 +602,60 @@ impl Worker {
             }
             Some("error") => client.errors.push(format!("{}: {}", m["code"], m["message"])),
             Some("activeSpeaker") => client.speaker_events += 1,
+            Some("slots") => {
+                for slot in m["slots"].as_array().into_iter().flatten() {
+                    let Some(mid) = slot["mid"].as_str() else { continue };
+                    match slot["trackId"].as_str() {
+                        Some(track) => client.slots.insert(mid.to_string(), (track.to_string(), now)),
+                        None => client.slots.remove(mid),
+                    };
+                }
+            }
+            Some("layers") if m["trackId"].as_str() == client.camera_track.as_deref() => {
+                if let Some(video) = client.video.as_mut().filter(|v| v.simulcast) {
+                    let active: Vec<&str> =
+                        m["active"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    for layer in &mut video.layers {
+                        let wanted = active.contains(&layer.shape.rid);
+                        if !wanted && !layer.paused {
+                            client.layer_pauses += 1;
+                        } else if wanted && layer.paused {
+                            // Whoever waits for it needs a keyframe to start.
+                            layer.keyframes.request();
+                        }
+                        layer.paused = !wanted;
+                    }
+                }
+            }
             _ => {}
         }
-        self.drain(id);
+        if let Some(view) = client.view.as_mut() {
+            view.handle_message(&m);
+            self.update_view(id, now);
+        }
+        // Only negotiation touches the engine; the room's chatter (O(n^2) messages while a
+        // large room fills) must not cost a poll of it each.
+        if matches!(m["type"].as_str(), Some("answer" | "offer")) {
+            self.drain(id);
+        }
+    }
+
+    /// Send the view's subscription when it changed, and start waiting for the new layer
+    /// of each resized tile.
+    fn update_view(&mut self, id: u32, now: Instant) {
+        let Some(client) = self.clients.get_mut(&id) else { return };
+        let Some(subscription) = client.view.as_mut().and_then(|v| v.poll_subscribe(now)) else { return };
+        let _ = client.setup.to_server.send(subscription.message());
+        let layers = self.scenario.camera_layers();
+        for tile in subscription.resized {
+            let Some(wanted) = layer_for_tile(&layers, tile.width, tile.height) else { continue };
+            let Some(track) =
+                self.shared.camera_owner(&tile.track).and_then(|o| client.rx_tracks.get_mut(&o))
+            else {
+                continue;
+            };
+            track.switch = (track.layer != wanted.rank()).then_some((now, track.layer));
+        }
     }
 
     /// Read what a client's socket holds, a batch per system call, and feed its engine.
@@ -522,6 +693,10 @@ impl Worker {
             }
             self.timers.pop();
             let Some(client) = self.clients.get_mut(&id) else { continue };
+            if due != Due::Rtc && self.shared.in_window(self.shared.us(at)) {
+                let late = now.saturating_duration_since(at).as_micros() as u64;
+                self.shared.max_timer_late_us.fetch_max(late, Ordering::Relaxed);
+            }
             match due {
                 Due::Rtc => {
                     if client.timeout != at {
@@ -534,7 +709,7 @@ impl Worker {
                     }
                 }
                 Due::Audio => self.send_audio(id, at, now),
-                Due::Video => self.send_video(id, at, now),
+                Due::Video(layer) => self.send_video(id, layer as usize, at, now),
             }
             self.drain(id);
         }
@@ -578,17 +753,20 @@ impl Worker {
             Event::Connected => {
                 client.connected_at = Some(now);
                 self.shared.connected.fetch_add(1, Ordering::Relaxed);
-                let (audio, video) = (client.audio.is_some(), client.video.is_some());
-                if audio {
+                self.shared.note_connected(id, self.shared.us(now));
+                if client.audio.is_some() {
                     self.timers.push(Reverse((now, id, Due::Audio)));
                 }
-                if video {
-                    self.timers.push(Reverse((now, id, Due::Video)));
+                for layer in 0..client.video.as_ref().map_or(0, |v| v.layers.len()) {
+                    self.timers.push(Reverse((now, id, Due::Video(layer as u8))));
                 }
             }
-            Event::KeyframeRequest(_) => {
-                if let Some(v) = client.video.as_mut() {
-                    v.keyframes.request();
+            Event::KeyframeRequest(request) => {
+                if let Some(v) = client.video.as_mut().filter(|v| v.mid == request.mid) {
+                    let wanted = |l: &LayerTx| request.rid.is_none_or(|rid| &*rid == l.shape.rid);
+                    for layer in v.layers.iter_mut().filter(|l| wanted(l)) {
+                        layer.keyframes.request();
+                    }
                 }
             }
             Event::RtpPacket(packet) => {
@@ -598,6 +776,7 @@ impl Worker {
                 };
                 let video = client.rtc.media(mid).is_some_and(|m| m.kind() == MediaKind::Video);
                 let Some(stamp) = find_stamp(&packet.payload, video) else { return };
+                let Some(sent) = self.shared.streams.get(stamp.stream as usize) else { return };
                 let received_us = self.shared.us(packet.timestamp);
                 self.shared.packets_received.fetch_add(1, Ordering::Relaxed);
                 self.shared.bytes_received.fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
@@ -610,25 +789,58 @@ impl Worker {
                 entry.0 += 1;
                 entry.1 += packet.payload.len() as u64;
                 entry.2.record(latency_us);
-                let subscribed_at = client.last_offer_at;
                 let rx = client.rx.entry(stamp.stream).or_insert_with(|| RxStream {
                     delivery: DeliveryCounter::default(),
                     jitter: Jitter::default(),
-                    first_keyframe_ms: None,
-                    subscribed_at,
+                    last_in_window_us: None,
                 });
                 rx.jitter.record(stamp.sent_us, received_us);
-                if video && rx.first_keyframe_ms.is_none() && vp8_is_keyframe_start(&packet.payload) {
-                    rx.first_keyframe_ms = Some(now.duration_since(rx.subscribed_at).as_secs_f64() * 1000.0);
+                if self.shared.in_window(received_us) {
+                    rx.last_in_window_us = Some(received_us);
                 }
+                let (owner, kind) = StreamKind::of(stamp.stream);
+                // Back from another layer of the same camera: the server had moved the tile.
+                let returned = match kind {
+                    StreamKind::Video(layer) => {
+                        client.rx_tracks.get(&owner).is_some_and(|t| t.layer != layer)
+                    }
+                    _ => false,
+                };
                 if self.shared.in_window(stamp.sent_us) {
                     self.latency.record(latency_us);
-                    let first = self.shared.streams[stamp.stream as usize].first.load(Ordering::Relaxed);
+                    let first = sent.first.load(Ordering::Relaxed);
                     if first != UNSET
                         && let Some(index) = window_index(stamp.seq, first)
                     {
                         rx.delivery.record(index);
+                        if returned {
+                            rx.delivery.start_run(index);
+                        }
                     }
+                }
+                if let StreamKind::Video(layer) = kind {
+                    let keyframe = vp8_is_keyframe_start(&packet.payload);
+                    let shared = &self.shared;
+                    let (view, slots, last_offer_at) = (&client.view, &client.slots, client.last_offer_at);
+                    let track = client.rx_tracks.entry(owner).or_insert_with(|| RxTrack {
+                        layer,
+                        first_keyframe_ms: None,
+                        switch: None,
+                        started: expected_since(shared, view.as_ref(), slots, owner)
+                            .map_or(last_offer_at, |t| t.max(last_offer_at)),
+                    });
+                    if keyframe {
+                        if track.first_keyframe_ms.is_none() {
+                            track.first_keyframe_ms = Some(ms_since(track.started, now));
+                        }
+                        if let Some((asked, from)) = track.switch
+                            && from != layer
+                        {
+                            client.switch_keyframe_ms.push(ms_since(asked, now));
+                            track.switch = None;
+                        }
+                    }
+                    track.layer = layer;
                 }
             }
             _ => {}
@@ -649,10 +861,11 @@ impl Worker {
     fn send_audio(&mut self, id: u32, due: Instant, now: Instant) {
         let slot = self.clients.get(&id).map(|c| c.setup.slot);
         let talking = slot.is_some_and(|s| self.talking(s, now));
+        let top_n = self.scenario.audio_top_n();
         let Some(client) = self.clients.get_mut(&id) else { return };
         let Some(audio) = client.audio.as_mut() else { return };
         if audio.tx.is_none() {
-            audio.tx = tx_stream(&mut client.rtc, audio.mid, Codec::Opus);
+            audio.tx = tx_stream(&mut client.rtc, audio.mid, None, Codec::Opus);
         }
         let next = if talking { AUDIO_FRAME } else { DTX_INTERVAL };
         self.timers.push(Reverse((due + next, id, Due::Audio)));
@@ -663,8 +876,16 @@ impl Worker {
         } else {
             &self.opus.silence
         };
+        // With top-N audio only talking is forwarded, and not a turn's very start.
+        let expected = audio.turn.expected(talking, now) || !top_n;
+        let (kind, seq) = if expected {
+            (StreamKind::Talk, &mut audio.seq[0])
+        } else {
+            (StreamKind::Unexpected, &mut audio.seq[1])
+        };
+        let stream = kind.id(id);
         let sent_us = self.shared.us(now);
-        let stamp = Stamp { stream: audio.stream, seq: audio.seq, sent_us };
+        let stamp = Stamp { stream, seq: *seq, sent_us };
         self.payload.clear();
         self.payload.resize(STAMP_LEN, 0);
         stamp.write(&mut self.payload);
@@ -676,50 +897,56 @@ impl Worker {
         };
         let samples = (next.as_millis() as u32) * 48;
         let mut api = client.rtc.direct_api();
-        if let Some(stream) = api.stream_tx(&ssrc) {
-            stream.write_rtp(
+        if let Some(tx) = api.stream_tx(&ssrc) {
+            tx.write_rtp(
                 RtpWrite::new(pt, audio.rtp_seq.into(), audio.ts, now, self.payload.as_slice())
                     .ext_vals(ext)
                     .marker(false),
             );
-            self.shared.note_sent(audio.stream, audio.seq, sent_us);
+            self.shared.note_sent(stream, *seq, sent_us);
             self.shared.packets_sent.fetch_add(1, Ordering::Relaxed);
-            audio.seq += 1;
+            *seq += 1;
             audio.rtp_seq += 1;
         }
         audio.ts = audio.ts.wrapping_add(samples);
     }
 
-    fn send_video(&mut self, id: u32, due: Instant, now: Instant) {
-        let Some(client) = self.clients.get_mut(&id) else { return };
-        let Some(video) = client.video.as_mut() else { return };
-        if video.tx.is_none() {
-            video.tx = tx_stream(&mut client.rtc, video.mid, Codec::Vp8);
+    fn send_video(&mut self, id: u32, index: usize, due: Instant, now: Instant) {
+        let Some(Client { rtc, video: Some(video), .. }) = self.clients.get_mut(&id) else { return };
+        let (mid, simulcast) = (video.mid, video.simulcast);
+        let Some(layer) = video.layers.get_mut(index) else { return };
+        if layer.tx.is_none() {
+            let rid = simulcast.then(|| Rid::from(layer.shape.rid));
+            layer.tx = tx_stream(rtc, mid, rid, Codec::Vp8);
         }
-        let interval = video.shape.frame_interval();
-        self.timers.push(Reverse((due + interval, id, Due::Video)));
-        let Some((ssrc, pt)) = video.tx else { return };
-        let keyframe = video.keyframes.next_is_keyframe();
-        video.packetizer.next_frame(keyframe);
-        let size = if keyframe { video.sizes.1 } else { video.sizes.0 };
+        self.timers.push(Reverse((due + layer.shape.frame_interval(), id, Due::Video(index as u8))));
+        let frame_ticks = 90_000 / layer.shape.fps;
+        let Some((ssrc, pt)) = layer.tx.filter(|_| !layer.paused) else {
+            // A paused encoder's clock runs on: the next frame's timestamp shows the pause.
+            layer.ts = layer.ts.wrapping_add(frame_ticks);
+            return;
+        };
+        let keyframe = layer.keyframes.next_is_keyframe();
+        layer.packetizer.next_frame(keyframe);
+        let size = if keyframe { layer.sizes.1 } else { layer.sizes.0 };
         let plans: Vec<PacketPlan> = Vp8Packetizer::plan(size).collect();
         let sent_us = self.shared.us(now);
-        let mut api = client.rtc.direct_api();
-        let Some(stream) = api.stream_tx(&ssrc) else { return };
+        let mut api = rtc.direct_api();
+        let Some(tx) = api.stream_tx(&ssrc) else { return };
         for plan in plans {
-            let stamp = Stamp { stream: video.stream, seq: video.seq, sent_us };
-            video.packetizer.write(plan, keyframe, stamp, &video.shape, &mut self.payload);
-            stream.write_rtp(
-                RtpWrite::new(pt, video.rtp_seq.into(), video.ts, now, self.payload.as_slice())
+            let stamp = Stamp { stream: layer.stream, seq: layer.seq, sent_us };
+            layer.packetizer.write(plan, keyframe, stamp, &layer.shape, &mut self.payload);
+            tx.write_rtp(
+                RtpWrite::new(pt, layer.rtp_seq.into(), layer.ts, now, self.payload.as_slice())
                     .marker(plan.last)
                     .nackable(true),
             );
-            self.shared.note_sent(video.stream, video.seq, sent_us);
+            self.shared.note_sent(layer.stream, layer.seq, sent_us);
             self.shared.packets_sent.fetch_add(1, Ordering::Relaxed);
-            video.seq += 1;
-            video.rtp_seq += 1;
+            layer.seq += 1;
+            layer.rtp_seq += 1;
         }
-        video.ts = video.ts.wrapping_add(90_000 / video.shape.fps);
+        layer.ts = layer.ts.wrapping_add(frame_ticks);
     }
 
     /// The client's engine failed: it leaves, and the report counts a generator failure.
@@ -740,6 +967,45 @@ impl Worker {
         if client.connected_at.is_some() {
             self.shared.connected.fetch_sub(1, Ordering::Relaxed);
         }
+        // Frozen tiles and unfinished switches are judged at the end of a window the client saw.
+        let window_end = self.shared.window_end_us().filter(|end| {
+            !leaving && client.connected_at.is_some() && self.shared.us(Instant::now()) >= *end
+        });
+        let mut frozen_tracks = 0;
+        let mut unfinished_switches = 0;
+        if let Some(end) = window_end {
+            let last_packet = |owner: u32| {
+                LAYERS
+                    .iter()
+                    .filter_map(|l| client.rx.get(&StreamKind::Video(l.rank()).id(owner))?.last_in_window_us)
+                    .max()
+            };
+            for (track, since) in client.view.iter().flat_map(|v| v.shown()) {
+                let shown = Shown {
+                    since_us: self.shared.us(since),
+                    last_packet_us: self.shared.camera_owner(track).and_then(last_packet),
+                };
+                if shown.frozen(end) {
+                    frozen_tracks += 1;
+                    let last =
+                        shown.last_packet_us.map_or("nothing received in the window".to_string(), |t| {
+                            format!(
+                                "last packet {:.1} s before the end of the window",
+                                (end - t) as f64 / 1e6
+                            )
+                        });
+                    let me = format!("lt-{}-{}", client.setup.slot, client.setup.serial);
+                    client.errors.push(format!("{me}: frozen tile: camera {track}: {last}"));
+                }
+            }
+            let late = FROZEN_SUBSCRIBED.as_micros() as u64;
+            unfinished_switches = client
+                .rx_tracks
+                .values()
+                .filter_map(|t| t.switch)
+                .filter(|(asked, _)| self.shared.us(*asked) + late < end)
+                .count();
+        }
         self.finished.push(ClientResult {
             serial: client.setup.serial,
             join_ms: client.join_ms,
@@ -749,7 +1015,12 @@ impl Worker {
             speaker_events: client.speaker_events,
             whole_window: !leaving
                 && client.connected_at.is_some_and(|t| self.shared.us(t) <= self.shared.window_start_us()),
-            first_keyframe_ms: client.rx.values().filter_map(|r| r.first_keyframe_ms).collect(),
+            has_view: client.view.is_some(),
+            frozen: frozen_tracks,
+            layer_pauses: client.layer_pauses,
+            switch_keyframe_ms: client.switch_keyframe_ms,
+            unfinished_switches,
+            first_keyframe_ms: client.rx_tracks.values().filter_map(|t| t.first_keyframe_ms).collect(),
             jitter_ms: client.rx.values().map(|r| r.jitter.ms()).collect(),
             received: client.rx.into_iter().map(|(s, r)| (s, r.delivery)).collect(),
             close_reason: client.closed,
@@ -834,6 +1105,23 @@ impl RecvBatch {
     }
 }
 
+fn ms_since(start: Instant, now: Instant) -> f64 {
+    now.saturating_duration_since(start).as_secs_f64() * 1000.0
+}
+
+/// Since when the camera of client `owner` should arrive, as far as the subscription
+/// and the slots tell: the later of the two.
+fn expected_since(
+    shared: &Shared,
+    view: Option<&View>,
+    slots: &HashMap<String, (String, Instant)>,
+    owner: u32,
+) -> Option<Instant> {
+    let shown = view.and_then(|v| v.shown().find(|(track, _)| shared.camera_owner(track) == Some(owner)));
+    let slot = slots.values().find(|(track, _)| shared.camera_owner(track) == Some(owner));
+    shown.map(|(_, t)| t).max(slot.map(|(_, t)| *t))
+}
+
 /// Runs one call into a client's WebRTC engine; a panic (a str0m bug) fails only that
 /// client, which the report counts as the generator's failure, not the server's.
 fn contained<T>(errors: &mut Vec<String>, f: impl FnOnce() -> T) -> Option<T> {
@@ -851,8 +1139,9 @@ fn contained<T>(errors: &mut Vec<String>, f: impl FnOnce() -> T) -> Option<T> {
     }
 }
 
-/// The negotiated send stream and payload type for `codec` on `mid`, once negotiated.
-fn tx_stream(rtc: &mut Rtc, mid: Mid, codec: Codec) -> Option<(Ssrc, Pt)> {
+/// The negotiated send stream (of layer `rid` with simulcast) and payload type for
+/// `codec` on `mid`, once negotiated.
+fn tx_stream(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, codec: Codec) -> Option<(Ssrc, Pt)> {
     let pt = {
         let media = rtc.media(mid)?;
         let config = rtc.codec_config();
@@ -862,6 +1151,6 @@ fn tx_stream(rtc: &mut Rtc, mid: Mid, codec: Codec) -> Option<(Ssrc, Pt)> {
             .copied()
             .find(|pt| config.find(|p| p.pt() == *pt).is_some_and(|p| p.spec().codec == codec))?
     };
-    let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+    let ssrc = rtc.direct_api().stream_tx_by_mid(mid, rid)?.ssrc();
     Some((ssrc, pt))
 }

@@ -131,10 +131,37 @@ pub fn layer(rid: &str) -> Option<LayerShape> {
     LAYERS.iter().copied().find(|l| l.rid == rid)
 }
 
+/// The layer the server sends for a tile of `width` x `height` device pixels
+/// (docs/protocol.md, *Simulcast*): up to 320x240 the lowest, up to 640x480 the middle,
+/// larger the highest, or the best the camera sends. `layers` is lowest first.
+pub fn layer_for_tile(layers: &[LayerShape], width: u32, height: u32) -> Option<LayerShape> {
+    let wanted = if width <= 320 && height <= 240 {
+        0
+    } else if width <= 640 && height <= 480 {
+        1
+    } else {
+        2
+    };
+    layers.get(wanted.min(layers.len().checked_sub(1)?)).copied()
+}
+
 /// How much bigger a keyframe is than a delta frame.
 pub const KEYFRAME_FACTOR: u32 = 6;
 
 impl LayerShape {
+    /// Position among the layers, lowest first (the server ranks q < h < f).
+    pub fn rank(&self) -> usize {
+        LAYERS.iter().position(|l| l.rid == self.rid).unwrap_or(0)
+    }
+
+    /// Packets per second on the wire, averaged over a keyframe interval.
+    pub fn packets_per_second(&self, keyframe_interval: Duration) -> f64 {
+        let frames = (keyframe_interval.as_secs_f64() * self.fps as f64).round().max(1.0) as usize;
+        let (delta, key) = self.frame_sizes(keyframe_interval);
+        let packets = Vp8Packetizer::plan(key).count() + (frames - 1) * Vp8Packetizer::plan(delta).count();
+        packets as f64 * self.fps as f64 / frames as f64
+    }
+
     pub fn frame_interval(&self) -> Duration {
         Duration::from_micros(1_000_000 / self.fps as u64)
     }
@@ -317,6 +344,28 @@ mod tests {
             assert!((bps - target).abs() / target < 0.10, "{} at {bps} bps vs {target}", shape.rid);
             assert!(bytes > 0);
         }
+    }
+
+    #[test]
+    fn layer_rates_and_tile_choice() {
+        let interval = Duration::from_secs(3);
+        let q = layer("q").unwrap();
+        let f = layer("f").unwrap();
+        // q: 15 fps of ~1 packet each; f: 30 fps of ~6 packets each.
+        assert!((15.0..20.0).contains(&q.packets_per_second(interval)), "{}", q.packets_per_second(interval));
+        assert!(
+            (170.0..220.0).contains(&f.packets_per_second(interval)),
+            "{}",
+            f.packets_per_second(interval)
+        );
+        let all: Vec<LayerShape> = LAYERS.to_vec();
+        assert_eq!(layer_for_tile(&all, 320, 180).unwrap().rid, "q");
+        assert_eq!(layer_for_tile(&all, 640, 360).unwrap().rid, "h");
+        assert_eq!(layer_for_tile(&all, 1280, 720).unwrap().rid, "f");
+        assert_eq!(layer_for_tile(&all[..2], 1280, 720).unwrap().rid, "h", "the best it sends");
+        assert_eq!(layer_for_tile(&all[1..2], 320, 180).unwrap().rid, "h", "the only layer");
+        assert_eq!(layer_for_tile(&[], 320, 180), None);
+        assert!(all.iter().enumerate().all(|(i, l)| l.rank() == i));
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Generator {
     /// The same while participants were joining (before the window).
     pub busiest_thread_joining: f64,
     pub rx_drops: u64,
+    /// The latest any media timer ran in the window (ms after it was due).
+    pub max_timer_late_ms: f64,
     /// Clients whose own WebRTC engine failed (counted against the generator).
     pub client_failures: usize,
     pub bottleneck: bool,
@@ -87,9 +89,21 @@ pub struct Report {
     pub loss_pct: Option<f64>,
     /// Packets received more than once (counted once for delivery).
     pub duplicate_packets: u64,
+    /// Packets received that nobody was expected to get (silence, the start of a talk turn).
+    pub unexpected_packets: u64,
+    /// Tiles a view showed for more than 3 s that received nothing in the last 2 s.
+    pub frozen_subscriptions: usize,
     pub latency_ms: Percentiles,
     pub jitter_ms: P99,
     pub first_keyframe_ms: P99,
+    /// From a `subscribe` that resized a tile to the first keyframe of its new layer.
+    pub switch_keyframe_ms: Percentiles,
+    /// Layer switches measured, and those asked for more than 3 s before the end that
+    /// never came.
+    pub layer_switches: usize,
+    pub unfinished_layer_switches: usize,
+    /// Camera layers the server's `layers` messages paused.
+    pub layer_pauses: u64,
     /// `activeSpeaker` changes the median participant was told about.
     pub active_speaker_events: Option<f64>,
     pub pps_in: f64,
@@ -150,7 +164,22 @@ impl Report {
             f(self.latency_ms.max, " ms")
         );
         let _ = writeln!(out, "jitter p99      {}", f(self.jitter_ms.p99, " ms"));
+        let _ = writeln!(
+            out,
+            "frozen tiles    {}  ({} unexpected packets received)",
+            self.frozen_subscriptions, self.unexpected_packets
+        );
         let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
+        let _ = writeln!(
+            out,
+            "layer switch    {} done, {} unfinished; keyframe p50 {}  p99 {}  max {}; {} layer pauses",
+            self.layer_switches,
+            self.unfinished_layer_switches,
+            f(self.switch_keyframe_ms.p50, " ms"),
+            f(self.switch_keyframe_ms.p99, " ms"),
+            f(self.switch_keyframe_ms.max, " ms"),
+            self.layer_pauses
+        );
         let _ = writeln!(out, "speaker changes {} (median participant)", f(self.active_speaker_events, ""));
         let _ = writeln!(out, "packets/s       in {:.0}  out {:.0}", self.pps_in, self.pps_out);
         for s in &self.server {
@@ -163,10 +192,11 @@ impl Report {
         let _ = writeln!(out, "forwarded/CPU-s {}", f(self.forwarded_packets_per_cpu_second, ""));
         let _ = writeln!(
             out,
-            "generator       {:.2} cores, busiest thread {:.0}% ({:.0}% while joining), {} receive drops, {} failed clients{}",
+            "generator       {:.2} cores, busiest thread {:.0}% ({:.0}% while joining), timers up to {:.1} ms late, {} receive drops, {} failed clients{}",
             self.generator.cpu_cores,
             self.generator.busiest_thread * 100.0,
             self.generator.busiest_thread_joining * 100.0,
+            self.generator.max_timer_late_ms,
             self.generator.rx_drops,
             self.generator.client_failures,
             if self.generator.bottleneck { "  <- the generator was the bottleneck" } else { "" }

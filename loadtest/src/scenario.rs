@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::media::layer;
+use crate::media::{LayerShape, layer};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +26,10 @@ pub struct Scenario {
     pub video: VideoPlan,
     #[serde(default)]
     pub churn: Option<ChurnPlan>,
+    /// What every participant shows; without it no client sends `subscribe` and the
+    /// server sends every video track at its top layer.
+    #[serde(default)]
+    pub view: Option<ViewPlan>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +62,28 @@ pub struct VideoPlan {
 impl Default for VideoPlan {
     fn default() -> Self {
         Self { publishers: 0, layers: vec!["h".into()], keyframe_interval_s: 3.0 }
+    }
+}
+
+/// A gallery view: up to `grid` cameras of other participants, the dominant speaker's
+/// first and in a large tile, the rest in small tiles (sizes in device pixels).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewPlan {
+    pub grid: usize,
+    #[serde(default = "ViewPlan::default_speaker_tile")]
+    pub speaker_tile: [u32; 2],
+    #[serde(default = "ViewPlan::default_tile")]
+    pub tile: [u32; 2],
+}
+
+impl ViewPlan {
+    fn default_speaker_tile() -> [u32; 2] {
+        [640, 360]
+    }
+
+    fn default_tile() -> [u32; 2] {
+        [320, 180]
     }
 }
 
@@ -106,6 +132,19 @@ impl Scenario {
         if let Some(bad) = self.video.layers.iter().find(|l| layer(l).is_none()) {
             return Err(format!("unknown layer {bad:?} (q, h or f)"));
         }
+        if let Some((i, dup)) =
+            self.video.layers.iter().enumerate().find(|(i, l)| self.video.layers[..*i].contains(l))
+        {
+            return Err(format!("layer {dup:?} listed twice (at {i})"));
+        }
+        if let Some(view) = &self.view {
+            if view.grid == 0 {
+                return Err("view.grid must be at least 1".into());
+            }
+            if view.speaker_tile.contains(&0) || view.tile.contains(&0) {
+                return Err("view tile sizes must be positive".into());
+            }
+        }
         if self.video.keyframe_interval_s <= 0.0 {
             return Err("keyframe_interval_s must be positive".into());
         }
@@ -118,6 +157,20 @@ impl Scenario {
 
     pub fn join_interval(&self) -> Duration {
         Duration::from_secs_f64(1.0 / self.join_rate)
+    }
+
+    /// The layers each camera sends, lowest first (the order of `LAYERS`), whatever order
+    /// the file lists them in.
+    pub fn camera_layers(&self) -> Vec<LayerShape> {
+        let mut shapes: Vec<LayerShape> = self.video.layers.iter().filter_map(|l| layer(l)).collect();
+        shapes.sort_by_key(|s| s.rank());
+        shapes
+    }
+
+    /// Whether the server forwards only the loudest speakers in this room
+    /// (`expect::AUDIO_TOP_N_ABOVE`).
+    pub fn audio_top_n(&self) -> bool {
+        self.participants > crate::expect::AUDIO_TOP_N_ABOVE
     }
 }
 
@@ -137,6 +190,65 @@ mod tests {
             }
         }
         assert!(n >= 6, "meeting-300, audio-3000, churn and their smoke twins: found {n}");
+    }
+
+    fn parse(extra: &str) -> Result<Scenario, String> {
+        let text =
+            format!("name = \"x\"\nroom = \"x\"\nparticipants = 20\njoin_rate = 1\nduration_s = 1\n{extra}");
+        let s: Scenario = toml::from_str(&text).map_err(|e| e.to_string())?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn simulcast_and_views() {
+        let s = parse(
+            "[video]\npublishers = 2\nlayers = [\"f\", \"q\", \"h\"]\nkeyframe_interval_s = 3\n\
+             [view]\ngrid = 25\n",
+        )
+        .expect("three layers are simulcast");
+        let rids: Vec<&str> = s.camera_layers().iter().map(|l| l.rid).collect();
+        assert_eq!(rids, ["q", "h", "f"], "lowest first whatever the file's order");
+        let view = s.view.as_ref().expect("a view");
+        assert_eq!((view.grid, view.speaker_tile, view.tile), (25, [640, 360], [320, 180]), "default tiles");
+        assert!(s.audio_top_n(), "20 participants: top-N audio");
+        assert!(parse("shown = 1").is_err(), "unknown keys are refused");
+        let small = parse("").unwrap();
+        assert!(small.view.is_none(), "no view unless asked for");
+        let mut ten = small.clone();
+        ten.participants = 10;
+        assert!(!ten.audio_top_n(), "up to 10 participants every audio track is sent");
+        ten.participants = 11;
+        assert!(ten.audio_top_n());
+
+        let video =
+            |layers: &str| format!("[video]\npublishers = 1\nlayers = {layers}\nkeyframe_interval_s = 3\n");
+        assert!(parse(&video("[\"q\", \"q\"]")).unwrap_err().contains("twice"));
+        assert!(parse(&video("[\"x\"]")).unwrap_err().contains("unknown layer"));
+        assert!(parse(&video("[]")).is_err());
+        assert!(parse("[view]\ngrid = 0\n").is_err());
+        assert!(parse("[view]\ngrid = 4\ntile = [0, 180]\n").is_err());
+    }
+
+    #[test]
+    fn the_shipped_scenarios_have_the_shapes_of_scenarios_md() {
+        let load = |name: &str| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/scenarios").join(name);
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        };
+        for name in ["meeting-300.toml", "meeting-300-smoke.toml"] {
+            let s = load(name);
+            assert_eq!(s.video.layers, ["q", "h", "f"], "{name}");
+            let view = s.view.unwrap_or_else(|| panic!("{name} has a view"));
+            assert_eq!((view.grid, view.speaker_tile, view.tile), (25, [640, 360], [320, 180]), "{name}");
+        }
+        for name in ["audio-3000.toml", "audio-3000-smoke.toml"] {
+            let s = load(name);
+            assert_eq!((s.audio.publishers, s.audio.speakers, s.audio.rotate_s), (10, 3, 5.0), "{name}");
+        }
+        for name in ["churn.toml", "churn-smoke.toml"] {
+            assert!(load(name).view.is_none(), "{name}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
@@ -139,13 +140,16 @@ pub enum FromServer {
     Closed(Option<(u16, String)>),
 }
 
-/// Connect and join; returns the `joined` message and a sender of messages to the
-/// server. Every later server message (and the close) goes to `on_message`.
-pub async fn join(
-    url: &ServerUrl,
-    token: &str,
-    on_message: impl Fn(FromServer) + Send + 'static,
-) -> Result<(Value, mpsc::UnboundedSender<Value>), SignalError> {
+/// A joined client's signaling connection, not yet reading: start it with [`Connection::run`]
+/// once whoever handles its messages knows the client.
+pub struct Connection {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    to_server: mpsc::UnboundedSender<Value>,
+    outgoing: mpsc::UnboundedReceiver<Value>,
+}
+
+/// Connect and join; returns the `joined` message and the connection.
+pub async fn join(url: &ServerUrl, token: &str) -> Result<(Value, Connection), SignalError> {
     let ws_url = url.ws();
     let (mut ws, _) =
         tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&ws_url))
@@ -178,34 +182,49 @@ pub async fn join(
             None => return Err(SignalError::JoinRefused("socket closed".into())),
         }
     };
-    let (to_server, mut outgoing) = mpsc::unbounded_channel::<Value>();
-    tokio::spawn(async move {
-        let close = loop {
-            tokio::select! {
-                out = outgoing.recv() => match out {
-                    Some(v) => {
-                        if ws.send(Message::Text(v.to_string().into())).await.is_err() {
+    let (to_server, outgoing) = mpsc::unbounded_channel::<Value>();
+    Ok((joined, Connection { ws, to_server, outgoing }))
+}
+
+impl Connection {
+    /// Sends messages to the server (they wait until [`Connection::run`]).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Value> {
+        self.to_server.clone()
+    }
+
+    /// Carry the connection on a task: queued and later messages go out, every server
+    /// message (and the close) goes to `on_message`. Dropping every sender closes it.
+    pub fn run(self, on_message: impl Fn(FromServer) + Send + 'static) {
+        let Connection { mut ws, to_server, mut outgoing } = self;
+        // Only the clones handed out keep the connection open.
+        drop(to_server);
+        tokio::spawn(async move {
+            let close = loop {
+                tokio::select! {
+                    out = outgoing.recv() => match out {
+                        Some(v) => {
+                            if ws.send(Message::Text(v.to_string().into())).await.is_err() {
+                                break None;
+                            }
+                        }
+                        None => {
+                            let _ = ws.close(None).await;
                             break None;
                         }
-                    }
-                    None => {
-                        let _ = ws.close(None).await;
-                        break None;
-                    }
-                },
-                frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(t))) => {
-                        if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                            on_message(FromServer::Message(v));
+                    },
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Text(t))) => {
+                            if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                                on_message(FromServer::Message(v));
+                            }
                         }
-                    }
-                    Some(Ok(Message::Close(f))) => break f.map(|f| (u16::from(f.code), f.reason.to_string())),
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break None,
-                },
-            }
-        };
-        on_message(FromServer::Closed(close));
-    });
-    Ok((joined, to_server))
+                        Some(Ok(Message::Close(f))) => break f.map(|f| (u16::from(f.code), f.reason.to_string())),
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break None,
+                    },
+                }
+            };
+            on_message(FromServer::Closed(close));
+        });
+    }
 }

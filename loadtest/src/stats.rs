@@ -27,6 +27,9 @@ pub struct DeliveryCounter {
     bits: Vec<u64>,
     received: u64,
     duplicates: u64,
+    /// Indexes that start a run whatever the gap before them (the receiver came back to
+    /// this stream from another one).
+    run_starts: Vec<u64>,
 }
 
 impl DeliveryCounter {
@@ -44,6 +47,12 @@ impl DeliveryCounter {
             self.bits[word] |= bit;
             self.received += 1;
         }
+    }
+
+    /// Packet `index` starts a new run: what is missing just before it was not lost.
+    pub fn start_run(&mut self, index: u64) {
+        // Bounded by the layer switches of one track in one window.
+        self.run_starts.push(index);
     }
 
     /// Unique packets received with index below `expected`.
@@ -66,6 +75,42 @@ impl DeliveryCounter {
         let first = first_word as u64 * 64 + self.bits[first_word].trailing_zeros() as u64;
         let last = last_word as u64 * 64 + 63 - self.bits[last_word].leading_zeros() as u64;
         Some((first, last))
+    }
+
+    /// The received indexes in ascending order.
+    fn indexes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().flat_map(|(i, w)| {
+            let mut w = *w;
+            std::iter::from_fn(move || {
+                (w != 0).then(|| {
+                    let bit = w.trailing_zeros() as u64;
+                    w &= w - 1;
+                    i as u64 * 64 + bit
+                })
+            })
+        })
+    }
+
+    /// The stretches in which the stream was received: (first, last) index of each run of
+    /// received packets, a new run starting after more than `max_gap` missing packets or
+    /// at an index marked with [`DeliveryCounter::start_run`].
+    pub fn runs(&self, max_gap: u64) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for index in self.indexes() {
+            match runs.last_mut() {
+                Some((_, last)) if index - *last - 1 <= max_gap && !self.run_starts.contains(&index) => {
+                    *last = index
+                }
+                _ => runs.push((index, index)),
+            }
+        }
+        runs
+    }
+
+    /// Packets the runs span (received or lost inside them), and those received.
+    pub fn within_runs(&self, max_gap: u64) -> (u64, u64) {
+        let spanned = self.runs(max_gap).iter().map(|(first, last)| last - first + 1).sum();
+        (spanned, self.received)
     }
 
     pub fn duplicates(&self) -> u64 {
@@ -206,6 +251,40 @@ mod tests {
         assert_eq!(d.span(), Some((0, 200)));
         assert_eq!(d.received_of(8), 7, "packets beyond the window do not count");
         assert_eq!(d.received_of(201), 8);
+    }
+
+    #[test]
+    fn runs_split_at_long_gaps_and_count_losses_inside() {
+        let mut d = DeliveryCounter::default();
+        assert!(d.runs(10).is_empty());
+        assert_eq!(d.within_runs(10), (0, 0));
+        // 0..=99 with 50 lost, then nothing for 11 packets, then 111..=199 with two lost,
+        // then a gap of exactly 10, then 210..=300.
+        for i in (0..=99).chain(111..=199).chain(210..=300) {
+            if i != 50 && i != 150 && i != 151 {
+                d.record(i);
+            }
+        }
+        assert_eq!(d.runs(10), vec![(0, 99), (111, 300)], "a gap of 10 keeps a run, 11 splits it");
+        // Spanned: 100 + 190; missing inside: 50, 150, 151 and the 10 of 200..=209.
+        assert_eq!(d.within_runs(10), (290, 290 - 13));
+        assert_eq!(d.runs(0).len(), 5, "any gap splits when none is allowed");
+        let (spanned, got) = d.within_runs(0);
+        assert_eq!(spanned, got, "runs without gaps lose nothing");
+        // Indexes at word edges.
+        let mut d = DeliveryCounter::default();
+        for i in [63, 64, 127, 128, 1000] {
+            d.record(i);
+        }
+        assert_eq!(d.runs(100), vec![(63, 128), (1000, 1000)]);
+        // Coming back from another layer starts a run however short the gap.
+        let mut d = DeliveryCounter::default();
+        for i in (0..10).chain(15..20).chain(25..30) {
+            d.record(i);
+        }
+        d.start_run(15);
+        assert_eq!(d.runs(100), vec![(0, 9), (15, 29)]);
+        assert_eq!(d.within_runs(100), (25, 20), "the gap before 15 is not lost, the one after is");
     }
 
     #[test]

@@ -88,8 +88,8 @@ fn report_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("huiyi-loadtest-{name}-{}.json", std::process::id()))
 }
 
-/// Run a smoke scenario and hold it to the behaviour check: everyone joins, and every
-/// subscriber gets at least 99% of what it should.
+/// Run a smoke scenario and hold it to the behaviour check: everyone joins, every
+/// subscriber gets at least 99% of what it should (docs/loadtest.md), and no tile freezes.
 fn smoke(file: &str) -> Value {
     let server = start_server(None);
     let pid = server.child.id().to_string();
@@ -125,6 +125,7 @@ fn smoke(file: &str) -> Value {
     assert!(report["connected"].as_u64() >= report["participants"].as_u64(), "{report:#}");
     let min = report["delivery"]["min"].as_f64().expect("a delivery figure");
     assert!(min >= 0.99, "a subscriber got {:.2}% of its media: {report:#}", min * 100.0);
+    assert_eq!(report["frozen_subscriptions"], 0, "a tile froze: {report:#}");
     assert!(report["latency_ms"]["p50"].as_f64().is_some(), "latency measured: {report:#}");
     assert!(
         report["server"][0]["cpu_seconds"].as_f64().is_some_and(|c| c > 0.0),
@@ -144,6 +145,10 @@ fn meeting_smoke_delivers_to_every_subscriber() {
         report["active_speaker_events"].as_f64().is_some_and(|n| n >= 1.0),
         "no activeSpeaker events: {report:#}"
     );
+    // The speakers of the first turns have cameras: when one stops being the dominant
+    // speaker its tile shrinks and the server moves it from h to q.
+    assert!(report["layer_switches"].as_u64().is_some_and(|n| n >= 1), "no tile changed layer: {report:#}");
+    assert_eq!(report["unfinished_layer_switches"], 0, "{report:#}");
 }
 
 #[test]

@@ -148,6 +148,13 @@ pub enum SessionEvent {
         track_id: String,
         muted: bool,
     },
+    /// What some of the session's receiving mids carry now.
+    Slots(Vec<SlotInfo>),
+    /// To a publisher: the simulcast layers (rids) of its track that someone receives.
+    Layers {
+        track_id: String,
+        active: Vec<String>,
+    },
     /// The room's dominant speaker changed.
     ActiveSpeaker {
         participant_id: String,
@@ -156,6 +163,20 @@ pub enum SessionEvent {
     Closed {
         reason: LeaveReason,
     },
+}
+
+/// One receiving mid and the track it carries now (None: nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub mid: String,
+    pub track: Option<(String, String)>,
+}
+
+/// A video track the client shows, and the quality its tile needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownTrack {
+    pub track_id: String,
+    pub quality: crate::select::Quality,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -211,6 +232,11 @@ impl SessionHandle {
 
     pub fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError> {
         self.shard.command(ShardInput::Mute { session: self.id, track_id, muted })
+    }
+
+    /// The video tracks the client shows now (replacing the previous list).
+    pub fn subscribe(&self, tracks: Vec<ShownTrack>) -> Result<(), MediaError> {
+        self.shard.command(ShardInput::Subscribe { session: self.id, tracks })
     }
 
     /// End the session with a reason the others are told.

@@ -27,6 +27,14 @@ pub struct MediaConfig {
     pub shard_queue: usize,
     /// Events queued per session for its signaling connection.
     pub session_event_queue: usize,
+    /// Loudest speakers forwarded in large rooms.
+    pub audio_top_n: usize,
+    /// Rooms of at most this many participants forward every audio track.
+    pub audio_top_n_above: usize,
+    /// Estimate each subscriber's bandwidth (transport-cc, or REMB) and fit its video
+    /// layers into it; starting estimate in bits per second.
+    pub bwe: bool,
+    pub bwe_initial_bps: u64,
 }
 
 impl Default for MediaConfig {
@@ -43,11 +51,26 @@ impl Default for MediaConfig {
             max_publications_per_participant: 6,
             shard_queue: 16_384,
             session_event_queue: 1024,
+            audio_top_n: 3,
+            audio_top_n_above: 10,
+            // Off by default: with str0m 0.25's pacer on, loopback runs under CPU
+            // contention lose packets (churn-smoke: 96.8% delivery and 447 NACKs with it,
+            // 100% and none without). See docs/adr/0007-bandwidth-allocation.md.
+            bwe: false,
+            bwe_initial_bps: 10_000_000,
         }
     }
 }
 
 impl MediaConfig {
+    pub fn audio_select(&self) -> crate::select::AudioSelectConfig {
+        crate::select::AudioSelectConfig {
+            top_n: self.audio_top_n,
+            all_up_to: self.audio_top_n_above,
+            ..Default::default()
+        }
+    }
+
     pub fn shard_count(&self) -> usize {
         if self.shards > 0 {
             self.shards

@@ -10,6 +10,7 @@ pub mod metrics;
 mod nack_tests;
 mod node;
 mod room;
+pub mod select;
 mod shard;
 pub mod speaker;
 #[doc(hidden)]
@@ -17,7 +18,7 @@ pub mod testing;
 
 pub use api::{
     JoinRequest, Joined, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent,
-    SessionHandle, SessionId, TrackInfo, TrackKind, TrackSource,
+    SessionHandle, SessionId, ShownTrack, SlotInfo, TrackInfo, TrackKind, TrackSource,
 };
 pub use config::MediaConfig;
 pub use node::MediaNode;

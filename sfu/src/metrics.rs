@@ -18,6 +18,10 @@ pub struct SfuMetrics {
     pub dropped_events: IntCounter,
     pub not_forwarded: IntCounterVec,
     pub session_panics: IntCounter,
+    pub audio_not_selected: IntCounter,
+    pub layer_switches: IntCounter,
+    pub layer_pauses: IntCounter,
+    pub paused_by_bandwidth: IntCounter,
     pub sessions_ended: IntCounterVec,
 }
 
@@ -66,6 +70,22 @@ impl SfuMetrics {
                 "huiyi_rtp_not_forwarded_total",
                 "RTP packets a subscriber could not be sent, by reason",
                 &["reason"],
+            ),
+            audio_not_selected: counter(
+                "huiyi_audio_not_selected_total",
+                "Audio packets not forwarded because their track is not among the room's loudest (top-N)",
+            ),
+            layer_switches: counter(
+                "huiyi_layer_switches_total",
+                "Switches of a subscriber's video slot from one simulcast layer to another",
+            ),
+            layer_pauses: counter(
+                "huiyi_layer_changes_told_total",
+                "Times a simulcast publisher was told to pause or resume layers nobody or somebody takes",
+            ),
+            paused_by_bandwidth: counter(
+                "huiyi_video_paused_for_bandwidth_total",
+                "Allocation rounds (every 200 ms) in which a subscriber's video slot was paused to fit its bandwidth estimate",
             ),
             session_panics: counter(
                 "huiyi_session_panics_total",

@@ -2,7 +2,7 @@
 //! Plain data owned by one shard; the shard drives it.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use str0m::format::CodecSpec;
 use str0m::media::Mid;
@@ -10,7 +10,26 @@ use str0m::rtp::Ssrc;
 
 use crate::api::{ParticipantInfo, SessionId, TrackInfo};
 use crate::forward::{KeyframeThrottle, VideoCodec};
+use crate::select::{AudioSelectConfig, AudioSelector, MAX_LAYERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
+
+/// A layer that sent nothing for this long counts as stopped.
+const LAYER_STALE: Duration = Duration::from_millis(1000);
+
+/// One simulcast layer of a track as it arrives (the only layer, without simulcast).
+pub struct Layer {
+    pub ssrc: Option<Ssrc>,
+    pub rid: Option<String>,
+    /// The publisher was told to stop sending it (nobody takes it).
+    pub paused: bool,
+    /// Since when no subscriber takes it.
+    pub unneeded_since: Option<Instant>,
+    /// Payload bytes since the last measurement, and the measured bits per second.
+    pub bytes: u64,
+    pub bps: u64,
+    pub last_packet: Option<Instant>,
+    pub keyframe_throttle: KeyframeThrottle,
+}
 
 /// One incoming track is identified by its publisher's session and the mid it arrives on.
 pub type PublicationKey = (SessionId, Mid);
@@ -19,14 +38,13 @@ pub type PublicationKey = (SessionId, Mid);
 pub struct Publication {
     pub track: TrackInfo,
     pub owner_participant: String,
-    /// Subscribers as (session, mid in that session's SDP).
+    /// The slots carrying it, as (session, mid in that session's SDP).
     pub subscribers: Vec<(SessionId, Mid)>,
-    /// The incoming SSRC, once media arrived; keyframe requests go to it.
-    pub source_ssrc: Option<Ssrc>,
+    /// Incoming layers by rank; keyframe requests go to a layer's SSRC.
+    pub layers: [Layer; MAX_LAYERS],
     /// Payload type of the last packet and what codec it means in the publisher's session.
     pub source_format: Option<(u8, CodecSpec)>,
     pub video_codec: Option<VideoCodec>,
-    pub keyframe_throttle: KeyframeThrottle,
 }
 
 impl Publication {
@@ -35,11 +53,31 @@ impl Publication {
             track,
             owner_participant,
             subscribers: Vec::new(),
-            source_ssrc: None,
+            layers: std::array::from_fn(|_| Layer {
+                ssrc: None,
+                rid: None,
+                paused: false,
+                unneeded_since: None,
+                bytes: 0,
+                bps: 0,
+                last_packet: None,
+                keyframe_throttle: KeyframeThrottle::new(keyframe_interval),
+            }),
             source_format: None,
             video_codec: None,
-            keyframe_throttle: KeyframeThrottle::new(keyframe_interval),
         }
+    }
+
+    /// Which layers the publisher has sent at some point.
+    pub fn offered(&self) -> [bool; MAX_LAYERS] {
+        std::array::from_fn(|l| self.layers[l].ssrc.is_some())
+    }
+
+    /// Which layers arrive now.
+    pub fn arriving(&self, now: Instant) -> [bool; MAX_LAYERS] {
+        std::array::from_fn(|l| {
+            self.layers[l].last_packet.is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE)
+        })
     }
 }
 
@@ -55,15 +93,21 @@ pub struct Room {
     pub members: Vec<Member>,
     pub publications: HashMap<PublicationKey, Publication>,
     pub speakers: SpeakerDetector,
+    /// Which audio tracks are forwarded at all (top-N in large rooms).
+    pub audio: AudioSelector<PublicationKey>,
+    /// The dominant speaker, as last announced.
+    pub dominant: Option<SessionId>,
 }
 
 impl Room {
-    pub fn new(name: String) -> Self {
+    pub fn new(name: String, audio: AudioSelectConfig) -> Self {
         Self {
             name,
             members: Vec::new(),
             publications: HashMap::new(),
-            speakers: SpeakerDetector::new(SpeakerConfig::default(), std::time::Instant::now()),
+            speakers: SpeakerDetector::new(SpeakerConfig::default(), Instant::now()),
+            audio: AudioSelector::new(audio),
+            dominant: None,
         }
     }
 

@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::{Codec, CodecSpec};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
@@ -22,19 +23,29 @@ use tracing::{debug, info, warn};
 
 use crate::api::{
     JoinReply, JoinRequest, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent,
-    SessionId, TrackInfo, TrackKind, TrackSource,
+    SessionId, ShownTrack, SlotInfo, TrackInfo, TrackKind, TrackSource,
 };
 use crate::config::MediaConfig;
 use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
-use crate::forward::{RtpRewriter, VideoCodec, starts_keyframe};
+use crate::forward::{RtpRewriter, VideoCodec, Vp8Rewriter, starts_keyframe};
 use crate::metrics::SfuMetrics;
 use crate::room::{Member, Publication, PublicationKey, Room};
+use crate::select::allocator::UPGRADE_HEADROOM;
+use crate::select::{AllocTrack, MAX_LAYERS, Priority, Quality, allocate, choose_layer, rid_rank};
 
 const HOUSEKEEPING: Duration = Duration::from_millis(200);
 const MAX_INPUTS_PER_TURN: usize = 512;
 /// Source addresses one session may be reached from (ICE may move between a few).
 const MAX_ADDRS_PER_SESSION: usize = 8;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// Headers and SRTP tag on top of an RTP payload, for send-rate accounting.
+const RTP_OVERHEAD_BYTES: u64 = 40;
+/// Layer bitrates are measured over this interval.
+const MEASURE_INTERVAL: Duration = Duration::from_secs(1);
+/// What a layer is assumed to cost before it was measured (q, h, f).
+const NOMINAL_LAYER_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_700_000];
+/// A simulcast layer nobody takes for this long is paused at its publisher.
+const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(2);
 
 pub(crate) enum ShardInput {
     Datagram { source: SocketAddr, data: Vec<u8>, at: Instant },
@@ -43,6 +54,7 @@ pub(crate) enum ShardInput {
     Answer { session: SessionId, sdp: String },
     Candidate { session: SessionId, candidate: String },
     Mute { session: SessionId, track_id: String, muted: bool },
+    Subscribe { session: SessionId, tracks: Vec<ShownTrack> },
     Leave { session: SessionId, reason: LeaveReason },
     Shutdown,
 }
@@ -68,18 +80,73 @@ impl ShardSender {
     }
 }
 
-/// One outgoing track to one peer.
+/// A slot: one outgoing m-line of a peer, carrying one published track at a time.
+/// Reusing slots means showing another track needs no renegotiation.
 struct Subscription {
-    publication: PublicationKey,
+    /// The track it carries now.
+    publication: Option<PublicationKey>,
     kind: TrackKind,
     /// True once the peer answered the offer that added it.
     active: bool,
     tx_ssrc: Option<Ssrc>,
     rewriter: RtpRewriter,
+    vp8: Vp8Rewriter,
     /// Source payload type and the peer's payload type for the same codec.
     pt_map: Option<(u8, str0m::media::Pt)>,
-    /// Video waits for a keyframe before the first packet (and after a source change).
-    needs_keyframe: bool,
+    /// The quality the peer's tile needs (video).
+    wanted: Quality,
+    /// The layer forwarded now; None until the first keyframe (and after a change of track).
+    current: Option<u8>,
+    /// The layer to forward; a switch happens at its next keyframe.
+    target: Option<u8>,
+    /// The bandwidth allocator's limit: None unlimited, Some(None) paused, Some(Some(l))
+    /// at most layer l.
+    cap: Option<Option<u8>>,
+    /// Place in the client's list of shown tracks (its importance among equals).
+    order: usize,
+}
+
+impl Subscription {
+    fn new(kind: TrackKind) -> Self {
+        let clock = if kind == TrackKind::Audio { 48_000 } else { 90_000 };
+        Self {
+            publication: None,
+            kind,
+            active: false,
+            tx_ssrc: None,
+            rewriter: RtpRewriter::new(clock),
+            vp8: Vp8Rewriter::default(),
+            pt_map: None,
+            wanted: MAX_LAYERS as u8 - 1,
+            current: None,
+            target: None,
+            cap: None,
+            order: usize::MAX,
+        }
+    }
+
+    /// The layer to send of a track whose layers `arriving` arrive now.
+    fn choose_target(&self, arriving: [bool; MAX_LAYERS]) -> Option<u8> {
+        match self.cap {
+            Some(None) => None,
+            Some(Some(cap)) => choose_layer(self.wanted.min(cap), arriving),
+            None => choose_layer(self.wanted, arriving),
+        }
+    }
+
+    /// Carry `key` from now on (or nothing): video waits for a keyframe of the new track.
+    fn assign(&mut self, key: Option<PublicationKey>) {
+        self.publication = key;
+        self.pt_map = None;
+        self.rewriter.forget_retired();
+        if self.kind == TrackKind::Audio {
+            self.current = key.map(|_| 0);
+            self.target = self.current;
+        } else {
+            self.current = None;
+            self.target = None;
+        }
+    }
 }
 
 struct Session {
@@ -94,9 +161,12 @@ struct Session {
     pending_offer: Option<SdpPendingOffer>,
     /// The client's first offer was answered: the transport exists and we may offer.
     negotiated: bool,
-    /// Publications to add to the next server offer, and our mids to stop.
+    /// Tracks that need a new slot in the next server offer.
     to_add: Vec<PublicationKey>,
-    to_stop: Vec<Mid>,
+    /// The video tracks the client shows (None: it never said; it gets every one).
+    view: Option<Vec<ShownTrack>>,
+    /// Which slot carries each track.
+    slot_of: HashMap<PublicationKey, Mid>,
     /// Sources the client named for its mids in its last offer.
     sources: HashMap<Mid, TrackSource>,
     /// Tracks published in the offer being answered.
@@ -104,7 +174,15 @@ struct Session {
     published: HashMap<Mid, String>,
     /// Mids whose publication was refused (no grant, over the limit): told once.
     refused: std::collections::HashSet<Mid>,
-    rx_mid: HashMap<Ssrc, Mid>,
+    /// The latest bandwidth estimate for what we send it (bits per second).
+    estimate: Option<u64>,
+    /// Its estimate comes from transport-cc (REMB reports are then ignored).
+    twcc: bool,
+    /// Media bytes forwarded to it since the last measurement, and the measured rate.
+    sent_bytes: u64,
+    sent_bps: u64,
+    /// Incoming SSRC to its mid and simulcast layer.
+    rx_mid: HashMap<Ssrc, (Mid, u8)>,
     subscriptions: HashMap<Mid, Subscription>,
     nacks_seen: HashMap<Mid, u64>,
     created: Instant,
@@ -143,6 +221,8 @@ pub(crate) struct Shard {
     /// Sessions whose engine panicked, to end after this input.
     failed: Vec<SessionId>,
     next_session: SessionId,
+    /// When layer bitrates were last measured.
+    last_measure: Instant,
 }
 
 pub(crate) struct ShardParts {
@@ -179,6 +259,7 @@ impl Shard {
             failed: Vec::new(),
             // Session ids carry the shard index in the low bits so they are unique per node.
             next_session: 1,
+            last_measure: Instant::now(),
         })
     }
 
@@ -266,6 +347,12 @@ impl Shard {
             ShardInput::Answer { session, sdp } => self.handle_answer(session, &sdp),
             ShardInput::Candidate { session, candidate } => self.handle_candidate(session, &candidate),
             ShardInput::Mute { session, track_id, muted } => self.handle_mute(session, &track_id, muted),
+            ShardInput::Subscribe { session, tracks } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.view = Some(tracks);
+                    self.sync_video_slots(session);
+                }
+            }
             ShardInput::Leave { session, reason } => self.end_session(session, reason),
             ShardInput::Shutdown => {}
         }
@@ -320,7 +407,7 @@ impl Shard {
 
         let room = self.rooms.entry(request.room.clone()).or_insert_with(|| {
             self.metrics.rooms.inc();
-            Room::new(request.room.clone())
+            Room::new(request.room.clone(), self.config.audio_select())
         });
         self.room_placement.insert(request.room.clone(), self.index);
         let others: Vec<ParticipantInfo> = room.members.iter().map(|m| room.participant_info(m)).collect();
@@ -331,6 +418,10 @@ impl Shard {
             name: request.name.clone(),
         };
         let me = room.participant_info(&member);
+        let dominant = room
+            .dominant
+            .and_then(|d| room.members.iter().find(|m| m.session == d))
+            .map(|m| m.participant_id.clone());
         room.members.push(member);
         let member_ids: Vec<SessionId> = room.others(id).collect();
         for other in member_ids {
@@ -353,7 +444,12 @@ impl Shard {
                 pending_offer: None,
                 negotiated: false,
                 to_add: Vec::new(),
-                to_stop: Vec::new(),
+                view: None,
+                slot_of: HashMap::new(),
+                estimate: None,
+                twcc: false,
+                sent_bytes: 0,
+                sent_bps: 0,
                 sources: HashMap::new(),
                 newly_published: Vec::new(),
                 published: HashMap::new(),
@@ -369,6 +465,10 @@ impl Shard {
         );
         self.load.fetch_add(1, Ordering::Relaxed);
         self.metrics.participants.inc();
+        // A newcomer learns who is talking now, not only at the next change.
+        if let (Some(participant_id), Some(s)) = (dominant, self.sessions.get(&id)) {
+            s.emit(SessionEvent::ActiveSpeaker { participant_id }, &self.metrics);
+        }
         self.drain(id);
         Ok((id, others))
     }
@@ -465,9 +565,9 @@ impl Shard {
         };
         let published = std::mem::take(&mut session.newly_published);
         session.emit(SessionEvent::Answer { sdp: answer.to_sdp_string(), published }, &self.metrics);
-        if first && session.can_subscribe {
-            let room = &self.rooms[&session.room];
-            session.to_add.extend(room.publications.keys().filter(|(owner, _)| *owner != id).copied());
+        if first {
+            self.sync_audio_slots(id);
+            self.sync_video_slots(id);
         }
         self.offer_if_needed(id);
     }
@@ -506,15 +606,15 @@ impl Shard {
             if !sub.active {
                 sub.active = true;
                 sub.tx_ssrc = session.rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
-                if sub.kind == TrackKind::Video {
-                    want_keyframe.push(sub.publication);
+                if let (Some(key), Some(layer)) = (sub.publication, sub.target) {
+                    want_keyframe.push((key, layer));
                 }
             }
         }
         self.drain(id);
         let now = Instant::now();
-        for key in want_keyframe {
-            self.request_keyframe(key, now);
+        for (key, layer) in want_keyframe {
+            self.request_keyframe(key, layer, now);
         }
         self.offer_if_needed(id);
     }
@@ -568,29 +668,37 @@ impl Shard {
         }
     }
 
-    /// Send a server offer when tracks to receive changed and no negotiation is in flight.
+    /// Send a server offer when tracks need new slots and no negotiation is in flight.
     fn offer_if_needed(&mut self, id: SessionId) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        if !session.negotiated || session.pending_offer.is_some() {
-            return;
-        }
-        if session.to_add.is_empty() && session.to_stop.is_empty() {
+        if !session.negotiated || session.pending_offer.is_some() || session.to_add.is_empty() {
             return;
         }
         let Some(room) = self.rooms.get_mut(&session.room) else {
             return;
         };
+        let now = Instant::now();
         let mut api = session.rtc.sdp_api();
-        for key in session.to_add.drain(..) {
+        let mut added = Vec::new();
+        for key in std::mem::take(&mut session.to_add) {
+            if session.slot_of.contains_key(&key) {
+                continue;
+            }
             let Some(publication) = room.publications.get_mut(&key) else {
                 continue;
             };
+            let wanted = match publication.track.kind {
+                TrackKind::Audio => room.audio.is_selected(key).then_some(0),
+                TrackKind::Video => wanted_quality(&session.view, &publication.track.id),
+            };
+            let Some(wanted) = wanted else { continue };
             let kind = match publication.track.kind {
                 TrackKind::Audio => MediaKind::Audio,
                 TrackKind::Video => MediaKind::Video,
             };
+            // The msid names the first track; `slots` says what the mid carries later.
             let mid = api.add_media(
                 kind,
                 Direction::SendOnly,
@@ -598,29 +706,159 @@ impl Shard {
                 Some(publication.track.id.clone()),
                 None,
             );
-            let clock = if publication.track.kind == TrackKind::Audio { 48_000 } else { 90_000 };
+            let mut slot = Subscription::new(publication.track.kind);
+            slot.assign(Some(key));
+            slot.wanted = wanted;
+            slot.order = view_order(&session.view, &publication.track.id);
+            if slot.kind == TrackKind::Video {
+                slot.target = slot.choose_target(publication.arriving(now));
+            }
             publication.subscribers.push((id, mid));
-            session.subscriptions.insert(
-                mid,
-                Subscription {
-                    publication: key,
-                    kind: publication.track.kind,
-                    active: false,
-                    tx_ssrc: None,
-                    rewriter: RtpRewriter::new(clock),
-                    pt_map: None,
-                    needs_keyframe: publication.track.kind == TrackKind::Video,
-                },
-            );
-        }
-        for mid in session.to_stop.drain(..) {
-            api.stop_media(mid);
+            session.slot_of.insert(key, mid);
+            session.subscriptions.insert(mid, slot);
+            added.push(SlotInfo {
+                mid: mid.to_string(),
+                track: Some((publication.owner_participant.clone(), publication.track.id.clone())),
+            });
         }
         if let Some((offer, pending)) = api.apply() {
             session.pending_offer = Some(pending);
             session.emit(SessionEvent::Offer { sdp: offer.to_sdp_string() }, &self.metrics);
+            session.emit(SessionEvent::Slots(added), &self.metrics);
         }
         self.drain(id);
+    }
+
+    /// Give this session a slot for each selected audio track of its room (top-N in
+    /// large rooms), reusing slots of tracks no longer selected.
+    fn sync_audio_slots(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if !session.can_subscribe || !session.negotiated {
+            return;
+        }
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let desired: Vec<PublicationKey> =
+            room.audio.selected().filter(|k| k.0 != id && room.publications.contains_key(k)).collect();
+        let mut changes = Vec::new();
+        for key in desired {
+            if session.slot_of.contains_key(&key) {
+                continue;
+            }
+            // A slot whose track is no longer selected is free.
+            let free = session
+                .subscriptions
+                .iter()
+                .filter(|(_, sub)| sub.kind == TrackKind::Audio)
+                .find(|(_, sub)| sub.publication.is_none_or(|k| !room.audio.is_selected(k)))
+                .map(|(mid, _)| *mid);
+            let Some(mid) = free else {
+                if !session.to_add.contains(&key) {
+                    session.to_add.push(key);
+                    self.offers_due.push(id);
+                }
+                continue;
+            };
+            reassign_slot(session, &mut room.publications, id, mid, Some(key));
+            changes.push(slot_info(&room.publications, mid, Some(key)));
+        }
+        if !changes.is_empty() {
+            session.emit(SessionEvent::Slots(changes), &self.metrics);
+        }
+    }
+
+    /// Make this session's video slots carry what it shows: free the slots of tracks it
+    /// stopped showing, reuse them for new ones, ask for new slots when there are none.
+    fn sync_video_slots(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if !session.can_subscribe || !session.negotiated {
+            return;
+        }
+        let Some(room) = self.rooms.get_mut(&session.room) else { return };
+        let now = Instant::now();
+        let mut desired: Vec<(PublicationKey, Quality)> = room
+            .publications
+            .iter()
+            .filter(|(key, p)| key.0 != id && p.track.kind == TrackKind::Video)
+            .filter_map(|(key, p)| wanted_quality(&session.view, &p.track.id).map(|q| (*key, q)))
+            .collect();
+        desired.sort_unstable_by_key(|(key, _)| *key);
+        let mut changes = Vec::new();
+        let mut keyframes = Vec::new();
+        let mut resume = Vec::new();
+        // Free the slots of tracks no longer shown.
+        let stale: Vec<Mid> = session
+            .subscriptions
+            .iter()
+            .filter(|(_, sub)| sub.kind == TrackKind::Video)
+            .filter(|(_, sub)| sub.publication.is_some_and(|k| !desired.iter().any(|(d, _)| *d == k)))
+            .map(|(mid, _)| *mid)
+            .collect();
+        for mid in stale {
+            reassign_slot(session, &mut room.publications, id, mid, None);
+            changes.push(slot_info(&room.publications, mid, None));
+        }
+        for (key, quality) in desired {
+            let mid = match session.slot_of.get(&key) {
+                Some(mid) => *mid,
+                None => {
+                    let free = session
+                        .subscriptions
+                        .iter()
+                        .filter(|(_, sub)| sub.kind == TrackKind::Video && sub.publication.is_none())
+                        .map(|(mid, _)| *mid)
+                        .min();
+                    let Some(mid) = free else {
+                        if !session.to_add.contains(&key) {
+                            session.to_add.push(key);
+                            self.offers_due.push(id);
+                        }
+                        continue;
+                    };
+                    reassign_slot(session, &mut room.publications, id, mid, Some(key));
+                    changes.push(slot_info(&room.publications, mid, Some(key)));
+                    mid
+                }
+            };
+            let Some(sub) = session.subscriptions.get_mut(&mid) else { continue };
+            let Some(publication) = room.publications.get(&key) else { continue };
+            if quality > sub.wanted && publication.layers.iter().any(|l| l.paused) && !resume.contains(&key) {
+                resume.push(key);
+            }
+            sub.wanted = quality;
+            sub.order = view_order(&session.view, &publication.track.id);
+            let target = sub.choose_target(publication.arriving(now));
+            if target != sub.target {
+                sub.target = target;
+                if let Some(layer) = target
+                    && sub.current != target
+                    && sub.active
+                {
+                    keyframes.push((key, layer));
+                }
+            }
+        }
+        if !changes.is_empty() {
+            session.emit(SessionEvent::Slots(changes), &self.metrics);
+        }
+        for (key, layer) in keyframes {
+            self.request_keyframe(key, layer, now);
+        }
+        // A wanted layer that is paused at its publisher resumes now, not at housekeeping.
+        for key in resume {
+            self.pause_unneeded_layers(key, now);
+        }
+    }
+
+    /// Sync the audio slots of every member of a room (its selection changed).
+    fn sync_room_audio(&mut self, room: &str) {
+        let Some(members) =
+            self.rooms.get(room).map(|r| r.members.iter().map(|m| m.session).collect::<Vec<_>>())
+        else {
+            return;
+        };
+        for id in members {
+            self.sync_audio_slots(id);
+        }
     }
 
     /// Drain one session's output: send datagrams, handle events, note its next timeout.
@@ -695,13 +933,33 @@ impl Shard {
             Event::MediaChanged(changed) => self.sync_publication(id, changed.mid),
             Event::KeyframeRequest(request) => {
                 self.metrics.keyframe_requests.with_label_values(&["received"]).inc();
-                let key = self
+                let wanted = self
                     .sessions
                     .get(&id)
                     .and_then(|s| s.subscriptions.get(&request.mid))
-                    .map(|sub| sub.publication);
-                if let Some(key) = key {
-                    self.request_keyframe(key, Instant::now());
+                    .and_then(|sub| Some((sub.publication?, sub.current.or(sub.target)?)));
+                if let Some((key, layer)) = wanted {
+                    self.request_keyframe(key, layer, Instant::now());
+                }
+            }
+            Event::EgressBitrateEstimate(estimate) => {
+                if !self.config.bwe {
+                    return;
+                }
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    match estimate {
+                        BweKind::Twcc { estimate, can_probe } => {
+                            if can_probe {
+                                s.twcc = true;
+                            }
+                            if s.twcc {
+                                s.estimate = Some(estimate.as_u64());
+                            }
+                        }
+                        // REMB only where transport-cc is not negotiated.
+                        BweKind::Remb { estimate, .. } if !s.twcc => s.estimate = Some(estimate.as_u64()),
+                        _ => {}
+                    }
                 }
             }
             Event::MediaEgressStats(stats) => {
@@ -773,17 +1031,21 @@ impl Shard {
         self.metrics.tracks.inc();
         info!(participant = %participant_id, room = %room.name, track = %track.id, kind = kind.as_str(), "track published");
         let others: Vec<SessionId> = room.others(id).collect();
-        for other in others {
-            let Some(s) = self.sessions.get_mut(&other) else {
+        for other in &others {
+            let Some(s) = self.sessions.get_mut(other) else {
                 continue;
             };
             s.emit(
                 SessionEvent::TrackPublished { participant_id: participant_id.clone(), track: track.clone() },
                 &self.metrics,
             );
-            if s.can_subscribe && s.negotiated {
-                s.to_add.push((id, mid));
-                self.offers_due.push(other);
+        }
+        if kind == TrackKind::Video {
+            // Clients that never said what they show receive every video track.
+            for other in others {
+                if self.sessions.get(&other).is_some_and(|s| s.view.is_none()) {
+                    self.sync_video_slots(other);
+                }
             }
         }
     }
@@ -801,11 +1063,19 @@ impl Shard {
             return;
         };
         self.metrics.tracks.dec();
+        room.audio.remove((id, mid));
         let others: Vec<SessionId> = room.others(id).collect();
+        // Its slots are free for other tracks; their peers are told they carry nothing now.
         for (sub_session, sub_mid) in &publication.subscribers {
             if let Some(s) = self.sessions.get_mut(sub_session) {
-                s.subscriptions.remove(sub_mid);
-                s.to_stop.push(*sub_mid);
+                s.slot_of.remove(&(id, mid));
+                if let Some(sub) = s.subscriptions.get_mut(sub_mid) {
+                    sub.assign(None);
+                }
+                s.emit(
+                    SessionEvent::Slots(vec![SlotInfo { mid: sub_mid.to_string(), track: None }]),
+                    &self.metrics,
+                );
             }
         }
         for other in others {
@@ -820,21 +1090,21 @@ impl Shard {
                 },
                 &self.metrics,
             );
-            self.offers_due.push(other);
         }
     }
 
-    fn request_keyframe(&mut self, key: PublicationKey, now: Instant) {
+    fn request_keyframe(&mut self, key: PublicationKey, layer: u8, now: Instant) {
         let Some(room) = self.sessions.get(&key.0).map(|s| s.room.clone()) else {
             return;
         };
         let Some(publication) = self.rooms.get_mut(&room).and_then(|r| r.publications.get_mut(&key)) else {
             return;
         };
-        let Some(ssrc) = publication.source_ssrc else {
+        let Some(layer) = publication.layers.get_mut(layer as usize) else { return };
+        let Some(ssrc) = layer.ssrc else {
             return;
         };
-        if !publication.keyframe_throttle.request(now) {
+        if !layer.keyframe_throttle.request(now) {
             return;
         }
         self.send_keyframe_request(key.0, ssrc);
@@ -851,35 +1121,61 @@ impl Shard {
         }
     }
 
-    /// The packet path: one RTP packet from a publisher to each of its subscribers.
+    /// The mid and simulcast layer an incoming SSRC belongs to.
+    fn rx_stream(session: &mut Session, ssrc: Ssrc) -> Option<(Mid, u8)> {
+        if let Some(found) = session.rx_mid.get(&ssrc) {
+            return Some(*found);
+        }
+        let (mid, rid) = {
+            let mut api = session.rtc.direct_api();
+            let rx = api.stream_rx(&ssrc)?;
+            (rx.mid(), rx.rid())
+        };
+        let layer = match rid {
+            None => 0,
+            Some(rid) => {
+                let offered: Vec<String> = match session.rtc.media(mid).map(|m| m.rids_rx()) {
+                    Some(str0m::media::Rids::Specific(rids)) => rids.iter().map(|r| r.to_string()).collect(),
+                    _ => Vec::new(),
+                };
+                rid_rank(&rid.to_string(), &offered)
+            }
+        };
+        session.rx_mid.insert(ssrc, (mid, layer));
+        Some((mid, layer))
+    }
+
+    /// The packet path: one RTP packet from a publisher to each slot that carries it.
     fn forward(&mut self, id: SessionId, packet: RtpPacket) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
         let ssrc = packet.header.ssrc;
-        let mid = match session.rx_mid.get(&ssrc) {
-            Some(mid) => *mid,
-            None => {
-                let Some(mid) = session.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
-                    return;
-                };
-                session.rx_mid.insert(ssrc, mid);
-                mid
-            }
-        };
+        let Some((mid, layer)) = Self::rx_stream(session, ssrc) else { return };
         let pt = *packet.header.payload_type;
         if session.rtc.media(mid).is_none() {
             return;
         }
         let spec_for_pt = |rtc: &Rtc| rtc.codec_config().find(|p| *p.pt() == pt).map(|p| p.spec());
-        let Some(room) = self.rooms.get_mut(&session.room) else {
+        let room_name = &session.room;
+        let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        let Room { publications, speakers, .. } = room;
+        let room_size = room.members.len();
+        let Room { publications, speakers, audio, .. } = room;
         let Some(publication) = publications.get_mut(&(id, mid)) else {
             return;
         };
-        publication.source_ssrc = Some(ssrc);
+        let now = packet.timestamp;
+        let resumed = !publication.arriving(now)[layer as usize];
+        let state = &mut publication.layers[layer as usize];
+        if state.ssrc != Some(ssrc) {
+            state.ssrc = Some(ssrc);
+            state.rid =
+                session.rtc.direct_api().stream_rx(&ssrc).and_then(|rx| rx.rid()).map(|r| r.to_string());
+        }
+        state.last_packet = Some(now);
+        state.bytes += packet.payload.len() as u64;
         if publication.source_format.is_none_or(|(p, _)| p != pt) {
             let Some(spec) = spec_for_pt(&session.rtc) else {
                 return;
@@ -891,20 +1187,50 @@ impl Shard {
             };
             publication.source_format = Some((pt, spec));
         }
-        let Some((_, spec)) = publication.source_format else {
-            return;
-        };
         let keyframe = publication.video_codec.is_some_and(|c| starts_keyframe(c, &packet.payload));
         if keyframe {
-            publication.keyframe_throttle.keyframe_received();
+            publication.layers[layer as usize].keyframe_throttle.keyframe_received();
         }
         let is_video = publication.track.kind == TrackKind::Video;
-        if !is_video && let Some(level) = packet.header.ext_vals.audio_level {
-            speakers.record(id, level.unsigned_abs().min(127), packet.timestamp);
+        if !is_video {
+            let level = packet.header.ext_vals.audio_level.map(|l| l.unsigned_abs().min(127));
+            if let Some(level) = level {
+                speakers.record(id, level, now);
+            }
+            let verdict =
+                audio.on_packet((id, mid), level, packet.header.ext_vals.voice_activity, now, room_size);
+            if !verdict.forward {
+                self.metrics.audio_not_selected.inc();
+                return;
+            }
+            if verdict.admitted.is_some() {
+                let room_name = room_name.clone();
+                self.sync_room_audio(&room_name);
+            }
         }
+        if resumed && is_video {
+            // A layer (re)started: slots waiting for it switch at this very keyframe.
+            self.retarget_layers((id, mid), now);
+        }
+        self.forward_to_slots(id, mid, layer, keyframe, &packet);
+    }
+
+    fn forward_to_slots(&mut self, id: SessionId, mid: Mid, layer: u8, keyframe: bool, packet: &RtpPacket) {
+        let Some(session) = self.sessions.get(&id) else { return };
+        let Some(publication) = self.rooms.get(&session.room).and_then(|r| r.publications.get(&(id, mid)))
+        else {
+            return;
+        };
+        let Some((pt, spec)) = publication.source_format else {
+            return;
+        };
+        let is_video = publication.track.kind == TrackKind::Video;
+        let vp8 = publication.video_codec == Some(VideoCodec::Vp8);
+        let ssrc = packet.header.ssrc;
         let arrival_ms = packet.timestamp.saturating_duration_since(epoch()).as_millis() as u64;
         let ext = forwarded_extensions(&packet.header.ext_vals);
         let mut wants_keyframe = false;
+        let mut retarget = false;
         for (sub_id, sub_mid) in &publication.subscribers {
             let Some(subscriber) = self.sessions.get_mut(sub_id) else {
                 continue;
@@ -915,12 +1241,21 @@ impl Shard {
             if !sub.active {
                 continue;
             }
-            if sub.needs_keyframe {
+            if sub.current != Some(layer) {
+                if sub.target != Some(layer) {
+                    // Another layer of the track, or the target layer has stopped arriving.
+                    retarget |= sub.current.is_none() && sub.target.is_none() && sub.cap != Some(None);
+                    continue;
+                }
                 if !keyframe {
                     wants_keyframe = true;
                     continue;
                 }
-                sub.needs_keyframe = false;
+                if sub.current.is_some() {
+                    self.metrics.layer_switches.inc();
+                }
+                sub.current = Some(layer);
+                sub.rewriter.allow(*ssrc);
             }
             let out_pt = match sub.pt_map {
                 Some((src, dst)) if src == pt => dst,
@@ -947,11 +1282,12 @@ impl Shard {
             ) else {
                 continue;
             };
+            let renumber = if vp8 { sub.vp8.rewrite(*ssrc, &packet.payload) } else { None };
             let mut api = subscriber.rtc.direct_api();
             let Some(stream) = api.stream_tx(&tx_ssrc) else {
                 continue;
             };
-            let write = RtpWrite::new(
+            let mut write = RtpWrite::new(
                 out_pt,
                 out.seq.into(),
                 out.timestamp,
@@ -961,19 +1297,233 @@ impl Shard {
             .marker(packet.header.marker)
             .ext_vals(ext.clone())
             .nackable(is_video);
+            if let Some(patch) = renumber.and_then(|r| vp8_patch(&packet.payload, r)) {
+                write = write.vp8_patch(patch);
+            }
             if contained(&mut self.failed, &self.metrics, *sub_id, || stream.write_rtp(write)).is_none() {
                 continue;
             }
             self.metrics.rtp_forwarded.inc();
+            subscriber.sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
             self.dirty.push(*sub_id);
         }
         if wants_keyframe {
-            self.request_keyframe((id, mid), packet.timestamp);
+            self.request_keyframe((id, mid), layer, packet.timestamp);
+        }
+        if retarget {
+            self.retarget_layers((id, mid), packet.timestamp);
+        }
+    }
+
+    /// Fit each subscriber's video into its bandwidth estimate (select/allocator.rs), and
+    /// tell its engine how much it would like to send so the estimate can grow to it.
+    fn allocate_bandwidth(&mut self, now: Instant) {
+        let ids: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.estimate.is_some()).map(|(id, _)| *id).collect();
+        for id in ids {
+            let Some(session) = self.sessions.get_mut(&id) else { continue };
+            let Some(room) = self.rooms.get(&session.room) else { continue };
+            let Some(estimate) = session.estimate else { continue };
+            // Audio always goes: the video budget is what is left of the estimate.
+            let audio_bps = 50_000
+                * session
+                    .subscriptions
+                    .values()
+                    .filter(|s| s.kind == TrackKind::Audio && s.publication.is_some())
+                    .count() as u64;
+            let mut mids = Vec::new();
+            let mut tracks = Vec::new();
+            let mut current = Vec::new();
+            for (mid, sub) in &session.subscriptions {
+                let Some(publication) = sub.publication.and_then(|k| room.publications.get(&k)) else {
+                    continue;
+                };
+                if sub.kind != TrackKind::Video {
+                    continue;
+                }
+                let arriving = publication.arriving(now);
+                let layer_bps = std::array::from_fn(|l| {
+                    if !arriving[l] {
+                        0
+                    } else if publication.layers[l].bps > 0 {
+                        publication.layers[l].bps
+                    } else {
+                        NOMINAL_LAYER_BPS[l]
+                    }
+                });
+                let priority = if publication.track.source == TrackSource::Screen {
+                    Priority::Screen
+                } else if Some(publication_owner(sub)) == room.dominant {
+                    Priority::Speaker
+                } else {
+                    Priority::Normal
+                };
+                mids.push((sub.order, *mid));
+                tracks.push((
+                    sub.order,
+                    AllocTrack { priority, wanted: choose_layer(sub.wanted, arriving), layer_bps },
+                ));
+                // Never allocated yet: start from what it wants (step down if it must),
+                // rather than creep up from nothing.
+                current.push((sub.order, sub.cap.unwrap_or(Some(MAX_LAYERS as u8 - 1))));
+            }
+            mids.sort_unstable();
+            tracks.sort_unstable_by_key(|(o, _)| *o);
+            current.sort_unstable_by_key(|(o, _)| *o);
+            let tracks: Vec<AllocTrack> = tracks.into_iter().map(|(_, t)| t).collect();
+            let current: Vec<Option<u8>> = current.into_iter().map(|(_, c)| c).collect();
+            let desired: u64 = audio_bps
+                + tracks.iter().filter_map(|t| t.wanted.map(|w| t.layer_bps[w as usize])).sum::<u64>();
+            // An estimate above what is actually sent says nothing is congested: GCC cannot
+            // see capacity it is not using, so its estimate of an application-limited path
+            // only tracks the send rate. Then what is allocated now may stay; only an
+            // estimate below the send rate steps layers down.
+            let current_cost: u64 = tracks
+                .iter()
+                .zip(&current)
+                .filter_map(|(t, c)| c.zip(t.wanted).map(|(l, w)| t.layer_bps[l.min(w) as usize]))
+                .sum();
+            let budget =
+                if estimate >= session.sent_bps { estimate.max(current_cost + audio_bps) } else { estimate };
+            let allocation = allocate(budget.saturating_sub(audio_bps), &tracks, &current);
+            let mut keyframes = Vec::new();
+            let mut paused = 0;
+            for ((_, mid), cap) in mids.into_iter().zip(allocation) {
+                let Some(sub) = session.subscriptions.get_mut(&mid) else { continue };
+                sub.cap = Some(cap);
+                if cap.is_none() {
+                    paused += 1;
+                    sub.current = None;
+                }
+                let Some(publication) = sub.publication.and_then(|k| room.publications.get(&k)) else {
+                    continue;
+                };
+                let target = sub.choose_target(publication.arriving(now));
+                if target != sub.target {
+                    sub.target = target;
+                    if let (Some(layer), Some(key)) = (target, sub.publication)
+                        && sub.current != target
+                    {
+                        keyframes.push((key, layer));
+                    }
+                }
+            }
+            if paused > 0 {
+                self.metrics.paused_by_bandwidth.inc_by(paused);
+            }
+            // Ask for enough that an upgrade's headroom can be found by probing.
+            let desired = (desired as f64 / UPGRADE_HEADROOM) as u64;
+            session.rtc.bwe().set_bitrate(Bitrate::bps(0), Bitrate::bps(desired.max(300_000)));
+            self.dirty.push(id);
+            for (key, layer) in keyframes {
+                self.request_keyframe(key, layer, now);
+            }
+        }
+    }
+
+    /// Tell a simulcast publisher which layers someone takes, so it stops encoding the
+    /// others: a layer is paused after nobody took it for `LAYER_PAUSE_AFTER`, and resumed
+    /// as soon as someone wants it. The lowest layer always stays on, for a fast start.
+    fn pause_unneeded_layers(&mut self, key: PublicationKey, now: Instant) {
+        let Some(owner) = self.sessions.get(&key.0) else { return };
+        let Some(room) = self.rooms.get_mut(&owner.room) else { return };
+        let Some(publication) = room.publications.get(&key) else { return };
+        let offered = publication.offered();
+        if offered.iter().filter(|o| **o).count() < 2 {
+            return;
+        }
+        let mut needed = [false; MAX_LAYERS];
+        for (sub_id, sub_mid) in &publication.subscribers {
+            let Some(sub) = self.sessions.get(sub_id).and_then(|s| s.subscriptions.get(sub_mid)) else {
+                continue;
+            };
+            if let Some(l) = choose_layer(sub.wanted, offered) {
+                needed[l as usize] = true;
+            }
+        }
+        let lowest = offered.iter().position(|o| *o).unwrap_or(0);
+        needed[lowest] = true;
+        let Some(publication) = room.publications.get_mut(&key) else { return };
+        let mut changed = false;
+        for (l, layer) in publication.layers.iter_mut().enumerate() {
+            if !offered[l] {
+                continue;
+            }
+            if needed[l] {
+                layer.unneeded_since = None;
+                changed |= std::mem::replace(&mut layer.paused, false);
+            } else {
+                let since = *layer.unneeded_since.get_or_insert(now);
+                if !layer.paused && now.saturating_duration_since(since) >= LAYER_PAUSE_AFTER {
+                    layer.paused = true;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            let active: Vec<String> = publication
+                .layers
+                .iter()
+                .filter(|l| l.ssrc.is_some() && !l.paused)
+                .filter_map(|l| l.rid.clone())
+                .collect();
+            let track_id = publication.track.id.clone();
+            if let Some(owner) = self.sessions.get(&key.0) {
+                self.metrics.layer_pauses.inc();
+                owner.emit(SessionEvent::Layers { track_id, active }, &self.metrics);
+            }
+        }
+    }
+
+    /// Choose again the layer each slot of a track should carry, from what arrives now.
+    fn retarget_layers(&mut self, key: PublicationKey, now: Instant) {
+        let Some(session) = self.sessions.get(&key.0) else { return };
+        let Some(publication) = self.rooms.get(&session.room).and_then(|r| r.publications.get(&key)) else {
+            return;
+        };
+        if publication.track.kind != TrackKind::Video {
+            return;
+        }
+        let arriving = publication.arriving(now);
+        let mut keyframes = Vec::new();
+        for (sub_id, sub_mid) in &publication.subscribers {
+            let Some(sub) = self.sessions.get_mut(sub_id).and_then(|s| s.subscriptions.get_mut(sub_mid))
+            else {
+                continue;
+            };
+            let target = sub.choose_target(arriving);
+            if target != sub.target {
+                sub.target = target;
+                if let Some(layer) = target
+                    && sub.current != target
+                    && !keyframes.contains(&layer)
+                {
+                    keyframes.push(layer);
+                }
+            }
+        }
+        for layer in keyframes {
+            self.request_keyframe(key, layer, now);
         }
     }
 
     fn housekeeping(&mut self, now: Instant) {
         self.announce_speakers(now);
+        if now.saturating_duration_since(self.last_measure) >= MEASURE_INTERVAL {
+            let secs = now.saturating_duration_since(self.last_measure).as_secs_f64();
+            self.last_measure = now;
+            for session in self.sessions.values_mut() {
+                session.sent_bps = (std::mem::take(&mut session.sent_bytes) as f64 * 8.0 / secs) as u64;
+            }
+            for room in self.rooms.values_mut() {
+                for publication in room.publications.values_mut() {
+                    for layer in publication.layers.iter_mut() {
+                        layer.bps = (std::mem::take(&mut layer.bytes) as f64 * 8.0 / secs) as u64;
+                    }
+                }
+            }
+        }
+        self.allocate_bandwidth(now);
         let mut expired = Vec::new();
         for (id, s) in &self.sessions {
             let never_connected = !s.connected && now.duration_since(s.created) > self.config.connect_timeout;
@@ -990,17 +1540,30 @@ impl Shard {
         }
         // Deferred keyframe requests whose throttle interval ended.
         let mut due = Vec::new();
+        let mut video = Vec::new();
         for room in self.rooms.values_mut() {
+            let size = room.members.len();
+            room.audio.trim(now, size);
             for (key, publication) in room.publications.iter_mut() {
-                if publication.keyframe_throttle.poll(now)
-                    && let Some(ssrc) = publication.source_ssrc
-                {
-                    due.push((key.0, ssrc));
+                for layer in publication.layers.iter_mut() {
+                    if layer.keyframe_throttle.poll(now)
+                        && let Some(ssrc) = layer.ssrc
+                    {
+                        due.push((key.0, ssrc));
+                    }
+                }
+                if publication.track.kind == TrackKind::Video {
+                    video.push(*key);
                 }
             }
         }
         for (owner, ssrc) in due {
             self.send_keyframe_request(owner, ssrc);
+        }
+        // Layers that stopped or started arriving, and layers nobody takes.
+        for key in video {
+            self.retarget_layers(key, now);
+            self.pause_unneeded_layers(key, now);
         }
     }
 
@@ -1009,6 +1572,7 @@ impl Shard {
         for room in self.rooms.values_mut() {
             let Some(speaker) = room.speakers.poll(now) else { continue };
             let Some(member) = room.members.iter().find(|m| m.session == speaker) else { continue };
+            room.dominant = Some(speaker);
             let event = SessionEvent::ActiveSpeaker { participant_id: member.participant_id.clone() };
             for m in &room.members {
                 if let Some(s) = self.sessions.get(&m.session) {
@@ -1046,7 +1610,7 @@ impl Shard {
         room.speakers.remove(id);
         // Its subscriptions leave the publications they fed from.
         for (mid, sub) in &session.subscriptions {
-            if let Some(p) = room.publications.get_mut(&sub.publication) {
+            if let Some(p) = sub.publication.and_then(|k| room.publications.get_mut(&k)) {
                 p.subscribers.retain(|(s, m)| !(*s == id && m == mid));
             }
         }
@@ -1082,13 +1646,16 @@ impl Shard {
 /// A session's WebRTC engine as every participant gets it: ICE-lite, RTP mode (we forward
 /// packets, not frames), and a NACK cache sized from the config.
 pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -> Rtc {
-    Rtc::builder()
+    let mut builder = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .set_local_ice_credentials(creds)
         .set_send_buffer_video(config.nack_cache_packets)
-        .set_stats_interval(Some(STATS_INTERVAL))
-        .build(now)
+        .set_stats_interval(Some(STATS_INTERVAL));
+    if config.bwe {
+        builder = builder.enable_bwe(Some(Bitrate::bps(config.bwe_initial_bps)));
+    }
+    builder.build(now)
 }
 
 /// Header extensions that describe the media and so travel with it; transport ones
@@ -1121,6 +1688,71 @@ fn matching_pt(rtc: &Rtc, mid: Mid, spec: &CodecSpec) -> Option<str0m::media::Pt
 }
 
 /// The mids of an SDP, in order (`a=mid:` lines).
+/// str0m's in-place descriptor patch for a renumbered VP8 packet (applied as it is
+/// serialized, so the shared payload is not copied per subscriber).
+fn vp8_patch(payload: &[u8], renumber: crate::forward::vp8::Vp8Renumber) -> Option<str0m::rtp::Vp8Patch> {
+    let mut builder = str0m::rtp::Vp8Descriptor::parse(payload).ok()?.patch();
+    if let Some(pid) = renumber.picture_id {
+        builder = builder.picture_id(pid);
+    }
+    if let Some(tl0) = renumber.tl0picidx {
+        builder = builder.tl0_pic_idx(tl0);
+    }
+    builder.build().ok()
+}
+
+/// The session that publishes what a slot carries.
+fn publication_owner(sub: &Subscription) -> SessionId {
+    sub.publication.map_or(0, |k| k.0)
+}
+
+/// A track's place in the client's list of shown tracks (auto mode: all equal).
+fn view_order(view: &Option<Vec<ShownTrack>>, track_id: &str) -> usize {
+    view.as_ref().and_then(|v| v.iter().position(|t| t.track_id == track_id)).unwrap_or(usize::MAX)
+}
+
+fn wanted_quality(view: &Option<Vec<ShownTrack>>, track_id: &str) -> Option<Quality> {
+    match view {
+        None => Some(MAX_LAYERS as u8 - 1),
+        Some(shown) => shown.iter().find(|t| t.track_id == track_id).map(|t| t.quality),
+    }
+}
+
+/// Point one of a session's slots at another track (or none), keeping the publications'
+/// lists of slots and the session's track-to-slot map in step.
+fn reassign_slot(
+    session: &mut Session,
+    publications: &mut HashMap<PublicationKey, Publication>,
+    id: SessionId,
+    mid: Mid,
+    key: Option<PublicationKey>,
+) {
+    let Some(sub) = session.subscriptions.get_mut(&mid) else { return };
+    if let Some(old) = sub.publication {
+        if let Some(p) = publications.get_mut(&old) {
+            p.subscribers.retain(|(s, m)| !(*s == id && *m == mid));
+        }
+        session.slot_of.remove(&old);
+    }
+    sub.assign(key);
+    if let Some(key) = key {
+        if let Some(p) = publications.get_mut(&key) {
+            p.subscribers.push((id, mid));
+        }
+        session.slot_of.insert(key, mid);
+    }
+}
+
+fn slot_info(
+    publications: &HashMap<PublicationKey, Publication>,
+    mid: Mid,
+    key: Option<PublicationKey>,
+) -> SlotInfo {
+    let track =
+        key.and_then(|k| publications.get(&k)).map(|p| (p.owner_participant.clone(), p.track.id.clone()));
+    SlotInfo { mid: mid.to_string(), track }
+}
+
 fn offer_mids(sdp: &str) -> Vec<Mid> {
     sdp.lines().filter_map(|l| l.trim_end().strip_prefix("a=mid:")).map(Mid::from).collect()
 }

@@ -1,7 +1,7 @@
 //! The signaling messages on the WebSocket, one JSON object each (docs/protocol.md).
 
 use serde::{Deserialize, Serialize};
-use sfu::{LeaveReason, ParticipantInfo, PublishedTrack, SessionEvent, TrackInfo};
+use sfu::{LeaveReason, ParticipantInfo, PublishedTrack, SessionEvent, SlotInfo, TrackInfo};
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -26,8 +26,43 @@ pub enum ClientMessage {
         track_id: String,
         muted: bool,
     },
+    Subscribe {
+        tracks: Vec<ShownTrack>,
+    },
     Leave,
     Ping,
+}
+
+/// One video track a client shows, with its tile's size in device pixels or a quality.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShownTrack {
+    pub track_id: String,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub quality: Option<String>,
+}
+
+/// What one receiving mid carries.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Slot {
+    pub mid: String,
+    pub participant_id: Option<String>,
+    pub track_id: Option<String>,
+}
+
+impl From<&SlotInfo> for Slot {
+    fn from(s: &SlotInfo) -> Self {
+        Slot {
+            mid: s.mid.clone(),
+            participant_id: s.track.as_ref().map(|t| t.0.clone()),
+            track_id: s.track.as_ref().map(|t| t.1.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +161,14 @@ pub enum ServerMessage {
     ActiveSpeaker {
         participant_id: String,
     },
+    Slots {
+        slots: Vec<Slot>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Layers {
+        track_id: String,
+        active: Vec<String>,
+    },
     Pong,
     Error {
         code: &'static str,
@@ -166,6 +209,12 @@ impl ServerMessage {
             },
             SessionEvent::ActiveSpeaker { participant_id } => {
                 ServerMessage::ActiveSpeaker { participant_id: participant_id.clone() }
+            }
+            SessionEvent::Slots(slots) => {
+                ServerMessage::Slots { slots: slots.iter().map(Slot::from).collect() }
+            }
+            SessionEvent::Layers { track_id, active } => {
+                ServerMessage::Layers { track_id: track_id.clone(), active: active.clone() }
             }
             SessionEvent::Closed { .. } => return None,
         })

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use sfu::{JoinRequest, LeaveReason, MediaError, SessionEvent, SessionHandle, TrackSource};
+use sfu::select::{MAX_LAYERS, quality_for_tile};
+use sfu::{JoinRequest, LeaveReason, MediaError, SessionEvent, SessionHandle, ShownTrack, TrackSource};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -98,6 +99,7 @@ fn message_type(m: &ClientMessage) -> &'static str {
         ClientMessage::Answer { .. } => "answer",
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Mute { .. } => "mute",
+        ClientMessage::Subscribe { .. } => "subscribe",
         ClientMessage::Leave => "leave",
         ClientMessage::Ping => "ping",
     }
@@ -116,7 +118,7 @@ fn classify_json_error(text: &str, e: serde_json::Error) -> ServerMessage {
     }
 }
 
-const KNOWN_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "leave", "ping"];
+const KNOWN_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "subscribe", "leave", "ping"];
 
 pub async fn serve(socket: WebSocket, state: Arc<AppState>) {
     state.metrics.connections.inc();
@@ -269,6 +271,13 @@ async fn relay(
                         _ => Ok(()),
                     },
                     ClientMessage::Mute { track_id, muted } => session.set_muted(track_id, muted),
+                    ClientMessage::Subscribe { tracks } => match shown_tracks(tracks) {
+                        Ok(shown) => session.subscribe(shown),
+                        Err(message) => {
+                            conn.send(&ServerMessage::error("bad_request", message)).await;
+                            Ok(())
+                        }
+                    },
                 };
                 if let Err(e) = result {
                     conn.send(&ServerMessage::error("overloaded", e.to_string())).await;
@@ -290,4 +299,30 @@ async fn relay(
             }
         }
     }
+}
+
+/// Most tracks one `subscribe` may name: a page of tiles plus a screen share, with room.
+pub const MAX_SHOWN_TRACKS: usize = 100;
+
+/// The tracks of a `subscribe`, each with the quality its tile needs.
+fn shown_tracks(tracks: Vec<crate::protocol::ShownTrack>) -> Result<Vec<ShownTrack>, String> {
+    if tracks.len() > MAX_SHOWN_TRACKS {
+        return Err(format!("subscribe names {} tracks; at most {MAX_SHOWN_TRACKS}", tracks.len()));
+    }
+    tracks
+        .into_iter()
+        .map(|t| {
+            let quality = match (t.quality.as_deref(), t.width, t.height) {
+                (Some("low"), _, _) => 0,
+                (Some("medium"), _, _) => 1,
+                (Some("high"), _, _) => MAX_LAYERS as u8 - 1,
+                (Some(other), _, _) => return Err(format!("unknown quality {other:?} (low, medium, high)")),
+                (None, Some(w), Some(h)) => quality_for_tile(w, h),
+                (None, _, _) => {
+                    return Err(format!("track {}: give width and height, or quality", t.track_id));
+                }
+            };
+            Ok(ShownTrack { track_id: t.track_id, quality })
+        })
+        .collect()
 }

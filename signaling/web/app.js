@@ -1,19 +1,48 @@
-// Huiyi web client: lobby with preview, then a grid of participants. Talks the
-// signaling protocol in docs/protocol.md over one WebSocket and one RTCPeerConnection.
+// Huiyi web client: lobby with preview, then a paginated grid of participants and a stage
+// for screen shares. Talks the signaling protocol in docs/protocol.md over one WebSocket
+// and one RTCPeerConnection: publishes the camera in simulcast, receives on slots, and
+// subscribes to the videos its visible tiles show, at their size.
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const roomFromPath = decodeURIComponent((location.pathname.match(/^\/room\/([^/]+)/) || [])[1] || "");
 
+// 5x5: beyond that, tiles are too small to be worth a video each.
+const PAGE_SIZE = 25;
+// Resizes and page flips come in bursts; one `subscribe` per burst.
+const SUBSCRIBE_DEBOUNCE_MS = 200;
+const CAMERA_CONSTRAINTS = { width: { ideal: 1280 }, height: { ideal: 720 } };
+// Quarter, half and full resolution; the server ranks q < h < f (docs/protocol.md, Simulcast).
+const CAMERA_ENCODINGS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", maxBitrate: 1_700_000 },
+];
+
 const state = {
   ws: null,
   pc: null,
   me: null,
-  local: null,          // MediaStream from camera and mic
-  screen: null,         // MediaStream from getDisplayMedia
-  participants: new Map(), // id -> {info, tile, screenTile}
-  trackSources: new Map(), // remote track id -> source
-  ownTracks: new Map(), // mid -> track id
+  local: null,             // MediaStream from camera and mic
+  screen: null,            // MediaStream from getDisplayMedia
+  localTile: null,
+  participants: new Map(), // id -> {info, tile, order}
+  joinCounter: 0,
+  tracks: new Map(),       // remote track id -> {participantId, kind, source, muted}
+  screenTiles: new Map(),  // remote screen track id -> tile
+  receivers: new Map(),    // mid -> {kind, track, stream, audio}
+  slots: new Map(),        // mid -> {participantId, trackId} or null: from `slots`, authoritative
+  msids: new Map(),        // mid -> {participantId, trackId}: the remote SDP's a=msid, until `slots` names the mid
+  ownTracks: new Map(),    // mid -> published track id
+  pendingLayers: new Map(), // own track id -> rids, for a `layers` that arrived before the answer naming the track
+  layersHistory: [],       // the last few `layers` received, for debugging: {at, trackId, active}
+  layersQueue: Promise.resolve(),
+  activeSpeaker: null,
+  page: 0,
+  pages: 1,
+  subscribeTimer: null,
+  lastSubscribe: null,     // JSON of the last `tracks` sent
+  resizeObserver: null,
   makingOffer: false,
   left: false,
 };
@@ -25,7 +54,11 @@ function setConn(text, cls) {
 }
 
 function send(msg) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify(msg));
+    return true;
+  }
+  return false;
 }
 
 async function startPreview() {
@@ -36,7 +69,7 @@ async function startPreview() {
   try {
     state.local = await navigator.mediaDevices.getUserMedia({
       audio: wantMic,
-      video: wantCam ? { width: 640, height: 480 } : false,
+      video: wantCam ? CAMERA_CONSTRAINTS : false,
     });
     $("preview").srcObject = state.local;
   } catch (e) {
@@ -54,36 +87,61 @@ async function fetchToken(room, name) {
   return (await res.json()).token;
 }
 
-function tile(id, label, opts = {}) {
+// ---- Tiles ---------------------------------------------------------------------------
+
+function makeTile(participantId, label, opts = {}) {
   const el = document.createElement("div");
   el.className = "tile" + (opts.local ? " local" : "") + (opts.screen ? " screen" : "");
-  el.dataset.participant = id;
+  el.dataset.participant = participantId;
+  if (opts.trackId) el.dataset.track = opts.trackId;
   const video = document.createElement("video");
   video.autoplay = true; video.playsInline = true; video.muted = true;
-  const audio = document.createElement("audio");
-  audio.autoplay = true;
   const name = document.createElement("span");
   name.className = "label";
   name.textContent = label;
-  el.append(video, audio, name);
-  $("grid").append(el);
-  return { el, video, audio, name, stream: new MediaStream() };
+  el.append(video, name);
+  (opts.screen ? $("stage") : $("grid")).append(el);
+  const tile = { el, video, name, participantId, screenTrackId: opts.trackId || null, mid: null };
+  if (!opts.local && state.resizeObserver) state.resizeObserver.observe(el);
+  return tile;
+}
+
+function dropTile(tile) {
+  if (state.resizeObserver) state.resizeObserver.unobserve(tile.el);
+  tile.video.srcObject = null;
+  tile.el.remove();
 }
 
 function addRemoteParticipant(info) {
-  if (state.participants.has(info.id)) return state.participants.get(info.id);
-  const p = { info, tile: tile(info.id, info.name), screenTile: null };
-  state.participants.set(info.id, p);
+  let p = state.participants.get(info.id);
+  if (p) {
+    p.info = { ...p.info, ...info, tracks: undefined };
+    p.tile.name.textContent = p.info.name || p.info.id;
+  } else {
+    p = { info, tile: makeTile(info.id, info.name || info.id), order: state.joinCounter++ };
+    state.participants.set(info.id, p);
+  }
   for (const t of info.tracks || []) noteTrack(info.id, t);
   return p;
 }
 
 function noteTrack(participantId, track) {
-  state.trackSources.set(track.id, track.source);
-  if (track.kind === "audio") setMuted(participantId, track.muted);
+  state.tracks.set(track.id, { participantId, kind: track.kind, source: track.source, muted: track.muted });
+  if (track.kind === "audio") setMicMuted(participantId, track.muted);
+  if (track.kind === "video" && track.source === "screen" && !state.screenTiles.has(track.id)) {
+    const p = state.participants.get(participantId);
+    const name = p ? p.info.name || participantId : participantId;
+    state.screenTiles.set(track.id, makeTile(participantId, name + " (screen)", { screen: true, trackId: track.id }));
+  }
 }
 
-function setMuted(participantId, muted) {
+function forgetTrack(trackId) {
+  state.tracks.delete(trackId);
+  const tile = state.screenTiles.get(trackId);
+  if (tile) { dropTile(tile); state.screenTiles.delete(trackId); }
+}
+
+function setMicMuted(participantId, muted) {
   const p = state.participants.get(participantId);
   if (p) p.tile.name.classList.toggle("muted", muted);
 }
@@ -91,29 +149,193 @@ function setMuted(participantId, muted) {
 function removeParticipant(id) {
   const p = state.participants.get(id);
   if (!p) return;
-  p.tile.el.remove();
-  if (p.screenTile) p.screenTile.el.remove();
+  dropTile(p.tile);
+  for (const [trackId, t] of [...state.tracks]) if (t.participantId === id) forgetTrack(trackId);
   state.participants.delete(id);
+  if (state.activeSpeaker === id) state.activeSpeaker = null;
+}
+
+// The camera track a participant's grid tile shows.
+function cameraTrackOf(participantId) {
+  for (const [id, t] of state.tracks) {
+    if (t.participantId === participantId && t.kind === "video" && t.source !== "screen") return id;
+  }
+  return null;
+}
+
+// Grid order: self, then everyone in join order; an active speaker who would be beyond
+// page one moves to just after self, so that the speaker is always on page one without
+// reshuffling page one every time someone talks.
+function orderedGridTiles() {
+  const remote = [...state.participants.values()].sort((a, b) => a.order - b.order);
+  const tiles = (state.localTile ? [state.localTile] : []).concat(remote.map((p) => p.tile));
+  const speaker = state.participants.get(state.activeSpeaker);
+  if (speaker) {
+    const at = tiles.indexOf(speaker.tile);
+    if (at >= PAGE_SIZE) { tiles.splice(at, 1); tiles.splice(state.localTile ? 1 : 0, 0, speaker.tile); }
+  }
+  return tiles;
+}
+
+// Shows the current page, sizes the grid for it, and puts every video where it belongs.
+function layout() {
+  const tiles = orderedGridTiles();
+  state.pages = Math.max(1, Math.ceil(tiles.length / PAGE_SIZE));
+  state.page = Math.min(state.page, state.pages - 1);
+  const first = state.page * PAGE_SIZE;
+  const onPage = tiles.slice(first, first + PAGE_SIZE);
+  tiles.forEach((tile, i) => {
+    // CSS order instead of moving DOM nodes: a <video> removed from the document pauses.
+    tile.el.style.order = String(i);
+    tile.el.hidden = i < first || i >= first + PAGE_SIZE;
+    tile.onPage = !tile.el.hidden;
+    tile.el.classList.toggle("speaking", tile.participantId === state.activeSpeaker && state.activeSpeaker !== null);
+  });
+  const cols = Math.max(1, Math.ceil(Math.sqrt(onPage.length)));
+  const grid = $("grid");
+  grid.style.setProperty("--cols", String(cols));
+  grid.style.setProperty("--rows", String(Math.max(1, Math.ceil(onPage.length / cols))));
+  $("stage").hidden = state.screenTiles.size === 0;
+  $("pager").hidden = state.pages <= 1;
+  $("page-label").textContent = `page ${state.page + 1} of ${state.pages}`;
+  $("prev-page").disabled = state.page === 0;
+  $("next-page").disabled = state.page >= state.pages - 1;
+  placeVideos();
+  scheduleSubscribe();
+}
+
+function setPage(page) {
+  state.page = Math.max(0, Math.min(page, state.pages - 1));
+  layout();
+}
+
+// ---- Receiving: slots ----------------------------------------------------------------
+
+// What a receiving mid carries now: `slots` once it has named the mid, the SDP's msid before.
+function carriedBy(mid) {
+  if (state.slots.has(mid)) return state.slots.get(mid);
+  return state.msids.get(mid) || null;
+}
+
+function tileForTrack(participantId, trackId) {
+  const known = state.tracks.get(trackId);
+  if (known && known.source === "screen") return state.screenTiles.get(trackId) || null;
+  const p = state.participants.get(known ? known.participantId : participantId);
+  return p ? p.tile : null;
+}
+
+function remoteTiles() {
+  return [...state.participants.values()].map((p) => p.tile).concat([...state.screenTiles.values()]);
+}
+
+// Each video slot's stream goes to the tile of the track it carries now; a tile whose
+// track no slot carries shows nothing.
+function placeVideos() {
+  const wanted = new Map();
+  for (const [mid, rx] of state.receivers) {
+    if (rx.kind !== "video") continue;
+    const carried = carriedBy(mid);
+    if (!carried || !carried.trackId) continue;
+    const tile = tileForTrack(carried.participantId, carried.trackId);
+    if (tile) wanted.set(tile, mid);
+  }
+  for (const tile of remoteTiles()) {
+    const mid = wanted.has(tile) ? wanted.get(tile) : null;
+    if (tile.mid === mid) continue;
+    tile.mid = mid;
+    tile.video.srcObject = mid === null ? null : state.receivers.get(mid).stream;
+    if (mid !== null) tile.video.play().catch(() => {});
+  }
 }
 
 function onRemoteTrack(ev) {
-  const participantId = ev.streams[0] ? ev.streams[0].id : "unknown";
-  const p = state.participants.get(participantId) ||
-    addRemoteParticipant({ id: participantId, name: participantId, tracks: [] });
-  const track = ev.track;
-  const source = state.trackSources.get(track.id) || (track.kind === "audio" ? "microphone" : "camera");
-  let t = p.tile;
-  if (source === "screen") {
-    if (!p.screenTile) p.screenTile = tile(participantId, p.info.name + " (screen)", { screen: true });
-    t = p.screenTile;
+  const mid = ev.transceiver.mid;
+  if (mid === null) return;
+  const existing = state.receivers.get(mid);
+  if (existing && existing.track === ev.track) { placeVideos(); return; }
+  if (existing) dropReceiver(mid);
+  const rx = { kind: ev.track.kind, track: ev.track, stream: new MediaStream([ev.track]), audio: null };
+  if (rx.kind === "audio") {
+    // Every audio slot plays; which speakers they carry is the server's choice.
+    rx.audio = document.createElement("audio");
+    rx.audio.autoplay = true;
+    rx.audio.dataset.mid = mid;
+    rx.audio.srcObject = rx.stream;
+    $("audio").append(rx.audio);
+    rx.audio.play().catch(() => {});
   }
-  t.stream.addTrack(track);
-  const el = track.kind === "audio" ? t.audio : t.video;
-  el.srcObject = t.stream;
-  el.play().catch(() => {});
-  track.addEventListener("ended", () => t.stream.removeTrack(track));
-  ev.transceiver.receiver.track.onmute = null;
+  state.receivers.set(mid, rx);
+  placeVideos();
 }
+
+function dropReceiver(mid) {
+  const rx = state.receivers.get(mid);
+  if (!rx) return;
+  if (rx.audio) { rx.audio.srcObject = null; rx.audio.remove(); }
+  state.receivers.delete(mid);
+  // A mid that comes back is named again by its msid until the next `slots`.
+  state.slots.delete(mid);
+}
+
+// After each completed negotiation: forget receivers whose m-line no longer receives.
+function pruneReceivers() {
+  const live = new Set();
+  for (const tr of state.pc.getTransceivers()) {
+    const d = tr.currentDirection;
+    if (tr.mid !== null && (d === "recvonly" || d === "sendrecv")) live.add(tr.mid);
+  }
+  for (const mid of [...state.receivers.keys()]) if (!live.has(mid)) dropReceiver(mid);
+  placeVideos();
+}
+
+function readMsids(sdp) {
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = section.match(/^a=mid:(\S+)/m);
+    const msid = section.match(/^a=msid:(\S+) (\S+)/m);
+    if (mid && msid && msid[1] !== "-") state.msids.set(mid[1], { participantId: msid[1], trackId: msid[2] });
+  }
+}
+
+function onSlots(slots) {
+  for (const s of slots || []) {
+    if (typeof s.mid !== "string") continue;
+    state.slots.set(s.mid, s.trackId ? { participantId: s.participantId, trackId: s.trackId } : null);
+  }
+  placeVideos();
+}
+
+// ---- Subscriptions -------------------------------------------------------------------
+
+// The video tracks of the tiles on screen, with their size in device pixels.
+function visibleVideoTracks() {
+  if (document.visibilityState === "hidden") return [];
+  const dpr = window.devicePixelRatio || 1;
+  const out = [];
+  const shown = [...state.screenTiles.values()].concat(
+    [...state.participants.values()].map((p) => p.tile).filter((t) => t.onPage));
+  for (const tile of shown) {
+    const trackId = tile.screenTrackId || cameraTrackOf(tile.participantId);
+    if (!trackId) continue;
+    const r = tile.el.getBoundingClientRect();
+    const width = Math.round(r.width * dpr), height = Math.round(r.height * dpr);
+    if (width === 0 || height === 0) continue;
+    out.push({ trackId, width, height });
+  }
+  return out.sort((a, b) => (a.trackId < b.trackId ? -1 : a.trackId > b.trackId ? 1 : 0));
+}
+
+function scheduleSubscribe() {
+  if (!state.me || state.subscribeTimer !== null) return;
+  state.subscribeTimer = setTimeout(() => {
+    state.subscribeTimer = null;
+    const tracks = visibleVideoTracks();
+    const key = JSON.stringify(tracks);
+    if (key === state.lastSubscribe) return;
+    if (send({ type: "subscribe", tracks })) state.lastSubscribe = key;
+  }, SUBSCRIBE_DEBOUNCE_MS);
+}
+
+// ---- Publishing ----------------------------------------------------------------------
 
 function trackLabels() {
   const labels = [];
@@ -124,6 +346,32 @@ function trackLabels() {
     labels.push({ mid: tr.mid, source });
   }
   return labels;
+}
+
+function ownTransceiver(trackId) {
+  for (const tr of state.pc.getTransceivers()) {
+    if (tr.mid !== null && state.ownTracks.get(tr.mid) === trackId && tr.sender.track) return tr;
+  }
+  return null;
+}
+
+// `layers`: encode exactly the simulcast layers someone receives.
+function applyLayers(trackId, rids) {
+  const tr = state.pc && ownTransceiver(trackId);
+  if (!tr) { state.pendingLayers.set(trackId, rids); return; }
+  state.pendingLayers.delete(trackId);
+  // getParameters/setParameters pairs must not interleave (transactionId).
+  state.layersQueue = state.layersQueue.then(async () => {
+    const p = tr.sender.getParameters();
+    if (!p.encodings || p.encodings.length < 2) return;
+    let changed = false;
+    for (const enc of p.encodings) {
+      if (!enc.rid) continue;
+      const active = rids.includes(enc.rid);
+      if (enc.active !== active) { enc.active = active; changed = true; }
+    }
+    if (changed) await tr.sender.setParameters(p);
+  }).catch((e) => console.warn("layers failed", trackId, e));
 }
 
 async function negotiate() {
@@ -141,14 +389,19 @@ async function negotiate() {
 async function onServerOffer(sdp) {
   // We are the polite peer: a server offer wins over our own outstanding offer.
   await state.pc.setRemoteDescription({ type: "offer", sdp });
+  readMsids(sdp);
   await state.pc.setLocalDescription();
   send({ type: "answer", sdp: state.pc.localDescription.sdp });
+  pruneReceivers();
 }
 
 async function onServerAnswer(msg) {
   if (state.pc.signalingState !== "have-local-offer") return;
   await state.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+  readMsids(msg.sdp);
   for (const t of msg.tracks || []) state.ownTracks.set(t.mid, t.id);
+  for (const [trackId, rids] of [...state.pendingLayers]) if (ownTransceiver(trackId)) applyLayers(trackId, rids);
+  pruneReceivers();
 }
 
 function createPeerConnection() {
@@ -165,38 +418,54 @@ function createPeerConnection() {
   pc.onnegotiationneeded = negotiate;
   const local = state.local;
   if (local) {
-    for (const track of local.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [local] });
+    for (const track of local.getTracks()) {
+      const init = { direction: "sendonly", streams: [local] };
+      if (track.kind === "video") init.sendEncodings = CAMERA_ENCODINGS.map((e) => ({ ...e }));
+      pc.addTransceiver(track, init);
+    }
   }
   if (!local || local.getTracks().length === 0) pc.createDataChannel("huiyi");
   return pc;
 }
 
+// ---- Signaling -----------------------------------------------------------------------
+
 async function handleMessage(msg) {
   switch (msg.type) {
     case "joined": {
       state.me = msg.participant;
+      state.localTile = makeTile(msg.participant.id, msg.participant.name + " (you)", { local: true });
+      if (state.local) state.localTile.video.srcObject = state.local;
       for (const p of msg.participants) addRemoteParticipant(p);
-      const me = tile(msg.participant.id, msg.participant.name + " (you)", { local: true });
-      if (state.local) { me.video.srcObject = state.local; }
       createPeerConnection();
+      layout();
       break;
     }
     case "answer": await onServerAnswer(msg); break;
     case "offer": await onServerOffer(msg.sdp); break;
-    case "participantJoined": addRemoteParticipant(msg.participant); break;
-    case "participantLeft": removeParticipant(msg.participantId); break;
-    case "trackPublished": addRemoteParticipant({ id: msg.participantId, name: msg.participantId, tracks: [] }); noteTrack(msg.participantId, msg.track); break;
-    case "trackUnpublished": {
-      const p = state.participants.get(msg.participantId);
-      if (p && p.screenTile && state.trackSources.get(msg.trackId) === "screen") { p.screenTile.el.remove(); p.screenTile = null; }
+    case "slots": onSlots(msg.slots); break;
+    case "layers": {
+      const active = Array.isArray(msg.active) ? msg.active : [];
+      state.layersHistory.push({ at: Math.round(performance.now()), trackId: msg.trackId, active });
+      if (state.layersHistory.length > 20) state.layersHistory.shift();
+      applyLayers(msg.trackId, active);
       break;
     }
-    case "trackMuted": if (state.trackSources.get(msg.trackId) === "microphone") setMuted(msg.participantId, msg.muted); break;
-    case "activeSpeaker":
-      for (const el of document.querySelectorAll(".tile")) {
-        el.classList.toggle("speaking", el.dataset.participant === msg.participantId && !el.classList.contains("screen"));
-      }
+    case "participantJoined": addRemoteParticipant(msg.participant); layout(); break;
+    case "participantLeft": removeParticipant(msg.participantId); layout(); break;
+    case "trackPublished":
+      if (!state.participants.has(msg.participantId)) addRemoteParticipant({ id: msg.participantId, name: msg.participantId, tracks: [] });
+      noteTrack(msg.participantId, msg.track);
+      layout();
       break;
+    case "trackUnpublished": forgetTrack(msg.trackId); layout(); break;
+    case "trackMuted": {
+      const t = state.tracks.get(msg.trackId);
+      if (t) t.muted = msg.muted;
+      if (t && t.kind === "audio") setMicMuted(msg.participantId, msg.muted);
+      break;
+    }
+    case "activeSpeaker": state.activeSpeaker = msg.participantId; layout(); break;
     case "error": $("meeting-error").textContent = msg.code + ": " + msg.message; break;
   }
 }
@@ -210,12 +479,15 @@ async function join(room, name) {
   $("lobby").hidden = true;
   $("meeting").hidden = false;
   setConn("connecting", "connecting");
+  state.left = false;
+  state.resizeObserver = new ResizeObserver(scheduleSubscribe);
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/rtc");
   state.ws = ws;
   let queue = Promise.resolve();
   ws.onopen = () => send({ type: "join", token });
   ws.onmessage = (e) => {
-    const msg = JSON.parse(e.data);
+    let msg;
+    try { msg = JSON.parse(e.data); } catch { return; }
     queue = queue.then(() => handleMessage(msg)).catch((err) => console.warn("message failed", msg.type, err));
   };
   ws.onclose = (e) => {
@@ -251,6 +523,7 @@ async function shareScreen() {
     return;
   }
   const track = state.screen.getVideoTracks()[0];
+  // One encoding: text on a shared screen needs full resolution, and there is one share to watch.
   state.pc.addTransceiver(track, { direction: "sendonly", streams: [state.screen] });
   track.addEventListener("ended", stopShare);
   $("share").textContent = "Stop sharing";
@@ -270,22 +543,130 @@ function leave() {
   send({ type: "leave" });
   if (state.pc) state.pc.close();
   if (state.local) state.local.getTracks().forEach((t) => t.stop());
+  if (state.resizeObserver) state.resizeObserver.disconnect();
+  clearTimeout(state.subscribeTimer);
+  Object.assign(state, {
+    me: null, localTile: null, activeSpeaker: null, page: 0, pages: 1,
+    subscribeTimer: null, lastSubscribe: null, resizeObserver: null,
+  });
+  for (const m of [state.participants, state.tracks, state.screenTiles, state.receivers, state.slots, state.msids, state.ownTracks, state.pendingLayers]) m.clear();
   $("grid").replaceChildren();
+  $("stage").replaceChildren();
+  $("audio").replaceChildren();
   $("meeting").hidden = true;
   $("lobby").hidden = false;
 }
 
-// Exposed for tests and debugging: the peer connection and its stats.
-window.huiyi = { state, stats: () => state.pc ? state.pc.getStats() : Promise.resolve(new Map()) };
+// ---- Test and debugging hook ---------------------------------------------------------
+
+function findTile(participantId, source) {
+  if (source === "screen") return [...state.screenTiles.values()].find((t) => t.participantId === participantId) || null;
+  if (state.me && participantId === state.me.id) return state.localTile;
+  const p = state.participants.get(participantId);
+  return p ? p.tile : null;
+}
+
+async function statsByMid(kind, type) {
+  const out = new Map();
+  if (!state.pc) return out;
+  (await state.pc.getStats()).forEach((s) => {
+    if (s.type === type && s.kind === kind && s.mid !== undefined) out.set(s.mid, s);
+  });
+  return out;
+}
+
+// What a participant's tile shows: the slot, what it carries, and the decoder's view of it.
+async function tileVideo(participantId, source = "camera") {
+  const tile = findTile(participantId, source);
+  if (!tile) return null;
+  const inbound = tile.mid !== null ? (await statsByMid("video", "inbound-rtp")).get(tile.mid) : undefined;
+  const r = tile.el.getBoundingClientRect();
+  const carried = tile.mid !== null ? carriedBy(tile.mid) : null;
+  return {
+    mid: tile.mid,
+    trackId: carried ? carried.trackId : null,
+    framesDecoded: inbound ? inbound.framesDecoded || 0 : 0,
+    frameWidth: inbound ? inbound.frameWidth || 0 : 0,
+    frameHeight: inbound ? inbound.frameHeight || 0 : 0,
+    bytesReceived: inbound ? inbound.bytesReceived || 0 : 0,
+    packetsReceived: inbound ? inbound.packetsReceived || 0 : 0,
+    framesReceived: inbound ? inbound.framesReceived || 0 : 0,
+    keyFramesDecoded: inbound ? inbound.keyFramesDecoded || 0 : 0,
+    pliCount: inbound ? inbound.pliCount || 0 : 0,
+    videoWidth: tile.video.videoWidth,
+    currentTime: tile.video.currentTime,
+    tileWidth: r.width,
+    tileHeight: r.height,
+    onPage: source === "screen" || tile.onPage !== false,
+  };
+}
+
+window.huiyi = {
+  state,
+  stats: () => state.pc ? state.pc.getStats() : Promise.resolve(new Map()),
+  tileVideo,
+  // Every remote tile's video, keyed "participantId" or "participantId/screen".
+  videos: async () => {
+    const out = {};
+    for (const t of remoteTiles()) {
+      const key = t.participantId + (t.screenTrackId ? "/screen" : "");
+      out[key] = await tileVideo(t.participantId, t.screenTrackId ? "screen" : "camera");
+    }
+    return out;
+  },
+  page: () => ({ page: state.page + 1, pages: state.pages }),
+  setPage: (n) => setPage(n - 1),
+  // Fix a tile's size in CSS pixels (null restores the grid's size), as a person resizing a window would.
+  forceTileSize: (participantId, width, height, source = "camera") => {
+    const tile = findTile(participantId, source);
+    if (!tile) return false;
+    tile.el.classList.toggle("forced", width != null);
+    tile.el.style.width = width != null ? width + "px" : "";
+    tile.el.style.height = height != null ? height + "px" : "";
+    return true;
+  },
+  subscribed: () => state.lastSubscribe === null ? null : JSON.parse(state.lastSubscribe),
+  // The own simulcast layers: what the encoder sends and what it is allowed to.
+  publishing: async () => {
+    const out = [];
+    if (!state.pc) return out;
+    const active = new Map();
+    for (const tr of state.pc.getTransceivers()) {
+      if (!tr.sender.track || tr.sender.track.kind !== "video" || tr.mid === null) continue;
+      for (const e of tr.sender.getParameters().encodings || []) active.set(tr.mid + "/" + (e.rid || ""), e.active);
+    }
+    (await state.pc.getStats()).forEach((s) => {
+      if (s.type !== "outbound-rtp" || s.kind !== "video") return;
+      out.push({
+        mid: s.mid, rid: s.rid || null, active: active.get(s.mid + "/" + (s.rid || "")),
+        bytesSent: s.bytesSent, framesEncoded: s.framesEncoded, frameWidth: s.frameWidth, frameHeight: s.frameHeight,
+        qualityLimitationReason: s.qualityLimitationReason, targetBitrate: s.targetBitrate,
+        keyFramesEncoded: s.keyFramesEncoded, pliCount: s.pliCount, firCount: s.firCount, ssrc: s.ssrc,
+      });
+    });
+    return out;
+  },
+};
+
+// ---- Page wiring ---------------------------------------------------------------------
 
 $("room").value = roomFromPath || params.get("room") || "";
 $("name").value = params.get("name") || "";
+// ?mic=0 / ?cam=0 join without them (links for listeners, and tests).
+if (params.get("mic") === "0") $("with-mic").checked = false;
+if (params.get("cam") === "0") $("with-cam").checked = false;
 $("with-mic").onchange = $("with-cam").onchange = startPreview;
 $("join-form").onsubmit = (e) => { e.preventDefault(); join($("room").value.trim(), $("name").value.trim()); };
 $("toggle-mic").onclick = (e) => toggle("audio", e.target, "Mute mic", "Unmute mic");
 $("toggle-cam").onclick = (e) => toggle("video", e.target, "Stop camera", "Start camera");
 $("share").onclick = shareScreen;
 $("leave").onclick = leave;
+$("prev-page").onclick = () => setPage(state.page - 1);
+$("next-page").onclick = () => setPage(state.page + 1);
+// A hidden tab shows nothing: it subscribes to no video until it is shown again.
+document.addEventListener("visibilitychange", scheduleSubscribe);
+// Zooming changes devicePixelRatio without resizing any tile in CSS pixels.
+window.addEventListener("resize", scheduleSubscribe);
 
 (async () => {
   await startPreview();

@@ -1,14 +1,20 @@
 // Opens N pages of the Huiyi web client in one headless Chromium, each joining the same
 // room with the fake camera and microphone, and checks what a person would see: every
 // page plays the other N-1 participants' video and receives their audio.
-// Usage: node meeting.mjs <base-url> <room> [pages=3] [timeout-seconds=60] [hold-seconds=0] [share]
-// With "share", the first page then shares its screen: every other page must play it
-// in a screen tile, and the tile must go away when sharing stops.
+// Usage: node meeting.mjs <base-url> <room> [pages=3] [timeout-seconds=60] [hold-seconds=0] [checks]
+// checks is a comma-separated list. With "share", the first page then shares its screen:
+// every other page must play it in a screen tile, and the tile must go away when sharing
+// stops; and muting the first page's microphone must show on the others. With "hide",
+// the second page's tab is hidden: it must stop receiving video (it subscribes to none),
+// and receive and decode video again once shown.
+// Video arrives on slots (docs/protocol.md, Receiving: slots): the page maps each slot's
+// mid to the tile of the participant it carries, so "playing" is judged per tile.
 // With hold-seconds, the pages stay in the meeting that long after they all play media
 // (for measuring the server under a real meeting).
 import { chromium } from "playwright-core";
 
-const [base, room, pagesArg = "3", timeoutArg = "60", holdArg = "0", shareArg = ""] = process.argv.slice(2);
+const [base, room, pagesArg = "3", timeoutArg = "60", holdArg = "0", checksArg = ""] = process.argv.slice(2);
+const checks = new Set(checksArg.split(",").filter(Boolean));
 const pages = Number(pagesArg);
 const deadline = Date.now() + Number(timeoutArg) * 1000;
 const executablePath = process.env.CHROMIUM || "/usr/lib/chromium/chromium";
@@ -47,8 +53,11 @@ async function observe(page) {
       if (s.kind === "audio") audio.push({ mid: s.mid, packets: s.packetsReceived });
       if (s.kind === "video") video.push({ mid: s.mid, frames: s.framesDecoded || 0 });
     });
-    const pc = window.huiyi.state.pc;
-    return { videos, lobbyShown, audio, video, connection: pc ? pc.connectionState : "none", error: document.getElementById("meeting-error").textContent };
+    const st = window.huiyi.state;
+    const pc = st.pc;
+    // Camera tiles whose video comes from a slot that `slots` assigned (not the msid fallback).
+    const slotted = [...st.participants.values()].filter((p) => p.tile.mid !== null && st.slots.get(p.tile.mid)).length;
+    return { videos, lobbyShown, audio, video, slotted, connection: pc ? pc.connectionState : "none", error: document.getElementById("meeting-error").textContent };
   });
 }
 
@@ -70,6 +79,64 @@ async function screenSeen(opened, gone) {
     before = now;
   }
   return null;
+}
+
+// Inbound video on one page, summed over its slots.
+async function videoReceived(page) {
+  return page.evaluate(async () => {
+    let bytes = 0, frames = 0;
+    (await window.huiyi.stats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") { bytes += s.bytesReceived || 0; frames += s.framesDecoded || 0; }
+    });
+    return { bytes, frames, subscribed: window.huiyi.subscribed() };
+  });
+}
+
+// What a browser does when the tab goes to the background, as far as the page can tell.
+async function setHidden(page, hidden) {
+  await page.evaluate((hidden) => {
+    if (hidden) {
+      Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "hidden" });
+      Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+    } else {
+      delete document.visibilityState;
+      delete document.hidden;
+    }
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, hidden);
+}
+
+// Hide the page: within 15 s its video bytes must stop growing (no growth over 2 s);
+// show it again: within 15 s bytes and decoded frames must grow again.
+async function hideAndShow(page) {
+  const out = { stopped_s: null, resumed_s: null, hidden_samples: [], shown_samples: [] };
+  await setHidden(page, true);
+  let start = Date.now();
+  const recent = [];
+  while (Date.now() - start < 15000) {
+    await sleep(500);
+    const v = await videoReceived(page);
+    out.hidden_samples.push({ t: (Date.now() - start) / 1000, bytes: v.bytes, frames: v.frames });
+    out.subscribed_hidden = v.subscribed;
+    recent.push(v.bytes);
+    if (recent.length > 5) recent.shift();
+    if (recent.length === 5 && recent[4] === recent[0]) { out.stopped_s = (Date.now() - start) / 1000; break; }
+  }
+  await setHidden(page, false);
+  start = Date.now();
+  let before = await videoReceived(page);
+  while (Date.now() - start < 15000) {
+    await sleep(500);
+    const v = await videoReceived(page);
+    out.shown_samples.push({ t: (Date.now() - start) / 1000, bytes: v.bytes, frames: v.frames });
+    out.subscribed_shown = v.subscribed;
+    if (v.bytes > before.bytes && v.frames > before.frames) { out.resumed_s = (Date.now() - start) / 1000; break; }
+    before = v;
+  }
+  // Keep the report short: the last few samples of each phase tell the story.
+  out.hidden_samples = out.hidden_samples.slice(-8);
+  out.shown_samples = out.shown_samples.slice(-8);
+  return out;
 }
 
 let result = { ok: false };
@@ -104,12 +171,12 @@ try {
         const b = before.audio.find((x) => x.mid === a.mid);
         return b && a.packets > b.packets;
       }).length;
-      return { playing, hearing, lobbyShown: obs.lobbyShown };
+      return { playing, hearing, slotted: obs.slotted, lobbyShown: obs.lobbyShown };
     });
     const done = verdicts.every((v) => v.playing >= pages - 1 && v.hearing >= pages - 1 && !v.lobbyShown);
     if (done) {
       result = { ok: true, seconds: (Date.now() - started) / 1000, verdicts, pages: now };
-      if (shareArg === "share") {
+      if (checks.has("share")) {
         await opened[0].click("#share");
         result.screen_seen_s = await screenSeen(opened, false);
         await opened[0].click("#share");
@@ -127,6 +194,12 @@ try {
         while (Date.now() < deadline && !(await shownMuted())) await sleep(200);
         result.mute_seen_s = (await shownMuted()) ? (Date.now() - muteStart) / 1000 : null;
         if (result.mute_seen_s === null) { result.ok = false; result.reason = "others never showed the mic as muted"; }
+        result.logs = logs.slice(-20);
+      }
+      if (checks.has("hide") && pages >= 2) {
+        result.hide = await hideAndShow(opened[1]);
+        if (result.hide.stopped_s === null) { result.ok = false; result.reason = "a hidden page kept receiving video"; }
+        else if (result.hide.resumed_s === null) { result.ok = false; result.reason = "video did not come back when the page was shown again"; }
         result.logs = logs.slice(-20);
       }
       if (Number(holdArg) > 0) {

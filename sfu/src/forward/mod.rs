@@ -3,6 +3,8 @@
 
 pub mod keyframe;
 pub mod rewrite;
+pub mod vp8;
 
 pub use keyframe::{KeyframeThrottle, VideoCodec, starts_keyframe};
 pub use rewrite::{Rewritten, RtpRewriter, SeqExtender};
+pub use vp8::Vp8Rewriter;

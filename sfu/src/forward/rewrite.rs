@@ -75,6 +75,19 @@ impl RtpRewriter {
         }
     }
 
+    /// The forwarder chose `ssrc` as the source from now on (a layer switch at a
+    /// keyframe): it is taken even if it is the source switched away from last time.
+    pub fn allow(&mut self, ssrc: u32) {
+        if self.retired == Some(ssrc) {
+            self.retired = None;
+        }
+    }
+
+    /// The stream will carry another track: any source may start it.
+    pub fn forget_retired(&mut self) {
+        self.retired = None;
+    }
+
     /// Rewrite one packet from source `ssrc`. `arrival_ms` is a monotonic receive time.
     /// Returns `None` for a stale packet of a source we already switched away from, or a
     /// packet older than the switch point.
@@ -199,5 +212,20 @@ mod tests {
         }
         assert_eq!(last, start + 9_999);
         assert!(last > 65_535);
+    }
+
+    #[test]
+    fn switching_back_to_an_earlier_source_when_the_forwarder_says_so() {
+        // Layer h (ssrc 2) -> q (ssrc 1) -> h again: the third leg must flow.
+        let mut r = RtpRewriter::new(90_000);
+        let a = r.rewrite(2, 100, 1000, 0).unwrap();
+        r.allow(1);
+        let b = r.rewrite(1, 500, 7000, 33).unwrap();
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(r.rewrite(2, 101, 4000, 34), None, "a late h packet after the switch is stale");
+        r.allow(2);
+        let c = r.rewrite(2, 102, 7000, 66).expect("switching back is allowed");
+        assert_eq!(c.seq, b.seq + 1);
+        assert!(c.timestamp.wrapping_sub(b.timestamp) > 0 && c.timestamp.wrapping_sub(b.timestamp) < 1 << 31);
     }
 }

@@ -1,0 +1,11 @@
+//! What each subscriber receives: which audio tracks are forwarded at all (top-N), and
+//! which simulcast layer of each video track it is sent. Pure decisions, one strategy
+//! per file; time comes in as arguments.
+
+pub mod allocator;
+pub mod audio;
+pub mod layer;
+
+pub use allocator::{AllocTrack, Priority, allocate};
+pub use audio::{AudioSelectConfig, AudioSelector, Verdict};
+pub use layer::{MAX_LAYERS, Quality, choose_layer, quality_for_tile, rid_rank};
