@@ -193,9 +193,14 @@ struct Session {
 
 impl Session {
     fn emit(&self, event: SessionEvent, metrics: &SfuMetrics) {
-        if self.events.try_send(event).is_err() {
-            metrics.dropped_events.inc();
-            debug!(participant = %self.participant_id, "session event queue full or closed");
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            // The signaling side already went (the session ends with the next command).
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics.dropped_events.inc();
+                warn!(participant = %self.participant_id, "session event queue full: signaling fell behind");
+            }
         }
     }
 }
