@@ -1,7 +1,6 @@
 //! A room: who is in it, which tracks are published, and who receives each one.
 //! Plain data owned by one shard; the shard drives it.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use str0m::format::CodecSpec;
@@ -9,6 +8,7 @@ use str0m::media::Mid;
 use str0m::rtp::Ssrc;
 
 use crate::api::{ParticipantInfo, SessionId, TrackInfo};
+use crate::fasthash::FastMap;
 use crate::forward::{KeyframeThrottle, VideoCodec};
 use crate::select::{AudioSelectConfig, AudioSelector, MAX_LAYERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
@@ -91,7 +91,7 @@ pub struct Member {
 pub struct Room {
     pub name: String,
     pub members: Vec<Member>,
-    pub publications: HashMap<PublicationKey, Publication>,
+    pub publications: FastMap<PublicationKey, Publication>,
     pub speakers: SpeakerDetector,
     /// Which audio tracks are forwarded at all (top-N in large rooms).
     pub audio: AudioSelector<PublicationKey>,
@@ -104,7 +104,7 @@ impl Room {
         Self {
             name,
             members: Vec::new(),
-            publications: HashMap::new(),
+            publications: FastMap::default(),
             speakers: SpeakerDetector::new(SpeakerConfig::default(), Instant::now()),
             audio: AudioSelector::new(audio),
             dominant: None,

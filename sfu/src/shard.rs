@@ -27,6 +27,7 @@ use crate::api::{
 };
 use crate::config::MediaConfig;
 use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
+use crate::fasthash::FastMap;
 use crate::forward::{RtpRewriter, VideoCodec, Vp8Rewriter, starts_keyframe};
 use crate::metrics::SfuMetrics;
 use crate::room::{Member, Publication, PublicationKey, Room};
@@ -166,7 +167,7 @@ struct Session {
     /// The video tracks the client shows (None: it never said; it gets every one).
     view: Option<Vec<ShownTrack>>,
     /// Which slot carries each track.
-    slot_of: HashMap<PublicationKey, Mid>,
+    slot_of: FastMap<PublicationKey, Mid>,
     /// Sources the client named for its mids in its last offer.
     sources: HashMap<Mid, TrackSource>,
     /// Tracks published in the offer being answered.
@@ -182,8 +183,8 @@ struct Session {
     sent_bytes: u64,
     sent_bps: u64,
     /// Incoming SSRC to its mid and simulcast layer.
-    rx_mid: HashMap<Ssrc, (Mid, u8)>,
-    subscriptions: HashMap<Mid, Subscription>,
+    rx_mid: FastMap<Ssrc, (Mid, u8)>,
+    subscriptions: FastMap<Mid, Subscription>,
     nacks_seen: HashMap<Mid, u64>,
     created: Instant,
     last_rx: Instant,
@@ -215,10 +216,10 @@ pub(crate) struct Shard {
     room_placement: Arc<DashMap<String, usize>>,
     load: Arc<AtomicUsize>,
     metrics: SfuMetrics,
-    sessions: HashMap<SessionId, Session>,
+    sessions: FastMap<SessionId, Session>,
     by_addr: HashMap<SocketAddr, SessionId>,
     by_ufrag: HashMap<String, SessionId>,
-    rooms: HashMap<String, Room>,
+    rooms: FastMap<String, Room>,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     dirty: Vec<SessionId>,
     /// Sessions whose tracks to receive changed during this input: one offer each after it.
@@ -254,10 +255,10 @@ impl Shard {
             room_placement: parts.room_placement,
             load: parts.load,
             metrics: parts.metrics,
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
-            rooms: HashMap::new(),
+            rooms: FastMap::default(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             offers_due: Vec::new(),
@@ -450,7 +451,7 @@ impl Shard {
                 negotiated: false,
                 to_add: Vec::new(),
                 view: None,
-                slot_of: HashMap::new(),
+                slot_of: FastMap::default(),
                 estimate: None,
                 twcc: false,
                 sent_bytes: 0,
@@ -459,8 +460,8 @@ impl Shard {
                 newly_published: Vec::new(),
                 published: HashMap::new(),
                 refused: Default::default(),
-                rx_mid: HashMap::new(),
-                subscriptions: HashMap::new(),
+                rx_mid: FastMap::default(),
+                subscriptions: FastMap::default(),
                 nacks_seen: HashMap::new(),
                 created: now,
                 last_rx: now,
@@ -1727,7 +1728,7 @@ fn wanted_quality(view: &Option<Vec<ShownTrack>>, track_id: &str) -> Option<Qual
 /// lists of slots and the session's track-to-slot map in step.
 fn reassign_slot(
     session: &mut Session,
-    publications: &mut HashMap<PublicationKey, Publication>,
+    publications: &mut FastMap<PublicationKey, Publication>,
     id: SessionId,
     mid: Mid,
     key: Option<PublicationKey>,
@@ -1749,7 +1750,7 @@ fn reassign_slot(
 }
 
 fn slot_info(
-    publications: &HashMap<PublicationKey, Publication>,
+    publications: &FastMap<PublicationKey, Publication>,
     mid: Mid,
     key: Option<PublicationKey>,
 ) -> SlotInfo {
