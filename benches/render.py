@@ -36,15 +36,19 @@ def main():
            "Every figure below comes from a run of `benches/run.sh` on the machine named with it;",
            "this file is rendered from the stored reports in `benches/results/` by",
            "`benches/render.py` (never edited by hand). Scenarios are defined in SCENARIOS.md",
-           "and `benches/scenarios/`; the report's keys in docs/loadtest.md.", ""]
+           "and `benches/scenarios/`; the report's keys in docs/loadtest.md.", "",
+           "Selective forwarding (issue 4, from commit bc63f3f) changed the scenario files: meeting-300",
+           "publishes simulcast and every participant views a 5x5 grid, audio-3000's panel talks three at a",
+           "time, and rooms above 10 forward only the top-3 speakers. Rows from earlier commits measure",
+           "the old shapes (every track to everyone) and are kept as the before.", ""]
     names = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "micro") if ROOT.exists() else []
     for name in names:
         rows = scenario_rows(name)
         if not rows:
             continue
         out += [f"## {name}", ""]
-        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | generator cores / busiest thread (joining) | complete |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | generator cores / busiest thread (joining) | complete |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for path, meta, r in rows:
             server = r.get("server") or [{}]
             s = server[0]
@@ -54,9 +58,10 @@ def main():
             complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
             if g.get("bottleneck"):
                 complete += " (generator-bound)"
-            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} / {}% ({}) | {} |".format(
+            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} / {}% ({}) | {} |".format(
                 r.get("date"), meta.get("commit", "?"), r.get("connected"), r.get("participants"), r.get("failed_joins"),
-                pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), fmt(r.get("loss_pct"), "%", 3),
+                pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")),
+                r.get("frozen_subscriptions", "-"), fmt(r.get("loss_pct"), "%", 3),
                 fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")), fmt(r.get("jitter_ms", {}).get("p99")),
                 fmt((r.get("join_ms") or {}).get("p99"), "", 0), fmt((r.get("first_keyframe_ms") or {}).get("p99"), "", 0),
                 r.get("pps_in", 0), r.get("pps_out", 0), fmt(s.get("cpu_cores")), fmt(s.get("peak_rss_mb"), "", 1),

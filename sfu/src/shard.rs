@@ -757,15 +757,7 @@ impl Shard {
                 .filter(|(_, sub)| sub.kind == TrackKind::Audio)
                 .find(|(_, sub)| sub.publication.is_none_or(|k| !room.audio.is_selected(k)))
                 .map(|(mid, _)| *mid);
-            let Some(mid) = free else {
-                if !session.to_add.contains(&key) {
-                    session.to_add.push(key);
-                    self.offers_due.push(id);
-                }
-                continue;
-            };
-            reassign_slot(session, &mut room.publications, id, mid, Some(key));
-            changes.push(slot_info(&room.publications, mid, Some(key)));
+            place_track(session, &mut room.publications, &mut self.offers_due, id, key, free, &mut changes);
         }
         if !changes.is_empty() {
             session.emit(SessionEvent::Slots(changes), &self.metrics);
@@ -813,15 +805,16 @@ impl Shard {
                         .filter(|(_, sub)| sub.kind == TrackKind::Video && sub.publication.is_none())
                         .map(|(mid, _)| *mid)
                         .min();
-                    let Some(mid) = free else {
-                        if !session.to_add.contains(&key) {
-                            session.to_add.push(key);
-                            self.offers_due.push(id);
-                        }
-                        continue;
-                    };
-                    reassign_slot(session, &mut room.publications, id, mid, Some(key));
-                    changes.push(slot_info(&room.publications, mid, Some(key)));
+                    let placed = place_track(
+                        session,
+                        &mut room.publications,
+                        &mut self.offers_due,
+                        id,
+                        key,
+                        free,
+                        &mut changes,
+                    );
+                    let Some(mid) = placed else { continue };
                     mid
                 }
             };
@@ -1747,6 +1740,29 @@ fn reassign_slot(
         }
         session.slot_of.insert(key, mid);
     }
+}
+
+/// Put track `key` on the free slot `free`, or, with none free, ask for a new slot in
+/// the session's next offer.
+fn place_track(
+    session: &mut Session,
+    publications: &mut FastMap<PublicationKey, Publication>,
+    offers_due: &mut Vec<SessionId>,
+    id: SessionId,
+    key: PublicationKey,
+    free: Option<Mid>,
+    changes: &mut Vec<SlotInfo>,
+) -> Option<Mid> {
+    let Some(mid) = free else {
+        if !session.to_add.contains(&key) {
+            session.to_add.push(key);
+            offers_due.push(id);
+        }
+        return None;
+    };
+    reassign_slot(session, publications, id, mid, Some(key));
+    changes.push(slot_info(publications, mid, Some(key)));
+    Some(mid)
 }
 
 fn slot_info(
