@@ -24,9 +24,10 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::expect::{FROZEN_SUBSCRIBED, STREAMS_PER_CLIENT, Shown, StreamKind, TalkTurn};
+use crate::idmap::IdMap;
 use crate::media::{
     AUDIO_FRAME, DTX_INTERVAL, KeyframeSchedule, LAYERS, LayerShape, OpusLibrary, PacketPlan, STAMP_LEN,
-    Stamp, Vp8Packetizer, find_stamp, layer_for_tile, vp8_is_keyframe_start,
+    Stamp, Vp8Packetizer, find_any_stamp, layer_for_tile, vp8_is_keyframe_start,
 };
 use crate::scenario::Scenario;
 use crate::signal::FromServer;
@@ -264,6 +265,9 @@ struct RxStream {
     jitter: Jitter,
     /// The last packet received inside the window (microseconds since the epoch).
     last_in_window_us: Option<u64>,
+    /// The sender's first sequence number in the window, once set: it never changes, and
+    /// reading it here keeps the receiver off the cache line the sender writes per packet.
+    first: Option<u32>,
 }
 
 /// One camera as a receiver sees it, whichever layers arrive.
@@ -294,18 +298,31 @@ struct Client {
     join_ms: Option<f64>,
     last_offer_at: Instant,
     /// By measurement stream id.
-    rx: HashMap<u32, RxStream>,
+    rx: IdMap<u32, RxStream>,
     /// By the serial of the client publishing the camera.
-    rx_tracks: HashMap<u32, RxTrack>,
+    rx_tracks: IdMap<u32, RxTrack>,
     /// What each receiving mid carries by the server's last `slots`, and since when.
     slots: HashMap<String, (String, Instant)>,
     layer_pauses: u32,
     switch_keyframe_ms: Vec<f64>,
+    /// When the engine wants its next timeout.
     timeout: Instant,
+    /// The earliest engine timer in the heap that is still live: one per client, however
+    /// often the engine's timeout moves.
+    rtc_timer: Option<Instant>,
     closed: Option<String>,
     engine_failed: bool,
     speaker_events: u32,
     errors: Vec<String>,
+}
+
+/// How far to poll a client's engine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// The next received RTP packet, or the end of the output.
+    Packet,
+    /// The end of the output: the engine's next timeout.
+    Timeout,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -322,13 +339,17 @@ pub struct Worker {
     shared: Arc<Shared>,
     scenario: Scenario,
     opus: Arc<OpusLibrary>,
-    clients: HashMap<u32, Client>,
+    clients: IdMap<u32, Client>,
     finished: Vec<ClientResult>,
     timers: BinaryHeap<Reverse<(Instant, u32, Due)>>,
     latency: LatencyHistogram,
-    seconds: HashMap<u64, (u64, u64, LatencyHistogram)>,
+    /// Indexed by the second since the epoch.
+    seconds: Vec<Option<(u64, u64, LatencyHistogram)>>,
     ports: Vec<u16>,
     published_second: u64,
+    /// Counted here and added to `shared` once per loop turn: one shared write per turn,
+    /// not one per packet on a cache line every thread writes.
+    counts: Counts,
     payload: Vec<u8>,
     server_ip: std::net::IpAddr,
 }
@@ -350,14 +371,14 @@ impl Worker {
             shared,
             scenario,
             opus,
-            clients: HashMap::new(),
+            clients: IdMap::default(),
             finished: Vec::new(),
             timers: BinaryHeap::new(),
             latency: LatencyHistogram::default(),
-            seconds: HashMap::new(),
+            seconds: Vec::new(),
             ports: Vec::new(),
             published_second: 0,
-
+            counts: Counts::default(),
             payload: Vec::with_capacity(1500),
             server_ip,
         };
@@ -398,16 +419,23 @@ impl Worker {
             }
             let now = Instant::now();
             self.run_timers(now);
+            self.counts.publish(&self.shared);
             self.publish_live(now);
         }
         let ids: Vec<u32> = self.clients.keys().copied().collect();
         for id in ids {
             self.finish(id, false);
         }
+        self.counts.publish(&self.shared);
+        let seconds = std::mem::take(&mut self.seconds)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(s, entry)| Some((s as u64, entry?)))
+            .collect();
         WorkerResult {
             clients: std::mem::take(&mut self.finished),
             latency: std::mem::take(&mut self.latency),
-            seconds: std::mem::take(&mut self.seconds),
+            seconds,
             ports: std::mem::take(&mut self.ports),
         }
     }
@@ -419,7 +447,8 @@ impl Worker {
             return;
         }
         self.published_second = second;
-        if let Some(p99) = self.seconds.get(&(second - 1)).and_then(|(_, _, h)| h.percentile_ms(99.0)) {
+        let last = self.seconds.get((second - 1) as usize).and_then(Option::as_ref);
+        if let Some(p99) = last.and_then(|(_, _, h)| h.percentile_ms(99.0)) {
             self.shared.live_p99_us.fetch_max((p99 * 1000.0) as u64, Ordering::Relaxed);
         }
     }
@@ -534,12 +563,13 @@ impl Worker {
                 connected_at: None,
                 join_ms: None,
                 last_offer_at: now,
-                rx: HashMap::new(),
-                rx_tracks: HashMap::new(),
+                rx: IdMap::default(),
+                rx_tracks: IdMap::default(),
                 slots: HashMap::new(),
                 layer_pauses: 0,
                 switch_keyframe_ms: Vec::new(),
                 timeout: now,
+                rtc_timer: None,
                 closed: None,
                 engine_failed: false,
                 speaker_events: 0,
@@ -660,12 +690,15 @@ impl Worker {
 
     /// Read what a client's socket holds, a batch per system call, and feed its engine.
     fn receive(&mut self, id: u32, batch: &mut RecvBatch) {
+        // The engine holds one received RTP packet until polled, so each datagram is
+        // polled up to its packet; the rest of the output (feedback, the next timeout, a
+        // walk over every part of the engine) waits for the end of the batch.
+        let mut undrained = false;
         loop {
             let Some(client) = self.clients.get_mut(&id) else { return };
             let count = match batch.receive(&client.socket) {
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => return,
+                Err(_) => break,
             };
             let now = Instant::now();
             for i in 0..count {
@@ -674,15 +707,18 @@ impl Worker {
                 let Ok(receive) = Receive::new(Protocol::Udp, source, client.local, data) else { continue };
                 let rtc = &mut client.rtc;
                 match contained(&mut client.errors, || rtc.handle_input(Input::Receive(now, receive))) {
-                    Some(Ok(())) => self.drain(id),
+                    Some(Ok(())) => undrained = self.drain_until(id, Until::Packet),
                     Some(Err(_)) => {}
                     None => return self.fail(id),
                 }
             }
             // A short batch means the socket was empty when read; new datagrams raise a new event.
             if count < RecvBatch::SIZE {
-                return;
+                break;
             }
+        }
+        if undrained {
+            self.drain(id);
         }
     }
 
@@ -695,11 +731,18 @@ impl Worker {
             let Some(client) = self.clients.get_mut(&id) else { continue };
             if due != Due::Rtc && self.shared.in_window(self.shared.us(at)) {
                 let late = now.saturating_duration_since(at).as_micros() as u64;
-                self.shared.max_timer_late_us.fetch_max(late, Ordering::Relaxed);
+                self.counts.max_timer_late_us = self.counts.max_timer_late_us.max(late);
             }
             match due {
                 Due::Rtc => {
-                    if client.timeout != at {
+                    if client.rtc_timer != Some(at) {
+                        continue;
+                    }
+                    client.rtc_timer = None;
+                    if client.timeout > now {
+                        // The engine's timeout moved later since this timer was set.
+                        client.rtc_timer = Some(client.timeout);
+                        self.timers.push(Reverse((client.timeout, id, Due::Rtc)));
                         continue;
                     }
                     let rtc = &mut client.rtc;
@@ -715,38 +758,52 @@ impl Worker {
         }
     }
 
+    /// Poll a client's engine until it has nothing more to do now.
     fn drain(&mut self, id: u32) {
+        self.drain_until(id, Until::Timeout);
+    }
+
+    /// Poll a client's engine until it says when it next needs time, or with
+    /// `Until::Packet` until it gave a received RTP packet; true when it stopped there.
+    fn drain_until(&mut self, id: u32, until: Until) -> bool {
         loop {
-            let Some(client) = self.clients.get_mut(&id) else { return };
+            let Some(client) = self.clients.get_mut(&id) else { return false };
             let rtc = &mut client.rtc;
             let Some(polled) = contained(&mut client.errors, || rtc.poll_output()) else {
-                return self.fail(id);
+                self.fail(id);
+                return false;
             };
             let output = match polled {
                 Ok(o) => o,
                 Err(e) => {
                     client.errors.push(format!("rtc: {e}"));
                     client.closed.get_or_insert_with(|| "media failed".into());
-                    return;
+                    return false;
                 }
             };
-            match output {
+            match &output {
                 Output::Timeout(t) => {
-                    if t != client.timeout {
-                        client.timeout = t;
-                        self.timers.push(Reverse((t, id, Due::Rtc)));
+                    client.timeout = *t;
+                    if client.rtc_timer.is_none_or(|at| *t < at) {
+                        client.rtc_timer = Some(*t);
+                        self.timers.push(Reverse((*t, id, Due::Rtc)));
                     }
-                    return;
+                    return false;
                 }
                 Output::Transmit(t) => {
                     let _ = client.socket.send_to(&t.contents, t.destination);
                 }
-                Output::Event(e) => self.on_event(id, e),
+                Output::Event(e) => {
+                    self.on_event(id, e);
+                    if until == Until::Packet && matches!(e, Event::RtpPacket(_)) {
+                        return true;
+                    }
+                }
             }
         }
     }
 
-    fn on_event(&mut self, id: u32, event: Event) {
+    fn on_event(&mut self, id: u32, event: &Event) {
         let now = Instant::now();
         let Some(client) = self.clients.get_mut(&id) else { return };
         match event {
@@ -770,22 +827,23 @@ impl Worker {
                 }
             }
             Event::RtpPacket(packet) => {
-                let Some(mid) = client.rtc.direct_api().stream_rx(&packet.header.ssrc).map(|s| s.mid())
-                else {
-                    return;
-                };
-                let video = client.rtc.media(mid).is_some_and(|m| m.kind() == MediaKind::Video);
-                let Some(stamp) = find_stamp(&packet.payload, video) else { return };
+                // The payload tells audio from video (no lookup of the stream and its m-line
+                // per packet); the stamp's stream id must agree.
+                let Some((stamp, video)) = find_any_stamp(&packet.payload) else { return };
                 let Some(sent) = self.shared.streams.get(stamp.stream as usize) else { return };
+                let (owner, kind) = StreamKind::of(stamp.stream);
+                if video != matches!(kind, StreamKind::Video(_)) {
+                    return;
+                }
                 let received_us = self.shared.us(packet.timestamp);
-                self.shared.packets_received.fetch_add(1, Ordering::Relaxed);
-                self.shared.bytes_received.fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+                self.counts.packets_received += 1;
+                self.counts.bytes_received += packet.payload.len() as u64;
                 if client.join_ms.is_none() && client.setup.join_measurable {
                     client.join_ms = Some(now.duration_since(client.setup.ws_open_at).as_secs_f64() * 1000.0);
                 }
                 let latency_us = received_us.saturating_sub(stamp.sent_us);
                 let second = received_us / 1_000_000;
-                let entry = self.seconds.entry(second).or_insert_with(|| (0, 0, LatencyHistogram::default()));
+                let entry = second_entry(&mut self.seconds, second);
                 entry.0 += 1;
                 entry.1 += packet.payload.len() as u64;
                 entry.2.record(latency_us);
@@ -793,12 +851,12 @@ impl Worker {
                     delivery: DeliveryCounter::default(),
                     jitter: Jitter::default(),
                     last_in_window_us: None,
+                    first: None,
                 });
                 rx.jitter.record(stamp.sent_us, received_us);
                 if self.shared.in_window(received_us) {
                     rx.last_in_window_us = Some(received_us);
                 }
-                let (owner, kind) = StreamKind::of(stamp.stream);
                 // Back from another layer of the same camera: the server had moved the tile.
                 let returned = match kind {
                     StreamKind::Video(layer) => {
@@ -808,8 +866,10 @@ impl Worker {
                 };
                 if self.shared.in_window(stamp.sent_us) {
                     self.latency.record(latency_us);
-                    let first = sent.first.load(Ordering::Relaxed);
-                    if first != UNSET
+                    if rx.first.is_none() {
+                        rx.first = Some(sent.first.load(Ordering::Relaxed)).filter(|f| *f != UNSET);
+                    }
+                    if let Some(first) = rx.first
                         && let Some(index) = window_index(stamp.seq, first)
                     {
                         rx.delivery.record(index);
@@ -904,7 +964,7 @@ impl Worker {
                     .marker(false),
             );
             self.shared.note_sent(stream, *seq, sent_us);
-            self.shared.packets_sent.fetch_add(1, Ordering::Relaxed);
+            self.counts.packets_sent += 1;
             *seq += 1;
             audio.rtp_seq += 1;
         }
@@ -942,7 +1002,7 @@ impl Worker {
                     .nackable(true),
             );
             self.shared.note_sent(layer.stream, layer.seq, sent_us);
-            self.shared.packets_sent.fetch_add(1, Ordering::Relaxed);
+            self.counts.packets_sent += 1;
             layer.seq += 1;
             layer.rtp_seq += 1;
         }
@@ -1102,6 +1162,43 @@ impl RecvBatch {
             }
         };
         (source, &self.buffers[i][..self.headers[i].msg_len as usize])
+    }
+}
+
+/// Packets, bytes and latencies received in second `second` since the epoch.
+fn second_entry(
+    seconds: &mut Vec<Option<(u64, u64, LatencyHistogram)>>,
+    second: u64,
+) -> &mut (u64, u64, LatencyHistogram) {
+    let index = second as usize;
+    if index >= seconds.len() {
+        seconds.resize_with(index + 1, || None);
+    }
+    seconds[index].get_or_insert_with(|| (0, 0, LatencyHistogram::default()))
+}
+
+/// What a worker counted since its last loop turn, for the shared totals.
+#[derive(Default)]
+struct Counts {
+    packets_sent: u64,
+    packets_received: u64,
+    bytes_received: u64,
+    max_timer_late_us: u64,
+}
+
+impl Counts {
+    fn publish(&mut self, shared: &Shared) {
+        if self.packets_sent > 0 {
+            shared.packets_sent.fetch_add(self.packets_sent, Ordering::Relaxed);
+        }
+        if self.packets_received > 0 {
+            shared.packets_received.fetch_add(self.packets_received, Ordering::Relaxed);
+            shared.bytes_received.fetch_add(self.bytes_received, Ordering::Relaxed);
+        }
+        if self.max_timer_late_us > 0 {
+            shared.max_timer_late_us.fetch_max(self.max_timer_late_us, Ordering::Relaxed);
+        }
+        *self = Counts::default();
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod engine;
 mod expect;
+mod idmap;
 mod media;
 mod report;
 mod scenario;

@@ -307,6 +307,15 @@ pub fn find_stamp(payload: &[u8], video: bool) -> Option<Stamp> {
     Stamp::read(payload.get(VP8_DESCRIPTOR_LEN + header..)?)
 }
 
+/// The stamp of an audio or a video payload, and whether it was video: an audio payload
+/// starts with the stamp's magic, which a VP8 descriptor (X bit set) never does.
+pub fn find_any_stamp(payload: &[u8]) -> Option<(Stamp, bool)> {
+    match Stamp::read(payload) {
+        Some(stamp) => Some((stamp, false)),
+        None => Some((find_stamp(payload, true)?, true)),
+    }
+}
+
 /// True when a VP8 payload starts a keyframe (descriptor S=1, PID=0, frame tag P=0).
 pub fn vp8_is_keyframe_start(payload: &[u8]) -> bool {
     payload.first().is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0)
@@ -426,6 +435,17 @@ mod tests {
         assert!(!vp8_is_keyframe_start(&out), "delta frame has P=1");
         assert_eq!(u16::from_be_bytes([out[2] & 0x7f, out[3]]), (pid + 1) & 0x7fff);
         assert_eq!(find_stamp(&out, true), Some(stamp));
+        assert_eq!(find_any_stamp(&out), Some((stamp, true)), "a video payload tells itself apart");
+    }
+
+    #[test]
+    fn audio_payload_tells_itself_apart() {
+        let stamp = Stamp { stream: 5, seq: 6, sent_us: 7 };
+        let mut out = vec![0u8; STAMP_LEN];
+        stamp.write(&mut out);
+        out.extend_from_slice(&[0xfc, 0xff, 0xfe]);
+        assert_eq!(find_any_stamp(&out), Some((stamp, false)));
+        assert_eq!(find_any_stamp(&out[1..]), None, "not a stamp either way");
     }
 
     #[test]
