@@ -1330,9 +1330,10 @@ impl Shard {
                     .values()
                     .filter(|s| s.kind == TrackKind::Audio && s.publication.is_some())
                     .count() as u64;
-            let mut mids = Vec::new();
-            let mut tracks = Vec::new();
-            let mut current = Vec::new();
+            // (place in the client's list, mid, the track as the allocator sees it, its
+            // current cap), sorted so ties (every track of a client without a list) keep one
+            // order for all three.
+            let mut shown: Vec<(usize, Mid, AllocTrack, Option<u8>)> = Vec::new();
             for (mid, sub) in &session.subscriptions {
                 let Some(publication) = sub.publication.and_then(|k| room.publications.get(&k)) else {
                     continue;
@@ -1352,25 +1353,20 @@ impl Shard {
                 });
                 let priority = if publication.track.source == TrackSource::Screen {
                     Priority::Screen
-                } else if Some(publication_owner(sub)) == room.dominant {
+                } else if sub.publication.map(|k| k.0) == room.dominant {
                     Priority::Speaker
                 } else {
                     Priority::Normal
                 };
-                mids.push((sub.order, *mid));
-                tracks.push((
-                    sub.order,
-                    AllocTrack { priority, wanted: choose_layer(sub.wanted, arriving), layer_bps },
-                ));
+                let track = AllocTrack { priority, wanted: choose_layer(sub.wanted, arriving), layer_bps };
                 // Never allocated yet: start from what it wants (step down if it must),
                 // rather than creep up from nothing.
-                current.push((sub.order, sub.cap.unwrap_or(Some(MAX_LAYERS as u8 - 1))));
+                shown.push((sub.order, *mid, track, sub.cap.unwrap_or(Some(MAX_LAYERS as u8 - 1))));
             }
-            mids.sort_unstable();
-            tracks.sort_unstable_by_key(|(o, _)| *o);
-            current.sort_unstable_by_key(|(o, _)| *o);
-            let tracks: Vec<AllocTrack> = tracks.into_iter().map(|(_, t)| t).collect();
-            let current: Vec<Option<u8>> = current.into_iter().map(|(_, c)| c).collect();
+            shown.sort_unstable_by_key(|(order, mid, _, _)| (*order, *mid));
+            let mids: Vec<Mid> = shown.iter().map(|(_, mid, _, _)| *mid).collect();
+            let current: Vec<Option<u8>> = shown.iter().map(|(_, _, _, cap)| *cap).collect();
+            let tracks: Vec<AllocTrack> = shown.into_iter().map(|(_, _, track, _)| track).collect();
             let desired: u64 = audio_bps
                 + tracks.iter().filter_map(|t| t.wanted.map(|w| t.layer_bps[w as usize])).sum::<u64>();
             // An estimate above what is actually sent says nothing is congested: GCC cannot
@@ -1387,7 +1383,7 @@ impl Shard {
             let allocation = allocate(budget.saturating_sub(audio_bps), &tracks, &current);
             let mut keyframes = Vec::new();
             let mut paused = 0;
-            for ((_, mid), cap) in mids.into_iter().zip(allocation) {
+            for (mid, cap) in mids.into_iter().zip(allocation) {
                 let Some(sub) = session.subscriptions.get_mut(&mid) else { continue };
                 sub.cap = Some(cap);
                 if cap.is_none() {
@@ -1698,11 +1694,6 @@ fn vp8_patch(payload: &[u8], renumber: crate::forward::vp8::Vp8Renumber) -> Opti
         builder = builder.tl0_pic_idx(tl0);
     }
     builder.build().ok()
-}
-
-/// The session that publishes what a slot carries.
-fn publication_owner(sub: &Subscription) -> SessionId {
-    sub.publication.map_or(0, |k| k.0)
 }
 
 /// A track's place in the client's list of shown tracks (auto mode: all equal).
