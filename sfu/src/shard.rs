@@ -903,12 +903,26 @@ impl Shard {
 
     /// Drain every session written to since the last flush, once each: a turn of many
     /// inputs polls each subscriber's engine once, not once per forwarded packet.
+    ///
+    /// str0m holds a written packet until its clock moves (a timeout input stamps the send
+    /// queues), so each written session gets that timeout here, before the drain: otherwise
+    /// the drain only learns "timeout now", and the packet waits for the next turn's timer
+    /// pass, a second full poll of the session for every write.
     fn flush_dirty(&mut self) {
         while !self.dirty.is_empty() {
             let mut dirty = std::mem::take(&mut self.dirty);
             dirty.sort_unstable();
             dirty.dedup();
+            let now = Instant::now();
             for id in dirty {
+                if let Some(session) = self.sessions.get_mut(&id) {
+                    let rtc = &mut session.rtc;
+                    if let Some(Err(e)) = contained(&mut self.failed, &self.metrics, id, || {
+                        rtc.handle_input(Input::Timeout(now))
+                    }) {
+                        debug!(error = %e, "timeout input failed");
+                    }
+                }
                 self.drain(id);
             }
         }
