@@ -36,6 +36,8 @@ pub struct MediaSection {
     pub audio_top_n_above: usize,
     /// Estimate each subscriber's bandwidth and fit its video layers into it.
     pub bwe: bool,
+    /// Send forwarded media through Huiyi's own SRTP path rather than str0m's.
+    pub fast_egress: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -76,6 +78,7 @@ impl Default for MediaSection {
             audio_top_n: d.audio_top_n,
             audio_top_n_above: d.audio_top_n_above,
             bwe: d.bwe,
+            fast_egress: d.fast_egress,
         }
     }
 }
@@ -120,6 +123,7 @@ impl Config {
             audio_top_n: self.media.audio_top_n.max(1),
             audio_top_n_above: self.media.audio_top_n_above,
             bwe: self.media.bwe,
+            fast_egress: self.media.fast_egress,
             ..sfu::MediaConfig::default()
         }
     }

@@ -34,6 +34,9 @@ pub struct MediaConfig {
     /// Estimate each subscriber's bandwidth (transport-cc, or REMB) and fit its video
     /// layers into it; starting estimate in bits per second.
     pub bwe: bool,
+    /// Send forwarded RTP through Huiyi's own SRTP fast path (ADR 0009) rather than
+    /// str0m's per-stream send path. Needs a GCM SRTP profile; not used with `bwe`.
+    pub fast_egress: bool,
     pub bwe_initial_bps: u64,
 }
 
@@ -57,6 +60,7 @@ impl Default for MediaConfig {
             // contention lose packets (churn-smoke: 96.8% delivery and 447 NACKs with it,
             // 100% and none without). See docs/adr/0007-bandwidth-allocation.md.
             bwe: false,
+            fast_egress: true,
             bwe_initial_bps: 10_000_000,
         }
     }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod demux;
+pub mod egress;
 pub mod fasthash;
 pub mod forward;
 pub mod metrics;

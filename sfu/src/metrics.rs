@@ -13,6 +13,7 @@ pub struct SfuMetrics {
     pub bytes_out: IntCounter,
     pub rtp_forwarded: IntCounter,
     pub nacks: IntCounter,
+    pub retransmitted: IntCounter,
     pub keyframe_requests: IntCounterVec,
     pub dropped_datagrams: IntCounterVec,
     pub dropped_events: IntCounter,
@@ -52,6 +53,10 @@ impl SfuMetrics {
             bytes_out: counter("huiyi_udp_bytes_out_total", "Bytes sent from the media port"),
             rtp_forwarded: counter("huiyi_rtp_forwarded_total", "RTP packets written to subscribers"),
             nacks: counter("huiyi_nacks_received_total", "NACKs received from subscribers"),
+            retransmitted: counter(
+                "huiyi_rtp_retransmitted_total",
+                "Packets the forwarding fast path resent in answer to subscribers' NACKs",
+            ),
             keyframe_requests: counter_vec(
                 "huiyi_keyframe_requests_total",
                 "Keyframe requests: from subscribers (received) and to publishers (sent, after throttling)",

@@ -42,3 +42,71 @@ fn lost_packet_evicted_from_cache_is_not_resent() {
     assert!(got.contains(&45), "later packets flow: {got:?}");
     assert!(link.server_nacks >= 1, "the NACK reached the server and missed");
 }
+
+/// The forwarding fast path (egress/): packets protected with the keys learnt from the
+/// server's DTLS handshake decrypt at a str0m client, and a packet lost on the way is
+/// resent from the slot's history on the RTX stream when the client's NACK (SRTCP,
+/// decrypted by the fast path) names it.
+#[test]
+fn fast_path_packets_decrypt_and_a_lost_one_is_resent_over_rtx() {
+    use std::sync::Arc;
+
+    use crate::egress::{self, Egress, Outgoing};
+    use crate::testing::{CLIENT_ADDR, SERVER_ADDR};
+
+    let mut link = Link::new(&MediaConfig::default());
+    let (ssrc, pt) = link.connect();
+    let captured = egress::keys::take_captured();
+    assert_eq!(captured.len(), 1, "the server's handshake exported its keying material once");
+    let c = &captured[0];
+    let crypto = egress::keys::crypto_provider();
+    let (tx, rx) = egress::srtp::session_keys(&crypto, c.profile, &c.material, c.local_is_client)
+        .expect("str0m negotiates a GCM profile");
+    let mut egress = Egress::new(tx, rx);
+    let mid = link.server.rtc.direct_api().stream_tx(&ssrc).unwrap().mid();
+    let mut slot = crate::shard::slot_out(&mut link.server.rtc, mid, ssrc, pt).expect("slot state");
+    assert!(slot.rtx.is_some(), "the client negotiated RTX for VP8");
+    assert!(slot.ext.mid.is_some(), "the client negotiated the mid extension");
+
+    let (server, client) = (SERVER_ADDR.parse().unwrap(), CLIENT_ADDR.parse().unwrap());
+    link.log_to_server = true;
+    // Across a rollover of the 16-bit sequence number, so the ROC is exercised too.
+    let first = 65_530u64;
+    for seq in first..first + 20 {
+        let payload: Arc<[u8]> = vec![0x10, 0x01, seq as u8, (seq >> 8) as u8].into();
+        let p = Outgoing {
+            pt: *pt,
+            seq,
+            timestamp: seq as u32 * 3000,
+            marker: true,
+            payload: &payload,
+            vp8: None,
+            audio_level: None,
+        };
+        slot.remember(&p);
+        let datagram = egress.seal(&slot, &p).expect("sealed").to_vec();
+        if seq != first + 10 {
+            link.deliver(false, server, client, &datagram);
+        }
+        link.advance(Duration::from_millis(5));
+    }
+    let lost = (first + 10) as u16;
+    assert!(!link.received.iter().any(|(s, _)| *s == lost));
+    assert_eq!(link.received.len(), 19, "every other packet decrypted at the client");
+
+    // The client NACKs within a few hundred milliseconds.
+    link.advance(Duration::from_millis(500));
+    let mut resent = 0;
+    for datagram in std::mem::take(&mut link.to_server) {
+        for (media, seq) in egress.nacked(&datagram).unwrap_or_default() {
+            assert_eq!(media, *ssrc);
+            let Some(again) = egress.reseal(&mut slot, seq) else { continue };
+            let again = again.to_vec();
+            link.deliver(false, server, client, &again);
+            resent += 1;
+        }
+    }
+    assert!(resent >= 1, "the client's NACK named the lost packet");
+    let got = link.received.iter().find(|(s, _)| *s == lost).expect("the lost packet arrived over RTX");
+    assert_eq!(got.1, vec![0x10, 0x01, lost as u8, (lost >> 8) as u8]);
+}

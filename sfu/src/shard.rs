@@ -27,6 +27,7 @@ use crate::api::{
 };
 use crate::config::MediaConfig;
 use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
+use crate::egress::{self, Egress, ExtIds, Outgoing, SlotOut};
 use crate::fasthash::FastMap;
 use crate::forward::{RtpRewriter, VideoCodec, Vp8Rewriter, starts_keyframe};
 use crate::metrics::SfuMetrics;
@@ -36,6 +37,8 @@ use crate::select::{AllocTrack, MAX_LAYERS, Priority, Quality, allocate, choose_
 
 const HOUSEKEEPING: Duration = Duration::from_millis(200);
 const MAX_INPUTS_PER_TURN: usize = 512;
+/// On the fast path, one packet per slot in this interval still goes through str0m.
+const ENGINE_PACKET_EVERY_MS: u64 = 1000;
 /// Source addresses one session may be reached from (ICE may move between a few).
 const MAX_ADDRS_PER_SESSION: usize = 8;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -105,6 +108,12 @@ struct Subscription {
     cap: Option<Option<u8>>,
     /// Place in the client's list of shown tracks (its importance among equals).
     order: usize,
+    /// The fast path's state for this slot (egress/mod.rs), built at its first packet.
+    out: Option<SlotOut>,
+    /// When (ms since epoch) a packet last went through str0m on this slot: the first one
+    /// and then one a second do, so str0m's sender reports map the slot's RTP clock to
+    /// wall time.
+    engine_ms: Option<u64>,
 }
 
 impl Subscription {
@@ -123,6 +132,8 @@ impl Subscription {
             target: None,
             cap: None,
             order: usize::MAX,
+            out: None,
+            engine_ms: None,
         }
     }
 
@@ -185,6 +196,10 @@ struct Session {
     /// Incoming SSRC to its mid and simulcast layer.
     rx_mid: FastMap<Ssrc, (Mid, u8)>,
     subscriptions: FastMap<Mid, Subscription>,
+    /// The forwarding fast path's keys, once DTLS is up (None: str0m sends everything).
+    egress: Option<Egress>,
+    /// Where str0m last sent DTLS or SRTP: the peer's address on the selected ICE pair.
+    dest: Option<SocketAddr>,
     nacks_seen: HashMap<Mid, u64>,
     created: Instant,
     last_rx: Instant,
@@ -463,6 +478,8 @@ impl Shard {
                 rx_mid: FastMap::default(),
                 subscriptions: FastMap::default(),
                 nacks_seen: HashMap::new(),
+                egress: None,
+                dest: None,
                 created: now,
                 last_rx: now,
                 connected: false,
@@ -501,6 +518,12 @@ impl Shard {
                 return;
             }
         };
+        if session.egress.is_some() && is_rtcp(data) {
+            self.answer_nacks(id, data);
+        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let input = Input::Receive(at, receive);
         if !session.rtc.accepts(&input) {
             self.metrics.dropped_datagrams.with_label_values(&["rejected"]).inc();
@@ -524,6 +547,25 @@ impl Shard {
             self.routes.add_addr(source, self.index);
         }
         self.drain(id);
+    }
+
+    /// Resend what the fast path sent and the peer reports lost (str0m reads the same
+    /// feedback, but has none of those packets).
+    fn answer_nacks(&mut self, id: SessionId, data: &[u8]) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let (Some(egress), Some(dest)) = (session.egress.as_mut(), session.dest) else { return };
+        let Some(lost) = egress.nacked(data) else { return };
+        for (ssrc, seq) in lost {
+            let slot =
+                session.subscriptions.values_mut().filter_map(|s| s.out.as_mut()).find(|o| o.ssrc == ssrc);
+            let Some(datagram) = slot.and_then(|slot| egress.reseal(slot, seq)) else { continue };
+            self.metrics.retransmitted.inc();
+            self.metrics.packets_out.inc();
+            self.metrics.bytes_out.inc_by(datagram.len() as u64);
+            if let Err(e) = self.socket.send_to(datagram, dest) {
+                debug!(%dest, error = %e, "retransmission send failed");
+            }
+        }
     }
 
     fn handle_offer(&mut self, id: SessionId, sdp: &str, tracks: Vec<(String, TrackSource)>) {
@@ -612,6 +654,7 @@ impl Shard {
             if !sub.active {
                 sub.active = true;
                 sub.tx_ssrc = session.rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
+                sub.out = None;
                 if let (Some(key), Some(layer)) = (sub.publication, sub.target) {
                     want_keyframe.push((key, layer));
                 }
@@ -883,6 +926,11 @@ impl Shard {
             };
             match output {
                 Output::Transmit(t) => {
+                    // STUN answers go to every address the peer checks from; DTLS and
+                    // SRTP only over the selected pair (RFC 7983 first-byte ranges).
+                    if t.contents.first().is_some_and(|b| *b >= 20) {
+                        session.dest = Some(t.destination);
+                    }
                     self.metrics.packets_out.inc();
                     self.metrics.bytes_out.inc_by(t.contents.len() as u64);
                     if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
@@ -915,15 +963,43 @@ impl Shard {
             dirty.dedup();
             let now = Instant::now();
             for id in dirty {
-                if let Some(session) = self.sessions.get_mut(&id) {
-                    let rtc = &mut session.rtc;
-                    if let Some(Err(e)) = contained(&mut self.failed, &self.metrics, id, || {
-                        rtc.handle_input(Input::Timeout(now))
-                    }) {
-                        debug!(error = %e, "timeout input failed");
-                    }
+                self.send_written(id, now);
+            }
+        }
+    }
+
+    /// Move a written session's clock so str0m sends what was written, and drain it.
+    fn send_written(&mut self, id: SessionId, now: Instant) {
+        if let Some(session) = self.sessions.get_mut(&id) {
+            let rtc = &mut session.rtc;
+            if let Some(Err(e)) =
+                contained(&mut self.failed, &self.metrics, id, || rtc.handle_input(Input::Timeout(now)))
+            {
+                debug!(error = %e, "timeout input failed");
+            }
+        }
+        self.drain(id);
+    }
+
+    /// Give sessions whose DTLS handshake just finished their fast-path keys (when the
+    /// fast path is on, and the profile is a GCM one; others keep str0m's send path).
+    fn take_srtp_keys(&mut self) {
+        for captured in egress::keys::take_captured() {
+            if !self.config.fast_egress || self.config.bwe {
+                continue;
+            }
+            let Some(session) = self.sessions.get_mut(&captured.session) else { continue };
+            let crypto = egress::keys::crypto_provider();
+            match egress::srtp::session_keys(
+                &crypto,
+                captured.profile,
+                &captured.material,
+                captured.local_is_client,
+            ) {
+                Some((tx, rx)) => session.egress = Some(Egress::new(tx, rx)),
+                None => {
+                    debug!(participant = %session.participant_id, profile = ?captured.profile, "no fast path for this SRTP profile")
                 }
-                self.drain(id);
             }
         }
     }
@@ -936,6 +1012,7 @@ impl Shard {
                     s.connected = true;
                     info!(participant = %s.participant_id, room = %s.room, "media connected");
                 }
+                self.take_srtp_keys();
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.end_session(id, LeaveReason::MediaTimeout);
@@ -1244,6 +1321,7 @@ impl Shard {
         let ext = forwarded_extensions(&packet.header.ext_vals);
         let mut wants_keyframe = false;
         let mut retarget = false;
+        let mut send_now = Vec::new();
         for (sub_id, sub_mid) in &publication.subscribers {
             let Some(subscriber) = self.sessions.get_mut(sub_id) else {
                 continue;
@@ -1296,6 +1374,52 @@ impl Shard {
                 continue;
             };
             let renumber = if vp8 { sub.vp8.rewrite(*ssrc, &packet.payload) } else { None };
+            let outgoing = Outgoing {
+                pt: *out_pt,
+                seq: out.seq,
+                timestamp: out.timestamp,
+                marker: packet.header.marker,
+                payload: &packet.payload,
+                vp8: renumber,
+                audio_level: ext.audio_level.map(|l| (l, ext.voice_activity.unwrap_or(false))),
+            };
+            // The fast path, unless the packet carries extensions it does not write, or
+            // it is the slot's packet of the second for str0m's sender reports.
+            let fast = subscriber.egress.is_some()
+                && subscriber.dest.is_some()
+                && ext.video_orientation.is_none()
+                && ext.video_content_type.is_none()
+                && sub.engine_ms.is_some_and(|at| arrival_ms.saturating_sub(at) < ENGINE_PACKET_EVERY_MS);
+            if subscriber.egress.is_some() && sub.out.is_none() {
+                sub.out = slot_out(&mut subscriber.rtc, *sub_mid, tx_ssrc, out_pt);
+            }
+            if let (Some(slot), true) = (sub.out.as_mut(), is_video) {
+                slot.remember(&outgoing);
+            }
+            if let (true, Some(egress), Some(dest), Some(slot)) =
+                (fast, subscriber.egress.as_mut(), subscriber.dest, sub.out.as_ref())
+            {
+                match egress.seal(slot, &outgoing) {
+                    Some(datagram) => {
+                        self.metrics.packets_out.inc();
+                        self.metrics.bytes_out.inc_by(datagram.len() as u64);
+                        if let Err(e) = self.socket.send_to(datagram, dest) {
+                            debug!(%dest, error = %e, "send failed");
+                        }
+                    }
+                    None => {
+                        self.metrics.not_forwarded.with_label_values(&["too_big"]).inc();
+                        debug!(size = packet.payload.len(), "packet too big for the fast path");
+                    }
+                }
+                self.metrics.rtp_forwarded.inc();
+                subscriber.sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
+                continue;
+            }
+            sub.engine_ms = Some(arrival_ms);
+            // With the fast path on, its own history answers NACKs: str0m must not resend
+            // on the retransmission SSRC whose sequence numbers the fast path owns.
+            let nackable = is_video && subscriber.egress.is_none();
             let mut api = subscriber.rtc.direct_api();
             let Some(stream) = api.stream_tx(&tx_ssrc) else {
                 continue;
@@ -1309,7 +1433,7 @@ impl Shard {
             )
             .marker(packet.header.marker)
             .ext_vals(ext.clone())
-            .nackable(is_video);
+            .nackable(nackable);
             if let Some(patch) = renumber.and_then(|r| vp8_patch(&packet.payload, r)) {
                 write = write.vp8_patch(patch);
             }
@@ -1318,7 +1442,19 @@ impl Shard {
             }
             self.metrics.rtp_forwarded.inc();
             subscriber.sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
-            self.dirty.push(*sub_id);
+            if subscriber.egress.is_some() {
+                // Out now, before the fast path's next packet to it can overtake it: a
+                // receiver that sees a new stream's second packet first may drop the first.
+                send_now.push(*sub_id);
+            } else {
+                self.dirty.push(*sub_id);
+            }
+        }
+        if !send_now.is_empty() {
+            let now = Instant::now();
+            for sub_id in send_now {
+                self.send_written(sub_id, now);
+            }
         }
         if wants_keyframe {
             self.request_keyframe((id, mid), layer, packet.timestamp);
@@ -1660,7 +1796,8 @@ pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -
         .set_rtp_mode(true)
         .set_local_ice_credentials(creds)
         .set_send_buffer_video(config.nack_cache_packets)
-        .set_stats_interval(Some(STATS_INTERVAL));
+        .set_stats_interval(Some(STATS_INTERVAL))
+        .set_crypto_provider(egress::keys::crypto_provider());
     if config.bwe {
         builder = builder.enable_bwe(Some(Bitrate::bps(config.bwe_initial_bps)));
     }
@@ -1793,6 +1930,7 @@ fn contained<T>(
     id: SessionId,
     f: impl FnOnce() -> T,
 ) -> Option<T> {
+    egress::keys::set_current_session(id);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(v) => Some(v),
         Err(panic) => {
@@ -1812,6 +1950,25 @@ fn contained<T>(
 }
 
 /// A fixed point for converting packet arrival instants to milliseconds.
+/// The fast-path state of a slot: str0m's SSRCs for its mid and the peer's extension ids.
+pub(crate) fn slot_out(rtc: &mut Rtc, mid: Mid, ssrc: Ssrc, pt: str0m::media::Pt) -> Option<SlotOut> {
+    let media = rtc.media(mid)?;
+    let exts = media.remote_extmap();
+    let ext = ExtIds {
+        mid: exts.id_of(str0m::rtp::Extension::RtpMid),
+        audio_level: exts.id_of(str0m::rtp::Extension::AudioLevel),
+    };
+    let rtx_pt = rtc.codec_config().iter().find(|p| p.pt() == pt).and_then(|p| p.resend());
+    let rtx_ssrc = rtc.direct_api().stream_tx(&ssrc).and_then(|s| s.rtx());
+    let rtx = rtx_ssrc.zip(rtx_pt).map(|(s, p)| (*s, *p));
+    Some(SlotOut::new(*ssrc, rtx, mid.to_string(), ext))
+}
+
+/// An RTP/RTCP-multiplexed datagram that is RTCP (RFC 5761 §4: payload types 192-223).
+fn is_rtcp(data: &[u8]) -> bool {
+    data.len() >= 8 && data[0] >> 6 == 2 && (192..=223).contains(&data[1])
+}
+
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)

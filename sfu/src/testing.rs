@@ -16,6 +16,9 @@ use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc};
 use crate::config::MediaConfig;
 use crate::shard::session_rtc;
 
+pub const SERVER_ADDR: &str = "10.0.0.1:7701";
+pub const CLIENT_ADDR: &str = "10.0.0.2:5000";
+
 pub struct Peer {
     pub rtc: Rtc,
     next_timeout: Instant,
@@ -36,6 +39,9 @@ pub struct Link {
     held: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     pub received: Vec<(u16, Vec<u8>)>,
     pub server_nacks: u64,
+    /// Every datagram the client sent the server, when `log_to_server` is set.
+    pub log_to_server: bool,
+    pub to_server: Vec<Vec<u8>>,
     connected: (bool, bool),
 }
 
@@ -52,8 +58,7 @@ fn rtp_ssrc_seq(datagram: &[u8]) -> Option<(u32, u16)> {
 impl Link {
     pub fn new(config: &MediaConfig) -> Self {
         let now = Instant::now();
-        let server_addr: SocketAddr = "10.0.0.1:7701".parse().unwrap();
-        let client_addr: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let (server_addr, client_addr) = (SERVER_ADDR.parse().unwrap(), CLIENT_ADDR.parse().unwrap());
         let mut server = session_rtc(config, IceCreds::new(), now);
         server.add_local_candidate(Candidate::host(server_addr, "udp").unwrap());
         let mut client = Rtc::builder().set_rtp_mode(true).build(now);
@@ -69,6 +74,8 @@ impl Link {
             held: Vec::new(),
             received: Vec::new(),
             server_nacks: 0,
+            log_to_server: false,
+            to_server: Vec::new(),
             connected: (false, false),
         }
     }
@@ -122,7 +129,10 @@ impl Link {
         }
     }
 
-    fn deliver(&mut self, to_server: bool, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+    pub fn deliver(&mut self, to_server: bool, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        if to_server && self.log_to_server {
+            self.to_server.push(data.to_vec());
+        }
         let now = self.now;
         let peer = if to_server { &mut self.server } else { &mut self.client };
         let receive = Receive::new(Protocol::Udp, source, destination, data).unwrap();

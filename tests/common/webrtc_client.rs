@@ -659,7 +659,18 @@ impl Client {
         {
             v.track_ids.push(track.track_id.clone());
             if kind == Kind::Video {
-                v.first_is_keyframe = track.packets.first().map(|p| sender.video.is_keyframe(&p.payload));
+                // The first packet forwarded is the one with the lowest sequence number: the
+                // client's async layer can hand a new track's first packets over after a later
+                // one (seen with str0m's send path and ours alike, about 1 run in 15).
+                let first = track.packets.first().map(|first| {
+                    track
+                        .packets
+                        .iter()
+                        .filter(|p| p.ssrc == first.ssrc)
+                        .min_by_key(|p| p.seq.wrapping_sub(first.seq) as i16)
+                        .unwrap_or(first)
+                });
+                v.first_is_keyframe = first.map(|p| sender.video.is_keyframe(&p.payload));
             }
             let window =
                 |p: &&ReceivedPacket| from.is_none_or(|f| p.at >= f) && until.is_none_or(|u| p.at < u);

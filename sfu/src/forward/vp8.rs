@@ -90,6 +90,22 @@ impl Vp8Rewriter {
     }
 }
 
+/// Writes a renumbering into a packet's descriptor in place (the payload as it goes out).
+pub fn apply(payload: &mut [u8], renumber: Vp8Renumber) {
+    let Some(fields) = parse(payload) else { return };
+    if let (Some(new), Some((_, at, long))) = (renumber.picture_id, fields.picture_id) {
+        if long {
+            payload[at] = 0x80 | ((new >> 8) as u8 & 0x7f);
+            payload[at + 1] = new as u8;
+        } else {
+            payload[at] = new as u8 & 0x7f;
+        }
+    }
+    if let (Some(new), Some((_, at))) = (renumber.tl0picidx, fields.tl0picidx) {
+        payload[at] = new;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +177,16 @@ mod tests {
         let mut r = Vp8Rewriter::default();
         out(&mut r, 1, &[0x90, 0x80, 0x7f, 0x00]);
         assert_eq!(out(&mut r, 2, &[0x90, 0x80, 0x10, 0x00])[2], 0x00);
+    }
+
+    #[test]
+    fn apply_writes_the_renumbering_in_place() {
+        let mut p = packet(0x1234, 7);
+        apply(&mut p, Vp8Renumber { picture_id: Some(0x0042), tl0picidx: Some(9) });
+        assert_eq!(fields(&p), (0x0042, 9));
+        assert_eq!(p[0..2], [0x90, 0xc0]);
+        let mut short = vec![0x90, 0x80, 0x05, 0x00];
+        apply(&mut short, Vp8Renumber { picture_id: Some(0x7f), tl0picidx: Some(1) });
+        assert_eq!(short, vec![0x90, 0x80, 0x7f, 0x00], "no TL0PICIDX field to write");
     }
 }

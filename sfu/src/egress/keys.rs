@@ -1,0 +1,133 @@
+//! Learning a session's SRTP keying material from its DTLS handshake.
+//!
+//! str0m keeps its SRTP contexts private. Every session's engine is built with
+//! [`crypto_provider`], whose DTLS instances are str0m's own wrapped: when the handshake
+//! exports its keying material, the wrapper copies it, tagged with the session whose
+//! engine call is running on this thread (the shard sets that in `contained`, the one
+//! place every engine call goes through). The shard then takes it with [`take_captured`].
+
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use str0m::config::{CryptoProvider, DtlsCert};
+use str0m::crypto::CryptoError;
+use str0m::crypto::dtls::DtlsVersion;
+use str0m::crypto::dtls::{
+    DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, ProtocolVersion, SrtpProfile,
+};
+
+/// Keying material exported by one session's DTLS handshake.
+#[derive(Debug)]
+pub struct Captured {
+    pub session: u64,
+    pub profile: SrtpProfile,
+    pub material: Vec<u8>,
+    /// Whether this end was the DTLS client (its keys are the first half).
+    pub local_is_client: bool,
+}
+
+thread_local! {
+    static CURRENT: Cell<u64> = const { Cell::new(0) };
+    static CAPTURED: RefCell<Vec<Captured>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Names the session whose engine the calling thread is about to drive.
+pub fn set_current_session(id: u64) {
+    CURRENT.with(|c| c.set(id));
+}
+
+/// Keying material exported on this thread since the last call.
+pub fn take_captured() -> Vec<Captured> {
+    CAPTURED.with(|c| std::mem::take(&mut *c.borrow_mut()))
+}
+
+/// str0m's default crypto with the capturing DTLS provider in place of its own.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let base = str0m::crypto::from_feature_flags();
+            let dtls: &'static CapturingDtls = Box::leak(Box::new(CapturingDtls(base.dtls_provider)));
+            Arc::new(CryptoProvider { dtls_provider: dtls, ..base })
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct CapturingDtls(&'static dyn DtlsProvider);
+
+impl DtlsProvider for CapturingDtls {
+    fn generate_certificate(&self) -> Option<DtlsCert> {
+        self.0.generate_certificate()
+    }
+
+    fn new_dtls(
+        &self,
+        cert: &DtlsCert,
+        now: Instant,
+        dtls_version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        Ok(Box::new(CapturingInstance(self.0.new_dtls(cert, now, dtls_version, mtu)?)))
+    }
+
+    fn is_test(&self) -> bool {
+        self.0.is_test()
+    }
+}
+
+#[derive(Debug)]
+struct CapturingInstance(Box<dyn DtlsInstance>);
+
+impl DtlsInstance for CapturingInstance {
+    fn set_active(&mut self, active: bool) {
+        self.0.set_active(active)
+    }
+
+    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        self.0.handle_packet(packet)
+    }
+
+    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        let output = self.0.poll_output(buf);
+        if let DtlsOutput::KeyingMaterial(material, profile) = &output {
+            let captured = Captured {
+                session: CURRENT.with(|c| c.get()),
+                profile: *profile,
+                material: material.as_ref().to_vec(),
+                local_is_client: self.0.is_active(),
+            };
+            CAPTURED.with(|c| c.borrow_mut().push(captured));
+        }
+        output
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
+        self.0.handle_timeout(now)
+    }
+
+    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        self.0.send_application_data(data)
+    }
+
+    fn is_active(&self) -> bool {
+        self.0.is_active()
+    }
+
+    fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.0.protocol_version()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.0.is_closing()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    fn close(&mut self) -> Result<(), DtlsImplError> {
+        self.0.close()
+    }
+}

@@ -1,0 +1,282 @@
+//! The forwarding fast path (ADR 0009): forwarded RTP is written, SRTP-protected and sent
+//! by us, not queued through str0m's per-stream send path, which cost most of a forwarded
+//! packet's CPU (its queue, pacer and timeout polling run per subscriber per packet).
+//!
+//! str0m still owns the session: ICE, DTLS, RTCP reports, keyframe requests, and one
+//! packet per slot and second, so its sender reports keep the RTP clock mapped to wall
+//! time. What we send carries sequence numbers str0m never uses, and it is not in str0m's
+//! retransmission cache, so the NACKs for it are answered here, from the peer's SRTCP.
+
+pub mod keys;
+pub mod nack;
+pub mod srtp;
+
+use std::sync::Arc;
+
+use crate::forward::vp8::{self, Vp8Renumber};
+use srtp::{SrtcpReceiver, SrtpSender, TAG_LEN};
+
+/// Packets kept per video slot for retransmission (about 2 s of a camera's top layer).
+const HISTORY: usize = 256;
+const MAX_PACKET: usize = 1500;
+
+/// A session's fast-path sender: its SRTP keys and where its media goes.
+pub struct Egress {
+    srtp: SrtpSender,
+    srtcp: SrtcpReceiver,
+    packet: Vec<u8>,
+    protected: Vec<u8>,
+    plain_rtcp: Vec<u8>,
+}
+
+/// One packet to send on a slot.
+pub struct Outgoing<'a> {
+    pub pt: u8,
+    /// Extended sequence number: the low 16 bits go on the wire, the rest is the ROC.
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub payload: &'a Arc<[u8]>,
+    pub vp8: Option<Vp8Renumber>,
+    /// RFC 6464 level and voice flag, for audio.
+    pub audio_level: Option<(i8, bool)>,
+}
+
+/// Header extension ids the peer negotiated for a slot.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExtIds {
+    pub mid: Option<u8>,
+    pub audio_level: Option<u8>,
+}
+
+/// The fast-path state of one send slot: its SSRCs and what it sent recently.
+pub struct SlotOut {
+    pub ssrc: u32,
+    /// Retransmission SSRC and payload type (RFC 4588), when negotiated.
+    pub rtx: Option<(u32, u8)>,
+    rtx_seq: u64,
+    pub mid: String,
+    pub ext: ExtIds,
+    history: Vec<Option<Sent>>,
+}
+
+struct Sent {
+    seq: u64,
+    pt: u8,
+    timestamp: u32,
+    marker: bool,
+    payload: Arc<[u8]>,
+    vp8: Option<Vp8Renumber>,
+}
+
+impl SlotOut {
+    pub fn new(ssrc: u32, rtx: Option<(u32, u8)>, mid: String, ext: ExtIds) -> Self {
+        Self { ssrc, rtx, rtx_seq: fastrand_seq(ssrc), mid, ext, history: Vec::new() }
+    }
+
+    /// Keep a packet for retransmission (video only: audio is not retransmitted).
+    pub fn remember(&mut self, p: &Outgoing) {
+        if self.history.is_empty() {
+            self.history.resize_with(HISTORY, || None);
+        }
+        self.history[(p.seq % HISTORY as u64) as usize] = Some(Sent {
+            seq: p.seq,
+            pt: p.pt,
+            timestamp: p.timestamp,
+            marker: p.marker,
+            payload: p.payload.clone(),
+            vp8: p.vp8,
+        });
+    }
+
+    fn sent(&self, seq16: u16) -> Option<&Sent> {
+        // The NACK names 16-bit numbers; the slot in the ring tells the rest.
+        let slot = self.history.get((seq16 as usize) % HISTORY)?.as_ref()?;
+        (slot.seq as u16 == seq16).then_some(slot)
+    }
+}
+
+/// A stable, arbitrary start for a slot's retransmission sequence numbers.
+fn fastrand_seq(ssrc: u32) -> u64 {
+    (ssrc.wrapping_mul(2_654_435_761) >> 17) as u64
+}
+
+impl Egress {
+    pub fn new(srtp: SrtpSender, srtcp: SrtcpReceiver) -> Self {
+        Self {
+            srtp,
+            srtcp,
+            packet: Vec::with_capacity(MAX_PACKET),
+            protected: vec![0; MAX_PACKET + TAG_LEN],
+            plain_rtcp: Vec::with_capacity(MAX_PACKET),
+        }
+    }
+
+    /// Writes and protects one packet: the datagram to send, or None when it is too big.
+    pub fn seal(&mut self, slot: &SlotOut, p: &Outgoing) -> Option<&[u8]> {
+        let header_len =
+            write_header(&mut self.packet, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, slot, p);
+        self.packet.extend_from_slice(p.payload);
+        if let Some(renumber) = p.vp8 {
+            vp8::apply(&mut self.packet[header_len..], renumber);
+        }
+        self.protect(header_len, (p.seq >> 16) as u32)
+    }
+
+    /// The (media SSRC, sequence number) pairs the NACKs in one SRTCP datagram from the
+    /// peer report lost; `None` when it did not decrypt (str0m judges the datagram
+    /// anyway, this only reads it).
+    pub fn nacked(&mut self, datagram: &[u8]) -> Option<Vec<(u32, u16)>> {
+        let mut plain = std::mem::take(&mut self.plain_rtcp);
+        let lost = self.srtcp.unprotect(datagram, &mut plain).map(|_| nack::lost_packets(&plain));
+        self.plain_rtcp = plain;
+        lost
+    }
+
+    /// Resends one packet from the slot's history: on the retransmission SSRC when the
+    /// peer negotiated RTX, as it was otherwise. None when it is no longer kept.
+    pub fn reseal(&mut self, slot: &mut SlotOut, seq16: u16) -> Option<&[u8]> {
+        slot.sent(seq16)?;
+        if slot.rtx.is_some() {
+            slot.rtx_seq += 1;
+        }
+        let sent = slot.sent(seq16)?;
+        let (ssrc, pt, seq, osn) = match slot.rtx {
+            Some((rtx_ssrc, rtx_pt)) => (rtx_ssrc, rtx_pt, slot.rtx_seq, Some(sent.seq as u16)),
+            None => (slot.ssrc, sent.pt, sent.seq, None),
+        };
+        let p = Outgoing {
+            pt,
+            seq,
+            timestamp: sent.timestamp,
+            marker: sent.marker,
+            payload: &sent.payload,
+            vp8: sent.vp8,
+            audio_level: None,
+        };
+        let header_len =
+            write_header(&mut self.packet, ssrc, pt, seq as u16, p.timestamp, p.marker, slot, &p);
+        if let Some(osn) = osn {
+            self.packet.extend_from_slice(&osn.to_be_bytes());
+        }
+        let body_at = self.packet.len();
+        self.packet.extend_from_slice(p.payload);
+        if let Some(renumber) = p.vp8 {
+            vp8::apply(&mut self.packet[body_at..], renumber);
+        }
+        self.protect(header_len, (seq >> 16) as u32)
+    }
+
+    fn protect(&mut self, header_len: usize, roc: u32) -> Option<&[u8]> {
+        let len = self.packet.len();
+        if len + TAG_LEN > self.protected.len() {
+            return None;
+        }
+        if !self.srtp.protect(&self.packet, header_len, roc, &mut self.protected) {
+            return None;
+        }
+        Some(&self.protected[..len + TAG_LEN])
+    }
+}
+
+/// The RTP header with a one-byte-form extension block (RFC 8285) carrying the mid and,
+/// for audio, the level. Returns the header length.
+#[allow(clippy::too_many_arguments)]
+fn write_header(
+    buf: &mut Vec<u8>,
+    ssrc: u32,
+    pt: u8,
+    seq: u16,
+    timestamp: u32,
+    marker: bool,
+    slot: &SlotOut,
+    p: &Outgoing,
+) -> usize {
+    buf.clear();
+    buf.extend_from_slice(&[0x80, (pt & 0x7f) | if marker { 0x80 } else { 0 }]);
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf.extend_from_slice(&timestamp.to_be_bytes());
+    buf.extend_from_slice(&ssrc.to_be_bytes());
+    let mid = slot.mid.as_bytes();
+    let with_mid = slot.ext.mid.filter(|_| !mid.is_empty() && mid.len() <= 16);
+    let with_level = slot.ext.audio_level.zip(p.audio_level);
+    if with_mid.is_none() && with_level.is_none() {
+        return buf.len();
+    }
+    buf[0] |= 0x10;
+    let block_at = buf.len();
+    buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
+    if let Some(id) = with_mid {
+        buf.push((id << 4) | (mid.len() as u8 - 1));
+        buf.extend_from_slice(mid);
+    }
+    if let Some((id, (level, voice))) = with_level {
+        buf.push(id << 4);
+        buf.push(if voice { 0x80 } else { 0 } | ((-level).clamp(0, 127) as u8));
+    }
+    while !(buf.len() - block_at).is_multiple_of(4) {
+        buf.push(0);
+    }
+    let words = ((buf.len() - block_at) / 4 - 1) as u16;
+    buf[block_at + 2..block_at + 4].copy_from_slice(&words.to_be_bytes());
+    buf.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outgoing(payload: &Arc<[u8]>) -> Outgoing<'_> {
+        Outgoing {
+            pt: 111,
+            seq: 70_000,
+            timestamp: 960,
+            marker: true,
+            payload,
+            vp8: None,
+            audio_level: Some((-30, true)),
+        }
+    }
+
+    #[test]
+    fn header_carries_mid_and_audio_level_padded_to_words() {
+        let payload: Arc<[u8]> = vec![1, 2, 3].into();
+        let slot = SlotOut::new(0x1234_5678, None, "3".into(), ExtIds { mid: Some(4), audio_level: Some(1) });
+        let mut buf = Vec::new();
+        let p = outgoing(&payload);
+        let len = write_header(&mut buf, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, &slot, &p);
+        assert_eq!(len % 4, 0);
+        assert_eq!(buf[0], 0x90);
+        assert_eq!(buf[1], 0x80 | 111);
+        assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), (70_000u64 as u16));
+        assert_eq!(&buf[8..12], &0x1234_5678u32.to_be_bytes());
+        assert_eq!(&buf[12..14], &[0xbe, 0xde]);
+        // mid: id 4, one byte "3"; level: id 1, voice + 30.
+        assert_eq!(&buf[16..20], &[0x40, b'3', 0x10, 0x80 | 30]);
+        assert_eq!(u16::from_be_bytes([buf[14], buf[15]]), 1);
+    }
+
+    #[test]
+    fn header_without_extensions_is_twelve_bytes() {
+        let payload: Arc<[u8]> = vec![1].into();
+        let slot = SlotOut::new(7, None, "0".into(), ExtIds::default());
+        let mut buf = Vec::new();
+        let p = outgoing(&payload);
+        assert_eq!(write_header(&mut buf, 7, 96, 1, 2, false, &slot, &p), 12);
+        assert_eq!(buf[0], 0x80);
+    }
+
+    #[test]
+    fn history_finds_only_the_packet_with_that_number() {
+        let payload: Arc<[u8]> = vec![9; 10].into();
+        let mut slot = SlotOut::new(7, Some((8, 97)), "1".into(), ExtIds::default());
+        let mut p = outgoing(&payload);
+        p.seq = 65_535 + 5;
+        slot.remember(&p);
+        assert!(slot.sent(4).is_some());
+        assert!(slot.sent(4 + HISTORY as u16).is_none());
+        p.seq += HISTORY as u64;
+        slot.remember(&p);
+        assert!(slot.sent(4).is_none(), "overwritten by a newer packet");
+    }
+}
