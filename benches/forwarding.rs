@@ -63,5 +63,45 @@ fn rewrite_only(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, forward_one_to_n, rewrite_only);
+/// The fast path's cost per forwarded packet (ADR 0009): header, VP8-free payload copy
+/// and AES-GCM protection with keys learnt from a real DTLS handshake, up to the datagram
+/// ready to send. Compare with `forward_1_to_n` (str0m's send path, same payload size).
+fn fast_path_seal(c: &mut Criterion) {
+    sfu::egress::keys::take_captured(); // earlier benchmarks' handshakes
+    let mut link = Link::new(&MediaConfig::default());
+    let (ssrc, pt) = link.connect();
+    let captured = sfu::egress::keys::take_captured();
+    let keys = captured.last().expect("the handshake exported keying material");
+    let crypto = sfu::egress::keys::crypto_provider();
+    let (tx, rx) =
+        sfu::egress::srtp::session_keys(&crypto, keys.profile, &keys.material, keys.local_is_client)
+            .expect("a GCM profile");
+    let mut egress = sfu::egress::Egress::new(tx, rx);
+    let mut slot = sfu::egress::SlotOut::new(
+        *ssrc,
+        None,
+        "0".into(),
+        sfu::egress::ExtIds { mid: Some(1), audio_level: None },
+    );
+    let payload: Arc<[u8]> = vec![0x5a; 1200].into();
+    let mut seq: u64 = 0;
+    c.bench_function("fast_path_seal_1200_bytes", |b| {
+        b.iter(|| {
+            seq += 1;
+            let p = sfu::egress::Outgoing {
+                pt: *pt,
+                seq,
+                timestamp: seq as u32 * 3000,
+                marker: false,
+                payload: &payload,
+                vp8: None,
+                audio_level: None,
+            };
+            slot.remember(&p);
+            std::hint::black_box(egress.seal(&slot, &p).map(|d| d.len()))
+        })
+    });
+}
+
+criterion_group!(benches, forward_one_to_n, rewrite_only, fast_path_seal);
 criterion_main!(benches);
