@@ -24,7 +24,10 @@ const MAX_PACKET: usize = 1500;
 pub struct Egress {
     srtp: SrtpSender,
     srtcp: SrtcpReceiver,
+    /// The RTP header being written.
     packet: Vec<u8>,
+    /// A payload that needed changes (VP8 renumbering, the RTX sequence number prefix).
+    body: Vec<u8>,
     protected: Vec<u8>,
     plain_rtcp: Vec<u8>,
 }
@@ -106,7 +109,8 @@ impl Egress {
         Self {
             srtp,
             srtcp,
-            packet: Vec::with_capacity(MAX_PACKET),
+            packet: Vec::with_capacity(64),
+            body: Vec::with_capacity(MAX_PACKET),
             protected: vec![0; MAX_PACKET + TAG_LEN],
             plain_rtcp: Vec::with_capacity(MAX_PACKET),
         }
@@ -114,13 +118,21 @@ impl Egress {
 
     /// Writes and protects one packet: the datagram to send, or None when it is too big.
     pub fn seal(&mut self, slot: &SlotOut, p: &Outgoing) -> Option<&[u8]> {
-        let header_len =
-            write_header(&mut self.packet, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, slot, p);
-        self.packet.extend_from_slice(p.payload);
-        if let Some(renumber) = p.vp8 {
-            vp8::apply(&mut self.packet[header_len..], renumber);
+        write_header(&mut self.packet, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, slot, p);
+        let roc = (p.seq >> 16) as u32;
+        match p.vp8 {
+            // Most packets go out as they came: encrypt straight from the shared payload.
+            None => self.protect(p.payload, roc),
+            Some(renumber) => {
+                let mut body = std::mem::take(&mut self.body);
+                body.clear();
+                body.extend_from_slice(p.payload);
+                vp8::apply(&mut body, renumber);
+                let sealed = self.protect(&body, roc).map(|d| d.len());
+                self.body = body;
+                sealed.map(|len| &self.protected[..len])
+            }
         }
-        self.protect(header_len, (p.seq >> 16) as u32)
     }
 
     /// The (media SSRC, sequence number) pairs the NACKs in one SRTCP datagram from the
@@ -154,25 +166,29 @@ impl Egress {
             vp8: sent.vp8,
             audio_level: None,
         };
-        let header_len =
-            write_header(&mut self.packet, ssrc, pt, seq as u16, p.timestamp, p.marker, slot, &p);
+        write_header(&mut self.packet, ssrc, pt, seq as u16, p.timestamp, p.marker, slot, &p);
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
         if let Some(osn) = osn {
-            self.packet.extend_from_slice(&osn.to_be_bytes());
+            body.extend_from_slice(&osn.to_be_bytes());
         }
-        let body_at = self.packet.len();
-        self.packet.extend_from_slice(p.payload);
+        let payload_at = body.len();
+        body.extend_from_slice(p.payload);
         if let Some(renumber) = p.vp8 {
-            vp8::apply(&mut self.packet[body_at..], renumber);
+            vp8::apply(&mut body[payload_at..], renumber);
         }
-        self.protect(header_len, (seq >> 16) as u32)
+        let sealed = self.protect(&body, (seq >> 16) as u32).map(|d| d.len());
+        self.body = body;
+        sealed.map(|len| &self.protected[..len])
     }
 
-    fn protect(&mut self, header_len: usize, roc: u32) -> Option<&[u8]> {
-        let len = self.packet.len();
+    /// Protects the header written in `self.packet` with `body` into `self.protected`.
+    fn protect(&mut self, body: &[u8], roc: u32) -> Option<&[u8]> {
+        let len = self.packet.len() + body.len();
         if len + TAG_LEN > self.protected.len() {
             return None;
         }
-        if !self.srtp.protect(&self.packet, header_len, roc, &mut self.protected) {
+        if !self.srtp.protect(&self.packet, body, roc, &mut self.protected) {
             return None;
         }
         Some(&self.protected[..len + TAG_LEN])

@@ -133,23 +133,19 @@ pub fn session_keys(
 }
 
 impl SrtpSender {
-    /// Writes the protected packet into `out`: `packet` holds the RTP header (its first
-    /// `header_len` bytes, the authenticated data) and the payload; `roc` is the rollover
-    /// counter of the packet's sequence number. `out` must hold `packet.len() + TAG_LEN`.
-    pub fn protect(&mut self, packet: &[u8], header_len: usize, roc: u32, out: &mut [u8]) -> bool {
-        if packet.len() < 12
-            || header_len < 12
-            || header_len > packet.len()
-            || out.len() < packet.len() + TAG_LEN
-        {
+    /// Writes the protected packet into `out`: the RTP `header` (the authenticated data)
+    /// and the encrypted `payload` with its tag; `roc` is the rollover counter of the
+    /// packet's sequence number. `out` must hold the header, the payload and `TAG_LEN`.
+    pub fn protect(&mut self, header: &[u8], payload: &[u8], roc: u32, out: &mut [u8]) -> bool {
+        let len = header.len() + payload.len();
+        if header.len() < 12 || out.len() < len + TAG_LEN {
             return false;
         }
-        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        let seq = u16::from_be_bytes([header[2], header[3]]);
         let iv = AeadAes128Gcm::rtp_iv(self.salt, ssrc, roc, seq);
-        let (header, payload) = packet.split_at(header_len);
-        out[..header_len].copy_from_slice(header);
-        self.cipher.encrypt(&iv, header, payload, &mut out[header_len..packet.len() + TAG_LEN])
+        out[..header.len()].copy_from_slice(header);
+        self.cipher.encrypt(&iv, header, payload, &mut out[header.len()..len + TAG_LEN])
     }
 }
 
@@ -226,9 +222,10 @@ mod tests {
         let (mut tx, _) = session_keys(&crypto, SrtpProfile::AEAD_AES_128_GCM, &[1; 56], true).unwrap();
         let packet = [0x80u8; 40];
         let mut out = [0u8; 50];
-        assert!(!tx.protect(&packet, 12, 0, &mut out));
+        assert!(!tx.protect(&packet[..12], &packet[12..], 0, &mut out));
         let mut out = [0u8; 56];
-        assert!(tx.protect(&packet, 12, 0, &mut out));
+        assert!(tx.protect(&packet[..12], &packet[12..], 0, &mut out));
+        assert_eq!(out[..12], packet[..12]);
         assert_ne!(out[12..40], packet[12..]);
     }
 
