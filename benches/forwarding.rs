@@ -77,12 +77,8 @@ fn fast_path_seal(c: &mut Criterion) {
         sfu::egress::srtp::session_keys(&crypto, keys.profile, &keys.material, keys.local_is_client)
             .expect("a GCM profile");
     let mut egress = sfu::egress::Egress::new(tx, rx);
-    let mut slot = sfu::egress::SlotOut::new(
-        *ssrc,
-        None,
-        "0".into(),
-        sfu::egress::ExtIds { mid: Some(1), audio_level: None },
-    );
+    let ext = sfu::egress::ExtIds { mid: Some(1), audio_level: None };
+    let mut slot = sfu::egress::SlotOut::new(*ssrc, None, Vec::new(), "0".into(), ext);
     let payload: Arc<[u8]> = vec![0x5a; 1200].into();
     let mut seq: u64 = 0;
     c.bench_function("fast_path_seal_1200_bytes", |b| {

@@ -64,8 +64,8 @@ fn fast_path_packets_decrypt_and_a_lost_one_is_resent_over_rtx() {
         .expect("str0m negotiates a GCM profile");
     let mut egress = Egress::new(tx, rx);
     let mid = link.server.rtc.direct_api().stream_tx(&ssrc).unwrap().mid();
-    let mut slot = crate::shard::slot_out(&mut link.server.rtc, mid, ssrc, pt).expect("slot state");
-    assert!(slot.rtx.is_some(), "the client negotiated RTX for VP8");
+    let mut slot = crate::shard::slot_out(&mut link.server.rtc, mid, ssrc).expect("slot state");
+    assert!(slot.rtx_ssrc.is_some(), "the client negotiated RTX for VP8");
     assert!(slot.ext.mid.is_some(), "the client negotiated the mid extension");
 
     let (server, client) = (SERVER_ADDR.parse().unwrap(), CLIENT_ADDR.parse().unwrap());
@@ -100,7 +100,7 @@ fn fast_path_packets_decrypt_and_a_lost_one_is_resent_over_rtx() {
     for datagram in std::mem::take(&mut link.to_server) {
         for (media, seq) in egress.nacked(&datagram).unwrap_or_default() {
             assert_eq!(media, *ssrc);
-            let Some(again) = egress.reseal(&mut slot, seq) else { continue };
+            let Some(again) = egress.reseal(&mut slot, seq, 1_000) else { continue };
             let again = again.to_vec();
             link.deliver(false, server, client, &again);
             resent += 1;

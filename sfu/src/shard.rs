@@ -559,10 +559,17 @@ impl Shard {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let (Some(egress), Some(dest)) = (session.egress.as_mut(), session.dest) else { return };
         let Some(lost) = egress.nacked(data) else { return };
+        let now_ms = Instant::now().saturating_duration_since(epoch()).as_millis() as u64;
+        let mut resent = 0;
         for (ssrc, seq) in lost {
+            if resent == egress::MAX_RESENDS_PER_DATAGRAM {
+                self.metrics.not_forwarded.with_label_values(&["nack_over_limit"]).inc();
+                break;
+            }
             let slot =
                 session.subscriptions.values_mut().filter_map(|s| s.out.as_mut()).find(|o| o.ssrc == ssrc);
-            let Some(datagram) = slot.and_then(|slot| egress.reseal(slot, seq)) else { continue };
+            let Some(datagram) = slot.and_then(|slot| egress.reseal(slot, seq, now_ms)) else { continue };
+            resent += 1;
             self.metrics.retransmitted.inc();
             self.metrics.packets_out.inc();
             self.metrics.bytes_out.inc_by(datagram.len() as u64);
@@ -1391,11 +1398,12 @@ impl Shard {
             // it is the slot's packet of the second for str0m's sender reports.
             let fast = subscriber.egress.is_some()
                 && subscriber.dest.is_some()
+                && egress::fits(packet.payload.len())
                 && ext.video_orientation.is_none()
                 && ext.video_content_type.is_none()
                 && sub.engine_ms.is_some_and(|at| arrival_ms.saturating_sub(at) < ENGINE_PACKET_EVERY_MS);
             if subscriber.egress.is_some() && sub.out.is_none() {
-                sub.out = slot_out(&mut subscriber.rtc, *sub_mid, tx_ssrc, out_pt);
+                sub.out = slot_out(&mut subscriber.rtc, *sub_mid, tx_ssrc);
             }
             if let (Some(slot), true) = (sub.out.as_mut(), is_video) {
                 slot.remember(&outgoing);
@@ -1423,7 +1431,9 @@ impl Shard {
             sub.engine_ms = Some(arrival_ms);
             // With the fast path on, its own history answers NACKs: str0m must not resend
             // on the retransmission SSRC whose sequence numbers the fast path owns.
-            let nackable = is_video && subscriber.egress.is_none();
+            // Nor before the session is connected: whether it gets the fast path is only
+            // known then, and str0m must never hold a nackable packet of a fast-path slot.
+            let nackable = is_video && subscriber.connected && subscriber.egress.is_none();
             let mut api = subscriber.rtc.direct_api();
             let Some(stream) = api.stream_tx(&tx_ssrc) else {
                 continue;
@@ -1955,17 +1965,18 @@ fn contained<T>(
 
 /// A fixed point for converting packet arrival instants to milliseconds.
 /// The fast-path state of a slot: str0m's SSRCs for its mid and the peer's extension ids.
-pub(crate) fn slot_out(rtc: &mut Rtc, mid: Mid, ssrc: Ssrc, pt: str0m::media::Pt) -> Option<SlotOut> {
+pub(crate) fn slot_out(rtc: &mut Rtc, mid: Mid, ssrc: Ssrc) -> Option<SlotOut> {
     let media = rtc.media(mid)?;
+    // One-byte header extensions (RFC 8285) have ids 1-14; the fast path writes no others.
+    let one_byte = |id: Option<u8>| id.filter(|id| (1..=14).contains(id));
     let exts = media.remote_extmap();
     let ext = ExtIds {
-        mid: exts.id_of(str0m::rtp::Extension::RtpMid),
-        audio_level: exts.id_of(str0m::rtp::Extension::AudioLevel),
+        mid: one_byte(exts.id_of(str0m::rtp::Extension::RtpMid)),
+        audio_level: one_byte(exts.id_of(str0m::rtp::Extension::AudioLevel)),
     };
-    let rtx_pt = rtc.codec_config().iter().find(|p| p.pt() == pt).and_then(|p| p.resend());
-    let rtx_ssrc = rtc.direct_api().stream_tx(&ssrc).and_then(|s| s.rtx());
-    let rtx = rtx_ssrc.zip(rtx_pt).map(|(s, p)| (*s, *p));
-    Some(SlotOut::new(*ssrc, rtx, mid.to_string(), ext))
+    let rtx_pts = rtc.codec_config().iter().filter_map(|p| Some((*p.pt(), *p.resend()?))).collect();
+    let rtx_ssrc = rtc.direct_api().stream_tx(&ssrc).and_then(|s| s.rtx()).map(|s| *s);
+    Some(SlotOut::new(*ssrc, rtx_ssrc, rtx_pts, mid.to_string(), ext))
 }
 
 /// An RTP/RTCP-multiplexed datagram that is RTCP (RFC 5761 §4: payload types 192-223).

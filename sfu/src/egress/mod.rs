@@ -55,8 +55,12 @@ pub struct ExtIds {
 /// The fast-path state of one send slot: its SSRCs and what it sent recently.
 pub struct SlotOut {
     pub ssrc: u32,
-    /// Retransmission SSRC and payload type (RFC 4588), when negotiated.
-    pub rtx: Option<(u32, u8)>,
+    /// Retransmission SSRC (RFC 4588), when negotiated; without one nothing is resent (a
+    /// resend on the main SSRC would reuse the original's SRTP nonce).
+    pub rtx_ssrc: Option<u32>,
+    /// Media payload type to its retransmission payload type, for every negotiated codec
+    /// (a slot can carry another codec after a change of source).
+    pub rtx_pts: Vec<(u8, u8)>,
     rtx_seq: u64,
     pub mid: String,
     pub ext: ExtIds,
@@ -70,11 +74,18 @@ struct Sent {
     marker: bool,
     payload: Arc<[u8]>,
     vp8: Option<Vp8Renumber>,
+    /// When it was last resent (ms, the caller's clock): one resend per packet and RESEND_GAP_MS.
+    resent_ms: Option<u64>,
 }
 
+/// A packet is resent at most once in this interval, however often it is NACKed.
+const RESEND_GAP_MS: u64 = 100;
+/// At most this many resends answer one SRTCP datagram.
+pub const MAX_RESENDS_PER_DATAGRAM: usize = 64;
+
 impl SlotOut {
-    pub fn new(ssrc: u32, rtx: Option<(u32, u8)>, mid: String, ext: ExtIds) -> Self {
-        Self { ssrc, rtx, rtx_seq: fastrand_seq(ssrc), mid, ext, history: Vec::new() }
+    pub fn new(ssrc: u32, rtx_ssrc: Option<u32>, rtx_pts: Vec<(u8, u8)>, mid: String, ext: ExtIds) -> Self {
+        Self { ssrc, rtx_ssrc, rtx_pts, rtx_seq: rtx_start(ssrc), mid, ext, history: Vec::new() }
     }
 
     /// Keep a packet for retransmission (video only: audio is not retransmitted).
@@ -89,19 +100,29 @@ impl SlotOut {
             marker: p.marker,
             payload: p.payload.clone(),
             vp8: p.vp8,
+            resent_ms: None,
         });
     }
 
-    fn sent(&self, seq16: u16) -> Option<&Sent> {
+    fn sent(&mut self, seq16: u16) -> Option<&mut Sent> {
         // The NACK names 16-bit numbers; the slot in the ring tells the rest.
-        let slot = self.history.get((seq16 as usize) % HISTORY)?.as_ref()?;
+        let slot = self.history.get_mut((seq16 as usize) % HISTORY)?.as_mut()?;
         (slot.seq as u16 == seq16).then_some(slot)
     }
 }
 
-/// A stable, arbitrary start for a slot's retransmission sequence numbers.
-fn fastrand_seq(ssrc: u32) -> u64 {
-    (ssrc.wrapping_mul(2_654_435_761) >> 17) as u64
+/// Where a slot's retransmission sequence numbers start: in 49152..57344. str0m numbers
+/// the same RTX SSRC from 1..32768 up if it ever resends on it (it should not: packets
+/// it sends for a fast-path slot are not nackable), so the two ranges cannot meet before
+/// ours rolls over into ROC 1, which str0m's never reach within its 3 s cache.
+fn rtx_start(ssrc: u32) -> u64 {
+    49_152 + (ssrc.wrapping_mul(2_654_435_761) >> 19) as u64
+}
+
+/// Whether a payload of this size fits a datagram on the fast path, with the largest
+/// header it writes, the RTX prefix and the tag; larger ones go through str0m.
+pub fn fits(payload_len: usize) -> bool {
+    payload_len + 12 + 24 + 2 + TAG_LEN <= MAX_PACKET
 }
 
 impl Egress {
@@ -145,18 +166,26 @@ impl Egress {
         lost
     }
 
-    /// Resends one packet from the slot's history: on the retransmission SSRC when the
-    /// peer negotiated RTX, as it was otherwise. None when it is no longer kept.
-    pub fn reseal(&mut self, slot: &mut SlotOut, seq16: u16) -> Option<&[u8]> {
-        slot.sent(seq16)?;
-        if slot.rtx.is_some() {
-            slot.rtx_seq += 1;
-        }
-        let sent = slot.sent(seq16)?;
-        let (ssrc, pt, seq, osn) = match slot.rtx {
-            Some((rtx_ssrc, rtx_pt)) => (rtx_ssrc, rtx_pt, slot.rtx_seq, Some(sent.seq as u16)),
-            None => (slot.ssrc, sent.pt, sent.seq, None),
-        };
+    /// Resends one packet from the slot's history on the retransmission SSRC (RFC 4588).
+    /// None when it is no longer kept, was resent less than `RESEND_GAP_MS` ago, or the
+    /// peer negotiated no RTX for its codec.
+    pub fn reseal(&mut self, slot: &mut SlotOut, seq16: u16, now_ms: u64) -> Option<&[u8]> {
+        let rtx_ssrc = slot.rtx_ssrc?;
+        let rtx_pts = std::mem::take(&mut slot.rtx_pts);
+        let sent = slot.sent(seq16);
+        let found = sent.and_then(|sent| {
+            let rtx_pt = rtx_pts.iter().find(|(media, _)| *media == sent.pt).map(|(_, rtx)| *rtx)?;
+            if sent.resent_ms.is_some_and(|at| now_ms.saturating_sub(at) < RESEND_GAP_MS) {
+                return None;
+            }
+            sent.resent_ms = Some(now_ms);
+            Some((rtx_pt, sent.seq as u16, sent.timestamp, sent.marker, sent.payload.clone(), sent.vp8))
+        });
+        slot.rtx_pts = rtx_pts;
+        let (pt, osn, timestamp, marker, payload, vp8) = found?;
+        slot.rtx_seq += 1;
+        let (ssrc, seq, osn) = (rtx_ssrc, slot.rtx_seq, Some(osn));
+        let sent = Sent { seq, pt, timestamp, marker, payload, vp8, resent_ms: None };
         let p = Outgoing {
             pt,
             seq,
@@ -257,7 +286,13 @@ mod tests {
     #[test]
     fn header_carries_mid_and_audio_level_padded_to_words() {
         let payload: Arc<[u8]> = vec![1, 2, 3].into();
-        let slot = SlotOut::new(0x1234_5678, None, "3".into(), ExtIds { mid: Some(4), audio_level: Some(1) });
+        let slot = SlotOut::new(
+            0x1234_5678,
+            None,
+            Vec::new(),
+            "3".into(),
+            ExtIds { mid: Some(4), audio_level: Some(1) },
+        );
         let mut buf = Vec::new();
         let p = outgoing(&payload);
         let len = write_header(&mut buf, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, &slot, &p);
@@ -275,7 +310,7 @@ mod tests {
     #[test]
     fn header_without_extensions_is_twelve_bytes() {
         let payload: Arc<[u8]> = vec![1].into();
-        let slot = SlotOut::new(7, None, "0".into(), ExtIds::default());
+        let slot = SlotOut::new(7, None, Vec::new(), "0".into(), ExtIds::default());
         let mut buf = Vec::new();
         let p = outgoing(&payload);
         assert_eq!(write_header(&mut buf, 7, 96, 1, 2, false, &slot, &p), 12);
@@ -285,7 +320,7 @@ mod tests {
     #[test]
     fn history_finds_only_the_packet_with_that_number() {
         let payload: Arc<[u8]> = vec![9; 10].into();
-        let mut slot = SlotOut::new(7, Some((8, 97)), "1".into(), ExtIds::default());
+        let mut slot = SlotOut::new(7, Some(8), vec![(111, 97)], "1".into(), ExtIds::default());
         let mut p = outgoing(&payload);
         p.seq = 65_535 + 5;
         slot.remember(&p);
@@ -294,5 +329,46 @@ mod tests {
         p.seq += HISTORY as u64;
         slot.remember(&p);
         assert!(slot.sent(4).is_none(), "overwritten by a newer packet");
+    }
+
+    fn egress() -> Egress {
+        let crypto = str0m::crypto::from_feature_flags();
+        let (tx, rx) =
+            srtp::session_keys(&crypto, str0m::crypto::dtls::SrtpProfile::AEAD_AES_128_GCM, &[7; 56], true)
+                .unwrap();
+        Egress::new(tx, rx)
+    }
+
+    #[test]
+    fn resends_only_over_rtx_and_once_per_gap() {
+        let payload: Arc<[u8]> = vec![9; 10].into();
+        let mut p = outgoing(&payload);
+        p.seq = 500;
+        let mut egress = egress();
+
+        let mut plain = SlotOut::new(7, None, vec![(111, 97)], "1".into(), ExtIds::default());
+        plain.remember(&p);
+        assert!(egress.reseal(&mut plain, 500, 0).is_none(), "no RTX: no resend under the same nonce");
+
+        let mut slot = SlotOut::new(7, Some(8), vec![(111, 97)], "1".into(), ExtIds::default());
+        slot.remember(&p);
+        let first = egress.reseal(&mut slot, 500, 1_000).expect("resent").to_vec();
+        assert_eq!(&first[8..12], &8u32.to_be_bytes(), "on the RTX SSRC");
+        assert_eq!(first[1] & 0x7f, 97, "with the RTX payload type of the packet's codec");
+        assert!(egress.reseal(&mut slot, 500, 1_050).is_none(), "NACKed again within 100 ms");
+        let again = egress.reseal(&mut slot, 500, 1_100).expect("resent after the gap").to_vec();
+        assert_ne!(first[2..4], again[2..4], "each resend has its own RTX sequence number");
+        assert!(egress.reseal(&mut slot, 501, 2_000).is_none(), "never sent");
+
+        p.pt = 100; // a codec without RTX on this slot
+        p.seq = 502;
+        slot.remember(&p);
+        assert!(egress.reseal(&mut slot, 502, 3_000).is_none());
+    }
+
+    #[test]
+    fn large_payloads_are_left_to_str0m() {
+        assert!(fits(1200));
+        assert!(!fits(MAX_PACKET - 40));
     }
 }

@@ -88,10 +88,13 @@ pub struct SrtpSender {
     salt: [u8; SALT_LEN],
 }
 
-/// Unprotects the SRTCP the peer sends (for the NACKs the fast path answers).
+/// Unprotects the SRTCP the peer sends (for the NACKs the fast path answers), refusing
+/// replays (RFC 3711 §3.3.2: the highest index seen and a 64-index window below it).
 pub struct SrtcpReceiver {
     cipher: Cipher,
     salt: [u8; SALT_LEN],
+    highest: Option<u32>,
+    window: u64,
 }
 
 /// Both halves for one session, or `None` when the profile is not a GCM one.
@@ -128,6 +131,8 @@ pub fn session_keys(
     let receiver = SrtcpReceiver {
         cipher: remote.cipher(crypto, LABEL_RTCP_KEY, false),
         salt: remote.salt(crypto, LABEL_RTCP_SALT),
+        highest: None,
+        window: 0,
     };
     Some((sender, receiver))
 }
@@ -163,15 +168,51 @@ impl SrtcpReceiver {
         if e_and_index & 0x8000_0000 == 0 {
             return None;
         }
+        let index = e_and_index & 0x7fff_ffff;
+        if self.replayed(index) {
+            return None;
+        }
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
-        let iv = AeadAes128Gcm::rtcp_iv(self.salt, ssrc, e_and_index & 0x7fff_ffff);
+        let iv = AeadAes128Gcm::rtcp_iv(self.salt, ssrc, index);
         let body = &packet[8..trailer_at];
         out.clear();
         out.extend_from_slice(&packet[..8]);
         out.resize(8 + body.len(), 0);
         let n = self.cipher.decrypt(&iv, &[&packet[..8], trailer], body, &mut out[8..])?;
         out.truncate(8 + n);
+        // Only an authenticated packet moves the window.
+        self.accept(index);
         Some(out.len())
+    }
+
+    fn replayed(&self, index: u32) -> bool {
+        match self.highest {
+            None => false,
+            Some(high) if index > high => false,
+            Some(high) => {
+                let behind = high - index;
+                behind >= 64 || self.window & (1 << behind) != 0
+            }
+        }
+    }
+
+    fn accept(&mut self, index: u32) {
+        match self.highest {
+            Some(high) if index <= high => {
+                if high - index < 64 {
+                    self.window |= 1 << (high - index);
+                }
+            }
+            Some(high) => {
+                let ahead = index - high;
+                self.window = if ahead >= 64 { 1 } else { (self.window << ahead) | 1 };
+                self.highest = Some(index);
+            }
+            None => {
+                self.window = 1;
+                self.highest = Some(index);
+            }
+        }
     }
 }
 
@@ -238,5 +279,21 @@ mod tests {
         let mut junk = vec![0x81u8; 60];
         junk[56] = 0x80; // E bit set
         assert!(rx.unprotect(&junk, &mut out).is_none());
+    }
+
+    #[test]
+    fn replay_window_refuses_repeats_and_the_too_old() {
+        let crypto = provider();
+        let (_, mut rx) = session_keys(&crypto, SrtpProfile::AEAD_AES_128_GCM, &[5; 56], true).unwrap();
+        assert!(!rx.replayed(10));
+        rx.accept(10);
+        assert!(rx.replayed(10));
+        assert!(!rx.replayed(9), "older but inside the window and unseen");
+        rx.accept(9);
+        assert!(rx.replayed(9));
+        rx.accept(100);
+        assert!(rx.replayed(36), "64 behind the highest");
+        assert!(!rx.replayed(37));
+        assert!(!rx.replayed(101));
     }
 }
