@@ -999,7 +999,10 @@ impl Shard {
             if !self.config.fast_egress || self.config.bwe {
                 continue;
             }
-            let Some(session) = self.sessions.get_mut(&captured.session) else { continue };
+            // Only a session whose handshake str0m accepted (its peer's certificate matched).
+            let Some(session) = self.sessions.get_mut(&captured.session).filter(|s| s.connected) else {
+                continue;
+            };
             let crypto = egress::keys::crypto_provider();
             match egress::srtp::session_keys(
                 &crypto,
