@@ -104,11 +104,16 @@ impl SlotOut {
         });
     }
 
+    #[cfg(test)]
     fn sent(&mut self, seq16: u16) -> Option<&mut Sent> {
-        // The NACK names 16-bit numbers; the slot in the ring tells the rest.
-        let slot = self.history.get_mut((seq16 as usize) % HISTORY)?.as_mut()?;
-        (slot.seq as u16 == seq16).then_some(slot)
+        sent_in(&mut self.history, seq16)
     }
+}
+
+/// The kept packet with this 16-bit number (what a NACK names; the ring slot tells the rest).
+fn sent_in(history: &mut [Option<Sent>], seq16: u16) -> Option<&mut Sent> {
+    let sent = history.get_mut((seq16 as usize) % HISTORY)?.as_mut()?;
+    (sent.seq as u16 == seq16).then_some(sent)
 }
 
 /// Where a slot's retransmission sequence numbers start: in 49152..57344. str0m numbers
@@ -171,42 +176,33 @@ impl Egress {
     /// peer negotiated no RTX for its codec.
     pub fn reseal(&mut self, slot: &mut SlotOut, seq16: u16, now_ms: u64) -> Option<&[u8]> {
         let rtx_ssrc = slot.rtx_ssrc?;
-        let rtx_pts = std::mem::take(&mut slot.rtx_pts);
-        let sent = slot.sent(seq16);
-        let found = sent.and_then(|sent| {
-            let rtx_pt = rtx_pts.iter().find(|(media, _)| *media == sent.pt).map(|(_, rtx)| *rtx)?;
-            if sent.resent_ms.is_some_and(|at| now_ms.saturating_sub(at) < RESEND_GAP_MS) {
-                return None;
-            }
-            sent.resent_ms = Some(now_ms);
-            Some((rtx_pt, sent.seq as u16, sent.timestamp, sent.marker, sent.payload.clone(), sent.vp8))
-        });
-        slot.rtx_pts = rtx_pts;
-        let (pt, osn, timestamp, marker, payload, vp8) = found?;
-        slot.rtx_seq += 1;
-        let (ssrc, seq, osn) = (rtx_ssrc, slot.rtx_seq, Some(osn));
-        let sent = Sent { seq, pt, timestamp, marker, payload, vp8, resent_ms: None };
+        let sent = sent_in(&mut slot.history, seq16)?;
+        let rtx_pt = slot.rtx_pts.iter().find(|(media, _)| *media == sent.pt).map(|(_, rtx)| *rtx)?;
+        if sent.resent_ms.is_some_and(|at| now_ms.saturating_sub(at) < RESEND_GAP_MS) {
+            return None;
+        }
+        sent.resent_ms = Some(now_ms);
+        let (osn, payload) = (sent.seq as u16, sent.payload.clone());
         let p = Outgoing {
-            pt,
-            seq,
+            pt: rtx_pt,
+            seq: slot.rtx_seq + 1,
             timestamp: sent.timestamp,
             marker: sent.marker,
-            payload: &sent.payload,
+            payload: &payload,
             vp8: sent.vp8,
             audio_level: None,
         };
-        write_header(&mut self.packet, ssrc, pt, seq as u16, p.timestamp, p.marker, slot, &p);
+        slot.rtx_seq = p.seq;
+        write_header(&mut self.packet, rtx_ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, slot, &p);
+        // The RTX payload: the original sequence number, then the original payload.
         let mut body = std::mem::take(&mut self.body);
         body.clear();
-        if let Some(osn) = osn {
-            body.extend_from_slice(&osn.to_be_bytes());
-        }
-        let payload_at = body.len();
-        body.extend_from_slice(p.payload);
+        body.extend_from_slice(&osn.to_be_bytes());
+        body.extend_from_slice(&payload);
         if let Some(renumber) = p.vp8 {
-            vp8::apply(&mut body[payload_at..], renumber);
+            vp8::apply(&mut body[2..], renumber);
         }
-        let sealed = self.protect(&body, (seq >> 16) as u32).map(|d| d.len());
+        let sealed = self.protect(&body, (p.seq >> 16) as u32).map(|d| d.len());
         self.body = body;
         sealed.map(|len| &self.protected[..len])
     }
