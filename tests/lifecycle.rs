@@ -341,7 +341,7 @@ async fn h264_meeting() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     if !enough {
-        eprintln!("not enough media within 30 s; metrics:\n{}", huiyi_metrics(&server).await);
+        eprintln!("not enough media within 30 s; metrics:\n{}", common::huiyi_metrics(&server).await);
     }
 
     for (rx, tx) in pairs(&clients) {
@@ -435,7 +435,7 @@ async fn h264_meeting() {
         }
     }
     if !failures.is_empty() {
-        eprintln!("metrics:\n{}", huiyi_metrics(&server).await);
+        eprintln!("metrics:\n{}", common::huiyi_metrics(&server).await);
     }
     for c in clients {
         c.close().await;
@@ -610,27 +610,16 @@ fn video_codecs(sdp: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn huiyi_metrics(server: &Running) -> String {
-    let (status, body) = common::http_request(server.http_addr, "GET", "/metrics", &[]).await;
-    assert_eq!(status, 200, "GET /metrics: {body}");
-    body
-}
-
-/// The value of one series (`name` or `name{labels}`) in Prometheus text.
-fn metric_value(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// Poll `/metrics` until every series has its expected value; on timeout, say which
 /// did not and what they were.
 async fn wait_metrics(server: &Running, expected: &[(&str, i64)], timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let body = huiyi_metrics(server).await;
+        let body = common::huiyi_metrics(server).await;
         let wrong: Vec<String> = expected
             .iter()
             .filter_map(|&(series, want)| {
-                let got = metric_value(&body, series);
+                let got = common::metric_value(&body, series);
                 (got != Some(want as f64)).then(|| {
                     format!("{series} is {}, expected {want}", got.map_or("absent".into(), |v| v.to_string()))
                 })

@@ -7,6 +7,7 @@ pub mod demux;
 pub mod egress;
 pub mod fasthash;
 pub mod forward;
+mod io;
 pub mod metrics;
 #[cfg(test)]
 mod nack_tests;

@@ -11,6 +11,8 @@ pub struct SfuMetrics {
     pub bytes_in: IntCounter,
     pub packets_out: IntCounter,
     pub bytes_out: IntCounter,
+    pub send_calls: IntCounter,
+    pub send_failures: IntCounter,
     pub rtp_forwarded: IntCounter,
     pub nacks: IntCounter,
     pub retransmitted: IntCounter,
@@ -18,6 +20,7 @@ pub struct SfuMetrics {
     pub dropped_datagrams: IntCounterVec,
     pub dropped_events: IntCounter,
     pub not_forwarded: IntCounterVec,
+    pub bad_input: IntCounterVec,
     pub session_panics: IntCounter,
     pub audio_not_selected: IntCounter,
     pub layer_switches: IntCounter,
@@ -51,6 +54,14 @@ impl SfuMetrics {
             bytes_in: counter("huiyi_udp_bytes_in_total", "Bytes received on the media port"),
             packets_out: counter("huiyi_udp_packets_out_total", "Datagrams sent from the media port"),
             bytes_out: counter("huiyi_udp_bytes_out_total", "Bytes sent from the media port"),
+            send_calls: counter(
+                "huiyi_udp_send_calls_total",
+                "Send system calls on the media port (one GSO send carries several datagrams)",
+            ),
+            send_failures: counter(
+                "huiyi_udp_send_failed_total",
+                "Datagrams the kernel refused to send (a full socket buffer, an unreachable peer)",
+            ),
             rtp_forwarded: counter("huiyi_rtp_forwarded_total", "RTP packets written to subscribers"),
             nacks: counter("huiyi_nacks_received_total", "NACKs received from subscribers"),
             retransmitted: counter(
@@ -75,6 +86,11 @@ impl SfuMetrics {
                 "huiyi_rtp_not_forwarded_total",
                 "RTP packets a subscriber could not be sent, by reason",
                 &["reason"],
+            ),
+            bad_input: counter_vec(
+                "huiyi_bad_signaling_input_total",
+                "Client input the media node refused (an unparseable ICE candidate, ...), by kind",
+                &["kind"],
             ),
             audio_not_selected: counter(
                 "huiyi_audio_not_selected_total",

@@ -1,26 +1,23 @@
 //! The media node: binds the one UDP port, starts the shards and the receive thread,
 //! places rooms on shards and admits participants.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{TrySendError, sync_channel};
+use std::sync::mpsc::sync_channel;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use prometheus::Registry;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::api::{JoinRequest, Joined, MediaError, SessionHandle};
 use crate::config::MediaConfig;
-use crate::demux::{RouteTable, Unroutable};
+use crate::demux::RouteTable;
+use crate::io::{DatagramPool, MediaSocket, receive_loop};
 use crate::metrics::SfuMetrics;
 use crate::shard::{Shard, ShardInput, ShardParts, ShardSender};
-
-/// Largest datagram we accept; anything longer is not WebRTC media.
-const MAX_DATAGRAM: usize = 2048;
 
 pub struct MediaNode {
     shards: Vec<ShardSender>,
@@ -33,11 +30,9 @@ pub struct MediaNode {
 
 impl MediaNode {
     pub fn start(config: MediaConfig, registry: &Registry) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(config.bind)?;
+        let socket = Arc::new(MediaSocket::bind(config.bind)?);
         let local_addr = socket.local_addr()?;
-        // Wake the receive thread now and then so it notices shutdown.
-        socket.set_read_timeout(Some(Duration::from_millis(250)))?;
-        let socket = Arc::new(socket);
+        let pool = Arc::new(DatagramPool::default());
         let candidates = candidate_addrs(&config, local_addr);
         let metrics = SfuMetrics::new(registry);
         let routes = Arc::new(RouteTable::default());
@@ -49,6 +44,7 @@ impl MediaNode {
         for index in 0..config.shard_count() {
             let (tx, rx) = sync_channel(config.shard_queue);
             let load = Arc::new(AtomicUsize::new(0));
+            let queued = Arc::new(AtomicUsize::new(0));
             let shard = Shard::new(ShardParts {
                 index,
                 config: config.clone(),
@@ -57,6 +53,8 @@ impl MediaNode {
                 routes: routes.clone(),
                 room_placement: room_placement.clone(),
                 load: load.clone(),
+                queued: queued.clone(),
+                pool: pool.clone(),
                 metrics: metrics.clone(),
             })?;
             threads.push(
@@ -64,7 +62,7 @@ impl MediaNode {
                     .name(format!("huiyi-shard-{index}"))
                     .spawn(move || shard.run(rx))?,
             );
-            shards.push(ShardSender { tx, sessions: load });
+            shards.push(ShardSender { tx, sessions: load, queued, queue_limit: config.shard_queue });
         }
 
         let receiver = {
@@ -73,7 +71,7 @@ impl MediaNode {
             let stopping = stopping.clone();
             std::thread::Builder::new()
                 .name("huiyi-udp-recv".into())
-                .spawn(move || receive_loop(&socket, &routes, &shards, &metrics, &stopping))?
+                .spawn(move || receive_loop(&socket, &routes, &shards, &metrics, &stopping, &pool))?
         };
         threads.push(receiver);
         info!(%local_addr, candidates = ?candidates, shards = shards.len(), "media node listening");
@@ -135,52 +133,4 @@ fn candidate_addrs(config: &MediaConfig, local: SocketAddr) -> Vec<SocketAddr> {
         return vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), local.port())];
     }
     vec![local]
-}
-
-fn receive_loop(
-    socket: &UdpSocket,
-    routes: &RouteTable,
-    shards: &[ShardSender],
-    metrics: &SfuMetrics,
-    stopping: &AtomicBool,
-) {
-    let mut buf = [0u8; MAX_DATAGRAM + 1];
-    let dropped = |reason: &str| metrics.dropped_datagrams.with_label_values(&[reason]).inc();
-    while !stopping.load(Ordering::Relaxed) {
-        let (len, source) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                continue;
-            }
-            Err(e) => {
-                // ICMP port-unreachable from a vanished peer surfaces here on Linux.
-                debug!(error = %e, "media socket receive error");
-                continue;
-            }
-        };
-        metrics.packets_in.inc();
-        metrics.bytes_in.inc_by(len as u64);
-        if len > MAX_DATAGRAM {
-            dropped("oversized");
-            continue;
-        }
-        let datagram = &buf[..len];
-        let shard = match routes.route(source, datagram) {
-            Ok(s) => s,
-            Err(Unroutable::UnknownSource) => {
-                dropped("unknown_source");
-                continue;
-            }
-            Err(Unroutable::UnknownUfrag) => {
-                dropped("unknown_ufrag");
-                continue;
-            }
-        };
-        let input = ShardInput::Datagram { source, data: datagram.to_vec(), at: Instant::now() };
-        match shards[shard].tx.try_send(input) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => dropped("queue_full"),
-            Err(TrySendError::Disconnected(_)) => return,
-        }
-    }
 }

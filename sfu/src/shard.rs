@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -30,6 +30,7 @@ use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
 use crate::egress::{self, Egress, ExtIds, Outgoing, SlotOut};
 use crate::fasthash::FastMap;
 use crate::forward::{RtpRewriter, VideoCodec, Vp8Rewriter, starts_keyframe};
+use crate::io::{DatagramPool, Datagrams, MediaSocket, SendQueue};
 use crate::metrics::SfuMetrics;
 use crate::room::{Member, Publication, PublicationKey, Room};
 use crate::select::allocator::UPGRADE_HEADROOM;
@@ -37,6 +38,10 @@ use crate::select::{AllocTrack, MAX_LAYERS, Priority, Quality, allocate, choose_
 
 const HOUSEKEEPING: Duration = Duration::from_millis(200);
 const MAX_INPUTS_PER_TURN: usize = 512;
+/// Datagrams queued before a busy turn sends them (it sends the rest at its end). The more
+/// a turn sends at once, the more of them to one subscriber go out as one GSO send; a
+/// shard that falls behind batches more by itself, an idle one sends at once.
+const SEND_BATCH: usize = 1024;
 /// On the fast path, one packet per slot in this interval still goes through str0m. Its
 /// sender reports extrapolate the RTP clock from the last packet written to it, and the
 /// rewriter keeps a slot's clock continuous across source switches, so the refresh only
@@ -56,14 +61,39 @@ const NOMINAL_LAYER_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_700_000];
 const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(2);
 
 pub(crate) enum ShardInput {
-    Datagram { source: SocketAddr, data: Vec<u8>, at: Instant },
-    Join { request: JoinRequest, events: mpsc::Sender<SessionEvent>, reply: JoinReply },
-    Offer { session: SessionId, sdp: String, tracks: Vec<(String, TrackSource)> },
-    Answer { session: SessionId, sdp: String },
-    Candidate { session: SessionId, candidate: String },
-    Mute { session: SessionId, track_id: String, muted: bool },
-    Subscribe { session: SessionId, tracks: Vec<ShownTrack> },
-    Leave { session: SessionId, reason: LeaveReason },
+    /// Datagrams from one read of the socket (the receive thread found this shard's).
+    Datagrams(Datagrams),
+    Join {
+        request: JoinRequest,
+        events: mpsc::Sender<SessionEvent>,
+        reply: JoinReply,
+    },
+    Offer {
+        session: SessionId,
+        sdp: String,
+        tracks: Vec<(String, TrackSource)>,
+    },
+    Answer {
+        session: SessionId,
+        sdp: String,
+    },
+    Candidate {
+        session: SessionId,
+        candidate: String,
+    },
+    Mute {
+        session: SessionId,
+        track_id: String,
+        muted: bool,
+    },
+    Subscribe {
+        session: SessionId,
+        tracks: Vec<ShownTrack>,
+    },
+    Leave {
+        session: SessionId,
+        reason: LeaveReason,
+    },
     Shutdown,
 }
 
@@ -72,9 +102,30 @@ pub(crate) enum ShardInput {
 pub(crate) struct ShardSender {
     pub tx: SyncSender<ShardInput>,
     pub sessions: Arc<AtomicUsize>,
+    /// Datagrams in the queue, bounded by `queue_limit`.
+    pub queued: Arc<AtomicUsize>,
+    pub queue_limit: usize,
 }
 
 impl ShardSender {
+    /// Queue received datagrams; gives them back (and whether the queue was full rather
+    /// than gone) when they cannot be queued.
+    pub fn datagrams(&self, batch: Datagrams) -> Result<(), (Datagrams, bool)> {
+        let n = batch.len();
+        if self.queued.load(Ordering::Relaxed) + n > self.queue_limit {
+            return Err((batch, true));
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        self.tx.try_send(ShardInput::Datagrams(batch)).map_err(|e| {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(ShardInput::Datagrams(b)) => (b, true),
+                TrySendError::Disconnected(ShardInput::Datagrams(b)) => (b, false),
+                _ => unreachable!("a datagram batch comes back as one"),
+            }
+        })
+    }
+
     pub fn command(&self, input: ShardInput) -> Result<(), MediaError> {
         self.tx.try_send(input).map_err(|e| match e {
             TrySendError::Full(_) => MediaError::Overloaded,
@@ -228,7 +279,11 @@ impl Session {
 pub(crate) struct Shard {
     index: usize,
     config: MediaConfig,
-    socket: Arc<UdpSocket>,
+    socket: Arc<MediaSocket>,
+    /// This turn's datagrams, sent together at its end.
+    out: SendQueue,
+    queued: Arc<AtomicUsize>,
+    pool: Arc<DatagramPool>,
     local_addr: SocketAddr,
     candidates: Vec<SocketAddr>,
     routes: Arc<RouteTable>,
@@ -253,11 +308,13 @@ pub(crate) struct Shard {
 pub(crate) struct ShardParts {
     pub index: usize,
     pub config: MediaConfig,
-    pub socket: Arc<UdpSocket>,
+    pub socket: Arc<MediaSocket>,
     pub candidates: Vec<SocketAddr>,
     pub routes: Arc<RouteTable>,
     pub room_placement: Arc<DashMap<String, usize>>,
     pub load: Arc<AtomicUsize>,
+    pub queued: Arc<AtomicUsize>,
+    pub pool: Arc<DatagramPool>,
     pub metrics: SfuMetrics,
 }
 
@@ -268,6 +325,9 @@ impl Shard {
             index: parts.index,
             config: parts.config,
             socket: parts.socket,
+            out: SendQueue::default(),
+            queued: parts.queued,
+            pool: parts.pool,
             local_addr,
             candidates: parts.candidates,
             routes: parts.routes,
@@ -298,6 +358,9 @@ impl Shard {
                 Ok(input) => {
                     self.handle(input);
                     for _ in 0..MAX_INPUTS_PER_TURN {
+                        if self.out.len() >= SEND_BATCH {
+                            self.send_queued();
+                        }
                         match rx.try_recv() {
                             Ok(ShardInput::Shutdown) => return self.shutdown(),
                             Ok(input) => self.handle(input),
@@ -317,8 +380,22 @@ impl Shard {
             self.flush_offers();
             self.end_failed_sessions();
             self.flush_dirty();
+            self.send_queued();
         }
         self.shutdown();
+    }
+
+    /// Send what this input (or timer pass) queued: one system call per run of
+    /// equal-sized datagrams to one address (io/send.rs).
+    fn send_queued(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let flushed = self.out.flush(&self.socket);
+        self.metrics.packets_out.inc_by(flushed.datagrams);
+        self.metrics.bytes_out.inc_by(flushed.bytes);
+        self.metrics.send_calls.inc_by(flushed.sends);
+        self.metrics.send_failures.inc_by(flushed.failed);
     }
 
     fn shutdown(&mut self) {
@@ -326,6 +403,7 @@ impl Shard {
         for id in ids {
             self.end_session(id, LeaveReason::RoomClosed);
         }
+        self.send_queued();
     }
 
     fn next_deadline(&mut self) -> Instant {
@@ -364,7 +442,13 @@ impl Shard {
 
     fn handle(&mut self, input: ShardInput) {
         match input {
-            ShardInput::Datagram { source, data, at } => self.handle_datagram(source, &data, at),
+            ShardInput::Datagrams(batch) => {
+                for (source, data) in batch.iter() {
+                    self.handle_datagram(source, data, batch.at);
+                }
+                self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                self.pool.give_back(batch);
+            }
             ShardInput::Join { request, events, reply } => {
                 let _ = reply.send(self.join(request, events));
             }
@@ -571,11 +655,7 @@ impl Shard {
             let Some(datagram) = slot.and_then(|slot| egress.reseal(slot, seq, now_ms)) else { continue };
             resent += 1;
             self.metrics.retransmitted.inc();
-            self.metrics.packets_out.inc();
-            self.metrics.bytes_out.inc_by(datagram.len() as u64);
-            if let Err(e) = self.socket.send_to(datagram, dest) {
-                debug!(%dest, error = %e, "retransmission send failed");
-            }
+            self.out.push(dest, datagram);
         }
     }
 
@@ -588,7 +668,13 @@ impl Shard {
             debug!(participant = %session.participant_id, "client offer ignored during server offer");
             return;
         }
-        let offer = match SdpOffer::from_sdp_string(sdp) {
+        let Some(parsed) = contained(&mut self.failed, &self.metrics, id, || SdpOffer::from_sdp_string(sdp))
+        else {
+            let message = "the offer broke this session's WebRTC engine".to_string();
+            session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+            return;
+        };
+        let offer = match parsed {
             Ok(o) => o,
             Err(e) => {
                 let message = format!("offer is not valid SDP: {e}");
@@ -602,6 +688,8 @@ impl Shard {
         let Some(accepted) =
             contained(&mut self.failed, &self.metrics, id, || rtc.sdp_api().accept_offer(offer))
         else {
+            let message = "the offer broke this session's WebRTC engine".to_string();
+            session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
             return;
         };
         let answer = match accepted {
@@ -640,7 +728,13 @@ impl Shard {
             session.emit(SessionEvent::Error { code: "bad_request", message }, &self.metrics);
             return;
         };
-        let answer = match SdpAnswer::from_sdp_string(sdp) {
+        let Some(parsed) = contained(&mut self.failed, &self.metrics, id, || SdpAnswer::from_sdp_string(sdp))
+        else {
+            let message = "the answer broke this session's WebRTC engine".to_string();
+            session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
+            return;
+        };
+        let answer = match parsed {
             Ok(a) => a,
             Err(e) => {
                 session.pending_offer = Some(pending);
@@ -653,6 +747,8 @@ impl Shard {
         let Some(accepted) =
             contained(&mut self.failed, &self.metrics, id, || rtc.sdp_api().accept_answer(pending, answer))
         else {
+            let message = "the answer broke this session's WebRTC engine".to_string();
+            session.emit(SessionEvent::Error { code: "bad_sdp", message }, &self.metrics);
             return;
         };
         if let Err(e) = accepted {
@@ -684,13 +780,29 @@ impl Shard {
             return;
         };
         let line = candidate.trim().trim_start_matches("a=");
-        if line.is_empty() {
+        // Empty (end of candidates), or an mDNS name a browser hides its address behind:
+        // nothing to add; its checks arrive as peer-reflexive anyway.
+        if line.is_empty() || line.split_whitespace().nth(4).is_some_and(|a| a.ends_with(".local")) {
             return;
         }
         // ICE-lite: the peer's checks reach us regardless; candidates only help when valid.
-        match Candidate::from_sdp_string(line) {
-            Ok(c) => session.rtc.add_remote_candidate(c),
-            Err(e) => debug!(participant = %session.participant_id, error = %e, "ignored remote candidate"),
+        // Parsing and adding run contained: a candidate that panics the engine ends this
+        // session only.
+        let rtc = &mut session.rtc;
+        let added = contained(&mut self.failed, &self.metrics, id, || {
+            Candidate::from_sdp_string(line).map(|c| rtc.add_remote_candidate(c))
+        });
+        match added {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.metrics.bad_input.with_label_values(&["candidate"]).inc();
+                debug!(participant = %session.participant_id, error = %e, "ignored remote candidate");
+            }
+            None => {
+                let message = "the ICE candidate broke this session's WebRTC engine".to_string();
+                session.emit(SessionEvent::Error { code: "bad_candidate", message }, &self.metrics);
+                return;
+            }
         }
         self.drain(id);
     }
@@ -942,11 +1054,7 @@ impl Shard {
                     if t.contents.first().is_some_and(|b| *b >= 20) {
                         session.dest = Some(t.destination);
                     }
-                    self.metrics.packets_out.inc();
-                    self.metrics.bytes_out.inc_by(t.contents.len() as u64);
-                    if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
-                        debug!(dest = %t.destination, error = %e, "send failed");
-                    }
+                    self.out.push(t.destination, &t.contents);
                 }
                 Output::Timeout(at) => {
                     if session.timeout != at {
@@ -1415,13 +1523,7 @@ impl Shard {
                 (fast, subscriber.egress.as_mut(), subscriber.dest, sub.out.as_ref())
             {
                 match egress.seal(slot, &outgoing) {
-                    Some(datagram) => {
-                        self.metrics.packets_out.inc();
-                        self.metrics.bytes_out.inc_by(datagram.len() as u64);
-                        if let Err(e) = self.socket.send_to(datagram, dest) {
-                            debug!(%dest, error = %e, "send failed");
-                        }
-                    }
+                    Some(datagram) => self.out.push(dest, datagram),
                     None => {
                         self.metrics.not_forwarded.with_label_values(&["too_big"]).inc();
                         debug!(size = packet.payload.len(), "packet too big for the fast path");

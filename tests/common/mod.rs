@@ -125,3 +125,15 @@ fn parse_http_response(raw: &[u8]) -> Option<(u16, String)> {
     };
     Some((status, String::from_utf8(body).ok()?))
 }
+
+/// The server's `/metrics` page.
+pub async fn huiyi_metrics(server: &Running) -> String {
+    let (status, body) = http_request(server.http_addr, "GET", "/metrics", &[]).await;
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body
+}
+
+/// The value of one series (`name` or `name{labels}`) in Prometheus text.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
