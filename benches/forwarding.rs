@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sfu::MediaConfig;
-use sfu::forward::RtpRewriter;
+use sfu::router::rtp::RtpRewriter;
 use sfu::testing::Link;
 use str0m::rtp::RtpWrite;
 

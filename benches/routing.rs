@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sfu::demux::RouteTable;
-use sfu::testing::stun_binding_request;
+use sfu::demux::stun_binding_request;
 
 fn route_1000_sessions(c: &mut Criterion) {
     let table = RouteTable::default();

@@ -1,12 +1,5 @@
-//! What the control plane sees of a media node: join a room, drive one session's
-//! negotiation, and receive that session's events. Everything crosses to the shard
-//! that owns the room through a bounded queue.
-
-use std::fmt;
-
-use tokio::sync::{mpsc, oneshot};
-
-use crate::shard::{ShardInput, ShardSender};
+//! The words the control plane and the media plane share: join requests, tracks,
+//! participants, session events and errors. Plain data, no behaviour.
 
 pub type SessionId = u64;
 
@@ -172,11 +165,14 @@ pub struct SlotInfo {
     pub track: Option<(String, String)>,
 }
 
+/// A simulcast layer by rank: 0 the lowest (q), 1 (h), 2 the highest (f).
+pub type Quality = u8;
+
 /// A video track the client shows, and the quality its tile needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShownTrack {
     pub track_id: String,
-    pub quality: crate::select::Quality,
+    pub quality: Quality,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,73 +184,3 @@ pub enum MediaError {
     #[error("room is full ({0} participants)")]
     RoomFull(usize),
 }
-
-/// Who joined: this session's participant and everyone already in the room.
-#[derive(Debug)]
-pub struct Joined {
-    pub session: SessionHandle,
-    pub others: Vec<ParticipantInfo>,
-    pub events: mpsc::Receiver<SessionEvent>,
-}
-
-/// Control of one session. Dropping it ends the session (as `Disconnected`), so a
-/// signaling connection that dies never leaves media resources behind.
-pub struct SessionHandle {
-    pub(crate) id: SessionId,
-    pub(crate) shard: ShardSender,
-    pub(crate) left: bool,
-}
-
-impl fmt::Debug for SessionHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionHandle").field("id", &self.id).finish()
-    }
-}
-
-impl SessionHandle {
-    pub fn id(&self) -> SessionId {
-        self.id
-    }
-
-    /// The client's offer; the answer (or an error) arrives as a [`SessionEvent`].
-    /// `tracks` labels the client's mids with a source.
-    pub fn offer(&self, sdp: String, tracks: Vec<(String, TrackSource)>) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Offer { session: self.id, sdp, tracks })
-    }
-
-    pub fn answer(&self, sdp: String) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Answer { session: self.id, sdp })
-    }
-
-    pub fn candidate(&self, candidate: String) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Candidate { session: self.id, candidate })
-    }
-
-    pub fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Mute { session: self.id, track_id, muted })
-    }
-
-    /// The video tracks the client shows now (replacing the previous list).
-    pub fn subscribe(&self, tracks: Vec<ShownTrack>) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Subscribe { session: self.id, tracks })
-    }
-
-    /// End the session with a reason the others are told.
-    pub fn leave(mut self, reason: LeaveReason) {
-        self.left = true;
-        self.shard.command_blocking_ok(ShardInput::Leave { session: self.id, reason });
-    }
-}
-
-impl Drop for SessionHandle {
-    fn drop(&mut self) {
-        if !self.left {
-            self.shard.command_blocking_ok(ShardInput::Leave {
-                session: self.id,
-                reason: LeaveReason::Disconnected,
-            });
-        }
-    }
-}
-
-pub(crate) type JoinReply = oneshot::Sender<Result<(SessionId, Vec<ParticipantInfo>), MediaError>>;

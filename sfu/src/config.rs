@@ -67,8 +67,8 @@ impl Default for MediaConfig {
 }
 
 impl MediaConfig {
-    pub fn audio_select(&self) -> crate::select::AudioSelectConfig {
-        crate::select::AudioSelectConfig {
+    pub fn audio_select(&self) -> crate::router::select::AudioSelectConfig {
+        crate::router::select::AudioSelectConfig {
             top_n: self.audio_top_n,
             all_up_to: self.audio_top_n_above,
             ..Default::default()

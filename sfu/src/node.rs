@@ -1,6 +1,7 @@
 //! The media node: binds the one UDP port, starts the shards and the receive thread,
 //! places rooms on shards and admits participants.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,7 +13,9 @@ use prometheus::Registry;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-use crate::api::{JoinRequest, Joined, MediaError, SessionHandle};
+use crate::api::{
+    JoinRequest, LeaveReason, MediaError, ParticipantInfo, SessionEvent, SessionId, ShownTrack, TrackSource,
+};
 use crate::config::MediaConfig;
 use crate::demux::RouteTable;
 use crate::io::{DatagramPool, MediaSocket, receive_loop};
@@ -69,9 +72,10 @@ impl MediaNode {
             let socket = socket.clone();
             let shards = shards.clone();
             let stopping = stopping.clone();
-            std::thread::Builder::new()
-                .name("huiyi-udp-recv".into())
-                .spawn(move || receive_loop(&socket, &routes, &shards, &metrics, &stopping, &pool))?
+            std::thread::Builder::new().name("huiyi-udp-recv".into()).spawn(move || {
+                let deliver = |i: usize, batch| shards[i].datagrams(batch);
+                receive_loop(&socket, &routes, shards.len(), deliver, &metrics, &stopping, &pool)
+            })?
         };
         threads.push(receiver);
         info!(%local_addr, candidates = ?candidates, shards = shards.len(), "media node listening");
@@ -133,4 +137,72 @@ fn candidate_addrs(config: &MediaConfig, local: SocketAddr) -> Vec<SocketAddr> {
         return vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), local.port())];
     }
     vec![local]
+}
+
+/// Who joined: this session's participant and everyone already in the room.
+#[derive(Debug)]
+pub struct Joined {
+    pub session: SessionHandle,
+    pub others: Vec<ParticipantInfo>,
+    pub events: mpsc::Receiver<SessionEvent>,
+}
+
+/// Control of one session. Dropping it ends the session (as `Disconnected`), so a
+/// signaling connection that dies never leaves media resources behind.
+pub struct SessionHandle {
+    pub(crate) id: SessionId,
+    pub(crate) shard: ShardSender,
+    pub(crate) left: bool,
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle").field("id", &self.id).finish()
+    }
+}
+
+impl SessionHandle {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The client's offer; the answer (or an error) arrives as a [`SessionEvent`].
+    /// `tracks` labels the client's mids with a source.
+    pub fn offer(&self, sdp: String, tracks: Vec<(String, TrackSource)>) -> Result<(), MediaError> {
+        self.shard.command(ShardInput::Offer { session: self.id, sdp, tracks })
+    }
+
+    pub fn answer(&self, sdp: String) -> Result<(), MediaError> {
+        self.shard.command(ShardInput::Answer { session: self.id, sdp })
+    }
+
+    pub fn candidate(&self, candidate: String) -> Result<(), MediaError> {
+        self.shard.command(ShardInput::Candidate { session: self.id, candidate })
+    }
+
+    pub fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError> {
+        self.shard.command(ShardInput::Mute { session: self.id, track_id, muted })
+    }
+
+    /// The video tracks the client shows now (replacing the previous list).
+    pub fn subscribe(&self, tracks: Vec<ShownTrack>) -> Result<(), MediaError> {
+        self.shard.command(ShardInput::Subscribe { session: self.id, tracks })
+    }
+
+    /// End the session with a reason the others are told.
+    pub fn leave(mut self, reason: LeaveReason) {
+        self.left = true;
+        self.shard.command_blocking_ok(ShardInput::Leave { session: self.id, reason });
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        if !self.left {
+            self.shard.command_blocking_ok(ShardInput::Leave {
+                session: self.id,
+                reason: LeaveReason::Disconnected,
+            });
+        }
+    }
 }

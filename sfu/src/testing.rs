@@ -199,22 +199,3 @@ impl Link {
         self.advance(Duration::from_millis(5));
     }
 }
-
-/// A STUN binding request carrying `username` (`server:client`) after a PRIORITY
-/// attribute, as a browser's connectivity check looks to the demultiplexer.
-pub fn stun_binding_request(username: &str) -> Vec<u8> {
-    let mut attrs = Vec::new();
-    attrs.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]);
-    attrs.extend_from_slice(&[0x00, 0x06]);
-    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-    attrs.extend_from_slice(username.as_bytes());
-    while attrs.len() % 4 != 0 {
-        attrs.push(0);
-    }
-    let mut msg = vec![0x00, 0x01];
-    msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    msg.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-    msg.extend_from_slice(&[7; 12]);
-    msg.extend_from_slice(&attrs);
-    msg
-}

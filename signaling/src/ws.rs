@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use sfu::select::{MAX_LAYERS, quality_for_tile};
+use sfu::router::select::{MAX_LAYERS, quality_for_tile};
 use sfu::{JoinRequest, LeaveReason, MediaError, SessionEvent, SessionHandle, ShownTrack, TrackSource};
 use tokio::sync::mpsc;
 use tracing::{debug, info};

@@ -13,7 +13,7 @@ pub mod srtp;
 
 use std::sync::Arc;
 
-use crate::forward::vp8::{self, Vp8Renumber};
+use crate::router::rtp::vp8::{self, Vp8Renumber};
 use srtp::{SrtcpReceiver, SrtpSender, TAG_LEN};
 
 /// Packets kept per video slot for retransmission (about 2 s of a camera's top layer).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use quinn_udp::{Transmit, UdpSocketState};
 
-pub(crate) use recv::{DatagramPool, Datagrams, receive_loop};
+pub(crate) use recv::{DatagramPool, Datagrams, Delivery, receive_loop};
 pub(crate) use send::SendQueue;
 
 /// Largest datagram we accept; anything longer is not WebRTC media.

@@ -14,7 +14,6 @@ use tracing::debug;
 use super::{MAX_DATAGRAM, MediaSocket};
 use crate::demux::{RouteTable, Unroutable};
 use crate::metrics::SfuMetrics;
-use crate::shard::ShardSender;
 
 /// Messages one recvmmsg call may return.
 const BATCH: usize = 32;
@@ -81,10 +80,21 @@ impl DatagramPool {
     }
 }
 
+/// Where a batch for one shard went: queued, refused because the shard's queue is full
+/// (the batch comes back), or the shard is gone (shutting down).
+pub(crate) enum Delivery {
+    Queued,
+    Full(Datagrams),
+    Gone,
+}
+
+/// Reads the media port until `stopping`, handing shard `i` its datagrams with
+/// `deliver(i, batch)`.
 pub(crate) fn receive_loop(
     socket: &MediaSocket,
     routes: &RouteTable,
-    shards: &[ShardSender],
+    shards: usize,
+    mut deliver: impl FnMut(usize, Datagrams) -> Delivery,
     metrics: &SfuMetrics,
     stopping: &AtomicBool,
     pool: &DatagramPool,
@@ -93,7 +103,7 @@ pub(crate) fn receive_loop(
     let slot = if socket.state.gro_segments() > 1 { 1 << 16 } else { MAX_DATAGRAM + 1 };
     let mut buffers: [Vec<u8>; BATCH] = std::array::from_fn(|_| vec![0u8; slot]);
     let mut meta = [RecvMeta::default(); BATCH];
-    let mut per_shard: Vec<Option<Datagrams>> = shards.iter().map(|_| None).collect();
+    let mut per_shard: Vec<Option<Datagrams>> = (0..shards).map(|_| None).collect();
     let dropped = |reason: &str, n: u64| metrics.dropped_datagrams.with_label_values(&[reason]).inc_by(n);
     while !stopping.load(Ordering::Relaxed) {
         let received = {
@@ -136,17 +146,15 @@ pub(crate) fn receive_loop(
                 per_shard[shard].get_or_insert_with(|| pool.take(at)).push(m.addr, data);
             }
         }
-        for (shard, batch) in shards.iter().zip(per_shard.iter_mut()) {
+        for (shard, batch) in per_shard.iter_mut().enumerate() {
             let Some(batch) = batch.take() else { continue };
-            match shard.datagrams(batch) {
-                Ok(()) => {}
-                Err((batch, full)) => {
-                    if !full {
-                        return; // the shard is gone: shutting down
-                    }
+            match deliver(shard, batch) {
+                Delivery::Queued => {}
+                Delivery::Full(batch) => {
                     dropped("queue_full", batch.len() as u64);
                     pool.give_back(batch);
                 }
+                Delivery::Gone => return,
             }
         }
     }

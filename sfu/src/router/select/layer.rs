@@ -5,7 +5,7 @@
 pub const MAX_LAYERS: usize = 3;
 
 /// The quality a subscriber asks for a track: 0 low, 1 medium, 2 high.
-pub type Quality = u8;
+pub use crate::api::Quality;
 
 /// The rank (0 lowest) of a rid: `q`, `h`, `f` by name, any other by its place in the
 /// offer's rid list, lowest first.

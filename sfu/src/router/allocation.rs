@@ -1,0 +1,221 @@
+//! Layers over time: which layer each video sink aims at as layers start and stop
+//! arriving, fitting each subscriber's video into its bandwidth estimate
+//! (select/allocator.rs decides, this applies it), and pausing layers nobody takes.
+
+use std::time::{Duration, Instant};
+
+use str0m::media::Mid;
+
+use super::select::allocator::UPGRADE_HEADROOM;
+use super::select::{AllocTrack, MAX_LAYERS, Priority, allocate, choose_layer};
+use super::source::SourceKey;
+use super::{Output, Router};
+use crate::api::{SessionEvent, SessionId, TrackKind, TrackSource};
+
+/// Layer bitrates are measured over this interval.
+const MEASURE_INTERVAL: Duration = Duration::from_secs(1);
+/// What a layer is assumed to cost before it was measured (q, h, f).
+const NOMINAL_LAYER_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_700_000];
+/// A simulcast layer nobody takes for this long is paused at its publisher.
+const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(2);
+/// What an audio sink is assumed to cost: it always goes, video gets the rest.
+const AUDIO_BPS: u64 = 50_000;
+/// The least an endpoint's estimate is asked to grow to.
+const MIN_DESIRED_BPS: u64 = 300_000;
+
+impl Router {
+    /// Measure each layer's and each endpoint's bit rate over the last interval.
+    pub(super) fn measure_rates(&mut self) {
+        let now = self.now;
+        if now.saturating_duration_since(self.last_measure) < MEASURE_INTERVAL {
+            return;
+        }
+        let secs = now.saturating_duration_since(self.last_measure).as_secs_f64();
+        self.last_measure = now;
+        for endpoint in self.endpoints.values_mut() {
+            endpoint.sent_bps = (std::mem::take(&mut endpoint.sent_bytes) as f64 * 8.0 / secs) as u64;
+        }
+        for room in self.rooms.values_mut() {
+            for source in room.sources.values_mut() {
+                for layer in source.layers.iter_mut() {
+                    layer.bps = (std::mem::take(&mut layer.bytes) as f64 * 8.0 / secs) as u64;
+                }
+            }
+        }
+    }
+
+    /// Fit each subscriber's video into its bandwidth estimate, and say how much it would
+    /// like to be sent so the estimate can grow to it.
+    pub(super) fn allocate_bandwidth(&mut self) {
+        let now = self.now;
+        let ids: Vec<SessionId> =
+            self.endpoints.iter().filter(|(_, e)| e.estimate.is_some()).map(|(id, _)| *id).collect();
+        for id in ids {
+            let Some(endpoint) = self.endpoints.get_mut(&id) else { continue };
+            let Some(room) = self.rooms.get(&endpoint.room) else { continue };
+            let Some(estimate) = endpoint.estimate else { continue };
+            let audio_bps = AUDIO_BPS
+                * endpoint.sinks.values().filter(|s| s.kind == TrackKind::Audio && s.source.is_some()).count()
+                    as u64;
+            // (place in the client's list, mid, the track as the allocator sees it, its
+            // current cap), sorted so ties (every track of a client without a list) keep one
+            // order for all three.
+            let mut shown: Vec<(usize, Mid, AllocTrack, Option<u8>)> = Vec::new();
+            for (mid, sink) in &endpoint.sinks {
+                let Some(source) = sink.source.and_then(|k| room.sources.get(&k)) else { continue };
+                if sink.kind != TrackKind::Video {
+                    continue;
+                }
+                let arriving = source.arriving(now);
+                let layer_bps = std::array::from_fn(|l| {
+                    if !arriving[l] {
+                        0
+                    } else if source.layers[l].bps > 0 {
+                        source.layers[l].bps
+                    } else {
+                        NOMINAL_LAYER_BPS[l]
+                    }
+                });
+                let priority = if source.track.source == TrackSource::Screen {
+                    Priority::Screen
+                } else if sink.source.map(|k| k.0) == room.dominant {
+                    Priority::Speaker
+                } else {
+                    Priority::Normal
+                };
+                let track = AllocTrack { priority, wanted: choose_layer(sink.wanted, arriving), layer_bps };
+                // Never allocated yet: start from what it wants (step down if it must),
+                // rather than creep up from nothing.
+                shown.push((sink.order, *mid, track, sink.cap.unwrap_or(Some(MAX_LAYERS as u8 - 1))));
+            }
+            shown.sort_unstable_by_key(|(order, mid, _, _)| (*order, *mid));
+            let mids: Vec<Mid> = shown.iter().map(|(_, mid, _, _)| *mid).collect();
+            let current: Vec<Option<u8>> = shown.iter().map(|(_, _, _, cap)| *cap).collect();
+            let tracks: Vec<AllocTrack> = shown.into_iter().map(|(_, _, track, _)| track).collect();
+            let desired: u64 = audio_bps
+                + tracks.iter().filter_map(|t| t.wanted.map(|w| t.layer_bps[w as usize])).sum::<u64>();
+            // An estimate above what is actually sent says nothing is congested: GCC cannot
+            // see capacity it is not using, so its estimate of an application-limited path
+            // only tracks the send rate. Then what is allocated now may stay; only an
+            // estimate below the send rate steps layers down.
+            let current_cost: u64 = tracks
+                .iter()
+                .zip(&current)
+                .filter_map(|(t, c)| c.zip(t.wanted).map(|(l, w)| t.layer_bps[l.min(w) as usize]))
+                .sum();
+            let budget =
+                if estimate >= endpoint.sent_bps { estimate.max(current_cost + audio_bps) } else { estimate };
+            let allocation = allocate(budget.saturating_sub(audio_bps), &tracks, &current);
+            let mut keyframes = Vec::new();
+            let mut paused = 0;
+            for (mid, cap) in mids.into_iter().zip(allocation) {
+                let Some(sink) = endpoint.sinks.get_mut(&mid) else { continue };
+                sink.cap = Some(cap);
+                if cap.is_none() {
+                    paused += 1;
+                    sink.current = None;
+                }
+                let Some(source) = sink.source.and_then(|k| room.sources.get(&k)) else { continue };
+                let target = sink.choose_target(source.arriving(now));
+                if target != sink.target {
+                    sink.target = target;
+                    if let (Some(layer), Some(key)) = (target, sink.source)
+                        && sink.current != target
+                    {
+                        keyframes.push((key, layer));
+                    }
+                }
+            }
+            if paused > 0 {
+                self.metrics.paused_by_bandwidth.inc_by(paused);
+            }
+            // Ask for enough that an upgrade's headroom can be found by probing.
+            let bps = ((desired as f64 / UPGRADE_HEADROOM) as u64).max(MIN_DESIRED_BPS);
+            self.outputs.push_back(Output::DesiredBitrate { to: id, bps });
+            for (key, layer) in keyframes {
+                self.request_keyframe(key, layer);
+            }
+        }
+    }
+
+    /// Tell a simulcast publisher which layers someone takes, so it stops encoding the
+    /// others: a layer is paused after nobody took it for `LAYER_PAUSE_AFTER`, and resumed
+    /// as soon as someone wants it. The lowest layer always stays on, for a fast start.
+    pub(super) fn pause_unneeded_layers(&mut self, key: SourceKey, now: Instant) {
+        let Some(room) = self.endpoints.get(&key.0).and_then(|e| self.rooms.get_mut(&e.room)) else { return };
+        let Some(source) = room.sources.get(&key) else { return };
+        let offered = source.offered();
+        if offered.iter().filter(|o| **o).count() < 2 {
+            return;
+        }
+        let mut needed = [false; MAX_LAYERS];
+        for (sink_endpoint, sink_mid) in &source.sinks {
+            let Some(sink) = self.endpoints.get(sink_endpoint).and_then(|e| e.sinks.get(sink_mid)) else {
+                continue;
+            };
+            if let Some(l) = choose_layer(sink.wanted, offered) {
+                needed[l as usize] = true;
+            }
+        }
+        let lowest = offered.iter().position(|o| *o).unwrap_or(0);
+        needed[lowest] = true;
+        let Some(source) = room.sources.get_mut(&key) else { return };
+        let mut changed = false;
+        for (l, layer) in source.layers.iter_mut().enumerate() {
+            if !offered[l] {
+                continue;
+            }
+            if needed[l] {
+                layer.unneeded_since = None;
+                changed |= std::mem::replace(&mut layer.paused, false);
+            } else {
+                let since = *layer.unneeded_since.get_or_insert(now);
+                if !layer.paused && now.saturating_duration_since(since) >= LAYER_PAUSE_AFTER {
+                    layer.paused = true;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            let active: Vec<String> = source
+                .layers
+                .iter()
+                .filter(|l| l.ssrc.is_some() && !l.paused)
+                .filter_map(|l| l.rid.map(|r| r.to_string()))
+                .collect();
+            let track_id = source.track.id.clone();
+            self.metrics.layer_pauses.inc();
+            self.emit(key.0, SessionEvent::Layers { track_id, active });
+        }
+    }
+
+    /// Choose again the layer each sink of a source should carry, from what arrives now.
+    pub(super) fn retarget_layers(&mut self, key: SourceKey, now: Instant) {
+        let Some(room) = self.endpoints.get(&key.0).and_then(|e| self.rooms.get(&e.room)) else { return };
+        let Some(source) = room.sources.get(&key) else { return };
+        if source.track.kind != TrackKind::Video {
+            return;
+        }
+        let arriving = source.arriving(now);
+        let mut keyframes = Vec::new();
+        for (sink_endpoint, sink_mid) in &source.sinks {
+            let Some(sink) = self.endpoints.get_mut(sink_endpoint).and_then(|e| e.sinks.get_mut(sink_mid))
+            else {
+                continue;
+            };
+            let target = sink.choose_target(arriving);
+            if target != sink.target {
+                sink.target = target;
+                if let Some(layer) = target
+                    && sink.current != target
+                    && !keyframes.contains(&layer)
+                {
+                    keyframes.push(layer);
+                }
+            }
+        }
+        for layer in keyframes {
+            self.request_keyframe(key, layer);
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The router: rooms, their sources (incoming tracks) and sinks (outgoing slots), and
+//! every decision about a packet, with no I/O. It holds no socket, channel or clock: the
+//! shard feeds it packets and timeouts (`handle_input`), tells it what membership and
+//! negotiation changed (the calls in `members.rs` and `slots.rs`), and carries out what it
+//! asks for (`poll_output`): packets for sinks, keyframe requests, events (ADR 0010).
+
+mod allocation;
+mod codec;
+pub mod forward;
+mod members;
+mod room;
+pub mod rtp;
+pub mod select;
+mod sink;
+mod slots;
+mod source;
+pub mod speaker;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use str0m::media::{Mid, Rid};
+
+pub use codec::{CodecKey, PayloadTypes, h264_profile};
+pub use forward::{Forwarded, SourcePacket};
+pub use members::Departure;
+pub use sink::Strategy;
+pub use slots::NewSlot;
+pub use source::{SinkKey, SourceKey};
+
+use crate::api::{SessionEvent, SessionId, ShownTrack, TrackKind};
+use crate::fasthash::FastMap;
+use crate::metrics::SfuMetrics;
+use forward::{Arrived, Decision};
+use room::Room;
+use rtp::starts_keyframe;
+use select::AudioSelectConfig;
+use sink::Sink;
+
+/// How often the router looks at every room (speakers, layers, allocation).
+pub const HOUSEKEEPING: Duration = Duration::from_millis(200);
+/// Headers and SRTP tag on top of an RTP payload, for send-rate accounting.
+const RTP_OVERHEAD_BYTES: u64 = 40;
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub max_participants_per_room: usize,
+    /// At most one keyframe request per source layer in this interval.
+    pub keyframe_request_interval: Duration,
+    pub audio: AudioSelectConfig,
+}
+
+/// What the router is fed.
+#[derive(Debug)]
+pub enum Input {
+    /// A packet of `source`'s simulcast layer `layer` (0 without simulcast).
+    Packet { source: SourceKey, layer: u8, rid: Option<Rid>, packet: SourcePacket },
+    /// The time moved on: housekeeping is due when `poll_timeout` said so.
+    Timeout,
+    /// A subscriber's bandwidth estimate for what it is sent (bits per second).
+    Estimate { endpoint: SessionId, bps: u64 },
+    /// A subscriber asked for a keyframe on one of its sinks.
+    KeyframeWanted { sink: SinkKey },
+}
+
+/// What the router asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a packet on a sink.
+    Forward { sink: SinkKey, packet: Forwarded },
+    /// Ask a source's publisher for a keyframe on this SSRC (already throttled).
+    KeyframeRequest { source: SourceKey, ssrc: u32 },
+    /// Tell an endpoint's signaling connection.
+    Event { to: SessionId, event: SessionEvent },
+    /// The endpoint has sources waiting for new sinks: offer them (see `Router::slots_to_add`).
+    OfferNeeded(SessionId),
+    /// The rate an endpoint's estimate should grow to (what its video would need).
+    DesiredBitrate { to: SessionId, bps: u64 },
+}
+
+/// One endpoint: a participant's WebRTC session, or a relay link to another node.
+struct Endpoint {
+    room: String,
+    participant_id: String,
+    can_subscribe: bool,
+    relay: bool,
+    /// Its first negotiation finished: sinks may be offered to it.
+    negotiated: bool,
+    /// The video sources it shows (None: it never said; it gets every one).
+    view: Option<Vec<ShownTrack>>,
+    /// Which sink carries each source.
+    sink_of: FastMap<SourceKey, Mid>,
+    /// Sources that need a new sink in its next offer.
+    to_add: Vec<SourceKey>,
+    sinks: FastMap<Mid, Sink>,
+    /// What the payload types of the media it sends mean.
+    codecs: PayloadTypes,
+    /// The latest bandwidth estimate for what it is sent (bits per second).
+    estimate: Option<u64>,
+    /// Media bytes sent to it since the last measurement, and the measured rate.
+    sent_bytes: u64,
+    sent_bps: u64,
+}
+
+pub struct Router {
+    config: RouterConfig,
+    metrics: SfuMetrics,
+    rooms: FastMap<String, Room>,
+    endpoints: FastMap<SessionId, Endpoint>,
+    outputs: VecDeque<Output>,
+    /// Packet arrival times become milliseconds since this instant.
+    epoch: Instant,
+    next_housekeeping: Instant,
+    last_measure: Instant,
+    now: Instant,
+}
+
+impl Router {
+    pub fn new(config: RouterConfig, metrics: SfuMetrics, now: Instant) -> Self {
+        Self {
+            config,
+            metrics,
+            rooms: FastMap::default(),
+            endpoints: FastMap::default(),
+            outputs: VecDeque::new(),
+            epoch: now,
+            next_housekeeping: now + HOUSEKEEPING,
+            last_measure: now,
+            now,
+        }
+    }
+
+    pub fn handle_input(&mut self, input: Input, now: Instant) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Packet { source, layer, rid, packet } => self.on_packet(source, layer, rid, packet),
+            Input::Timeout => {
+                if self.now >= self.next_housekeeping {
+                    self.housekeeping();
+                    self.next_housekeeping = self.now + HOUSEKEEPING;
+                }
+            }
+            Input::Estimate { endpoint, bps } => {
+                if let Some(e) = self.endpoints.get_mut(&endpoint) {
+                    e.estimate = Some(bps);
+                }
+            }
+            Input::KeyframeWanted { sink } => {
+                let wanted = self
+                    .endpoints
+                    .get(&sink.0)
+                    .and_then(|e| e.sinks.get(&sink.1))
+                    .and_then(|s| Some((s.source?, s.current.or(s.target)?)));
+                if let Some((source, layer)) = wanted {
+                    self.request_keyframe(source, layer);
+                }
+            }
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the router next wants `Input::Timeout`.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_housekeeping
+    }
+
+    fn emit(&mut self, to: SessionId, event: SessionEvent) {
+        self.outputs.push_back(Output::Event { to, event });
+    }
+
+    /// The packet path: one packet from a source to each sink that carries it.
+    fn on_packet(&mut self, key: SourceKey, layer: u8, rid: Option<Rid>, packet: SourcePacket) {
+        let now = packet.arrival;
+        let Some(owner) = self.endpoints.get(&key.0) else { return };
+        let Some(room) = self.rooms.get_mut(&owner.room) else { return };
+        let room_size = room.participants();
+        let Room { sources, speakers, audio, .. } = room;
+        let Some(source) = sources.get_mut(&key) else { return };
+        let resumed = !source.arriving(now).get(layer as usize).copied().unwrap_or(false);
+        let Some(state) = source.layers.get_mut(layer as usize) else { return };
+        if state.ssrc != Some(packet.ssrc) {
+            state.ssrc = Some(packet.ssrc);
+            state.rid = rid;
+        }
+        state.last_packet = Some(now);
+        state.bytes += packet.payload.len() as u64;
+        if source.format.is_none_or(|(pt, _)| pt != packet.pt) {
+            let Some(codec) = owner.codecs.iter().find(|(pt, _)| *pt == packet.pt).map(|(_, c)| *c) else {
+                return;
+            };
+            source.video_codec = codec.video_codec();
+            source.format = Some((packet.pt, codec));
+        }
+        let keyframe = source.video_codec.is_some_and(|c| starts_keyframe(c, &packet.payload));
+        if keyframe {
+            source.layers[layer as usize].keyframe_throttle.keyframe_received();
+        }
+        let video = source.track.kind == TrackKind::Video;
+        if !video {
+            let level = packet.audio_level.map(|l| l.unsigned_abs().min(127));
+            if let Some(level) = level {
+                speakers.record(key.0, level, now);
+            }
+            let verdict = audio.on_packet(key, level, packet.voice_activity, now, room_size);
+            if !verdict.forward {
+                self.metrics.audio_not_selected.inc();
+                return;
+            }
+            if verdict.admitted.is_some() {
+                let room = owner.room.clone();
+                self.sync_room_audio(&room);
+            }
+        }
+        if resumed && video {
+            // A layer (re)started: sinks waiting for it switch at this very keyframe.
+            self.retarget_layers(key, now);
+        }
+        self.forward_to_sinks(key, layer, keyframe, &packet);
+    }
+
+    fn forward_to_sinks(&mut self, key: SourceKey, layer: u8, keyframe: bool, packet: &SourcePacket) {
+        let Router { rooms, endpoints, outputs, metrics, epoch, .. } = self;
+        let Some(room) = endpoints.get(&key.0).and_then(|e| rooms.get(&e.room)) else { return };
+        let Some(source) = room.sources.get(&key) else { return };
+        let Some(format) = source.format else { return };
+        let arrived = Arrived {
+            packet,
+            layer,
+            keyframe,
+            format,
+            video: source.track.kind == TrackKind::Video,
+            vp8: source.video_codec == Some(rtp::VideoCodec::Vp8),
+            arrival_ms: packet.arrival.saturating_duration_since(*epoch).as_millis() as u64,
+        };
+        let mut wants_keyframe = false;
+        let mut retarget = false;
+        for sink_key in &source.sinks {
+            let Some(endpoint) = endpoints.get_mut(&sink_key.0) else { continue };
+            let Some(sink) = endpoint.sinks.get_mut(&sink_key.1) else { continue };
+            match forward::decide(sink, &arrived) {
+                Decision::Send { packet, switched } => {
+                    if switched {
+                        metrics.layer_switches.inc();
+                    }
+                    endpoint.sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
+                    outputs.push_back(Output::Forward { sink: *sink_key, packet });
+                }
+                Decision::Skip => {}
+                Decision::WaitsForKeyframe => wants_keyframe = true,
+                Decision::Retarget => retarget = true,
+                Decision::NoCodec => {
+                    metrics.not_forwarded.with_label_values(&["no_matching_codec"]).inc();
+                    tracing::debug!(
+                        subscriber = %endpoint.participant_id,
+                        codec = ?format.1.codec,
+                        "subscriber negotiated no payload type for this codec; packet not forwarded"
+                    );
+                }
+            }
+        }
+        let now = packet.arrival;
+        if wants_keyframe {
+            self.request_keyframe(key, layer);
+        }
+        if retarget {
+            self.retarget_layers(key, now);
+        }
+    }
+
+    /// Ask for a keyframe of one layer of a source, at most once per throttle interval
+    /// (a request within it is deferred to its end).
+    fn request_keyframe(&mut self, key: SourceKey, layer: u8) {
+        let now = self.now;
+        let Some(room) = self.endpoints.get(&key.0).and_then(|e| self.rooms.get_mut(&e.room)) else { return };
+        let Some(state) = room.sources.get_mut(&key).and_then(|s| s.layers.get_mut(layer as usize)) else {
+            return;
+        };
+        let Some(ssrc) = state.ssrc else { return };
+        if state.keyframe_throttle.request(now) {
+            self.outputs.push_back(Output::KeyframeRequest { source: key, ssrc });
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = self.now;
+        self.announce_speakers();
+        self.measure_rates();
+        self.allocate_bandwidth();
+        // Deferred keyframe requests whose throttle interval ended.
+        let mut video = Vec::new();
+        for room in self.rooms.values_mut() {
+            let size = room.participants();
+            room.audio.trim(now, size);
+            for (key, source) in room.sources.iter_mut() {
+                for state in source.layers.iter_mut() {
+                    if state.keyframe_throttle.poll(now)
+                        && let Some(ssrc) = state.ssrc
+                    {
+                        self.outputs.push_back(Output::KeyframeRequest { source: *key, ssrc });
+                    }
+                }
+                if source.track.kind == TrackKind::Video {
+                    video.push(*key);
+                }
+            }
+        }
+        // Layers that stopped or started arriving, and layers nobody takes.
+        for key in video {
+            self.retarget_layers(key, now);
+            self.pause_unneeded_layers(key, now);
+        }
+    }
+
+    /// Tell every room whose dominant speaker changed.
+    fn announce_speakers(&mut self) {
+        let now = self.now;
+        for room in self.rooms.values_mut() {
+            let Some(speaker) = room.speakers.poll(now) else { continue };
+            let Some(member) = room.members.iter().find(|m| m.session == speaker) else { continue };
+            room.dominant = Some(speaker);
+            let participant_id = member.participant_id.clone();
+            for m in room.members.iter().filter(|m| !m.hidden) {
+                let event = SessionEvent::ActiveSpeaker { participant_id: participant_id.clone() };
+                self.outputs.push_back(Output::Event { to: m.session, event });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,69 @@
+//! A room: who is in it, the sources published in it, who speaks, and which audio is
+//! forwarded at all. Plain data; the router drives it.
+
+use std::time::Instant;
+
+use str0m::media::Mid;
+
+use super::select::{AudioSelectConfig, AudioSelector};
+use super::source::{Source, SourceKey};
+use super::speaker::{SpeakerConfig, SpeakerDetector};
+use crate::api::{ParticipantInfo, SessionId, TrackInfo};
+use crate::fasthash::FastMap;
+
+pub struct Member {
+    pub session: SessionId,
+    pub participant_id: String,
+    pub identity: String,
+    pub name: String,
+    /// A relay link to another node: in the room to take its sources, not a participant
+    /// anyone sees.
+    pub hidden: bool,
+}
+
+pub struct Room {
+    pub members: Vec<Member>,
+    pub sources: FastMap<SourceKey, Source>,
+    pub speakers: SpeakerDetector,
+    /// Which audio sources are forwarded at all (top-N in large rooms).
+    pub audio: AudioSelector<SourceKey>,
+    /// The dominant speaker, as last announced.
+    pub dominant: Option<SessionId>,
+}
+
+impl Room {
+    pub fn new(audio: AudioSelectConfig, now: Instant) -> Self {
+        Self {
+            members: Vec::new(),
+            sources: FastMap::default(),
+            speakers: SpeakerDetector::new(SpeakerConfig::default(), now),
+            audio: AudioSelector::new(audio),
+            dominant: None,
+        }
+    }
+
+    pub fn participant_info(&self, member: &Member) -> ParticipantInfo {
+        let mut tracks: Vec<(&Mid, TrackInfo)> = self
+            .sources
+            .iter()
+            .filter(|((owner, _), _)| *owner == member.session)
+            .map(|((_, mid), p)| (mid, p.track.clone()))
+            .collect();
+        tracks.sort_by(|a, b| a.0.cmp(b.0));
+        ParticipantInfo {
+            id: member.participant_id.clone(),
+            identity: member.identity.clone(),
+            name: member.name.clone(),
+            tracks: tracks.into_iter().map(|(_, t)| t).collect(),
+        }
+    }
+
+    /// Participants (not relay links) other than `session`.
+    pub fn others(&self, session: SessionId) -> impl Iterator<Item = SessionId> + '_ {
+        self.members.iter().filter(move |m| !m.hidden && m.session != session).map(|m| m.session)
+    }
+
+    pub fn participants(&self) -> usize {
+        self.members.iter().filter(|m| !m.hidden).count()
+    }
+}

@@ -1,0 +1,11 @@
+//! What the router reads and rewrites in an RTP packet: keyframes (and throttled
+//! requests for them), sequence numbers and timestamps continued across changes of
+//! source, and VP8 picture ids. Pure helpers, time as an argument.
+
+pub mod keyframe;
+pub mod rewrite;
+pub mod vp8;
+
+pub use keyframe::{KeyframeThrottle, VideoCodec, starts_keyframe};
+pub use rewrite::{Rewritten, RtpRewriter, SeqExtender};
+pub use vp8::{Vp8Renumber, Vp8Rewriter};

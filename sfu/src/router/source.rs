@@ -1,0 +1,80 @@
+//! A source: one incoming track (a WebRTC publication today, a relay link's track
+//! tomorrow) with its simulcast layers, and the sinks it feeds.
+
+use std::time::{Duration, Instant};
+
+use str0m::media::{Mid, Rid};
+
+use super::codec::CodecKey;
+use super::rtp::{KeyframeThrottle, VideoCodec};
+use super::select::MAX_LAYERS;
+use crate::api::{SessionId, TrackInfo};
+
+/// A layer that sent nothing for this long counts as stopped.
+const LAYER_STALE: Duration = Duration::from_millis(1000);
+
+/// A source is named by the endpoint it arrives from and its mid there; a sink likewise by
+/// the endpoint it goes to and the mid it goes out on.
+pub type SourceKey = (SessionId, Mid);
+pub type SinkKey = (SessionId, Mid);
+
+/// One simulcast layer of a source as it arrives (the only layer, without simulcast).
+pub struct Layer {
+    pub ssrc: Option<u32>,
+    pub rid: Option<Rid>,
+    /// The publisher was told to stop sending it (nobody takes it).
+    pub paused: bool,
+    /// Since when no sink takes it.
+    pub unneeded_since: Option<Instant>,
+    /// Payload bytes since the last measurement, and the measured bits per second.
+    pub bytes: u64,
+    pub bps: u64,
+    pub last_packet: Option<Instant>,
+    pub keyframe_throttle: KeyframeThrottle,
+}
+
+pub struct Source {
+    pub track: TrackInfo,
+    pub owner_participant: String,
+    /// The sinks carrying it.
+    pub sinks: Vec<SinkKey>,
+    /// Incoming layers by rank; keyframe requests go to a layer's SSRC.
+    pub layers: [Layer; MAX_LAYERS],
+    /// Payload type of the last packet and the codec it means.
+    pub format: Option<(u8, CodecKey)>,
+    pub video_codec: Option<VideoCodec>,
+}
+
+impl Source {
+    pub fn new(track: TrackInfo, owner_participant: String, keyframe_interval: Duration) -> Self {
+        Self {
+            track,
+            owner_participant,
+            sinks: Vec::new(),
+            layers: std::array::from_fn(|_| Layer {
+                ssrc: None,
+                rid: None,
+                paused: false,
+                unneeded_since: None,
+                bytes: 0,
+                bps: 0,
+                last_packet: None,
+                keyframe_throttle: KeyframeThrottle::new(keyframe_interval),
+            }),
+            format: None,
+            video_codec: None,
+        }
+    }
+
+    /// Which layers the publisher has sent at some point.
+    pub fn offered(&self) -> [bool; MAX_LAYERS] {
+        std::array::from_fn(|l| self.layers[l].ssrc.is_some())
+    }
+
+    /// Which layers arrive now.
+    pub fn arriving(&self, now: Instant) -> [bool; MAX_LAYERS] {
+        std::array::from_fn(|l| {
+            self.layers[l].last_packet.is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE)
+        })
+    }
+}

@@ -1,0 +1,386 @@
+//! The router without sockets or engines: endpoints join, publish and negotiate the way
+//! the shard drives them, packets go in with time as an argument, and what comes out is
+//! checked packet by packet.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::format::Codec;
+use str0m::media::Mid;
+
+use super::*;
+use crate::api::{JoinRequest, TrackInfo, TrackSource};
+
+const VP8: u8 = 96;
+const OPUS: u8 = 111;
+
+fn codecs() -> PayloadTypes {
+    vec![
+        (VP8, CodecKey { codec: Codec::Vp8, clock_rate: 90_000, h264: None }),
+        (OPUS, CodecKey { codec: Codec::Opus, clock_rate: 48_000, h264: None }),
+    ]
+}
+
+/// A VP8 payload: descriptor with the start bit, then the frame header's P bit.
+fn vp8(keyframe: bool, fill: u8) -> Arc<[u8]> {
+    vec![0x10, if keyframe { 0x00 } else { 0x01 }, fill, fill].into()
+}
+
+/// A router, the endpoints in one room, and the time.
+struct Room {
+    router: Router,
+    now: Instant,
+    next_id: SessionId,
+    next_mid: u32,
+    metrics: SfuMetrics,
+}
+
+impl Room {
+    fn new() -> Self {
+        let now = Instant::now();
+        let metrics = SfuMetrics::new(&prometheus::Registry::new());
+        let config = RouterConfig {
+            max_participants_per_room: 300,
+            keyframe_request_interval: Duration::from_millis(500),
+            audio: AudioSelectConfig::default(),
+        };
+        Self { router: Router::new(config, metrics.clone(), now), now, next_id: 1, next_mid: 0, metrics }
+    }
+
+    fn enter(&mut self, name: &str, relay: bool) -> SessionId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = JoinRequest {
+            room: "r".into(),
+            participant_id: name.into(),
+            identity: name.into(),
+            name: name.into(),
+            can_publish: true,
+            can_subscribe: true,
+        };
+        self.router.join(id, &request, relay, self.now).expect("joins");
+        self.router.set_codecs(id, codecs());
+        id
+    }
+
+    /// A participant whose first negotiation is done.
+    fn join(&mut self, name: &str) -> SessionId {
+        let id = self.enter(name, false);
+        self.router.negotiated(id, self.now);
+        self.negotiate(id);
+        id
+    }
+
+    fn publish(&mut self, id: SessionId, kind: TrackKind) -> SourceKey {
+        let mid = self.mid();
+        let track = TrackInfo {
+            id: format!("TR_{id}_{mid}"),
+            kind,
+            source: if kind == TrackKind::Audio { TrackSource::Microphone } else { TrackSource::Camera },
+            muted: false,
+        };
+        self.router.publish(id, mid, track, self.now);
+        (id, mid)
+    }
+
+    fn mid(&mut self) -> Mid {
+        self.next_mid += 1;
+        Mid::from(format!("m{}", self.next_mid).as_str())
+    }
+
+    /// What the shard does for an endpoint's pending sinks: one offer, then the answer.
+    fn negotiate(&mut self, id: SessionId) -> Vec<Mid> {
+        let wanted = self.router.slots_to_add(id);
+        let added: Vec<(Mid, SourceKey)> = wanted.iter().map(|w| (self.mid(), w.source)).collect();
+        self.router.slots_added(id, &added, self.now);
+        for (mid, _) in &added {
+            self.router.sink_negotiated(id, *mid, codecs());
+        }
+        added.into_iter().map(|(mid, _)| mid).collect()
+    }
+
+    /// Negotiate every endpoint that asked for an offer, and return the other outputs.
+    fn settle(&mut self) -> Vec<Output> {
+        let mut rest = Vec::new();
+        while let Some(out) = self.router.poll_output() {
+            match out {
+                Output::OfferNeeded(id) => {
+                    self.negotiate(id);
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    fn packet(&mut self, source: SourceKey, layer: u8, seq: u16, payload: Arc<[u8]>) -> Vec<Output> {
+        let video = payload.len() == 4;
+        let packet = SourcePacket {
+            ssrc: ssrc(source, layer),
+            seq,
+            timestamp: seq as u32 * 3000,
+            marker: true,
+            pt: if video { VP8 } else { OPUS },
+            payload,
+            audio_level: (!video).then_some(-20),
+            voice_activity: (!video).then_some(true),
+            arrival: self.now,
+        };
+        self.router.handle_input(Input::Packet { source, layer, rid: None, packet }, self.now);
+        self.settle()
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<Output> {
+        self.now += by;
+        self.router.handle_input(Input::Timeout, self.now);
+        self.settle()
+    }
+}
+
+/// Each source layer's SSRC in these tests.
+fn ssrc(source: SourceKey, layer: u8) -> u32 {
+    let n: u32 = source.1.to_string().trim_start_matches('m').parse().expect("mids are m<n>");
+    1000 + n * 10 + layer as u32
+}
+
+fn forwarded(outputs: &[Output]) -> Vec<(SinkKey, &Forwarded)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Forward { sink, packet } => Some((*sink, packet)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn to(outputs: &[Output], endpoint: SessionId) -> Vec<&Forwarded> {
+    forwarded(outputs).into_iter().filter(|(sink, _)| sink.0 == endpoint).map(|(_, f)| f).collect()
+}
+
+fn keyframe_requests(outputs: &[Output]) -> Vec<u32> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::KeyframeRequest { ssrc, .. } => Some(*ssrc),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn audio_reaches_every_sink_numbered_continuously_across_a_change_of_source() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let bob = room.join("bob");
+    let carol = room.join("carol");
+    let mic = room.publish(alice, TrackKind::Audio);
+    // First packet admits the track and gives bob and carol a sink for it.
+    room.packet(mic, 0, 100, vec![1, 2, 3].into());
+    let mut seqs = Vec::new();
+    for seq in 101..=105 {
+        let out = room.packet(mic, 0, seq, vec![9; 3].into());
+        assert_eq!(to(&out, alice).len(), 0, "nobody hears themselves");
+        let (b, c) = (to(&out, bob), to(&out, carol));
+        assert_eq!((b.len(), c.len()), (1, 1), "packet {seq} to bob and carol");
+        assert_eq!(b[0].pt, OPUS);
+        seqs.push(b[0].seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "continuous: {seqs:?}");
+    // Alice republishes: a new source, but bob's and carol's numbering carries on.
+    room.router.unpublish(alice, mic.1);
+    room.settle();
+    let mic2 = room.publish(alice, TrackKind::Audio);
+    room.settle();
+    let out = room.packet(mic2, 0, 40_000, vec![7; 3].into());
+    let next = to(&out, bob);
+    assert_eq!(next.len(), 1, "the new source reaches bob on a reused sink");
+    assert!(next[0].seq > *seqs.last().unwrap(), "no jump back: {} after {:?}", next[0].seq, seqs);
+}
+
+#[test]
+fn simulcast_starts_and_switches_layers_only_at_keyframes() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let bob = room.join("bob");
+    let cam = room.publish(alice, TrackKind::Video);
+    room.settle();
+    // Bob (no view yet: he wants the best) starts on q, the only layer arriving, at its
+    // keyframe; when h starts arriving he moves up at h's first keyframe, not before.
+    assert_eq!(to(&room.packet(cam, 0, 1, vp8(true, 0)), bob).len(), 1, "starts at q's keyframe");
+    let out = room.packet(cam, 1, 1, vp8(false, 1));
+    assert!(to(&out, bob).is_empty(), "a delta frame of h does not switch");
+    assert!(keyframe_requests(&out).contains(&ssrc(cam, 1)), "asks h for a keyframe");
+    let out = room.packet(cam, 1, 2, vp8(true, 1));
+    assert_eq!(to(&out, bob).len(), 1, "switches at h's keyframe");
+    let out = room.packet(cam, 0, 2, vp8(true, 0));
+    assert!(to(&out, bob).is_empty(), "other layers are not forwarded");
+
+    // Bob's tile shrinks to q: h keeps flowing until q's next keyframe.
+    let track = format!("TR_{alice}_{}", cam.1);
+    room.router.set_view(bob, vec![ShownTrack { track_id: track, quality: 0 }], room.now);
+    room.settle();
+    assert_eq!(to(&room.packet(cam, 1, 3, vp8(false, 1)), bob).len(), 1, "h until the switch");
+    assert!(to(&room.packet(cam, 0, 3, vp8(false, 0)), bob).is_empty(), "q waits for a keyframe");
+    let before = room.metrics.layer_switches.get();
+    let out = room.packet(cam, 0, 4, vp8(true, 0));
+    let sent = to(&out, bob);
+    assert_eq!(sent.len(), 1, "switched at q's keyframe");
+    assert_eq!(sent[0].layer, 0);
+    assert_eq!(room.metrics.layer_switches.get(), before + 1);
+    assert!(to(&room.packet(cam, 1, 4, vp8(false, 1)), bob).is_empty(), "h no longer");
+}
+
+#[test]
+fn a_layer_nobody_takes_is_paused_and_resumed_when_wanted() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let bob = room.join("bob");
+    let cam = room.publish(alice, TrackKind::Video);
+    room.settle();
+    let track = format!("TR_{alice}_{}", cam.1);
+    room.router.set_view(bob, vec![ShownTrack { track_id: track.clone(), quality: 0 }], room.now);
+    room.settle();
+    let mut layers_told = Vec::new();
+    for step in 0..15u16 {
+        for layer in 0..3 {
+            room.packet(cam, layer, step, vp8(step == 0, layer));
+        }
+        for out in room.advance(Duration::from_millis(200)) {
+            if let Output::Event { to, event: SessionEvent::Layers { active, .. } } = out {
+                assert_eq!(to, alice, "only the publisher is told");
+                layers_told.push(active);
+            }
+        }
+    }
+    // Nothing carries rids here, so the publisher is told an empty list: h and f paused.
+    assert_eq!(layers_told.len(), 1, "told once after two seconds: {layers_told:?}");
+    let source = &room.router.rooms["r"].sources[&cam];
+    assert_eq!(source.layers.iter().map(|l| l.paused).collect::<Vec<_>>(), vec![false, true, true]);
+
+    room.router.set_view(bob, vec![ShownTrack { track_id: track, quality: 2 }], room.now);
+    let out = room.settle();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Event { to, event: SessionEvent::Layers { .. } } if *to == alice)),
+        "resumed at once when wanted"
+    );
+    let source = &room.router.rooms["r"].sources[&cam];
+    let paused: Vec<bool> = source.layers.iter().map(|l| l.paused).collect();
+    assert_eq!(paused, vec![false, true, false], "f is wanted again; h still is not");
+}
+
+#[test]
+fn large_rooms_forward_only_the_places_of_top_n() {
+    let mut room = Room::new();
+    let ids: Vec<SessionId> = (0..12).map(|i| room.join(&format!("p{i}"))).collect();
+    let mics: Vec<SourceKey> = ids.iter().map(|id| room.publish(*id, TrackKind::Audio)).collect();
+    room.settle();
+    let listener = ids[11];
+    let mut heard = std::collections::BTreeSet::new();
+    for seq in 0..5 {
+        // Five speak, in turn; the fifth finds the places (top 3, plus one for a hand-over)
+        // taken by talkers.
+        for mic in &mics[..5] {
+            let out = room.packet(*mic, 0, seq, vec![seq as u8; 3].into());
+            if !to(&out, listener).is_empty() {
+                heard.insert(mic.0);
+            }
+        }
+    }
+    assert_eq!(heard.len(), 4, "four of the five talkers reach the listener: {heard:?}");
+    assert!(!heard.contains(&mics[4].0), "not the one who came last");
+    assert!(room.metrics.audio_not_selected.get() > 0, "the fifth is counted as not selected");
+}
+
+#[test]
+fn a_relay_sink_gets_what_a_webrtc_sink_gets_and_every_layer() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let bob = room.join("bob");
+    let edge = room.enter("edge", true);
+    let cam = room.publish(alice, TrackKind::Video);
+    let mic = room.publish(alice, TrackKind::Audio);
+    room.settle();
+    // The relay link takes both sources (the edge asks for them over its control stream).
+    let relay_mids = {
+        let a = room.mid();
+        let b = room.mid();
+        room.router.slots_added(edge, &[(a, cam), (b, mic)], room.now);
+        room.router.sink_negotiated(edge, a, Vec::new());
+        room.router.sink_negotiated(edge, b, Vec::new());
+        [a, b]
+    };
+    let mut to_bob = Vec::new();
+    let mut to_edge = Vec::new();
+    for seq in 0..6u16 {
+        for layer in 0..2 {
+            let out = room.packet(cam, layer, seq, vp8(seq % 3 == 0, layer));
+            to_bob.extend(to(&out, bob).into_iter().map(|f| (f.layer, f.payload.clone())));
+            to_edge.extend(
+                forwarded(&out).into_iter().filter(|(s, _)| s.0 == edge).map(|(s, f)| (s.1, f.clone())),
+            );
+        }
+        let out = room.packet(mic, 0, seq, vec![5; 3].into());
+        to_edge
+            .extend(forwarded(&out).into_iter().filter(|(s, _)| s.0 == edge).map(|(s, f)| (s.1, f.clone())));
+    }
+    let video: Vec<&Forwarded> =
+        to_edge.iter().filter(|(m, _)| *m == relay_mids[0]).map(|(_, f)| f).collect();
+    assert_eq!(video.len(), 12, "every packet of both layers, from the first");
+    assert!(video.iter().all(|f| f.pt == VP8 && f.seq as u16 == (f.timestamp / 3000) as u16), "as it came");
+    assert_eq!(to_edge.iter().filter(|(m, _)| *m == relay_mids[1]).count(), 6, "and the audio");
+    // What bob got is the relay's packets of the layer bob takes.
+    assert!(!to_bob.is_empty());
+    for (layer, payload) in &to_bob {
+        assert!(video.iter().any(|f| f.layer == *layer && f.payload == *payload));
+    }
+    let participants: Vec<&str> = room.router.rooms["r"]
+        .members
+        .iter()
+        .filter(|m| !m.hidden)
+        .map(|m| m.participant_id.as_str())
+        .collect();
+    assert_eq!(participants, ["alice", "bob"], "the relay link is nobody's participant");
+}
+
+#[test]
+fn a_departure_frees_sinks_and_closes_an_empty_room() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let bob = room.join("bob");
+    let cam = room.publish(alice, TrackKind::Video);
+    room.settle();
+    room.packet(cam, 0, 1, vp8(true, 0));
+    let departure = room.router.leave(alice, crate::api::LeaveReason::Left);
+    assert!(!departure.room_closed);
+    let out = room.settle();
+    let told: Vec<&SessionEvent> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event { to, event } if *to == bob => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert!(told.iter().any(|e| matches!(e, SessionEvent::Slots(s) if s[0].track.is_none())), "{told:?}");
+    assert!(told.iter().any(|e| matches!(e, SessionEvent::TrackUnpublished { .. })));
+    assert!(told.iter().any(|e| matches!(e, SessionEvent::ParticipantLeft { .. })));
+    assert!(room.router.leave(bob, crate::api::LeaveReason::Left).room_closed);
+    assert_eq!(room.metrics.rooms.get(), 0);
+    assert_eq!(room.metrics.tracks.get(), 0);
+}
+
+#[test]
+fn a_relay_source_reaches_participants_like_a_published_track() {
+    let mut room = Room::new();
+    let bob = room.join("bob");
+    // An edge node's link from its origin: a hidden endpoint whose sources are the
+    // origin's tracks, fed with what arrives over the link.
+    let origin = room.enter("origin", true);
+    let cam = room.publish(origin, TrackKind::Video);
+    room.settle();
+    let out = room.packet(cam, 0, 7, vp8(true, 3));
+    let got = to(&out, bob);
+    assert_eq!(got.len(), 1, "bob gets the relayed track from its keyframe");
+    assert_eq!(got[0].payload, vp8(true, 3));
+    assert_eq!(room.router.rooms["r"].participants(), 1, "only bob is a participant");
+}

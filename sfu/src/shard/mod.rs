@@ -1,0 +1,520 @@
+//! A shard: one thread that owns a set of rooms and every session in them. It is the
+//! router's driver: it is fed datagrams and commands through one bounded queue, drives
+//! each session's str0m engine (session.rs), feeds the router what happens and carries
+//! out what the router asks (send.rs), on its own clock and timers. No task or thread
+//! per peer.
+
+mod send;
+mod session;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::ExtensionValues;
+use str0m::{Candidate, IceCreds, Input};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::api::{
+    JoinRequest, LeaveReason, MediaError, ParticipantInfo, SessionEvent, SessionId, ShownTrack, TrackSource,
+};
+use crate::config::MediaConfig;
+use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
+use crate::fasthash::FastMap;
+use crate::io::{DatagramPool, Datagrams, Delivery, MediaSocket, SendQueue};
+use crate::metrics::SfuMetrics;
+use crate::router::{self, Router, RouterConfig};
+pub(crate) use session::session_rtc;
+#[cfg(test)]
+pub(crate) use session::slot_out;
+use session::{Session, contained};
+
+/// Where a join's answer goes: the session and everyone already in the room, or why not.
+pub(crate) type JoinReply =
+    tokio::sync::oneshot::Sender<Result<(SessionId, Vec<ParticipantInfo>), MediaError>>;
+
+const MAX_INPUTS_PER_TURN: usize = 512;
+/// Datagrams queued before a busy turn sends them (it sends the rest at its end). The more
+/// a turn sends at once, the more of them to one subscriber go out as one GSO send; a
+/// shard that falls behind batches more by itself, an idle one sends at once.
+const SEND_BATCH: usize = 1024;
+/// Source addresses one session may be reached from (ICE may move between a few).
+const MAX_ADDRS_PER_SESSION: usize = 8;
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+pub(crate) enum ShardInput {
+    /// Datagrams from one read of the socket (the receive thread found this shard's).
+    Datagrams(Datagrams),
+    Join {
+        request: JoinRequest,
+        events: mpsc::Sender<SessionEvent>,
+        reply: JoinReply,
+    },
+    Offer {
+        session: SessionId,
+        sdp: String,
+        tracks: Vec<(String, TrackSource)>,
+    },
+    Answer {
+        session: SessionId,
+        sdp: String,
+    },
+    Candidate {
+        session: SessionId,
+        candidate: String,
+    },
+    Mute {
+        session: SessionId,
+        track_id: String,
+        muted: bool,
+    },
+    Subscribe {
+        session: SessionId,
+        tracks: Vec<ShownTrack>,
+    },
+    Leave {
+        session: SessionId,
+        reason: LeaveReason,
+    },
+    Shutdown,
+}
+
+/// The queue into a shard, plus its load for placement.
+#[derive(Clone)]
+pub(crate) struct ShardSender {
+    pub tx: SyncSender<ShardInput>,
+    pub sessions: Arc<AtomicUsize>,
+    /// Datagrams in the queue, bounded by `queue_limit`.
+    pub queued: Arc<AtomicUsize>,
+    pub queue_limit: usize,
+}
+
+impl ShardSender {
+    /// Queue received datagrams, within the bound on datagrams queued.
+    pub fn datagrams(&self, batch: Datagrams) -> Delivery {
+        let n = batch.len();
+        if self.queued.load(Ordering::Relaxed) + n > self.queue_limit {
+            return Delivery::Full(batch);
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        match self.tx.try_send(ShardInput::Datagrams(batch)) {
+            Ok(()) => Delivery::Queued,
+            Err(e) => {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(ShardInput::Datagrams(b)) => Delivery::Full(b),
+                    _ => Delivery::Gone,
+                }
+            }
+        }
+    }
+
+    pub fn command(&self, input: ShardInput) -> Result<(), MediaError> {
+        self.tx.try_send(input).map_err(|e| match e {
+            TrySendError::Full(_) => MediaError::Overloaded,
+            TrySendError::Disconnected(_) => MediaError::ShuttingDown,
+        })
+    }
+
+    /// For messages that must not be lost (a session ending): waits for room in the queue.
+    pub fn command_blocking_ok(&self, input: ShardInput) {
+        let _ = self.tx.send(input);
+    }
+}
+
+pub(crate) struct Shard {
+    index: usize,
+    config: MediaConfig,
+    socket: Arc<MediaSocket>,
+    /// This turn's datagrams, sent together at its end.
+    out: SendQueue,
+    queued: Arc<AtomicUsize>,
+    pool: Arc<DatagramPool>,
+    local_addr: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    routes: Arc<RouteTable>,
+    room_placement: Arc<DashMap<String, usize>>,
+    load: Arc<AtomicUsize>,
+    metrics: SfuMetrics,
+    router: Router,
+    sessions: FastMap<SessionId, Session>,
+    by_addr: HashMap<SocketAddr, SessionId>,
+    by_ufrag: HashMap<String, SessionId>,
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Sessions written to through str0m: drained once each at the end of the turn.
+    dirty: Vec<SessionId>,
+    /// Fast-path sessions written to through str0m by the packet being routed: drained
+    /// right after it.
+    send_now: Vec<SessionId>,
+    /// The media extensions of the packet being routed (str0m writes them again).
+    routing_ext: ExtensionValues,
+    /// Sessions whose sinks changed during this input: one offer each after it.
+    offers_due: Vec<SessionId>,
+    /// Sessions whose engine panicked, to end after this input.
+    failed: Vec<SessionId>,
+    next_session: SessionId,
+    /// Packet arrival times become milliseconds since this instant (fast-path timing).
+    epoch: Instant,
+}
+
+pub(crate) struct ShardParts {
+    pub index: usize,
+    pub config: MediaConfig,
+    pub socket: Arc<MediaSocket>,
+    pub candidates: Vec<SocketAddr>,
+    pub routes: Arc<RouteTable>,
+    pub room_placement: Arc<DashMap<String, usize>>,
+    pub load: Arc<AtomicUsize>,
+    pub queued: Arc<AtomicUsize>,
+    pub pool: Arc<DatagramPool>,
+    pub metrics: SfuMetrics,
+}
+
+impl Shard {
+    pub fn new(parts: ShardParts) -> std::io::Result<Self> {
+        let local_addr = parts.socket.local_addr()?;
+        let now = Instant::now();
+        let router_config = RouterConfig {
+            max_participants_per_room: parts.config.max_participants_per_room,
+            keyframe_request_interval: parts.config.keyframe_request_interval,
+            audio: parts.config.audio_select(),
+        };
+        Ok(Self {
+            index: parts.index,
+            router: Router::new(router_config, parts.metrics.clone(), now),
+            config: parts.config,
+            socket: parts.socket,
+            out: SendQueue::default(),
+            queued: parts.queued,
+            pool: parts.pool,
+            local_addr,
+            candidates: parts.candidates,
+            routes: parts.routes,
+            room_placement: parts.room_placement,
+            load: parts.load,
+            metrics: parts.metrics,
+            sessions: FastMap::default(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            send_now: Vec::new(),
+            routing_ext: ExtensionValues::default(),
+            offers_due: Vec::new(),
+            failed: Vec::new(),
+            // Session ids carry the shard index in the low bits so they are unique per node.
+            next_session: 1,
+            epoch: now,
+        })
+    }
+
+    pub fn run(mut self, rx: Receiver<ShardInput>) {
+        loop {
+            let now = Instant::now();
+            let deadline = self.next_deadline().min(self.router.poll_timeout());
+            match rx.recv_timeout(deadline.saturating_duration_since(now)) {
+                Ok(ShardInput::Shutdown) => break,
+                Ok(input) => {
+                    self.handle(input);
+                    for _ in 0..MAX_INPUTS_PER_TURN {
+                        if self.out.len() >= SEND_BATCH {
+                            self.send_queued();
+                        }
+                        match rx.try_recv() {
+                            Ok(ShardInput::Shutdown) => return self.shutdown(),
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            self.run_timers(now);
+            if now >= self.router.poll_timeout() {
+                self.housekeeping(now);
+            }
+            self.flush_offers();
+            self.end_failed_sessions();
+            self.flush_dirty();
+            self.send_queued();
+        }
+        self.shutdown();
+    }
+
+    /// Send what this input (or timer pass) queued: one system call per run of
+    /// equal-sized datagrams to one address (io/send.rs).
+    fn send_queued(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let flushed = self.out.flush(&self.socket);
+        self.metrics.packets_out.inc_by(flushed.datagrams);
+        self.metrics.bytes_out.inc_by(flushed.bytes);
+        self.metrics.send_calls.inc_by(flushed.sends);
+        self.metrics.send_failures.inc_by(flushed.failed);
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.end_session(id, LeaveReason::RoomClosed);
+        }
+        self.send_queued();
+    }
+
+    fn next_deadline(&mut self) -> Instant {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            match self.sessions.get(&id) {
+                Some(s) if s.timeout == at => return at,
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        Instant::now() + router::HOUSEKEEPING
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if session.timeout != at {
+                continue;
+            }
+            let rtc = &mut session.rtc;
+            let result =
+                contained(&mut self.failed, &self.metrics, id, || rtc.handle_input(Input::Timeout(now)));
+            if let Some(Err(e)) = result {
+                debug!(error = %e, "timeout input failed");
+            }
+            self.drain(id);
+        }
+    }
+
+    fn handle(&mut self, input: ShardInput) {
+        match input {
+            ShardInput::Datagrams(batch) => {
+                for (source, data) in batch.iter() {
+                    self.handle_datagram(source, data, batch.at);
+                }
+                self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                self.pool.give_back(batch);
+            }
+            ShardInput::Join { request, events, reply } => {
+                let _ = reply.send(self.join(request, events));
+            }
+            ShardInput::Offer { session, sdp, tracks } => self.handle_offer(session, &sdp, tracks),
+            ShardInput::Answer { session, sdp } => self.handle_answer(session, &sdp),
+            ShardInput::Candidate { session, candidate } => self.handle_candidate(session, &candidate),
+            ShardInput::Mute { session, track_id, muted } => self.handle_mute(session, &track_id, muted),
+            ShardInput::Subscribe { session, tracks } => {
+                self.router.set_view(session, tracks, Instant::now());
+                self.carry_out();
+            }
+            ShardInput::Leave { session, reason } => self.end_session(session, reason),
+            ShardInput::Shutdown => {}
+        }
+        self.flush_offers();
+        self.end_failed_sessions();
+    }
+
+    /// Send the server offers that publications and unpublications of this input called
+    /// for: one per session, however many tracks changed.
+    fn flush_offers(&mut self) {
+        let mut due = std::mem::take(&mut self.offers_due);
+        due.sort_unstable();
+        due.dedup();
+        for id in due {
+            self.offer_if_needed(id);
+        }
+    }
+
+    /// End sessions whose WebRTC engine panicked: the panic is contained to them.
+    fn end_failed_sessions(&mut self) {
+        while let Some(id) = self.failed.pop() {
+            self.end_session(id, LeaveReason::MediaError);
+        }
+    }
+
+    fn join(
+        &mut self,
+        request: JoinRequest,
+        events: mpsc::Sender<SessionEvent>,
+    ) -> Result<(SessionId, Vec<ParticipantInfo>), MediaError> {
+        let now = Instant::now();
+        let id = (self.next_session << 8) | self.index as u64;
+        let others = self.router.join(id, &request, false, now)?;
+        self.next_session += 1;
+        let creds = IceCreds::new();
+        let mut rtc = session_rtc(&self.config, creds.clone(), now);
+        for addr in &self.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "unusable host candidate"),
+            }
+        }
+        self.routes.add_ufrag(&creds.ufrag, self.index);
+        self.by_ufrag.insert(creds.ufrag.clone(), id);
+        self.room_placement.insert(request.room.clone(), self.index);
+        let session = Session::new(
+            request.room,
+            request.participant_id,
+            request.can_publish,
+            rtc,
+            creds.ufrag,
+            events,
+            now,
+        );
+        self.sessions.insert(id, session);
+        self.load.fetch_add(1, Ordering::Relaxed);
+        self.metrics.participants.inc();
+        self.carry_out();
+        self.drain(id);
+        Ok((id, others))
+    }
+
+    fn handle_datagram(&mut self, source: SocketAddr, data: &[u8], at: Instant) {
+        let id = match self.by_addr.get(&source) {
+            Some(id) => *id,
+            None => match stun_server_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
+                Some(id) => *id,
+                None => {
+                    self.metrics.dropped_datagrams.with_label_values(&["unknown_source"]).inc();
+                    return;
+                }
+            },
+        };
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let receive = match Receive::new(Protocol::Udp, source, self.local_addr, data) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.dropped_datagrams.with_label_values(&["malformed"]).inc();
+                debug!(%source, error = %e, "unparseable datagram");
+                return;
+            }
+        };
+        if session.egress.is_some() && send::is_rtcp(data) {
+            self.answer_nacks(id, data);
+        }
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let input = Input::Receive(at, receive);
+        if !session.rtc.accepts(&input) {
+            self.metrics.dropped_datagrams.with_label_values(&["rejected"]).inc();
+            return;
+        }
+        let rtc = &mut session.rtc;
+        match contained(&mut self.failed, &self.metrics, id, || rtc.handle_input(input)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                // Refused input neither keeps the session alive nor claims an address.
+                self.metrics.dropped_datagrams.with_label_values(&["session_error"]).inc();
+                debug!(%source, error = %e, "session refused datagram");
+                return;
+            }
+            None => return,
+        }
+        session.last_rx = at;
+        if !session.addrs.contains(&source) && session.addrs.len() < MAX_ADDRS_PER_SESSION && is_stun(data) {
+            session.addrs.push(source);
+            self.by_addr.insert(source, id);
+            self.routes.add_addr(source, self.index);
+        }
+        self.drain(id);
+    }
+
+    /// The router's housekeeping, and sessions whose media went silent or never came.
+    fn housekeeping(&mut self, now: Instant) {
+        self.route(router::Input::Timeout);
+        let mut expired = Vec::new();
+        for (id, s) in &self.sessions {
+            let never_connected = !s.connected && now.duration_since(s.created) > self.config.connect_timeout;
+            let went_silent = s.connected && now.duration_since(s.last_rx) > self.config.ice_timeout;
+            if never_connected || went_silent {
+                expired.push(*id);
+            }
+        }
+        for id in expired {
+            if let Some(s) = self.sessions.get(&id) {
+                info!(participant = %s.participant_id, room = %s.room, "media went silent; ending session");
+            }
+            self.end_session(id, LeaveReason::MediaTimeout);
+        }
+    }
+
+    /// Feed the router one input and carry out what it asks.
+    fn route(&mut self, input: router::Input) {
+        self.router.handle_input(input, Instant::now());
+        self.carry_out();
+    }
+
+    /// Carry out everything the router asked for so far.
+    fn carry_out(&mut self) {
+        while let Some(output) = self.router.poll_output() {
+            match output {
+                router::Output::Forward { sink, packet } => self.send_forwarded(sink, packet),
+                router::Output::KeyframeRequest { source: (owner, _), ssrc } => {
+                    let Some(session) = self.sessions.get_mut(&owner) else { continue };
+                    if let Some(rx) = session.rtc.direct_api().stream_rx(&ssrc.into()) {
+                        rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+                        self.metrics.keyframe_requests.with_label_values(&["sent"]).inc();
+                        self.dirty.push(owner);
+                    }
+                }
+                router::Output::Event { to, event } => {
+                    if let Some(s) = self.sessions.get(&to) {
+                        s.emit(event, &self.metrics);
+                    }
+                }
+                router::Output::OfferNeeded(id) => self.offers_due.push(id),
+                router::Output::DesiredBitrate { to, bps } => self.set_desired_bitrate(to, bps),
+            }
+        }
+    }
+
+    fn end_session(&mut self, id: SessionId, reason: LeaveReason) {
+        let Some(mut session) = self.sessions.remove(&id) else { return };
+        let rtc = &mut session.rtc;
+        let _ = contained(&mut self.failed, &self.metrics, id, || rtc.disconnect());
+        self.failed.retain(|f| *f != id);
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.participants.dec();
+        self.metrics.sessions_ended.with_label_values(&[reason.as_str()]).inc();
+        for addr in &session.addrs {
+            self.by_addr.remove(addr);
+            self.routes.remove_addr(addr);
+        }
+        self.by_ufrag.remove(&session.ufrag);
+        self.routes.remove_ufrag(&session.ufrag);
+        info!(participant = %session.participant_id, room = %session.room, reason = reason.as_str(), "session ended");
+        if reason != LeaveReason::Disconnected && reason != LeaveReason::Left {
+            session.emit(SessionEvent::Closed { reason }, &self.metrics);
+        }
+        let departure = self.router.leave(id, reason);
+        self.carry_out();
+        if departure.room_closed {
+            self.room_placement.remove_if(&session.room, |_, shard| *shard == self.index);
+        }
+    }
+}
+
+/// A short random id for participants and tracks.
+pub fn random_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+}

@@ -1,0 +1,543 @@
+//! Driving one participant's str0m session: its negotiation (offers, answers,
+//! candidates), what it publishes, and its engine's events. Every engine call goes
+//! through `contained`, so a panic that client input reaches ends this session only.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::{Codec, CodecSpec};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Rtc};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::Shard;
+use crate::api::{LeaveReason, PublishedTrack, SessionEvent, SessionId, TrackInfo, TrackKind, TrackSource};
+use crate::config::MediaConfig;
+use crate::egress::{self, Egress, ExtIds, SlotOut};
+use crate::fasthash::FastMap;
+use crate::metrics::SfuMetrics;
+use crate::router::select::rid_rank;
+use crate::router::{self, CodecKey, Input, PayloadTypes, h264_profile};
+
+/// The driver's side of a session; the router holds its room, sources and sinks.
+pub(super) struct Session {
+    pub room: String,
+    pub participant_id: String,
+    pub can_publish: bool,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    pub addrs: Vec<SocketAddr>,
+    pub events: mpsc::Sender<SessionEvent>,
+    pub pending_offer: Option<SdpPendingOffer>,
+    /// The client's first offer was answered: the transport exists and we may offer.
+    pub negotiated: bool,
+    /// Sources the client named for its mids in its last offer.
+    pub sources: HashMap<Mid, TrackSource>,
+    /// Tracks published in the offer being answered.
+    pub newly_published: Vec<PublishedTrack>,
+    pub published: HashMap<Mid, String>,
+    /// Mids whose publication was refused (no grant, over the limit): told once.
+    pub refused: HashSet<Mid>,
+    /// Its estimate comes from transport-cc (REMB reports are then ignored).
+    pub twcc: bool,
+    /// Incoming SSRC to its mid, simulcast layer and rid.
+    pub rx_mid: FastMap<Ssrc, (Mid, u8, Option<Rid>)>,
+    /// How its sinks go out: str0m's SSRC for each, and the fast path's state.
+    pub sinks: FastMap<Mid, SinkOut>,
+    /// The forwarding fast path's keys, once DTLS is up (None: str0m sends everything).
+    pub egress: Option<Egress>,
+    /// Where str0m last sent DTLS or SRTP: the peer's address on the selected ICE pair.
+    pub dest: Option<SocketAddr>,
+    pub nacks_seen: HashMap<Mid, u64>,
+    pub created: Instant,
+    pub last_rx: Instant,
+    pub connected: bool,
+    pub timeout: Instant,
+}
+
+/// How one sink of a session goes out.
+#[derive(Default)]
+pub(super) struct SinkOut {
+    /// The peer answered the offer that added it.
+    pub negotiated: bool,
+    pub tx_ssrc: Option<Ssrc>,
+    /// The fast path's state for this sink (egress/mod.rs), built at its first packet.
+    pub out: Option<SlotOut>,
+    /// When (ms on the shard's time line) a packet last went through str0m on this sink:
+    /// the first one and then one every 5 s do, so str0m's sender reports map the sink's
+    /// RTP clock to wall time.
+    pub engine_ms: Option<u64>,
+}
+
+impl Session {
+    pub fn new(
+        room: String,
+        participant_id: String,
+        can_publish: bool,
+        rtc: Rtc,
+        ufrag: String,
+        events: mpsc::Sender<SessionEvent>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            room,
+            participant_id,
+            can_publish,
+            rtc,
+            ufrag,
+            addrs: Vec::new(),
+            events,
+            pending_offer: None,
+            negotiated: false,
+            sources: HashMap::new(),
+            newly_published: Vec::new(),
+            published: HashMap::new(),
+            refused: HashSet::new(),
+            twcc: false,
+            rx_mid: FastMap::default(),
+            sinks: FastMap::default(),
+            egress: None,
+            dest: None,
+            nacks_seen: HashMap::new(),
+            created: now,
+            last_rx: now,
+            connected: false,
+            timeout: now,
+        }
+    }
+
+    pub fn emit(&self, event: SessionEvent, metrics: &SfuMetrics) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            // The signaling side already went (the session ends with the next command).
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics.dropped_events.inc();
+                debug!(participant = %self.participant_id, "session event queue full: signaling fell behind");
+            }
+        }
+    }
+
+    fn refuse(&self, code: &'static str, message: String, metrics: &SfuMetrics) {
+        self.emit(SessionEvent::Error { code, message }, metrics);
+    }
+}
+
+impl Shard {
+    pub(super) fn handle_offer(&mut self, id: SessionId, sdp: &str, tracks: Vec<(String, TrackSource)>) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if session.pending_offer.is_some() {
+            // Glare: we are the impolite peer; the client rolls back and answers ours.
+            debug!(participant = %session.participant_id, "client offer ignored during server offer");
+            return;
+        }
+        let broken = "the offer broke this session's WebRTC engine";
+        let Some(parsed) = contained(&mut self.failed, &self.metrics, id, || SdpOffer::from_sdp_string(sdp))
+        else {
+            return session.refuse("bad_sdp", broken.into(), &self.metrics);
+        };
+        let offer = match parsed {
+            Ok(o) => o,
+            Err(e) => {
+                return session.refuse("bad_sdp", format!("offer is not valid SDP: {e}"), &self.metrics);
+            }
+        };
+        session.sources = tracks.into_iter().map(|(mid, src)| (Mid::from(mid.as_str()), src)).collect();
+        session.newly_published.clear();
+        let rtc = &mut session.rtc;
+        let Some(accepted) =
+            contained(&mut self.failed, &self.metrics, id, || rtc.sdp_api().accept_offer(offer))
+        else {
+            return session.refuse("bad_sdp", broken.into(), &self.metrics);
+        };
+        let answer = match accepted {
+            Ok(a) => a,
+            Err(e) => return session.refuse("bad_sdp", format!("offer refused: {e}"), &self.metrics),
+        };
+        session.negotiated = true;
+        self.router.set_codecs(id, sent_payload_types(&session.rtc));
+        // Publications follow the SDP now, so the answer can name the tracks it accepted.
+        for mid in offer_mids(sdp) {
+            self.sync_publication(id, mid);
+        }
+        self.drain(id);
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let published = std::mem::take(&mut session.newly_published);
+        session.emit(SessionEvent::Answer { sdp: answer.to_sdp_string(), published }, &self.metrics);
+        self.router.negotiated(id, Instant::now());
+        self.carry_out();
+        self.offer_if_needed(id);
+    }
+
+    pub(super) fn handle_answer(&mut self, id: SessionId, sdp: &str) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(pending) = session.pending_offer.take() else {
+            return session.refuse(
+                "bad_request",
+                "answer without an outstanding offer".into(),
+                &self.metrics,
+            );
+        };
+        let broken = "the answer broke this session's WebRTC engine";
+        let Some(parsed) = contained(&mut self.failed, &self.metrics, id, || SdpAnswer::from_sdp_string(sdp))
+        else {
+            return session.refuse("bad_sdp", broken.into(), &self.metrics);
+        };
+        let answer = match parsed {
+            Ok(a) => a,
+            Err(e) => {
+                session.pending_offer = Some(pending);
+                return session.refuse("bad_sdp", format!("answer is not valid SDP: {e}"), &self.metrics);
+            }
+        };
+        let rtc = &mut session.rtc;
+        let Some(accepted) =
+            contained(&mut self.failed, &self.metrics, id, || rtc.sdp_api().accept_answer(pending, answer))
+        else {
+            return session.refuse("bad_sdp", broken.into(), &self.metrics);
+        };
+        if let Err(e) = accepted {
+            return session.refuse("bad_sdp", format!("answer refused: {e}"), &self.metrics);
+        }
+        let mut negotiated = Vec::new();
+        for (mid, sink) in session.sinks.iter_mut() {
+            if !sink.negotiated {
+                sink.negotiated = true;
+                sink.tx_ssrc = session.rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
+                sink.out = None;
+                negotiated.push((*mid, received_payload_types(&session.rtc, *mid)));
+            }
+        }
+        self.drain(id);
+        for (mid, payload_types) in negotiated {
+            self.router.sink_negotiated(id, mid, payload_types);
+        }
+        self.carry_out();
+        self.offer_if_needed(id);
+    }
+
+    pub(super) fn handle_candidate(&mut self, id: SessionId, candidate: &str) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let line = candidate.trim().trim_start_matches("a=");
+        // Empty (end of candidates), or an mDNS name a browser hides its address behind:
+        // nothing to add; its checks arrive as peer-reflexive anyway.
+        if line.is_empty() || line.split_whitespace().nth(4).is_some_and(|a| a.ends_with(".local")) {
+            return;
+        }
+        // ICE-lite: the peer's checks reach us regardless; candidates only help when valid.
+        // Parsing and adding run contained: a candidate that panics the engine ends this
+        // session only.
+        let rtc = &mut session.rtc;
+        let added = contained(&mut self.failed, &self.metrics, id, || {
+            Candidate::from_sdp_string(line).map(|c| rtc.add_remote_candidate(c))
+        });
+        match added {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.metrics.bad_input.with_label_values(&["candidate"]).inc();
+                debug!(participant = %session.participant_id, error = %e, "ignored remote candidate");
+            }
+            None => {
+                let message = "the ICE candidate broke this session's WebRTC engine".to_string();
+                return session.refuse("bad_candidate", message, &self.metrics);
+            }
+        }
+        self.drain(id);
+    }
+
+    pub(super) fn handle_mute(&mut self, id: SessionId, track_id: &str, muted: bool) {
+        if let Err(message) = self.router.mute(id, track_id, muted)
+            && let Some(session) = self.sessions.get(&id)
+        {
+            session.refuse("bad_request", message, &self.metrics);
+        }
+        self.carry_out();
+    }
+
+    /// Send a server offer when sources wait for new sinks and no negotiation is in flight.
+    pub(super) fn offer_if_needed(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if !session.negotiated || session.pending_offer.is_some() {
+            return;
+        }
+        let wanted = self.router.slots_to_add(id);
+        if wanted.is_empty() {
+            return;
+        }
+        let rtc = &mut session.rtc;
+        let built = contained(&mut self.failed, &self.metrics, id, || {
+            let mut api = rtc.sdp_api();
+            let mids: Vec<Mid> = wanted
+                .iter()
+                .map(|w| {
+                    let kind = if w.kind == TrackKind::Audio { MediaKind::Audio } else { MediaKind::Video };
+                    // The msid names the first track; `slots` says what the mid carries later.
+                    let (stream, track) = (Some(w.participant_id.clone()), Some(w.track_id.clone()));
+                    api.add_media(kind, Direction::SendOnly, stream, track, None)
+                })
+                .collect();
+            (mids, api.apply())
+        });
+        let Some((mids, applied)) = built else { return };
+        let added: Vec<(Mid, router::SourceKey)> =
+            mids.iter().copied().zip(wanted.iter().map(|w| w.source)).collect();
+        for mid in &mids {
+            session.sinks.insert(*mid, SinkOut::default());
+        }
+        let told = self.router.slots_added(id, &added, Instant::now());
+        if let Some((offer, pending)) = applied {
+            session.pending_offer = Some(pending);
+            session.emit(SessionEvent::Offer { sdp: offer.to_sdp_string() }, &self.metrics);
+            session.emit(SessionEvent::Slots(told), &self.metrics);
+        }
+        self.carry_out();
+        self.drain(id);
+    }
+
+    pub(super) fn on_event(&mut self, id: SessionId, event: Event) {
+        match event {
+            Event::RtpPacket(packet) => self.route_packet(id, packet),
+            Event::Connected => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.connected = true;
+                    info!(participant = %s.participant_id, room = %s.room, "media connected");
+                }
+                self.take_srtp_keys();
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.end_session(id, LeaveReason::MediaTimeout);
+            }
+            // str0m holds these back until DTLS is up; the sync after each accepted offer
+            // has usually handled them already, and repeating it is harmless.
+            Event::MediaAdded(added) => self.sync_publication(id, added.mid),
+            Event::MediaChanged(changed) => self.sync_publication(id, changed.mid),
+            Event::KeyframeRequest(request) => {
+                self.metrics.keyframe_requests.with_label_values(&["received"]).inc();
+                self.route(Input::KeyframeWanted { sink: (id, request.mid) });
+            }
+            Event::EgressBitrateEstimate(estimate) => {
+                if !self.config.bwe {
+                    return;
+                }
+                let Some(s) = self.sessions.get_mut(&id) else { return };
+                let bps = match estimate {
+                    BweKind::Twcc { estimate, can_probe } => {
+                        s.twcc |= can_probe;
+                        s.twcc.then(|| estimate.as_u64())
+                    }
+                    // REMB only where transport-cc is not negotiated.
+                    BweKind::Remb { estimate, .. } if !s.twcc => Some(estimate.as_u64()),
+                    _ => None,
+                };
+                if let Some(bps) = bps {
+                    self.route(Input::Estimate { endpoint: id, bps });
+                }
+            }
+            Event::MediaEgressStats(stats) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let seen = s.nacks_seen.entry(stats.mid).or_insert(0);
+                    self.metrics.nacks.inc_by(stats.nacks.saturating_sub(*seen));
+                    *seen = stats.nacks.max(*seen);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Publish or unpublish the track on `mid` so it matches what the client sends.
+    fn sync_publication(&mut self, id: SessionId, mid: Mid) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(media) = session.rtc.media(mid) else { return };
+        let receiving =
+            matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) && !media.disabled();
+        let kind = media.kind();
+        let published = session.published.contains_key(&mid);
+        if !receiving {
+            // A refused track that stops may be offered again later.
+            session.refused.remove(&mid);
+        }
+        if receiving && !published {
+            self.publish(id, mid, kind);
+        } else if !receiving && published {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.published.remove(&mid);
+            }
+            self.router.unpublish(id, mid);
+            self.carry_out();
+        }
+    }
+
+    fn publish(&mut self, id: SessionId, mid: Mid, kind: MediaKind) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if !session.can_publish {
+            if session.refused.insert(mid) {
+                session.refuse("forbidden", "this token may not publish".into(), &self.metrics);
+            }
+            return;
+        }
+        let limit = self.config.max_publications_per_participant;
+        if session.published.len() >= limit {
+            if session.refused.insert(mid) {
+                let message =
+                    format!("at most {limit} published tracks per participant; mid {mid} is not forwarded");
+                session.refuse("limit_exceeded", message, &self.metrics);
+            }
+            return;
+        }
+        let kind = if kind == MediaKind::Audio { TrackKind::Audio } else { TrackKind::Video };
+        let source = session.sources.get(&mid).copied().unwrap_or(match kind {
+            TrackKind::Audio => TrackSource::Microphone,
+            TrackKind::Video => TrackSource::Camera,
+        });
+        let track = TrackInfo { id: format!("TR_{}", super::random_id()), kind, source, muted: false };
+        session.published.insert(mid, track.id.clone());
+        session.newly_published.push(PublishedTrack { mid: mid.to_string(), track: track.clone() });
+        info!(participant = %session.participant_id, room = %session.room, track = %track.id, kind = kind.as_str(), "track published");
+        self.router.publish(id, mid, track, Instant::now());
+        self.carry_out();
+    }
+
+    /// The mid, simulcast layer and rid an incoming SSRC belongs to.
+    pub(super) fn rx_stream(session: &mut Session, ssrc: Ssrc) -> Option<(Mid, u8, Option<Rid>)> {
+        if let Some(found) = session.rx_mid.get(&ssrc) {
+            return Some(*found);
+        }
+        let (mid, rid) = {
+            let mut api = session.rtc.direct_api();
+            let rx = api.stream_rx(&ssrc)?;
+            (rx.mid(), rx.rid())
+        };
+        let layer = match rid {
+            None => 0,
+            Some(rid) => {
+                let offered: Vec<String> = match session.rtc.media(mid).map(|m| m.rids_rx()) {
+                    Some(str0m::media::Rids::Specific(rids)) => rids.iter().map(|r| r.to_string()).collect(),
+                    _ => Vec::new(),
+                };
+                rid_rank(&rid.to_string(), &offered)
+            }
+        };
+        session.rx_mid.insert(ssrc, (mid, layer, rid));
+        Some((mid, layer, rid))
+    }
+
+    /// Tell a session's engine how much it would like to send, so its estimate can grow.
+    pub(super) fn set_desired_bitrate(&mut self, id: SessionId, bps: u64) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let rtc = &mut session.rtc;
+        contained(&mut self.failed, &self.metrics, id, || {
+            rtc.bwe().set_bitrate(Bitrate::bps(0), Bitrate::bps(bps))
+        });
+        self.dirty.push(id);
+    }
+}
+
+/// A session's WebRTC engine as every participant gets it: ICE-lite, RTP mode (we forward
+/// packets, not frames), and a NACK cache sized from the config.
+pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -> Rtc {
+    let mut builder = Rtc::builder()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .set_local_ice_credentials(creds)
+        .set_send_buffer_video(config.nack_cache_packets)
+        .set_stats_interval(Some(super::STATS_INTERVAL))
+        .set_crypto_provider(egress::keys::crypto_provider());
+    if config.bwe {
+        builder = builder.enable_bwe(Some(Bitrate::bps(config.bwe_initial_bps)));
+    }
+    builder.build(now)
+}
+
+fn codec_key(spec: &CodecSpec) -> CodecKey {
+    let h264 = (spec.codec == Codec::H264)
+        .then(|| (spec.format.packetization_mode, h264_profile(spec.format.profile_level_id)));
+    CodecKey { codec: spec.codec, clock_rate: spec.clock_rate.get(), h264 }
+}
+
+/// What every payload type of the session's codec configuration means (for the media it
+/// sends us).
+fn sent_payload_types(rtc: &Rtc) -> PayloadTypes {
+    rtc.codec_config().iter().map(|p| (*p.pt(), codec_key(&p.spec()))).collect()
+}
+
+/// The payload types the peer takes on `mid`, and their codecs.
+fn received_payload_types(rtc: &Rtc, mid: Mid) -> PayloadTypes {
+    let Some(media) = rtc.media(mid) else { return Vec::new() };
+    let config = rtc.codec_config();
+    media
+        .remote_pts()
+        .iter()
+        .filter_map(|pt| config.find(|p| p.pt() == *pt).map(|p| (**pt, codec_key(&p.spec()))))
+        .collect()
+}
+
+/// The mids of an SDP, in order (`a=mid:` lines).
+fn offer_mids(sdp: &str) -> Vec<Mid> {
+    sdp.lines().filter_map(|l| l.trim_end().strip_prefix("a=mid:")).map(Mid::from).collect()
+}
+
+/// The fast-path state of a sink: str0m's SSRCs for its mid and the peer's extension ids.
+pub(crate) fn slot_out(rtc: &mut Rtc, mid: Mid, ssrc: Ssrc) -> Option<SlotOut> {
+    let media = rtc.media(mid)?;
+    // One-byte header extensions (RFC 8285) have ids 1-14; the fast path writes no others.
+    let one_byte = |id: Option<u8>| id.filter(|id| (1..=14).contains(id));
+    let exts = media.remote_extmap();
+    let ext = ExtIds {
+        mid: one_byte(exts.id_of(str0m::rtp::Extension::RtpMid)),
+        audio_level: one_byte(exts.id_of(str0m::rtp::Extension::AudioLevel)),
+    };
+    let rtx_pts = rtc.codec_config().iter().filter_map(|p| Some((*p.pt(), *p.resend()?))).collect();
+    let rtx_ssrc = rtc.direct_api().stream_tx(&ssrc).and_then(|s| s.rtx()).map(|s| *s);
+    Some(SlotOut::new(*ssrc, rtx_ssrc, rtx_pts, mid.to_string(), ext))
+}
+
+/// Runs one call into a session's WebRTC engine. A panic in it (a bug that network
+/// input reached) fails only that session: it is counted, logged and ended after the
+/// current input, and every other session on the shard carries on.
+pub(super) fn contained<T>(
+    failed: &mut Vec<SessionId>,
+    metrics: &SfuMetrics,
+    id: SessionId,
+    f: impl FnOnce() -> T,
+) -> Option<T> {
+    egress::keys::set_current_session(id);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            metrics.session_panics.inc();
+            warn!(session = id, panic = %message, "WebRTC engine panicked; ending this session only");
+            if !failed.contains(&id) {
+                failed.push(id);
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_engine_call_fails_only_its_session() {
+        let metrics = SfuMetrics::new(&prometheus::Registry::new());
+        let mut failed = Vec::new();
+        assert_eq!(contained(&mut failed, &metrics, 7, || 42), Some(42));
+        assert!(failed.is_empty());
+        let r: Option<()> = contained(&mut failed, &metrics, 9, || panic!("engine bug"));
+        assert_eq!(r, None);
+        let _: Option<()> = contained(&mut failed, &metrics, 9, || panic!("again"));
+        assert_eq!(failed, vec![9], "marked once");
+        assert_eq!(metrics.session_panics.get(), 2);
+    }
+}
