@@ -31,6 +31,54 @@ def scenario_rows(name):
     return rows
 
 
+def spread(values):
+    """Median and the range of the runs, as `median (min-max)`."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None, "-"
+    median = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+    return median, f"{median:.0f} ({values[0]:.0f}-{values[-1]:.0f})"
+
+
+def before_after():
+    """The stored runs of benches/before-after.sh: two commits' servers measured turn about."""
+    files = sorted((ROOT / "before-after").glob("*.json"), reverse=True) if (ROOT / "before-after").exists() else []
+    out = []
+    for path in files:
+        m = json.loads(path.read_text())
+        base, head = m["base"], m["head"]
+        out += [f"## Before and after: {base} against {head} ({path.stem[:15]})", "",
+                f"Each scenario ran {m['runs']} times per commit, the two servers turn about, measured by the",
+                "same load generator. Per packet: median of the runs (lowest-highest). Server ns per forwarded",
+                "packet is the generator's figure over the measured window; user and kernel ns are the server's",
+                "whole life (joins included) from /proc, kernel time being where the packet path's system calls go.", "",
+                "| scenario | commit | server ns per forwarded packet | user ns | kernel ns | worst delivery min | latency p99 (median run) | connected (fewest) |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        scenarios = []
+        for r in m["rows"]:
+            if r["scenario"] not in scenarios:
+                scenarios.append(r["scenario"])
+        for name in scenarios:
+            medians = {}
+            for commit in (base, head):
+                rows = [r for r in m["rows"] if r["scenario"] == name and r["commit"] == commit]
+                server, server_s = spread(r["server_ns_per_forwarded"] for r in rows)
+                user, user_s = spread(r["user_ns_per_forwarded"] for r in rows)
+                kernel, kernel_s = spread(r["kernel_ns_per_forwarded"] for r in rows)
+                medians[commit] = (server, user, kernel)
+                worst = min((r["delivery_min"] for r in rows if r["delivery_min"] is not None), default=None)
+                lat, _ = spread(r["latency_p99_ms"] for r in rows)
+                fewest = min((r["connected"] or 0 for r in rows), default=0)
+                out.append(f"| {name} | {commit} | {server_s} | {user_s} | {kernel_s} | {pct(worst)} | {fmt(lat, ' ms')} | {fewest} / {rows[0]['participants'] if rows else '-'} |")
+            ratios = []
+            for i in range(3):
+                b, h = medians[base][i], medians[head][i]
+                ratios.append(f"{h / b:.2f}x" if b and h else "-")
+            out.append(f"| {name} | after / before | {ratios[0]} | {ratios[1]} | {ratios[2]} | | | |")
+        out += ["", f"Command: `{m['command']}`", "", f"Machine: {m['machine']}", ""]
+    return out
+
+
 def main():
     out = ["# Benchmarks", "",
            "Every figure below comes from a run of `benches/run.sh` on the machine named with it;",
@@ -41,7 +89,8 @@ def main():
            "publishes simulcast and every participant views a 5x5 grid, audio-3000's panel talks three at a",
            "time, and rooms above 10 forward only the top-3 speakers. Rows from earlier commits measure",
            "the old shapes (every track to everyone) and are kept as the before.", ""]
-    names = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "micro") if ROOT.exists() else []
+    out += before_after()
+    names = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in ("micro", "before-after")) if ROOT.exists() else []
     for name in names:
         rows = scenario_rows(name)
         if not rows:

@@ -133,7 +133,7 @@ impl Router {
             let bps = ((desired as f64 / UPGRADE_HEADROOM) as u64).max(MIN_DESIRED_BPS);
             self.outputs.push_back(Output::DesiredBitrate { to: id, bps });
             for (key, layer) in keyframes {
-                self.request_keyframe(key, layer);
+                self.request_keyframe(key, layer, now);
             }
         }
     }
@@ -215,7 +215,7 @@ impl Router {
             }
         }
         for layer in keyframes {
-            self.request_keyframe(key, layer);
+            self.request_keyframe(key, layer, now);
         }
     }
 }

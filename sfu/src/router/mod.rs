@@ -152,7 +152,7 @@ impl Router {
                     .and_then(|e| e.sinks.get(&sink.1))
                     .and_then(|s| Some((s.source?, s.current.or(s.target)?)));
                 if let Some((source, layer)) = wanted {
-                    self.request_keyframe(source, layer);
+                    self.request_keyframe(source, layer, self.now);
                 }
             }
         }
@@ -263,7 +263,7 @@ impl Router {
         }
         let now = packet.arrival;
         if wants_keyframe {
-            self.request_keyframe(key, layer);
+            self.request_keyframe(key, layer, now);
         }
         if retarget {
             self.retarget_layers(key, now);
@@ -272,8 +272,7 @@ impl Router {
 
     /// Ask for a keyframe of one layer of a source, at most once per throttle interval
     /// (a request within it is deferred to its end).
-    fn request_keyframe(&mut self, key: SourceKey, layer: u8) {
-        let now = self.now;
+    fn request_keyframe(&mut self, key: SourceKey, layer: u8, now: Instant) {
         let Some(room) = self.endpoints.get(&key.0).and_then(|e| self.rooms.get_mut(&e.room)) else { return };
         let Some(state) = room.sources.get_mut(&key).and_then(|s| s.layers.get_mut(layer as usize)) else {
             return;

@@ -100,6 +100,15 @@ impl Sink {
         }
     }
 
+    /// What the peer negotiated on this sink (again after a renegotiation): the payload
+    /// type for a source's codec is found anew.
+    pub fn set_payload_types(&mut self, payload_types: PayloadTypes) {
+        if self.payload_types != payload_types {
+            self.payload_types = payload_types;
+            self.pt_map = None;
+        }
+    }
+
     /// This sink's payload type for a source sending `pt` as `codec` (found once per
     /// source format): None when the peer negotiated nothing that plays it.
     pub fn payload_type(&mut self, pt: u8, codec: &CodecKey) -> Option<u8> {

@@ -91,16 +91,18 @@ impl Router {
         told
     }
 
-    /// The peer negotiated sink `mid` with these payload types: it forwards from now on,
-    /// starting with a keyframe of what it carries.
-    pub fn sink_negotiated(&mut self, id: SessionId, mid: Mid, payload_types: PayloadTypes) {
+    /// The peer negotiated sink `mid` with these payload types (again after every
+    /// renegotiation): it forwards from its first negotiation on, starting with a keyframe
+    /// of what it carries.
+    pub fn sink_negotiated(&mut self, id: SessionId, mid: Mid, payload_types: PayloadTypes, now: Instant) {
+        self.now = self.now.max(now);
         let Some(sink) = self.endpoints.get_mut(&id).and_then(|e| e.sinks.get_mut(&mid)) else { return };
-        sink.payload_types = payload_types;
+        sink.set_payload_types(payload_types);
         if std::mem::replace(&mut sink.active, true) {
             return;
         }
         if let (Some(key), Some(layer)) = (sink.source, sink.target) {
-            self.request_keyframe(key, layer);
+            self.request_keyframe(key, layer, now);
         }
     }
 
@@ -127,7 +129,8 @@ impl Router {
                 .filter(|(_, sink)| sink.kind == TrackKind::Audio)
                 .find(|(_, sink)| sink.source.is_none_or(|k| !room.audio.is_selected(k)))
                 .map(|(mid, _)| *mid);
-            offer |= place_source(endpoint, &mut room.sources, id, key, free, &mut changes).is_none();
+            offer |= free.is_none() && !endpoint.to_add.contains(&key);
+            place_source(endpoint, &mut room.sources, id, key, free, &mut changes);
         }
         if offer {
             self.outputs.push_back(Output::OfferNeeded(id));
@@ -179,12 +182,10 @@ impl Router {
                         .filter(|(_, sink)| sink.kind == TrackKind::Video && sink.source.is_none())
                         .map(|(mid, _)| *mid)
                         .min();
+                    offer |= free.is_none() && !endpoint.to_add.contains(&key);
                     match place_source(endpoint, &mut room.sources, id, key, free, &mut changes) {
                         Some(mid) => mid,
-                        None => {
-                            offer = true;
-                            continue;
-                        }
+                        None => continue,
                     }
                 }
             };
@@ -213,7 +214,7 @@ impl Router {
             self.emit(id, SessionEvent::Slots(changes));
         }
         for (key, layer) in keyframes {
-            self.request_keyframe(key, layer);
+            self.request_keyframe(key, layer, now);
         }
         // A wanted layer that is paused at its publisher resumes now, not at housekeeping.
         for key in resume {

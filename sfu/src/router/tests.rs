@@ -94,7 +94,7 @@ impl Room {
         let added: Vec<(Mid, SourceKey)> = wanted.iter().map(|w| (self.mid(), w.source)).collect();
         self.router.slots_added(id, &added, self.now);
         for (mid, _) in &added {
-            self.router.sink_negotiated(id, *mid, codecs());
+            self.router.sink_negotiated(id, *mid, codecs(), self.now);
         }
         added.into_iter().map(|(mid, _)| mid).collect()
     }
@@ -306,8 +306,8 @@ fn a_relay_sink_gets_what_a_webrtc_sink_gets_and_every_layer() {
         let a = room.mid();
         let b = room.mid();
         room.router.slots_added(edge, &[(a, cam), (b, mic)], room.now);
-        room.router.sink_negotiated(edge, a, Vec::new());
-        room.router.sink_negotiated(edge, b, Vec::new());
+        room.router.sink_negotiated(edge, a, Vec::new(), room.now);
+        room.router.sink_negotiated(edge, b, Vec::new(), room.now);
         [a, b]
     };
     let mut to_bob = Vec::new();

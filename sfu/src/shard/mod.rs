@@ -438,9 +438,9 @@ impl Shard {
         self.drain(id);
     }
 
-    /// The router's housekeeping, and sessions whose media went silent or never came.
+    /// Sessions whose media went silent or never came end; then the router's
+    /// housekeeping runs on those that remain.
     fn housekeeping(&mut self, now: Instant) {
-        self.route(router::Input::Timeout);
         let mut expired = Vec::new();
         for (id, s) in &self.sessions {
             let never_connected = !s.connected && now.duration_since(s.created) > self.config.connect_timeout;
@@ -455,6 +455,7 @@ impl Shard {
             }
             self.end_session(id, LeaveReason::MediaTimeout);
         }
+        self.route(router::Input::Timeout);
     }
 
     /// Feed the router one input and carry out what it asks.

@@ -118,7 +118,7 @@ impl Session {
             Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics.dropped_events.inc();
-                debug!(participant = %self.participant_id, "session event queue full: signaling fell behind");
+                warn!(participant = %self.participant_id, "session event queue full: signaling fell behind");
             }
         }
     }
@@ -160,7 +160,7 @@ impl Shard {
             Err(e) => return session.refuse("bad_sdp", format!("offer refused: {e}"), &self.metrics),
         };
         session.negotiated = true;
-        self.router.set_codecs(id, sent_payload_types(&session.rtc));
+        self.renegotiated(id);
         // Publications follow the SDP now, so the answer can name the tracks it accepted.
         for mid in offer_mids(sdp) {
             self.sync_publication(id, mid);
@@ -204,21 +204,31 @@ impl Shard {
         if let Err(e) = accepted {
             return session.refuse("bad_sdp", format!("answer refused: {e}"), &self.metrics);
         }
-        let mut negotiated = Vec::new();
         for (mid, sink) in session.sinks.iter_mut() {
             if !sink.negotiated {
                 sink.negotiated = true;
                 sink.tx_ssrc = session.rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
                 sink.out = None;
-                negotiated.push((*mid, received_payload_types(&session.rtc, *mid)));
             }
         }
+        self.renegotiated(id);
         self.drain(id);
-        for (mid, payload_types) in negotiated {
-            self.router.sink_negotiated(id, mid, payload_types);
-        }
         self.carry_out();
         self.offer_if_needed(id);
+    }
+
+    /// After an accepted offer or answer: what the session's payload types mean now, for
+    /// the media it sends and on every sink it can be sent on (a sink whose m-line the peer
+    /// refused has no SSRC and stays inactive).
+    fn renegotiated(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get(&id) else { return };
+        self.router.set_codecs(id, sent_payload_types(&session.rtc));
+        let now = Instant::now();
+        for (mid, sink) in &session.sinks {
+            if sink.negotiated && sink.tx_ssrc.is_some() {
+                self.router.sink_negotiated(id, *mid, received_payload_types(&session.rtc, *mid), now);
+            }
+        }
     }
 
     pub(super) fn handle_candidate(&mut self, id: SessionId, candidate: &str) {

@@ -7,6 +7,7 @@ use crate::router::sink::Sink;
 
 pub fn forward(sink: &mut Sink, arrived: &Arrived) -> Decision {
     let p = arrived.packet;
-    let seq = sink.relay_seq[arrived.layer as usize].extend(p.seq);
+    let Some(extender) = sink.relay_seq.get_mut(arrived.layer as usize) else { return Decision::Skip };
+    let seq = extender.extend(p.seq);
     Decision::Send { packet: arrived.forwarded(p.pt, seq, p.timestamp, None), switched: false }
 }
