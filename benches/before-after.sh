@@ -35,7 +35,8 @@ if [ ! -x "$bins/$base/huiyi" ]; then
   (cd "$src" && CARGO_TARGET_DIR="$PWD/../../../target" cargo build --release -p huiyi >/dev/null)
   cp target/release/huiyi "$bins/$base/huiyi"
   git worktree remove --force "$src"
-  build_head
+  # The release binary is this checkout's again (cargo rebuilds it at the next build).
+  cp "$bins/$head/huiyi" target/release/huiyi
 fi
 
 day=$(date -u +%FT%H%M)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use serde_json::{Value, json};
+use proto::messages::{ClientMessage, ServerMessage, TrackLabel};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
@@ -157,8 +157,8 @@ pub struct ClientSetup {
     /// The camera's layers, lowest first; empty without a camera.
     pub video: Vec<LayerShape>,
     /// The server's `joined` message (the room as the client found it).
-    pub joined: Value,
-    pub to_server: UnboundedSender<Value>,
+    pub joined: ServerMessage,
+    pub to_server: UnboundedSender<ClientMessage>,
     pub ws_open_at: Instant,
     /// The client may count its join time (someone was already publishing when it came).
     pub join_measurable: bool,
@@ -490,7 +490,7 @@ impl Worker {
         let serial = setup.serial;
         let audio = setup.audio.then(|| {
             let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-            tracks.push(json!({"mid": mid.to_string(), "source": "microphone"}));
+            tracks.push(TrackLabel { mid: mid.to_string(), source: "microphone".into() });
             AudioTx {
                 mid,
                 seq: [0, 0],
@@ -511,7 +511,7 @@ impl Worker {
                 s
             });
             let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers);
-            tracks.push(json!({"mid": mid.to_string(), "source": "camera"}));
+            tracks.push(TrackLabel { mid: mid.to_string(), source: "camera".into() });
             let interval = Duration::from_secs_f64(self.scenario.video.keyframe_interval_s);
             let layers = setup
                 .video
@@ -537,8 +537,7 @@ impl Worker {
         let Some((offer, pending)) = api.apply() else {
             return Err(std::io::Error::other("nothing to offer"));
         };
-        let _ =
-            setup.to_server.send(json!({"type": "offer", "sdp": offer.to_sdp_string(), "tracks": tracks}));
+        let _ = setup.to_server.send(ClientMessage::Offer { sdp: offer.to_sdp_string(), tracks });
         let mut streams = Vec::new();
         if audio.is_some() {
             streams.extend([StreamKind::Talk.id(serial), StreamKind::Unexpected.id(serial)]);
@@ -592,18 +591,14 @@ impl Worker {
             }
             FromServer::Message(m) => m,
         };
-        match m["type"].as_str() {
-            Some("answer") => {
-                let (Some(pending), Some(sdp)) = (client.pending.take(), m["sdp"].as_str()) else { return };
+        match &m {
+            ServerMessage::Answer { sdp, tracks } => {
+                let Some(pending) = client.pending.take() else { return };
                 let camera_mid = client.video.as_ref().map(|v| v.mid.to_string());
-                let camera = m["tracks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|t| t["mid"].as_str().is_some_and(|mid| Some(mid) == camera_mid.as_deref()));
-                if let Some(track) = camera.and_then(|t| t["id"].as_str()) {
-                    client.camera_track = Some(track.to_string());
-                    self.shared.note_camera(track, id);
+                let camera = tracks.iter().find(|t| Some(&t.mid) == camera_mid.as_ref());
+                if let Some(track) = camera {
+                    client.camera_track = Some(track.track.id.clone());
+                    self.shared.note_camera(&track.track.id, id);
                 }
                 match SdpAnswer::from_sdp_string(sdp) {
                     Ok(answer) => {
@@ -614,8 +609,7 @@ impl Worker {
                     Err(e) => client.errors.push(format!("bad answer SDP: {e}")),
                 }
             }
-            Some("offer") => {
-                let Some(sdp) = m["sdp"].as_str() else { return };
+            ServerMessage::Offer { sdp } => {
                 client.last_offer_at = now;
                 match SdpOffer::from_sdp_string(sdp)
                     .map_err(|e| e.to_string())
@@ -625,28 +619,25 @@ impl Worker {
                         let _ = client
                             .setup
                             .to_server
-                            .send(json!({"type": "answer", "sdp": answer.to_sdp_string()}));
+                            .send(ClientMessage::Answer { sdp: answer.to_sdp_string() });
                     }
                     Err(e) => client.errors.push(format!("server offer refused: {e}")),
                 }
             }
-            Some("error") => client.errors.push(format!("{}: {}", m["code"], m["message"])),
-            Some("activeSpeaker") => client.speaker_events += 1,
-            Some("slots") => {
-                for slot in m["slots"].as_array().into_iter().flatten() {
-                    let Some(mid) = slot["mid"].as_str() else { continue };
-                    match slot["trackId"].as_str() {
-                        Some(track) => client.slots.insert(mid.to_string(), (track.to_string(), now)),
-                        None => client.slots.remove(mid),
+            ServerMessage::Error { code, message } => client.errors.push(format!("{code}: {message}")),
+            ServerMessage::ActiveSpeaker { .. } => client.speaker_events += 1,
+            ServerMessage::Slots { slots } => {
+                for slot in slots {
+                    match &slot.track_id {
+                        Some(track) => client.slots.insert(slot.mid.clone(), (track.clone(), now)),
+                        None => client.slots.remove(&slot.mid),
                     };
                 }
             }
-            Some("layers") if m["trackId"].as_str() == client.camera_track.as_deref() => {
+            ServerMessage::Layers { track_id, active } if Some(track_id) == client.camera_track.as_ref() => {
                 if let Some(video) = client.video.as_mut().filter(|v| v.simulcast) {
-                    let active: Vec<&str> =
-                        m["active"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                     for layer in &mut video.layers {
-                        let wanted = active.contains(&layer.shape.rid);
+                        let wanted = active.iter().any(|a| a == layer.shape.rid);
                         if !wanted && !layer.paused {
                             client.layer_pauses += 1;
                         } else if wanted && layer.paused {
@@ -665,7 +656,7 @@ impl Worker {
         }
         // Only negotiation touches the engine; the room's chatter (O(n^2) messages while a
         // large room fills) must not cost a poll of it each.
-        if matches!(m["type"].as_str(), Some("answer" | "offer")) {
+        if matches!(m, ServerMessage::Answer { .. } | ServerMessage::Offer { .. }) {
             self.drain(id);
         }
     }
@@ -1021,7 +1012,7 @@ impl Worker {
     fn finish(&mut self, id: u32, leaving: bool) {
         let Some(mut client) = self.clients.remove(&id) else { return };
         if leaving {
-            let _ = client.setup.to_server.send(json!({"type": "leave"}));
+            let _ = client.setup.to_server.send(ClientMessage::Leave);
         }
         let _ = self.poll.registry().deregister(&mut client.socket);
         if client.connected_at.is_some() {

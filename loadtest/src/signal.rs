@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::{SinkExt, StreamExt};
-use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
-use sha2::Sha256;
+use proto::messages::{ClientMessage, ServerMessage};
+use proto::token::{Claims, Grants};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -55,17 +53,15 @@ impl ServerUrl {
 
 /// Mint an HS256 token like `huiyi token` does, for servers with a configured secret.
 pub fn mint_token(secret: &str, room: &str, identity: &str, ttl: Duration) -> String {
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default() + ttl;
-    let claims = json!({
-        "sub": identity, "name": identity, "room": room, "exp": exp.as_secs(),
-        "grants": {"canPublish": true, "canSubscribe": true},
-    });
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let input = format!("{header}.{payload}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    let claims = Claims {
+        sub: identity.into(),
+        name: Some(identity.into()),
+        room: room.into(),
+        exp: proto::token::now_unix() + ttl.as_secs(),
+        nbf: None,
+        grants: Grants { can_publish: true, can_subscribe: true, room_admin: false },
+    };
+    proto::token::mint(secret.as_bytes(), &claims)
 }
 
 /// A token from the server's development endpoint (servers without a secret).
@@ -135,7 +131,7 @@ fn dechunk(mut body: &str) -> String {
 /// What a client's WebSocket task reports to the media engine.
 #[derive(Debug)]
 pub enum FromServer {
-    Message(Value),
+    Message(ServerMessage),
     /// The socket closed: the close code and reason, if the server sent one.
     Closed(Option<(u16, String)>),
 }
@@ -144,19 +140,20 @@ pub enum FromServer {
 /// once whoever handles its messages knows the client.
 pub struct Connection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    to_server: mpsc::UnboundedSender<Value>,
-    outgoing: mpsc::UnboundedReceiver<Value>,
+    to_server: mpsc::UnboundedSender<ClientMessage>,
+    outgoing: mpsc::UnboundedReceiver<ClientMessage>,
 }
 
 /// Connect and join; returns the `joined` message and the connection.
-pub async fn join(url: &ServerUrl, token: &str) -> Result<(Value, Connection), SignalError> {
+pub async fn join(url: &ServerUrl, token: &str) -> Result<(ServerMessage, Connection), SignalError> {
     let ws_url = url.ws();
     let (mut ws, _) =
         tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&ws_url))
             .await
             .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?
             .map_err(|e| SignalError::WebSocket(ws_url.clone(), e.to_string()))?;
-    let join = json!({"type": "join", "token": token}).to_string();
+    let join = serde_json::to_string(&ClientMessage::Join { token: token.into() })
+        .map_err(|e| SignalError::Protocol(e.to_string()))?;
     ws.send(Message::Text(join.into()))
         .await
         .map_err(|e| SignalError::WebSocket(ws_url.clone(), e.to_string()))?;
@@ -165,14 +162,14 @@ pub async fn join(url: &ServerUrl, token: &str) -> Result<(Value, Connection), S
             .await
             .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?;
         match frame {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t).map_err(|e| SignalError::Protocol(e.to_string()))?;
-                match v["type"].as_str() {
-                    Some("joined") => break v,
-                    Some("error") => return Err(SignalError::JoinRefused(v["message"].to_string())),
-                    _ => continue,
+            Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMessage>(&t) {
+                Ok(joined @ ServerMessage::Joined { .. }) => break joined,
+                Ok(ServerMessage::Error { code, message }) => {
+                    return Err(SignalError::JoinRefused(format!("{code}: {message}")));
                 }
-            }
+                Ok(_) => continue,
+                Err(e) => return Err(SignalError::Protocol(format!("{e}: {t}"))),
+            },
             Some(Ok(Message::Close(frame))) => {
                 let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
                 return Err(SignalError::JoinRefused(why));
@@ -182,13 +179,13 @@ pub async fn join(url: &ServerUrl, token: &str) -> Result<(Value, Connection), S
             None => return Err(SignalError::JoinRefused("socket closed".into())),
         }
     };
-    let (to_server, outgoing) = mpsc::unbounded_channel::<Value>();
+    let (to_server, outgoing) = mpsc::unbounded_channel::<ClientMessage>();
     Ok((joined, Connection { ws, to_server, outgoing }))
 }
 
 impl Connection {
     /// Sends messages to the server (they wait until [`Connection::run`]).
-    pub fn sender(&self) -> mpsc::UnboundedSender<Value> {
+    pub fn sender(&self) -> mpsc::UnboundedSender<ClientMessage> {
         self.to_server.clone()
     }
 
@@ -202,8 +199,9 @@ impl Connection {
             let close = loop {
                 tokio::select! {
                     out = outgoing.recv() => match out {
-                        Some(v) => {
-                            if ws.send(Message::Text(v.to_string().into())).await.is_err() {
+                        Some(m) => {
+                            let Ok(text) = serde_json::to_string(&m) else { continue };
+                            if ws.send(Message::Text(text.into())).await.is_err() {
                                 break None;
                             }
                         }
@@ -214,8 +212,9 @@ impl Connection {
                     },
                     frame = ws.next() => match frame {
                         Some(Ok(Message::Text(t))) => {
-                            if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                                on_message(FromServer::Message(v));
+                            // A message this generator does not know is not its business.
+                            if let Ok(m) = serde_json::from_str::<ServerMessage>(&t) {
+                                on_message(FromServer::Message(m));
                             }
                         }
                         Some(Ok(Message::Close(f))) => break f.map(|f| (u16::from(f.code), f.reason.to_string())),

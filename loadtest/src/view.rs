@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use proto::messages::{ClientMessage, Participant, ServerMessage, ShownTrack, Track};
 
 use crate::scenario::ViewPlan;
 
@@ -26,13 +26,18 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn message(&self) -> Value {
-        let tracks: Vec<Value> = self
+    pub fn message(&self) -> ClientMessage {
+        let tracks = self
             .tiles
             .iter()
-            .map(|t| json!({"trackId": t.track, "width": t.width, "height": t.height}))
+            .map(|t| ShownTrack {
+                track_id: t.track.clone(),
+                width: Some(t.width),
+                height: Some(t.height),
+                quality: None,
+            })
             .collect();
-        json!({"type": "subscribe", "tracks": tracks})
+        ClientMessage::Subscribe { tracks }
     }
 }
 
@@ -57,56 +62,49 @@ pub struct View {
 
 impl View {
     /// Start from the `joined` message: who I am and the tracks already in the room.
-    pub fn new(plan: ViewPlan, joined: &Value) -> Self {
+    pub fn new(plan: ViewPlan, joined: &ServerMessage) -> Self {
         let mut view = Self {
             plan,
-            me: joined["participant"]["id"].as_str().unwrap_or_default().to_string(),
+            me: String::new(),
             cameras: Vec::new(),
             dominant: None,
             sent: None,
             shown_since: HashMap::new(),
         };
-        for p in joined["participants"].as_array().into_iter().flatten() {
-            view.add_participant(p);
+        if let ServerMessage::Joined { participant, participants, .. } = joined {
+            view.me = participant.id.clone();
+            for p in participants {
+                view.add_participant(p);
+            }
         }
         view
     }
 
-    fn add_participant(&mut self, p: &Value) {
-        let Some(id) = p["id"].as_str() else { return };
-        for track in p["tracks"].as_array().into_iter().flatten() {
-            self.add_track(id, track);
+    fn add_participant(&mut self, p: &Participant) {
+        for track in &p.tracks {
+            self.add_track(&p.id, track);
         }
     }
 
-    fn add_track(&mut self, participant: &str, track: &Value) {
-        let camera = track["kind"] == "video" && track["source"] == "camera";
-        let Some(id) = track["id"].as_str() else { return };
-        if !camera || participant == self.me || self.cameras.iter().any(|c| c.track == id) {
+    fn add_track(&mut self, participant: &str, track: &Track) {
+        let camera = track.kind == "video" && track.source == "camera";
+        if !camera || participant == self.me || self.cameras.iter().any(|c| c.track == track.id) {
             return;
         }
-        self.cameras.push(Camera { participant: participant.to_string(), track: id.to_string() });
+        self.cameras.push(Camera { participant: participant.to_string(), track: track.id.clone() });
     }
 
     /// Follow the room: arrivals, departures, publications and the dominant speaker.
     /// Other messages are ignored.
-    pub fn handle_message(&mut self, m: &Value) {
-        match m["type"].as_str() {
-            Some("participantJoined") => self.add_participant(&m["participant"]),
-            Some("participantLeft") => {
-                let gone = m["participantId"].as_str();
-                self.cameras.retain(|c| Some(c.participant.as_str()) != gone);
+    pub fn handle_message(&mut self, m: &ServerMessage) {
+        match m {
+            ServerMessage::ParticipantJoined { participant } => self.add_participant(participant),
+            ServerMessage::ParticipantLeft { participant_id, .. } => {
+                self.cameras.retain(|c| c.participant != *participant_id);
             }
-            Some("trackPublished") => {
-                if let Some(p) = m["participantId"].as_str() {
-                    self.add_track(p, &m["track"]);
-                }
-            }
-            Some("trackUnpublished") => {
-                let gone = m["trackId"].as_str();
-                self.cameras.retain(|c| Some(c.track.as_str()) != gone);
-            }
-            Some("activeSpeaker") => self.dominant = m["participantId"].as_str().map(str::to_string),
+            ServerMessage::TrackPublished { participant_id, track } => self.add_track(participant_id, track),
+            ServerMessage::TrackUnpublished { track_id, .. } => self.cameras.retain(|c| c.track != *track_id),
+            ServerMessage::ActiveSpeaker { participant_id } => self.dominant = Some(participant_id.clone()),
             _ => {}
         }
     }
@@ -159,7 +157,14 @@ impl View {
 mod tests {
     use std::time::Duration;
 
+    use serde_json::{Value, json};
+
     use super::*;
+
+    /// A server message from its JSON, as it comes off the socket.
+    fn msg(v: Value) -> ServerMessage {
+        serde_json::from_value(v).expect("a server message")
+    }
 
     fn plan(grid: usize) -> ViewPlan {
         toml::from_str(&format!("grid = {grid}")).unwrap()
@@ -169,15 +174,16 @@ mod tests {
         json!({"id": id, "kind": "video", "source": "camera", "muted": false})
     }
 
-    fn joined() -> Value {
-        json!({
+    fn joined() -> ServerMessage {
+        msg(json!({
             "type": "joined",
             "participant": {"id": "me", "tracks": []},
             "participants": [
                 {"id": "a", "tracks": [{"id": "a-mic", "kind": "audio", "source": "microphone"}, camera("a-cam")]},
                 {"id": "b", "tracks": [camera("b-cam"), {"id": "b-screen", "kind": "video", "source": "screen"}]},
             ],
-        })
+            "room": "r",
+        }))
     }
 
     fn ids(s: &Subscription) -> Vec<(&str, u32)> {
@@ -190,24 +196,27 @@ mod tests {
         let mut view = View::new(plan(25), &joined());
         let first = view.poll_subscribe(t0).expect("the first subscription is sent");
         assert_eq!(ids(&first), [("a-cam", 320), ("b-cam", 320)], "cameras only, small");
-        assert_eq!(first.message()["tracks"][0], json!({"trackId": "a-cam", "width": 320, "height": 180}));
+        assert_eq!(
+            serde_json::to_value(first.message()).unwrap()["tracks"][0],
+            json!({"trackId": "a-cam", "width": 320, "height": 180})
+        );
         assert_eq!(view.poll_subscribe(t0), None, "nothing changed, nothing sent");
 
-        view.handle_message(
-            &json!({"type": "trackPublished", "participantId": "c", "track": camera("c-cam")}),
-        );
-        view.handle_message(
-            &json!({"type": "trackPublished", "participantId": "me", "track": camera("my-cam")}),
-        );
-        view.handle_message(&json!({"type": "activeSpeaker", "participantId": "b"}));
+        view.handle_message(&msg(
+            json!({"type": "trackPublished", "participantId": "c", "track": camera("c-cam")}),
+        ));
+        view.handle_message(&msg(
+            json!({"type": "trackPublished", "participantId": "me", "track": camera("my-cam")}),
+        ));
+        view.handle_message(&msg(json!({"type": "activeSpeaker", "participantId": "b"})));
         let t1 = t0 + Duration::from_secs(1);
         let s = view.poll_subscribe(t1).unwrap();
         assert_eq!(ids(&s), [("b-cam", 640), ("a-cam", 320), ("c-cam", 320)]);
         assert_eq!(s.resized, vec![Tile { track: "b-cam".into(), width: 640, height: 360 }]);
-        assert_eq!(s.message()["tracks"][0]["height"], 360);
+        assert_eq!(serde_json::to_value(s.message()).unwrap()["tracks"][0]["height"], 360);
 
         // A speaker without a camera: everyone small again.
-        view.handle_message(&json!({"type": "activeSpeaker", "participantId": "x"}));
+        view.handle_message(&msg(json!({"type": "activeSpeaker", "participantId": "x"})));
         let s = view.poll_subscribe(t1).unwrap();
         assert_eq!(ids(&s), [("a-cam", 320), ("b-cam", 320), ("c-cam", 320)]);
         assert_eq!(s.resized.len(), 1);
@@ -215,8 +224,10 @@ mod tests {
         assert_eq!(since["a-cam"], t0, "shown since the first subscription that listed it");
         assert_eq!(since["c-cam"], t1);
 
-        view.handle_message(&json!({"type": "participantLeft", "participantId": "a", "reason": "left"}));
-        view.handle_message(&json!({"type": "trackUnpublished", "participantId": "c", "trackId": "c-cam"}));
+        view.handle_message(&msg(json!({"type": "participantLeft", "participantId": "a", "reason": "left"})));
+        view.handle_message(&msg(
+            json!({"type": "trackUnpublished", "participantId": "c", "trackId": "c-cam"}),
+        ));
         let s = view.poll_subscribe(t1).unwrap();
         assert_eq!(ids(&s), [("b-cam", 320)]);
         assert!(s.resized.is_empty());
@@ -225,25 +236,28 @@ mod tests {
 
     #[test]
     fn the_grid_bounds_the_tiles_and_the_speaker_always_gets_one() {
-        let mut view = View::new(plan(3), &json!({"participant": {"id": "me"}, "participants": []}));
+        let mut view = View::new(
+            plan(3),
+            &msg(json!({"type": "joined", "room": "r", "participant": {"id": "me"}, "participants": []})),
+        );
         assert_eq!(view.poll_subscribe(Instant::now()).unwrap().tiles, vec![], "an empty view is stated");
         for p in ["p1", "p2", "p3", "p4", "p5"] {
-            view.handle_message(&json!({
+            view.handle_message(&msg(json!({
                 "type": "participantJoined",
                 "participant": {"id": p, "tracks": [camera(&format!("{p}-cam"))]},
-            }));
+            })));
         }
         let s = view.poll_subscribe(Instant::now()).unwrap();
         assert_eq!(ids(&s), [("p1-cam", 320), ("p2-cam", 320), ("p3-cam", 320)]);
-        view.handle_message(&json!({"type": "activeSpeaker", "participantId": "p5"}));
+        view.handle_message(&msg(json!({"type": "activeSpeaker", "participantId": "p5"})));
         let s = view.poll_subscribe(Instant::now()).unwrap();
         assert_eq!(ids(&s), [("p5-cam", 640), ("p1-cam", 320), ("p2-cam", 320)]);
         assert!(s.resized.is_empty(), "p5 was not shown before: a new tile, not a resize");
         // The same speaker again changes nothing.
-        view.handle_message(&json!({"type": "activeSpeaker", "participantId": "p5"}));
-        view.handle_message(
-            &json!({"type": "trackPublished", "participantId": "p1", "track": camera("p1-cam")}),
-        );
+        view.handle_message(&msg(json!({"type": "activeSpeaker", "participantId": "p5"})));
+        view.handle_message(&msg(
+            json!({"type": "trackPublished", "participantId": "p1", "track": camera("p1-cam")}),
+        ));
         assert_eq!(view.poll_subscribe(Instant::now()), None);
     }
 }

@@ -1,7 +1,8 @@
 //! Huiyi's control plane: the HTTP and WebSocket API (docs/protocol.md), token auth,
 //! the admin API, metrics, and the web client.
 
-pub mod auth;
+/// Access tokens (the `proto` crate's): signaling mints and verifies them.
+pub use proto::token as auth;
 mod metrics;
 pub mod protocol;
 mod registry;

@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use sfu::router::select::{MAX_LAYERS, quality_for_tile};
+use proto::quality::{quality_for_tile, quality_named};
 use sfu::{JoinRequest, LeaveReason, MediaError, SessionEvent, SessionHandle, ShownTrack, TrackSource};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::AppState;
 use crate::auth;
-use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code};
+use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code, participant, server_message};
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages above this get an error; the transport's own limit (which closes) is higher.
@@ -42,7 +42,7 @@ enum Incoming {
 impl Connection {
     async fn send(&mut self, message: &ServerMessage) -> bool {
         if let ServerMessage::Error { code, .. } = message {
-            self.state.metrics.errors.with_label_values(&[code]).inc();
+            self.state.metrics.errors.with_label_values(&[code.as_str()]).inc();
         }
         let text = serde_json::to_string(message).expect("server messages serialize");
         self.socket.send(Message::Text(text.into())).await.is_ok()
@@ -196,7 +196,7 @@ async fn run(conn: &mut Connection) {
     let message = ServerMessage::Joined {
         room: claims.room.clone(),
         participant: me,
-        participants: joined.others.iter().map(Participant::from).collect(),
+        participants: joined.others.iter().map(participant).collect(),
     };
     conn.state.metrics.join_seconds.observe(started.elapsed().as_secs_f64());
     info!(room = %claims.room, identity = %claims.sub, participant = %participant_id, "joined");
@@ -288,7 +288,7 @@ async fn relay(
                 if let SessionEvent::Closed { reason } = event {
                     return reason;
                 }
-                if let Some(message) = ServerMessage::from_event(&event)
+                if let Some(message) = server_message(&event)
                     && !conn.send(&message).await
                 {
                     return LeaveReason::Disconnected;
@@ -313,10 +313,8 @@ fn shown_tracks(tracks: Vec<crate::protocol::ShownTrack>) -> Result<Vec<ShownTra
         .into_iter()
         .map(|t| {
             let quality = match (t.quality.as_deref(), t.width, t.height) {
-                (Some("low"), _, _) => 0,
-                (Some("medium"), _, _) => 1,
-                (Some("high"), _, _) => MAX_LAYERS as u8 - 1,
-                (Some(other), _, _) => return Err(format!("unknown quality {other:?} (low, medium, high)")),
+                (Some(name), _, _) => quality_named(name)
+                    .ok_or_else(|| format!("unknown quality {name:?} (low, medium, high)"))?,
                 (None, Some(w), Some(h)) => quality_for_tile(w, h),
                 (None, _, _) => {
                     return Err(format!("track {}: give width and height, or quality", t.track_id));

@@ -1,5 +1,5 @@
-//! Simulcast layers: how a publisher's rids rank, which layer a tile of a given size
-//! wants, and which layer to send when the wanted one is not arriving.
+//! Simulcast layers: how a publisher's rids rank, and which layer to send when the
+//! wanted one is not arriving (the quality a tile wants is the client's to say).
 
 /// At most three simulcast layers per track (low, medium, high).
 pub const MAX_LAYERS: usize = 3;
@@ -15,17 +15,6 @@ pub fn rid_rank(rid: &str, offered: &[String]) -> u8 {
         "h" => 1,
         "f" => 2,
         _ => offered.iter().position(|r| r == rid).unwrap_or(0).min(MAX_LAYERS - 1) as u8,
-    }
-}
-
-/// The quality a tile of `width` x `height` device pixels needs.
-pub fn quality_for_tile(width: u32, height: u32) -> Quality {
-    if width <= 320 && height <= 240 {
-        0
-    } else if width <= 640 && height <= 480 {
-        1
-    } else {
-        2
     }
 }
 
@@ -53,22 +42,6 @@ mod tests {
         assert_eq!(rid_rank("hi", &offered), 2);
         assert_eq!(rid_rank("extra", &offered), 2, "clamped");
         assert_eq!(rid_rank("unknown", &offered), 0);
-    }
-
-    #[test]
-    fn tile_sizes_map_to_qualities() {
-        let table = [
-            ((320, 180), 0),
-            ((320, 240), 0),
-            ((321, 180), 1),
-            ((640, 360), 1),
-            ((640, 481), 2),
-            ((1280, 720), 2),
-            ((0, 0), 0),
-        ];
-        for ((w, h), q) in table {
-            assert_eq!(quality_for_tile(w, h), q, "{w}x{h}");
-        }
     }
 
     #[test]

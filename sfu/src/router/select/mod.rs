@@ -8,4 +8,4 @@ pub mod layer;
 
 pub use allocator::{AllocTrack, Priority, allocate};
 pub use audio::{AudioSelectConfig, AudioSelector, Verdict};
-pub use layer::{MAX_LAYERS, Quality, choose_layer, quality_for_tile, rid_rank};
+pub use layer::{MAX_LAYERS, Quality, choose_layer, rid_rank};

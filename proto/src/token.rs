@@ -1,5 +1,6 @@
 //! Access tokens: JWTs signed with HS256 carrying the room, the identity, an expiry
-//! and what the holder may do. Minted by `huiyi token` and by the dev endpoint.
+//! and what the holder may do. Minted by `huiyi token`, the dev endpoint and the load
+//! generator; verified by the server.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

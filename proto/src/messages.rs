@@ -1,0 +1,202 @@
+//! The signaling messages on the WebSocket, one JSON object each, tagged by `type`
+//! (docs/protocol.md). Both directions serialize and deserialize: the server reads what
+//! clients send, the load generator reads what the server sends.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ClientMessage {
+    Join {
+        token: String,
+    },
+    Offer {
+        sdp: String,
+        #[serde(default)]
+        tracks: Vec<TrackLabel>,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        #[serde(default)]
+        candidate: Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Mute {
+        track_id: String,
+        muted: bool,
+    },
+    Subscribe {
+        tracks: Vec<ShownTrack>,
+    },
+    Leave,
+    Ping,
+}
+
+/// One video track a client shows, with its tile's size in device pixels or a quality.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShownTrack {
+    pub track_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+}
+
+/// The source a client gives one of the mids of its offer: `microphone`, `camera`, `screen`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackLabel {
+    pub mid: String,
+    pub source: String,
+}
+
+/// What one receiving mid carries (both None: nothing now).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Slot {
+    pub mid: String,
+    pub participant_id: Option<String>,
+    pub track_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Track {
+    pub id: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// `microphone`, `camera` or `screen`.
+    pub source: String,
+    #[serde(default)]
+    pub muted: bool,
+}
+
+/// A track this client's offer started publishing, and the mid it arrives on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnTrack {
+    pub mid: String,
+    #[serde(flatten)]
+    pub track: Track,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Participant {
+    pub id: String,
+    #[serde(default)]
+    pub identity: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub tracks: Vec<Track>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ServerMessage {
+    Joined {
+        room: String,
+        participant: Participant,
+        participants: Vec<Participant>,
+    },
+    Answer {
+        sdp: String,
+        tracks: Vec<OwnTrack>,
+    },
+    Offer {
+        sdp: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    ParticipantJoined {
+        participant: Participant,
+    },
+    #[serde(rename_all = "camelCase")]
+    ParticipantLeft {
+        participant_id: String,
+        reason: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    TrackPublished {
+        participant_id: String,
+        track: Track,
+    },
+    #[serde(rename_all = "camelCase")]
+    TrackUnpublished {
+        participant_id: String,
+        track_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    TrackMuted {
+        participant_id: String,
+        track_id: String,
+        muted: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    ActiveSpeaker {
+        participant_id: String,
+    },
+    Slots {
+        slots: Vec<Slot>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Layers {
+        track_id: String,
+        active: Vec<String>,
+    },
+    Pong,
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        ServerMessage::Error { code: code.to_string(), message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_back_as_written_with_the_documented_names() {
+        let subscribe = ClientMessage::Subscribe {
+            tracks: vec![ShownTrack {
+                track_id: "TR_a".into(),
+                width: Some(320),
+                height: Some(180),
+                quality: None,
+            }],
+        };
+        let text = serde_json::to_string(&subscribe).unwrap();
+        assert_eq!(text, r#"{"type":"subscribe","tracks":[{"trackId":"TR_a","width":320,"height":180}]}"#);
+        assert_eq!(serde_json::from_str::<ClientMessage>(&text).unwrap(), subscribe);
+
+        let answer = ServerMessage::Answer {
+            sdp: "v=0".into(),
+            tracks: vec![OwnTrack {
+                mid: "1".into(),
+                track: Track {
+                    id: "TR_b".into(),
+                    kind: "video".into(),
+                    source: "camera".into(),
+                    muted: false,
+                },
+            }],
+        };
+        let text = serde_json::to_string(&answer).unwrap();
+        assert!(text.contains(r#""tracks":[{"mid":"1","id":"TR_b","kind":"video""#), "{text}");
+        assert_eq!(serde_json::from_str::<ServerMessage>(&text).unwrap(), answer);
+        let left: ServerMessage =
+            serde_json::from_str(r#"{"type":"participantLeft","participantId":"PA_1","reason":"left"}"#)
+                .unwrap();
+        assert_eq!(
+            left,
+            ServerMessage::ParticipantLeft { participant_id: "PA_1".into(), reason: "left".into() }
+        );
+    }
+}
