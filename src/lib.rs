@@ -27,7 +27,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding the media port {}", config.media.bind))?;
     let media_addr = media.local_addr();
     let state = Arc::new(AppState {
-        media,
+        media: Box::new(media),
         registry: Registry::default(),
         secret: config.secret().to_vec(),
         dev_tokens: config.dev_mode(),

@@ -1,5 +1,14 @@
-//! The words the control plane and the media plane share: join requests, tracks,
-//! participants, session events and errors. Plain data, no behaviour.
+//! The node API: what the control plane asks of a media node ([`NodeApi`], one session
+//! at a time through [`MediaSession`]) and the words both sides share (join requests,
+//! tracks, participants, session events, errors). The embedded node answers in-process;
+//! a node on another machine can answer over the network. Signaling uses nothing else of
+//! the media plane.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
 
 pub type SessionId = u64;
 
@@ -183,4 +192,41 @@ pub enum MediaError {
     ShuttingDown,
     #[error("room is full ({0} participants)")]
     RoomFull(usize),
+}
+
+/// What the control plane asks of a media node.
+pub trait NodeApi: Send + Sync + 'static {
+    /// Admit a participant to a room on this node (the room is created on first join).
+    fn join(
+        &self,
+        request: JoinRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Joined, MediaError>> + Send + '_>>;
+}
+
+/// One participant's media session, driven by its signaling connection. Dropping it ends
+/// the session (as `Disconnected`) without waiting, so a connection that dies never
+/// leaves media resources behind and never blocks its task.
+pub trait MediaSession: Send + Sync + Debug {
+    fn id(&self) -> SessionId;
+    /// The client's offer; the answer (or an error) arrives as a [`SessionEvent`].
+    /// `tracks` labels the client's mids with a source.
+    fn offer(&self, sdp: String, tracks: Vec<(String, TrackSource)>) -> Result<(), MediaError>;
+    /// The answer to the node's last offer.
+    fn answer(&self, sdp: String) -> Result<(), MediaError>;
+    /// A trickled ICE candidate.
+    fn candidate(&self, candidate: String) -> Result<(), MediaError>;
+    fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError>;
+    /// The video tracks the client shows now (replacing the previous list).
+    fn subscribe(&self, tracks: Vec<ShownTrack>) -> Result<(), MediaError>;
+    /// End the session with a reason the others are told.
+    fn leave(self: Box<Self>, reason: LeaveReason);
+}
+
+/// Who joined: this participant's session, everyone already in the room, and the
+/// session's events in the order they happen.
+#[derive(Debug)]
+pub struct Joined {
+    pub session: Box<dyn MediaSession>,
+    pub others: Vec<ParticipantInfo>,
+    pub events: mpsc::Receiver<SessionEvent>,
 }

@@ -77,14 +77,11 @@ impl RouteTable {
     pub fn remove_addr(&self, addr: &SocketAddr) {
         self.by_addr.remove(addr);
     }
-
-    pub fn addr_count(&self) -> usize {
-        self.by_addr.len()
-    }
 }
 
 /// A STUN binding request carrying `username` (`server:client`) after a PRIORITY
 /// attribute, as a browser's connectivity check looks to the demultiplexer.
+#[cfg(any(test, feature = "internals"))]
 #[doc(hidden)]
 pub fn stun_binding_request(username: &str) -> Vec<u8> {
     let mut attrs = Vec::new();

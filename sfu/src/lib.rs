@@ -1,25 +1,37 @@
 //! Huiyi's media plane: WebRTC sessions (str0m, ICE-lite, one UDP port), rooms, and
-//! selective forwarding of RTP between participants.
+//! selective forwarding of RTP between participants. The control plane sees the node API
+//! (`api`) and the node that answers it (`MediaNode`); everything else is internal, open
+//! to the benchmarks through the `internals` feature.
 
 pub mod api;
 pub mod config;
-pub mod demux;
-pub mod egress;
-pub mod fasthash;
+mod fasthash;
 mod io;
-pub mod metrics;
+mod metrics;
 #[cfg(test)]
 mod nack_tests;
 mod node;
-pub mod router;
 mod shard;
+
+#[cfg(feature = "internals")]
+pub mod demux;
+#[cfg(not(feature = "internals"))]
+mod demux;
+#[cfg(feature = "internals")]
+pub mod egress;
+#[cfg(not(feature = "internals"))]
+mod egress;
+#[cfg(feature = "internals")]
+pub mod router;
+#[cfg(not(feature = "internals"))]
+mod router;
+#[cfg(any(test, feature = "internals"))]
 #[doc(hidden)]
 pub mod testing;
 
 pub use api::{
-    JoinRequest, LeaveReason, MediaError, ParticipantInfo, PublishedTrack, SessionEvent, SessionId,
-    ShownTrack, SlotInfo, TrackInfo, TrackKind, TrackSource,
+    JoinRequest, Joined, LeaveReason, MediaError, MediaSession, NodeApi, ParticipantInfo, PublishedTrack,
+    SessionEvent, SessionId, ShownTrack, SlotInfo, TrackInfo, TrackKind, TrackSource,
 };
 pub use config::MediaConfig;
-pub use node::{Joined, MediaNode, SessionHandle};
-pub use shard::random_id;
+pub use node::MediaNode;

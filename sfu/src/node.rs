@@ -2,10 +2,12 @@
 //! places rooms on shards and admits participants.
 
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{channel, sync_channel};
 use std::thread::JoinHandle;
 
 use dashmap::DashMap;
@@ -14,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
 use crate::api::{
-    JoinRequest, LeaveReason, MediaError, ParticipantInfo, SessionEvent, SessionId, ShownTrack, TrackSource,
+    JoinRequest, Joined, LeaveReason, MediaError, MediaSession, NodeApi, SessionId, ShownTrack, TrackSource,
 };
 use crate::config::MediaConfig;
 use crate::demux::RouteTable;
@@ -46,6 +48,7 @@ impl MediaNode {
         let mut threads = Vec::new();
         for index in 0..config.shard_count() {
             let (tx, rx) = sync_channel(config.shard_queue);
+            let (leaves, leaves_rx) = channel();
             let load = Arc::new(AtomicUsize::new(0));
             let queued = Arc::new(AtomicUsize::new(0));
             let shard = Shard::new(ShardParts {
@@ -63,9 +66,9 @@ impl MediaNode {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("huiyi-shard-{index}"))
-                    .spawn(move || shard.run(rx))?,
+                    .spawn(move || shard.run(rx, leaves_rx))?,
             );
-            shards.push(ShardSender { tx, sessions: load, queued, queue_limit: config.shard_queue });
+            shards.push(ShardSender { tx, sessions: load, queued, queue_limit: config.shard_queue, leaves });
         }
 
         let receiver = {
@@ -90,8 +93,7 @@ impl MediaNode {
         &self.config
     }
 
-    /// Admit a participant to a room (created on first join) on this node.
-    pub async fn join(&self, request: JoinRequest) -> Result<Joined, MediaError> {
+    async fn admit(&self, request: JoinRequest) -> Result<Joined, MediaError> {
         let index =
             *self.room_placement.entry(request.room.clone()).or_insert_with(|| self.least_loaded_shard());
         let shard = self.shards[index].clone();
@@ -99,7 +101,7 @@ impl MediaNode {
         let (reply, answer) = oneshot::channel();
         shard.command(ShardInput::Join { request, events: events_tx, reply })?;
         let (id, others) = answer.await.map_err(|_| MediaError::ShuttingDown)??;
-        Ok(Joined { session: SessionHandle { id, shard, left: false }, others, events })
+        Ok(Joined { session: Box::new(SessionHandle { id, shard, left: false }), others, events })
     }
 
     fn least_loaded_shard(&self) -> usize {
@@ -122,6 +124,15 @@ impl MediaNode {
     }
 }
 
+impl NodeApi for MediaNode {
+    fn join(
+        &self,
+        request: JoinRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Joined, MediaError>> + Send + '_>> {
+        Box::pin(self.admit(request))
+    }
+}
+
 impl Drop for MediaNode {
     fn drop(&mut self) {
         self.stop();
@@ -139,20 +150,11 @@ fn candidate_addrs(config: &MediaConfig, local: SocketAddr) -> Vec<SocketAddr> {
     vec![local]
 }
 
-/// Who joined: this session's participant and everyone already in the room.
-#[derive(Debug)]
-pub struct Joined {
-    pub session: SessionHandle,
-    pub others: Vec<ParticipantInfo>,
-    pub events: mpsc::Receiver<SessionEvent>,
-}
-
-/// Control of one session. Dropping it ends the session (as `Disconnected`), so a
-/// signaling connection that dies never leaves media resources behind.
+/// Control of one session on this node: commands go to the shard that owns its room.
 pub struct SessionHandle {
-    pub(crate) id: SessionId,
-    pub(crate) shard: ShardSender,
-    pub(crate) left: bool,
+    id: SessionId,
+    shard: ShardSender,
+    left: bool,
 }
 
 impl fmt::Debug for SessionHandle {
@@ -161,48 +163,41 @@ impl fmt::Debug for SessionHandle {
     }
 }
 
-impl SessionHandle {
-    pub fn id(&self) -> SessionId {
+impl MediaSession for SessionHandle {
+    fn id(&self) -> SessionId {
         self.id
     }
 
-    /// The client's offer; the answer (or an error) arrives as a [`SessionEvent`].
-    /// `tracks` labels the client's mids with a source.
-    pub fn offer(&self, sdp: String, tracks: Vec<(String, TrackSource)>) -> Result<(), MediaError> {
+    fn offer(&self, sdp: String, tracks: Vec<(String, TrackSource)>) -> Result<(), MediaError> {
         self.shard.command(ShardInput::Offer { session: self.id, sdp, tracks })
     }
 
-    pub fn answer(&self, sdp: String) -> Result<(), MediaError> {
+    fn answer(&self, sdp: String) -> Result<(), MediaError> {
         self.shard.command(ShardInput::Answer { session: self.id, sdp })
     }
 
-    pub fn candidate(&self, candidate: String) -> Result<(), MediaError> {
+    fn candidate(&self, candidate: String) -> Result<(), MediaError> {
         self.shard.command(ShardInput::Candidate { session: self.id, candidate })
     }
 
-    pub fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError> {
+    fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError> {
         self.shard.command(ShardInput::Mute { session: self.id, track_id, muted })
     }
 
-    /// The video tracks the client shows now (replacing the previous list).
-    pub fn subscribe(&self, tracks: Vec<ShownTrack>) -> Result<(), MediaError> {
+    fn subscribe(&self, tracks: Vec<ShownTrack>) -> Result<(), MediaError> {
         self.shard.command(ShardInput::Subscribe { session: self.id, tracks })
     }
 
-    /// End the session with a reason the others are told.
-    pub fn leave(mut self, reason: LeaveReason) {
+    fn leave(mut self: Box<Self>, reason: LeaveReason) {
         self.left = true;
-        self.shard.command_blocking_ok(ShardInput::Leave { session: self.id, reason });
+        self.shard.end(self.id, reason);
     }
 }
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
         if !self.left {
-            self.shard.command_blocking_ok(ShardInput::Leave {
-                session: self.id,
-                reason: LeaveReason::Disconnected,
-            });
+            self.shard.end(self.id, LeaveReason::Disconnected);
         }
     }
 }

@@ -17,7 +17,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use sfu::MediaNode;
+use sfu::api::NodeApi;
 
 pub use metrics::SignalingMetrics;
 pub use registry::Registry;
@@ -26,7 +26,8 @@ pub use registry::Registry;
 const DEV_TOKEN_TTL_SECS: u64 = 6 * 3600;
 
 pub struct AppState {
-    pub media: MediaNode,
+    /// The media node rooms are placed on (the embedded one, in one process).
+    pub media: Box<dyn NodeApi>,
     pub registry: Registry,
     pub secret: Vec<u8>,
     /// The dev token endpoint answers only when no real secret is configured.

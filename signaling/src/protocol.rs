@@ -5,7 +5,7 @@
 pub use proto::messages::{
     ClientMessage, OwnTrack, Participant, ServerMessage, ShownTrack, Slot, Track, TrackLabel,
 };
-use sfu::{LeaveReason, ParticipantInfo, PublishedTrack, SessionEvent, SlotInfo, TrackInfo};
+use sfu::api::{LeaveReason, ParticipantInfo, PublishedTrack, SessionEvent, SlotInfo, TrackInfo};
 
 fn slot(s: &SlotInfo) -> Slot {
     Slot {

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::Serialize;
-use sfu::LeaveReason;
+use sfu::api::LeaveReason;
 use tokio::sync::mpsc;
 
 /// A request to the connection's task to end the participant's session.

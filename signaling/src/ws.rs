@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use proto::quality::{quality_for_tile, quality_named};
-use sfu::{JoinRequest, LeaveReason, MediaError, SessionEvent, SessionHandle, ShownTrack, TrackSource};
+use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackSource};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -160,7 +160,7 @@ async fn run(conn: &mut Connection) {
         return conn.close(4001, "unauthorized: token grants neither publish nor subscribe").await;
     }
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-    let participant_id = format!("PA_{}", sfu::random_id());
+    let participant_id = format!("PA_{}", random_id());
     let name = claims.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| claims.sub.clone());
     let (kick_tx, mut kick) = mpsc::channel(4);
     if let Some(previous) =
@@ -203,7 +203,7 @@ async fn run(conn: &mut Connection) {
     let session = joined.session;
     let mut events = joined.events;
     let end = if conn.send(&message).await {
-        relay(conn, &session, &mut events, &mut kick).await
+        relay(conn, &*session, &mut events, &mut kick).await
     } else {
         LeaveReason::Disconnected
     };
@@ -230,7 +230,7 @@ fn unauthorized_reason(e: &auth::TokenError) -> &'static str {
 /// Relay until the client leaves, the socket drops, the media session ends or an admin kicks.
 async fn relay(
     conn: &mut Connection,
-    session: &SessionHandle,
+    session: &dyn MediaSession,
     events: &mut mpsc::Receiver<SessionEvent>,
     kick: &mut mpsc::Receiver<LeaveReason>,
 ) -> LeaveReason {
@@ -323,4 +323,10 @@ fn shown_tracks(tracks: Vec<crate::protocol::ShownTrack>) -> Result<Vec<ShownTra
             Ok(ShownTrack { track_id: t.track_id, quality })
         })
         .collect()
+}
+
+/// A short random id for participants.
+fn random_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
 }

@@ -105,15 +105,25 @@ pub(crate) fn receive_loop(
     let mut meta = [RecvMeta::default(); BATCH];
     let mut per_shard: Vec<Option<Datagrams>> = (0..shards).map(|_| None).collect();
     let dropped = |reason: &str, n: u64| metrics.dropped_datagrams.with_label_values(&[reason]).inc_by(n);
+    // A read that filled the batch likely left more behind: read again at once. One that
+    // did not has emptied the socket: wait for the next datagram first, rather than make
+    // a read that finds nothing.
+    let mut more = false;
     while !stopping.load(Ordering::Relaxed) {
+        if !more && !socket.wait(libc::POLLIN, WAKE_EVERY) {
+            continue;
+        }
         let received = {
             let mut slices = buffers.each_mut().map(|b| IoSliceMut::new(b));
             socket.state.recv((&socket.socket).into(), &mut slices, &mut meta)
         };
         let count = match received {
-            Ok(n) => n,
+            Ok(n) => {
+                more = n == BATCH;
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                socket.wait(libc::POLLIN, WAKE_EVERY);
+                more = false;
                 continue;
             }
             Err(e) => {

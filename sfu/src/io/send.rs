@@ -15,8 +15,23 @@ const MAX_GSO_BYTES: usize = 60_000;
 
 struct Queued {
     destination: SocketAddr,
+    /// The destination as one integer, to order the queue by it cheaply.
+    key: u64,
     start: u32,
     len: u32,
+}
+
+/// An address as one integer: equal addresses give equal keys (two addresses may share
+/// one too; runs compare the addresses themselves).
+fn address_key(a: &SocketAddr) -> u64 {
+    let ip = match a {
+        SocketAddr::V4(v4) => u32::from(*v4.ip()) as u64,
+        SocketAddr::V6(v6) => {
+            let bits = u128::from(*v6.ip());
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    (ip << 16) ^ a.port() as u64
 }
 
 /// What a flush did, for the metrics.
@@ -44,7 +59,12 @@ impl SendQueue {
     pub fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
         let start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(datagram);
-        self.queued.push(Queued { destination, start, len: datagram.len() as u32 });
+        self.queued.push(Queued {
+            destination,
+            key: address_key(&destination),
+            start,
+            len: datagram.len() as u32,
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,7 +126,7 @@ impl SendQueue {
         self.runs.clear();
         self.order.extend(0..self.queued.len() as u32);
         let queued = &self.queued;
-        self.order.sort_unstable_by_key(|i| (queued[*i as usize].destination, *i));
+        self.order.sort_unstable_by_key(|i| (queued[*i as usize].key, *i));
         let mut i = 0;
         while i < self.order.len() {
             let head = &queued[self.order[i] as usize];

@@ -239,13 +239,4 @@ impl Router {
         self.sync_audio_slots(id);
         self.sync_video_slots(id);
     }
-
-    /// Whether `id` is in a room of this router.
-    pub fn contains(&self, id: SessionId) -> bool {
-        self.endpoints.contains_key(&id)
-    }
-
-    pub fn room_of(&self, id: SessionId) -> Option<&str> {
-        self.endpoints.get(&id).map(|e| e.room.as_str())
-    }
 }

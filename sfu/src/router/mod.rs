@@ -23,9 +23,7 @@ use str0m::media::{Mid, Rid};
 
 pub use codec::{CodecKey, PayloadTypes, h264_profile};
 pub use forward::{Forwarded, SourcePacket};
-pub use members::Departure;
 pub use sink::Strategy;
-pub use slots::NewSlot;
 pub use source::{SinkKey, SourceKey};
 
 use crate::api::{SessionEvent, SessionId, ShownTrack, TrackKind};

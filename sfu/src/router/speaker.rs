@@ -124,6 +124,7 @@ impl SpeakerDetector {
         }
     }
 
+    #[cfg(test)]
     pub fn current(&self) -> Option<SessionId> {
         self.current
     }

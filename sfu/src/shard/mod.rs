@@ -12,7 +12,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -94,6 +94,9 @@ pub(crate) struct ShardSender {
     /// Datagrams in the queue, bounded by `queue_limit`.
     pub queued: Arc<AtomicUsize>,
     pub queue_limit: usize,
+    /// Sessions to end that found the queue full: unbounded, so ending a session never
+    /// waits (it is called from signaling's tasks), and read every turn.
+    pub leaves: Sender<(SessionId, LeaveReason)>,
 }
 
 impl ShardSender {
@@ -123,7 +126,15 @@ impl ShardSender {
         })
     }
 
-    /// For messages that must not be lost (a session ending): waits for room in the queue.
+    /// End a session, without waiting: through the queue, or when it is full through the
+    /// side channel the shard reads every turn.
+    pub fn end(&self, session: SessionId, reason: LeaveReason) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(ShardInput::Leave { session, reason }) {
+            let _ = self.leaves.send((session, reason));
+        }
+    }
+
+    /// For messages that must not be lost (shutting down): waits for room in the queue.
     pub fn command_blocking_ok(&self, input: ShardInput) {
         let _ = self.tx.send(input);
     }
@@ -215,8 +226,11 @@ impl Shard {
         })
     }
 
-    pub fn run(mut self, rx: Receiver<ShardInput>) {
+    pub fn run(mut self, rx: Receiver<ShardInput>, leaves: Receiver<(SessionId, LeaveReason)>) {
         loop {
+            while let Ok((session, reason)) = leaves.try_recv() {
+                self.end_session(session, reason);
+            }
             let now = Instant::now();
             let deadline = self.next_deadline().min(self.router.poll_timeout());
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
@@ -414,9 +428,11 @@ impl Shard {
         }
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let input = Input::Receive(at, receive);
-        if !session.rtc.accepts(&input) {
-            self.metrics.dropped_datagrams.with_label_values(&["rejected"]).inc();
-            return;
+        let rtc = &mut session.rtc;
+        match contained(&mut self.failed, &self.metrics, id, || rtc.accepts(&input)) {
+            Some(true) => {}
+            Some(false) => return self.metrics.dropped_datagrams.with_label_values(&["rejected"]).inc(),
+            None => return,
         }
         let rtc = &mut session.rtc;
         match contained(&mut self.failed, &self.metrics, id, || rtc.handle_input(input)) {
@@ -471,8 +487,14 @@ impl Shard {
                 router::Output::Forward { sink, packet } => self.send_forwarded(sink, packet),
                 router::Output::KeyframeRequest { source: (owner, _), ssrc } => {
                     let Some(session) = self.sessions.get_mut(&owner) else { continue };
-                    if let Some(rx) = session.rtc.direct_api().stream_rx(&ssrc.into()) {
+                    let rtc = &mut session.rtc;
+                    let requested = contained(&mut self.failed, &self.metrics, owner, || {
+                        let mut api = rtc.direct_api();
+                        let rx = api.stream_rx(&ssrc.into())?;
                         rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+                        Some(())
+                    });
+                    if requested.flatten().is_some() {
                         self.metrics.keyframe_requests.with_label_values(&["sent"]).inc();
                         self.dirty.push(owner);
                     }
@@ -514,8 +536,35 @@ impl Shard {
     }
 }
 
-/// A short random id for participants and tracks.
-pub fn random_id() -> String {
+/// A short random id for tracks.
+pub(crate) fn random_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{channel, sync_channel};
+
+    use super::*;
+
+    #[test]
+    fn ending_a_session_never_waits_for_a_full_queue() {
+        let (tx, rx) = sync_channel(1);
+        let (leaves, leaves_rx) = channel();
+        let sender = ShardSender {
+            tx,
+            sessions: Default::default(),
+            queued: Default::default(),
+            queue_limit: 1,
+            leaves,
+        };
+        sender.command(ShardInput::Shutdown).expect("room for one");
+        // With the queue full, a blocking send would wait here for the shard forever.
+        sender.end(7, LeaveReason::Disconnected);
+        assert_eq!(leaves_rx.try_recv().ok(), Some((7, LeaveReason::Disconnected)), "on the side channel");
+        assert!(matches!(rx.try_recv(), Ok(ShardInput::Shutdown)));
+        sender.end(8, LeaveReason::Left);
+        assert!(matches!(rx.try_recv(), Ok(ShardInput::Leave { session: 8, reason: LeaveReason::Left })));
+    }
 }

@@ -146,10 +146,11 @@ impl Shard {
     /// A publisher's packet: into the router, and out to every sink it chose.
     pub(super) fn route_packet(&mut self, id: SessionId, packet: RtpPacket) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
-        let Some((mid, layer, rid)) = Self::rx_stream(session, packet.header.ssrc) else { return };
-        if session.rtc.media(mid).is_none() {
-            return;
-        }
+        let ssrc = packet.header.ssrc;
+        let stream = contained(&mut self.failed, &self.metrics, id, || {
+            Self::rx_stream(session, ssrc).filter(|(mid, _, _)| session.rtc.media(*mid).is_some())
+        });
+        let Some((mid, layer, rid)) = stream.flatten() else { return };
         let ext = &packet.header.ext_vals;
         // Extensions that describe the media and travel with it; transport ones (mid, rid,
         // transport-cc, abs-send-time) are each subscriber session's own.
@@ -214,7 +215,9 @@ impl Shard {
             && ext.video_content_type.is_none()
             && sink.engine_ms.is_some_and(|at| arrival_ms.saturating_sub(at) < ENGINE_PACKET_EVERY_MS);
         if subscriber.egress.is_some() && sink.out.is_none() {
-            sink.out = slot_out(&mut subscriber.rtc, mid, tx_ssrc);
+            let rtc = &mut subscriber.rtc;
+            sink.out =
+                contained(&mut self.failed, &self.metrics, sub_id, || slot_out(rtc, mid, tx_ssrc)).flatten();
         }
         if let (Some(slot), true) = (sink.out.as_mut(), f.video) {
             slot.remember(&outgoing);

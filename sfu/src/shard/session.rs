@@ -204,13 +204,14 @@ impl Shard {
         if let Err(e) = accepted {
             return session.refuse("bad_sdp", format!("answer refused: {e}"), &self.metrics);
         }
-        for (mid, sink) in session.sinks.iter_mut() {
-            if !sink.negotiated {
+        let (rtc, sinks) = (&mut session.rtc, &mut session.sinks);
+        contained(&mut self.failed, &self.metrics, id, || {
+            for (mid, sink) in sinks.iter_mut().filter(|(_, s)| !s.negotiated) {
                 sink.negotiated = true;
-                sink.tx_ssrc = session.rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
+                sink.tx_ssrc = rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
                 sink.out = None;
             }
-        }
+        });
         self.renegotiated(id);
         self.drain(id);
         self.carry_out();
@@ -222,12 +223,20 @@ impl Shard {
     /// refused has no SSRC and stays inactive).
     fn renegotiated(&mut self, id: SessionId) {
         let Some(session) = self.sessions.get(&id) else { return };
-        self.router.set_codecs(id, sent_payload_types(&session.rtc));
+        let read = contained(&mut self.failed, &self.metrics, id, || {
+            let sinks: Vec<(Mid, PayloadTypes)> = session
+                .sinks
+                .iter()
+                .filter(|(_, sink)| sink.negotiated && sink.tx_ssrc.is_some())
+                .map(|(mid, _)| (*mid, received_payload_types(&session.rtc, *mid)))
+                .collect();
+            (sent_payload_types(&session.rtc), sinks)
+        });
+        let Some((sent, sinks)) = read else { return };
+        self.router.set_codecs(id, sent);
         let now = Instant::now();
-        for (mid, sink) in &session.sinks {
-            if sink.negotiated && sink.tx_ssrc.is_some() {
-                self.router.sink_negotiated(id, *mid, received_payload_types(&session.rtc, *mid), now);
-            }
+        for (mid, payload_types) in sinks {
+            self.router.sink_negotiated(id, mid, payload_types, now);
         }
     }
 
@@ -362,10 +371,14 @@ impl Shard {
     /// Publish or unpublish the track on `mid` so it matches what the client sends.
     fn sync_publication(&mut self, id: SessionId, mid: Mid) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
-        let Some(media) = session.rtc.media(mid) else { return };
-        let receiving =
-            matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) && !media.disabled();
-        let kind = media.kind();
+        let rtc = &session.rtc;
+        let read = contained(&mut self.failed, &self.metrics, id, || {
+            let media = rtc.media(mid)?;
+            let receiving =
+                matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) && !media.disabled();
+            Some((receiving, media.kind()))
+        });
+        let Some((receiving, kind)) = read.flatten() else { return };
         let published = session.published.contains_key(&mid);
         if !receiving {
             // A refused track that stops may be offered again later.

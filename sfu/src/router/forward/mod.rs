@@ -40,8 +40,11 @@ pub struct Forwarded {
     pub vp8: Option<Vp8Renumber>,
     pub audio_level: Option<(i8, bool)>,
     pub video: bool,
-    /// The source layer it came from, and its SSRC there (relay links carry both).
+    /// The source layer it came from, and its SSRC there: what a relay link carries to
+    /// the next node (WebRTC sinks need neither).
+    #[allow(dead_code)]
     pub layer: u8,
+    #[allow(dead_code)]
     pub source_ssrc: u32,
     pub arrival: Instant,
 }

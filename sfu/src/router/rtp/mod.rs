@@ -7,5 +7,5 @@ pub mod rewrite;
 pub mod vp8;
 
 pub use keyframe::{KeyframeThrottle, VideoCodec, starts_keyframe};
-pub use rewrite::{Rewritten, RtpRewriter, SeqExtender};
+pub use rewrite::{RtpRewriter, SeqExtender};
 pub use vp8::{Vp8Renumber, Vp8Rewriter};

@@ -7,5 +7,5 @@ pub mod audio;
 pub mod layer;
 
 pub use allocator::{AllocTrack, Priority, allocate};
-pub use audio::{AudioSelectConfig, AudioSelector, Verdict};
+pub use audio::{AudioSelectConfig, AudioSelector};
 pub use layer::{MAX_LAYERS, Quality, choose_layer, rid_rank};
