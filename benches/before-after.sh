@@ -52,7 +52,10 @@ for name in "${scenarios[@]}"; do
   file=benches/scenarios/$name.toml
   [ -f "$file" ] || { echo "no scenario $file" >&2; exit 2; }
   for run in $(seq 1 "$runs"); do
-    for commit in "$base" "$head"; do
+    # Turn about, and which goes first alternates, so neither always follows the other.
+    order=("$base" "$head")
+    [ $((run % 2)) -eq 0 ] && order=("$head" "$base")
+    for commit in "${order[@]}"; do
       report=$(mktemp --suffix=.json)
       "$bins/$commit/huiyi" --http $http --media $media --log warn >/dev/null 2>&1 &
       pid=$!

@@ -589,6 +589,7 @@ impl Worker {
                     Some(why.map(|(c, r)| format!("{c} {r}")).unwrap_or_else(|| "socket closed".into()));
                 return;
             }
+            FromServer::Unreadable(why) => return client.errors.push(why),
             FromServer::Message(m) => m,
         };
         match &m {

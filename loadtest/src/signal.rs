@@ -132,6 +132,8 @@ fn dechunk(mut body: &str) -> String {
 #[derive(Debug)]
 pub enum FromServer {
     Message(ServerMessage),
+    /// A message of a known type that did not read as the protocol says.
+    Unreadable(String),
     /// The socket closed: the close code and reason, if the server sent one.
     Closed(Option<(u16, String)>),
 }
@@ -162,13 +164,13 @@ pub async fn join(url: &ServerUrl, token: &str) -> Result<(ServerMessage, Connec
             .await
             .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?;
         match frame {
-            Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMessage>(&t) {
-                Ok(joined @ ServerMessage::Joined { .. }) => break joined,
-                Ok(ServerMessage::Error { code, message }) => {
+            Some(Ok(Message::Text(t))) => match read_message(&t) {
+                Ok(Some(joined @ ServerMessage::Joined { .. })) => break joined,
+                Ok(Some(ServerMessage::Error { code, message })) => {
                     return Err(SignalError::JoinRefused(format!("{code}: {message}")));
                 }
                 Ok(_) => continue,
-                Err(e) => return Err(SignalError::Protocol(format!("{e}: {t}"))),
+                Err(e) => return Err(SignalError::Protocol(e)),
             },
             Some(Ok(Message::Close(frame))) => {
                 let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
@@ -211,12 +213,11 @@ impl Connection {
                         }
                     },
                     frame = ws.next() => match frame {
-                        Some(Ok(Message::Text(t))) => {
-                            // A message this generator does not know is not its business.
-                            if let Ok(m) = serde_json::from_str::<ServerMessage>(&t) {
-                                on_message(FromServer::Message(m));
-                            }
-                        }
+                        Some(Ok(Message::Text(t))) => match read_message(&t) {
+                            Ok(Some(m)) => on_message(FromServer::Message(m)),
+                            Ok(None) => {}
+                            Err(e) => on_message(FromServer::Unreadable(e)),
+                        },
                         Some(Ok(Message::Close(f))) => break f.map(|f| (u16::from(f.code), f.reason.to_string())),
                         Some(Ok(_)) => {}
                         Some(Err(_)) | None => break None,
@@ -225,5 +226,37 @@ impl Connection {
             };
             on_message(FromServer::Closed(close));
         });
+    }
+}
+
+/// A server message; None for a type this generator does not know (a newer server's:
+/// not its business), an error for a known type it cannot read (the two sides of the
+/// protocol drifted apart, which the report must say).
+fn read_message(text: &str) -> Result<Option<ServerMessage>, String> {
+    match serde_json::from_str::<ServerMessage>(text) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => {
+            let value: Option<Value> = serde_json::from_str(text).ok();
+            match value.as_ref().and_then(|v| v["type"].as_str()) {
+                Some(t) if !ServerMessage::TYPES.contains(&t) => Ok(None),
+                _ => Err(format!(
+                    "unreadable server message ({e}): {}",
+                    text.chars().take(200).collect::<String>()
+                )),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_types_are_skipped_and_known_ones_that_do_not_read_are_errors() {
+        assert!(matches!(read_message(r#"{"type":"pong"}"#), Ok(Some(ServerMessage::Pong))));
+        assert_eq!(read_message(r#"{"type":"chat","text":"hi"}"#), Ok(None));
+        assert!(read_message(r#"{"type":"answer","sdp":7}"#).is_err());
+        assert!(read_message("not json").is_err());
     }
 }

@@ -153,6 +153,24 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
+    /// The `type` of every server message, for a reader that must tell a message it does
+    /// not know (a newer server's) from one it cannot read.
+    pub const TYPES: &[&str] = &[
+        "joined",
+        "answer",
+        "offer",
+        "participantJoined",
+        "participantLeft",
+        "trackPublished",
+        "trackUnpublished",
+        "trackMuted",
+        "activeSpeaker",
+        "slots",
+        "layers",
+        "pong",
+        "error",
+    ];
+
     pub fn error(code: &str, message: impl Into<String>) -> Self {
         ServerMessage::Error { code: code.to_string(), message: message.into() }
     }
@@ -191,6 +209,10 @@ mod tests {
         let text = serde_json::to_string(&answer).unwrap();
         assert!(text.contains(r#""tracks":[{"mid":"1","id":"TR_b","kind":"video""#), "{text}");
         assert_eq!(serde_json::from_str::<ServerMessage>(&text).unwrap(), answer);
+        for m in [&answer, &ServerMessage::Pong, &ServerMessage::error("bad_json", "x")] {
+            let tag = serde_json::to_value(m).unwrap()["type"].as_str().unwrap().to_string();
+            assert!(ServerMessage::TYPES.contains(&tag.as_str()), "{tag} is listed");
+        }
         let left: ServerMessage =
             serde_json::from_str(r#"{"type":"participantLeft","participantId":"PA_1","reason":"left"}"#)
                 .unwrap();

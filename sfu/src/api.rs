@@ -177,6 +177,9 @@ pub struct SlotInfo {
 /// A simulcast layer by rank: 0 the lowest (q), 1 (h), 2 the highest (f).
 pub type Quality = u8;
 
+/// At most three simulcast layers per track (low, medium, high).
+pub const MAX_LAYERS: usize = 3;
+
 /// A video track the client shows, and the quality its tile needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShownTrack {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use proto::quality::{quality_for_tile, quality_named};
+// The protocol's qualities are the media node's layers.
+const _: () = assert!(proto::quality::MAX_LAYERS == sfu::api::MAX_LAYERS);
 use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackSource};
 use tokio::sync::mpsc;
 use tracing::{debug, info};

@@ -129,6 +129,7 @@ pub(crate) fn receive_loop(
             Err(e) => {
                 // ICMP port-unreachable from a vanished peer surfaces here on Linux.
                 debug!(error = %e, "media socket receive error");
+                more = false;
                 continue;
             }
         };

@@ -23,7 +23,14 @@ fn codecs() -> PayloadTypes {
 
 /// A VP8 payload: descriptor with the start bit, then the frame header's P bit.
 fn vp8(keyframe: bool, fill: u8) -> Arc<[u8]> {
-    vec![0x10, if keyframe { 0x00 } else { 0x01 }, fill, fill].into()
+    vp8_sized(keyframe, fill, 4)
+}
+
+fn vp8_sized(keyframe: bool, fill: u8, len: usize) -> Arc<[u8]> {
+    let mut payload = vec![fill; len.max(2)];
+    payload[0] = 0x10;
+    payload[1] = if keyframe { 0x00 } else { 0x01 };
+    payload.into()
 }
 
 /// A router, the endpoints in one room, and the time.
@@ -33,6 +40,7 @@ struct Room {
     next_id: SessionId,
     next_mid: u32,
     metrics: SfuMetrics,
+    kinds: std::collections::HashMap<SourceKey, TrackKind>,
 }
 
 impl Room {
@@ -44,7 +52,8 @@ impl Room {
             keyframe_request_interval: Duration::from_millis(500),
             audio: AudioSelectConfig::default(),
         };
-        Self { router: Router::new(config, metrics.clone(), now), now, next_id: 1, next_mid: 0, metrics }
+        let router = Router::new(config, metrics.clone(), now);
+        Self { router, now, next_id: 1, next_mid: 0, metrics, kinds: Default::default() }
     }
 
     fn enter(&mut self, name: &str, relay: bool) -> SessionId {
@@ -80,6 +89,7 @@ impl Room {
             muted: false,
         };
         self.router.publish(id, mid, track, self.now);
+        self.kinds.insert((id, mid), kind);
         (id, mid)
     }
 
@@ -114,7 +124,7 @@ impl Room {
     }
 
     fn packet(&mut self, source: SourceKey, layer: u8, seq: u16, payload: Arc<[u8]>) -> Vec<Output> {
-        let video = payload.len() == 4;
+        let video = self.kinds.get(&source) == Some(&TrackKind::Video);
         let packet = SourcePacket {
             ssrc: ssrc(source, layer),
             seq,
@@ -383,4 +393,64 @@ fn a_relay_source_reaches_participants_like_a_published_track() {
     assert_eq!(got.len(), 1, "bob gets the relayed track from its keyframe");
     assert_eq!(got[0].payload, vp8(true, 3));
     assert_eq!(room.router.rooms["r"].participants(), 1, "only bob is a participant");
+}
+
+#[test]
+fn keyframe_requests_from_many_sinks_reach_the_publisher_once_per_interval() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let viewers: Vec<SessionId> = (0..10).map(|i| room.join(&format!("v{i}"))).collect();
+    let cam = room.publish(alice, TrackKind::Video);
+    room.settle();
+    // Ten sinks start on a delta frame: every one of them waits for a keyframe.
+    let mut requests = keyframe_requests(&room.packet(cam, 0, 1, vp8(false, 0)));
+    for seq in 2..10 {
+        room.now += Duration::from_millis(20);
+        requests.extend(keyframe_requests(&room.packet(cam, 0, seq, vp8(false, 0))));
+    }
+    assert_eq!(requests, vec![ssrc(cam, 0)], "one request for ten waiting sinks within 500 ms");
+    // The throttle defers the next one to the end of the interval, and a keyframe ends it.
+    let deferred = keyframe_requests(&room.advance(Duration::from_millis(400)));
+    assert_eq!(deferred, vec![ssrc(cam, 0)], "the deferred request goes out when the interval ends");
+    let out = room.packet(cam, 0, 10, vp8(true, 0));
+    assert_eq!(viewers.iter().filter(|v| to(&out, **v).len() == 1).count(), 10, "all start at the keyframe");
+    assert!(keyframe_requests(&room.advance(Duration::from_millis(600))).is_empty(), "nobody waits now");
+}
+
+#[test]
+fn an_estimate_below_what_is_sent_steps_video_down_and_says_what_it_would_need() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let bob = room.join("bob");
+    let cam = room.publish(alice, TrackKind::Video);
+    room.settle();
+    let bob_sink =
+        |room: &Room| room.router.endpoints[&bob].sinks.values().next().map(|s| (s.current, s.target));
+    // A second of video: 15 packets of 1,000 bytes per layer every 200 ms (600 kbps a
+    // layer); bob, who never said what he shows, climbs to f at its first keyframe.
+    let mut seq = 0;
+    let mut second = |room: &mut Room| {
+        let mut outputs = Vec::new();
+        for _ in 0..5 {
+            for _ in 0..15 {
+                seq += 1;
+                for layer in 0..3 {
+                    room.packet(cam, layer, seq, vp8_sized(seq == 1, layer, 1000));
+                }
+            }
+            outputs.extend(room.advance(Duration::from_millis(200)));
+        }
+        outputs
+    };
+    second(&mut room);
+    assert_eq!(bob_sink(&room), Some((Some(2), Some(2))), "on f");
+    room.router.handle_input(Input::Estimate { endpoint: bob, bps: 400_000 }, room.now);
+    let outputs = second(&mut room);
+    let (_, target) = bob_sink(&room).expect("bob's sink");
+    assert!(target < Some(2), "400 kbps does not carry a 600 kbps layer: target {target:?}");
+    let desired = outputs.iter().rev().find_map(|o| match o {
+        Output::DesiredBitrate { to, bps } if *to == bob => Some(*bps),
+        _ => None,
+    });
+    assert!(desired.is_some_and(|bps| bps > 600_000), "asks the estimator for what f needs: {desired:?}");
 }

@@ -228,14 +228,13 @@ impl Shard {
 
     pub fn run(mut self, rx: Receiver<ShardInput>, leaves: Receiver<(SessionId, LeaveReason)>) {
         loop {
-            while let Ok((session, reason)) = leaves.try_recv() {
-                self.end_session(session, reason);
-            }
+            self.take_leaves(&leaves);
             let now = Instant::now();
             let deadline = self.next_deadline().min(self.router.poll_timeout());
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
                 Ok(ShardInput::Shutdown) => break,
                 Ok(input) => {
+                    self.take_leaves(&leaves);
                     self.handle(input);
                     for _ in 0..MAX_INPUTS_PER_TURN {
                         if self.out.len() >= SEND_BATCH {
@@ -243,7 +242,12 @@ impl Shard {
                         }
                         match rx.try_recv() {
                             Ok(ShardInput::Shutdown) => return self.shutdown(),
-                            Ok(input) => self.handle(input),
+                            Ok(input) => {
+                                // A leave that overflowed the queue came before anything
+                                // queued after it (a reconnect's join above all).
+                                self.take_leaves(&leaves);
+                                self.handle(input);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -259,9 +263,17 @@ impl Shard {
             self.flush_offers();
             self.end_failed_sessions();
             self.flush_dirty();
+            self.end_failed_sessions();
             self.send_queued();
         }
         self.shutdown();
+    }
+
+    /// End the sessions whose leave overflowed a full queue.
+    fn take_leaves(&mut self, leaves: &Receiver<(SessionId, LeaveReason)>) {
+        while let Ok((session, reason)) = leaves.try_recv() {
+            self.end_session(session, reason);
+        }
     }
 
     /// Send what this input (or timer pass) queued: one system call per run of
@@ -306,7 +318,7 @@ impl Shard {
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            if session.timeout != at {
+            if session.timeout != at || self.failed.contains(&id) {
                 continue;
             }
             let rtc = &mut session.rtc;

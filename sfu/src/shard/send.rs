@@ -195,6 +195,9 @@ impl Shard {
     /// not write, sessions without fast-path keys).
     pub(super) fn send_forwarded(&mut self, (sub_id, mid): SinkKey, f: Forwarded) {
         let arrival_ms = self.clock_ms(f.arrival);
+        if self.failed.contains(&sub_id) {
+            return; // its engine panicked: it ends after this input
+        }
         let Some(subscriber) = self.sessions.get_mut(&sub_id) else { return };
         let Some(sink) = subscriber.sinks.get_mut(&mid) else { return };
         let Some(tx_ssrc) = sink.tx_ssrc else { return };

@@ -205,13 +205,16 @@ impl Shard {
             return session.refuse("bad_sdp", format!("answer refused: {e}"), &self.metrics);
         }
         let (rtc, sinks) = (&mut session.rtc, &mut session.sinks);
-        contained(&mut self.failed, &self.metrics, id, || {
+        let activated = contained(&mut self.failed, &self.metrics, id, || {
             for (mid, sink) in sinks.iter_mut().filter(|(_, s)| !s.negotiated) {
                 sink.negotiated = true;
                 sink.tx_ssrc = rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
                 sink.out = None;
             }
         });
+        if activated.is_none() {
+            return; // the session ends after this input
+        }
         self.renegotiated(id);
         self.drain(id);
         self.carry_out();

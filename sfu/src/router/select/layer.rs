@@ -1,11 +1,8 @@
 //! Simulcast layers: how a publisher's rids rank, and which layer to send when the
 //! wanted one is not arriving (the quality a tile wants is the client's to say).
 
-/// At most three simulcast layers per track (low, medium, high).
-pub const MAX_LAYERS: usize = 3;
-
 /// The quality a subscriber asks for a track: 0 low, 1 medium, 2 high.
-pub use crate::api::Quality;
+pub use crate::api::{MAX_LAYERS, Quality};
 
 /// The rank (0 lowest) of a rid: `q`, `h`, `f` by name, any other by its place in the
 /// offer's rid list, lowest first.
