@@ -1,6 +1,6 @@
-//! The media port's socket I/O: batched receive (recvmmsg, GRO) into reused buffers, and
-//! batched send (GSO for runs of equal-sized datagrams to one address). quinn-udp makes
-//! the system calls; this module decides what goes in each.
+//! The media port's socket I/O: batched receive (recvmmsg) into reused buffers, and
+//! batched send (GSO for runs of equal-sized datagrams to one address, through quinn-udp).
+//! This module decides what goes in each system call.
 
 mod recv;
 mod send;
@@ -8,7 +8,6 @@ mod send;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use quinn_udp::{Transmit, UdpSocketState};
 
@@ -34,6 +33,11 @@ impl MediaSocket {
         // Best effort: the kernel caps these at net.core.{r,w}mem_max.
         let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
         let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
+        // The receive thread blocks in recvmmsg until the first datagram (recv.rs), waking
+        // now and then to notice shutdown; it reads datagrams whole, so no GRO.
+        socket.set_nonblocking(false)?;
+        socket.set_read_timeout(Some(recv::WAKE_EVERY))?;
+        set_gro(&socket, false);
         Ok(Self { socket, state })
     }
 
@@ -47,24 +51,24 @@ impl MediaSocket {
     }
 
     /// Sends `contents` to `destination`: one datagram, or with `segment` the kernel cuts
-    /// it into datagrams of that size (the last may be shorter). A full send buffer gets
-    /// a short wait, not an unbounded one: a shard never blocks behind one slow socket.
+    /// it into datagrams of that size (the last may be shorter).
     fn send(&self, destination: SocketAddr, contents: &[u8], segment: Option<usize>) -> io::Result<()> {
         let transmit = Transmit { destination, ecn: None, contents, segment_size: segment, src_ip: None };
-        match self.state.try_send((&self.socket).into(), &transmit) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.wait(libc::POLLOUT, Duration::from_millis(2));
-                self.state.try_send((&self.socket).into(), &transmit)
-            }
-            other => other,
-        }
+        self.state.try_send((&self.socket).into(), &transmit)
     }
+}
 
-    /// Waits until the socket is readable (or writable, with POLLOUT), or `timeout` passed.
-    fn wait(&self, events: libc::c_short, timeout: Duration) -> bool {
-        let mut fd = libc::pollfd { fd: self.socket.as_raw_fd(), events, revents: 0 };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
-        ready > 0
-    }
+/// Turns UDP generic receive offload on or off (quinn-udp turns it on where it can).
+fn set_gro(socket: &UdpSocket, on: bool) {
+    let value: libc::c_int = on.into();
+    // SAFETY: a valid socket and an int option of the right size.
+    let _ = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
