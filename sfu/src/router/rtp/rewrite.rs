@@ -32,6 +32,13 @@ impl SeqExtender {
     }
 }
 
+/// A packet numbered this far behind the newest one sent is no reordering or late repair
+/// (a retransmission can come a few hundred packets late on a top video layer).
+const MAX_MISORDER: u64 = 1000;
+/// A source that fed this stream nothing for this long and comes back numbered at or
+/// behind what was sent has resumed (a pause, a top-N deselection), not sent late packets.
+const RESUMED_AFTER_MS: u64 = 1000;
+
 /// What the rewriter decided for one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewritten {
@@ -98,11 +105,26 @@ impl RtpRewriter {
             }
             self.switch_to(ssrc, seq, timestamp, arrival_ms);
         }
-        let ext = self.extender.extend(seq);
+        let mut ext = self.extender.extend(seq);
+        // Never number a packet at or below what was sent unless it is a reordered one never
+        // sent: the SRTP fast path would seal new content under a used nonce. A source
+        // resuming after a gap whose length mod 2^16 falls past half the space extends to
+        // numbers behind the last sent; it starts again from there.
+        let behind = ext < self.source_base
+            || self.last_out_seq.is_some_and(|last| ext as i64 + self.seq_offset <= last as i64);
+        if behind && arrival_ms.saturating_sub(self.last_arrival_ms) >= RESUMED_AFTER_MS {
+            let retired = self.retired;
+            self.switch_to(ssrc, seq, timestamp, arrival_ms);
+            self.retired = retired;
+            ext = self.extender.extend(seq);
+        }
         if ext < self.source_base {
             return None;
         }
         let out_seq = (ext as i64 + self.seq_offset) as u64;
+        if self.last_out_seq.is_some_and(|last| last > out_seq + MAX_MISORDER) {
+            return None;
+        }
         let out_ts = timestamp.wrapping_add(self.ts_offset);
         if self.last_out_seq.is_none_or(|last| out_seq > last) {
             self.last_out_seq = Some(out_seq);
@@ -200,6 +222,35 @@ mod tests {
         assert_eq!(second.seq, first.seq + 1);
         assert_eq!(third.seq, first.seq + 2);
         assert_eq!(r.rewrite(1, 9, 0, 3), None, "older than the first packet taken");
+    }
+
+    #[test]
+    fn a_source_resuming_after_a_long_pause_never_reuses_sent_numbers() {
+        // Gaps whose length mod 2^16 falls past half the space extend to numbers behind the
+        // last sent; also a gap of almost exactly 2^16, which lands just behind it.
+        for gap in [40_000u32, 32_768, 65_500, 65_535] {
+            let mut r = RtpRewriter::new(90_000);
+            let mut sent = Vec::new();
+            for i in 0..10u32 {
+                sent.push(r.rewrite(1, (1_000 + i) as u16, i * 3000, i as u64 * 33).unwrap().seq);
+            }
+            let last = *sent.last().unwrap();
+            // The sink was paused for a minute while the source went on numbering.
+            let resumed = r.rewrite(1, (1_009 + gap) as u16, 0, 60_000).expect("forwarded");
+            assert_eq!(resumed.seq, last + 1, "gap {gap}: continues after the last sent");
+            let next = r.rewrite(1, (1_010 + gap) as u16, 3000, 60_033).unwrap();
+            assert_eq!(next.seq, last + 2, "gap {gap}");
+        }
+    }
+
+    #[test]
+    fn a_packet_far_behind_without_a_pause_is_dropped() {
+        let mut r = RtpRewriter::new(90_000);
+        for i in 0..3000u16 {
+            r.rewrite(1, 5_000 + i, 0, i as u64 / 10).unwrap();
+        }
+        assert_eq!(r.rewrite(1, 5_000 + 1500, 0, 301), None, "1,500 behind: not a reordering");
+        assert!(r.rewrite(1, 5_000 + 2500, 0, 302).is_some(), "500 behind: a late repair keeps its place");
     }
 
     #[test]
