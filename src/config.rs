@@ -11,6 +11,9 @@ use serde::Deserialize;
 /// The secret used when none is configured: public, so only for a laptop.
 pub const DEV_SECRET: &str = "huiyi-dev-secret-do-not-use-in-production";
 
+/// The shortest API secret accepted (HS256 wants a key of its output size, 32 bytes).
+pub const MIN_SECRET_LEN: usize = 32;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -18,7 +21,42 @@ pub struct Config {
     pub http: SocketAddr,
     pub media: MediaSection,
     pub auth: AuthSection,
+    pub limits: LimitsSection,
     pub log: LogSection,
+    /// Allow the public development secret (and its token endpoint) on an address other
+    /// than loopback (`--dev`). Never in production.
+    #[serde(skip)]
+    pub dev: bool,
+    /// On SIGTERM or Ctrl-C: refuse new joins and wait this long for participants to
+    /// leave before exiting (a second signal exits at once).
+    pub drain_secs: u64,
+    /// Testing only: a join to this room panics its media thread.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub test_panic_room: Option<String>,
+}
+
+/// What one node lets strangers hold (docs/operations.md, "Limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Open HTTP and WebSocket connections; more are closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address (loopback exempt); 0 = no cap.
+    pub max_connections_per_ip: usize,
+    /// A request's headers (and an idle connection's next request) must arrive within this.
+    pub header_read_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = signaling::http::HttpLimits::default();
+        Self {
+            max_connections: d.max_connections,
+            max_connections_per_ip: d.max_connections_per_ip,
+            header_read_timeout_secs: d.header_read_timeout.as_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +68,14 @@ pub struct MediaSection {
     pub ice_timeout_secs: u64,
     pub max_participants_per_room: usize,
     pub max_publications_per_participant: usize,
+    /// Participants on this node in all rooms.
+    pub max_participants_per_node: usize,
+    /// ICE candidates one session may add.
+    pub max_candidates_per_session: usize,
+    /// m-lines in one offer or answer from a client.
+    pub max_mlines_per_offer: usize,
+    /// Bytes of one offer or answer from a client.
+    pub max_sdp_bytes: usize,
     /// Loudest speakers forwarded in large rooms.
     pub audio_top_n: usize,
     /// Rooms of at most this many participants forward every audio track.
@@ -60,7 +106,11 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 7700)),
             media: MediaSection::default(),
             auth: AuthSection::default(),
+            limits: LimitsSection::default(),
             log: LogSection::default(),
+            dev: false,
+            drain_secs: 10,
+            test_panic_room: None,
         }
     }
 }
@@ -75,6 +125,10 @@ impl Default for MediaSection {
             ice_timeout_secs: d.ice_timeout.as_secs(),
             max_participants_per_room: d.max_participants_per_room,
             max_publications_per_participant: d.max_publications_per_participant,
+            max_participants_per_node: d.max_participants_per_node,
+            max_candidates_per_session: d.max_candidates_per_session,
+            max_mlines_per_offer: d.max_mlines_per_offer,
+            max_sdp_bytes: d.max_sdp_bytes,
             audio_top_n: d.audio_top_n,
             audio_top_n_above: d.audio_top_n_above,
             bwe: d.bwe,
@@ -112,6 +166,36 @@ impl Config {
         self.auth.api_secret.is_empty()
     }
 
+    /// Refuse settings that would expose a server to strangers: the public development
+    /// secret on an address other than loopback (unless `--dev`), or a secret too short
+    /// to resist guessing.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        let secret_len = self.auth.api_secret.len();
+        if secret_len > 0 && secret_len < MIN_SECRET_LEN && !self.dev {
+            anyhow::bail!(
+                "api_secret is {secret_len} bytes; use at least {MIN_SECRET_LEN} random bytes \
+                 (e.g. `openssl rand -base64 32`), or pass --dev for a throwaway server"
+            );
+        }
+        if self.dev_mode() && !self.http.ip().is_loopback() && !self.dev {
+            anyhow::bail!(
+                "no api_secret configured and HTTP bound to {}, which strangers can reach: anyone could mint \
+                 tokens with the public development secret. Set HUIYI_API_SECRET (at least {MIN_SECRET_LEN} \
+                 bytes), bind to 127.0.0.1, or pass --dev for a throwaway server",
+                self.http
+            );
+        }
+        Ok(())
+    }
+
+    pub fn http_limits(&self) -> signaling::http::HttpLimits {
+        signaling::http::HttpLimits {
+            max_connections: self.limits.max_connections.max(1),
+            max_connections_per_ip: self.limits.max_connections_per_ip,
+            header_read_timeout: Duration::from_secs(self.limits.header_read_timeout_secs.max(1)),
+        }
+    }
+
     pub fn media_config(&self) -> sfu::MediaConfig {
         sfu::MediaConfig {
             bind: self.media.bind,
@@ -120,10 +204,15 @@ impl Config {
             ice_timeout: Duration::from_secs(self.media.ice_timeout_secs.max(1)),
             max_participants_per_room: self.media.max_participants_per_room.max(1),
             max_publications_per_participant: self.media.max_publications_per_participant,
+            max_participants_per_node: self.media.max_participants_per_node.max(1),
+            max_candidates_per_session: self.media.max_candidates_per_session,
+            max_mlines_per_offer: self.media.max_mlines_per_offer.max(1),
+            max_sdp_bytes: self.media.max_sdp_bytes.max(1024),
             audio_top_n: self.media.audio_top_n.max(1),
             audio_top_n_above: self.media.audio_top_n_above,
             bwe: self.media.bwe,
             fast_egress: self.media.fast_egress,
+            panic_on_join_to: self.test_panic_room.clone(),
             ..sfu::MediaConfig::default()
         }
     }
@@ -145,8 +234,30 @@ mod tests {
             parsed.media.max_publications_per_participant,
             defaults.media.max_publications_per_participant
         );
+        assert_eq!(parsed.media.max_participants_per_node, defaults.media.max_participants_per_node);
+        assert_eq!(parsed.media.max_candidates_per_session, defaults.media.max_candidates_per_session);
+        assert_eq!(parsed.media.max_mlines_per_offer, defaults.media.max_mlines_per_offer);
+        assert_eq!(parsed.media.max_sdp_bytes, defaults.media.max_sdp_bytes);
+        assert_eq!(parsed.limits.max_connections, defaults.limits.max_connections);
+        assert_eq!(parsed.limits.max_connections_per_ip, defaults.limits.max_connections_per_ip);
+        assert_eq!(parsed.limits.header_read_timeout_secs, defaults.limits.header_read_timeout_secs);
         assert_eq!(parsed.auth.api_secret, "");
         assert!(!parsed.log.json);
+    }
+
+    #[test]
+    fn the_dev_secret_is_refused_off_loopback_unless_asked_for() {
+        let mut c = Config::default();
+        assert!(c.check_exposure().is_ok(), "loopback without a secret is the laptop default");
+        c.http = "0.0.0.0:7700".parse().unwrap();
+        assert!(c.check_exposure().is_err());
+        c.dev = true;
+        assert!(c.check_exposure().is_ok());
+        c.dev = false;
+        c.auth.api_secret = "short".into();
+        assert!(c.check_exposure().is_err(), "a short secret is refused");
+        c.auth.api_secret = "x".repeat(MIN_SECRET_LEN);
+        assert!(c.check_exposure().is_ok());
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct Running {
 
 /// Start signaling and the embedded media node (the embedded all-in-one default).
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    config.check_exposure()?;
     let prometheus = prometheus::Registry::new();
     let media = sfu::MediaNode::start(config.media_config(), &prometheus)
         .with_context(|| format!("binding the media port {}", config.media.bind))?;
@@ -33,12 +34,78 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         dev_tokens: config.dev_mode(),
         metrics: SignalingMetrics::new(&prometheus),
         prometheus,
+        draining: Default::default(),
     });
     let listener = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("binding the HTTP port {}", config.http))?;
     let http_addr = listener.local_addr()?;
     let app = signaling::router(state.clone());
-    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut limits = config.http_limits();
+    // Keep descriptors for everything else (the media socket, logs, the runtime): past
+    // this, a newcomer sheds a connection still waiting for its first request.
+    if let Ok(files) = open_file_limit() {
+        let room = usize::try_from(files).unwrap_or(usize::MAX).saturating_sub(RESERVED_FILES).max(16);
+        if room < limits.max_connections {
+            tracing::info!(
+                max_connections = room,
+                open_files = files,
+                "connections capped by the open-file limit"
+            );
+            limits.max_connections = room;
+        }
+    }
+    let metrics = state.metrics.clone();
+    let task = tokio::spawn(async move {
+        signaling::http::serve(listener, app, limits, metrics).await;
+        Ok(())
+    });
     Ok(Running { http_addr, media_addr, state, task })
+}
+
+/// Stop taking participants (`/readyz` says `draining`, joins are closed with 1001) and
+/// wait until everyone has left, or `grace` has passed.
+pub async fn drain(state: &AppState, grace: std::time::Duration) {
+    state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    let until = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < until {
+        let left: usize = state.registry.rooms().iter().map(|r| r.participants).sum();
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Descriptors kept for other than HTTP and WebSocket connections.
+const RESERVED_FILES: usize = 128;
+
+fn open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Raise this process's open-file limit to its hard limit: every connection and media
+/// session holds a descriptor, and the common soft limit of 1,024 lets a few hundred
+/// idle connections starve the rest. Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct given, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur)
 }

@@ -46,6 +46,10 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `huiyi=debug,sfu=debug` (also RUST_LOG).
     #[arg(long, env = "HUIYI_LOG")]
     log: Option<String>,
+    /// A throwaway server: allow the public development secret (and /v1/dev/token) on an
+    /// address other than loopback, and secrets shorter than 32 bytes.
+    #[arg(long, env = "HUIYI_DEV")]
+    dev: bool,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +123,7 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) {
     if let Some(level) = &args.log {
         config.log.level = level.clone();
     }
+    config.dev |= args.dev;
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -131,23 +136,52 @@ fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         subscriber.init();
     }
+    config.check_exposure()?;
+    match huiyi::raise_open_file_limit() {
+        Ok(n) if n < 4096 => {
+            tracing::warn!(limit = n, "few open files allowed; raise the hard limit (ulimit -Hn)")
+        }
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let running = huiyi::start(&config).await?;
         if config.dev_mode() {
             tracing::warn!(
                 "no api_secret configured: tokens use the public dev secret and /v1/dev/token is on; \
-                 set HUIYI_API_SECRET before exposing this server"
+                 set HUIYI_API_SECRET (at least 32 bytes) before exposing this server"
             );
         }
         println!();
         println!("  Huiyi is running. Open http://{}/ in two browser tabs.", running.http_addr);
         println!("  Media on udp/{}. Metrics at http://{}/metrics", running.media_addr, running.http_addr);
         println!();
+        let mut task = running.task;
         tokio::select! {
-            result = running.task => result.context("HTTP server task")?.context("HTTP server")?,
-            _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+            result = &mut task => result.context("HTTP server task")?.context("HTTP server")?,
+            () = stop_signal() => {
+                let grace = std::time::Duration::from_secs(config.drain_secs);
+                tracing::info!(?grace, "draining: new joins are refused; waiting for participants to leave");
+                let drained = huiyi::drain(&running.state, grace);
+                tokio::select! {
+                    () = drained => tracing::info!("shutting down"),
+                    () = stop_signal() => tracing::info!("second signal: shutting down now"),
+                }
+            }
         }
         Ok(())
     })
+}
+
+/// SIGTERM (what orchestrators send) or Ctrl-C.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -161,3 +161,45 @@ async fn bad_candidates() {
     assert_eq!(metric(&server, "huiyi_participants").await, 1.0);
     assert_eq!(metric(&server, "huiyi_session_panics_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_thread_that_panics_starts_again_and_other_rooms_keep_their_media() {
+    init_logging();
+    tokio::time::timeout(TEST_TIMEOUT, media_thread_panic()).await.expect("finishes within a minute");
+}
+
+async fn media_thread_panic() {
+    // Two media threads: the meeting on one, the victim's room on the other; a join to
+    // "boom" (the test hook) goes to the less loaded one, the victim's, and panics it.
+    let server = common::start_server_with(|c| {
+        c.media.shards = 2;
+        c.test_panic_room = Some("boom".into());
+    })
+    .await;
+    let alice = join_and_send(&server, "calm", "alice", 0).await;
+    let bob = join_and_send(&server, "calm", "bob", 1).await;
+    let mut victim = join_raw(&server, "victim", "victor").await;
+    let start = Instant::now();
+    media_keeps_flowing(&alice, &bob, start, "before the panic").await;
+
+    let (mut boom, _) = tokio_tungstenite::connect_async(common::ws_url(&server)).await.expect("connect");
+    let join = json!({"type": "join", "token": common::token("boom", "mallory")});
+    boom.send(Message::text(join.to_string())).await.expect("join sent");
+    let (_, code) = until_closed(&mut boom).await;
+    assert_eq!(code, Some(1013), "the join that met the panic is refused as overloaded (try again)");
+    let (_, code) = until_closed(&mut victim).await;
+    assert_eq!(code, Some(4008), "the victim's session ended with its media thread");
+
+    let after = Instant::now();
+    media_keeps_flowing(&alice, &bob, after, "after the panic").await;
+    media_keeps_flowing(&bob, &alice, after, "after the panic").await;
+    assert_eq!(metric(&server, "huiyi_media_thread_restarts_total").await, 1.0);
+    let (status, body) = common::http_request(server.http_addr, "GET", "/healthz", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "ok"), "the restarted thread beats again");
+    // The restarted thread takes rooms again.
+    let _dan = join_raw(&server, "afterwards", "dan").await;
+    let _victor = join_raw(&server, "victim", "victor").await;
+    assert_eq!(metric(&server, "huiyi_participants").await, 4.0);
+    alice.close().await;
+    bob.close().await;
+}

@@ -177,7 +177,7 @@ fn wrong_url_is_a_clear_error_with_a_report() {
 
 #[test]
 fn refused_tokens_are_a_clear_error() {
-    let server = start_server(Some("the-real-secret"));
+    let server = start_server(Some("the-real-secret-of-at-least-32-bytes"));
     // No secret: the dev token endpoint is off on a server with a secret.
     let path = report_path("no-token");
     let out = loadtest(&["--scenario", &scenario("meeting-300-smoke.toml"), "--url", &server.url], &path);

@@ -195,6 +195,13 @@ pub enum MediaError {
     ShuttingDown,
     #[error("room is full ({0} participants)")]
     RoomFull(usize),
+    /// The request was refused for what it holds (too large, too many m-lines, too many
+    /// candidates, not parseable); the session goes on.
+    #[error("{0}")]
+    Refused(String),
+    /// Too many requests of this kind in flight or in a short time; try again later.
+    #[error("{0}")]
+    Busy(&'static str),
 }
 
 /// What the control plane asks of a media node.
@@ -204,6 +211,10 @@ pub trait NodeApi: Send + Sync + 'static {
         &self,
         request: JoinRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Joined, MediaError>> + Send + '_>>;
+
+    /// Whether the media plane is live (every media thread went round its loop
+    /// recently); otherwise what is wrong, for `/healthz`.
+    fn health(&self) -> Result<(), String>;
 }
 
 /// One participant's media session, driven by its signaling connection. Dropping it ends

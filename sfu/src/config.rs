@@ -23,8 +23,22 @@ pub struct MediaConfig {
     pub max_participants_per_room: usize,
     /// Tracks one participant may publish at once (microphone, camera, screen, ...).
     pub max_publications_per_participant: usize,
+    /// Participants on this node (all rooms); a join beyond is refused as overloaded.
+    pub max_participants_per_node: usize,
+    /// ICE candidates one session may add; more are refused with an error.
+    pub max_candidates_per_session: usize,
+    /// m-lines in one offer or answer from a client; more are refused before they reach
+    /// a media thread.
+    pub max_mlines_per_offer: usize,
+    /// Bytes of one SDP offer or answer from a client.
+    pub max_sdp_bytes: usize,
+    /// Offers one session may send in a burst; then one a second. (Answers are taken only
+    /// while the node's own offer is outstanding.)
+    pub negotiation_burst: u32,
     /// Datagrams queued per shard before new ones are dropped.
     pub shard_queue: usize,
+    /// Bytes of SDP queued per shard before new offers and answers are refused.
+    pub shard_queue_sdp_bytes: usize,
     /// Events queued per session for its signaling connection.
     pub session_event_queue: usize,
     /// Loudest speakers forwarded in large rooms.
@@ -38,6 +52,9 @@ pub struct MediaConfig {
     /// str0m's per-stream send path. Needs a GCM SRTP profile; not used with `bwe`.
     pub fast_egress: bool,
     pub bwe_initial_bps: u64,
+    /// Testing only: a join to this room panics its media thread (tests of supervision).
+    #[doc(hidden)]
+    pub panic_on_join_to: Option<String>,
 }
 
 impl Default for MediaConfig {
@@ -52,7 +69,13 @@ impl Default for MediaConfig {
             nack_cache_packets: 1024,
             max_participants_per_room: 300,
             max_publications_per_participant: 6,
+            max_participants_per_node: 5_000,
+            max_candidates_per_session: 64,
+            max_mlines_per_offer: 256,
+            max_sdp_bytes: 512 * 1024,
+            negotiation_burst: 10,
             shard_queue: 16_384,
+            shard_queue_sdp_bytes: 8 * 1024 * 1024,
             session_event_queue: 1024,
             audio_top_n: 3,
             audio_top_n_above: 10,
@@ -62,6 +85,7 @@ impl Default for MediaConfig {
             bwe: false,
             fast_egress: true,
             bwe_initial_bps: 10_000_000,
+            panic_on_join_to: None,
         }
     }
 }

@@ -3,9 +3,11 @@
 //! (`api`) and the node that answers it (`MediaNode`); everything else is internal, open
 //! to the benchmarks through the `internals` feature.
 
+mod admission;
 pub mod api;
 pub mod config;
 mod fasthash;
+mod health;
 mod io;
 mod metrics;
 #[cfg(test)]

@@ -22,11 +22,13 @@ pub struct SfuMetrics {
     pub not_forwarded: IntCounterVec,
     pub bad_input: IntCounterVec,
     pub session_panics: IntCounter,
+    pub shard_restarts: IntCounter,
     pub audio_not_selected: IntCounter,
     pub layer_switches: IntCounter,
     pub layer_pauses: IntCounter,
     pub paused_by_bandwidth: IntCounter,
     pub sessions_ended: IntCounterVec,
+    pub srtp_guard: IntCounterVec,
 }
 
 impl SfuMetrics {
@@ -112,11 +114,41 @@ impl SfuMetrics {
                 "huiyi_session_panics_total",
                 "Sessions ended because their WebRTC engine panicked (a bug; the shard carried on)",
             ),
+            shard_restarts: counter(
+                "huiyi_media_thread_restarts_total",
+                "Media threads (shards, the receive thread) started again after a panic; their sessions ended with 4008",
+            ),
             sessions_ended: counter_vec(
                 "huiyi_sessions_ended_total",
                 "Sessions ended, by reason",
                 &["reason"],
             ),
+            srtp_guard: counter_vec(
+                "huiyi_srtp_fast_path_guard_total",
+                "What the SRTP fast path's windows of seen indexes stopped or forgot, by reason: a seal under an index already sealed or too old (stopped before an AES-GCM nonce reuse: a packet the publisher sent twice, which the rewriter numbers like the first, or a bug upstream), a seal for an SSRC past the per-key cap, a replayed SRTCP packet, an SRTCP sender SSRC forgotten at the per-session cap",
+                &["reason"],
+            ),
         }
+    }
+}
+
+/// At most one log line a second for a warning that input can repeat (a storm of
+/// them would cost more than what they report; the counters keep the count).
+pub(crate) struct LogThrottle(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl LogThrottle {
+    pub const fn new() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+
+    /// Whether to log now.
+    pub fn ready(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }

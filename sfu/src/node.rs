@@ -15,14 +15,16 @@ use prometheus::Registry;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
+use crate::admission::{Gate, InputLimits, SdpQueue};
 use crate::api::{
     JoinRequest, Joined, LeaveReason, MediaError, MediaSession, NodeApi, SessionId, ShownTrack, TrackSource,
 };
 use crate::config::MediaConfig;
 use crate::demux::RouteTable;
+use crate::health::{self, Heartbeat};
 use crate::io::{DatagramPool, MediaSocket, receive_loop};
 use crate::metrics::SfuMetrics;
-use crate::shard::{Shard, ShardInput, ShardParts, ShardSender};
+use crate::shard::{ShardInput, ShardParts, ShardSender, panic_message, supervise};
 
 pub struct MediaNode {
     shards: Vec<ShardSender>,
@@ -31,6 +33,9 @@ pub struct MediaNode {
     config: MediaConfig,
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    metrics: SfuMetrics,
+    /// Every media thread's beat: the shards and the receive thread.
+    heartbeats: Vec<Arc<Heartbeat>>,
 }
 
 impl MediaNode {
@@ -46,12 +51,15 @@ impl MediaNode {
 
         let mut shards = Vec::new();
         let mut threads = Vec::new();
+        let mut heartbeats = Vec::new();
         for index in 0..config.shard_count() {
             let (tx, rx) = sync_channel(config.shard_queue);
             let (leaves, leaves_rx) = channel();
             let load = Arc::new(AtomicUsize::new(0));
             let queued = Arc::new(AtomicUsize::new(0));
-            let shard = Shard::new(ShardParts {
+            let heartbeat = Arc::new(Heartbeat::new(format!("media thread {index}")));
+            heartbeats.push(heartbeat.clone());
+            let parts = ShardParts {
                 index,
                 config: config.clone(),
                 socket: socket.clone(),
@@ -62,27 +70,49 @@ impl MediaNode {
                 queued: queued.clone(),
                 pool: pool.clone(),
                 metrics: metrics.clone(),
-            })?;
+                heartbeat,
+            };
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("huiyi-shard-{index}"))
-                    .spawn(move || shard.run(rx, leaves_rx))?,
+                    .spawn(move || supervise(parts, rx, leaves_rx))?,
             );
-            shards.push(ShardSender { tx, sessions: load, queued, queue_limit: config.shard_queue, leaves });
+            let sdp = SdpQueue { queued: Arc::new(AtomicUsize::new(0)), limit: config.shard_queue_sdp_bytes };
+            shards.push(ShardSender {
+                tx,
+                sessions: load,
+                queued,
+                queue_limit: config.shard_queue,
+                leaves,
+                sdp,
+            });
         }
 
         let receiver = {
             let socket = socket.clone();
             let shards = shards.clone();
             let stopping = stopping.clone();
+            let metrics = metrics.clone();
+            let heartbeat = Arc::new(Heartbeat::new("receive thread".into()));
+            heartbeats.push(heartbeat.clone());
             std::thread::Builder::new().name("huiyi-udp-recv".into()).spawn(move || {
-                let deliver = |i: usize, batch| shards[i].datagrams(batch);
-                receive_loop(&socket, &routes, shards.len(), deliver, &metrics, &stopping, &pool)
+                // The receive loop holds no session state: after a panic it simply reads on.
+                while !stopping.load(Ordering::Relaxed) {
+                    let deliver = |i: usize, batch| shards[i].datagrams(batch);
+                    let read = std::panic::AssertUnwindSafe(|| {
+                        let alive = (&*stopping, &*heartbeat);
+                        receive_loop(&socket, &routes, shards.len(), deliver, &metrics, &pool, alive)
+                    });
+                    if let Err(panic) = std::panic::catch_unwind(read) {
+                        metrics.shard_restarts.inc();
+                        tracing::error!(panic = %panic_message(panic.as_ref()), "receive thread panicked; reading on");
+                    }
+                }
             })?
         };
         threads.push(receiver);
         info!(%local_addr, candidates = ?candidates, shards = shards.len(), "media node listening");
-        Ok(Self { shards, room_placement, local_addr, config, stopping, threads })
+        Ok(Self { shards, room_placement, local_addr, config, stopping, threads, metrics, heartbeats })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -94,14 +124,24 @@ impl MediaNode {
     }
 
     async fn admit(&self, request: JoinRequest) -> Result<Joined, MediaError> {
+        let on_node: usize = self.shards.iter().map(|s| s.sessions.load(Ordering::Relaxed)).sum();
+        if on_node >= self.config.max_participants_per_node {
+            self.metrics.bad_input.with_label_values(&["node_full"]).inc();
+            return Err(MediaError::Overloaded);
+        }
         let index =
             *self.room_placement.entry(request.room.clone()).or_insert_with(|| self.least_loaded_shard());
         let shard = self.shards[index].clone();
         let (events_tx, events) = mpsc::channel(self.config.session_event_queue);
         let (reply, answer) = oneshot::channel();
-        shard.command(ShardInput::Join { request, events: events_tx, reply })?;
-        let (id, others) = answer.await.map_err(|_| MediaError::ShuttingDown)??;
-        Ok(Joined { session: Box::new(SessionHandle { id, shard, left: false }), others, events })
+        let awaiting_answer = Arc::new(AtomicBool::new(false));
+        let join =
+            ShardInput::Join { request, events: events_tx, reply, awaiting_answer: awaiting_answer.clone() };
+        shard.command(join)?;
+        // No answer: the shard dropped the request (it panicked and is starting again).
+        let (id, others) = answer.await.map_err(|_| MediaError::Overloaded)??;
+        let gate = Gate::new(InputLimits::from_config(&self.config), awaiting_answer, self.metrics.clone());
+        Ok(Joined { session: Box::new(SessionHandle { id, shard, gate, left: false }), others, events })
     }
 
     fn least_loaded_shard(&self) -> usize {
@@ -131,6 +171,10 @@ impl NodeApi for MediaNode {
     ) -> Pin<Box<dyn Future<Output = Result<Joined, MediaError>> + Send + '_>> {
         Box::pin(self.admit(request))
     }
+
+    fn health(&self) -> Result<(), String> {
+        health::check(&self.heartbeats)
+    }
 }
 
 impl Drop for MediaNode {
@@ -150,10 +194,15 @@ fn candidate_addrs(config: &MediaConfig, local: SocketAddr) -> Vec<SocketAddr> {
     vec![local]
 }
 
+/// A candidate line is well under this (RFC 8839's grammar with a long host name).
+const MAX_CANDIDATE_BYTES: usize = 1024;
+
 /// Control of one session on this node: commands go to the shard that owns its room.
 pub struct SessionHandle {
     id: SessionId,
     shard: ShardSender,
+    /// Checks the client's input on the caller's thread before it reaches the shard.
+    gate: Gate,
     left: bool,
 }
 
@@ -169,14 +218,20 @@ impl MediaSession for SessionHandle {
     }
 
     fn offer(&self, sdp: String, tracks: Vec<(String, TrackSource)>) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Offer { session: self.id, sdp, tracks })
+        let offer = self.gate.offer(&sdp, &self.shard.sdp)?;
+        self.shard.command(ShardInput::Offer { session: self.id, offer, tracks })
     }
 
     fn answer(&self, sdp: String) -> Result<(), MediaError> {
-        self.shard.command(ShardInput::Answer { session: self.id, sdp })
+        let answer = self.gate.answer(&sdp, &self.shard.sdp)?;
+        self.shard.command(ShardInput::Answer { session: self.id, answer })
     }
 
     fn candidate(&self, candidate: String) -> Result<(), MediaError> {
+        if candidate.len() > MAX_CANDIDATE_BYTES {
+            return Err(MediaError::Refused(format!("a candidate is at most {MAX_CANDIDATE_BYTES} bytes")));
+        }
+        self.gate.candidate()?;
         self.shard.command(ShardInput::Candidate { session: self.id, candidate })
     }
 

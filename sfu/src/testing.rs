@@ -14,6 +14,8 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc};
 
 use crate::config::MediaConfig;
+#[cfg(feature = "internals")]
+pub use crate::shard::ClientFacing;
 use crate::shard::session_rtc;
 
 pub const SERVER_ADDR: &str = "10.0.0.1:7701";

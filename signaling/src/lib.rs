@@ -3,14 +3,17 @@
 
 /// Access tokens (the `proto` crate's): signaling mints and verifies them.
 pub use proto::token as auth;
+pub mod http;
 mod metrics;
 pub mod protocol;
 mod registry;
+mod upgrade;
 mod ws;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -20,7 +23,7 @@ use serde_json::json;
 use sfu::api::NodeApi;
 
 pub use metrics::SignalingMetrics;
-pub use registry::Registry;
+pub use registry::{Ends, Registry};
 
 /// How long a token from the dev endpoint lasts.
 const DEV_TOKEN_TTL_SECS: u64 = 6 * 3600;
@@ -34,6 +37,15 @@ pub struct AppState {
     pub dev_tokens: bool,
     pub metrics: SignalingMetrics,
     pub prometheus: prometheus::Registry,
+    /// Set when the process is asked to stop: new joins are refused and `/readyz` says
+    /// `draining` while the participants already in finish.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -43,7 +55,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/app.js", get(script))
         .route("/style.css", get(style))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/rtc", get(websocket))
         .route("/v1/dev/token", get(dev_token))
@@ -66,6 +79,25 @@ async fn style() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../web/style.css"))
 }
 
+/// Liveness: the process answers and every media thread went round its loop recently.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match state.media.health() {
+        Ok(()) => "ok".into_response(),
+        Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),
+    }
+}
+
+/// Readiness, for load balancers: live and taking new participants (not draining).
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match state.media.health() {
+        Ok(()) => "ready".into_response(),
+        Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),
+    }
+}
+
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
@@ -75,11 +107,8 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade
-        .max_message_size(ws::TRANSPORT_MAX_MESSAGE)
-        .max_frame_size(ws::TRANSPORT_MAX_MESSAGE)
-        .on_upgrade(move |socket| ws::serve(socket, state))
+async fn websocket(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    upgrade::accept(request, ws::transport_config(), move |socket, limit| ws::serve(socket, limit, state))
 }
 
 #[derive(Deserialize)]
@@ -117,14 +146,11 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// Admin requests carry a bearer token with the roomAdmin grant for that room or `*`.
 /// Returns the refusal to send, if any.
 fn admin_refusal(state: &AppState, headers: &HeaderMap, room: Option<&str>) -> Option<Response> {
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let Some(token) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer)
     else {
         return Some(error(StatusCode::UNAUTHORIZED, "missing bearer token"));
     };
-    let claims = match auth::verify(&state.secret, token.trim(), auth::now_unix()) {
+    let claims = match auth::verify(&state.secret, token, auth::now_unix()) {
         Ok(c) => c,
         Err(e) => {
             state.metrics.auth_failures.with_label_values(&[e.label()]).inc();
@@ -136,6 +162,13 @@ fn admin_refusal(state: &AppState, headers: &HeaderMap, room: Option<&str>) -> O
         return Some(error(StatusCode::FORBIDDEN, "token lacks the roomAdmin grant for this room"));
     }
     None
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive,
+/// RFC 9110 section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 async fn list_rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -186,5 +219,20 @@ async fn close_room(
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, "no such room")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("BEARER abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearer"), None);
     }
 }

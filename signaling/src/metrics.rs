@@ -1,6 +1,6 @@
 //! Prometheus metrics of the control plane.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct SignalingMetrics {
@@ -9,6 +9,14 @@ pub struct SignalingMetrics {
     pub errors: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub join_seconds: Histogram,
+    /// Connections closed because the client sent no join in time.
+    pub join_timeouts: IntCounter,
+    /// Clients dropped because they took no message within the send timeout.
+    pub send_timeouts: IntCounter,
+    /// HTTP connections closed at once by a limit, by which (total, per_ip).
+    pub connections_refused: IntCounterVec,
+    /// Failed accepts on the HTTP listener (out of file descriptors, mostly).
+    pub accept_errors: IntCounter,
 }
 
 impl SignalingMetrics {
@@ -35,15 +43,47 @@ impl SignalingMetrics {
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
         )
         .expect("metric");
+        let join_timeouts = IntCounter::new(
+            "huiyi_signaling_join_timeouts_total",
+            "Signaling connections closed for sending no join in time",
+        )
+        .expect("metric");
+        let send_timeouts = IntCounter::new(
+            "huiyi_signaling_send_timeouts_total",
+            "Signaling clients dropped for taking no message within the send timeout",
+        )
+        .expect("metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new("huiyi_http_connections_refused_total", "HTTP connections closed at once by a limit"),
+            &["limit"],
+        )
+        .expect("metric");
+        let accept_errors =
+            IntCounter::new("huiyi_http_accept_errors_total", "Failed accepts on the HTTP listener")
+                .expect("metric");
         for m in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(messages.clone()),
             Box::new(errors.clone()),
             Box::new(auth_failures.clone()),
             Box::new(join_seconds.clone()),
+            Box::new(join_timeouts.clone()),
+            Box::new(send_timeouts.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(accept_errors.clone()),
         ] {
             registry.register(m).expect("register metric");
         }
-        Self { connections, messages, errors, auth_failures, join_seconds }
+        Self {
+            connections,
+            messages,
+            errors,
+            auth_failures,
+            join_seconds,
+            join_timeouts,
+            send_timeouts,
+            connections_refused,
+            accept_errors,
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use sfu::api::LeaveReason;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// A request to the connection's task to end the participant's session.
 pub type Kick = mpsc::Sender<LeaveReason>;
@@ -17,7 +17,14 @@ struct Entry {
     participant_id: String,
     name: String,
     joined_at: u64,
-    kick: Kick,
+    ends: Ends,
+}
+
+/// How to end a connection, and when it has left its room.
+pub struct Ends {
+    pub kick: Kick,
+    /// Turns true once the connection's leave is queued to the media node.
+    pub departed: watch::Receiver<bool>,
 }
 
 struct RoomEntry {
@@ -52,7 +59,7 @@ fn unix_now() -> u64 {
 }
 
 impl Registry {
-    /// Record a participant; returns the previous connection's kick for the same identity.
+    /// Record a participant; returns how to end the previous connection of the same identity.
     pub fn insert(
         &self,
         room: &str,
@@ -60,8 +67,8 @@ impl Registry {
         connection: u64,
         participant_id: &str,
         name: &str,
-        kick: Kick,
-    ) -> Option<Kick> {
+        ends: Ends,
+    ) -> Option<Ends> {
         let mut rooms = self.rooms.lock().expect("registry lock");
         let entry = rooms
             .entry(room.to_string())
@@ -73,10 +80,10 @@ impl Registry {
                 participant_id: participant_id.to_string(),
                 name: name.to_string(),
                 joined_at: unix_now(),
-                kick,
+                ends,
             },
         );
-        previous.map(|p| p.kick)
+        previous.map(|p| p.ends)
     }
 
     /// Forget a connection (only if it still holds its identity's entry).
@@ -126,7 +133,7 @@ impl Registry {
         let rooms = self.rooms.lock().expect("registry lock");
         match rooms.get(room).and_then(|r| r.participants.get(identity)) {
             Some(e) => {
-                let _ = e.kick.try_send(LeaveReason::Removed);
+                let _ = e.ends.kick.try_send(LeaveReason::Removed);
                 true
             }
             None => false,
@@ -138,7 +145,7 @@ impl Registry {
         match rooms.get(room) {
             Some(r) => {
                 for e in r.participants.values() {
-                    let _ = e.kick.try_send(LeaveReason::RoomClosed);
+                    let _ = e.ends.kick.try_send(LeaveReason::RoomClosed);
                 }
                 true
             }

@@ -5,30 +5,55 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
 use proto::quality::{quality_for_tile, quality_named};
 // The protocol's qualities are the media node's layers.
 const _: () = assert!(proto::quality::MAX_LAYERS == sfu::api::MAX_LAYERS);
 use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackSource};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::AppState;
 use crate::auth;
 use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code, participant, server_message};
+use crate::upgrade::{InputLimit, Socket};
+use crate::{AppState, Ends};
 
+/// From the handshake to the `joined` answer, sends included.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that takes longer than this to take one message off the server is dropped
+/// (its messages would otherwise pile up in the server's memory).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A close frame gets this long (the connection ends either way).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a reconnect waits for the connection it replaces to leave the room.
+const REPLACE_WAIT: Duration = Duration::from_secs(2);
+/// Error texts sent to clients are cut to this many characters: they may quote input.
+const MAX_ERROR_TEXT: usize = 200;
 /// Messages above this get an error; the transport's own limit (which closes) is higher.
 /// SDP grows with the tracks a participant receives (a full 300-person room is several
 /// hundred m-lines, about 0.7 KiB each), so the limit is sized for that.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 pub const TRANSPORT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// Bytes waiting to be written to one client beyond which a send fails.
+const MAX_WRITE_BUFFER: usize = 2 * TRANSPORT_MAX_MESSAGE;
 const MAX_MESSAGES_PER_SECOND: u32 = 200;
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
+/// The transport settings of a signaling WebSocket.
+pub fn transport_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(TRANSPORT_MAX_MESSAGE))
+        .max_frame_size(Some(TRANSPORT_MAX_MESSAGE))
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+}
+
 struct Connection {
-    socket: WebSocket,
+    socket: Socket,
     state: Arc<AppState>,
     window_start: Instant,
     window_count: u32,
@@ -42,21 +67,39 @@ enum Incoming {
 }
 
 impl Connection {
+    /// Send one message; false when the client is gone or has not taken its messages
+    /// within [`SEND_TIMEOUT`].
     async fn send(&mut self, message: &ServerMessage) -> bool {
-        if let ServerMessage::Error { code, .. } = message {
-            self.state.metrics.errors.with_label_values(&[code.as_str()]).inc();
+        let text = match message {
+            ServerMessage::Error { code, message } => {
+                self.state.metrics.errors.with_label_values(&[code.as_str()]).inc();
+                let bounded = ServerMessage::Error { code: code.clone(), message: bounded_text(message) };
+                serde_json::to_string(&bounded)
+            }
+            _ => serde_json::to_string(message),
+        };
+        let text = text.expect("server messages serialize");
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                debug!(error = %e, "sending to a client failed");
+                false
+            }
+            Err(_) => {
+                self.state.metrics.send_timeouts.inc();
+                info!("a client took no message for {SEND_TIMEOUT:?}; dropping it");
+                false
+            }
         }
-        let text = serde_json::to_string(message).expect("server messages serialize");
-        self.socket.send(Message::Text(text.into())).await.is_ok()
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        let _ = self.socket.send(Message::Close(Some(frame))).await;
+        let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
     }
 
     /// Turn one frame from the client into a message, answering bad ones with an error.
-    async fn read(&mut self, frame: Option<Result<Message, axum::Error>>) -> Incoming {
+    async fn read(&mut self, frame: Option<Result<Message, WsError>>) -> Incoming {
         let text = match frame {
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Incoming::Closed,
             Some(Ok(Message::Text(t))) => t,
@@ -113,7 +156,8 @@ fn classify_json_error(text: &str, e: serde_json::Error) -> ServerMessage {
         Ok(v) => match v.get("type").and_then(|t| t.as_str()) {
             None => ServerMessage::error("bad_request", "a message needs a string \"type\""),
             Some(t) if !KNOWN_TYPES.contains(&t) => {
-                ServerMessage::error("unknown_type", format!("unknown message type {t:?}"))
+                let shown: String = t.chars().take(32).collect();
+                ServerMessage::error("unknown_type", format!("unknown message type {shown:?}"))
             }
             Some(t) => ServerMessage::error("bad_request", format!("bad {t} message: {e}")),
         },
@@ -122,30 +166,47 @@ fn classify_json_error(text: &str, e: serde_json::Error) -> ServerMessage {
 
 const KNOWN_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "subscribe", "leave", "ping"];
 
-pub async fn serve(socket: WebSocket, state: Arc<AppState>) {
+/// `text` cut to [`MAX_ERROR_TEXT`] characters.
+fn bounded_text(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_TEXT) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+pub async fn serve(socket: Socket, limit: InputLimit, state: Arc<AppState>) {
     state.metrics.connections.inc();
     let mut conn = Connection { socket, state: state.clone(), window_start: Instant::now(), window_count: 0 };
-    run(&mut conn).await;
+    run(&mut conn, limit).await;
     state.metrics.connections.dec();
 }
 
-async fn run(conn: &mut Connection) {
-    // The first message must be a join.
-    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
-    let token = loop {
-        let frame = match tokio::time::timeout_at(deadline, conn.socket.recv()).await {
-            Ok(f) => f,
-            Err(_) => return conn.close(4002, "join timeout").await,
-        };
+/// Wait for the join message; `None` when the connection ended or was refused.
+async fn await_join(conn: &mut Connection) -> Option<String> {
+    loop {
+        let frame = conn.socket.next().await;
         match conn.read(frame).await {
-            Incoming::Closed => return,
+            Incoming::Closed => return None,
             Incoming::Refused => continue,
-            Incoming::Message(ClientMessage::Join { token }) => break token,
+            Incoming::Message(ClientMessage::Join { token }) => return Some(token),
             Incoming::Message(_) => {
                 if !conn.send(&ServerMessage::error("not_joined", "send join first")).await {
-                    return;
+                    return None;
                 }
             }
+        }
+    }
+}
+
+async fn run(conn: &mut Connection, limit: InputLimit) {
+    // The first message must be a join, within the deadline (replies to other messages
+    // count against it too: a client that never reads cannot hold the connection).
+    let token = match tokio::time::timeout(JOIN_TIMEOUT, await_join(conn)).await {
+        Ok(Some(token)) => token,
+        Ok(None) => return,
+        Err(_) => {
+            conn.state.metrics.join_timeouts.inc();
+            return conn.close(4002, "join timeout").await;
         }
     };
     let started = Instant::now();
@@ -161,14 +222,29 @@ async fn run(conn: &mut Connection) {
         conn.state.metrics.auth_failures.with_label_values(&["no_grants"]).inc();
         return conn.close(4001, "unauthorized: token grants neither publish nor subscribe").await;
     }
+    if conn.state.is_draining() {
+        return conn.close(1001, "shutting down").await;
+    }
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let participant_id = format!("PA_{}", random_id());
     let name = claims.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| claims.sub.clone());
     let (kick_tx, mut kick) = mpsc::channel(4);
-    if let Some(previous) =
-        conn.state.registry.insert(&claims.room, &claims.sub, connection, &participant_id, &name, kick_tx)
-    {
-        let _ = previous.send(LeaveReason::Replaced).await;
+    let (departed, departure) = watch::channel(false);
+    if let Some(previous) = conn.state.registry.insert(
+        &claims.room,
+        &claims.sub,
+        connection,
+        &participant_id,
+        &name,
+        Ends { kick: kick_tx, departed: departure },
+    ) {
+        // A reconnect takes the place of the connection it replaces: that one leaves
+        // the room first, so a full room admits the returning participant.
+        let mut gone = previous.departed;
+        let _ = previous.kick.try_send(LeaveReason::Replaced);
+        if tokio::time::timeout(REPLACE_WAIT, gone.wait_for(|left| *left)).await.is_err() {
+            debug!(identity = %claims.sub, "the replaced connection did not leave in time");
+        }
     }
     let joined = conn
         .state
@@ -185,11 +261,13 @@ async fn run(conn: &mut Connection) {
     let joined = match joined {
         Ok(j) => j,
         Err(e) => {
+            departed.send_replace(true);
             conn.state.registry.remove(&claims.room, &claims.sub, connection);
             let (code, reason) = match e {
                 MediaError::RoomFull(_) => (4007, "room full"),
                 MediaError::Overloaded => (1013, "media node overloaded"),
                 MediaError::ShuttingDown => (1001, "shutting down"),
+                MediaError::Refused(_) | MediaError::Busy(_) => (1008, "join refused"),
             };
             return conn.close(code, reason).await;
         }
@@ -204,14 +282,18 @@ async fn run(conn: &mut Connection) {
     info!(room = %claims.room, identity = %claims.sub, participant = %participant_id, "joined");
     let session = joined.session;
     let mut events = joined.events;
+    limit.lift();
     let end = if conn.send(&message).await {
         relay(conn, &*session, &mut events, &mut kick).await
     } else {
         LeaveReason::Disconnected
     };
-    conn.state.registry.remove(&claims.room, &claims.sub, connection);
     info!(room = %claims.room, participant = %participant_id, reason = end.as_str(), "left");
     session.leave(end);
+    // The leave is queued to the media node ahead of any later join: a reconnect waiting
+    // for this one may go on.
+    departed.send_replace(true);
+    conn.state.registry.remove(&claims.room, &claims.sub, connection);
     if end != LeaveReason::Disconnected {
         let (code, reason) = close_code(end);
         conn.close(code, reason).await;
@@ -238,12 +320,13 @@ async fn relay(
 ) -> LeaveReason {
     loop {
         tokio::select! {
-            frame = conn.socket.recv() => {
+            frame = conn.socket.next() => {
                 let message = match conn.read(frame).await {
                     Incoming::Closed => return LeaveReason::Disconnected,
                     Incoming::Refused => continue,
                     Incoming::Message(m) => m,
                 };
+                let kind = message_type(&message);
                 let result = match message {
                     ClientMessage::Join { .. } => {
                         conn.send(&ServerMessage::error("already_joined", "this connection already joined")).await;
@@ -282,7 +365,13 @@ async fn relay(
                     },
                 };
                 if let Err(e) = result {
-                    conn.send(&ServerMessage::error("overloaded", e.to_string())).await;
+                    let code = match (&e, kind) {
+                        (MediaError::Refused(_), "offer" | "answer") => "bad_sdp",
+                        (MediaError::Refused(_), _) => "limit_exceeded",
+                        (MediaError::Busy(_), _) => "rate_limited",
+                        (MediaError::Overloaded | MediaError::ShuttingDown | MediaError::RoomFull(_), _) => "overloaded",
+                    };
+                    conn.send(&ServerMessage::error(code, e.to_string())).await;
                 }
             }
             event = events.recv() => {

@@ -3,6 +3,7 @@
 
 // A WebRTC client on an independent stack (webrtc-rs); unused items are fine for test
 // files that only need the server helpers.
+pub mod process;
 #[allow(dead_code, unused_imports)]
 pub mod webrtc_client;
 
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use huiyi::{Config, Running};
 use signaling::auth::{self, Claims, Grants};
 
-pub const TEST_SECRET: &str = "test-secret";
+pub const TEST_SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
 
 /// Start signaling and a media node on 127.0.0.1 with ephemeral ports and `TEST_SECRET`.
 pub async fn start_server() -> Running {

@@ -5,8 +5,13 @@
 //! exports its keying material, the wrapper copies it, tagged with the session whose
 //! engine call is running on this thread (the shard sets that in `contained`, the one
 //! place every engine call goes through). The shard then takes it with [`take_captured`].
+//!
+//! The tag is right because str0m exports the material only inside `Rtc::poll_output`,
+//! which the shard calls only through `contained(id, ..)` on session `id`'s own engine,
+//! and returns `Event::Connected` from that same call; session ids are never reused.
 
 use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -16,15 +21,37 @@ use str0m::crypto::dtls::DtlsVersion;
 use str0m::crypto::dtls::{
     DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, ProtocolVersion, SrtpProfile,
 };
+use zeroize::Zeroize;
 
-/// Keying material exported by one session's DTLS handshake.
-#[derive(Debug)]
+/// Exports kept on a thread until taken. Each session's handshake exports once, and the
+/// shard takes them at that session's `Connected`, in the same turn; what no `Connected`
+/// takes is a bug's leftover, and the oldest of those is dropped past this many.
+const MAX_CAPTURED: usize = 64;
+
+/// Keying material exported by one session's DTLS handshake; zeroed when dropped.
 pub struct Captured {
     pub session: u64,
     pub profile: SrtpProfile,
     pub material: Vec<u8>,
     /// Whether this end was the DTLS client (its keys are the first half).
     pub local_is_client: bool,
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        self.material.zeroize();
+    }
+}
+
+impl fmt::Debug for Captured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Captured")
+            .field("session", &self.session)
+            .field("profile", &self.profile)
+            .field("material", &"[redacted]")
+            .field("local_is_client", &self.local_is_client)
+            .finish()
+    }
 }
 
 thread_local! {
@@ -40,6 +67,16 @@ pub fn set_current_session(id: u64) {
 /// Keying material exported on this thread since the last call.
 pub fn take_captured() -> Vec<Captured> {
     CAPTURED.with(|c| std::mem::take(&mut *c.borrow_mut()))
+}
+
+fn keep(captured: Captured) {
+    CAPTURED.with(|c| {
+        let mut kept = c.borrow_mut();
+        if kept.len() >= MAX_CAPTURED {
+            kept.remove(0);
+        }
+        kept.push(captured);
+    });
 }
 
 /// str0m's default crypto with the capturing DTLS provider in place of its own.
@@ -92,13 +129,12 @@ impl DtlsInstance for CapturingInstance {
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
         let output = self.0.poll_output(buf);
         if let DtlsOutput::KeyingMaterial(material, profile) = &output {
-            let captured = Captured {
+            keep(Captured {
                 session: CURRENT.with(|c| c.get()),
                 profile: *profile,
                 material: material.as_ref().to_vec(),
                 local_is_client: self.0.is_active(),
-            };
-            CAPTURED.with(|c| c.borrow_mut().push(captured));
+            });
         }
         output
     }
@@ -129,5 +165,38 @@ impl DtlsInstance for CapturingInstance {
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
         self.0.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(session: u64) -> Captured {
+        Captured {
+            session,
+            profile: SrtpProfile::AEAD_AES_128_GCM,
+            material: vec![0xab; 56],
+            local_is_client: true,
+        }
+    }
+
+    #[test]
+    fn material_is_not_printed() {
+        let printed = format!("{:?}", captured(3));
+        assert!(printed.contains("[redacted]") && printed.contains("session: 3"), "{printed}");
+        assert!(!printed.contains("171"), "{printed}");
+    }
+
+    #[test]
+    fn captures_are_bounded_and_taken_once() {
+        take_captured();
+        for session in 0..MAX_CAPTURED as u64 + 5 {
+            keep(captured(session));
+        }
+        let taken = take_captured();
+        assert_eq!(taken.len(), MAX_CAPTURED);
+        assert_eq!(taken[0].session, 5, "the oldest went first");
+        assert!(take_captured().is_empty());
     }
 }

@@ -13,8 +13,12 @@ pub mod srtp;
 
 use std::sync::Arc;
 
+use prometheus::IntCounter;
+
+use crate::metrics::SfuMetrics;
 use crate::router::rtp::vp8::{self, Vp8Renumber};
-use srtp::{SrtcpReceiver, SrtpSender, TAG_LEN};
+pub use srtp::SealError;
+use srtp::{SrtcpError, SrtcpReceiver, SrtpSender, TAG_LEN};
 
 /// Packets kept per video slot for retransmission (about 2 s of a camera's top layer).
 const HISTORY: usize = 256;
@@ -30,6 +34,28 @@ pub struct Egress {
     body: Vec<u8>,
     protected: Vec<u8>,
     plain_rtcp: Vec<u8>,
+    /// Where what the SRTP windows stop is counted (nowhere until `counted`).
+    guard: Option<GuardCounters>,
+}
+
+/// The shard's counters for what the SRTP windows stopped or forgot.
+struct GuardCounters {
+    index_used: IntCounter,
+    too_many_ssrcs: IntCounter,
+    srtcp_replayed: IntCounter,
+    srtcp_sender_evicted: IntCounter,
+}
+
+impl GuardCounters {
+    fn new(metrics: &SfuMetrics) -> Self {
+        let counter = |reason: &str| metrics.srtp_guard.with_label_values(&[reason]);
+        Self {
+            index_used: counter("seal_index_used"),
+            too_many_ssrcs: counter("seal_too_many_ssrcs"),
+            srtcp_replayed: counter("srtcp_replayed"),
+            srtcp_sender_evicted: counter("srtcp_sender_evicted"),
+        }
+    }
 }
 
 /// One packet to send on a slot.
@@ -139,11 +165,20 @@ impl Egress {
             body: Vec::with_capacity(MAX_PACKET),
             protected: vec![0; MAX_PACKET + TAG_LEN],
             plain_rtcp: Vec::with_capacity(MAX_PACKET),
+            guard: None,
         }
     }
 
-    /// Writes and protects one packet: the datagram to send, or None when it is too big.
-    pub fn seal(&mut self, slot: &SlotOut, p: &Outgoing) -> Option<&[u8]> {
+    /// Counts what the SRTP windows stop or forget into the shard's metrics.
+    pub fn counted(mut self, metrics: &SfuMetrics) -> Self {
+        self.guard = Some(GuardCounters::new(metrics));
+        self
+    }
+
+    /// Writes and protects one packet: the datagram to send. Refused when it is too big,
+    /// or when its SRTP index on its SSRC was sealed before (or is too far behind the
+    /// newest sealed to tell): an AES-GCM nonce is never used twice.
+    pub fn seal(&mut self, slot: &SlotOut, p: &Outgoing) -> Result<&[u8], SealError> {
         write_header(&mut self.packet, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, slot, p);
         let roc = (p.seq >> 16) as u32;
         match p.vp8 {
@@ -162,18 +197,26 @@ impl Egress {
     }
 
     /// The (media SSRC, sequence number) pairs the NACKs in one SRTCP datagram from the
-    /// peer report lost; `None` when it did not decrypt (str0m judges the datagram
-    /// anyway, this only reads it).
+    /// peer report lost; `None` when it did not decrypt or replays one read before
+    /// (str0m judges the datagram anyway, this only reads it).
     pub fn nacked(&mut self, datagram: &[u8]) -> Option<Vec<(u32, u16)>> {
         let mut plain = std::mem::take(&mut self.plain_rtcp);
-        let lost = self.srtcp.unprotect(datagram, &mut plain).map(|_| nack::lost_packets(&plain));
+        let evicted = self.srtcp.senders_evicted();
+        let read = self.srtcp.unprotect(datagram, &mut plain);
+        if let Some(guard) = &self.guard {
+            guard.srtcp_sender_evicted.inc_by(self.srtcp.senders_evicted() - evicted);
+            if read == Err(SrtcpError::Replayed) {
+                guard.srtcp_replayed.inc();
+            }
+        }
+        let lost = read.ok().map(|_| nack::lost_packets(&plain));
         self.plain_rtcp = plain;
         lost
     }
 
     /// Resends one packet from the slot's history on the retransmission SSRC (RFC 4588).
-    /// None when it is no longer kept, was resent less than `RESEND_GAP_MS` ago, or the
-    /// peer negotiated no RTX for its codec.
+    /// None when it is no longer kept, was resent less than `RESEND_GAP_MS` ago, the
+    /// peer negotiated no RTX for its codec, or the seal was refused (counted).
     pub fn reseal(&mut self, slot: &mut SlotOut, seq16: u16, now_ms: u64) -> Option<&[u8]> {
         let rtx_ssrc = slot.rtx_ssrc?;
         let sent = sent_in(&mut slot.history, seq16)?;
@@ -204,19 +247,25 @@ impl Egress {
         }
         let sealed = self.protect(&body, (p.seq >> 16) as u32).map(|d| d.len());
         self.body = body;
-        sealed.map(|len| &self.protected[..len])
+        sealed.ok().map(|len| &self.protected[..len])
     }
 
     /// Protects the header written in `self.packet` with `body` into `self.protected`.
-    fn protect(&mut self, body: &[u8], roc: u32) -> Option<&[u8]> {
-        let len = self.packet.len() + body.len();
-        if len + TAG_LEN > self.protected.len() {
-            return None;
+    fn protect(&mut self, body: &[u8], roc: u32) -> Result<&[u8], SealError> {
+        match self.srtp.protect(&self.packet, body, roc, &mut self.protected) {
+            Ok(len) => Ok(&self.protected[..len]),
+            Err(e) => {
+                let counter = self.guard.as_ref().and_then(|guard| match e {
+                    SealError::IndexUsed => Some(&guard.index_used),
+                    SealError::TooManySsrcs => Some(&guard.too_many_ssrcs),
+                    _ => None,
+                });
+                if let Some(counter) = counter {
+                    counter.inc();
+                }
+                Err(e)
+            }
         }
-        if !self.srtp.protect(&self.packet, body, roc, &mut self.protected) {
-            return None;
-        }
-        Some(&self.protected[..len + TAG_LEN])
     }
 }
 
@@ -360,6 +409,138 @@ mod tests {
         p.seq = 502;
         slot.remember(&p);
         assert!(egress.reseal(&mut slot, 502, 3_000).is_none());
+    }
+
+    fn counted_egress() -> (Egress, SfuMetrics) {
+        let metrics = SfuMetrics::new(&prometheus::Registry::new());
+        (egress().counted(&metrics), metrics)
+    }
+
+    fn guard_count(metrics: &SfuMetrics, reason: &str) -> u64 {
+        metrics.srtp_guard.with_label_values(&[reason]).get()
+    }
+
+    #[test]
+    fn the_same_packet_is_never_sealed_twice() {
+        let (mut egress, metrics) = counted_egress();
+        let payload: Arc<[u8]> = vec![9; 10].into();
+        let slot = SlotOut::new(7, None, Vec::new(), "1".into(), ExtIds::default());
+        let p = outgoing(&payload);
+        assert!(egress.seal(&slot, &p).is_ok());
+        assert_eq!(egress.seal(&slot, &p).err(), Some(SealError::IndexUsed));
+        assert_eq!(guard_count(&metrics, "seal_index_used"), 1);
+        let other = SlotOut::new(9, None, Vec::new(), "2".into(), ExtIds::default());
+        assert!(egress.seal(&other, &p).is_ok(), "another SSRC");
+    }
+
+    #[test]
+    fn a_rebuilt_slot_does_not_resend_under_used_rtx_numbers() {
+        // A slot's RTX numbering starts at a value fixed by its SSRC, so a slot state built
+        // again for the same SSRCs would number its resends as the first one did.
+        let (mut egress, metrics) = counted_egress();
+        let payload: Arc<[u8]> = vec![9; 10].into();
+        let mut p = outgoing(&payload);
+        p.seq = 500;
+        let mut slot = SlotOut::new(7, Some(8), vec![(111, 97)], "1".into(), ExtIds::default());
+        slot.remember(&p);
+        assert!(egress.reseal(&mut slot, 500, 1_000).is_some());
+        let mut rebuilt = SlotOut::new(7, Some(8), vec![(111, 97)], "1".into(), ExtIds::default());
+        rebuilt.remember(&p);
+        assert!(egress.reseal(&mut rebuilt, 500, 1_000).is_none());
+        assert_eq!(guard_count(&metrics, "seal_index_used"), 1);
+        rebuilt.remember(&p);
+        assert!(egress.reseal(&mut rebuilt, 500, 2_000).is_some(), "past the first slot's numbers");
+    }
+
+    /// The source packets of one stretch of a stream, in arrival order: every 100th sent
+    /// twice by the publisher, and some swapped with the one before.
+    fn arrivals(first: u16, count: u16) -> Vec<u16> {
+        let mut order = Vec::new();
+        for i in 0..count {
+            order.push(first.wrapping_add(i));
+            match i % 100 {
+                50 => order.push(first.wrapping_add(i)),
+                70 => {
+                    let n = order.len();
+                    order.swap(n - 1, n - 2);
+                }
+                _ => {}
+            }
+        }
+        order
+    }
+
+    /// Issue 9: a subscriber's stream is paused while its source numbers 40,000 more
+    /// packets, then resumed. The rewriter numbers what the sealer seals: no (SSRC, ROC,
+    /// SEQ) goes out twice, every packet goes out once, and the only seals refused are of
+    /// packets the publisher sent twice (numbered like their originals).
+    #[test]
+    fn a_paused_and_resumed_stream_never_seals_an_index_twice() {
+        use std::collections::HashSet;
+
+        use crate::router::rtp::RtpRewriter;
+
+        let (mut egress, metrics) = counted_egress();
+        let slot = SlotOut::new(0x5107, Some(0x5108), vec![(96, 97)], "1".into(), ExtIds::default());
+        let mut rewriter = RtpRewriter::new(90_000);
+        let payload: Arc<[u8]> = vec![0x10, 0, 0, 0].into();
+        let per_stretch = 3_000u16;
+        // Across the 16-bit wrap of the source's numbering, then a minute's pause.
+        let before = arrivals(64_000, per_stretch);
+        let after = arrivals(64_000u16.wrapping_add(per_stretch).wrapping_add(40_000), per_stretch);
+        let duplicates = (before.len() + after.len()) as u64 - 2 * per_stretch as u64;
+        let (mut sealed, mut refused) = (HashSet::new(), 0);
+        for (stretch, (order, start_ms)) in [(before, 0u64), (after, 90_000)].into_iter().enumerate() {
+            for (i, seq) in order.into_iter().enumerate() {
+                let at_ms = start_ms + i as u64 * 10;
+                let rewritten = rewriter.rewrite(0xaaaa, seq, seq as u32 * 3000, at_ms);
+                let out = rewritten.expect("every packet is forwarded");
+                let p = Outgoing {
+                    pt: 96,
+                    seq: out.seq,
+                    timestamp: out.timestamp,
+                    marker: false,
+                    payload: &payload,
+                    vp8: None,
+                    audio_level: None,
+                };
+                let roc = (out.seq >> 16) as u32;
+                match egress.seal(&slot, &p) {
+                    Ok(datagram) => {
+                        let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+                        let seq16 = u16::from_be_bytes([datagram[2], datagram[3]]);
+                        assert_eq!(seq16, out.seq as u16);
+                        assert!(
+                            sealed.insert((ssrc, roc, seq16)),
+                            "stretch {stretch}: {ssrc:x}/{roc}/{seq16} twice"
+                        );
+                    }
+                    Err(e) => {
+                        assert_eq!(e, SealError::IndexUsed);
+                        assert!(
+                            sealed.contains(&(slot.ssrc, roc, out.seq as u16)),
+                            "only a sealed index is refused"
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(sealed.len(), 2 * per_stretch as usize, "every packet went out once");
+        assert!(refused <= duplicates);
+        assert_eq!(guard_count(&metrics, "seal_index_used"), refused);
+    }
+
+    #[test]
+    fn a_replayed_nack_is_counted_and_not_answered() {
+        let (mut egress, metrics) = counted_egress();
+        let mut peer = srtp::tests::Peer::new(&[7; 56]);
+        assert!(egress.nacked(&[0u8; 40]).is_none(), "junk");
+        let nack = peer.srtcp(0xa, 0);
+        assert_eq!(egress.nacked(&nack), Some(vec![(42, 7)]));
+        assert_eq!(egress.nacked(&peer.srtcp(0xb, 0)), Some(vec![(42, 7)]), "another sender SSRC from 0");
+        assert_eq!(egress.nacked(&nack), None, "replayed");
+        assert_eq!(guard_count(&metrics, "srtcp_replayed"), 1);
     }
 
     #[test]

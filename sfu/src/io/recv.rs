@@ -17,6 +17,7 @@ use tracing::debug;
 
 use super::{MAX_DATAGRAM, MediaSocket};
 use crate::demux::{RouteTable, Unroutable};
+use crate::health::Heartbeat;
 use crate::metrics::SfuMetrics;
 
 /// Messages one recvmmsg call may return.
@@ -89,7 +90,8 @@ impl DatagramPool {
 pub(crate) enum Delivery {
     Queued,
     Full(Datagrams),
-    Gone,
+    /// The shard's queue is closed; this many datagrams were dropped.
+    Gone(usize),
 }
 
 /// Reads the media port until `stopping`, handing shard `i` its datagrams with
@@ -100,13 +102,14 @@ pub(crate) fn receive_loop(
     shards: usize,
     mut deliver: impl FnMut(usize, Datagrams) -> Delivery,
     metrics: &SfuMetrics,
-    stopping: &AtomicBool,
     pool: &DatagramPool,
+    (stopping, heartbeat): (&AtomicBool, &Heartbeat),
 ) {
     let mut reads = Batch::new();
     let mut per_shard: Vec<Option<Datagrams>> = (0..shards).map(|_| None).collect();
     let dropped = |reason: &str, n: u64| metrics.dropped_datagrams.with_label_values(&[reason]).inc_by(n);
     while !stopping.load(Ordering::Relaxed) {
+        heartbeat.beat();
         let count = match reads.read(socket) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
@@ -145,7 +148,8 @@ pub(crate) fn receive_loop(
                     dropped("queue_full", batch.len() as u64);
                     pool.give_back(batch);
                 }
-                Delivery::Gone => return,
+                // The shard is starting again after a panic, or the node is stopping.
+                Delivery::Gone(n) => dropped("shard_gone", n as u64),
             }
         }
     }

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -20,17 +20,21 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::ExtensionValues;
 use str0m::{Candidate, IceCreds, Input};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::admission::{CheckedAnswer, CheckedOffer, SdpQueue};
 use crate::api::{
     JoinRequest, LeaveReason, MediaError, ParticipantInfo, SessionEvent, SessionId, ShownTrack, TrackSource,
 };
 use crate::config::MediaConfig;
 use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
 use crate::fasthash::FastMap;
+use crate::health::Heartbeat;
 use crate::io::{DatagramPool, Datagrams, Delivery, MediaSocket, SendQueue};
 use crate::metrics::SfuMetrics;
 use crate::router::{self, Router, RouterConfig};
+#[cfg(feature = "internals")]
+pub use session::ClientFacing;
 pub(crate) use session::session_rtc;
 #[cfg(test)]
 pub(crate) use session::slot_out;
@@ -56,15 +60,19 @@ pub(crate) enum ShardInput {
         request: JoinRequest,
         events: mpsc::Sender<SessionEvent>,
         reply: JoinReply,
+        /// Set while the session's client owes an answer to the node's offer (the node's
+        /// gate takes answers only then).
+        awaiting_answer: Arc<AtomicBool>,
     },
+    /// A client's offer, checked and parsed on the caller's thread.
     Offer {
         session: SessionId,
-        sdp: String,
+        offer: CheckedOffer,
         tracks: Vec<(String, TrackSource)>,
     },
     Answer {
         session: SessionId,
-        sdp: String,
+        answer: CheckedAnswer,
     },
     Candidate {
         session: SessionId,
@@ -97,6 +105,8 @@ pub(crate) struct ShardSender {
     /// Sessions to end that found the queue full: unbounded, so ending a session never
     /// waits (it is called from signaling's tasks), and read every turn.
     pub leaves: Sender<(SessionId, LeaveReason)>,
+    /// SDP bytes on their way to this shard, bounded.
+    pub sdp: SdpQueue,
 }
 
 impl ShardSender {
@@ -113,7 +123,7 @@ impl ShardSender {
                 self.queued.fetch_sub(n, Ordering::Relaxed);
                 match e {
                     TrySendError::Full(ShardInput::Datagrams(b)) => Delivery::Full(b),
-                    _ => Delivery::Gone,
+                    _ => Delivery::Gone(n),
                 }
             }
         }
@@ -173,8 +183,10 @@ pub(crate) struct Shard {
     next_session: SessionId,
     /// Packet arrival times become milliseconds since this instant (fast-path timing).
     epoch: Instant,
+    heartbeat: Arc<Heartbeat>,
 }
 
+#[derive(Clone)]
 pub(crate) struct ShardParts {
     pub index: usize,
     pub config: MediaConfig,
@@ -186,6 +198,7 @@ pub(crate) struct ShardParts {
     pub queued: Arc<AtomicUsize>,
     pub pool: Arc<DatagramPool>,
     pub metrics: SfuMetrics,
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 impl Shard {
@@ -223,18 +236,21 @@ impl Shard {
             // Session ids carry the shard index in the low bits so they are unique per node.
             next_session: 1,
             epoch: now,
+            heartbeat: parts.heartbeat,
         })
     }
 
-    pub fn run(mut self, rx: Receiver<ShardInput>, leaves: Receiver<(SessionId, LeaveReason)>) {
+    /// Run until shutdown. Ends early only by panicking (see [`supervise`]).
+    pub fn run(&mut self, rx: &Receiver<ShardInput>, leaves: &Receiver<(SessionId, LeaveReason)>) {
         loop {
-            self.take_leaves(&leaves);
+            self.heartbeat.beat();
+            self.take_leaves(leaves);
             let now = Instant::now();
             let deadline = self.next_deadline().min(self.router.poll_timeout());
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
                 Ok(ShardInput::Shutdown) => break,
                 Ok(input) => {
-                    self.take_leaves(&leaves);
+                    self.take_leaves(leaves);
                     self.handle(input);
                     for _ in 0..MAX_INPUTS_PER_TURN {
                         if self.out.len() >= SEND_BATCH {
@@ -245,7 +261,7 @@ impl Shard {
                             Ok(input) => {
                                 // A leave that overflowed the queue came before anything
                                 // queued after it (a reconnect's join above all).
-                                self.take_leaves(&leaves);
+                                self.take_leaves(leaves);
                                 self.handle(input);
                             }
                             Err(_) => break,
@@ -287,6 +303,23 @@ impl Shard {
         self.metrics.bytes_out.inc_by(flushed.bytes);
         self.metrics.send_calls.inc_by(flushed.sends);
         self.metrics.send_failures.inc_by(flushed.failed);
+    }
+
+    /// After a panic, when nothing this shard holds can be trusted: tell every session it
+    /// ended (`MediaError`, close 4008), and forget its routes, its load and its rooms.
+    fn abandon(&mut self) {
+        for (id, session) in self.sessions.drain() {
+            for addr in &session.addrs {
+                self.routes.remove_addr(addr);
+            }
+            self.routes.remove_ufrag(&session.ufrag);
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.participants.dec();
+            self.metrics.sessions_ended.with_label_values(&[LeaveReason::MediaError.as_str()]).inc();
+            debug!(session = id, participant = %session.participant_id, "session ended with its media thread");
+            session.emit(SessionEvent::Closed { reason: LeaveReason::MediaError }, &self.metrics);
+        }
+        self.room_placement.retain(|_, shard| *shard != self.index);
     }
 
     fn shutdown(&mut self) {
@@ -340,11 +373,11 @@ impl Shard {
                 self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 self.pool.give_back(batch);
             }
-            ShardInput::Join { request, events, reply } => {
-                let _ = reply.send(self.join(request, events));
+            ShardInput::Join { request, events, reply, awaiting_answer } => {
+                let _ = reply.send(self.join(request, events, awaiting_answer));
             }
-            ShardInput::Offer { session, sdp, tracks } => self.handle_offer(session, &sdp, tracks),
-            ShardInput::Answer { session, sdp } => self.handle_answer(session, &sdp),
+            ShardInput::Offer { session, offer, tracks } => self.handle_offer(session, offer, tracks),
+            ShardInput::Answer { session, answer } => self.handle_answer(session, answer),
             ShardInput::Candidate { session, candidate } => self.handle_candidate(session, &candidate),
             ShardInput::Mute { session, track_id, muted } => self.handle_mute(session, &track_id, muted),
             ShardInput::Subscribe { session, tracks } => {
@@ -380,7 +413,11 @@ impl Shard {
         &mut self,
         request: JoinRequest,
         events: mpsc::Sender<SessionEvent>,
+        awaiting_answer: Arc<AtomicBool>,
     ) -> Result<(SessionId, Vec<ParticipantInfo>), MediaError> {
+        if self.config.panic_on_join_to.as_deref() == Some(request.room.as_str()) {
+            panic!("test hook: a join to room {:?} panics its media thread", request.room);
+        }
         let now = Instant::now();
         let id = (self.next_session << 8) | self.index as u64;
         let others = self.router.join(id, &request, false, now)?;
@@ -398,7 +435,7 @@ impl Shard {
         self.routes.add_ufrag(&creds.ufrag, self.index);
         self.by_ufrag.insert(creds.ufrag.clone(), id);
         self.room_placement.insert(request.room.clone(), self.index);
-        let session = Session::new(
+        let mut session = Session::new(
             request.room,
             request.participant_id,
             request.can_publish,
@@ -407,6 +444,7 @@ impl Shard {
             events,
             now,
         );
+        session.awaiting_answer = awaiting_answer;
         self.sessions.insert(id, session);
         self.load.fetch_add(1, Ordering::Relaxed);
         self.metrics.participants.inc();
@@ -548,6 +586,49 @@ impl Shard {
     }
 }
 
+/// Run shard `parts.index` until shutdown. When it panics (a bug outside the engine calls
+/// that `contained` guards), its sessions end with a clear close code and a fresh shard
+/// takes the same queue: the other shards, and the rooms placed here later, never notice.
+pub(crate) fn supervise(
+    parts: ShardParts,
+    rx: Receiver<ShardInput>,
+    leaves: Receiver<(SessionId, LeaveReason)>,
+) {
+    loop {
+        let mut shard = match Shard::new(parts.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(shard = parts.index, error = %e, "cannot start a media thread");
+                return;
+            }
+        };
+        let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run(&rx, &leaves)))
+        else {
+            return;
+        };
+        parts.metrics.shard_restarts.inc();
+        error!(
+            shard = parts.index,
+            sessions = shard.sessions.len(),
+            panic = %panic_message(panic.as_ref()),
+            "media thread panicked: its sessions end (4008) and it starts again"
+        );
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.abandon())).is_err() {
+            error!(shard = parts.index, "cleaning up after a media thread panic panicked too");
+        }
+        // The shard's sockets, engines and router are dropped here.
+    }
+}
+
+/// The text a panic carried, if any.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// A short random id for tracks.
 pub(crate) fn random_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
@@ -570,6 +651,7 @@ mod tests {
             queued: Default::default(),
             queue_limit: 1,
             leaves,
+            sdp: SdpQueue { queued: Default::default(), limit: 1 },
         };
         sender.command(ShardInput::Shutdown).expect("room for one");
         // With the queue full, a blocking send would wait here for the shard forever.

@@ -114,7 +114,7 @@ impl Shard {
                 &captured.material,
                 captured.local_is_client,
             ) {
-                Some((tx, rx)) => session.egress = Some(Egress::new(tx, rx)),
+                Some((tx, rx)) => session.egress = Some(Egress::new(tx, rx).counted(&self.metrics)),
                 None => {
                     debug!(participant = %session.participant_id, profile = ?captured.profile, "no fast path for this SRTP profile")
                 }
@@ -229,10 +229,10 @@ impl Shard {
             (fast, subscriber.egress.as_mut(), subscriber.dest, sink.out.as_ref())
         {
             match egress.seal(slot, &outgoing) {
-                Some(datagram) => self.out.push(dest, datagram),
-                None => {
-                    self.metrics.not_forwarded.with_label_values(&["too_big"]).inc();
-                    debug!(size = f.payload.len(), "packet too big for the fast path");
+                Ok(datagram) => self.out.push(dest, datagram),
+                Err(e) => {
+                    self.metrics.not_forwarded.with_label_values(&[e.reason()]).inc();
+                    debug!(size = f.payload.len(), seq = f.seq, error = %e, "fast path refused to seal");
                 }
             }
             self.metrics.rtp_forwarded.inc();

@@ -4,10 +4,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use str0m::bwe::{Bitrate, BweKind};
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, CodecSpec};
 use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::rtp::Ssrc;
@@ -16,11 +18,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::Shard;
+use crate::admission::{CheckedAnswer, CheckedOffer};
 use crate::api::{LeaveReason, PublishedTrack, SessionEvent, SessionId, TrackInfo, TrackKind, TrackSource};
 use crate::config::MediaConfig;
 use crate::egress::{self, Egress, ExtIds, SlotOut};
 use crate::fasthash::FastMap;
-use crate::metrics::SfuMetrics;
+use crate::metrics::{LogThrottle, SfuMetrics};
 use crate::router::select::rid_rank;
 use crate::router::{self, CodecKey, Input, PayloadTypes, h264_profile};
 
@@ -34,6 +37,8 @@ pub(super) struct Session {
     pub addrs: Vec<SocketAddr>,
     pub events: mpsc::Sender<SessionEvent>,
     pub pending_offer: Option<SdpPendingOffer>,
+    /// True while `pending_offer` is: the node's gate takes the client's answers only then.
+    pub awaiting_answer: Arc<AtomicBool>,
     /// The client's first offer was answered: the transport exists and we may offer.
     pub negotiated: bool,
     /// Sources the client named for its mids in its last offer.
@@ -93,6 +98,7 @@ impl Session {
             addrs: Vec::new(),
             events,
             pending_offer: None,
+            awaiting_answer: Arc::new(AtomicBool::new(false)),
             negotiated: false,
             sources: HashMap::new(),
             newly_published: Vec::new(),
@@ -118,7 +124,13 @@ impl Session {
             Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics.dropped_events.inc();
-                warn!(participant = %self.participant_id, "session event queue full: signaling fell behind");
+                static WARNING: LogThrottle = LogThrottle::new();
+                if WARNING.ready() {
+                    warn!(
+                        participant = %self.participant_id,
+                        "session event queue full: signaling fell behind (huiyi_dropped_session_events_total counts them)"
+                    );
+                }
             }
         }
     }
@@ -129,7 +141,12 @@ impl Session {
 }
 
 impl Shard {
-    pub(super) fn handle_offer(&mut self, id: SessionId, sdp: &str, tracks: Vec<(String, TrackSource)>) {
+    pub(super) fn handle_offer(
+        &mut self,
+        id: SessionId,
+        checked: CheckedOffer,
+        tracks: Vec<(String, TrackSource)>,
+    ) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         if session.pending_offer.is_some() {
             // Glare: we are the impolite peer; the client rolls back and answers ours.
@@ -137,16 +154,8 @@ impl Shard {
             return;
         }
         let broken = "the offer broke this session's WebRTC engine";
-        let Some(parsed) = contained(&mut self.failed, &self.metrics, id, || SdpOffer::from_sdp_string(sdp))
-        else {
-            return session.refuse("bad_sdp", broken.into(), &self.metrics);
-        };
-        let offer = match parsed {
-            Ok(o) => o,
-            Err(e) => {
-                return session.refuse("bad_sdp", format!("offer is not valid SDP: {e}"), &self.metrics);
-            }
-        };
+        // The ticket lives to the end of this call: until then the session has an offer in flight.
+        let CheckedOffer { offer, mids, ticket: _ticket } = checked;
         session.sources = tracks.into_iter().map(|(mid, src)| (Mid::from(mid.as_str()), src)).collect();
         session.newly_published.clear();
         let rtc = &mut session.rtc;
@@ -157,12 +166,19 @@ impl Shard {
         };
         let answer = match accepted {
             Ok(a) => a,
-            Err(e) => return session.refuse("bad_sdp", format!("offer refused: {e}"), &self.metrics),
+            Err(e) => {
+                debug!(participant = %session.participant_id, error = %e, "offer refused");
+                return session.refuse(
+                    "bad_sdp",
+                    "the offer was refused (unsupported or inconsistent SDP)".into(),
+                    &self.metrics,
+                );
+            }
         };
         session.negotiated = true;
         self.renegotiated(id);
         // Publications follow the SDP now, so the answer can name the tracks it accepted.
-        for mid in offer_mids(sdp) {
+        for mid in mids {
             self.sync_publication(id, mid);
         }
         self.drain(id);
@@ -174,7 +190,7 @@ impl Shard {
         self.offer_if_needed(id);
     }
 
-    pub(super) fn handle_answer(&mut self, id: SessionId, sdp: &str) {
+    pub(super) fn handle_answer(&mut self, id: SessionId, checked: CheckedAnswer) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let Some(pending) = session.pending_offer.take() else {
             return session.refuse(
@@ -183,18 +199,9 @@ impl Shard {
                 &self.metrics,
             );
         };
+        session.awaiting_answer.store(false, Ordering::Release);
         let broken = "the answer broke this session's WebRTC engine";
-        let Some(parsed) = contained(&mut self.failed, &self.metrics, id, || SdpAnswer::from_sdp_string(sdp))
-        else {
-            return session.refuse("bad_sdp", broken.into(), &self.metrics);
-        };
-        let answer = match parsed {
-            Ok(a) => a,
-            Err(e) => {
-                session.pending_offer = Some(pending);
-                return session.refuse("bad_sdp", format!("answer is not valid SDP: {e}"), &self.metrics);
-            }
-        };
+        let CheckedAnswer { answer, ticket: _ticket } = checked;
         let rtc = &mut session.rtc;
         let Some(accepted) =
             contained(&mut self.failed, &self.metrics, id, || rtc.sdp_api().accept_answer(pending, answer))
@@ -202,7 +209,12 @@ impl Shard {
             return session.refuse("bad_sdp", broken.into(), &self.metrics);
         };
         if let Err(e) = accepted {
-            return session.refuse("bad_sdp", format!("answer refused: {e}"), &self.metrics);
+            debug!(participant = %session.participant_id, error = %e, "answer refused");
+            return session.refuse(
+                "bad_sdp",
+                "the answer was refused (it does not match the offer)".into(),
+                &self.metrics,
+            );
         }
         let (rtc, sinks) = (&mut session.rtc, &mut session.sinks);
         let activated = contained(&mut self.failed, &self.metrics, id, || {
@@ -314,6 +326,7 @@ impl Shard {
         let told = self.router.slots_added(id, &added, Instant::now());
         if let Some((offer, pending)) = applied {
             session.pending_offer = Some(pending);
+            session.awaiting_answer.store(true, Ordering::Release);
             session.emit(SessionEvent::Offer { sdp: offer.to_sdp_string() }, &self.metrics);
             session.emit(SessionEvent::Slots(told), &self.metrics);
         }
@@ -503,10 +516,6 @@ fn received_payload_types(rtc: &Rtc, mid: Mid) -> PayloadTypes {
 }
 
 /// The mids of an SDP, in order (`a=mid:` lines).
-fn offer_mids(sdp: &str) -> Vec<Mid> {
-    sdp.lines().filter_map(|l| l.trim_end().strip_prefix("a=mid:")).map(Mid::from).collect()
-}
-
 /// The fast-path state of a sink: str0m's SSRCs for its mid and the peer's extension ids.
 pub(crate) fn slot_out(rtc: &mut Rtc, mid: Mid, ssrc: Ssrc) -> Option<SlotOut> {
     let media = rtc.media(mid)?;
@@ -535,17 +544,226 @@ pub(super) fn contained<T>(
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(v) => Some(v),
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = super::panic_message(panic.as_ref());
             metrics.session_panics.inc();
             warn!(session = id, panic = %message, "WebRTC engine panicked; ending this session only");
             if !failed.contains(&id) {
                 failed.push(id);
             }
             None
+        }
+    }
+}
+
+/// One session's engine as `Shard::join` builds it, fed what its client can send through
+/// the checks and engine calls the node and shard make for it (`Gate`, then `handle_offer`,
+/// `offer_if_needed`, `handle_answer`, `handle_candidate`, `handle_datagram`, timers,
+/// `drain`), each engine call `contained` as there. For the fuzz targets (fuzz/): a panic
+/// that escapes these methods would end a shard; one they contain would end only this
+/// session. Keep in step with the shard's calls above.
+#[cfg(feature = "internals")]
+pub struct ClientFacing {
+    pub rtc: Rtc,
+    local: SocketAddr,
+    gate: crate::admission::Gate,
+    queue: crate::admission::SdpQueue,
+    failed: Vec<SessionId>,
+    metrics: SfuMetrics,
+    pending_offer: Option<SdpPendingOffer>,
+    /// The mids the server offered (its sinks).
+    sinks: Vec<Mid>,
+    /// Datagrams the engine sent (answers to checks, DTLS flights).
+    pub sent: u64,
+}
+
+#[cfg(feature = "internals")]
+impl ClientFacing {
+    const ID: SessionId = 1;
+
+    pub fn new(config: &MediaConfig, local: SocketAddr, now: Instant) -> Self {
+        let mut rtc = session_rtc(config, IceCreds::new(), now);
+        if let Ok(c) = Candidate::host(local, "udp") {
+            rtc.add_local_candidate(c);
+        }
+        let metrics = SfuMetrics::new(&prometheus::Registry::new());
+        // Answers are always let through to the engine here (the shard's flag would be set
+        // whenever it has an offer out), and offers are not rate-limited (one per call).
+        let mut limits = crate::admission::InputLimits::from_config(config);
+        limits.negotiation_burst = u32::MAX;
+        let awaiting = Arc::new(AtomicBool::new(true));
+        let gate = crate::admission::Gate::new(limits, awaiting, metrics.clone());
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let queue = crate::admission::SdpQueue { queued, limit: usize::MAX };
+        Self {
+            rtc,
+            local,
+            gate,
+            queue,
+            failed: Vec::new(),
+            metrics,
+            pending_offer: None,
+            sinks: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// An engine call panicked: the shard would end the session and call it no more.
+    pub fn engine_panicked(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// A client offer: the answer's SDP, or why not.
+    pub fn offer(&mut self, sdp: &str) -> Result<String, String> {
+        let checked = self.gate.offer(sdp, &self.queue).map_err(|e| e.to_string())?;
+        if self.engine_panicked() || self.pending_offer.is_some() {
+            return Err("ignored".into());
+        }
+        let crate::admission::CheckedOffer { offer, mids, ticket: _ticket } = checked;
+        let (failed, metrics, id) = (&mut self.failed, &self.metrics, Self::ID);
+        let rtc = &mut self.rtc;
+        let accepted =
+            contained(failed, metrics, id, || rtc.sdp_api().accept_offer(offer)).ok_or("panicked")?;
+        let answer = accepted.map_err(|e| e.to_string())?;
+        let rtc = &self.rtc;
+        contained(failed, metrics, id, || sent_payload_types(rtc)).ok_or("panicked")?;
+        for mid in mids {
+            self.publication(mid);
+        }
+        self.drain();
+        // Not contained in `handle_offer` either.
+        Ok(answer.to_sdp_string())
+    }
+
+    /// A server offer adding a send-only audio and video m-line, as `offer_if_needed` makes
+    /// for new slots: its SDP and the mids it added.
+    pub fn server_offer(&mut self) -> Option<(String, Vec<String>)> {
+        if self.engine_panicked() || self.pending_offer.is_some() {
+            return None;
+        }
+        let rtc = &mut self.rtc;
+        let built = contained(&mut self.failed, &self.metrics, Self::ID, || {
+            let mut api = rtc.sdp_api();
+            let mids: Vec<Mid> = [MediaKind::Audio, MediaKind::Video]
+                .into_iter()
+                .map(|kind| {
+                    api.add_media(kind, Direction::SendOnly, Some("PA_x".into()), Some("TR_x".into()), None)
+                })
+                .collect();
+            (mids, api.apply())
+        });
+        let (mids, applied) = built?;
+        let (offer, pending) = applied?;
+        self.pending_offer = Some(pending);
+        self.sinks.extend(&mids);
+        self.drain();
+        Some((offer.to_sdp_string(), mids.iter().map(|m| m.to_string()).collect()))
+    }
+
+    /// A client answer to the pending server offer.
+    pub fn answer(&mut self, sdp: &str) -> Result<(), String> {
+        let checked = self.gate.answer(sdp, &self.queue).map_err(|e| e.to_string())?;
+        if self.engine_panicked() {
+            return Err("ignored".into());
+        }
+        let crate::admission::CheckedAnswer { answer, ticket: _ticket } = checked;
+        let pending = self.pending_offer.take().ok_or("no outstanding offer")?;
+        let (failed, metrics, id) = (&mut self.failed, &self.metrics, Self::ID);
+        let rtc = &mut self.rtc;
+        let accepted = contained(failed, metrics, id, || rtc.sdp_api().accept_answer(pending, answer))
+            .ok_or("panicked")?;
+        accepted.map_err(|e| e.to_string())?;
+        let (rtc, sinks) = (&mut self.rtc, &self.sinks);
+        contained(failed, metrics, id, || {
+            for mid in sinks {
+                rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
+            }
+        })
+        .ok_or("panicked")?;
+        let (rtc, sinks) = (&self.rtc, &self.sinks);
+        contained(failed, metrics, id, || {
+            let _ = sent_payload_types(rtc);
+            for mid in sinks {
+                let _ = received_payload_types(rtc, *mid);
+            }
+        })
+        .ok_or("panicked")?;
+        self.drain();
+        Ok(())
+    }
+
+    /// A client's ICE candidate line; whether the engine took it.
+    pub fn candidate(&mut self, candidate: &str) -> bool {
+        if self.gate.candidate().is_err() {
+            return false;
+        }
+        let line = candidate.trim().trim_start_matches("a=");
+        if self.engine_panicked()
+            || line.is_empty()
+            || line.split_whitespace().nth(4).is_some_and(|a| a.ends_with(".local"))
+        {
+            return false;
+        }
+        let rtc = &mut self.rtc;
+        let added = contained(&mut self.failed, &self.metrics, Self::ID, || {
+            Candidate::from_sdp_string(line).map(|c| rtc.add_remote_candidate(c))
+        });
+        self.drain();
+        matches!(added, Some(Ok(())))
+    }
+
+    /// A datagram from `source` on the media port; whether the engine took it.
+    pub fn datagram(&mut self, source: SocketAddr, data: &[u8], now: Instant) -> bool {
+        if self.engine_panicked() {
+            return false;
+        }
+        // Not contained in `handle_datagram` either.
+        let Ok(receive) = str0m::net::Receive::new(str0m::net::Protocol::Udp, source, self.local, data)
+        else {
+            return false;
+        };
+        let input = str0m::Input::Receive(now, receive);
+        let rtc = &mut self.rtc;
+        if contained(&mut self.failed, &self.metrics, Self::ID, || rtc.accepts(&input)) != Some(true) {
+            return false;
+        }
+        let rtc = &mut self.rtc;
+        let handled = contained(&mut self.failed, &self.metrics, Self::ID, || rtc.handle_input(input));
+        self.drain();
+        matches!(handled, Some(Ok(())))
+    }
+
+    /// The session's timer firing at `now`.
+    pub fn timeout(&mut self, now: Instant) {
+        if self.engine_panicked() {
+            return;
+        }
+        let rtc = &mut self.rtc;
+        contained(&mut self.failed, &self.metrics, Self::ID, || rtc.handle_input(str0m::Input::Timeout(now)));
+        self.drain();
+    }
+
+    /// What `sync_publication` reads of one of the client's mids.
+    fn publication(&mut self, mid: Mid) {
+        let rtc = &self.rtc;
+        contained(&mut self.failed, &self.metrics, Self::ID, || {
+            let media = rtc.media(mid)?;
+            let receiving =
+                matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) && !media.disabled();
+            Some((receiving, media.kind()))
+        });
+    }
+
+    /// `Shard::drain`: poll until the engine asks for a timeout (or fails).
+    fn drain(&mut self) {
+        while !self.engine_panicked() {
+            let rtc = &mut self.rtc;
+            match contained(&mut self.failed, &self.metrics, Self::ID, || rtc.poll_output()) {
+                Some(Ok(str0m::Output::Event(Event::MediaAdded(added)))) => self.publication(added.mid),
+                Some(Ok(str0m::Output::Event(Event::MediaChanged(changed)))) => self.publication(changed.mid),
+                Some(Ok(str0m::Output::Transmit(_))) => self.sent += 1,
+                Some(Ok(str0m::Output::Event(_))) => {}
+                Some(Ok(str0m::Output::Timeout(_)) | Err(_)) | None => return,
+            }
         }
     }
 }
