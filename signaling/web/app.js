@@ -5,6 +5,19 @@
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
+// A token given in the link. Best in the fragment (#token=...), which never reaches a
+// server, a log or a Referer; a query token (?token=...) still works. Either is taken
+// out of the address bar at once, so it is not bookmarked, shared or kept in history.
+const linkToken = (() => {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token") || params.get("token");
+  if (token) {
+    const clean = new URL(location.href);
+    clean.searchParams.delete("token");
+    clean.hash = "";
+    history.replaceState(null, "", clean);
+  }
+  return token;
+})();
 const roomFromPath = decodeURIComponent((location.pathname.match(/^\/room\/([^/]+)/) || [])[1] || "");
 
 // 5x5: beyond that, tiles are too small to be worth a video each.
@@ -78,12 +91,12 @@ async function startPreview() {
 }
 
 async function fetchToken(room, name) {
-  if (params.get("token")) return params.get("token");
+  if (linkToken) return linkToken;
   const identity = name.toLowerCase().replace(/[^a-z0-9]+/g, "-").slice(0, 32) + "-" +
     Math.random().toString(36).slice(2, 7);
   const q = new URLSearchParams({ room, identity, name });
   const res = await fetch("/v1/dev/token?" + q);
-  if (!res.ok) throw new Error("no token: this server needs one in the link (?token=...)");
+  if (!res.ok) throw new Error("no token: this server needs one in the link (#token=...)");
   return (await res.json()).token;
 }
 

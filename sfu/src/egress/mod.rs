@@ -250,22 +250,33 @@ impl Egress {
         sealed.ok().map(|len| &self.protected[..len])
     }
 
+    /// Marks a packet str0m is about to seal with the same keys (the engine sends one of
+    /// a sink's packets every few seconds): refused when its index was used already, so
+    /// the fast path never seals that index again, nor the engine one the fast path used.
+    pub fn claim_for_engine(&mut self, ssrc: u32, seq: u64) -> Result<(), SealError> {
+        let claimed = self.srtp.claim(ssrc, seq & 0xFFFF_FFFF_FFFF);
+        claimed.map_err(|e| self.count(e))
+    }
+
     /// Protects the header written in `self.packet` with `body` into `self.protected`.
     fn protect(&mut self, body: &[u8], roc: u32) -> Result<&[u8], SealError> {
         match self.srtp.protect(&self.packet, body, roc, &mut self.protected) {
             Ok(len) => Ok(&self.protected[..len]),
-            Err(e) => {
-                let counter = self.guard.as_ref().and_then(|guard| match e {
-                    SealError::IndexUsed => Some(&guard.index_used),
-                    SealError::TooManySsrcs => Some(&guard.too_many_ssrcs),
-                    _ => None,
-                });
-                if let Some(counter) = counter {
-                    counter.inc();
-                }
-                Err(e)
-            }
+            Err(e) => Err(self.count(e)),
         }
+    }
+
+    /// Counts a refusal of the nonce guard.
+    fn count(&self, e: SealError) -> SealError {
+        let counter = self.guard.as_ref().and_then(|guard| match e {
+            SealError::IndexUsed => Some(&guard.index_used),
+            SealError::TooManySsrcs => Some(&guard.too_many_ssrcs),
+            _ => None,
+        });
+        if let Some(counter) = counter {
+            counter.inc();
+        }
+        e
     }
 }
 
@@ -431,6 +442,28 @@ mod tests {
         assert_eq!(guard_count(&metrics, "seal_index_used"), 1);
         let other = SlotOut::new(9, None, Vec::new(), "2".into(), ExtIds::default());
         assert!(egress.seal(&other, &p).is_ok(), "another SSRC");
+    }
+
+    #[test]
+    fn indexes_the_engine_seals_and_the_fast_path_seals_exclude_each_other() {
+        let (mut egress, metrics) = counted_egress();
+        let payload: Arc<[u8]> = vec![9; 10].into();
+        let slot = SlotOut::new(7, None, Vec::new(), "1".into(), ExtIds::default());
+        let mut p = outgoing(&payload);
+        assert!(egress.seal(&slot, &p).is_ok());
+        assert_eq!(
+            egress.claim_for_engine(7, p.seq),
+            Err(SealError::IndexUsed),
+            "the engine may not reuse it"
+        );
+        p.seq += 1;
+        assert_eq!(egress.claim_for_engine(7, p.seq), Ok(()), "the engine takes the next");
+        assert_eq!(
+            egress.seal(&slot, &p).err(),
+            Some(SealError::IndexUsed),
+            "the fast path may not reuse it"
+        );
+        assert_eq!(guard_count(&metrics, "seal_index_used"), 2);
     }
 
     #[test]

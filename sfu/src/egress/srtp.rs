@@ -343,7 +343,7 @@ impl SrtpSender {
 
     /// Marks `index` sealed on `ssrc` before it is: an index handed to the cipher counts
     /// as used whether or not its packet leaves.
-    fn claim(&mut self, ssrc: u32, index: u64) -> Result<(), SealError> {
+    pub(crate) fn claim(&mut self, ssrc: u32, index: u64) -> Result<(), SealError> {
         let full = self.sealed.len() >= MAX_SEALED_SSRCS;
         let window = match self.sealed.entry(ssrc) {
             Entry::Occupied(e) => e.into_mut(),

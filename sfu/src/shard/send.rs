@@ -238,6 +238,13 @@ impl Shard {
             self.metrics.rtp_forwarded.inc();
             return;
         }
+        // The engine seals with the fast path's keys: its index counts as used too.
+        if let Some(egress) = subscriber.egress.as_mut()
+            && let Err(e) = egress.claim_for_engine(*tx_ssrc, f.seq)
+        {
+            self.metrics.not_forwarded.with_label_values(&[e.reason()]).inc();
+            return;
+        }
         sink.engine_ms = Some(arrival_ms);
         // With the fast path on, its own history answers NACKs: str0m must not resend
         // on the retransmission SSRC whose sequence numbers the fast path owns.
