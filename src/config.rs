@@ -19,6 +19,8 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub struct Config {
     /// HTTP and WebSocket listen address.
     pub http: SocketAddr,
+    /// A separate listener for `/metrics` and the admin API; unset, they share `http`.
+    pub admin_http: Option<SocketAddr>,
     pub media: MediaSection,
     pub auth: AuthSection,
     pub limits: LimitsSection,
@@ -104,6 +106,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             http: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            admin_http: None,
             media: MediaSection::default(),
             auth: AuthSection::default(),
             limits: LimitsSection::default(),

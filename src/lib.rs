@@ -15,6 +15,8 @@ pub use config::Config;
 /// A running server: where it listens, and its task.
 pub struct Running {
     pub http_addr: SocketAddr,
+    /// The admin listener (`/metrics`, the admin API), when it has its own address.
+    pub admin_addr: Option<SocketAddr>,
     pub media_addr: SocketAddr,
     pub state: Arc<AppState>,
     pub task: JoinHandle<std::io::Result<()>>,
@@ -40,7 +42,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the HTTP port {}", config.http))?;
     let http_addr = listener.local_addr()?;
-    let app = signaling::router(state.clone());
+    let (app, admin) = match config.admin_http {
+        None => (signaling::router(state.clone()), None),
+        Some(addr) => {
+            let admin =
+                TcpListener::bind(addr).await.with_context(|| format!("binding the admin port {addr}"))?;
+            (signaling::client_router(state.clone()), Some(admin))
+        }
+    };
+    let admin_addr = match &admin {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let mut limits = config.http_limits();
     // Keep descriptors for everything else (the media socket, logs, the runtime): past
     // this, a newcomer sheds a connection still waiting for its first request.
@@ -55,12 +68,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             limits.max_connections = room;
         }
     }
+    if let Some(admin) = admin {
+        // Operators' own listener: the same limits, its own connection counts.
+        let (router, limits, metrics) =
+            (signaling::admin_router(state.clone()), limits.clone(), state.metrics.clone());
+        tokio::spawn(signaling::http::serve(admin, router, limits, metrics));
+    }
     let metrics = state.metrics.clone();
     let task = tokio::spawn(async move {
         signaling::http::serve(listener, app, limits, metrics).await;
         Ok(())
     });
-    Ok(Running { http_addr, media_addr, state, task })
+    Ok(Running { http_addr, admin_addr, media_addr, state, task })
 }
 
 /// Stop taking participants (`/readyz` says `draining`, joins are closed with 1001) and

@@ -30,6 +30,10 @@ struct ServeArgs {
     /// HTTP and WebSocket address (default 127.0.0.1:7700).
     #[arg(long, env = "HUIYI_HTTP")]
     http: Option<SocketAddr>,
+    /// Serve `/metrics` and the admin API on this address only (e.g. 127.0.0.1:7702), not
+    /// on the public HTTP port.
+    #[arg(long, env = "HUIYI_ADMIN_HTTP")]
+    admin_http: Option<SocketAddr>,
     /// UDP address for all WebRTC media (default 127.0.0.1:7701).
     #[arg(long, env = "HUIYI_MEDIA")]
     media: Option<SocketAddr>,
@@ -108,6 +112,9 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) {
     if let Some(http) = args.http {
         config.http = http;
     }
+    if let Some(admin) = args.admin_http {
+        config.admin_http = Some(admin);
+    }
     if let Some(media) = args.media {
         config.media.bind = media;
     }
@@ -155,7 +162,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         println!();
         println!("  Huiyi is running. Open http://{}/ in two browser tabs.", running.http_addr);
-        println!("  Media on udp/{}. Metrics at http://{}/metrics", running.media_addr, running.http_addr);
+        let admin = running.admin_addr.unwrap_or(running.http_addr);
+        println!("  Media on udp/{}. Metrics at http://{admin}/metrics", running.media_addr);
         println!();
         let mut task = running.task;
         tokio::select! {

@@ -3,6 +3,9 @@
 //! server's memory stays bounded, `/healthz` answers, another room's joins stay fast, the
 //! public development secret is refused where strangers can reach it, and a participant
 //! who reconnects to a full room gets back in.
+//!
+//! `HUIYI_BIN=/path/to/huiyi cargo nextest run --test attacks` tries them against another
+//! build (the tests fail on 9b25ca5, before these defences).
 
 mod common;
 

@@ -555,3 +555,21 @@ async fn dev_token_endpoint_serves_dev_secret_tokens_without_a_secret() {
     assert_eq!(joined["participant"]["identity"], "i", "{joined}");
     assert_eq!(joined["participant"]["name"], "Ivy", "{joined}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_listener_metrics_and_the_admin_api_leave_the_public_port() {
+    let server = common::start_server_with(|c| c.admin_http = Some("127.0.0.1:0".parse().unwrap())).await;
+    let admin = server.admin_addr.expect("an admin address");
+    let bearer = format!("Bearer {}", common::admin_token());
+    let auth = [("Authorization", bearer.as_str())];
+    for (path, headers) in [("/metrics", &[][..]), ("/v1/rooms", &auth[..])] {
+        let (public, _) = common::http_request(server.http_addr, "GET", path, headers).await;
+        assert_eq!(public, 404, "{path} is not on the public port");
+        let (private, body) = common::http_request(admin, "GET", path, headers).await;
+        assert_eq!(private, 200, "{path} on the admin port: {body}");
+    }
+    let (status, body) = common::http_request(server.http_addr, "GET", "/healthz", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _) = common::http_request(admin, "GET", "/", &[]).await;
+    assert_eq!(status, 404, "the web client is not on the admin port");
+}

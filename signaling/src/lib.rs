@@ -48,7 +48,14 @@ impl AppState {
     }
 }
 
+/// Everything on one listener: the web client, signaling, health, metrics and the admin API.
 pub fn router(state: Arc<AppState>) -> Router {
+    client_router(state.clone()).merge(admin_routes(state))
+}
+
+/// What participants need: the web client, signaling, the dev token endpoint, health.
+/// With an admin listener of its own (`--admin-http`) this is all the public port serves.
+pub fn client_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/room/{room}", get(page))
@@ -57,9 +64,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .route("/v1/rtc", get(websocket))
         .route("/v1/dev/token", get(dev_token))
+        .with_state(state)
+}
+
+/// What operators need: metrics, the admin API, and health again (for probes that only
+/// reach the admin address).
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    let health = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    health.with_state(state.clone()).merge(admin_routes(state))
+}
+
+fn admin_routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/rooms/{room}", delete(close_room))
         .route("/v1/rooms/{room}/participants", get(list_participants))

@@ -31,7 +31,9 @@ pub fn command(options: &Options) -> Command {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("huiyi.toml");
     std::fs::write(&config, options.config).expect("write config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_huiyi"));
+    // HUIYI_BIN runs the same tests against another build (an older commit, say).
+    let binary = std::env::var_os("HUIYI_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_huiyi").into());
+    let mut command = Command::new(binary);
     command.arg("--config").arg(&config);
     if !options.args.contains(&"--http") {
         command.args(["--http", "127.0.0.1:0"]);
