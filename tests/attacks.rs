@@ -101,39 +101,45 @@ async fn sockets_that_never_join_cost_little_memory_and_are_closed_at_the_join_d
     }
 }
 
-/// Attack 2: slowloris. 1,100 connections that send part of a request's headers and
-/// hold, re-opened whenever the server closes them, against a process limited to 1,024
-/// open files; `/healthz` must answer within a second throughout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_open_requests_do_not_starve_healthz() {
-    const HALF_OPEN: usize = 1_100;
-    huiyi::raise_open_file_limit().expect("raise this test's own open-file limit");
-    let server = Huiyi::start(&Options {
-        open_files: Some(1024),
-        config: "[limits]\nheader_read_timeout_secs = 3\n",
-        ..secret()
-    });
-    let addr = server.http;
-    let attack = tokio::spawn(async move {
+/// Whether the server has neither answered nor closed `stream` (what it sent is read
+/// and dropped).
+fn still_open(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+/// Holds `count` connections to `addr` that each sent `opening` and nothing more,
+/// opening a new one whenever the server closes one.
+fn hold_connections(
+    addr: std::net::SocketAddr,
+    count: usize,
+    opening: &'static [u8],
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut held = Vec::new();
         loop {
-            // Still held while the server has neither answered nor closed it.
-            held.retain(|s: &tokio::net::TcpStream| {
-                let mut byte = [0u8; 1];
-                s.try_read(&mut byte).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
-            });
-            while held.len() < HALF_OPEN {
+            held.retain(still_open);
+            while held.len() < count {
                 let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { break };
-                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: huiyi\r\nX-Slow: ").await;
+                let _ = s.write_all(opening).await;
                 held.push(s);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+}
+
+/// Asks `/healthz` every 200 ms for `how_long`; each answer must come within a second.
+async fn healthz_keeps_answering(addr: std::net::SocketAddr, how_long: Duration) -> Duration {
     let started = Instant::now();
     let mut worst = Duration::ZERO;
-    while started.elapsed() < Duration::from_secs(8) {
+    while started.elapsed() < how_long {
         let asked = Instant::now();
         let answer =
             tokio::time::timeout(Duration::from_secs(1), common::http_request(addr, "GET", "/healthz", &[]))
@@ -145,15 +151,50 @@ async fn half_open_requests_do_not_starve_healthz() {
         worst = worst.max(asked.elapsed());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    worst
+}
+
+fn shed_count(metrics: &str) -> f64 {
+    metric_value(metrics, "huiyi_http_connections_refused_total{limit=\"shed_waiting\"}").unwrap_or(0.0)
+}
+
+/// Attack 2: slowloris. 1,100 connections that send part of a request's headers and
+/// hold, re-opened whenever the server closes them, against a process limited to 1,024
+/// open files; `/healthz` must answer within a second throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_requests_do_not_starve_healthz() {
+    huiyi::raise_open_file_limit().expect("raise this test's own open-file limit");
+    let server = Huiyi::start(&Options {
+        open_files: Some(1024),
+        config: "[limits]\nheader_read_timeout_secs = 3\n",
+        ..secret()
+    });
+    let attack = hold_connections(server.http, 1_100, b"GET /healthz HTTP/1.1\r\nHost: huiyi\r\nX-Slow: ");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let worst = healthz_keeps_answering(server.http, Duration::from_secs(8)).await;
     attack.abort();
     let metrics = server.metrics().await;
-    assert!(
-        metric_value(&metrics, "huiyi_http_connections_refused_total{limit=\"shed_waiting\"}").unwrap_or(0.0)
-            > 0.0,
-        "the server should have shed half-open connections: {}",
-        metrics.lines().filter(|l| l.contains("huiyi_http")).collect::<Vec<_>>().join("\n")
-    );
+    assert!(shed_count(&metrics) > 0.0, "the server should have shed half-open connections");
     eprintln!("slowest /healthz under attack: {worst:?}");
+}
+
+/// The same with WebSocket handshakes that never join: until it joins, a socket is as
+/// sheddable as a half-open request, so /healthz and a real participant still get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websockets_do_not_starve_healthz_or_joins() {
+    huiyi::raise_open_file_limit().expect("raise this test's own open-file limit");
+    let server = Huiyi::start(&Options { open_files: Some(1024), ..secret() });
+    let handshake: &'static [u8] = b"GET /v1/rtc HTTP/1.1\r\nHost: huiyi\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let attack = hold_connections(server.http, 1_100, handshake);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let worst = healthz_keeps_answering(server.http, Duration::from_secs(3)).await;
+    let (_ws, took) = join(&server, "real", "participant").await;
+    assert!(took < Duration::from_secs(1), "a real join took {took:?}");
+    attack.abort();
+    let metrics = server.metrics().await;
+    assert!(shed_count(&metrics) > 0.0, "the server should have shed idle WebSockets");
+    eprintln!("slowest /healthz under attack: {worst:?}; a join took {took:?}");
 }
 
 /// A browser-like offer with `mlines` audio m-lines, padded to about `bytes`.

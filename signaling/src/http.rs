@@ -94,9 +94,16 @@ impl Admitted {
         self.0.peer
     }
 
-    /// The connection's first request has arrived: it is no longer shed for newcomers.
-    fn served(&self) {
+    /// The connection is in use (a request arrived, or its WebSocket joined): it is no
+    /// longer shed for newcomers.
+    pub fn served(&self) {
         let _ = self.0.state.compare_exchange(WAITING, SERVED, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Resolves when the connection was shed for a newcomer (a full server). A WebSocket
+    /// that has not joined waits on this as its HTTP connection did.
+    pub async fn shed(&self) {
+        self.0.evict.notified().await;
     }
 }
 
@@ -229,7 +236,11 @@ fn is_resource_error(e: &io::Error) -> bool {
 async fn serve_connection(stream: TcpStream, admitted: Admitted, app: Router, header_timeout: Duration) {
     let place = admitted.0.clone();
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        admitted.served();
+        // A WebSocket handshake is not use yet: until it joins, the socket stays
+        // sheddable (a flood of idle handshakes would otherwise hold every place).
+        if !request.headers().contains_key(axum::http::header::UPGRADE) {
+            admitted.served();
+        }
         request.extensions_mut().insert(admitted.clone());
         app.clone().oneshot(request)
     });
@@ -244,7 +255,11 @@ async fn serve_connection(stream: TcpStream, admitted: Admitted, app: Router, he
                 debug!(error = %e, "HTTP connection ended with an error");
             }
         }
-        () = place.evict.notified() => debug!(peer = %place.peer, "connection shed for a newcomer"),
+        () = place.evict.notified() => {
+            debug!(peer = %place.peer, "connection shed for a newcomer");
+            // An upgraded WebSocket may be waiting on it too.
+            place.evict.notify_one();
+        }
     }
 }
 

@@ -127,7 +127,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn websocket(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    upgrade::accept(request, ws::transport_config(), move |socket, limit| ws::serve(socket, limit, state))
+    upgrade::accept(request, ws::transport_config(), move |socket, limit, admitted| {
+        ws::serve(socket, limit, admitted, state)
+    })
 }
 
 #[derive(Deserialize)]

@@ -23,6 +23,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::http::Admitted;
+
 /// Bytes read from a connection before its join is accepted: one join message (a token
 /// of a few hundred bytes) with room to spare, and frame headers.
 pub const PRE_JOIN_INPUT: usize = 8 * 1024;
@@ -100,13 +102,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 /// a version-13 WebSocket upgrade get `400` (or `426` for another version).
 pub fn accept<F, Fut>(mut request: Request, config: WebSocketConfig, serve: F) -> Response
 where
-    F: FnOnce(Socket, InputLimit) -> Fut + Send + 'static,
+    F: FnOnce(Socket, InputLimit, Option<Admitted>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let key = match handshake_key(request.method(), request.headers()) {
         Ok(key) => key,
         Err(refusal) => return refusal.into_response(),
     };
+    // The connection's place under the listener's limits goes with the WebSocket.
+    let admitted = request.extensions().get::<Admitted>().cloned();
     let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (StatusCode::BAD_REQUEST, "this connection cannot be upgraded").into_response();
     };
@@ -121,7 +125,7 @@ where
         let budget = Arc::new(AtomicUsize::new(PRE_JOIN_INPUT));
         let stream = Metered { inner: TokioIo::new(upgraded), budget: budget.clone() };
         let socket = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
-        serve(socket, InputLimit(budget)).await;
+        serve(socket, InputLimit(budget), admitted).await;
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::auth;
+use crate::http::Admitted;
 use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code, participant, server_message};
 use crate::upgrade::{InputLimit, Socket};
 use crate::{AppState, Ends};
@@ -174,10 +175,10 @@ fn bounded_text(text: &str) -> String {
     }
 }
 
-pub async fn serve(socket: Socket, limit: InputLimit, state: Arc<AppState>) {
+pub async fn serve(socket: Socket, limit: InputLimit, admitted: Option<Admitted>, state: Arc<AppState>) {
     state.metrics.connections.inc();
     let mut conn = Connection { socket, state: state.clone(), window_start: Instant::now(), window_count: 0 };
-    run(&mut conn, limit).await;
+    run(&mut conn, limit, admitted).await;
     state.metrics.connections.dec();
 }
 
@@ -198,17 +199,30 @@ async fn await_join(conn: &mut Connection) -> Option<String> {
     }
 }
 
-async fn run(conn: &mut Connection, limit: InputLimit) {
+async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted>) {
     // The first message must be a join, within the deadline (replies to other messages
-    // count against it too: a client that never reads cannot hold the connection).
-    let token = match tokio::time::timeout(JOIN_TIMEOUT, await_join(conn)).await {
-        Ok(Some(token)) => token,
-        Ok(None) => return,
-        Err(_) => {
-            conn.state.metrics.join_timeouts.inc();
-            return conn.close(4002, "join timeout").await;
+    // count against it too: a client that never reads cannot hold the connection). Until
+    // then a full server may shed the socket for a newcomer.
+    let shed = async {
+        match &admitted {
+            Some(a) => a.shed().await,
+            None => std::future::pending().await,
         }
     };
+    let token = tokio::select! {
+        waited = tokio::time::timeout(JOIN_TIMEOUT, await_join(conn)) => match waited {
+            Ok(Some(token)) => token,
+            Ok(None) => return,
+            Err(_) => {
+                conn.state.metrics.join_timeouts.inc();
+                return conn.close(4002, "join timeout").await;
+            }
+        },
+        () = shed => return conn.close(1013, "server full: shed before joining").await,
+    };
+    if let Some(a) = &admitted {
+        a.served();
+    }
     let started = Instant::now();
     let claims = match auth::verify(&conn.state.secret, &token, auth::now_unix()) {
         Ok(c) => c,
