@@ -130,7 +130,7 @@ fn hold_connections(
                 let _ = s.write_all(opening).await;
                 held.push(s);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
 }
