@@ -164,11 +164,7 @@ fn shed_count(metrics: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_requests_do_not_starve_healthz() {
     huiyi::raise_open_file_limit().expect("raise this test's own open-file limit");
-    let server = Huiyi::start(&Options {
-        open_files: Some(1024),
-        config: "[limits]\nheader_read_timeout_secs = 3\n",
-        ..secret()
-    });
+    let server = Huiyi::start(&Options { open_files: Some(1024), ..secret() });
     let attack = hold_connections(server.http, 1_100, b"GET /healthz HTTP/1.1\r\nHost: huiyi\r\nX-Slow: ");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let worst = healthz_keeps_answering(server.http, Duration::from_secs(8)).await;
