@@ -154,6 +154,11 @@ async fn meeting() {
             }
         }
     }
+    // Every session's media went through the SRTP fast path, keyed from its own handshake.
+    let fast = common::metric_value(&common::huiyi_metrics(&server).await, "huiyi_fast_path_sessions_total");
+    if fast != Some(clients.len() as f64) {
+        failures.push(format!("{fast:?} sessions on the fast path, want {}", clients.len()));
+    }
     for client in clients {
         client.close().await;
     }

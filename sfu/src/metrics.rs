@@ -23,6 +23,7 @@ pub struct SfuMetrics {
     pub bad_input: IntCounterVec,
     pub session_panics: IntCounter,
     pub shard_restarts: IntCounter,
+    pub fast_path_sessions: IntCounter,
     pub audio_not_selected: IntCounter,
     pub layer_switches: IntCounter,
     pub layer_pauses: IntCounter,
@@ -113,6 +114,10 @@ impl SfuMetrics {
             session_panics: counter(
                 "huiyi_session_panics_total",
                 "Sessions ended because their WebRTC engine panicked (a bug; the shard carried on)",
+            ),
+            fast_path_sessions: counter(
+                "huiyi_fast_path_sessions_total",
+                "Sessions whose forwarded media is sealed by the SRTP fast path (keys from their own DTLS handshake)",
             ),
             shard_restarts: counter(
                 "huiyi_media_thread_restarts_total",

@@ -2,13 +2,15 @@
 //!
 //! str0m keeps its SRTP contexts private. Every session's engine is built with
 //! [`crypto_provider`], whose DTLS instances are str0m's own wrapped: when the handshake
-//! exports its keying material, the wrapper copies it, tagged with the session whose
-//! engine call is running on this thread (the shard sets that in `contained`, the one
-//! place every engine call goes through). The shard then takes it with [`take_captured`].
+//! exports its keying material, the wrapper copies it, tagged with the session the DTLS
+//! instance was made for (the shard names the session on its thread before building its
+//! engine, and in `contained`, the one place every engine call goes through). The shard
+//! then takes it with [`take_captured`] at that session's own `Connected`.
 //!
-//! The tag is right because str0m exports the material only inside `Rtc::poll_output`,
-//! which the shard calls only through `contained(id, ..)` on session `id`'s own engine,
-//! and returns `Event::Connected` from that same call; session ids are never reused.
+//! str0m exports the material only inside `Rtc::poll_output`, which the shard calls only
+//! through `contained(id, ..)` on session `id`'s own engine, and returns
+//! `Event::Connected` from that same call; session ids are never reused. An export while
+//! another session is named is refused (never used for the fast path).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -106,7 +108,10 @@ impl DtlsProvider for CapturingDtls {
         dtls_version: DtlsVersion,
         mtu: Option<usize>,
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
-        Ok(Box::new(CapturingInstance(self.0.new_dtls(cert, now, dtls_version, mtu)?)))
+        // Bound to the session whose engine is being built (the shard names it before
+        // building): its exports are that session's, whatever runs later on this thread.
+        let session = CURRENT.with(|c| c.get());
+        Ok(Box::new(CapturingInstance { inner: self.0.new_dtls(cert, now, dtls_version, mtu)?, session }))
     }
 
     fn is_test(&self) -> bool {
@@ -115,56 +120,72 @@ impl DtlsProvider for CapturingDtls {
 }
 
 #[derive(Debug)]
-struct CapturingInstance(Box<dyn DtlsInstance>);
+struct CapturingInstance {
+    inner: Box<dyn DtlsInstance>,
+    /// The session this instance was made for.
+    session: u64,
+}
 
 impl DtlsInstance for CapturingInstance {
     fn set_active(&mut self, active: bool) {
-        self.0.set_active(active)
+        self.inner.set_active(active)
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
-        self.0.handle_packet(packet)
+        self.inner.handle_packet(packet)
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        let output = self.0.poll_output(buf);
+        let output = self.inner.poll_output(buf);
         if let DtlsOutput::KeyingMaterial(material, profile) = &output {
+            // Exported while another session's engine call was named: a bug in how the
+            // shard drives engines. The keys are kept from the fast path (that session
+            // stays on str0m's own path) rather than risk handing them to another.
+            let running = CURRENT.with(|c| c.get());
+            if running != self.session {
+                tracing::error!(
+                    made_for = self.session,
+                    running,
+                    "DTLS keys exported outside their own session's engine call; not used"
+                );
+                return output;
+            }
             keep(Captured {
-                session: CURRENT.with(|c| c.get()),
+                session: self.session,
                 profile: *profile,
                 material: material.as_ref().to_vec(),
-                local_is_client: self.0.is_active(),
+                local_is_client: self.inner.is_active(),
             });
         }
         output
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
-        self.0.handle_timeout(now)
+        self.inner.handle_timeout(now)
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
-        self.0.send_application_data(data)
+        self.inner.send_application_data(data)
     }
 
     fn is_active(&self) -> bool {
-        self.0.is_active()
+        self.inner.is_active()
     }
 
     fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.0.protocol_version()
+        self.inner.protocol_version()
     }
 
     fn is_closing(&self) -> bool {
-        self.0.is_closing()
+        self.inner.is_closing()
     }
 
     fn is_closed(&self) -> bool {
-        self.0.is_closed()
+        self.inner.is_closed()
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
-        self.0.close()
+        self.inner.close()
     }
 }
 

@@ -423,6 +423,9 @@ impl Shard {
         let others = self.router.join(id, &request, false, now)?;
         self.next_session += 1;
         let creds = IceCreds::new();
+        // Name the session before its engine (and DTLS instance) is built: the keys that
+        // instance exports are bound to it.
+        crate::egress::keys::set_current_session(id);
         let mut rtc = session_rtc(&self.config, creds.clone(), now);
         for addr in &self.candidates {
             match Candidate::host(*addr, "udp") {

@@ -114,7 +114,10 @@ impl Shard {
                 &captured.material,
                 captured.local_is_client,
             ) {
-                Some((tx, rx)) => session.egress = Some(Egress::new(tx, rx).counted(&self.metrics)),
+                Some((tx, rx)) => {
+                    session.egress = Some(Egress::new(tx, rx).counted(&self.metrics));
+                    self.metrics.fast_path_sessions.inc();
+                }
                 None => {
                     debug!(participant = %session.participant_id, profile = ?captured.profile, "no fast path for this SRTP profile")
                 }

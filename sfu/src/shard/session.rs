@@ -581,6 +581,8 @@ impl ClientFacing {
     const ID: SessionId = 1;
 
     pub fn new(config: &MediaConfig, local: SocketAddr, now: Instant) -> Self {
+        // As `Shard::join`: the engine's DTLS instance is bound to the session named here.
+        egress::keys::set_current_session(Self::ID);
         let mut rtc = session_rtc(config, IceCreds::new(), now);
         if let Ok(c) = Candidate::host(local, "udp") {
             rtc.add_local_candidate(c);
