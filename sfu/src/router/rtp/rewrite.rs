@@ -106,13 +106,15 @@ impl RtpRewriter {
             self.switch_to(ssrc, seq, timestamp, arrival_ms);
         }
         let mut ext = self.extender.extend(seq);
-        // Never number a packet at or below what was sent unless it is a reordered one never
-        // sent: the SRTP fast path would seal new content under a used nonce. A source
-        // resuming after a gap whose length mod 2^16 falls past half the space extends to
-        // numbers behind the last sent; it starts again from there.
-        let behind = ext < self.source_base
-            || self.last_out_seq.is_some_and(|last| ext as i64 + self.seq_offset <= last as i64);
-        if behind && arrival_ms.saturating_sub(self.last_arrival_ms) >= RESUMED_AFTER_MS {
+        // A source that resumes after a pause (a bandwidth pause, a top-N deselection,
+        // packets skipped for a codec the subscriber lacks) starts again at one past the
+        // last number sent: ahead, the subscriber would take the jump for loss and NACK it;
+        // behind (a gap whose length mod 2^16 falls past half the space), the SRTP fast path
+        // would seal new content under a used nonce. A stream that merely went quiet with
+        // its numbers running on (audio DTX) is not re-based.
+        let discontinuous = ext < self.source_base
+            || self.last_out_seq.is_some_and(|last| ext as i64 + self.seq_offset != last as i64 + 1);
+        if discontinuous && arrival_ms.saturating_sub(self.last_arrival_ms) >= RESUMED_AFTER_MS {
             let retired = self.retired;
             self.switch_to(ssrc, seq, timestamp, arrival_ms);
             self.retired = retired;
@@ -228,7 +230,7 @@ mod tests {
     fn a_source_resuming_after_a_long_pause_never_reuses_sent_numbers() {
         // Gaps whose length mod 2^16 falls past half the space extend to numbers behind the
         // last sent; also a gap of almost exactly 2^16, which lands just behind it.
-        for gap in [40_000u32, 32_768, 65_500, 65_535] {
+        for gap in [40_000u32, 32_768, 65_500, 65_535, 500, 20_000] {
             let mut r = RtpRewriter::new(90_000);
             let mut sent = Vec::new();
             for i in 0..10u32 {
@@ -237,10 +239,20 @@ mod tests {
             let last = *sent.last().unwrap();
             // The sink was paused for a minute while the source went on numbering.
             let resumed = r.rewrite(1, (1_009 + gap) as u16, 0, 60_000).expect("forwarded");
-            assert_eq!(resumed.seq, last + 1, "gap {gap}: continues after the last sent");
+            assert_eq!(resumed.seq, last + 1, "gap {gap}: continues after the last sent, no jump to NACK");
             let next = r.rewrite(1, (1_010 + gap) as u16, 3000, 60_033).unwrap();
             assert_eq!(next.seq, last + 2, "gap {gap}");
         }
+    }
+
+    #[test]
+    fn a_quiet_stream_whose_numbers_ran_on_is_not_rebased() {
+        // Audio with DTX sends nothing for a while but numbers without gaps.
+        let mut r = RtpRewriter::new(48_000);
+        let first = r.rewrite(1, 100, 0, 0).unwrap();
+        let after_silence = r.rewrite(1, 101, 48_000 * 3, 3_000).unwrap();
+        assert_eq!(after_silence.seq, first.seq + 1);
+        assert_eq!(after_silence.timestamp, first.timestamp.wrapping_add(48_000 * 3), "timestamps untouched");
     }
 
     #[test]
