@@ -37,6 +37,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics: SignalingMetrics::new(&prometheus),
         prometheus,
         draining: Default::default(),
+        whip: Default::default(),
     });
     let listener = TcpListener::bind(config.http)
         .await

@@ -8,6 +8,7 @@ mod metrics;
 pub mod protocol;
 mod registry;
 mod upgrade;
+mod whip;
 mod ws;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -40,6 +41,20 @@ pub struct AppState {
     /// Set when the process is asked to stop: new joins are refused and `/readyz` says
     /// `draining` while the participants already in finish.
     pub draining: AtomicBool,
+    /// WHIP sessions by the id in their `Location`.
+    pub whip: WhipSessions,
+}
+
+/// The WHIP sessions of this node, by the id in their `Location`.
+#[derive(Default)]
+pub struct WhipSessions(std::sync::Mutex<std::collections::HashMap<String, whip::Resource>>);
+
+impl WhipSessions {
+    pub(crate) fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, whip::Resource>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl AppState {
@@ -66,6 +81,8 @@ pub fn client_router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/rtc", get(websocket))
         .route("/v1/dev/token", get(dev_token))
+        .route("/whip/{room}", post(whip::publish).options(whip::options))
+        .route("/whip/{room}/{id}", delete(whip::end).patch(whip::patch).options(whip::options))
         .with_state(state)
 }
 
@@ -187,7 +204,7 @@ fn admin_refusal(state: &AppState, headers: &HeaderMap, room: Option<&str>) -> O
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive,
 /// RFC 9110 section 11.1).
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }

@@ -42,7 +42,8 @@ pub const TRANSPORT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 const MAX_WRITE_BUFFER: usize = 2 * TRANSPORT_MAX_MESSAGE;
 const MAX_MESSAGES_PER_SECOND: u32 = 200;
 
-static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+/// Numbers each admitted connection (WebSocket or WHIP session) for the registry.
+pub(crate) static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
 /// The transport settings of a signaling WebSocket.
 pub fn transport_config() -> WebSocketConfig {
@@ -252,13 +253,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
         &name,
         Ends { kick: kick_tx, departed: departure },
     ) {
-        // A reconnect takes the place of the connection it replaces: that one leaves
-        // the room first, so a full room admits the returning participant.
-        let mut gone = previous.departed;
-        let _ = previous.kick.try_send(LeaveReason::Replaced);
-        if tokio::time::timeout(REPLACE_WAIT, gone.wait_for(|left| *left)).await.is_err() {
-            debug!(identity = %claims.sub, "the replaced connection did not leave in time");
-        }
+        replace(previous, &claims.sub).await;
     }
     let joined = conn
         .state
@@ -311,6 +306,16 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
     if end != LeaveReason::Disconnected {
         let (code, reason) = close_code(end);
         conn.close(code, reason).await;
+    }
+}
+
+/// A reconnect takes the place of the connection it replaces: that one leaves the room
+/// first, so a full room admits the returning participant.
+pub(crate) async fn replace(previous: Ends, identity: &str) {
+    let mut gone = previous.departed;
+    let _ = previous.kick.try_send(LeaveReason::Replaced);
+    if tokio::time::timeout(REPLACE_WAIT, gone.wait_for(|left| *left)).await.is_err() {
+        debug!(%identity, "the replaced connection did not leave in time");
     }
 }
 
@@ -431,7 +436,7 @@ fn shown_tracks(tracks: Vec<crate::protocol::ShownTrack>) -> Result<Vec<ShownTra
 }
 
 /// A short random id for participants.
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
 }

@@ -89,6 +89,53 @@ pub async fn http_request(
         .unwrap_or_else(|| panic!("{method} {path}: unparsable response {:?}", String::from_utf8_lossy(&raw)))
 }
 
+/// One HTTP/1.1 request with a body and `Connection: close`: the status, the response's
+/// headers (names in lower case) and its body as text. Bounded by 10 s.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the HTTP port");
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        stream.write_all(&bytes).await.expect("send the HTTP request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read the HTTP response");
+        raw
+    };
+    let raw = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no complete response within 10 s"));
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let response_headers: Vec<(String, String)> = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let (status, body) = parse_http_response(&raw).unwrap_or_else(|| {
+        panic!("{method} {path}: unparsable response {:?}", String::from_utf8_lossy(&raw))
+    });
+    (status, response_headers, body)
+}
+
+/// The value of a response header (`name` in lower case).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
 fn parse_http_response(raw: &[u8]) -> Option<(u16, String)> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;

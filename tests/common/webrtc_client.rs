@@ -473,6 +473,62 @@ impl Client {
         Ok(client)
     }
 
+    /// Publish audio and `video` over WHIP (RFC 9725) instead of signaling: `POST` the
+    /// offer to `/whip/<room>` with `token`, apply the answer. Returns the client (its
+    /// `participant_id` is the session id in the `Location`) and the `Location`.
+    pub async fn publish_whip(
+        server: &Running,
+        room: &str,
+        identity: &str,
+        index: u8,
+        token: &str,
+    ) -> anyhow::Result<(Client, String)> {
+        let label = format!("{identity}#{index} (WHIP)");
+        let shared = Arc::new(Shared { label: label.clone(), ..Default::default() });
+        // Candidates the engine trickles go nowhere: the server is ICE-lite and learns our
+        // address from our checks.
+        let (out, _dropped) = mpsc::unbounded_channel::<String>();
+        let video = VideoCodec::Vp8;
+        let pc = build_peer_connection(shared.clone(), out.clone(), video).await?;
+        let mut local = Vec::new();
+        for kind in Kind::BOTH {
+            local.push(add_sendonly_track(&pc, kind, identity, video).await?);
+        }
+        let offer = pc.create_offer(None).await.context("create_offer")?;
+        let sdp = offer.sdp.clone();
+        pc.set_local_description(offer).await.context("set_local_description(offer)")?;
+        let bearer = format!("Bearer {token}");
+        let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
+        let path = format!("/whip/{room}");
+        let (status, response_headers, answer) =
+            super::http_exchange(server.http_addr, "POST", &path, &headers, sdp.as_bytes()).await;
+        if status != 201 {
+            bail!("{label}: POST {path} answered {status}: {answer}");
+        }
+        let location = super::header(&response_headers, "location")
+            .ok_or_else(|| anyhow!("{label}: 201 without a Location"))?
+            .to_string();
+        let participant_id = location.rsplit('/').next().unwrap_or_default().to_string();
+        let answer = RTCSessionDescription::answer(answer).context("the answer")?;
+        pc.set_remote_description(answer).await.context("set_remote_description(answer)")?;
+        shared.answers.fetch_add(1, Ordering::SeqCst);
+        let client = Client {
+            identity: identity.to_string(),
+            index,
+            participant_id,
+            pc,
+            video,
+            negotiated: Vec::new(),
+            shared,
+            out,
+            local,
+            stop_media: Arc::new(AtomicBool::new(false)),
+            media_tasks: Vec::new(),
+            tasks: Vec::new(),
+        };
+        Ok((client, location))
+    }
+
     pub fn label(&self) -> &str {
         &self.shared.label
     }

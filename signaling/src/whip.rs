@@ -1,0 +1,352 @@
+//! WHIP ingest (RFC 9725): a publisher (OBS, GStreamer, ffmpeg, a browser) `POST`s an SDP
+//! offer to `/whip/<room>` with a bearer token that may publish there, and gets `201` with
+//! the answer and a `Location` naming its session; `DELETE` on that ends the broadcast,
+//! `PATCH` trickles candidates. The session joins the room like a participant that
+//! publishes and subscribes to nothing, so the room's participants (and, later, the
+//! broadcast tier) receive it like any other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, TrackSource};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info};
+
+use crate::ws::{CONNECTIONS, random_id, replace};
+use crate::{AppState, Ends, auth};
+
+/// How long the media node may take to answer an offer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the owner of a WHIP session's media can be asked to do.
+pub(crate) enum Command {
+    /// Trickled candidate lines; the reply says whether they were taken.
+    Candidates(Vec<String>, oneshot::Sender<Result<(), MediaError>>),
+}
+
+/// A WHIP session as the HTTP side knows it: the room, who may end it, and how to reach it.
+#[derive(Clone)]
+pub(crate) struct Resource {
+    pub room: String,
+    pub identity: String,
+    pub ice_ufrag: Option<String>,
+    pub commands: mpsc::Sender<Command>,
+    pub kick: mpsc::Sender<LeaveReason>,
+}
+
+/// A refusal, made into its response at the handler.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        whip_error(self.0, &self.1)
+    }
+}
+
+fn whip_error(status: StatusCode, message: &str) -> Response {
+    let mut response = (status, format!("{message}\n")).into_response();
+    cors(response.headers_mut());
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn cors(headers: &mut HeaderMap) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Link"));
+}
+
+/// `OPTIONS` (a browser's preflight, or a client asking what is accepted).
+pub(crate) async fn options() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    cors(headers);
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, PATCH, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+    );
+    headers.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    response
+}
+
+/// The verified claims of the request's bearer token, if they allow publishing in `room`.
+fn publisher(state: &AppState, headers: &HeaderMap, room: &str) -> Result<auth::Claims, Refusal> {
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::bearer);
+    let Some(token) = token else {
+        return Err(Refusal(StatusCode::UNAUTHORIZED, "missing bearer token".into()));
+    };
+    let claims = auth::verify(&state.secret, token, auth::now_unix()).map_err(|e| {
+        state.metrics.auth_failures.with_label_values(&[e.label()]).inc();
+        Refusal(StatusCode::UNAUTHORIZED, format!("unauthorized: {e}"))
+    })?;
+    if claims.room != room || !claims.grants.can_publish {
+        return Err(Refusal(StatusCode::FORBIDDEN, "the token may not publish in this room".into()));
+    }
+    Ok(claims)
+}
+
+fn is_content_type(headers: &HeaderMap, wanted: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
+}
+
+/// The mids of an offer's audio and video m-lines, labelled microphone and camera (WHIP
+/// has no labels of its own).
+fn sources(sdp: &str) -> Vec<(String, TrackSource)> {
+    let mut out = Vec::new();
+    let mut kind = None;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            kind = m.split_whitespace().next().map(str::to_string);
+        } else if let (Some(mid), Some(k)) = (line.strip_prefix("a=mid:"), kind.as_deref()) {
+            match k {
+                "audio" => out.push((mid.to_string(), TrackSource::Microphone)),
+                "video" => out.push((mid.to_string(), TrackSource::Camera)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).map(str::to_string)
+}
+
+/// `POST /whip/<room>`: publish.
+pub(crate) async fn publish(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let claims = match publisher(&state, &headers, &room) {
+        Ok(c) => c,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !is_content_type(&headers, "application/sdp") {
+        return whip_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the offer must be application/sdp");
+    }
+    let Ok(offer) = String::from_utf8(body.to_vec()) else {
+        return whip_error(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
+    };
+    if state.is_draining() {
+        return whip_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let participant_id = format!("PA_{}", random_id());
+    let name = claims.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| claims.sub.clone());
+    let (kick_tx, kick) = mpsc::channel(4);
+    let (departed, departure) = watch::channel(false);
+    let ends = Ends { kick: kick_tx.clone(), departed: departure };
+    if let Some(previous) =
+        state.registry.insert(&room, &claims.sub, connection, &participant_id, &name, ends)
+    {
+        replace(previous, &claims.sub).await;
+    }
+    let request = JoinRequest {
+        room: room.clone(),
+        participant_id: participant_id.clone(),
+        identity: claims.sub.clone(),
+        name,
+        can_publish: true,
+        can_subscribe: false,
+    };
+    let forget = |state: &AppState| {
+        departed.send_replace(true);
+        state.registry.remove(&room, &claims.sub, connection);
+    };
+    let joined = match state.media.join(request).await {
+        Ok(j) => j,
+        Err(e) => {
+            forget(&state);
+            let status = match e {
+                MediaError::RoomFull(_) => StatusCode::FORBIDDEN,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return whip_error(status, &e.to_string());
+        }
+    };
+    let (session, mut events) = (joined.session, joined.events);
+    if let Err(e) = session.offer(offer.clone(), sources(&offer)) {
+        session.leave(LeaveReason::MediaError);
+        forget(&state);
+        return whip_error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, first_answer(&mut events)).await {
+        Ok(Ok(sdp)) => sdp,
+        Ok(Err(message)) => {
+            session.leave(LeaveReason::MediaError);
+            forget(&state);
+            return whip_error(StatusCode::BAD_REQUEST, &message);
+        }
+        Err(_) => {
+            session.leave(LeaveReason::MediaError);
+            forget(&state);
+            return whip_error(StatusCode::SERVICE_UNAVAILABLE, "the media node did not answer in time");
+        }
+    };
+    let (commands_tx, commands) = mpsc::channel(8);
+    state.whip.lock().insert(
+        participant_id.clone(),
+        Resource {
+            room: room.clone(),
+            identity: claims.sub.clone(),
+            ice_ufrag: ice_ufrag(&offer),
+            commands: commands_tx,
+            kick: kick_tx,
+        },
+    );
+    info!(%room, identity = %claims.sub, participant = %participant_id, "WHIP publisher joined");
+    let location = format!("/whip/{room}/{participant_id}");
+    let owner = state.clone();
+    tokio::spawn(async move {
+        let end = own(session.as_ref(), events, commands, kick).await;
+        info!(%room, participant = %participant_id, reason = end.as_str(), "WHIP publisher left");
+        owner.whip.lock().remove(&participant_id);
+        session.leave(end);
+        departed.send_replace(true);
+        owner.registry.remove(&room, &claims.sub, connection);
+    });
+    let mut response = (StatusCode::CREATED, answer).into_response();
+    let headers = response.headers_mut();
+    cors(headers);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// The answer to the publisher's offer, or the error the node sent instead.
+async fn first_answer(events: &mut mpsc::Receiver<SessionEvent>) -> Result<String, String> {
+    while let Some(event) = events.recv().await {
+        match event {
+            SessionEvent::Answer { sdp, .. } => return Ok(sdp),
+            SessionEvent::Error { code: "bad_sdp", message } => return Err(message),
+            SessionEvent::Closed { reason } => return Err(format!("the session ended: {}", reason.as_str())),
+            _ => {}
+        }
+    }
+    Err("the session ended".into())
+}
+
+/// Hold a WHIP session's media until it ends: events are read (and dropped: a WHIP client
+/// has no channel for them), trickled candidates passed on.
+async fn own(
+    session: &dyn MediaSession,
+    mut events: mpsc::Receiver<SessionEvent>,
+    mut commands: mpsc::Receiver<Command>,
+    mut kick: mpsc::Receiver<LeaveReason>,
+) -> LeaveReason {
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                None => return LeaveReason::MediaTimeout,
+                Some(SessionEvent::Closed { reason }) => return reason,
+                Some(other) => debug!(?other, "WHIP session event not delivered"),
+            },
+            command = commands.recv() => match command {
+                None => return LeaveReason::Left,
+                Some(Command::Candidates(lines, reply)) => {
+                    let taken = lines.into_iter().try_for_each(|c| session.candidate(c));
+                    let _ = reply.send(taken);
+                }
+            },
+            reason = kick.recv() => return reason.unwrap_or(LeaveReason::Removed),
+        }
+    }
+}
+
+/// The resource named by the path, if the request's token may act on it.
+fn resource_for(state: &AppState, headers: &HeaderMap, room: &str, id: &str) -> Result<Resource, Refusal> {
+    let claims = publisher(state, headers, room)?;
+    match state.whip.lock().get(id) {
+        Some(r) if r.room == room && r.identity == claims.sub => Ok(r.clone()),
+        Some(_) => Err(Refusal(StatusCode::FORBIDDEN, "this session belongs to another publisher".into())),
+        None => Err(Refusal(StatusCode::NOT_FOUND, "no such WHIP session".into())),
+    }
+}
+
+/// `DELETE /whip/<room>/<id>`: end the broadcast.
+pub(crate) async fn end(
+    State(state): State<Arc<AppState>>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let kick = match resource_for(&state, &headers, &room, &id) {
+        Ok(r) => r.kick,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let _ = kick.try_send(LeaveReason::Left);
+    let mut response = StatusCode::OK.into_response();
+    cors(response.headers_mut());
+    response
+}
+
+/// `PATCH /whip/<room>/<id>` with `application/trickle-ice-sdpfrag`: candidates are
+/// taken (`204`); an ICE restart (new credentials) is not supported (`422`).
+pub(crate) async fn patch(
+    State(state): State<Arc<AppState>>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (commands, ufrag) = match resource_for(&state, &headers, &room, &id) {
+        Ok(r) => (r.commands, r.ice_ufrag),
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !is_content_type(&headers, "application/trickle-ice-sdpfrag") {
+        return whip_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected application/trickle-ice-sdpfrag");
+    }
+    let fragment = String::from_utf8_lossy(&body);
+    if let Some(new_ufrag) = ice_ufrag(&fragment)
+        && Some(&new_ufrag) != ufrag.as_ref()
+    {
+        return whip_error(StatusCode::UNPROCESSABLE_ENTITY, "ICE restarts are not supported; publish again");
+    }
+    let lines: Vec<String> = fragment
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=candidate:").map(|c| format!("candidate:{c}")))
+        .collect();
+    let (reply, taken) = oneshot::channel();
+    if commands.send(Command::Candidates(lines, reply)).await.is_err() {
+        return whip_error(StatusCode::NOT_FOUND, "the WHIP session has ended");
+    }
+    match taken.await {
+        Ok(Ok(())) => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            cors(response.headers_mut());
+            response
+        }
+        Ok(Err(e)) => whip_error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(_) => whip_error(StatusCode::NOT_FOUND, "the WHIP session has ended"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mids_are_labelled_by_kind() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+                   a=mid:1\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
+        assert_eq!(
+            sources(sdp),
+            vec![("0".to_string(), TrackSource::Microphone), ("1".to_string(), TrackSource::Camera)]
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! WHIP ingest (RFC 9725) at `/whip/<room>`: every status code a publisher can meet, and a
+//! webrtc-rs publisher whose audio and video reach a participant of the room.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::webrtc_client::{Client, Kind, init_logging, wait_until};
+use common::{TEST_SECRET, header, http_exchange};
+use signaling::auth::{self, Claims, Grants};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn token(room: &str, identity: &str, grants: Grants) -> String {
+    auth::mint(
+        TEST_SECRET.as_bytes(),
+        &Claims {
+            sub: identity.into(),
+            name: None,
+            room: room.into(),
+            exp: auth::now_unix() + 3600,
+            nbf: None,
+            grants,
+        },
+    )
+}
+
+fn publish_grant() -> Grants {
+    Grants { can_publish: true, can_subscribe: false, room_admin: false }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_refusals_say_why() {
+    let server = common::start_server().await;
+    let addr = server.http_addr;
+    let offer = b"v=0\r\n";
+    let sdp = ("Content-Type", "application/sdp");
+
+    let (status, headers, _) = http_exchange(addr, "OPTIONS", "/whip/class", &[], b"").await;
+    assert_eq!(status, 204);
+    assert_eq!(header(&headers, "accept-post"), Some("application/sdp"));
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
+
+    let (status, headers, _) = http_exchange(addr, "POST", "/whip/class", &[sdp], offer).await;
+    assert_eq!(status, 401, "no token");
+    assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
+    let (status, _, _) =
+        http_exchange(addr, "POST", "/whip/class", &[sdp, ("Authorization", "Bearer x.y.z")], offer).await;
+    assert_eq!(status, 401, "a malformed token");
+
+    let other_room = format!("Bearer {}", token("elsewhere", "teacher", publish_grant()));
+    let (status, _, _) =
+        http_exchange(addr, "POST", "/whip/class", &[sdp, ("Authorization", &other_room)], offer).await;
+    assert_eq!(status, 403, "a token for another room");
+    let viewer =
+        format!("Bearer {}", token("class", "student", Grants { can_subscribe: true, ..Grants::default() }));
+    let (status, _, _) =
+        http_exchange(addr, "POST", "/whip/class", &[sdp, ("Authorization", &viewer)], offer).await;
+    assert_eq!(status, 403, "a token without the publish grant");
+
+    let teacher = format!("Bearer {}", token("class", "teacher", publish_grant()));
+    let auth = ("Authorization", teacher.as_str());
+    let (status, _, _) =
+        http_exchange(addr, "POST", "/whip/class", &[auth, ("Content-Type", "text/plain")], offer).await;
+    assert_eq!(status, 415, "not application/sdp");
+    let (status, _, body) = http_exchange(addr, "POST", "/whip/class", &[auth, sdp], b"not sdp at all").await;
+    assert_eq!(status, 400, "unparseable SDP: {body}");
+    let (status, _, _) = http_exchange(addr, "DELETE", "/whip/class/PA_nothing", &[auth], b"").await;
+    assert_eq!(status, 404, "no such session");
+    let (status, body) = common::http_request(addr, "GET", "/healthz", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_publisher_reaches_the_room_and_delete_ends_it() {
+    init_logging();
+    tokio::time::timeout(TEST_TIMEOUT, publish_and_watch()).await.expect("finishes within a minute");
+}
+
+async fn publish_and_watch() {
+    let server = common::start_server().await;
+    let student = Client::join(&server, "class", "student", 1).await.expect("the student joins");
+    student.wait_connected(Duration::from_secs(10)).await.expect("the student connects");
+    let token = token("class", "teacher", publish_grant());
+    let (mut teacher, location) =
+        Client::publish_whip(&server, "class", "teacher", 0, &token).await.expect("WHIP publish");
+    assert!(location.starts_with("/whip/class/PA_"), "{location}");
+    teacher.wait_connected(Duration::from_secs(10)).await.expect("the publisher connects");
+    teacher.start_media().await.expect("the publisher sends");
+
+    let since = Instant::now();
+    let flowed = wait_until(Duration::from_secs(15), || {
+        student.received_count(&teacher, Kind::Audio, Some(since)) >= 25
+            && student.received_count(&teacher, Kind::Video, Some(since)) >= 10
+    })
+    .await;
+    assert!(
+        flowed,
+        "the student got {} audio and {} video packets from the WHIP publisher",
+        student.received_count(&teacher, Kind::Audio, Some(since)),
+        student.received_count(&teacher, Kind::Video, Some(since))
+    );
+
+    let bearer = format!("Bearer {token}");
+    let auth = ("Authorization", bearer.as_str());
+    let fragment = ("Content-Type", "application/trickle-ice-sdpfrag");
+    let candidate = b"a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let (status, _, body) =
+        http_exchange(server.http_addr, "PATCH", &location, &[auth, fragment], candidate).await;
+    assert_eq!(status, 204, "a trickled candidate: {body}");
+    let restart = b"a=ice-ufrag:new1\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n";
+    let (status, _, _) =
+        http_exchange(server.http_addr, "PATCH", &location, &[auth, fragment], restart).await;
+    assert_eq!(status, 422, "ICE restarts are not supported");
+    let stranger = format!("Bearer {}", self::token("class", "someone-else", publish_grant()));
+    let (status, _, _) =
+        http_exchange(server.http_addr, "DELETE", &location, &[("Authorization", &stranger)], b"").await;
+    assert_eq!(status, 403, "another publisher may not end it");
+
+    let (status, _, _) = http_exchange(server.http_addr, "DELETE", &location, &[auth], b"").await;
+    assert_eq!(status, 200);
+    let left = wait_until(Duration::from_secs(5), || {
+        student
+            .messages_of_type("participantLeft")
+            .iter()
+            .any(|m| m.json["participantId"] == teacher.participant_id.as_str())
+    })
+    .await;
+    assert!(left, "the student is told the publisher left: {:?}", student.messages());
+    let (status, _, _) = http_exchange(server.http_addr, "DELETE", &location, &[auth], b"").await;
+    assert_eq!(status, 404, "the session is gone");
+    teacher.close().await;
+    student.close().await;
+}
