@@ -1,5 +1,7 @@
-//! WHIP ingest (RFC 9725) at `/whip/<room>`: every status code a publisher can meet, and a
-//! webrtc-rs publisher whose audio and video reach a participant of the room.
+//! WHIP ingest (RFC 9725) at `/whip/<room>`: every status code a publisher can meet, a
+//! webrtc-rs publisher whose audio and video reach a participant of the room, and a WHIP
+//! publisher that is not ours (aiortc, from PyPI) whose VP8 video starts with a keyframe
+//! at that participant.
 
 mod common;
 
@@ -130,5 +132,49 @@ async fn publish_and_watch() {
     let (status, _, _) = http_exchange(server.http_addr, "DELETE", &location, &[auth], b"").await;
     assert_eq!(status, 404, "the session is gone");
     teacher.close().await;
+    student.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aiortc_whip_publisher_reaches_the_room() {
+    init_logging();
+    tokio::time::timeout(TEST_TIMEOUT, aiortc_publishes()).await.expect("finishes within a minute");
+}
+
+async fn aiortc_publishes() {
+    let server = common::start_server().await;
+    let student = Client::join(&server, "lecture", "student", 1).await.expect("the student joins");
+    student.wait_connected(Duration::from_secs(10)).await.expect("the student connects");
+    let url = format!("http://{}/whip/lecture", server.http_addr);
+    let token = token("lecture", "aiortc-teacher", publish_grant());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whip/aiortc_publish.py");
+    let publisher = tokio::process::Command::new("python3")
+        .args([script, &url, &token, "4"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(45), publisher)
+        .await
+        .expect("aiortc finishes")
+        .expect("python3 runs (scripts/test installs aiortc)");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "aiortc publisher failed: {printed}");
+    assert!(printed.contains("\"state\": \"connected\""), "{printed}");
+    assert!(printed.contains("\"deleted\": 200"), "{printed}");
+
+    let tracks = student.remote_tracks();
+    let packets =
+        |kind: Kind| tracks.iter().filter(|t| t.kind == Some(kind)).map(|t| t.packets.len()).sum::<usize>();
+    assert!(packets(Kind::Audio) >= 50, "audio packets from aiortc: {}", packets(Kind::Audio));
+    assert!(packets(Kind::Video) >= 20, "video packets from aiortc: {}", packets(Kind::Video));
+    let first_video = tracks
+        .iter()
+        .filter(|t| t.kind == Some(Kind::Video))
+        .find_map(|t| t.packets.first())
+        .expect("a video packet");
+    assert!(
+        common::webrtc_client::vp8_is_keyframe(&first_video.payload),
+        "the first VP8 packet forwarded starts a keyframe (decodable)"
+    );
     student.close().await;
 }

@@ -178,9 +178,30 @@ pub fn parse_marker(codec: VideoCodec, kind: Kind, payload: &[u8]) -> Option<(u8
     Some((m[3], u32::from_be_bytes([m[4], m[5], m[6], m[7]])))
 }
 
-/// Does this VP8 payload start a keyframe (descriptor S=1, PID=0, frame tag P=0)?
+/// Does this VP8 payload start a keyframe (RFC 7741: descriptor S=1 and PID=0, then the
+/// frame tag's P bit 0)? The descriptor's extensions (picture id, TL0PICIDX, TID/KEYIDX)
+/// are skipped.
 pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
-    payload.len() >= 2 && payload[0] == 0x10 && payload[1] & 0x01 == 0
+    let Some(&first) = payload.first() else { return false };
+    if first & 0x10 == 0 || first & 0x07 != 0 {
+        return false;
+    }
+    let mut at = 1;
+    if first & 0x80 != 0 {
+        let Some(&ext) = payload.get(1) else { return false };
+        at = 2;
+        if ext & 0x80 != 0 {
+            let Some(&pid) = payload.get(at) else { return false };
+            at += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            at += 1;
+        }
+        if ext & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    payload.get(at).is_some_and(|tag| tag & 0x01 == 0)
 }
 
 #[derive(Debug, Clone)]
