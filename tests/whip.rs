@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::webrtc_client::{Client, Kind, init_logging, wait_until};
+use common::webrtc_client::{Client, Kind, init_logging, parse_marker, vp8_is_keyframe, wait_until};
 use common::{TEST_SECRET, header, http_exchange};
 use signaling::auth::{self, Claims, Grants};
 
@@ -173,8 +173,110 @@ async fn aiortc_publishes() {
         .find_map(|t| t.packets.first())
         .expect("a video packet");
     assert!(
-        common::webrtc_client::vp8_is_keyframe(&first_video.payload),
+        vp8_is_keyframe(&first_video.payload),
         "the first VP8 packet forwarded starts a keyframe (decodable)"
     );
     student.close().await;
+}
+
+fn watch_grant() -> Grants {
+    Grants { can_publish: false, can_subscribe: true, room_admin: false }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_players_receive_a_whip_publisher() {
+    init_logging();
+    tokio::time::timeout(TEST_TIMEOUT, publish_and_play()).await.expect("finishes within a minute");
+}
+
+async fn publish_and_play() {
+    let server = common::start_server().await;
+    let viewer_token = token("broadcast", "viewers", watch_grant());
+    // Nothing is live yet: come back later.
+    let offer = b"v=0\r\n";
+    let bearer = format!("Bearer {viewer_token}");
+    let (status, headers, _) = http_exchange(
+        server.http_addr,
+        "POST",
+        "/whep/broadcast",
+        &[("Authorization", &bearer), ("Content-Type", "application/sdp")],
+        offer,
+    )
+    .await;
+    assert_eq!(status, 409, "nothing live");
+    assert_eq!(header(&headers, "retry-after"), Some("5"));
+    let publisher_token = format!("Bearer {}", token("broadcast", "viewers", publish_grant()));
+    let (status, _, _) = http_exchange(
+        server.http_addr,
+        "POST",
+        "/whep/broadcast",
+        &[("Authorization", &publisher_token), ("Content-Type", "application/sdp")],
+        offer,
+    )
+    .await;
+    assert_eq!(status, 403, "a token without the subscribe grant");
+
+    let teacher_token = token("broadcast", "teacher", publish_grant());
+    let (mut teacher, _) =
+        Client::publish_whip(&server, "broadcast", "teacher", 0, &teacher_token).await.expect("WHIP publish");
+    teacher.wait_connected(Duration::from_secs(10)).await.expect("the publisher connects");
+    teacher.start_media().await.expect("the publisher sends");
+
+    // Three players with one shared token.
+    let mut viewers = Vec::new();
+    for i in 0..3u8 {
+        let (viewer, location) =
+            Client::play_whep(&server, "broadcast", &format!("viewer{i}"), 10 + i, &viewer_token)
+                .await
+                .unwrap_or_else(|e| panic!("viewer {i} plays: {e:#}"));
+        assert!(location.starts_with("/whep/broadcast/PA_"), "{location}");
+        viewer.wait_connected(Duration::from_secs(10)).await.expect("the player connects");
+        viewers.push((viewer, location));
+    }
+    // A WHEP answer names its own streams (the player offered the m-lines), so packets
+    // are told apart by the sender's mark in their payload.
+    let from_teacher = |viewer: &Client, kind: Kind| {
+        viewer
+            .remote_tracks()
+            .iter()
+            .filter(|t| t.kind == Some(kind))
+            .flat_map(|t| t.packets.iter())
+            .filter(|p| {
+                parse_marker(teacher.video, kind, &p.payload)
+                    .is_some_and(|(sender, _)| sender == teacher.index)
+            })
+            .count()
+    };
+    for (viewer, _) in &viewers {
+        let flowed = wait_until(Duration::from_secs(15), || {
+            from_teacher(viewer, Kind::Audio) >= 25 && from_teacher(viewer, Kind::Video) >= 10
+        })
+        .await;
+        let video = viewer.remote_tracks().into_iter().find(|t| t.kind == Some(Kind::Video));
+        assert!(
+            flowed,
+            "{} got {} audio and {} video packets from the publisher ({} packets on its video track)",
+            viewer.label(),
+            from_teacher(viewer, Kind::Audio),
+            from_teacher(viewer, Kind::Video),
+            video.map(|t| t.packets.len()).unwrap_or(0)
+        );
+        let video: Vec<_> = viewer
+            .remote_tracks()
+            .into_iter()
+            .filter(|t| t.kind == Some(Kind::Video))
+            .flat_map(|t| t.packets)
+            .collect();
+        let keyframe_at = video.iter().position(|p| vp8_is_keyframe(&p.payload));
+        assert_eq!(keyframe_at, Some(0), "{}: the first video packet starts a keyframe", viewer.label());
+    }
+    let (viewer, location) = viewers.pop().expect("a viewer");
+    let (status, _, _) =
+        http_exchange(server.http_addr, "DELETE", &location, &[("Authorization", &bearer)], b"").await;
+    assert_eq!(status, 200, "a player stops");
+    viewer.close().await;
+    for (viewer, _) in viewers {
+        viewer.close().await;
+    }
+    teacher.close().await;
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::Mid;
+use str0m::media::{MediaKind, Mid};
 use tracing::debug;
 
 use crate::api::MediaError;
@@ -92,6 +92,8 @@ impl Lane {
 pub(crate) struct CheckedOffer {
     pub offer: SdpOffer,
     pub mids: Vec<Mid>,
+    /// The audio and video m-lines the client only receives on (a WHEP player's).
+    pub recvonly: Vec<(Mid, MediaKind)>,
     pub ticket: Ticket,
 }
 
@@ -129,7 +131,7 @@ impl Gate {
             }
             None => return Err(self.refuse("sdp", "the offer could not be parsed".into())),
         };
-        Ok(CheckedOffer { offer, mids: offer_mids(sdp), ticket })
+        Ok(CheckedOffer { offer, mids: offer_mids(sdp), recvonly: recvonly_mids(sdp), ticket })
     }
 
     /// Check and parse a client's answer to the node's offer.
@@ -226,6 +228,37 @@ pub(crate) fn offer_mids(sdp: &str) -> Vec<Mid> {
     sdp.lines().filter_map(|l| l.trim_end().strip_prefix("a=mid:")).map(Mid::from).collect()
 }
 
+/// The audio and video m-lines an offer marks `a=recvonly`, with their kind.
+pub(crate) fn recvonly_mids(sdp: &str) -> Vec<(Mid, MediaKind)> {
+    let mut out = Vec::new();
+    // (kind, mid, recvonly) of the m-section being read.
+    let mut section: Option<(Option<MediaKind>, Option<Mid>, bool)> = None;
+    let mut close = |section: Option<(Option<MediaKind>, Option<Mid>, bool)>| {
+        if let Some((Some(kind), Some(mid), true)) = section {
+            out.push((mid, kind));
+        }
+    };
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            close(section.take());
+            let kind = match m.split_whitespace().next() {
+                Some("audio") => Some(MediaKind::Audio),
+                Some("video") => Some(MediaKind::Video),
+                _ => None,
+            };
+            section = Some((kind, None, false));
+        } else if let Some((_, mid, recvonly)) = section.as_mut() {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                *mid = Some(Mid::from(m));
+            } else if line == "a=recvonly" {
+                *recvonly = true;
+            }
+        }
+    }
+    close(section);
+    out
+}
+
 /// Run a parser that may panic on hostile input (str0m's), as the shard's `contained`
 /// does for engine calls; `None` if it panicked.
 fn parse_contained<T>(f: impl FnOnce() -> T) -> Option<T> {
@@ -308,6 +341,17 @@ mod tests {
         let q = SdpQueue { queued: Arc::new(AtomicUsize::new(9_900)), limit: 10_000 };
         assert!(matches!(g.offer(OFFER, &q), Err(MediaError::Busy(_))));
         assert_eq!(q.queued.load(Ordering::Relaxed), 9_900);
+    }
+
+    #[test]
+    fn recvonly_m_lines_are_found_with_their_kind() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=recvonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\na=mid:2\r\n";
+        assert_eq!(
+            recvonly_mids(sdp),
+            vec![(Mid::from("0"), MediaKind::Audio), (Mid::from("2"), MediaKind::Video)]
+        );
     }
 
     #[test]

@@ -82,7 +82,12 @@ pub fn client_router(state: Arc<AppState>) -> Router {
         .route("/v1/rtc", get(websocket))
         .route("/v1/dev/token", get(dev_token))
         .route("/whip/{room}", post(whip::publish).options(whip::options))
-        .route("/whip/{room}/{id}", delete(whip::end).patch(whip::patch).options(whip::options))
+        .route(
+            "/whip/{room}/{id}",
+            delete(whip::end_publish).patch(whip::patch_publish).options(whip::options),
+        )
+        .route("/whep/{room}", post(whip::play).options(whip::options))
+        .route("/whep/{room}/{id}", delete(whip::end_play).patch(whip::patch_play).options(whip::options))
         .with_state(state)
 }
 

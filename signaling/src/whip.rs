@@ -1,9 +1,10 @@
-//! WHIP ingest (RFC 9725): a publisher (OBS, GStreamer, ffmpeg, a browser) `POST`s an SDP
-//! offer to `/whip/<room>` with a bearer token that may publish there, and gets `201` with
-//! the answer and a `Location` naming its session; `DELETE` on that ends the broadcast,
-//! `PATCH` trickles candidates. The session joins the room like a participant that
-//! publishes and subscribes to nothing, so the room's participants (and, later, the
-//! broadcast tier) receive it like any other.
+//! WHIP ingest (RFC 9725) and WHEP playback: a publisher (OBS, GStreamer, ffmpeg, a
+//! browser) `POST`s an SDP offer to `/whip/<room>` with a bearer token that may publish
+//! there, and gets `201` with the answer and a `Location` naming its session; a player
+//! does the same at `/whep/<room>` with a token that may subscribe, its offer's recvonly
+//! m-lines carrying what is live. `DELETE` on the `Location` ends the session, `PATCH`
+//! trickles candidates. Each session joins the room like a participant, so the room's
+//! participants see a publisher like any other.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +13,36 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, TrackSource};
+use proto::quality::quality_for_tile;
+use sfu::api::{
+    JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackKind, TrackSource,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 
 use crate::ws::{CONNECTIONS, random_id, replace};
 use crate::{AppState, Ends, auth};
+
+/// Which side of a broadcast an HTTP session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// WHIP: publishes, subscribes to nothing.
+    Publisher,
+    /// WHEP: receives the room's tracks, publishes nothing.
+    Viewer,
+}
+
+impl Role {
+    fn path(self) -> &'static str {
+        match self {
+            Role::Publisher => "whip",
+            Role::Viewer => "whep",
+        }
+    }
+}
+
+/// How long a WHEP player is told to wait before asking again while nothing is live.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// How long the media node may take to answer an offer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,10 +53,13 @@ pub(crate) enum Command {
     Candidates(Vec<String>, oneshot::Sender<Result<(), MediaError>>),
 }
 
-/// A WHIP session as the HTTP side knows it: the room, who may end it, and how to reach it.
+/// A WHIP or WHEP session as the HTTP side knows it: the room, who may end it, and how to
+/// reach it.
 #[derive(Clone)]
 pub(crate) struct Resource {
+    pub role: Role,
     pub room: String,
+    /// The token subject that opened it (and may end it).
     pub identity: String,
     pub ice_ufrag: Option<String>,
     pub commands: mpsc::Sender<Command>,
@@ -78,8 +106,8 @@ pub(crate) async fn options() -> Response {
     response
 }
 
-/// The verified claims of the request's bearer token, if they allow publishing in `room`.
-fn publisher(state: &AppState, headers: &HeaderMap, room: &str) -> Result<auth::Claims, Refusal> {
+/// The verified claims of the request's bearer token, if they allow `role` in `room`.
+fn authorize(state: &AppState, headers: &HeaderMap, room: &str, role: Role) -> Result<auth::Claims, Refusal> {
     let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::bearer);
     let Some(token) = token else {
         return Err(Refusal(StatusCode::UNAUTHORIZED, "missing bearer token".into()));
@@ -88,8 +116,12 @@ fn publisher(state: &AppState, headers: &HeaderMap, room: &str) -> Result<auth::
         state.metrics.auth_failures.with_label_values(&[e.label()]).inc();
         Refusal(StatusCode::UNAUTHORIZED, format!("unauthorized: {e}"))
     })?;
-    if claims.room != room || !claims.grants.can_publish {
-        return Err(Refusal(StatusCode::FORBIDDEN, "the token may not publish in this room".into()));
+    let (allowed, what) = match role {
+        Role::Publisher => (claims.grants.can_publish, "publish"),
+        Role::Viewer => (claims.grants.can_subscribe, "watch"),
+    };
+    if claims.room != room || !allowed {
+        return Err(Refusal(StatusCode::FORBIDDEN, format!("the token may not {what} in this room")));
     }
     Ok(claims)
 }
@@ -132,7 +164,21 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match publisher(&state, &headers, &room) {
+    start(state, room, headers, body, Role::Publisher).await
+}
+
+/// `POST /whep/<room>`: watch.
+pub(crate) async fn play(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    start(state, room, headers, body, Role::Viewer).await
+}
+
+async fn start(state: Arc<AppState>, room: String, headers: HeaderMap, body: Bytes, role: Role) -> Response {
+    let claims = match authorize(&state, &headers, &room, role) {
         Ok(c) => c,
         Err(refusal) => return refusal.into_response(),
     };
@@ -148,25 +194,30 @@ pub(crate) async fn publish(
     let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let participant_id = format!("PA_{}", random_id());
     let name = claims.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| claims.sub.clone());
+    // A publisher is one per identity (publishing again replaces it); viewers sharing a
+    // token are many.
+    let identity = match role {
+        Role::Publisher => claims.sub.clone(),
+        Role::Viewer => format!("{}~{}", claims.sub, random_id()),
+    };
     let (kick_tx, kick) = mpsc::channel(4);
     let (departed, departure) = watch::channel(false);
     let ends = Ends { kick: kick_tx.clone(), departed: departure };
-    if let Some(previous) =
-        state.registry.insert(&room, &claims.sub, connection, &participant_id, &name, ends)
+    if let Some(previous) = state.registry.insert(&room, &identity, connection, &participant_id, &name, ends)
     {
-        replace(previous, &claims.sub).await;
+        replace(previous, &identity).await;
     }
     let request = JoinRequest {
         room: room.clone(),
         participant_id: participant_id.clone(),
-        identity: claims.sub.clone(),
+        identity: identity.clone(),
         name,
-        can_publish: true,
-        can_subscribe: false,
+        can_publish: role == Role::Publisher,
+        can_subscribe: role == Role::Viewer,
     };
     let forget = |state: &AppState| {
         departed.send_replace(true);
-        state.registry.remove(&room, &claims.sub, connection);
+        state.registry.remove(&room, &identity, connection);
     };
     let joined = match state.media.join(request).await {
         Ok(j) => j,
@@ -180,7 +231,35 @@ pub(crate) async fn publish(
         }
     };
     let (session, mut events) = (joined.session, joined.events);
-    if let Err(e) = session.offer(offer.clone(), sources(&offer)) {
+    let labels = match role {
+        Role::Publisher => sources(&offer),
+        Role::Viewer => {
+            // What is live: every video track shown at a large tile's quality; audio
+            // follows the room's speaker selection.
+            let live: Vec<ShownTrack> = joined
+                .others
+                .iter()
+                .flat_map(|p| &p.tracks)
+                .filter(|t| t.kind == TrackKind::Video)
+                .map(|t| ShownTrack { track_id: t.id.clone(), quality: quality_for_tile(1280, 720) })
+                .collect();
+            let audible = joined.others.iter().flat_map(|p| &p.tracks).any(|t| t.kind == TrackKind::Audio);
+            if live.is_empty() && !audible {
+                session.leave(LeaveReason::Left);
+                forget(&state);
+                let mut refusal = whip_error(StatusCode::CONFLICT, "nothing is live in this room yet");
+                refusal.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+                return refusal;
+            }
+            if let Err(e) = session.subscribe(live) {
+                session.leave(LeaveReason::MediaError);
+                forget(&state);
+                return whip_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            }
+            Vec::new()
+        }
+    };
+    if let Err(e) = session.offer(offer.clone(), labels) {
         session.leave(LeaveReason::MediaError);
         forget(&state);
         return whip_error(StatusCode::BAD_REQUEST, &e.to_string());
@@ -202,6 +281,7 @@ pub(crate) async fn publish(
     state.whip.lock().insert(
         participant_id.clone(),
         Resource {
+            role,
             room: room.clone(),
             identity: claims.sub.clone(),
             ice_ufrag: ice_ufrag(&offer),
@@ -209,16 +289,17 @@ pub(crate) async fn publish(
             kick: kick_tx,
         },
     );
-    info!(%room, identity = %claims.sub, participant = %participant_id, "WHIP publisher joined");
-    let location = format!("/whip/{room}/{participant_id}");
+    let kind = role.path();
+    info!(%room, identity = %identity, participant = %participant_id, kind, "HTTP media session started");
+    let location = format!("/{kind}/{room}/{participant_id}");
     let owner = state.clone();
     tokio::spawn(async move {
         let end = own(session.as_ref(), events, commands, kick).await;
-        info!(%room, participant = %participant_id, reason = end.as_str(), "WHIP publisher left");
+        info!(%room, participant = %participant_id, reason = end.as_str(), kind, "HTTP media session ended");
         owner.whip.lock().remove(&participant_id);
         session.leave(end);
         departed.send_replace(true);
-        owner.registry.remove(&room, &claims.sub, connection);
+        owner.registry.remove(&room, &identity, connection);
     });
     let mut response = (StatusCode::CREATED, answer).into_response();
     let headers = response.headers_mut();
@@ -271,22 +352,48 @@ async fn own(
 }
 
 /// The resource named by the path, if the request's token may act on it.
-fn resource_for(state: &AppState, headers: &HeaderMap, room: &str, id: &str) -> Result<Resource, Refusal> {
-    let claims = publisher(state, headers, room)?;
+fn resource_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+    id: &str,
+    role: Role,
+) -> Result<Resource, Refusal> {
+    let claims = authorize(state, headers, room, role)?;
     match state.whip.lock().get(id) {
-        Some(r) if r.room == room && r.identity == claims.sub => Ok(r.clone()),
-        Some(_) => Err(Refusal(StatusCode::FORBIDDEN, "this session belongs to another publisher".into())),
-        None => Err(Refusal(StatusCode::NOT_FOUND, "no such WHIP session".into())),
+        Some(r) if r.role == role && r.room == room && r.identity == claims.sub => Ok(r.clone()),
+        Some(r) if r.role == role && r.room == room => {
+            Err(Refusal(StatusCode::FORBIDDEN, "this session was opened with another token".into()))
+        }
+        _ => Err(Refusal(StatusCode::NOT_FOUND, "no such session".into())),
     }
 }
 
 /// `DELETE /whip/<room>/<id>`: end the broadcast.
-pub(crate) async fn end(
+pub(crate) async fn end_publish(
+    state: State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    end(state, path, headers, Role::Publisher).await
+}
+
+/// `DELETE /whep/<room>/<id>`: stop watching.
+pub(crate) async fn end_play(
+    state: State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    end(state, path, headers, Role::Viewer).await
+}
+
+async fn end(
     State(state): State<Arc<AppState>>,
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
+    role: Role,
 ) -> Response {
-    let kick = match resource_for(&state, &headers, &room, &id) {
+    let kick = match resource_for(&state, &headers, &room, &id, role) {
         Ok(r) => r.kick,
         Err(refusal) => return refusal.into_response(),
     };
@@ -296,15 +403,36 @@ pub(crate) async fn end(
     response
 }
 
-/// `PATCH /whip/<room>/<id>` with `application/trickle-ice-sdpfrag`: candidates are
-/// taken (`204`); an ICE restart (new credentials) is not supported (`422`).
-pub(crate) async fn patch(
+/// `PATCH /whip/<room>/<id>`.
+pub(crate) async fn patch_publish(
+    state: State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    patch(state, path, headers, body, Role::Publisher).await
+}
+
+/// `PATCH /whep/<room>/<id>`.
+pub(crate) async fn patch_play(
+    state: State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    patch(state, path, headers, body, Role::Viewer).await
+}
+
+/// `PATCH` with `application/trickle-ice-sdpfrag`: candidates are taken (`204`); an ICE
+/// restart (new credentials) is not supported (`422`).
+async fn patch(
     State(state): State<Arc<AppState>>,
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
+    role: Role,
 ) -> Response {
-    let (commands, ufrag) = match resource_for(&state, &headers, &room, &id) {
+    let (commands, ufrag) = match resource_for(&state, &headers, &room, &id, role) {
         Ok(r) => (r.commands, r.ice_ufrag),
         Err(refusal) => return refusal.into_response(),
     };

@@ -550,6 +550,64 @@ impl Client {
         Ok((client, location))
     }
 
+    /// Watch a room over WHEP: offer receive-only audio and video, `POST` it to
+    /// `/whep/<room>` with `token`, apply the answer. Returns the client and the `Location`;
+    /// `Err` carries the status and body of a refusal.
+    pub async fn play_whep(
+        server: &Running,
+        room: &str,
+        identity: &str,
+        index: u8,
+        token: &str,
+    ) -> anyhow::Result<(Client, String)> {
+        let label = format!("{identity}#{index} (WHEP)");
+        let shared = Arc::new(Shared { label: label.clone(), ..Default::default() });
+        let (out, _dropped) = mpsc::unbounded_channel::<String>();
+        let video = VideoCodec::Vp8;
+        let pc = build_peer_connection(shared.clone(), out.clone(), video).await?;
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            let init = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                streams: vec![],
+                send_encodings: vec![],
+            };
+            pc.add_transceiver_from_kind(kind, Some(init)).await.context("a receive-only transceiver")?;
+        }
+        let offer = pc.create_offer(None).await.context("create_offer")?;
+        let sdp = offer.sdp.clone();
+        pc.set_local_description(offer).await.context("set_local_description(offer)")?;
+        let bearer = format!("Bearer {token}");
+        let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
+        let path = format!("/whep/{room}");
+        let (status, response_headers, answer) =
+            super::http_exchange(server.http_addr, "POST", &path, &headers, sdp.as_bytes()).await;
+        if status != 201 {
+            bail!("{status} {answer}");
+        }
+        let location = super::header(&response_headers, "location")
+            .ok_or_else(|| anyhow!("{label}: 201 without a Location"))?
+            .to_string();
+        let participant_id = location.rsplit('/').next().unwrap_or_default().to_string();
+        let answer = RTCSessionDescription::answer(answer).context("the answer")?;
+        pc.set_remote_description(answer).await.context("set_remote_description(answer)")?;
+        shared.answers.fetch_add(1, Ordering::SeqCst);
+        let client = Client {
+            identity: identity.to_string(),
+            index,
+            participant_id,
+            pc,
+            video,
+            negotiated: Vec::new(),
+            shared,
+            out,
+            local: Vec::new(),
+            stop_media: Arc::new(AtomicBool::new(false)),
+            media_tasks: Vec::new(),
+            tasks: Vec::new(),
+        };
+        Ok((client, location))
+    }
+
     pub fn label(&self) -> &str {
         &self.shared.label
     }

@@ -155,7 +155,7 @@ impl Shard {
         }
         let broken = "the offer broke this session's WebRTC engine";
         // The ticket lives to the end of this call: until then the session has an offer in flight.
-        let CheckedOffer { offer, mids, ticket: _ticket } = checked;
+        let CheckedOffer { offer, mids, recvonly, ticket: _ticket } = checked;
         session.sources = tracks.into_iter().map(|(mid, src)| (Mid::from(mid.as_str()), src)).collect();
         session.newly_published.clear();
         let rtc = &mut session.rtc;
@@ -186,8 +186,45 @@ impl Shard {
         let published = std::mem::take(&mut session.newly_published);
         session.emit(SessionEvent::Answer { sdp: answer.to_sdp_string(), published }, &self.metrics);
         self.router.negotiated(id, Instant::now());
+        self.fill_offered_sinks(id, recvonly);
         self.carry_out();
         self.offer_if_needed(id);
+    }
+
+    /// A client that receives without renegotiating (a WHEP player) offers the m-lines it
+    /// wants media on: new ones take the sources waiting for a sink, as a slot of ours
+    /// would, with no offer of ours. Sources with no such m-line wait for the next offer.
+    fn fill_offered_sinks(&mut self, id: SessionId, offered: Vec<(Mid, MediaKind)>) {
+        let Some(session) = self.sessions.get(&id) else { return };
+        let mut free: Vec<(Mid, MediaKind)> =
+            offered.into_iter().filter(|(mid, _)| !session.sinks.contains_key(mid)).collect();
+        if free.is_empty() {
+            return;
+        }
+        let mut pairs = Vec::new();
+        for slot in self.router.slots_to_add(id) {
+            let kind = if slot.kind == TrackKind::Audio { MediaKind::Audio } else { MediaKind::Video };
+            if let Some(at) = free.iter().position(|(_, k)| *k == kind) {
+                pairs.push((free.remove(at).0, slot.source));
+            }
+        }
+        if pairs.is_empty() {
+            return;
+        }
+        let told = self.router.slots_added(id, &pairs, Instant::now());
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let (rtc, sinks) = (&mut session.rtc, &mut session.sinks);
+        let taken = contained(&mut self.failed, &self.metrics, id, || {
+            for (mid, _) in &pairs {
+                let tx_ssrc = rtc.direct_api().stream_tx_by_mid(*mid, None).map(|s| s.ssrc());
+                sinks.insert(*mid, SinkOut { negotiated: true, tx_ssrc, ..SinkOut::default() });
+            }
+        });
+        if taken.is_none() {
+            return; // the session ends after this input
+        }
+        session.emit(SessionEvent::Slots(told), &self.metrics);
+        self.renegotiated(id);
     }
 
     pub(super) fn handle_answer(&mut self, id: SessionId, checked: CheckedAnswer) {
@@ -233,16 +270,19 @@ impl Shard {
         self.offer_if_needed(id);
     }
 
-    /// After an accepted offer or answer: what the session's payload types mean now, for
-    /// the media it sends and on every sink it can be sent on (a sink whose m-line the peer
-    /// refused has no SSRC and stays inactive).
+    /// After an accepted offer or answer, and at the connection: what the session's payload
+    /// types mean now, for the media it sends and on every sink it can be sent on (a sink
+    /// whose m-line the peer refused has no SSRC and stays inactive).
     fn renegotiated(&mut self, id: SessionId) {
         let Some(session) = self.sessions.get(&id) else { return };
+        // A sink goes live once media can reach the peer: what it sent before DTLS is up
+        // (its first keyframe above all) would be lost, and the peer would start mid-GOP.
+        let connected = session.connected;
         let read = contained(&mut self.failed, &self.metrics, id, || {
             let sinks: Vec<(Mid, PayloadTypes)> = session
                 .sinks
                 .iter()
-                .filter(|(_, sink)| sink.negotiated && sink.tx_ssrc.is_some())
+                .filter(|(_, sink)| connected && sink.negotiated && sink.tx_ssrc.is_some())
                 .map(|(mid, _)| (*mid, received_payload_types(&session.rtc, *mid)))
                 .collect();
             (sent_payload_types(&session.rtc), sinks)
@@ -343,6 +383,8 @@ impl Shard {
                     info!(participant = %s.participant_id, room = %s.room, "media connected");
                 }
                 self.take_srtp_keys();
+                // Sinks negotiated before the connection go live now.
+                self.renegotiated(id);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.end_session(id, LeaveReason::MediaTimeout);
@@ -620,7 +662,7 @@ impl ClientFacing {
         if self.engine_panicked() || self.pending_offer.is_some() {
             return Err("ignored".into());
         }
-        let crate::admission::CheckedOffer { offer, mids, ticket: _ticket } = checked;
+        let crate::admission::CheckedOffer { offer, mids, ticket: _ticket, .. } = checked;
         let (failed, metrics, id) = (&mut self.failed, &self.metrics, Self::ID);
         let rtc = &mut self.rtc;
         let accepted =
