@@ -4,6 +4,8 @@
 //! out what the router asks (send.rs), on its own clock and timers. No task or thread
 //! per peer.
 
+#[cfg(feature = "internals")]
+mod client_facing;
 mod send;
 mod session;
 
@@ -34,7 +36,7 @@ use crate::io::{DatagramPool, Datagrams, Delivery, MediaSocket, SendQueue};
 use crate::metrics::SfuMetrics;
 use crate::router::{self, Router, RouterConfig};
 #[cfg(feature = "internals")]
-pub use session::ClientFacing;
+pub use client_facing::ClientFacing;
 pub(crate) use session::session_rtc;
 #[cfg(test)]
 pub(crate) use session::slot_out;
