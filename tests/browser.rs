@@ -6,6 +6,8 @@
 //!   receiving video and gets it back when shown.
 //! - Simulcast: one page publishes its camera in three layers, another shows that tile
 //!   large, small, large: frames keep coming and the decoded width follows the tile.
+//! - A live class: the teacher's page (/live/<room>/go) publishes over WHIP, three
+//!   /live/<room> pages (one opened before the class started) decode it over WHEP.
 //!
 //! Needs Debian's chromium and `npm install` in tests/browser (scripts/test does both).
 
@@ -92,4 +94,15 @@ async fn simulcast_layer_follows_the_tile_size() {
     assert!(width("large") > 320, "a large tile got the quarter layer: {result:#}");
     assert!(width("small") < width("large"), "going small did not lower the width: {result:#}");
     assert!(width("large_again") > width("small"), "going large again did not raise the width: {result:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_class_plays_in_every_viewer() {
+    // The teacher's page publishes the fake camera over WHIP; three /live pages (one opened
+    // before the class started) play it over WHEP.
+    let result = run_script("live.mjs", "live-class", &["3", "60"]).await;
+    assert_eq!(result["ok"], true, "a viewer did not play the class: {result:#}");
+    for viewer in result["viewers"].as_array().expect("viewers") {
+        assert!(viewer["width"].as_u64() > Some(0), "{result:#}");
+    }
 }

@@ -75,6 +75,9 @@ pub fn client_router(state: Arc<AppState>) -> Router {
         .route("/", get(page))
         .route("/room/{room}", get(page))
         .route("/app.js", get(script))
+        .route("/live/{room}", get(live_page))
+        .route("/live/{room}/go", get(live_page))
+        .route("/live.js", get(live_script))
         .route("/style.css", get(style))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(healthz))
@@ -110,6 +113,14 @@ fn admin_routes(state: Arc<AppState>) -> Router {
 
 async fn page() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../web/index.html"))
+}
+
+async fn live_page() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../web/live.html"))
+}
+
+async fn live_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/live.js"))
 }
 
 async fn script() -> impl IntoResponse {

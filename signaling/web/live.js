@@ -1,0 +1,139 @@
+// A live class over WHIP and WHEP (docs/protocol.md). /live/<room> watches: it asks
+// /whep/<room> for the room's media and plays it, trying again while nothing is live.
+// /live/<room>/go is the teacher's page: camera and microphone (or the screen, with
+// ?screen=1) published to /whip/<room>, ended with "End the class".
+// A token comes from the link's fragment (#token=...), else from the dev endpoint.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const parts = location.pathname.split("/").filter(Boolean); // ["live", room, "go"?]
+const room = decodeURIComponent(parts[1] || "");
+const teaching = parts[2] === "go";
+const params = new URLSearchParams(location.search);
+const linkToken = (() => {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (token) history.replaceState(null, "", location.pathname + location.search);
+  return token;
+})();
+
+// What the test harness and a curious person can read.
+window.huiyiLive = { state: "starting", role: teaching ? "teacher" : "viewer", errors: [] };
+
+function setState(state, text) {
+  window.huiyiLive.state = state;
+  $("status").textContent = text || state;
+  $("status").className = "conn " + (state === "live" ? "connected" : state === "error" ? "failed" : "idle");
+}
+
+function fail(message) {
+  window.huiyiLive.errors.push(message);
+  $("error").textContent = message;
+  setState("error", "error");
+}
+
+async function token() {
+  if (linkToken) return linkToken;
+  const identity = (teaching ? "teacher-" : "viewer-") + Math.random().toString(36).slice(2, 8);
+  const res = await fetch("/v1/dev/token?" + new URLSearchParams({ room, identity, name: identity }));
+  if (!res.ok) throw new Error("no token: this server needs one in the link (#token=...)");
+  return (await res.json()).token;
+}
+
+// POST an offer to a WHIP or WHEP endpoint; returns the session's URL, or a number of
+// seconds to wait (409 while nothing is live).
+async function negotiate(pc, endpoint, bearer) {
+  await pc.setLocalDescription(await pc.createOffer());
+  const res = await fetch(endpoint, {
+    method: "POST",
+    headers: { "Content-Type": "application/sdp", Authorization: "Bearer " + bearer },
+    body: pc.localDescription.sdp,
+  });
+  if (res.status === 409) return Number(res.headers.get("Retry-After") || "5");
+  if (res.status !== 201) throw new Error(`${endpoint}: ${res.status} ${(await res.text()).trim()}`);
+  await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+  return new URL(res.headers.get("Location"), location.href).href;
+}
+
+let session = null;
+let bearer = null;
+
+function endSession() {
+  if (session && bearer) {
+    fetch(session, { method: "DELETE", headers: { Authorization: "Bearer " + bearer }, keepalive: true });
+  }
+  session = null;
+}
+addEventListener("pagehide", endSession);
+
+async function watch() {
+  bearer = await token();
+  for (;;) {
+    const pc = new RTCPeerConnection();
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    const stream = new MediaStream();
+    pc.ontrack = (e) => {
+      stream.addTrack(e.track);
+      $("video").srcObject = stream;
+    };
+    const answer = await negotiate(pc, `/whep/${encodeURIComponent(room)}`, bearer);
+    if (typeof answer === "number") {
+      pc.close();
+      setState("waiting", "the class has not started");
+      await new Promise((r) => setTimeout(r, answer * 1000));
+      continue;
+    }
+    session = answer;
+    setState("connecting");
+    const ended = new Promise((resolve) => {
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === "connected") setState("live", "live");
+        if (["failed", "closed", "disconnected"].includes(pc.connectionState)) resolve();
+      };
+    });
+    await ended;
+    pc.close();
+    session = null;
+    setState("waiting", "reconnecting");
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+async function teach() {
+  $("start").hidden = false;
+  const start = async () => {
+    $("start").hidden = true;
+    try {
+      bearer = await token();
+      const media = params.get("screen") === "1"
+        ? await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false })
+        : await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720 }, audio: true });
+      $("video").srcObject = media;
+      $("video").muted = true;
+      const pc = new RTCPeerConnection();
+      for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly" });
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === "connected") setState("live", "live");
+        if (pc.connectionState === "failed") fail("the connection to the server failed");
+      };
+      session = await negotiate(pc, `/whip/${encodeURIComponent(room)}`, bearer);
+      setState("connecting");
+      $("stop").hidden = false;
+      $("stop").onclick = () => {
+        endSession();
+        pc.close();
+        for (const track of media.getTracks()) track.stop();
+        $("stop").hidden = true;
+        setState("ended", "the class has ended");
+      };
+    } catch (e) {
+      fail(e.message);
+      $("start").hidden = false;
+    }
+  };
+  $("start").onclick = start;
+  if (params.get("autostart") === "1") start();
+}
+
+$("room-title").textContent = room + (teaching ? " (teaching)" : "");
+(teaching ? teach() : watch()).catch((e) => fail(e.message));
