@@ -195,7 +195,9 @@ impl Gate {
         let bytes = sdp.len();
         queue.queued.fetch_add(bytes, Ordering::Relaxed);
         let ticket = Ticket { in_flight: lane.in_flight.clone(), queued: queue.queued.clone(), bytes };
-        if queue.queued.load(Ordering::Relaxed) > queue.limit {
+        // Offers only: an answer comes only while the node's own offer is outstanding, one
+        // per session, and refusing it would leave that offer unanswered for good.
+        if what == "offer" && queue.queued.load(Ordering::Relaxed) > queue.limit {
             self.metrics.bad_input.with_label_values(&["sdp_queue_full"]).inc();
             return Err(MediaError::Busy("the media node has too much negotiation queued"));
         }
@@ -341,6 +343,11 @@ mod tests {
         let q = SdpQueue { queued: Arc::new(AtomicUsize::new(9_900)), limit: 10_000 };
         assert!(matches!(g.offer(OFFER, &q), Err(MediaError::Busy(_))));
         assert_eq!(q.queued.load(Ordering::Relaxed), 9_900);
+        let answer = OFFER.replace("a=setup:actpass", "a=setup:active");
+        assert!(
+            g.answer(&answer, &q).is_ok(),
+            "an answer to the node's offer is never refused for the queue"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::thread::JoinHandle;
 
@@ -71,6 +71,7 @@ impl MediaNode {
                 pool: pool.clone(),
                 metrics: metrics.clone(),
                 heartbeat,
+                next_session: Arc::new(AtomicU64::new(1)),
             };
             threads.push(
                 std::thread::Builder::new()

@@ -96,8 +96,12 @@ impl Admitted {
 
     /// The connection is in use (a request arrived, or its WebSocket joined): it is no
     /// longer shed for newcomers.
-    pub fn served(&self) {
-        let _ = self.0.state.compare_exchange(WAITING, SERVED, Ordering::Relaxed, Ordering::Relaxed);
+    /// False when the connection was shed first (it must close: its place is gone).
+    pub fn served(&self) -> bool {
+        match self.0.state.compare_exchange(WAITING, SERVED, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => true,
+            Err(state) => state == SERVED,
+        }
     }
 
     /// Resolves when the connection was shed for a newcomer (a full server). A WebSocket
@@ -111,7 +115,7 @@ impl Drop for Place {
     fn drop(&mut self) {
         // An evicted place was counted out when it was evicted.
         if self.state.load(Ordering::Relaxed) != EVICTED {
-            self.counts.open.lock().expect("connection counts").release(self.peer.ip());
+            self.counts.open.lock().expect("connection counts").release(self.peer.ip().to_canonical());
         }
     }
 }
@@ -146,7 +150,8 @@ impl Counts {
 
     fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Admission, Refusal> {
         let mut open = self.open.lock().expect("connection counts");
-        let ip = peer.ip();
+        // An IPv4 client of a socket bound to [::] arrives as ::ffff:a.b.c.d.
+        let ip = peer.ip().to_canonical();
         let capped = self.limits.max_connections_per_ip > 0 && !ip.is_loopback();
         if capped && open.per_ip.get(&ip).copied().unwrap_or(0) >= self.limits.max_connections_per_ip {
             return Err(Refusal::PerIp);
@@ -170,7 +175,7 @@ impl Counts {
             }) else {
                 return Err(Refusal::Total);
             };
-            open.release(oldest.peer.ip());
+            open.release(oldest.peer.ip().to_canonical());
             oldest.evict.notify_one();
             shed = true;
         }
@@ -183,6 +188,11 @@ impl Counts {
             evict: Notify::new(),
         });
         open.waiting.push_back(Arc::downgrade(&place));
+        // A long-lived waiting connection at the front stops the pruning above: sweep the
+        // rest now and then, so the queue stays near the number of open connections.
+        if open.waiting.len() > 2 * open.total + 64 {
+            open.waiting.retain(|w| w.upgrade().is_some_and(|p| p.state.load(Ordering::Relaxed) == WAITING));
+        }
         Ok(Admission { admitted: Admitted(place), shed })
     }
 }
@@ -238,8 +248,15 @@ async fn serve_connection(stream: TcpStream, admitted: Admitted, app: Router, he
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         // A WebSocket handshake is not use yet: until it joins, the socket stays
         // sheddable (a flood of idle handshakes would otherwise hold every place).
-        if !request.headers().contains_key(axum::http::header::UPGRADE) {
-            admitted.served();
+        let websocket = request
+            .headers()
+            .get(axum::http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+        if !websocket {
+            // A request on a connection shed a moment ago is still answered; the
+            // connection closes when the select below sees the shedding.
+            let _ = admitted.served();
         }
         request.extensions_mut().insert(admitted.clone());
         app.clone().oneshot(request)
@@ -294,7 +311,7 @@ mod tests {
     fn a_full_server_sheds_the_oldest_connection_still_waiting_for_a_request() {
         let c = counts(3, 0);
         let served = admit(&c, "127.0.0.1:1").unwrap();
-        served.served();
+        assert!(served.served());
         let oldest_waiting = admit(&c, "127.0.0.1:2").unwrap();
         let _newer_waiting = admit(&c, "127.0.0.1:3").unwrap();
         let admission = c.admit("127.0.0.1:4".parse().unwrap()).unwrap();
@@ -306,10 +323,29 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_shed_before_it_was_used_learns_so() {
+        let c = counts(1, 0);
+        let first = admit(&c, "127.0.0.1:1").unwrap();
+        let _second = admit(&c, "127.0.0.1:2").unwrap();
+        assert!(!first.served(), "shed first: its place is gone");
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_socket_count_as_their_ipv4_address() {
+        let c = counts(10, 1);
+        let held: Vec<_> = (0..3).map(|i| admit(&c, &format!("[::ffff:127.0.0.1]:{i}")).unwrap()).collect();
+        assert_eq!(held.len(), 3, "loopback, exempt from the per-address cap");
+        let _a = admit(&c, "[::ffff:192.0.2.1]:1").unwrap();
+        assert_eq!(admit(&c, "192.0.2.1:2").err(), Some(Refusal::PerIp), "the same address either way");
+        drop(held);
+        assert_eq!(c.open.lock().unwrap().total, 1);
+    }
+
+    #[test]
     fn a_server_full_of_served_connections_refuses() {
         let c = counts(2, 0);
         let held: Vec<_> = (0..2).map(|i| admit(&c, &format!("127.0.0.1:{i}")).unwrap()).collect();
-        held.iter().for_each(Admitted::served);
+        assert!(held.iter().all(Admitted::served));
         assert_eq!(admit(&c, "127.0.0.1:9").err(), Some(Refusal::Total));
         drop(held);
         let open = c.open.lock().unwrap();
@@ -321,7 +357,7 @@ mod tests {
     fn an_upgraded_connection_keeps_its_place_until_the_last_holder_drops() {
         let c = counts(1, 0);
         let admitted = admit(&c, "192.0.2.1:1").unwrap();
-        admitted.served();
+        assert!(admitted.served());
         let websocket = admitted.clone();
         drop(admitted);
         assert_eq!(admit(&c, "192.0.2.1:2").err(), Some(Refusal::Total));

@@ -164,7 +164,7 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    start(state, room, headers, body, Role::Publisher).await
+    run_to_end(start(state, room, headers, body, Role::Publisher)).await
 }
 
 /// `POST /whep/<room>`: watch.
@@ -174,7 +174,15 @@ pub(crate) async fn play(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    start(state, room, headers, body, Role::Viewer).await
+    run_to_end(start(state, room, headers, body, Role::Viewer)).await
+}
+
+/// Runs a session's start on a task of its own: a client that hangs up mid-request must
+/// not cancel it halfway (a registry entry with no session behind it).
+async fn run_to_end(start: impl Future<Output = Response> + Send + 'static) -> Response {
+    tokio::spawn(start)
+        .await
+        .unwrap_or_else(|_| whip_error(StatusCode::INTERNAL_SERVER_ERROR, "the session could not start"))
 }
 
 async fn start(state: Arc<AppState>, room: String, headers: HeaderMap, body: Bytes, role: Role) -> Response {

@@ -221,8 +221,9 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
         },
         () = shed => return conn.close(1013, "server full: shed before joining").await,
     };
-    if let Some(a) = &admitted {
-        a.served();
+    if admitted.as_ref().is_some_and(|a| !a.served()) {
+        // Shed just before its join arrived: its place is already someone else's.
+        return conn.close(1013, "server full: shed before joining").await;
     }
     let started = Instant::now();
     let claims = match auth::verify(&conn.state.secret, &token, auth::now_unix()) {

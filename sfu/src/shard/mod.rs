@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -182,7 +182,9 @@ pub(crate) struct Shard {
     offers_due: Vec<SessionId>,
     /// Sessions whose engine panicked, to end after this input.
     failed: Vec<SessionId>,
-    next_session: SessionId,
+    /// Session ids carry the shard index in the low bits so they are unique per node; the
+    /// counter outlives a restarted shard, so no id is reused.
+    next_session: Arc<AtomicU64>,
     /// Packet arrival times become milliseconds since this instant (fast-path timing).
     epoch: Instant,
     heartbeat: Arc<Heartbeat>,
@@ -201,6 +203,8 @@ pub(crate) struct ShardParts {
     pub pool: Arc<DatagramPool>,
     pub metrics: SfuMetrics,
     pub heartbeat: Arc<Heartbeat>,
+    /// The shard's session counter (starts at 1), shared with the shards that replace it.
+    pub next_session: Arc<AtomicU64>,
 }
 
 impl Shard {
@@ -235,8 +239,7 @@ impl Shard {
             routing_ext: ExtensionValues::default(),
             offers_due: Vec::new(),
             failed: Vec::new(),
-            // Session ids carry the shard index in the low bits so they are unique per node.
-            next_session: 1,
+            next_session: parts.next_session,
             epoch: now,
             heartbeat: parts.heartbeat,
         })
@@ -369,10 +372,11 @@ impl Shard {
     fn handle(&mut self, input: ShardInput) {
         match input {
             ShardInput::Datagrams(batch) => {
+                // Counted out first: a panic below must not leave them counted forever.
+                self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 for (source, data) in batch.iter() {
                     self.handle_datagram(source, data, batch.at);
                 }
-                self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 self.pool.give_back(batch);
             }
             ShardInput::Join { request, events, reply, awaiting_answer } => {
@@ -421,9 +425,10 @@ impl Shard {
             panic!("test hook: a join to room {:?} panics its media thread", request.room);
         }
         let now = Instant::now();
-        let id = (self.next_session << 8) | self.index as u64;
+        let n = self.next_session.load(Ordering::Relaxed);
+        let id = (n << 8) | self.index as u64;
         let others = self.router.join(id, &request, false, now)?;
-        self.next_session += 1;
+        self.next_session.store(n + 1, Ordering::Relaxed);
         let creds = IceCreds::new();
         // Name the session before its engine (and DTLS instance) is built: the keys that
         // instance exports are bound to it.
@@ -603,8 +608,9 @@ pub(crate) fn supervise(
         let mut shard = match Shard::new(parts.clone()) {
             Ok(s) => s,
             Err(e) => {
-                error!(shard = parts.index, error = %e, "cannot start a media thread");
-                return;
+                error!(shard = parts.index, error = %e, "cannot start a media thread; trying again in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
             }
         };
         let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run(&rx, &leaves)))

@@ -155,7 +155,7 @@ impl Shard {
         }
         let broken = "the offer broke this session's WebRTC engine";
         // The ticket lives to the end of this call: until then the session has an offer in flight.
-        let CheckedOffer { offer, mids, recvonly, ticket: _ticket } = checked;
+        let CheckedOffer { offer, mids, recvonly, ticket } = checked;
         session.sources = tracks.into_iter().map(|(mid, src)| (Mid::from(mid.as_str()), src)).collect();
         session.newly_published.clear();
         let rtc = &mut session.rtc;
@@ -188,6 +188,8 @@ impl Shard {
         self.router.negotiated(id, Instant::now());
         self.fill_offered_sinks(id, recvonly);
         self.carry_out();
+        // Done with the client's offer: its next one (or its answer to ours) may come.
+        drop(ticket);
         self.offer_if_needed(id);
     }
 
@@ -238,7 +240,7 @@ impl Shard {
         };
         session.awaiting_answer.store(false, Ordering::Release);
         let broken = "the answer broke this session's WebRTC engine";
-        let CheckedAnswer { answer, ticket: _ticket } = checked;
+        let CheckedAnswer { answer, ticket } = checked;
         let rtc = &mut session.rtc;
         let Some(accepted) =
             contained(&mut self.failed, &self.metrics, id, || rtc.sdp_api().accept_answer(pending, answer))
@@ -267,6 +269,8 @@ impl Shard {
         self.renegotiated(id);
         self.drain(id);
         self.carry_out();
+        // Done with this answer: the answer to our next offer may come at once.
+        drop(ticket);
         self.offer_if_needed(id);
     }
 
