@@ -494,7 +494,7 @@ impl Client {
         Ok(client)
     }
 
-    /// Publish audio and `video` over WHIP (RFC 9725) instead of signaling: `POST` the
+    /// Publish audio and VP8 video over WHIP (RFC 9725) instead of signaling: `POST` the
     /// offer to `/whip/<room>` with `token`, apply the answer. Returns the client (its
     /// `participant_id` is the session id in the `Location`) and the `Location`.
     pub async fn publish_whip(
@@ -505,6 +505,33 @@ impl Client {
         token: &str,
     ) -> anyhow::Result<(Client, String)> {
         let label = format!("{identity}#{index} (WHIP)");
+        Self::over_http(server, &format!("/whip/{room}"), identity, index, token, label, true).await
+    }
+
+    /// Watch a room over WHEP: offer receive-only audio and video, `POST` it to
+    /// `/whep/<room>` with `token`, apply the answer. Returns the client and the `Location`;
+    /// `Err` carries the status and body of a refusal.
+    pub async fn play_whep(
+        server: &Running,
+        room: &str,
+        identity: &str,
+        index: u8,
+        token: &str,
+    ) -> anyhow::Result<(Client, String)> {
+        let label = format!("{identity}#{index} (WHEP)");
+        Self::over_http(server, &format!("/whep/{room}"), identity, index, token, label, false).await
+    }
+
+    /// One WHIP (`publish`) or WHEP session: the offer `POST`ed to `path`, the answer applied.
+    async fn over_http(
+        server: &Running,
+        path: &str,
+        identity: &str,
+        index: u8,
+        token: &str,
+        label: String,
+        publish: bool,
+    ) -> anyhow::Result<(Client, String)> {
         let shared = Arc::new(Shared { label: label.clone(), ..Default::default() });
         // Candidates the engine trickles go nowhere: the server is ICE-lite and learns our
         // address from our checks.
@@ -513,16 +540,27 @@ impl Client {
         let pc = build_peer_connection(shared.clone(), out.clone(), video).await?;
         let mut local = Vec::new();
         for kind in Kind::BOTH {
-            local.push(add_sendonly_track(&pc, kind, identity, video).await?);
+            if publish {
+                local.push(add_sendonly_track(&pc, kind, identity, video).await?);
+            } else {
+                let codec_kind = if kind == Kind::Audio { RtpCodecKind::Audio } else { RtpCodecKind::Video };
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                };
+                pc.add_transceiver_from_kind(codec_kind, Some(init))
+                    .await
+                    .context("a receive-only transceiver")?;
+            }
         }
         let offer = pc.create_offer(None).await.context("create_offer")?;
         let sdp = offer.sdp.clone();
         pc.set_local_description(offer).await.context("set_local_description(offer)")?;
         let bearer = format!("Bearer {token}");
         let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
-        let path = format!("/whip/{room}");
         let (status, response_headers, answer) =
-            super::http_exchange(server.http_addr, "POST", &path, &headers, sdp.as_bytes()).await;
+            super::http_exchange(server.http_addr, "POST", path, &headers, sdp.as_bytes()).await;
         if status != 201 {
             bail!("{label}: POST {path} answered {status}: {answer}");
         }
@@ -543,64 +581,6 @@ impl Client {
             shared,
             out,
             local,
-            stop_media: Arc::new(AtomicBool::new(false)),
-            media_tasks: Vec::new(),
-            tasks: Vec::new(),
-        };
-        Ok((client, location))
-    }
-
-    /// Watch a room over WHEP: offer receive-only audio and video, `POST` it to
-    /// `/whep/<room>` with `token`, apply the answer. Returns the client and the `Location`;
-    /// `Err` carries the status and body of a refusal.
-    pub async fn play_whep(
-        server: &Running,
-        room: &str,
-        identity: &str,
-        index: u8,
-        token: &str,
-    ) -> anyhow::Result<(Client, String)> {
-        let label = format!("{identity}#{index} (WHEP)");
-        let shared = Arc::new(Shared { label: label.clone(), ..Default::default() });
-        let (out, _dropped) = mpsc::unbounded_channel::<String>();
-        let video = VideoCodec::Vp8;
-        let pc = build_peer_connection(shared.clone(), out.clone(), video).await?;
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-            let init = RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                streams: vec![],
-                send_encodings: vec![],
-            };
-            pc.add_transceiver_from_kind(kind, Some(init)).await.context("a receive-only transceiver")?;
-        }
-        let offer = pc.create_offer(None).await.context("create_offer")?;
-        let sdp = offer.sdp.clone();
-        pc.set_local_description(offer).await.context("set_local_description(offer)")?;
-        let bearer = format!("Bearer {token}");
-        let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
-        let path = format!("/whep/{room}");
-        let (status, response_headers, answer) =
-            super::http_exchange(server.http_addr, "POST", &path, &headers, sdp.as_bytes()).await;
-        if status != 201 {
-            bail!("{status} {answer}");
-        }
-        let location = super::header(&response_headers, "location")
-            .ok_or_else(|| anyhow!("{label}: 201 without a Location"))?
-            .to_string();
-        let participant_id = location.rsplit('/').next().unwrap_or_default().to_string();
-        let answer = RTCSessionDescription::answer(answer).context("the answer")?;
-        pc.set_remote_description(answer).await.context("set_remote_description(answer)")?;
-        shared.answers.fetch_add(1, Ordering::SeqCst);
-        let client = Client {
-            identity: identity.to_string(),
-            index,
-            participant_id,
-            pc,
-            video,
-            negotiated: Vec::new(),
-            shared,
-            out,
-            local: Vec::new(),
             stop_media: Arc::new(AtomicBool::new(false)),
             media_tasks: Vec::new(),
             tasks: Vec::new(),
