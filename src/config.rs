@@ -24,6 +24,7 @@ pub struct Config {
     pub media: MediaSection,
     pub auth: AuthSection,
     pub limits: LimitsSection,
+    pub relay: RelaySection,
     pub log: LogSection,
     /// Allow the public development secret (and its token endpoint) on an address other
     /// than loopback (`--dev`). Never in production.
@@ -88,6 +89,47 @@ pub struct MediaSection {
     pub fast_egress: bool,
 }
 
+/// Which part of the broadcast tier a process plays (ADR 0012).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Meetings and broadcasts in one process, no relay links (the laptop default).
+    #[default]
+    All,
+    /// Holds the publishers of live classes and feeds edges over relay links.
+    Origin,
+    /// Plays live classes pulled from an origin (or another edge) to viewers.
+    Edge,
+}
+
+/// The broadcast tier: relay links between an origin and its edges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySection {
+    pub role: Role,
+    /// UDP address relay links from edges arrive on (an origin's, or an edge's that feeds
+    /// further edges).
+    pub listen: Option<SocketAddr>,
+    /// The origin's (or parent edge's) relay address: required for an edge.
+    pub origin: Option<SocketAddr>,
+    /// This node's HTTP base URL as viewers reach it (`http://edge1.example.com:7700`);
+    /// an origin sends viewers there. Default: `http://` and the HTTP address.
+    pub public_url: Option<String>,
+    /// This node's name on relay links and in logs (default: the host name).
+    pub node: Option<String>,
+    /// A room pulled from the origin that nobody on this edge watches is let go after this.
+    pub linger_secs: u64,
+}
+
+/// Where an origin accepts relay links when nothing else is said.
+pub const DEFAULT_RELAY_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 7703);
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self { role: Role::All, listen: None, origin: None, public_url: None, node: None, linger_secs: 30 }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSection {
@@ -110,6 +152,7 @@ impl Default for Config {
             media: MediaSection::default(),
             auth: AuthSection::default(),
             limits: LimitsSection::default(),
+            relay: RelaySection::default(),
             log: LogSection::default(),
             dev: false,
             drain_secs: 10,
@@ -216,9 +259,49 @@ impl Config {
             bwe: self.media.bwe,
             fast_egress: self.media.fast_egress,
             panic_on_join_to: self.test_panic_room.clone(),
+            relay: self.relay_settings(),
+            relay_linger: Duration::from_secs(self.relay.linger_secs.max(1)),
             ..sfu::MediaConfig::default()
         }
     }
+
+    /// The relay links this process's role calls for.
+    pub fn relay_settings(&self) -> sfu::RelaySettings {
+        let r = &self.relay;
+        let listen = match r.role {
+            Role::All => r.listen,
+            Role::Origin => Some(r.listen.unwrap_or(SocketAddr::from(DEFAULT_RELAY_LISTEN))),
+            Role::Edge => r.listen,
+        };
+        sfu::RelaySettings {
+            listen,
+            parent: if r.role == Role::Edge { r.origin } else { None },
+            node: r.node.clone().unwrap_or_else(host_name),
+            http_url: Some(r.public_url.clone().unwrap_or_else(|| format!("http://{}", self.http))),
+            secret: self.secret().to_vec(),
+        }
+    }
+
+    /// Settings that cannot work together.
+    pub fn check_roles(&self) -> anyhow::Result<()> {
+        if self.relay.role == Role::Edge && self.relay.origin.is_none() {
+            anyhow::bail!(
+                "an edge needs its origin's relay address: --origin <host:port> (the origin's --relay-listen)"
+            );
+        }
+        if self.relay.role != Role::Edge && self.relay.origin.is_some() {
+            anyhow::bail!("--origin is for edges: add --role edge");
+        }
+        Ok(())
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "huiyi".into())
 }
 
 #[cfg(test)]

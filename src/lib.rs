@@ -18,6 +18,8 @@ pub struct Running {
     /// The admin listener (`/metrics`, the admin API), when it has its own address.
     pub admin_addr: Option<SocketAddr>,
     pub media_addr: SocketAddr,
+    /// Where relay links from edges arrive, when this node accepts them.
+    pub relay_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     pub task: JoinHandle<std::io::Result<()>>,
 }
@@ -25,10 +27,21 @@ pub struct Running {
 /// Start signaling and the embedded media node (the embedded all-in-one default).
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     config.check_exposure()?;
+    config.check_roles()?;
     let prometheus = prometheus::Registry::new();
-    let media = sfu::MediaNode::start(config.media_config(), &prometheus)
-        .with_context(|| format!("binding the media port {}", config.media.bind))?;
+    // HTTP first: an edge tells its origin the address viewers reach it on.
+    let listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding the HTTP port {}", config.http))?;
+    let http_addr = listener.local_addr()?;
+    let mut media_config = config.media_config();
+    if config.relay.public_url.is_none() {
+        media_config.relay.http_url = Some(format!("http://{http_addr}"));
+    }
+    let media = sfu::MediaNode::start(media_config, &prometheus)
+        .with_context(|| format!("binding the media port {} (or the relay port)", config.media.bind))?;
     let media_addr = media.local_addr();
+    let relay_addr = media.relay_addr();
     let state = Arc::new(AppState {
         media: Box::new(media),
         registry: Registry::default(),
@@ -39,10 +52,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         draining: Default::default(),
         whip: Default::default(),
     });
-    let listener = TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("binding the HTTP port {}", config.http))?;
-    let http_addr = listener.local_addr()?;
     let (app, admin) = match config.admin_http {
         None => (signaling::router(state.clone()), None),
         Some(addr) => {
@@ -80,7 +89,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         signaling::http::serve(listener, app, limits, metrics).await;
         Ok(())
     });
-    Ok(Running { http_addr, admin_addr, media_addr, state, task })
+    Ok(Running { http_addr, admin_addr, media_addr, relay_addr, state, task })
 }
 
 /// Stop taking participants (`/readyz` says `draining`, joins are closed with 1001) and

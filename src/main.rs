@@ -54,6 +54,24 @@ struct ServeArgs {
     /// address other than loopback, and secrets shorter than 32 bytes.
     #[arg(long, env = "HUIYI_DEV")]
     dev: bool,
+    /// Broadcast tier role: `all` (meetings and live classes in one process, the
+    /// default), `origin` (holds publishers, feeds edges) or `edge` (plays an origin's
+    /// live classes to viewers; needs --origin).
+    #[arg(long, env = "HUIYI_ROLE", value_enum)]
+    role: Option<huiyi::config::Role>,
+    /// An edge's origin (or parent edge): its relay address, e.g. 10.0.0.5:7703.
+    #[arg(long, env = "HUIYI_ORIGIN")]
+    origin: Option<SocketAddr>,
+    /// UDP address for relay links from edges (an origin's default: 127.0.0.1:7703).
+    #[arg(long, env = "HUIYI_RELAY_LISTEN")]
+    relay_listen: Option<SocketAddr>,
+    /// This node's HTTP base URL as viewers reach it; an origin sends viewers to its
+    /// edges' URLs (default: http:// and --http).
+    #[arg(long, env = "HUIYI_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// This node's name on relay links (default: the host name).
+    #[arg(long, env = "HUIYI_NODE_NAME")]
+    node_name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +149,21 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) {
         config.log.level = level.clone();
     }
     config.dev |= args.dev;
+    if let Some(role) = args.role {
+        config.relay.role = role;
+    }
+    if let Some(origin) = args.origin {
+        config.relay.origin = Some(origin);
+    }
+    if let Some(listen) = args.relay_listen {
+        config.relay.listen = Some(listen);
+    }
+    if let Some(url) = &args.public_url {
+        config.relay.public_url = Some(url.trim_end_matches('/').to_string());
+    }
+    if let Some(name) = &args.node_name {
+        config.relay.node = Some(name.clone());
+    }
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -164,6 +197,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
         println!("  Huiyi is running. Open http://{}/ in two browser tabs.", running.http_addr);
         let admin = running.admin_addr.unwrap_or(running.http_addr);
         println!("  Media on udp/{}. Metrics at http://{admin}/metrics", running.media_addr);
+        if let (huiyi::config::Role::Edge, Some(origin)) = (config.relay.role, config.relay.origin) {
+            println!("  Edge of the origin at udp/{origin}: viewers play its live classes here.");
+        }
+        if let Some(relay) = running.relay_addr {
+            println!("  Relay links from edges on udp/{relay}.");
+        }
         println!();
         let mut task = running.task;
         tokio::select! {

@@ -85,7 +85,7 @@ async fn publish_and_watch() {
     student.wait_connected(Duration::from_secs(10)).await.expect("the student connects");
     let token = token("class", "teacher", publish_grant());
     let (mut teacher, location) =
-        Client::publish_whip(&server, "class", "teacher", 0, &token).await.expect("WHIP publish");
+        Client::publish_whip(server.http_addr, "class", "teacher", 0, &token).await.expect("WHIP publish");
     assert!(location.starts_with("/whip/class/PA_"), "{location}");
     teacher.wait_connected(Duration::from_secs(10)).await.expect("the publisher connects");
     teacher.start_media().await.expect("the publisher sends");
@@ -217,8 +217,9 @@ async fn publish_and_play() {
     assert_eq!(status, 403, "a token without the subscribe grant");
 
     let teacher_token = token("broadcast", "teacher", publish_grant());
-    let (mut teacher, _) =
-        Client::publish_whip(&server, "broadcast", "teacher", 0, &teacher_token).await.expect("WHIP publish");
+    let (mut teacher, _) = Client::publish_whip(server.http_addr, "broadcast", "teacher", 0, &teacher_token)
+        .await
+        .expect("WHIP publish");
     teacher.wait_connected(Duration::from_secs(10)).await.expect("the publisher connects");
     teacher.start_media().await.expect("the publisher sends");
 
@@ -226,7 +227,7 @@ async fn publish_and_play() {
     let mut viewers = Vec::new();
     for i in 0..3u8 {
         let (viewer, location) =
-            Client::play_whep(&server, "broadcast", &format!("viewer{i}"), 10 + i, &viewer_token)
+            Client::play_whep(server.http_addr, "broadcast", &format!("viewer{i}"), 10 + i, &viewer_token)
                 .await
                 .unwrap_or_else(|e| panic!("viewer {i} plays: {e:#}"));
         assert!(location.starts_with("/whep/broadcast/PA_"), "{location}");

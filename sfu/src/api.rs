@@ -204,6 +204,14 @@ pub enum MediaError {
     Busy(&'static str),
 }
 
+/// An edge of the broadcast tier as the node that feeds it knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EdgeInfo {
+    pub node: String,
+    pub http: Option<String>,
+    pub viewers: u64,
+}
+
 /// What the control plane asks of a media node.
 pub trait NodeApi: Send + Sync + 'static {
     /// Admit a participant to a room on this node (the room is created on first join).
@@ -215,6 +223,34 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Whether the media plane is live (every media thread went round its loop
     /// recently); otherwise what is wrong, for `/healthz`.
     fn health(&self) -> Result<(), String>;
+
+    /// Make sure a room's tracks are on this node before a viewer joins: an edge of the
+    /// broadcast tier pulls them from its parent (Err: nothing is live there, or no link).
+    fn pull(&self, _room: &str) -> Pin<Box<dyn Future<Output = Result<(), MediaError>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether this node is an edge of the broadcast tier: it plays rooms that its parent
+    /// holds and takes no publishers.
+    fn is_edge(&self) -> bool {
+        false
+    }
+
+    /// Where to send a new viewer instead of serving it here: the HTTP base URL of the
+    /// least loaded edge this node feeds, if any.
+    fn edge_for_viewer(&self) -> Option<String> {
+        None
+    }
+
+    /// The edges this node feeds: name, HTTP base URL and viewers, for the admin API.
+    fn edges(&self) -> Vec<EdgeInfo> {
+        Vec::new()
+    }
+
+    /// Viewers of `room` on this node and on the nodes it feeds.
+    fn viewers(&self, _room: &str) -> u64 {
+        0
+    }
 }
 
 /// One participant's media session, driven by its signaling connection. Dropping it ends

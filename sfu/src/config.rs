@@ -52,6 +52,10 @@ pub struct MediaConfig {
     /// str0m's per-stream send path. Needs a GCM SRTP profile; not used with `bwe`.
     pub fast_egress: bool,
     pub bwe_initial_bps: u64,
+    /// The broadcast tier: relay links to a parent and from children (ADR 0012).
+    pub relay: crate::relay::RelaySettings,
+    /// A room pulled from a parent that nobody here watches is let go after this long.
+    pub relay_linger: Duration,
     /// Testing only: a join to this room panics its media thread (tests of supervision).
     #[doc(hidden)]
     pub panic_on_join_to: Option<String>,
@@ -85,6 +89,8 @@ impl Default for MediaConfig {
             bwe: false,
             fast_egress: true,
             bwe_initial_bps: 10_000_000,
+            relay: Default::default(),
+            relay_linger: Duration::from_secs(30),
             panic_on_join_to: None,
         }
     }

@@ -13,6 +13,7 @@ mod metrics;
 #[cfg(test)]
 mod nack_tests;
 mod node;
+pub mod relay;
 mod shard;
 
 #[cfg(feature = "internals")]
@@ -37,3 +38,4 @@ pub use api::{
 };
 pub use config::MediaConfig;
 pub use node::MediaNode;
+pub use relay::RelaySettings;

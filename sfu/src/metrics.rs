@@ -1,6 +1,6 @@
 //! Prometheus metrics of the media plane, registered into the process registry.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct SfuMetrics {
@@ -30,6 +30,19 @@ pub struct SfuMetrics {
     pub paused_by_bandwidth: IntCounter,
     pub sessions_ended: IntCounterVec,
     pub srtp_guard: IntCounterVec,
+    pub relay: RelayMetrics,
+}
+
+/// The broadcast tier's relay links (ADR 0012).
+#[derive(Clone)]
+pub struct RelayMetrics {
+    pub links: IntGaugeVec,
+    pub rooms: IntGaugeVec,
+    pub packets: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub nacked: IntCounter,
+    pub retransmitted: IntCounter,
+    pub refused: IntCounterVec,
 }
 
 impl SfuMetrics {
@@ -131,6 +144,55 @@ impl SfuMetrics {
             srtp_guard: counter_vec(
                 "huiyi_srtp_fast_path_guard_total",
                 "What the SRTP fast path's windows of seen indexes stopped or forgot, by reason: a seal under an index already sealed or too old (stopped before an AES-GCM nonce reuse: a packet the publisher sent twice, which the rewriter numbers like the first, or a bug upstream), a seal for an SSRC past the per-key cap, a replayed SRTCP packet, an SRTCP sender SSRC forgotten at the per-session cap",
+                &["reason"],
+            ),
+            relay: RelayMetrics::new(registry),
+        }
+    }
+}
+
+impl RelayMetrics {
+    fn new(registry: &Registry) -> Self {
+        fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+            registry.register(Box::new(c.clone())).expect("register metric");
+            c
+        }
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("metric name"))
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("metric name"))
+        };
+        let counter =
+            |name: &str, help: &str| register(registry, IntCounter::new(name, help).expect("metric name"));
+        Self {
+            links: gauge_vec(
+                "huiyi_relay_links",
+                "Relay links up: to this node's parent (`parent`), from the nodes it feeds (`child`)",
+                &["to"],
+            ),
+            rooms: gauge_vec(
+                "huiyi_relay_rooms",
+                "Rooms relayed: pulled from the parent (`in`), sent to children (`out`, once per child)",
+                &["direction"],
+            ),
+            packets: counter_vec("huiyi_relay_packets_total", "RTP packets over relay links", &["direction"]),
+            dropped: counter_vec(
+                "huiyi_relay_dropped_total",
+                "Relay packets and messages not delivered, by reason",
+                &["reason"],
+            ),
+            nacked: counter(
+                "huiyi_relay_nacked_total",
+                "Packets a child asked for again (lost on a relay link)",
+            ),
+            retransmitted: counter(
+                "huiyi_relay_retransmitted_total",
+                "Packets sent again to a child from the link's history",
+            ),
+            refused: counter_vec(
+                "huiyi_relay_refused_total",
+                "Relay connections refused or closed, by reason (a wrong proof of the cluster secret, a bad message)",
                 &["reason"],
             ),
         }

@@ -24,6 +24,7 @@ use crate::demux::RouteTable;
 use crate::health::{self, Heartbeat};
 use crate::io::{DatagramPool, MediaSocket, receive_loop};
 use crate::metrics::SfuMetrics;
+use crate::relay::{Places, Relay, RoomViewers};
 use crate::shard::{ShardInput, ShardParts, ShardSender, panic_message, supervise};
 
 pub struct MediaNode {
@@ -36,6 +37,9 @@ pub struct MediaNode {
     metrics: SfuMetrics,
     /// Every media thread's beat: the shards and the receive thread.
     heartbeats: Vec<Arc<Heartbeat>>,
+    viewers: Arc<RoomViewers>,
+    /// The broadcast tier's links, when configured.
+    relay: Option<Relay>,
 }
 
 impl MediaNode {
@@ -48,6 +52,7 @@ impl MediaNode {
         let routes = Arc::new(RouteTable::default());
         let room_placement = Arc::new(DashMap::new());
         let stopping = Arc::new(AtomicBool::new(false));
+        let viewers = Arc::new(RoomViewers::default());
 
         let mut shards = Vec::new();
         let mut threads = Vec::new();
@@ -72,6 +77,7 @@ impl MediaNode {
                 metrics: metrics.clone(),
                 heartbeat,
                 next_session: Arc::new(AtomicU64::new(1)),
+                viewers: viewers.clone(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -113,7 +119,29 @@ impl MediaNode {
         };
         threads.push(receiver);
         info!(%local_addr, candidates = ?candidates, shards = shards.len(), "media node listening");
-        Ok(Self { shards, room_placement, local_addr, config, stopping, threads, metrics, heartbeats })
+        let relay = if config.relay.listen.is_some() || config.relay.parent.is_some() {
+            let places = Places { shards: shards.clone(), placement: room_placement.clone() };
+            Some(Relay::start(&config.relay, places, metrics.clone(), viewers.clone())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            shards,
+            room_placement,
+            local_addr,
+            config,
+            stopping,
+            threads,
+            metrics,
+            heartbeats,
+            viewers,
+            relay,
+        })
+    }
+
+    /// Where this node accepts relay links from child nodes, if it does.
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay.as_ref().and_then(|r| r.listen_addr)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -175,6 +203,34 @@ impl NodeApi for MediaNode {
 
     fn health(&self) -> Result<(), String> {
         health::check(&self.heartbeats)
+    }
+
+    fn pull(&self, room: &str) -> Pin<Box<dyn Future<Output = Result<(), MediaError>> + Send + '_>> {
+        let parent = self.relay.as_ref().and_then(|r| r.parent.clone());
+        let room = room.to_string();
+        Box::pin(async move {
+            match parent {
+                Some(parent) => parent.pull(&room).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn is_edge(&self) -> bool {
+        self.relay.as_ref().is_some_and(|r| r.parent.is_some())
+    }
+
+    fn edge_for_viewer(&self) -> Option<String> {
+        self.relay.as_ref().and_then(|r| r.children.least_loaded())
+    }
+
+    fn edges(&self) -> Vec<crate::api::EdgeInfo> {
+        self.relay.as_ref().map(|r| r.children.list()).unwrap_or_default()
+    }
+
+    fn viewers(&self, room: &str) -> u64 {
+        let below = self.relay.as_ref().map(|r| r.children.viewers(room)).unwrap_or(0);
+        self.viewers.get(room) as u64 + below
     }
 }
 

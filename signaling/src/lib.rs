@@ -105,6 +105,7 @@ fn admin_routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/v1/rooms", get(list_rooms))
+        .route("/v1/edges", get(list_edges))
         .route("/v1/rooms/{room}", delete(close_room))
         .route("/v1/rooms/{room}/participants", get(list_participants))
         .route("/v1/rooms/{room}/participants/{identity}", delete(remove_participant))
@@ -229,7 +230,19 @@ async fn list_rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     if let Some(r) = admin_refusal(&state, &headers, None) {
         return r;
     }
-    Json(json!({ "rooms": state.registry.rooms() })).into_response()
+    let mut rooms = state.registry.rooms();
+    for room in &mut rooms {
+        room.viewers = state.media.viewers(&room.name);
+    }
+    Json(json!({ "rooms": rooms })).into_response()
+}
+
+/// The edges of the broadcast tier this node feeds, with their viewers.
+async fn list_edges(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers, None) {
+        return r;
+    }
+    Json(json!({ "edges": state.media.edges() })).into_response()
 }
 
 async fn list_participants(

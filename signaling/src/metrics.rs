@@ -17,6 +17,8 @@ pub struct SignalingMetrics {
     pub connections_refused: IntCounterVec,
     /// Failed accepts on the HTTP listener (out of file descriptors, mostly).
     pub accept_errors: IntCounter,
+    /// WHEP requests an origin sent on to one of its edges (`307`).
+    pub whep_redirects: IntCounter,
 }
 
 impl SignalingMetrics {
@@ -61,8 +63,14 @@ impl SignalingMetrics {
         let accept_errors =
             IntCounter::new("huiyi_http_accept_errors_total", "Failed accepts on the HTTP listener")
                 .expect("metric");
+        let whep_redirects = IntCounter::new(
+            "huiyi_whep_redirects_total",
+            "WHEP requests an origin sent on to the least loaded of its edges (307)",
+        )
+        .expect("metric");
         for m in [
-            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(whep_redirects.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections.clone()),
             Box::new(messages.clone()),
             Box::new(errors.clone()),
             Box::new(auth_failures.clone()),
@@ -84,6 +92,7 @@ impl SignalingMetrics {
             send_timeouts,
             connections_refused,
             accept_errors,
+            whep_redirects,
         }
     }
 }

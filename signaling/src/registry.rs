@@ -37,6 +37,8 @@ struct RoomEntry {
 pub struct RoomSummary {
     pub name: String,
     pub participants: usize,
+    /// Who receives its media here and on the edges this node feeds (set by the caller).
+    pub viewers: u64,
     pub created_at: u64,
 }
 
@@ -105,6 +107,7 @@ impl Registry {
             .map(|(name, r)| RoomSummary {
                 name: name.clone(),
                 participants: r.participants.len(),
+                viewers: 0,
                 created_at: r.created_at,
             })
             .collect();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use proto::quality::quality_for_tile;
@@ -106,10 +106,24 @@ pub(crate) async fn options() -> Response {
     response
 }
 
+/// The request's bearer token: the `Authorization` header, else an `access_token` query
+/// parameter (RFC 6750 section 2.3), which is how a viewer sent on to an edge by `307`
+/// keeps its token (clients drop `Authorization` on a redirect to another host).
+fn bearer_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::bearer).or_else(|| {
+        query?.split('&').find_map(|pair| pair.strip_prefix("access_token=")).filter(|t| !t.is_empty())
+    })
+}
+
 /// The verified claims of the request's bearer token, if they allow `role` in `room`.
-fn authorize(state: &AppState, headers: &HeaderMap, room: &str, role: Role) -> Result<auth::Claims, Refusal> {
-    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::bearer);
-    let Some(token) = token else {
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    room: &str,
+    role: Role,
+) -> Result<auth::Claims, Refusal> {
+    let Some(token) = bearer_token(headers, query) else {
         return Err(Refusal(StatusCode::UNAUTHORIZED, "missing bearer token".into()));
     };
     let claims = auth::verify(&state.secret, token, auth::now_unix()).map_err(|e| {
@@ -161,20 +175,22 @@ fn ice_ufrag(sdp: &str) -> Option<String> {
 pub(crate) async fn publish(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run_to_end(start(state, room, headers, body, Role::Publisher)).await
+    run_to_end(start(state, room, query, headers, body, Role::Publisher)).await
 }
 
 /// `POST /whep/<room>`: watch.
 pub(crate) async fn play(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run_to_end(start(state, room, headers, body, Role::Viewer)).await
+    run_to_end(start(state, room, query, headers, body, Role::Viewer)).await
 }
 
 /// Runs a session's start on a task of its own: a client that hangs up mid-request must
@@ -185,11 +201,38 @@ async fn run_to_end(start: impl Future<Output = Response> + Send + 'static) -> R
         .unwrap_or_else(|_| whip_error(StatusCode::INTERNAL_SERVER_ERROR, "the session could not start"))
 }
 
-async fn start(state: Arc<AppState>, room: String, headers: HeaderMap, body: Bytes, role: Role) -> Response {
-    let claims = match authorize(&state, &headers, &room, role) {
+async fn start(
+    state: Arc<AppState>,
+    room: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    role: Role,
+) -> Response {
+    let claims = match authorize(&state, &headers, query.as_deref(), &room, role) {
         Ok(c) => c,
         Err(refusal) => return refusal.into_response(),
     };
+    // The broadcast tier (ADR 0012): publishers go to the origin, viewers to an edge.
+    if role == Role::Publisher && state.media.is_edge() {
+        return whip_error(
+            StatusCode::FORBIDDEN,
+            "this node is an edge of the broadcast tier: publish to its origin",
+        );
+    }
+    if role == Role::Viewer
+        && !state.media.is_edge()
+        && let Some(edge) = state.media.edge_for_viewer()
+    {
+        let token = bearer_token(&headers, query.as_deref()).unwrap_or_default();
+        state.metrics.whep_redirects.inc();
+        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+        cors(response.headers_mut());
+        if let Ok(location) = HeaderValue::from_str(&format!("{edge}/whep/{room}?access_token={token}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return response;
+    }
     if !is_content_type(&headers, "application/sdp") {
         return whip_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the offer must be application/sdp");
     }
@@ -198,6 +241,12 @@ async fn start(state: Arc<AppState>, room: String, headers: HeaderMap, body: Byt
     };
     if state.is_draining() {
         return whip_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    if role == Role::Viewer
+        && let Err(e) = state.media.pull(&room).await
+    {
+        debug!(%room, error = %e, "nothing to play from the origin");
+        return not_live();
     }
     let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let participant_id = format!("PA_{}", random_id());
@@ -255,9 +304,7 @@ async fn start(state: Arc<AppState>, room: String, headers: HeaderMap, body: Byt
             if live.is_empty() && !audible {
                 session.leave(LeaveReason::Left);
                 forget(&state);
-                let mut refusal = whip_error(StatusCode::CONFLICT, "nothing is live in this room yet");
-                refusal.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-                return refusal;
+                return not_live();
             }
             if let Err(e) = session.subscribe(live) {
                 session.leave(LeaveReason::MediaError);
@@ -319,6 +366,13 @@ async fn start(state: Arc<AppState>, room: String, headers: HeaderMap, body: Byt
     response
 }
 
+/// `409` with `Retry-After`: a player asks again later.
+fn not_live() -> Response {
+    let mut refusal = whip_error(StatusCode::CONFLICT, "nothing is live in this room yet");
+    refusal.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    refusal
+}
+
 /// The answer to the publisher's offer, or the error the node sent instead.
 async fn first_answer(events: &mut mpsc::Receiver<SessionEvent>) -> Result<String, String> {
     while let Some(event) = events.recv().await {
@@ -367,7 +421,7 @@ fn resource_for(
     id: &str,
     role: Role,
 ) -> Result<Resource, Refusal> {
-    let claims = authorize(state, headers, room, role)?;
+    let claims = authorize(state, headers, None, room, role)?;
     match state.whip.lock().get(id) {
         Some(r) if r.role == role && r.room == room && r.identity == claims.sub => Ok(r.clone()),
         Some(r) if r.role == role && r.room == room => {

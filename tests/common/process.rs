@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Huiyi {
     child: Child,
     pub http: SocketAddr,
+    /// Where it accepts relay links from edges, if it does.
+    pub relay: Option<SocketAddr>,
 }
 
 /// How to start the process.
@@ -70,15 +72,33 @@ impl Huiyi {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The banner: its addresses, up to the blank line that ends it.
+            let (mut http, mut relay) = (None, None);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("Open http://").nth(1) {
-                    let addr = rest.split('/').next().unwrap_or_default().to_string();
-                    let _ = tx.send(addr);
+                    http = rest.split('/').next().and_then(|a| a.parse::<SocketAddr>().ok());
+                } else if let Some(rest) = line.split("Relay links from edges on udp/").nth(1) {
+                    relay = rest.trim_end_matches('.').parse::<SocketAddr>().ok();
+                } else if line.is_empty()
+                    && let Some(http) = http.take()
+                {
+                    let _ = tx.send((http, relay));
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("huiyi prints its address");
-        Huiyi { child, http: addr.parse().expect("an address") }
+        let (http, relay) = rx.recv_timeout(Duration::from_secs(20)).expect("huiyi prints its address");
+        Huiyi { child, http, relay }
+    }
+
+    /// The process's HTTP address as a base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Stop it the hard way (a machine that dies).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {

@@ -15,6 +15,7 @@
 //! without a close frame, and [`Client::wait_closed`] reports the server's close frame.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -498,7 +499,7 @@ impl Client {
     /// offer to `/whip/<room>` with `token`, apply the answer. Returns the client (its
     /// `participant_id` is the session id in the `Location`) and the `Location`.
     pub async fn publish_whip(
-        server: &Running,
+        server: SocketAddr,
         room: &str,
         identity: &str,
         index: u8,
@@ -512,7 +513,7 @@ impl Client {
     /// `/whep/<room>` with `token`, apply the answer. Returns the client and the `Location`;
     /// `Err` carries the status and body of a refusal.
     pub async fn play_whep(
-        server: &Running,
+        server: SocketAddr,
         room: &str,
         identity: &str,
         index: u8,
@@ -524,7 +525,7 @@ impl Client {
 
     /// One WHIP (`publish`) or WHEP session: the offer `POST`ed to `path`, the answer applied.
     async fn over_http(
-        server: &Running,
+        server: SocketAddr,
         path: &str,
         identity: &str,
         index: u8,
@@ -559,14 +560,34 @@ impl Client {
         pc.set_local_description(offer).await.context("set_local_description(offer)")?;
         let bearer = format!("Bearer {token}");
         let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
-        let (status, response_headers, answer) =
-            super::http_exchange(server.http_addr, "POST", path, &headers, sdp.as_bytes()).await;
+        let (mut status, mut response_headers, mut answer) =
+            super::http_exchange(server, "POST", path, &headers, sdp.as_bytes()).await;
+        let mut moved_to = None;
+        if status == 307 {
+            // An origin sends players on to an edge. As browsers do on a redirect to
+            // another host, the Authorization header stays behind: the token travels in
+            // the new URL's query.
+            let to = super::header(&response_headers, "location")
+                .ok_or_else(|| anyhow!("{label}: 307 without a Location"))?
+                .to_string();
+            let rest = to.strip_prefix("http://").ok_or_else(|| anyhow!("{label}: redirected to {to}"))?;
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let edge: SocketAddr = host.parse().context("the edge's address")?;
+            let headers = [("Content-Type", "application/sdp")];
+            (status, response_headers, answer) =
+                super::http_exchange(edge, "POST", path, &headers, sdp.as_bytes()).await;
+            moved_to = Some(edge);
+        }
         if status != 201 {
             bail!("{label}: POST {path} answered {status}: {answer}");
         }
-        let location = super::header(&response_headers, "location")
+        let mut location = super::header(&response_headers, "location")
             .ok_or_else(|| anyhow!("{label}: 201 without a Location"))?
             .to_string();
+        if let Some(edge) = moved_to {
+            // The session lives on the edge: its Location is the edge's.
+            location = format!("http://{edge}{location}");
+        }
         let participant_id = location.rsplit('/').next().unwrap_or_default().to_string();
         let answer = RTCSessionDescription::answer(answer).context("the answer")?;
         pc.set_remote_description(answer).await.context("set_remote_description(answer)")?;

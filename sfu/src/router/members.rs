@@ -43,8 +43,9 @@ impl Router {
             self.metrics.rooms.inc();
             Room::new(audio, now)
         });
-        let others: Vec<ParticipantInfo> =
+        let mut others: Vec<ParticipantInfo> =
             room.members.iter().filter(|m| !m.hidden).map(|m| room.participant_info(m)).collect();
+        others.extend(room.relayed_publishers());
         let member = Member {
             session: id,
             participant_id: request.participant_id.clone(),
@@ -134,15 +135,44 @@ impl Router {
     /// `id` publishes `track` on `mid`: the others are told, and those who never said what
     /// they show get a sink for it.
     pub fn publish(&mut self, id: SessionId, mid: Mid, track: TrackInfo, now: Instant) {
+        self.publish_as(id, mid, track, None, now);
+    }
+
+    /// `publish`, for a track whose publisher is not the endpoint: a relay link's track is
+    /// announced as its publisher's on the origin, with that publisher's codecs.
+    pub(super) fn publish_as(
+        &mut self,
+        id: SessionId,
+        mid: Mid,
+        track: TrackInfo,
+        relayed: Option<(String, super::PayloadTypes)>,
+        now: Instant,
+    ) {
         self.now = self.now.max(now);
         let Some(endpoint) = self.endpoints.get(&id) else { return };
         let Some(room) = self.rooms.get_mut(&endpoint.room) else { return };
-        let participant_id = endpoint.participant_id.clone();
         let kind = track.kind;
-        room.sources.insert(
-            (id, mid),
-            Source::new(track.clone(), participant_id.clone(), self.config.keyframe_request_interval),
+        let mut source = Source::new(
+            track.clone(),
+            endpoint.participant_id.clone(),
+            self.config.keyframe_request_interval,
         );
+        if let Some((owner, codecs)) = relayed {
+            source.owner_participant = owner;
+            source.codecs = Some(codecs);
+        }
+        let participant_id = source.owner_participant.clone();
+        room.sources.insert((id, mid), source);
+        let feeds: Vec<SessionId> = room
+            .members
+            .iter()
+            .filter(|m| m.hidden && m.session != id)
+            .map(|m| m.session)
+            .filter(|s| self.endpoints.get(s).is_some_and(|e| e.relay && e.can_subscribe))
+            .collect();
+        for to in feeds {
+            self.outputs.push_back(super::Output::RelaySource { to, source: (id, mid) });
+        }
         self.metrics.tracks.inc();
         let others: Vec<SessionId> = room.others(id).collect();
         for other in &others {

@@ -8,6 +8,7 @@ mod allocation;
 mod codec;
 pub mod forward;
 mod members;
+mod relay;
 mod room;
 pub mod rtp;
 pub mod select;
@@ -23,6 +24,7 @@ use str0m::media::{Mid, Rid};
 
 pub use codec::{CodecKey, PayloadTypes, h264_profile};
 pub use forward::{Forwarded, SourcePacket};
+pub use relay::RelayedTrack;
 pub use sink::Strategy;
 pub use source::{SinkKey, SourceKey};
 
@@ -59,6 +61,8 @@ pub enum Input {
     Estimate { endpoint: SessionId, bps: u64 },
     /// A subscriber asked for a keyframe on one of its sinks.
     KeyframeWanted { sink: SinkKey },
+    /// A relay link's next node asked for a keyframe of one layer of what a sink carries.
+    LayerKeyframeWanted { sink: SinkKey, layer: u8 },
 }
 
 /// What the router asks its driver to do.
@@ -74,6 +78,8 @@ pub enum Output {
     OfferNeeded(SessionId),
     /// The rate an endpoint's estimate should grow to (what its video would need).
     DesiredBitrate { to: SessionId, bps: u64 },
+    /// A relay link that feeds another node should carry this newly published source.
+    RelaySource { to: SessionId, source: SourceKey },
 }
 
 /// One endpoint: a participant's WebRTC session, or a relay link to another node.
@@ -153,6 +159,13 @@ impl Router {
                     self.request_keyframe(source, layer, self.now);
                 }
             }
+            Input::LayerKeyframeWanted { sink, layer } => {
+                let source =
+                    self.endpoints.get(&sink.0).and_then(|e| e.sinks.get(&sink.1)).and_then(|s| s.source);
+                if let Some(source) = source {
+                    self.request_keyframe(source, layer, self.now);
+                }
+            }
         }
     }
 
@@ -186,7 +199,8 @@ impl Router {
         state.last_packet = Some(now);
         state.bytes += packet.payload.len() as u64;
         if source.format.is_none_or(|(pt, _)| pt != packet.pt) {
-            let Some(codec) = owner.codecs.iter().find(|(pt, _)| *pt == packet.pt).map(|(_, c)| *c) else {
+            let table = source.codecs.as_ref().unwrap_or(&owner.codecs);
+            let Some(codec) = table.iter().find(|(pt, _)| *pt == packet.pt).map(|(_, c)| *c) else {
                 return;
             };
             source.video_codec = codec.video_codec();

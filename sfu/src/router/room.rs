@@ -63,6 +63,31 @@ impl Room {
         self.members.iter().filter(move |m| !m.hidden && m.session != session).map(|m| m.session)
     }
 
+    /// The publishers whose tracks arrive over a relay link (hidden members' sources), as
+    /// participants: what a newcomer on an edge node sees.
+    pub fn relayed_publishers(&self) -> Vec<ParticipantInfo> {
+        let mut out: Vec<ParticipantInfo> = Vec::new();
+        let mut sources: Vec<(&SourceKey, &Source)> = self
+            .sources
+            .iter()
+            .filter(|((owner, _), _)| self.members.iter().any(|m| m.session == *owner && m.hidden))
+            .collect();
+        sources.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, source) in sources {
+            let owner = &source.owner_participant;
+            match out.iter_mut().find(|p| p.id == *owner) {
+                Some(p) => p.tracks.push(source.track.clone()),
+                None => out.push(ParticipantInfo {
+                    id: owner.clone(),
+                    identity: owner.clone(),
+                    name: owner.clone(),
+                    tracks: vec![source.track.clone()],
+                }),
+            }
+        }
+        out
+    }
+
     pub fn participants(&self) -> usize {
         self.members.iter().filter(|m| !m.hidden).count()
     }

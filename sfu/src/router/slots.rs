@@ -55,6 +55,17 @@ impl Router {
         added
     }
 
+    /// Sources `slots_to_add` gave that found no place this time: they wait for the next.
+    pub fn add_later(&mut self, id: SessionId, sources: Vec<SourceKey>) {
+        if let Some(endpoint) = self.endpoints.get_mut(&id) {
+            for key in sources {
+                if !endpoint.to_add.contains(&key) {
+                    endpoint.to_add.push(key);
+                }
+            }
+        }
+    }
+
     /// The offer for `slots_to_add` gave these sources these mids: their sinks exist now
     /// (active once `sink_negotiated`). Returns what the endpoint is told they carry.
     pub fn slots_added(&mut self, id: SessionId, added: &[(Mid, SourceKey)], now: Instant) -> Vec<SlotInfo> {

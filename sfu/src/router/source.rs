@@ -43,6 +43,9 @@ pub struct Source {
     /// Payload type of the last packet and the codec it means.
     pub format: Option<(u8, CodecKey)>,
     pub video_codec: Option<VideoCodec>,
+    /// What its payload types mean, when not its owner endpoint's table (a relayed track:
+    /// one relay endpoint brings tracks of several publishers).
+    pub codecs: Option<super::PayloadTypes>,
 }
 
 impl Source {
@@ -63,6 +66,7 @@ impl Source {
             }),
             format: None,
             video_codec: None,
+            codecs: None,
         }
     }
 

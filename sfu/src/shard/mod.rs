@@ -6,6 +6,7 @@
 
 #[cfg(feature = "internals")]
 mod client_facing;
+mod relay;
 mod send;
 mod session;
 
@@ -34,9 +35,12 @@ use crate::fasthash::FastMap;
 use crate::health::Heartbeat;
 use crate::io::{DatagramPool, Datagrams, Delivery, MediaSocket, SendQueue};
 use crate::metrics::SfuMetrics;
+use crate::relay::RoomViewers;
 use crate::router::{self, Router, RouterConfig};
 #[cfg(feature = "internals")]
 pub use client_facing::ClientFacing;
+use relay::RelayEndpoint;
+pub(crate) use relay::RelayInput;
 pub(crate) use session::session_rtc;
 #[cfg(test)]
 pub(crate) use session::slot_out;
@@ -93,6 +97,8 @@ pub(crate) enum ShardInput {
         session: SessionId,
         reason: LeaveReason,
     },
+    /// From a relay link (relay/): a join, a track, a packet, a request.
+    Relay(RelayInput),
     Shutdown,
 }
 
@@ -168,6 +174,9 @@ pub(crate) struct Shard {
     metrics: SfuMetrics,
     router: Router,
     sessions: FastMap<SessionId, Session>,
+    /// Relay links' ends in this shard's rooms (the router sees them as hidden endpoints).
+    relays: FastMap<SessionId, RelayEndpoint>,
+    viewers: Arc<RoomViewers>,
     by_addr: HashMap<SocketAddr, SessionId>,
     by_ufrag: HashMap<String, SessionId>,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
@@ -205,6 +214,8 @@ pub(crate) struct ShardParts {
     pub heartbeat: Arc<Heartbeat>,
     /// The shard's session counter (starts at 1), shared with the shards that replace it.
     pub next_session: Arc<AtomicU64>,
+    /// Where the shard tells the node how many watch each of its rooms.
+    pub viewers: Arc<RoomViewers>,
 }
 
 impl Shard {
@@ -231,6 +242,8 @@ impl Shard {
             load: parts.load,
             metrics: parts.metrics,
             sessions: FastMap::default(),
+            relays: FastMap::default(),
+            viewers: parts.viewers,
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -324,11 +337,17 @@ impl Shard {
             debug!(session = id, participant = %session.participant_id, "session ended with its media thread");
             session.emit(SessionEvent::Closed { reason: LeaveReason::MediaError }, &self.metrics);
         }
+        for (_, relay) in self.relays.drain() {
+            if let relay::Side::Brings { .. } = relay.side {
+                relay.link.send(crate::relay::wire::Control::Unsubscribe { room: relay.room });
+            }
+        }
+        self.viewers.replace_shard(self.index, Vec::new());
         self.room_placement.retain(|_, shard| *shard != self.index);
     }
 
     fn shutdown(&mut self) {
-        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        let ids: Vec<SessionId> = self.sessions.keys().chain(self.relays.keys()).copied().collect();
         for id in ids {
             self.end_session(id, LeaveReason::RoomClosed);
         }
@@ -391,6 +410,7 @@ impl Shard {
                 self.carry_out();
             }
             ShardInput::Leave { session, reason } => self.end_session(session, reason),
+            ShardInput::Relay(input) => self.handle_relay(input),
             ShardInput::Shutdown => {}
         }
         self.flush_offers();
@@ -425,10 +445,8 @@ impl Shard {
             panic!("test hook: a join to room {:?} panics its media thread", request.room);
         }
         let now = Instant::now();
-        let n = self.next_session.load(Ordering::Relaxed);
-        let id = (n << 8) | self.index as u64;
+        let id = self.new_session_id();
         let others = self.router.join(id, &request, false, now)?;
-        self.next_session.store(n + 1, Ordering::Relaxed);
         let creds = IceCreds::new();
         // Name the session before its engine (and DTLS instance) is built: the keys that
         // instance exports are bound to it.
@@ -461,6 +479,12 @@ impl Shard {
         self.carry_out();
         self.drain(id);
         Ok((id, others))
+    }
+
+    /// A session id unique on this node (the shard index in its low bits), never reused.
+    fn new_session_id(&mut self) -> SessionId {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        (n << 8) | self.index as u64
     }
 
     fn handle_datagram(&mut self, source: SocketAddr, data: &[u8], at: Instant) {
@@ -531,6 +555,7 @@ impl Shard {
             }
             self.end_session(id, LeaveReason::MediaTimeout);
         }
+        self.relay_housekeeping(now);
         self.route(router::Input::Timeout);
     }
 
@@ -544,8 +569,17 @@ impl Shard {
     fn carry_out(&mut self) {
         while let Some(output) = self.router.poll_output() {
             match output {
-                router::Output::Forward { sink, packet } => self.send_forwarded(sink, packet),
-                router::Output::KeyframeRequest { source: (owner, _), ssrc } => {
+                router::Output::Forward { sink, packet } => {
+                    if self.relays.contains_key(&sink.0) {
+                        self.relay_forward(sink, packet);
+                    } else {
+                        self.send_forwarded(sink, packet);
+                    }
+                }
+                router::Output::KeyframeRequest { source: (owner, mid), ssrc } => {
+                    if self.relay_keyframe_request(owner, mid, ssrc) {
+                        continue;
+                    }
                     let Some(session) = self.sessions.get_mut(&owner) else { continue };
                     let rtc = &mut session.rtc;
                     let requested = contained(&mut self.failed, &self.metrics, owner, || {
@@ -560,17 +594,30 @@ impl Shard {
                     }
                 }
                 router::Output::Event { to, event } => {
+                    if self.relay_event(to, &event) {
+                        continue;
+                    }
                     if let Some(s) = self.sessions.get(&to) {
                         s.emit(event, &self.metrics);
                     }
                 }
                 router::Output::OfferNeeded(id) => self.offers_due.push(id),
                 router::Output::DesiredBitrate { to, bps } => self.set_desired_bitrate(to, bps),
+                router::Output::RelaySource { to, source } => {
+                    if let Some(track) = self.feed_source(to, source)
+                        && let Some(relay) = self.relays.get(&to)
+                    {
+                        relay.link.send(crate::relay::wire::Control::Track { slot: relay.slot, track });
+                    }
+                }
             }
         }
     }
 
     fn end_session(&mut self, id: SessionId, reason: LeaveReason) {
+        if self.end_relay(id, reason) {
+            return;
+        }
         let Some(mut session) = self.sessions.remove(&id) else { return };
         let rtc = &mut session.rtc;
         let _ = contained(&mut self.failed, &self.metrics, id, || rtc.disconnect());

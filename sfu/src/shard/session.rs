@@ -58,6 +58,8 @@ pub(super) struct Session {
     pub egress: Option<Egress>,
     /// Where str0m last sent DTLS or SRTP: the peer's address on the selected ICE pair.
     pub dest: Option<SocketAddr>,
+    /// Receive-only m-lines the client offered that carry nothing yet (a WHEP player's).
+    pub spare_mids: Vec<(Mid, MediaKind)>,
     pub nacks_seen: HashMap<Mid, u64>,
     pub created: Instant,
     pub last_rx: Instant,
@@ -109,6 +111,7 @@ impl Session {
             sinks: FastMap::default(),
             egress: None,
             dest: None,
+            spare_mids: Vec::new(),
             nacks_seen: HashMap::new(),
             created: now,
             last_rx: now,
@@ -196,19 +199,28 @@ impl Shard {
     /// A client that receives without renegotiating (a WHEP player) offers the m-lines it
     /// wants media on: new ones take the sources waiting for a sink, as a slot of ours
     /// would, with no offer of ours. Sources with no such m-line wait for the next offer.
+    /// m-lines it offered that carry nothing yet stay spare: a source that comes later (the
+    /// teacher's audio arriving after the player) takes one then.
     fn fill_offered_sinks(&mut self, id: SessionId, offered: Vec<(Mid, MediaKind)>) {
-        let Some(session) = self.sessions.get(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&id) else { return };
         let mut free: Vec<(Mid, MediaKind)> =
             offered.into_iter().filter(|(mid, _)| !session.sinks.contains_key(mid)).collect();
+        session.spare_mids = free.clone();
         if free.is_empty() {
             return;
         }
         let mut pairs = Vec::new();
+        let mut unplaced = Vec::new();
         for slot in self.router.slots_to_add(id) {
             let kind = if slot.kind == TrackKind::Audio { MediaKind::Audio } else { MediaKind::Video };
-            if let Some(at) = free.iter().position(|(_, k)| *k == kind) {
-                pairs.push((free.remove(at).0, slot.source));
+            match free.iter().position(|(_, k)| *k == kind) {
+                Some(at) => pairs.push((free.remove(at).0, slot.source)),
+                None => unplaced.push(slot.source),
             }
+        }
+        self.router.add_later(id, unplaced);
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.spare_mids = free;
         }
         if pairs.is_empty() {
             return;
@@ -343,6 +355,11 @@ impl Shard {
         if !session.negotiated || session.pending_offer.is_some() {
             return;
         }
+        if !session.spare_mids.is_empty() {
+            let spare = session.spare_mids.clone();
+            self.fill_offered_sinks(id, spare);
+        }
+        let Some(session) = self.sessions.get_mut(&id) else { return };
         let wanted = self.router.slots_to_add(id);
         if wanted.is_empty() {
             return;

@@ -1,0 +1,298 @@
+//! The child's side of a relay link: one connection to the parent, kept up (again every
+//! second after a loss), rooms pulled while they have viewers here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::tls::{self, Side};
+use super::wire::{Control, RelayPacket, split_flow};
+use super::{Children, LinkOut, Places, RelaySettings, RoomViewers, read_control, transport, write_controls};
+use crate::api::{LeaveReason, MediaError, SessionId};
+use crate::metrics::SfuMetrics;
+use crate::shard::{RelayInput, ShardInput, ShardSender};
+
+/// How long a pull waits for the parent's answer.
+const PULL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a child tells its parent its viewers.
+const LOAD_EVERY: Duration = Duration::from_secs(1);
+
+enum Pull {
+    Waiting(Vec<oneshot::Sender<Result<(), MediaError>>>),
+    Live { slot: u32, id: SessionId, shard: ShardSender },
+}
+
+#[derive(Default)]
+struct State {
+    link: Option<LinkOut>,
+    rooms: HashMap<String, Pull>,
+}
+
+pub(crate) struct ParentLink {
+    parent: SocketAddr,
+    settings: RelaySettings,
+    places: Places,
+    metrics: SfuMetrics,
+    viewers: Arc<RoomViewers>,
+    children: Arc<Children>,
+    state: Mutex<State>,
+}
+
+impl ParentLink {
+    pub fn new(
+        parent: SocketAddr,
+        settings: RelaySettings,
+        places: Places,
+        metrics: SfuMetrics,
+        viewers: Arc<RoomViewers>,
+        children: Arc<Children>,
+    ) -> Self {
+        Self { parent, settings, places, metrics, viewers, children, state: Mutex::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Make sure `room` comes from the parent: Ok once its tracks are sources here, Err
+    /// when nothing is live there (or the parent cannot be reached).
+    pub async fn pull(&self, room: &str) -> Result<(), MediaError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.lock();
+            let Some(link) = state.link.clone() else {
+                return Err(MediaError::Refused("this edge has no link to its origin".into()));
+            };
+            match state.rooms.get_mut(room) {
+                Some(Pull::Live { .. }) => return Ok(()),
+                Some(Pull::Waiting(waiting)) => waiting.push(tx),
+                None => {
+                    state.rooms.insert(room.to_string(), Pull::Waiting(vec![tx]));
+                    link.send(Control::Subscribe { room: room.to_string() });
+                }
+            }
+        }
+        match tokio::time::timeout(PULL_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            _ => {
+                let mut state = self.lock();
+                if matches!(state.rooms.get(room), Some(Pull::Waiting(_))) {
+                    state.rooms.remove(room);
+                }
+                Err(MediaError::Overloaded)
+            }
+        }
+    }
+
+    /// Keep a link to the parent up for the node's life.
+    pub async fn run(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        let client = match tls::client_config(transport()) {
+            Ok(c) => c,
+            Err(e) => return warn!(error = %e, "relay TLS set-up failed; this edge has no origin"),
+        };
+        loop {
+            let started = Instant::now();
+            match self.connected(&endpoint, client.clone()).await {
+                Ok(end) => info!(parent = %self.parent, reason = %end, "relay link to the parent ended"),
+                Err(e) => warn!(parent = %self.parent, error = %e, "no relay link to the parent"),
+            }
+            self.lost();
+            let since = started.elapsed();
+            if since < Duration::from_secs(1) {
+                tokio::time::sleep(Duration::from_secs(1) - since).await;
+            }
+        }
+    }
+
+    /// One connection, from the greeting to its end.
+    async fn connected(
+        self: &Arc<Self>,
+        endpoint: &quinn::Endpoint,
+        client: quinn::ClientConfig,
+    ) -> Result<String, String> {
+        let conn = endpoint
+            .connect_with(client, self.parent, "huiyi-relay")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let secret = &self.settings.secret;
+        let proof = tls::proof(&conn, secret, Side::Child).ok_or("no TLS exporter")?;
+        let hello =
+            Control::Hello { node: self.settings.node.clone(), http: self.settings.http_url.clone(), proof };
+        send.write_all(&hello.frame()).await.map_err(|e| e.to_string())?;
+        let welcome = tokio::time::timeout(Duration::from_secs(5), read_control(&mut recv))
+            .await
+            .map_err(|_| "no welcome within 5 s".to_string())??;
+        match welcome {
+            Control::Welcome { node, proof } if tls::verify(&conn, secret, Side::Parent, &proof) => {
+                info!(parent = %self.parent, node = %node, "relay link to the parent is up");
+            }
+            _ => {
+                self.metrics.relay.refused.with_label_values(&["bad_proof"]).inc();
+                conn.close(1u32.into(), b"bad proof");
+                return Err("the parent did not prove the cluster secret".into());
+            }
+        }
+        self.metrics.relay.links.with_label_values(&["parent"]).inc();
+        let (control, rx) = mpsc::unbounded_channel();
+        let link = LinkOut { conn: conn.clone(), control };
+        self.lock().link = Some(link.clone());
+        let me = self.clone();
+        // A room a shard let go of (nobody watched it for a while) is no longer pulled.
+        tokio::spawn(write_controls(send, rx, move |message| {
+            if let Control::Unsubscribe { room } = message {
+                let mut state = me.lock();
+                if matches!(state.rooms.get(room), Some(Pull::Live { .. })) {
+                    state.rooms.remove(room);
+                }
+            }
+        }));
+        let media = tokio::spawn(self.clone().datagrams(conn.clone()));
+        let load = tokio::spawn(self.clone().report_load(link.clone()));
+        let end = loop {
+            let message = tokio::select! {
+                m = read_control(&mut recv) => m,
+                e = conn.closed() => break format!("closed: {e}"),
+            };
+            match message {
+                Ok(m) => self.on_control(m, &link).await,
+                Err(e) => break e,
+            }
+        };
+        media.abort();
+        load.abort();
+        conn.close(0u32.into(), b"bye");
+        self.metrics.relay.links.with_label_values(&["parent"]).dec();
+        Ok(end)
+    }
+
+    async fn on_control(&self, message: Control, link: &LinkOut) {
+        match message {
+            Control::Room { room, slot, tracks } => {
+                let waiting = match self.lock().rooms.remove(&room) {
+                    Some(Pull::Waiting(w)) => w,
+                    Some(live) => {
+                        self.lock().rooms.insert(room, live);
+                        return;
+                    }
+                    None => Vec::new(),
+                };
+                let result = if tracks.is_empty() {
+                    link.send(Control::Unsubscribe { room: room.clone() });
+                    Err(MediaError::Refused("nothing is live in this room".into()))
+                } else {
+                    match self.places.join(&room, &self.settings.node, link.clone(), slot, Some(tracks)).await
+                    {
+                        Ok((id, shard)) => {
+                            self.lock().rooms.insert(room.clone(), Pull::Live { slot, id, shard });
+                            Ok(())
+                        }
+                        Err(e) => {
+                            link.send(Control::Unsubscribe { room: room.clone() });
+                            Err(e)
+                        }
+                    }
+                };
+                debug!(%room, ok = result.is_ok(), "room pulled from the parent");
+                for w in waiting {
+                    let _ = w.send(result.clone());
+                }
+            }
+            Control::Track { slot, track } => {
+                if let Some((id, shard)) = self.by_slot(slot) {
+                    let _ = shard.command(ShardInput::Relay(RelayInput::Track { endpoint: id, track }));
+                }
+            }
+            Control::Untrack { slot, track } => {
+                if let Some((id, shard)) = self.by_slot(slot) {
+                    let _ = shard.command(ShardInput::Relay(RelayInput::Untrack { endpoint: id, track }));
+                }
+            }
+            Control::Audience { .. } => {}
+            other => {
+                self.metrics.relay.dropped.with_label_values(&["bad_message"]).inc();
+                debug!(message = ?other, "unexpected relay message from the parent");
+            }
+        }
+    }
+
+    fn by_slot(&self, slot: u32) -> Option<(SessionId, ShardSender)> {
+        self.lock().rooms.values().find_map(|p| match p {
+            Pull::Live { slot: s, id, shard } if *s == slot => Some((*id, shard.clone())),
+            _ => None,
+        })
+    }
+
+    /// Media from the parent, to the shards that hold its rooms.
+    async fn datagrams(self: Arc<Self>, conn: quinn::Connection) {
+        let mut routes: HashMap<u32, (SessionId, ShardSender)> = HashMap::new();
+        while let Ok(data) = conn.read_datagram().await {
+            let at = Instant::now();
+            let packet = match RelayPacket::decode(data) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.metrics.relay.dropped.with_label_values(&["malformed"]).inc();
+                    continue;
+                }
+            };
+            let slot = split_flow(packet.flow).0;
+            let route = match routes.get(&slot) {
+                Some(r) => Some(r.clone()),
+                None => self.by_slot(slot).inspect(|r| {
+                    routes.insert(slot, r.clone());
+                }),
+            };
+            let Some((id, shard)) = route else {
+                self.metrics.relay.dropped.with_label_values(&["unknown_flow"]).inc();
+                continue;
+            };
+            let input = ShardInput::Relay(RelayInput::Packet { endpoint: id, packet, at });
+            if let Err(e) = shard.command(input) {
+                if e == MediaError::ShuttingDown {
+                    return;
+                }
+                // The endpoint may have ended and its slot be reused by a new pull.
+                routes.remove(&slot);
+                self.metrics.relay.dropped.with_label_values(&["queue_full"]).inc();
+            }
+            if routes.len() > 4096 {
+                routes.clear();
+            }
+        }
+    }
+
+    /// Tell the parent this node's viewers (and its children's), every second.
+    async fn report_load(self: Arc<Self>, link: LinkOut) {
+        let mut tick = tokio::time::interval(LOAD_EVERY);
+        loop {
+            tick.tick().await;
+            let mut rooms = self.children.totals();
+            for (room, n) in self.viewers.all() {
+                *rooms.entry(room).or_insert(0) += n as u64;
+            }
+            let viewers = rooms.values().sum();
+            link.send(Control::Load { viewers, rooms: rooms.into_iter().collect() });
+        }
+    }
+
+    /// The link is gone: rooms it brought end here (their viewers see the class end).
+    fn lost(&self) {
+        let mut state = self.lock();
+        state.link = None;
+        for (_, pull) in state.rooms.drain() {
+            match pull {
+                Pull::Live { id, shard, .. } => shard.end(id, LeaveReason::RoomClosed),
+                Pull::Waiting(waiting) => {
+                    for w in waiting {
+                        let _ = w.send(Err(MediaError::Refused("the link to the origin was lost".into())));
+                    }
+                }
+            }
+        }
+    }
+}
