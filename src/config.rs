@@ -347,6 +347,25 @@ mod tests {
     }
 
     #[test]
+    fn roles_open_the_relay_links_they_need() {
+        let mut c = Config::default();
+        assert!(c.check_roles().is_ok());
+        let all = c.relay_settings();
+        assert_eq!((all.listen, all.parent), (None, None), "the laptop default opens no relay port");
+        c.relay.role = Role::Edge;
+        assert!(c.check_roles().is_err(), "an edge needs its origin");
+        c.relay.origin = Some("10.0.0.1:7703".parse().unwrap());
+        assert!(c.check_roles().is_ok());
+        assert_eq!(c.relay_settings().parent, c.relay.origin);
+        c.relay.role = Role::Origin;
+        assert!(c.check_roles().is_err(), "--origin without --role edge");
+        c.relay.origin = None;
+        assert_eq!(c.relay_settings().listen, Some(SocketAddr::from(DEFAULT_RELAY_LISTEN)));
+        let parsed: Config = toml::from_str("[relay]\nrole = \"edge\"\norigin = \"127.0.0.1:9\"\n").unwrap();
+        assert_eq!(parsed.relay.role, Role::Edge);
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("htp = \"127.0.0.1:1\"").is_err());
     }
