@@ -231,6 +231,15 @@ impl Config {
                 self.http
             );
         }
+        let relay = self.relay_settings().listen;
+        if self.dev_mode() && relay.is_some_and(|a| !a.ip().is_loopback()) && !self.dev {
+            anyhow::bail!(
+                "no api_secret configured and relay links accepted on {}: any machine could link as an edge \
+                 with the public development secret and watch every class. Set HUIYI_API_SECRET (at least \
+                 {MIN_SECRET_LEN} bytes) on the origin and its edges, or pass --dev for a throwaway server",
+                relay.map(|a| a.to_string()).unwrap_or_default()
+            );
+        }
         Ok(())
     }
 

@@ -225,13 +225,15 @@ async fn start(
         && let Some(edge) = state.media.edge_for_viewer()
     {
         let token = bearer_token(&headers, query.as_deref()).unwrap_or_default();
-        state.metrics.whep_redirects.inc();
-        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
-        cors(response.headers_mut());
-        if let Ok(location) = HeaderValue::from_str(&format!("{edge}/whep/{room}?access_token={token}")) {
+        let to = format!("{edge}/whep/{}?access_token={}", percent_encode(&room), percent_encode(token));
+        // A Location that cannot be a header (it never should) serves the viewer here.
+        if let Ok(location) = HeaderValue::from_str(&to) {
+            state.metrics.whep_redirects.inc();
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            cors(response.headers_mut());
             response.headers_mut().insert(header::LOCATION, location);
+            return response;
         }
-        return response;
     }
     if !is_content_type(&headers, "application/sdp") {
         return whip_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the offer must be application/sdp");
@@ -364,6 +366,20 @@ async fn start(
         headers.insert(header::LOCATION, value);
     }
     response
+}
+
+/// `s` as one URL path segment or query value: unreserved characters as they are, every
+/// other byte as `%XX` (RFC 3986).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `409` with `Retry-After`: a player asks again later.
@@ -538,5 +554,17 @@ mod tests {
             sources(sdp),
             vec![("0".to_string(), TrackSource::Microphone), ("1".to_string(), TrackSource::Camera)]
         );
+    }
+
+    #[test]
+    fn a_redirect_keeps_any_room_name_and_the_token_in_one_piece() {
+        assert_eq!(percent_encode("physics-101_a.b~"), "physics-101_a.b~");
+        assert_eq!(percent_encode("a b?c#d/e&f"), "a%20b%3Fc%23d%2Fe%26f");
+        assert_eq!(percent_encode("物理"), "%E7%89%A9%E7%90%86");
+        assert!(HeaderValue::from_str(&percent_encode("x\r\nSet-Cookie: y")).is_ok(), "no header injection");
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers, Some("a=1&access_token=abc.def")), Some("abc.def"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer hdr"));
+        assert_eq!(bearer_token(&headers, Some("access_token=q")), Some("hdr"), "the header wins");
     }
 }

@@ -174,7 +174,8 @@ impl ParentLink {
     async fn on_control(&self, message: Control, link: &LinkOut) {
         match message {
             Control::Room { room, slot, tracks } => {
-                let waiting = match self.lock().rooms.remove(&room) {
+                let previous = self.lock().rooms.remove(&room);
+                let waiting = match previous {
                     Some(Pull::Waiting(w)) => w,
                     Some(live) => {
                         self.lock().rooms.insert(room, live);

@@ -257,11 +257,17 @@ impl Relay {
 
 /// Read one length-prefixed control message.
 async fn read_control(recv: &mut quinn::RecvStream) -> Result<Control, String> {
+    read_control_within(recv, MAX_CONTROL_BYTES).await
+}
+
+/// Read one control message of at most `max` bytes (a peer that has not proved the
+/// secret yet gets little).
+async fn read_control_within(recv: &mut quinn::RecvStream, max: usize) -> Result<Control, String> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(|e| format!("control stream: {e}"))?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_CONTROL_BYTES {
-        return Err(format!("a control message of {len} bytes (at most {MAX_CONTROL_BYTES})"));
+    if len > max {
+        return Err(format!("a control message of {len} bytes (at most {max})"));
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| format!("control stream: {e}"))?;

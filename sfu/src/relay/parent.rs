@@ -11,7 +11,9 @@ use tracing::{info, warn};
 
 use super::tls::{self, Side};
 use super::wire::{Control, split_flow};
-use super::{Child, Children, LinkOut, ParentLink, Places, read_control, write_controls};
+use super::{
+    Child, Children, LinkOut, ParentLink, Places, read_control, read_control_within, write_controls,
+};
 use crate::api::{LeaveReason, SessionId};
 use crate::metrics::SfuMetrics;
 use crate::shard::{RelayInput, ShardInput, ShardSender};
@@ -22,6 +24,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ROOMS_PER_CHILD: usize = 10_000;
 /// Sequence numbers in one NACK.
 const MAX_NACK_SEQS: usize = 256;
+/// A hello is well under this; a stranger who has proved nothing gets no more.
+const MAX_HELLO_BYTES: usize = 4096;
 /// Longest room name a child may subscribe to.
 const MAX_ROOM_NAME: usize = 128;
 
@@ -174,7 +178,7 @@ type Greeted = (quinn::SendStream, quinn::RecvStream, (String, Option<String>));
 async fn greet(conn: &quinn::Connection, serving: &Serving) -> Result<Greeted, (&'static str, String)> {
     let started = Instant::now();
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| ("handshake", e.to_string()))?;
-    let hello = read_control(&mut recv).await.map_err(|e| ("bad_message", e))?;
+    let hello = read_control_within(&mut recv, MAX_HELLO_BYTES).await.map_err(|e| ("bad_message", e))?;
     let Control::Hello { node, http, proof } = hello else {
         return Err(("bad_message", "the first message was not a hello".into()));
     };

@@ -153,7 +153,10 @@ impl Router {
             let Some(sink) = self.endpoints.get(sink_endpoint).and_then(|e| e.sinks.get(sink_mid)) else {
                 continue;
             };
-            if let Some(l) = choose_layer(sink.wanted, offered) {
+            if sink.strategy == super::Strategy::Relay {
+                // The next node chooses for its own viewers: it needs every layer.
+                needed = offered;
+            } else if let Some(l) = choose_layer(sink.wanted, offered) {
                 needed[l as usize] = true;
             }
         }

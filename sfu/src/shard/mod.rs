@@ -338,9 +338,14 @@ impl Shard {
             session.emit(SessionEvent::Closed { reason: LeaveReason::MediaError }, &self.metrics);
         }
         for (_, relay) in self.relays.drain() {
-            if let relay::Side::Brings { .. } = relay.side {
-                relay.link.send(crate::relay::wire::Control::Unsubscribe { room: relay.room });
-            }
+            let direction = match relay.side {
+                relay::Side::Brings { .. } => {
+                    relay.link.send(crate::relay::wire::Control::Unsubscribe { room: relay.room });
+                    "in"
+                }
+                relay::Side::Feeds { .. } => "out",
+            };
+            self.metrics.relay.rooms.with_label_values(&[direction]).dec();
         }
         self.viewers.replace_shard(self.index, Vec::new());
         self.room_placement.retain(|_, shard| *shard != self.index);

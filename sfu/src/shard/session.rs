@@ -60,6 +60,8 @@ pub(super) struct Session {
     pub dest: Option<SocketAddr>,
     /// Receive-only m-lines the client offered that carry nothing yet (a WHEP player's).
     pub spare_mids: Vec<(Mid, MediaKind)>,
+    /// It offered receive-only m-lines of its own (a WHEP player): it gets no offers.
+    pub offers_its_own_mlines: bool,
     pub nacks_seen: HashMap<Mid, u64>,
     pub created: Instant,
     pub last_rx: Instant,
@@ -112,6 +114,7 @@ impl Session {
             egress: None,
             dest: None,
             spare_mids: Vec::new(),
+            offers_its_own_mlines: false,
             nacks_seen: HashMap::new(),
             created: now,
             last_rx: now,
@@ -203,6 +206,7 @@ impl Shard {
     /// teacher's audio arriving after the player) takes one then.
     fn fill_offered_sinks(&mut self, id: SessionId, offered: Vec<(Mid, MediaKind)>) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
+        session.offers_its_own_mlines |= !offered.is_empty();
         let mut free: Vec<(Mid, MediaKind)> =
             offered.into_iter().filter(|(mid, _)| !session.sinks.contains_key(mid)).collect();
         session.spare_mids = free.clone();
@@ -355,11 +359,15 @@ impl Shard {
         if !session.negotiated || session.pending_offer.is_some() {
             return;
         }
-        if !session.spare_mids.is_empty() {
+        if session.offers_its_own_mlines {
+            // A player that never renegotiates (WHEP) would leave our offer unanswered and
+            // block every later one: sources wait for a spare m-line of its own instead.
             let spare = session.spare_mids.clone();
-            self.fill_offered_sinks(id, spare);
+            if !spare.is_empty() {
+                self.fill_offered_sinks(id, spare);
+            }
+            return;
         }
-        let Some(session) = self.sessions.get_mut(&id) else { return };
         let wanted = self.router.slots_to_add(id);
         if wanted.is_empty() {
             return;
