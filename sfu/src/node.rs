@@ -184,6 +184,9 @@ impl MediaNode {
 
     fn stop(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
+        if let Some(relay) = &self.relay {
+            relay.close();
+        }
         for shard in &self.shards {
             shard.command_blocking_ok(ShardInput::Shutdown);
         }

@@ -140,18 +140,26 @@ impl ParentLink {
         }
         self.metrics.relay.links.with_label_values(&["parent"]).inc();
         let (control, rx) = mpsc::unbounded_channel();
-        let link = LinkOut { conn: conn.clone(), control };
+        let link = LinkOut { conn: conn.clone(), control, pulled: Some(Arc::downgrade(self)) };
         self.lock().link = Some(link.clone());
-        let me = self.clone();
-        // A room a shard let go of (nobody watched it for a while) is no longer pulled.
-        tokio::spawn(write_controls(send, rx, move |message| {
-            if let Control::Unsubscribe { room } = message {
-                let mut state = me.lock();
-                if matches!(state.rooms.get(room), Some(Pull::Live { .. })) {
-                    state.rooms.remove(room);
+        let writer = tokio::spawn(write_controls(send, rx, |_| {}));
+        // Rooms that still have viewers here come back after a lost link.
+        let wanted: Vec<String> = self
+            .viewers
+            .all()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(room, _)| room)
+            .chain(self.children.totals().into_iter().filter(|(_, n)| *n > 0).map(|(room, _)| room))
+            .collect();
+        for room in wanted {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.pull(&room).await {
+                    debug!(%room, error = %e, "a room with viewers could not be pulled again");
                 }
-            }
-        }));
+            });
+        }
         let media = tokio::spawn(self.clone().datagrams(conn.clone()));
         let load = tokio::spawn(self.clone().report_load(link.clone()));
         let end = loop {
@@ -166,6 +174,7 @@ impl ParentLink {
         };
         media.abort();
         load.abort();
+        writer.abort();
         conn.close(0u32.into(), b"bye");
         self.metrics.relay.links.with_label_values(&["parent"]).dec();
         Ok(end)
@@ -174,34 +183,46 @@ impl ParentLink {
     async fn on_control(&self, message: Control, link: &LinkOut) {
         match message {
             Control::Room { room, slot, tracks } => {
-                let previous = self.lock().rooms.remove(&room);
-                let waiting = match previous {
-                    Some(Pull::Waiting(w)) => w,
-                    Some(live) => {
-                        self.lock().rooms.insert(room, live);
-                        return;
-                    }
-                    None => Vec::new(),
-                };
+                if !matches!(self.lock().rooms.get(&room), Some(Pull::Waiting(_))) {
+                    // Not asked for (any more): let the parent know.
+                    link.send(Control::Unsubscribe { room });
+                    return;
+                }
+                // The entry stays Waiting through the join, so a viewer arriving meanwhile
+                // waits for this answer rather than subscribing twice.
                 let result = if tracks.is_empty() {
                     link.send(Control::Unsubscribe { room: room.clone() });
                     Err(MediaError::Refused("nothing is live in this room".into()))
                 } else {
                     match self.places.join(&room, &self.settings.node, link.clone(), slot, Some(tracks)).await
                     {
-                        Ok((id, shard)) => {
-                            self.lock().rooms.insert(room.clone(), Pull::Live { slot, id, shard });
-                            Ok(())
-                        }
+                        Ok((id, shard)) => Ok(Pull::Live { slot, id, shard }),
                         Err(e) => {
                             link.send(Control::Unsubscribe { room: room.clone() });
                             Err(e)
                         }
                     }
                 };
-                debug!(%room, ok = result.is_ok(), "room pulled from the parent");
-                for w in waiting {
-                    let _ = w.send(result.clone());
+                let waiting = {
+                    let mut state = self.lock();
+                    let previous = state.rooms.remove(&room);
+                    let told = match result {
+                        Ok(live) => {
+                            state.rooms.insert(room.clone(), live);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match previous {
+                        Some(Pull::Waiting(w)) => {
+                            w.into_iter().map(|w| (w, told.clone())).collect::<Vec<_>>()
+                        }
+                        _ => Vec::new(),
+                    }
+                };
+                debug!(%room, "room answer from the parent");
+                for (w, result) in waiting {
+                    let _ = w.send(result);
                 }
             }
             Control::Track { slot, track } => {
@@ -278,6 +299,14 @@ impl ParentLink {
             }
             let viewers = rooms.values().sum();
             link.send(Control::Load { viewers, rooms: rooms.into_iter().collect() });
+        }
+    }
+
+    /// A shard let `room` go (its `endpoint` ended): the next viewer pulls it again.
+    pub fn released(&self, room: &str, endpoint: SessionId) {
+        let mut state = self.lock();
+        if matches!(state.rooms.get(room), Some(Pull::Live { id, .. }) if *id == endpoint) {
+            state.rooms.remove(room);
         }
     }
 

@@ -64,11 +64,22 @@ fn transport() -> Arc<quinn::TransportConfig> {
 pub(crate) struct LinkOut {
     conn: quinn::Connection,
     control: mpsc::UnboundedSender<Control>,
+    /// On a child, the link that pulled its rooms: told at once when a shard lets a room go.
+    pulled: Option<std::sync::Weak<ParentLink>>,
 }
 
 impl LinkOut {
     pub fn send(&self, message: Control) {
         let _ = self.control.send(message);
+    }
+
+    /// A room this link brought in is let go (nobody watches it): the parent stops sending
+    /// it, and the next viewer pulls it again.
+    pub fn release(&self, room: &str, endpoint: SessionId) {
+        if let Some(link) = self.pulled.as_ref().and_then(|w| w.upgrade()) {
+            link.released(room, endpoint);
+        }
+        self.send(Control::Unsubscribe { room: room.to_string() });
     }
 
     /// Queue one datagram; Err names why it was dropped.
@@ -159,13 +170,13 @@ impl Children {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The HTTP address of the child with the fewest viewers (that told one).
+    /// The HTTP address of the child with the fewest viewers (that told one); the viewer
+    /// sent there counts at once, so a burst spreads before the next report.
     pub fn least_loaded(&self) -> Option<String> {
-        self.lock()
-            .values()
-            .filter(|c| c.http.is_some())
-            .min_by_key(|c| c.viewers)
-            .and_then(|c| c.http.clone())
+        let mut children = self.lock();
+        let child = children.values_mut().filter(|c| c.http.is_some()).min_by_key(|c| c.viewers)?;
+        child.viewers += 1;
+        child.http.clone()
     }
 
     pub fn list(&self) -> Vec<crate::api::EdgeInfo> {
@@ -199,7 +210,7 @@ pub(crate) struct Relay {
     pub children: Arc<Children>,
     pub listen_addr: Option<SocketAddr>,
     /// Kept open for the node's life.
-    _endpoints: Vec<quinn::Endpoint>,
+    endpoints: Vec<quinn::Endpoint>,
 }
 
 impl Relay {
@@ -251,7 +262,14 @@ impl Relay {
             tracing::info!(addr = %listen_addr.unwrap_or(addr), "relay links accepted");
             endpoints.push(endpoint);
         }
-        Ok(Self { parent, children, listen_addr, _endpoints: endpoints })
+        Ok(Self { parent, children, listen_addr, endpoints })
+    }
+
+    /// Close every link (the node stops): children and the parent see it at once.
+    pub fn close(&self) {
+        for endpoint in &self.endpoints {
+            endpoint.close(0u32.into(), b"stopping");
+        }
     }
 }
 

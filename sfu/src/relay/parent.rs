@@ -82,7 +82,7 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
     serving.metrics.relay.links.with_label_values(&["child"]).inc();
     info!(%remote, child = %node, http = ?http, "relay link from a child is up");
     let (control, rx) = mpsc::unbounded_channel();
-    let link = LinkOut { conn: conn.clone(), control };
+    let link = LinkOut { conn: conn.clone(), control, pulled: None };
     tokio::spawn(write_controls(send, rx, |_| {}));
     let mut rooms: HashMap<String, (u32, SessionId, ShardSender)> = HashMap::new();
     let mut next_slot = 1u32;

@@ -152,6 +152,7 @@ impl Router {
         let Some(endpoint) = self.endpoints.get(&id) else { return };
         let Some(room) = self.rooms.get_mut(&endpoint.room) else { return };
         let kind = track.kind;
+        let track_id = track.id.clone();
         let mut source = Source::new(
             track.clone(),
             endpoint.participant_id.clone(),
@@ -181,9 +182,12 @@ impl Router {
             self.emit(*other, event);
         }
         if kind == TrackKind::Video {
-            // Clients that never said what they show receive every video track.
+            // Clients that never said what they show receive every video track; those that
+            // show this very track (it came back: a relay link that was lost) get it again.
             for other in others {
-                if self.endpoints.get(&other).is_some_and(|e| e.view.is_none()) {
+                let shows =
+                    |e: &Endpoint| e.view.as_ref().is_none_or(|v| v.iter().any(|t| t.track_id == track_id));
+                if self.endpoints.get(&other).is_some_and(shows) {
                     self.sync_video_slots(other);
                 }
             }
@@ -194,9 +198,10 @@ impl Router {
     pub fn unpublish(&mut self, id: SessionId, mid: Mid) {
         let key: SourceKey = (id, mid);
         let Some(endpoint) = self.endpoints.get(&id) else { return };
-        let participant_id = endpoint.participant_id.clone();
         let Some(room) = self.rooms.get_mut(&endpoint.room) else { return };
         let Some(source) = room.sources.remove(&key) else { return };
+        // A relayed track is its publisher's on the origin, not the link's.
+        let participant_id = source.owner_participant.clone();
         self.metrics.tracks.dec();
         room.audio.remove(key);
         let others: Vec<SessionId> = room.others(id).collect();

@@ -454,3 +454,75 @@ fn an_estimate_below_what_is_sent_steps_video_down_and_says_what_it_would_need()
     });
     assert!(desired.is_some_and(|bps| bps > 600_000), "asks the estimator for what f needs: {desired:?}");
 }
+
+#[test]
+fn a_relay_link_keeps_every_simulcast_layer_on() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let edge = room.enter("edge", true);
+    let cam = room.publish(alice, TrackKind::Video);
+    room.settle();
+    let mid = room.mid();
+    room.router.slots_added(edge, &[(mid, cam)], room.now);
+    room.router.sink_negotiated(edge, mid, Vec::new(), room.now);
+    for step in 0..15u16 {
+        for layer in 0..3 {
+            room.packet(cam, layer, step, vp8(step == 0, layer));
+        }
+        room.advance(Duration::from_millis(200));
+    }
+    let source = &room.router.rooms["r"].sources[&cam];
+    let paused: Vec<bool> = source.layers.iter().map(|l| l.paused).collect();
+    assert_eq!(paused, vec![false; 3], "the edge's viewers choose among all three");
+}
+
+#[test]
+fn a_relayed_track_that_comes_back_reaches_the_viewers_who_showed_it() {
+    let mut room = Room::new();
+    let viewer = room.join("viewer");
+    let relayed = |id: &str| RelayedTrack {
+        track: TrackInfo { id: id.into(), kind: TrackKind::Video, source: TrackSource::Camera, muted: false },
+        participant: "PA_teacher".into(),
+        codecs: codecs(),
+    };
+    // The link from the origin brings the teacher's camera; the viewer shows it.
+    let link = room.enter("origin", true);
+    let mid = room.mid();
+    room.router.publish_relayed(link, mid, relayed("TR_cam"), room.now);
+    room.kinds.insert((link, mid), TrackKind::Video);
+    room.router.set_view(viewer, vec![ShownTrack { track_id: "TR_cam".into(), quality: 0 }], room.now);
+    room.settle();
+    assert_eq!(to(&room.packet((link, mid), 0, 1, vp8(true, 1)), viewer).len(), 1);
+    let joined = room.router.join(
+        99,
+        &JoinRequest {
+            room: "r".into(),
+            participant_id: "late".into(),
+            identity: "late".into(),
+            name: "late".into(),
+            can_publish: false,
+            can_subscribe: true,
+        },
+        false,
+        room.now,
+    );
+    let others = joined.expect("joins");
+    assert!(
+        others.iter().any(|p| p.id == "PA_teacher" && p.tracks.iter().any(|t| t.id == "TR_cam")),
+        "a newcomer sees the relayed publisher: {others:?}"
+    );
+    // The link is lost, then comes back with the same track.
+    room.router.leave(link, crate::api::LeaveReason::RoomClosed);
+    let out = room.settle();
+    let unpublished = out.iter().any(|o| {
+        matches!(o, Output::Event { to, event: SessionEvent::TrackUnpublished { participant_id, .. } }
+            if *to == viewer && participant_id == "PA_teacher")
+    });
+    assert!(unpublished, "the viewer is told the teacher's track ended, as the teacher's");
+    let link = room.enter("origin", true);
+    let mid = room.mid();
+    room.router.publish_relayed(link, mid, relayed("TR_cam"), room.now);
+    room.kinds.insert((link, mid), TrackKind::Video);
+    room.settle();
+    assert_eq!(to(&room.packet((link, mid), 0, 1, vp8(true, 2)), viewer).len(), 1, "forwarded again");
+}

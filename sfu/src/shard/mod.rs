@@ -337,10 +337,10 @@ impl Shard {
             debug!(session = id, participant = %session.participant_id, "session ended with its media thread");
             session.emit(SessionEvent::Closed { reason: LeaveReason::MediaError }, &self.metrics);
         }
-        for (_, relay) in self.relays.drain() {
+        for (id, relay) in self.relays.drain() {
             let direction = match relay.side {
                 relay::Side::Brings { .. } => {
-                    relay.link.send(crate::relay::wire::Control::Unsubscribe { room: relay.room });
+                    relay.link.release(&relay.room, id);
                     "in"
                 }
                 relay::Side::Feeds { .. } => "out",

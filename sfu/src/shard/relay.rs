@@ -26,6 +26,9 @@ use crate::router::{self, CodecKey, Forwarded, PayloadTypes, RelayedTrack, SinkK
 
 /// Packets kept per flow to answer a child's NACKs (about 2 s of a 2.5 Mbit/s layer).
 const HISTORY_PER_FLOW: usize = 512;
+/// Packets one link may send again per housekeeping round (200 ms): 5,000 a second, a
+/// fifth of what a class of three 2.5 Mbit/s layers sends.
+const RESENDS_PER_ROUND: u32 = 1000;
 /// A gap wider than this is a restart of the stream, not loss worth asking for.
 const MAX_NACK_GAP: u16 = 64;
 
@@ -40,7 +43,14 @@ pub(super) struct RelayEndpoint {
 
 pub(super) enum Side {
     /// Sends this room's sources to a child node.
-    Feeds { tracks: FastMap<Mid, u32>, next_track: u32, history: FastMap<u64, VecDeque<(u16, Bytes)>> },
+    Feeds {
+        tracks: FastMap<Mid, u32>,
+        next_track: u32,
+        history: FastMap<u64, VecDeque<(u16, Bytes)>>,
+        /// Packets it may still send again before the next housekeeping round (a child
+        /// that asks for everything must not multiply what the link carries).
+        resend_budget: u32,
+    },
     /// Brings a parent node's tracks into this room.
     Brings {
         mids: FastMap<u32, Mid>,
@@ -161,8 +171,12 @@ impl Shard {
                 }
             }
             None => {
-                let side =
-                    Side::Feeds { tracks: FastMap::default(), next_track: 0, history: FastMap::default() };
+                let side = Side::Feeds {
+                    tracks: FastMap::default(),
+                    next_track: 0,
+                    history: FastMap::default(),
+                    resend_budget: RESENDS_PER_ROUND,
+                };
                 self.relays.insert(id, RelayEndpoint { room: room.clone(), link: link.clone(), slot, side });
                 let tracks: Vec<WireTrack> = self
                     .router
@@ -184,12 +198,16 @@ impl Shard {
         else {
             return None;
         };
-        if *next_track >= MAX_TRACKS_PER_ROOM {
+        if tracks.len() >= MAX_TRACKS_PER_ROOM as usize {
             self.metrics.relay.dropped.with_label_values(&["too_many_tracks"]).inc();
             return None;
         }
+        // Track numbers go round; one still live is skipped.
+        while tracks.values().any(|t| t == next_track) {
+            *next_track = (*next_track + 1) % MAX_TRACKS_PER_ROOM;
+        }
         let track = *next_track;
-        *next_track += 1;
+        *next_track = (*next_track + 1) % MAX_TRACKS_PER_ROOM;
         let mid = Mid::from(format!("r{track}").as_str());
         tracks.insert(mid, track);
         let now = Instant::now();
@@ -200,11 +218,15 @@ impl Shard {
 
     /// The router's output for a relay endpoint; false when `to` is not one.
     pub(super) fn relay_event(&mut self, to: SessionId, event: &SessionEvent) -> bool {
-        let Some(relay) = self.relays.get(&to) else { return false };
-        if let (SessionEvent::Slots(slots), Side::Feeds { tracks, .. }) = (event, &relay.side) {
+        let Some(relay) = self.relays.get_mut(&to) else { return false };
+        if let (SessionEvent::Slots(slots), Side::Feeds { tracks, history, .. }) = (event, &mut relay.side) {
+            // A track that ended: the child forgets it, and so does the link's history.
             for slot in slots.iter().filter(|s| s.track.is_none()) {
-                if let Some(track) = tracks.get(&Mid::from(slot.mid.as_str())) {
-                    relay.link.send(Control::Untrack { slot: relay.slot, track: *track });
+                if let Some(track) = tracks.remove(&Mid::from(slot.mid.as_str())) {
+                    relay.link.send(Control::Untrack { slot: relay.slot, track });
+                    for layer in 0..4 {
+                        history.remove(&flow_id(relay.slot, track, layer));
+                    }
                 }
             }
         }
@@ -240,14 +262,24 @@ impl Shard {
     }
 
     fn relay_resend(&mut self, id: SessionId, flow: u64, seqs: &[u16]) {
-        let Some(relay) = self.relays.get(&id) else { return };
-        let Side::Feeds { history, .. } = &relay.side else { return };
+        let Some(relay) = self.relays.get_mut(&id) else { return };
+        let Side::Feeds { history, resend_budget, .. } = &mut relay.side else { return };
         self.metrics.relay.nacked.inc_by(seqs.len() as u64);
         let Some(kept) = history.get(&flow) else { return };
+        let Some(newest) = kept.back().map(|(s, _)| *s) else { return };
         for seq in seqs {
-            if let Some((_, datagram)) = kept.iter().rev().find(|(s, _)| s == seq)
-                && relay.link.datagram(datagram.clone()).is_ok()
-            {
+            if *resend_budget == 0 {
+                self.metrics.relay.dropped.with_label_values(&["resend_budget"]).inc();
+                return;
+            }
+            // Packets of a flow are kept in sequence: the one asked for is found by its
+            // distance from the newest.
+            let back = usize::from(newest.wrapping_sub(*seq));
+            let Some((s, datagram)) = kept.len().checked_sub(back + 1).and_then(|i| kept.get(i)) else {
+                continue;
+            };
+            if s == seq && relay.link.datagram(datagram.clone()).is_ok() {
+                *resend_budget -= 1;
                 self.metrics.relay.retransmitted.inc();
             }
         }
@@ -324,6 +356,10 @@ impl Shard {
     pub(super) fn relay_housekeeping(&mut self, now: Instant) {
         let mut done = Vec::new();
         for (id, relay) in self.relays.iter_mut() {
+            if let Side::Feeds { resend_budget, .. } = &mut relay.side {
+                *resend_budget = RESENDS_PER_ROUND;
+                continue;
+            }
             let Side::Brings { idle_since, .. } = &mut relay.side else { continue };
             if self.router.audience(*id) > 0 {
                 *idle_since = None;
@@ -342,7 +378,7 @@ impl Shard {
         let Some(relay) = self.relays.remove(&id) else { return false };
         let direction = match relay.side {
             Side::Brings { .. } => {
-                relay.link.send(Control::Unsubscribe { room: relay.room.clone() });
+                relay.link.release(&relay.room, id);
                 "in"
             }
             Side::Feeds { .. } => "out",
