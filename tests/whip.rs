@@ -269,7 +269,23 @@ async fn publish_and_play() {
             .flat_map(|t| t.packets)
             .collect();
         let keyframe_at = video.iter().position(|p| vp8_is_keyframe(&p.payload));
-        assert_eq!(keyframe_at, Some(0), "{}: the first video packet starts a keyframe", viewer.label());
+        assert_eq!(
+            keyframe_at,
+            Some(0),
+            "{}: the first video packet starts a keyframe: {:?}",
+            viewer.label(),
+            video
+                .iter()
+                .take(8)
+                .map(|p| (
+                    p.seq,
+                    p.timestamp,
+                    vp8_is_keyframe(&p.payload),
+                    p.payload.len(),
+                    p.at.elapsed().as_millis()
+                ))
+                .collect::<Vec<_>>()
+        );
     }
     let (viewer, location) = viewers.pop().expect("a viewer");
     let (status, _, _) =

@@ -43,6 +43,7 @@ pub struct RelayMetrics {
     pub nacked: IntCounter,
     pub retransmitted: IntCounter,
     pub refused: IntCounterVec,
+    pub keyframe_cache: IntCounterVec,
 }
 
 impl SfuMetrics {
@@ -194,6 +195,11 @@ impl RelayMetrics {
                 "huiyi_relay_refused_total",
                 "Relay connections refused or closed, by reason (a wrong proof of the cluster secret, a bad message)",
                 &["reason"],
+            ),
+            keyframe_cache: counter_vec(
+                "huiyi_keyframe_cache_total",
+                "New video sinks of a broadcast started from the cached keyframe and the frames after it (`hit`), or left to wait for a new keyframe (`miss`)",
+                &["result"],
             ),
         }
     }

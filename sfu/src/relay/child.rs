@@ -209,6 +209,7 @@ impl ParentLink {
                     let told = match result {
                         Ok(live) => {
                             state.rooms.insert(room.clone(), live);
+                            link.send(Control::Ready { slot, track: None });
                             Ok(())
                         }
                         Err(e) => Err(e),
@@ -227,7 +228,10 @@ impl ParentLink {
             }
             Control::Track { slot, track } => {
                 if let Some((id, shard)) = self.by_slot(slot) {
-                    let _ = shard.command(ShardInput::Relay(RelayInput::Track { endpoint: id, track }));
+                    let number = track.track;
+                    if shard.command(ShardInput::Relay(RelayInput::Track { endpoint: id, track })).is_ok() {
+                        link.send(Control::Ready { slot, track: Some(number) });
+                    }
                 }
             }
             Control::Untrack { slot, track } => {

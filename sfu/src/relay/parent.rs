@@ -129,6 +129,11 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
                     shard.end(id, LeaveReason::Left);
                 }
             }
+            Control::Ready { slot, track } => {
+                if let Some((id, shard)) = by_slot(&rooms, slot) {
+                    let _ = shard.command(ShardInput::Relay(RelayInput::Ready { endpoint: id, track }));
+                }
+            }
             Control::Keyframe { flow } => {
                 if let Some((id, shard)) = by_slot(&rooms, split_flow(flow).0) {
                     let _ = shard.command(ShardInput::Relay(RelayInput::Keyframe { endpoint: id, flow }));

@@ -162,6 +162,7 @@ impl Router {
             source.owner_participant = owner;
             source.codecs = Some(codecs);
         }
+        source.cache_keyframes = kind == TrackKind::Video && (endpoint.relay || !endpoint.can_subscribe);
         let participant_id = source.owner_participant.clone();
         room.sources.insert((id, mid), source);
         let feeds: Vec<SessionId> = room

@@ -7,6 +7,7 @@
 mod allocation;
 mod codec;
 pub mod forward;
+mod gop;
 mod members;
 mod relay;
 mod room;
@@ -117,6 +118,8 @@ pub struct Router {
     next_housekeeping: Instant,
     last_measure: Instant,
     now: Instant,
+    /// Sinks negotiated whose first packets wait until then (`sink_negotiated_from`).
+    starts: Vec<(Instant, SinkKey)>,
 }
 
 impl Router {
@@ -131,6 +134,7 @@ impl Router {
             next_housekeeping: now + HOUSEKEEPING,
             last_measure: now,
             now,
+            starts: Vec::new(),
         }
     }
 
@@ -139,6 +143,14 @@ impl Router {
         match input {
             Input::Packet { source, layer, rid, packet } => self.on_packet(source, layer, rid, packet),
             Input::Timeout => {
+                let due: Vec<SinkKey> =
+                    self.starts.iter().filter(|(at, _)| *at <= self.now).map(|(_, key)| *key).collect();
+                if !due.is_empty() {
+                    self.starts.retain(|(at, _)| *at > self.now);
+                    for key in due {
+                        self.start_sink(key);
+                    }
+                }
                 if self.now >= self.next_housekeeping {
                     self.housekeeping();
                     self.next_housekeeping = self.now + HOUSEKEEPING;
@@ -175,7 +187,7 @@ impl Router {
 
     /// When the router next wants `Input::Timeout`.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_housekeeping
+        self.starts.iter().map(|(at, _)| *at).fold(self.next_housekeeping, Instant::min)
     }
 
     fn emit(&mut self, to: SessionId, event: SessionEvent) {
@@ -209,6 +221,13 @@ impl Router {
         let keyframe = source.video_codec.is_some_and(|c| starts_keyframe(c, &packet.payload));
         if keyframe {
             source.layers[layer as usize].keyframe_throttle.keyframe_received();
+        }
+        if source.cache_keyframes {
+            let gop = &mut source.layers[layer as usize].gop;
+            if resumed && !keyframe {
+                gop.forget(); // what came before the pause is not this group's
+            }
+            gop.record(&packet, keyframe);
         }
         let video = source.track.kind == TrackKind::Video;
         if !video {
@@ -280,6 +299,54 @@ impl Router {
         if retarget {
             self.retarget_layers(key, now);
         }
+    }
+
+    /// Start a sink that waits for its first keyframe from its source's cached group of
+    /// pictures (a relay sink: every layer's), then live; false when there is none.
+    fn start_from_cache(&mut self, sink_key: SinkKey) -> bool {
+        let Router { rooms, endpoints, outputs, metrics, epoch, now, .. } = self;
+        let Some(Endpoint { room, sinks, sent_bytes, .. }) = endpoints.get_mut(&sink_key.0) else {
+            return false;
+        };
+        let Some(room) = rooms.get(room.as_str()) else { return false };
+        let Some(sink) = sinks.get_mut(&sink_key.1) else { return false };
+        let (Some(key), true, None) = (sink.source, sink.active, sink.current) else { return false };
+        let Some(source) = room.sources.get(&key).filter(|s| s.cache_keyframes) else { return false };
+        let Some(format) = source.format else { return false };
+        let layers: Vec<u8> = match (sink.strategy, sink.target) {
+            (Strategy::Relay, _) => (0..select::MAX_LAYERS as u8).collect(),
+            (_, Some(target)) => vec![target],
+            (_, None) => return false,
+        };
+        let codec = source.video_codec;
+        let arrival_ms = now.saturating_duration_since(*epoch).as_millis() as u64;
+        let mut sent = false;
+        for layer in layers {
+            let Some(packets) = source.layers.get(usize::from(layer)).and_then(|l| l.gop.packets()) else {
+                continue;
+            };
+            for cached in packets {
+                let arrived = Arrived {
+                    packet: cached,
+                    layer,
+                    keyframe: codec.is_some_and(|c| starts_keyframe(c, &cached.payload)),
+                    format,
+                    video: true,
+                    vp8: codec == Some(rtp::VideoCodec::Vp8),
+                    // As if it came now: the sink's clock runs on into the live packets.
+                    arrival_ms,
+                };
+                if let Decision::Send { mut packet, .. } = forward::decide(sink, &arrived) {
+                    packet.arrival = *now;
+                    *sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
+                    outputs.push_back(Output::Forward { sink: sink_key, packet });
+                    sent = true;
+                }
+            }
+        }
+        let result = if sent { "hit" } else { "miss" };
+        metrics.relay.keyframe_cache.with_label_values(&[result]).inc();
+        sent
     }
 
     /// Ask for a keyframe of one layer of a source, at most once per throttle interval

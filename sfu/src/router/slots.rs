@@ -10,7 +10,7 @@ use super::codec::PayloadTypes;
 use super::select::{MAX_LAYERS, Quality};
 use super::sink::Sink;
 use super::source::{Source, SourceKey};
-use super::{Endpoint, Output, Router};
+use super::{Endpoint, Output, Router, SinkKey};
 use crate::api::{SessionEvent, SessionId, ShownTrack, SlotInfo, TrackKind};
 use crate::fasthash::FastMap;
 
@@ -106,13 +106,42 @@ impl Router {
     /// renegotiation): it forwards from its first negotiation on, starting with a keyframe
     /// of what it carries.
     pub fn sink_negotiated(&mut self, id: SessionId, mid: Mid, payload_types: PayloadTypes, now: Instant) {
+        self.sink_negotiated_from(id, mid, payload_types, now, now);
+    }
+
+    /// `sink_negotiated`, with the sink's first packets held until `start_at` (just after
+    /// the peer's DTLS came up); `Input::Timeout` at `poll_timeout` starts it then.
+    pub fn sink_negotiated_from(
+        &mut self,
+        id: SessionId,
+        mid: Mid,
+        payload_types: PayloadTypes,
+        start_at: Instant,
+        now: Instant,
+    ) {
         self.now = self.now.max(now);
         let Some(sink) = self.endpoints.get_mut(&id).and_then(|e| e.sinks.get_mut(&mid)) else { return };
         sink.set_payload_types(payload_types);
+        if sink.active || self.starts.iter().any(|(_, key)| *key == (id, mid)) {
+            return;
+        }
+        if start_at > self.now {
+            self.starts.push((start_at, (id, mid)));
+            return;
+        }
+        self.start_sink((id, mid));
+    }
+
+    /// A negotiated sink goes live: from the cached keyframe, or waiting for a new one.
+    pub(super) fn start_sink(&mut self, (id, mid): SinkKey) {
+        let now = self.now;
+        let Some(sink) = self.endpoints.get_mut(&id).and_then(|e| e.sinks.get_mut(&mid)) else { return };
         if std::mem::replace(&mut sink.active, true) {
             return;
         }
-        if let (Some(key), Some(layer)) = (sink.source, sink.target) {
+        if let (Some(key), Some(layer)) = (sink.source, sink.target)
+            && !self.start_from_cache((id, mid))
+        {
             self.request_keyframe(key, layer, now);
         }
     }
@@ -214,7 +243,7 @@ impl Router {
                     && sink.current != target
                     && sink.active
                 {
-                    keyframes.push((key, layer));
+                    keyframes.push((key, layer, mid, sink.current.is_none()));
                 }
             }
         }
@@ -224,8 +253,11 @@ impl Router {
         if !changes.is_empty() {
             self.emit(id, SessionEvent::Slots(changes));
         }
-        for (key, layer) in keyframes {
-            self.request_keyframe(key, layer, now);
+        for (key, layer, mid, starting) in keyframes {
+            // A sink that shows nothing yet starts from the cached keyframe if there is one.
+            if !(starting && self.start_from_cache((id, mid))) {
+                self.request_keyframe(key, layer, now);
+            }
         }
         // A wanted layer that is paused at its publisher resumes now, not at housekeeping.
         for key in resume {

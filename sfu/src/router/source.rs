@@ -31,6 +31,8 @@ pub struct Layer {
     pub bps: u64,
     pub last_packet: Option<Instant>,
     pub keyframe_throttle: KeyframeThrottle,
+    /// Since its last keyframe, when the source keeps a cache (a broadcast's video).
+    pub gop: super::gop::Gop,
 }
 
 pub struct Source {
@@ -46,6 +48,9 @@ pub struct Source {
     /// What its payload types mean, when not its owner endpoint's table (a relayed track:
     /// one relay endpoint brings tracks of several publishers).
     pub codecs: Option<super::PayloadTypes>,
+    /// New sinks start from the cached keyframe (a broadcast's video: a relayed track, or
+    /// one whose publisher receives nothing).
+    pub cache_keyframes: bool,
 }
 
 impl Source {
@@ -63,10 +68,12 @@ impl Source {
                 bps: 0,
                 last_packet: None,
                 keyframe_throttle: KeyframeThrottle::new(keyframe_interval),
+                gop: Default::default(),
             }),
             format: None,
             video_codec: None,
             codecs: None,
+            cache_keyframes: false,
         }
     }
 

@@ -526,3 +526,56 @@ fn a_relayed_track_that_comes_back_reaches_the_viewers_who_showed_it() {
     room.settle();
     assert_eq!(to(&room.packet((link, mid), 0, 1, vp8(true, 2)), viewer).len(), 1, "forwarded again");
 }
+
+#[test]
+fn a_late_viewer_of_a_broadcast_starts_from_the_cached_keyframe() {
+    let mut room = Room::new();
+    // A broadcast publisher (WHIP: it receives nothing) and a meeting participant.
+    let teacher = 50;
+    let request = JoinRequest {
+        room: "r".into(),
+        participant_id: "teacher".into(),
+        identity: "teacher".into(),
+        name: "teacher".into(),
+        can_publish: true,
+        can_subscribe: false,
+    };
+    room.router.join(teacher, &request, false, room.now).expect("joins");
+    room.router.set_codecs(teacher, codecs());
+    room.router.negotiated(teacher, room.now);
+    let cam = room.publish(teacher, TrackKind::Video);
+    let alice = room.join("alice");
+    let meeting_cam = room.publish(alice, TrackKind::Video);
+    room.settle();
+    for seq in 0..8u16 {
+        room.packet(cam, 0, seq, vp8(seq == 2, seq as u8));
+        room.packet(meeting_cam, 0, seq, vp8(seq == 2, seq as u8));
+    }
+    // A viewer comes: the broadcast starts at once from its last keyframe, the meeting
+    // camera waits for a keyframe it asks for.
+    let viewer = room.enter("viewer", false);
+    room.router.negotiated(viewer, room.now);
+    let wanted = room.router.slots_to_add(viewer);
+    let added: Vec<(Mid, SourceKey)> = wanted.iter().map(|w| (room.mid(), w.source)).collect();
+    room.router.slots_added(viewer, &added, room.now);
+    for (mid, _) in &added {
+        room.router.sink_negotiated(viewer, *mid, codecs(), room.now);
+    }
+    let out = room.settle();
+    let cam_mid = added.iter().find(|(_, k)| *k == cam).map(|(m, _)| *m).expect("a sink for the class");
+    let started: Vec<&Forwarded> =
+        forwarded(&out).into_iter().filter(|(s, _)| *s == (viewer, cam_mid)).map(|(_, f)| f).collect();
+    assert_eq!(started.len(), 6, "the keyframe and the five packets after it");
+    assert!(started[0].payload[1] & 1 == 0, "first a keyframe");
+    assert!(started.windows(2).all(|w| w[1].seq == w[0].seq + 1), "in order");
+    assert_eq!(
+        keyframe_requests(&out),
+        vec![ssrc(meeting_cam, 0)],
+        "only the meeting camera asks the publisher"
+    );
+    let next = room.packet(cam, 0, 8, vp8(false, 8));
+    let live: Vec<&Forwarded> = to(&next, viewer);
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].seq, started[5].seq + 1, "then live, numbered on");
+    assert_eq!(room.metrics.relay.keyframe_cache.with_label_values(&["hit"]).get(), 1);
+}

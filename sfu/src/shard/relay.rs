@@ -92,6 +92,11 @@ pub(crate) enum RelayInput {
         endpoint: SessionId,
         flow: u64,
     },
+    /// The child can take a room's flows (all, or one track's) now.
+    Ready {
+        endpoint: SessionId,
+        track: Option<u32>,
+    },
     Nack {
         endpoint: SessionId,
         flow: u64,
@@ -130,6 +135,22 @@ impl Shard {
                 }
             }
             RelayInput::Nack { endpoint, flow, seqs } => self.relay_resend(endpoint, flow, &seqs),
+            RelayInput::Ready { endpoint, track } => {
+                let mids: Vec<Mid> = match self.relays.get(&endpoint).map(|r| &r.side) {
+                    Some(Side::Feeds { tracks, .. }) => tracks
+                        .iter()
+                        .filter(|(_, t)| track.is_none_or(|w| w == **t))
+                        .map(|(m, _)| *m)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let now = Instant::now();
+                for mid in mids {
+                    // Live from its cached keyframe on (or from a fresh one).
+                    self.router.sink_negotiated(endpoint, mid, Vec::new(), now);
+                }
+                self.carry_out();
+            }
         }
     }
 
@@ -210,9 +231,8 @@ impl Shard {
         *next_track = (*next_track + 1) % MAX_TRACKS_PER_ROOM;
         let mid = Mid::from(format!("r{track}").as_str());
         tracks.insert(mid, track);
-        let now = Instant::now();
-        self.router.slots_added(id, &[(mid, key)], now);
-        self.router.sink_negotiated(id, mid, Vec::new(), now);
+        // The sink goes live when the child says it routes the track (`Ready`).
+        self.router.slots_added(id, &[(mid, key)], Instant::now());
         Some(wire_track(track, &relayed))
     }
 

@@ -201,6 +201,12 @@ impl Shard {
         if self.failed.contains(&sub_id) {
             return; // its engine panicked: it ends after this input
         }
+        // A packet written through str0m just before, in the same burst (a start from the
+        // keyframe cache), goes out first: the fast path must not overtake it.
+        if self.send_now.contains(&sub_id) {
+            self.send_now.retain(|s| *s != sub_id);
+            self.send_written(sub_id, Instant::now());
+        }
         let Some(subscriber) = self.sessions.get_mut(&sub_id) else { return };
         let Some(sink) = subscriber.sinks.get_mut(&mid) else { return };
         let Some(tx_ssrc) = sink.tx_ssrc else { return };

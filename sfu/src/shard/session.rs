@@ -27,6 +27,12 @@ use crate::metrics::{LogThrottle, SfuMetrics};
 use crate::router::select::rid_rank;
 use crate::router::{self, CodecKey, Input, PayloadTypes, h264_profile};
 
+/// A sink's first packets go this long after the session's DTLS came up. The peer finishes
+/// its own side of the handshake a moment later (a webrtc-rs peer sets SRTP up on a task
+/// of its own): a keyframe sent at once, from the keyframe cache above all, was lost, and
+/// a peer cannot ask again for a packet before the first it saw.
+const FIRST_MEDIA_DELAY: std::time::Duration = std::time::Duration::from_millis(40);
+
 /// The driver's side of a session; the router holds its room, sources and sinks.
 pub(super) struct Session {
     pub room: String,
@@ -66,6 +72,8 @@ pub(super) struct Session {
     pub created: Instant,
     pub last_rx: Instant,
     pub connected: bool,
+    /// When DTLS came up: a sink's first packets wait `FIRST_MEDIA_DELAY` after it.
+    pub connected_at: Option<Instant>,
     pub timeout: Instant,
 }
 
@@ -118,6 +126,7 @@ impl Session {
             nacks_seen: HashMap::new(),
             created: now,
             last_rx: now,
+            connected_at: None,
             connected: false,
             timeout: now,
         }
@@ -310,8 +319,9 @@ impl Shard {
         let Some((sent, sinks)) = read else { return };
         self.router.set_codecs(id, sent);
         let now = Instant::now();
+        let start_at = session.connected_at.map_or(now, |at| (at + FIRST_MEDIA_DELAY).max(now));
         for (mid, payload_types) in sinks {
-            self.router.sink_negotiated(id, mid, payload_types, now);
+            self.router.sink_negotiated_from(id, mid, payload_types, start_at, now);
         }
     }
 
@@ -409,6 +419,7 @@ impl Shard {
             Event::Connected => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.connected = true;
+                    s.connected_at = Some(Instant::now());
                     info!(participant = %s.participant_id, room = %s.room, "media connected");
                 }
                 self.take_srtp_keys();
