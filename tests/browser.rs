@@ -8,6 +8,9 @@
 //!   large, small, large: frames keep coming and the decoded width follows the tile.
 //! - A live class: the teacher's page (/live/<room>/go) publishes over WHIP, three
 //!   /live/<room> pages (one opened before the class started) decode it over WHEP.
+//! - The broadcast tier as separate processes: an origin and two edges; the teacher goes
+//!   live on the origin, four viewers open the origin's page and are sent on to the edges;
+//!   one edge is killed and its viewers play again from the other within 5 s.
 //!
 //! Needs Debian's chromium and `npm install` in tests/browser (scripts/test does both).
 
@@ -58,6 +61,71 @@ async fn run_script(script: &str, room: &str, args: &[&str]) -> serde_json::Valu
     let result: serde_json::Value = serde_json::from_str(result).expect("RESULT is JSON");
     println!("{script} took {:.1} s\n{stderr}{result:#}", started.elapsed().as_secs_f64());
     result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_class_survives_the_death_of_an_edge() {
+    use common::process::{Huiyi, Options};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let (chromium, script_dir) = browser_setup();
+    // Dev mode (the pages take tokens from the origin's dev endpoint); every node shares the
+    // development secret, on loopback only.
+    let origin_args = ["--role", "origin", "--relay-listen", "127.0.0.1:0"];
+    let origin = Huiyi::start(&Options { args: &origin_args, ..Default::default() });
+    let relay = origin.relay.expect("the origin's relay address").to_string();
+    let edge_args = |name: &'static str| ["--role", "edge", "--origin", relay.as_str(), "--node-name", name];
+    let (a, b) = (edge_args("edge-a"), edge_args("edge-b"));
+    let mut edges = vec![
+        Huiyi::start(&Options { args: &a, ..Default::default() }),
+        Huiyi::start(&Options { args: &b, ..Default::default() }),
+    ];
+    let mut script = tokio::process::Command::new("node")
+        .arg("tier.mjs")
+        .arg(origin.url())
+        .args(["tier-class", "4", "90"])
+        .current_dir(&script_dir)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = script.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(script.stdout.take().expect("stdout")).lines();
+    let mut result = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(playing) = line.strip_prefix("PLAYING ") {
+            let on: Vec<String> = serde_json::from_str(playing).expect("edges");
+            println!("viewers play from {on:?}");
+            let victim = edges.iter().position(|e| on.contains(&e.url())).expect("a viewer on an edge");
+            let mut dead = edges.remove(victim);
+            assert!(on.iter().all(|e| *e != origin.url()), "every viewer was sent on to an edge: {on:?}");
+            dead.kill();
+            stdin.write_all(format!("KILLED {}\n", dead.url()).as_bytes()).await.expect("tell the script");
+        } else if let Some(r) = line.strip_prefix("RESULT ") {
+            result = Some(serde_json::from_str::<serde_json::Value>(r).expect("RESULT is JSON"));
+        }
+    }
+    let _ = script.wait().await;
+    let result = result.expect("the script printed a RESULT");
+    println!("{result:#}");
+    assert_eq!(result["ok"], true, "the viewers of the dead edge did not play again: {result:#}");
+    let before: Vec<&str> =
+        result["before"].as_array().expect("before").iter().filter_map(|e| e.as_str()).collect();
+    assert_eq!(
+        before.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        2,
+        "the origin spread the viewers over both edges: {result:#}"
+    );
+    assert!(
+        result["viewerCount"].as_u64() >= Some(4),
+        "the page counts every viewer of the tier: {result:#}"
+    );
+    for viewer in result["viewers"].as_array().expect("viewers") {
+        assert!(viewer["recovered_ms"].as_u64() <= Some(5000), "back later than 5 s: {result:#}");
+    }
+    drop(edges);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

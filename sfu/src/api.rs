@@ -247,9 +247,14 @@ pub trait NodeApi: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Viewers of `room` on this node and on the nodes it feeds.
+    /// Viewers of `room` in the whole broadcast tree (on an edge: as its origin last told).
     fn viewers(&self, _room: &str) -> u64 {
         0
+    }
+
+    /// Whether anything is published in `room` (on an edge: relayed from its origin).
+    fn is_live(&self, _room: &str) -> bool {
+        false
     }
 }
 

@@ -232,8 +232,16 @@ impl NodeApi for MediaNode {
     }
 
     fn viewers(&self, room: &str) -> u64 {
+        if let Some(told) = self.relay.as_ref().and_then(|r| r.parent.as_ref()).and_then(|p| p.audience(room))
+        {
+            return told;
+        }
         let below = self.relay.as_ref().map(|r| r.children.viewers(room)).unwrap_or(0);
         self.viewers.get(room) as u64 + below
+    }
+
+    fn is_live(&self, room: &str) -> bool {
+        self.viewers.live(room)
     }
 }
 

@@ -4,6 +4,7 @@
 /// Access tokens (the `proto` crate's): signaling mints and verifies them.
 pub use proto::token as auth;
 pub mod http;
+mod live;
 mod metrics;
 pub mod protocol;
 mod registry;
@@ -77,6 +78,7 @@ pub fn client_router(state: Arc<AppState>) -> Router {
         .route("/app.js", get(script))
         .route("/live/{room}", get(live_page))
         .route("/live/{room}/go", get(live_page))
+        .route("/live/{room}/events", get(live::events))
         .route("/live.js", get(live_script))
         .route("/style.css", get(style))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))

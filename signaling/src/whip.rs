@@ -67,7 +67,7 @@ pub(crate) struct Resource {
 }
 
 /// A refusal, made into its response at the handler.
-struct Refusal(StatusCode, String);
+pub(crate) struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -116,7 +116,7 @@ fn bearer_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'
 }
 
 /// The verified claims of the request's bearer token, if they allow `role` in `room`.
-fn authorize(
+pub(crate) fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,

@@ -3,6 +3,10 @@
 // /live/<room>/go is the teacher's page: camera and microphone (or the screen, with
 // ?screen=1) published to /whip/<room>, ended with "End the class".
 // A token comes from the link's fragment (#token=...), else from the dev endpoint.
+// Both pages follow /live/<room>/events (server-sent events from the node that serves the
+// media): whether the class is live and how many watch. A viewer sent on to an edge whose
+// events stream breaks (the edge died) asks the origin again at once, and plays from
+// another edge.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -17,7 +21,9 @@ const linkToken = (() => {
 })();
 
 // What the test harness and a curious person can read.
-window.huiyiLive = { state: "starting", role: teaching ? "teacher" : "viewer", errors: [] };
+window.huiyiLive = {
+  state: "starting", role: teaching ? "teacher" : "viewer", errors: [], session: null, viewers: null, live: null,
+};
 
 function setState(state, text) {
   window.huiyiLive.state = state;
@@ -51,11 +57,35 @@ async function negotiate(pc, endpoint, bearer) {
   if (res.status === 409) return Number(res.headers.get("Retry-After") || "5");
   if (res.status !== 201) throw new Error(`${endpoint}: ${res.status} ${(await res.text()).trim()}`);
   await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
-  return new URL(res.headers.get("Location"), location.href).href;
+  // Relative to where the answer came from: an origin may have sent us on to an edge.
+  return new URL(res.headers.get("Location"), res.url).href;
 }
 
 let session = null;
 let bearer = null;
+
+// The class's state from the node at `base` (the media session's URL): calls `onState`
+// with {live, viewers}, `onBroken` once if the stream fails. Returns a closer.
+function follow(base, onState, onBroken) {
+  const url = new URL(`/live/${encodeURIComponent(room)}/events`, base);
+  url.searchParams.set("access_token", bearer);
+  const events = new EventSource(url.href);
+  let broken = false;
+  events.addEventListener("state", (e) => {
+    const s = JSON.parse(e.data);
+    window.huiyiLive.viewers = s.viewers;
+    window.huiyiLive.live = s.live;
+    $("viewers").textContent = s.viewers === 1 ? "1 watching" : `${s.viewers} watching`;
+    onState(s);
+  });
+  events.onerror = () => {
+    if (broken) return;
+    broken = true;
+    events.close();
+    onBroken();
+  };
+  return () => events.close();
+}
 
 function endSession() {
   if (session && bearer) {
@@ -76,7 +106,17 @@ async function watch() {
       stream.addTrack(e.track);
       $("video").srcObject = stream;
     };
-    const answer = await negotiate(pc, `/whep/${encodeURIComponent(room)}`, bearer);
+    let answer;
+    try {
+      answer = await negotiate(pc, `/whep/${encodeURIComponent(room)}`, bearer);
+    } catch (e) {
+      // The node we were sent to is gone (or the network is): ask again shortly.
+      pc.close();
+      window.huiyiLive.errors.push(e.message);
+      setState("waiting", "reconnecting");
+      await new Promise((r) => setTimeout(r, 500));
+      continue;
+    }
     if (typeof answer === "number") {
       pc.close();
       setState("waiting", "the class has not started");
@@ -84,18 +124,31 @@ async function watch() {
       continue;
     }
     session = answer;
+    window.huiyiLive.session = answer;
     setState("connecting");
+    let stopFollowing = () => {};
     const ended = new Promise((resolve) => {
       pc.onconnectionstatechange = () => {
         if (pc.connectionState === "connected") setState("live", "live");
-        if (["failed", "closed", "disconnected"].includes(pc.connectionState)) resolve();
+        if (["failed", "closed", "disconnected"].includes(pc.connectionState)) resolve("lost");
       };
+      let wasLive = false;
+      stopFollowing = follow(answer, (s) => {
+        if (s.live) wasLive = true;
+        else if (wasLive) resolve("ended");
+      }, () => resolve("lost"));
     });
-    await ended;
+    const why = await ended;
+    stopFollowing();
     pc.close();
-    session = null;
-    setState("waiting", "reconnecting");
-    await new Promise((r) => setTimeout(r, 1000));
+    endSession();
+    if (why === "ended") {
+      setState("ended", "the class has ended");
+      await new Promise((r) => setTimeout(r, 5000));
+    } else {
+      setState("waiting", "reconnecting");
+      await new Promise((r) => setTimeout(r, 200));
+    }
   }
 }
 
@@ -117,9 +170,12 @@ async function teach() {
         if (pc.connectionState === "failed") fail("the connection to the server failed");
       };
       session = await negotiate(pc, `/whip/${encodeURIComponent(room)}`, bearer);
+      window.huiyiLive.session = session;
+      const stopFollowing = follow(session, () => {}, () => {});
       setState("connecting");
       $("stop").hidden = false;
       $("stop").onclick = () => {
+        stopFollowing();
         endSession();
         pc.close();
         for (const track of media.getTracks()) track.stop();

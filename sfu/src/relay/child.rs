@@ -30,6 +30,8 @@ enum Pull {
 struct State {
     link: Option<LinkOut>,
     rooms: HashMap<String, Pull>,
+    /// Viewers of each pulled room in the whole tree, as the parent last told.
+    audience: HashMap<String, u64>,
 }
 
 pub(crate) struct ParentLink {
@@ -239,7 +241,11 @@ impl ParentLink {
                     let _ = shard.command(ShardInput::Relay(RelayInput::Untrack { endpoint: id, track }));
                 }
             }
-            Control::Audience { .. } => {}
+            Control::Audience { rooms } => {
+                let mut state = self.lock();
+                state.audience =
+                    rooms.into_iter().filter(|(room, _)| state.rooms.contains_key(room)).collect();
+            }
             other => {
                 self.metrics.relay.dropped.with_label_values(&["bad_message"]).inc();
                 debug!(message = ?other, "unexpected relay message from the parent");
@@ -304,6 +310,12 @@ impl ParentLink {
             let viewers = rooms.values().sum();
             link.send(Control::Load { viewers, rooms: rooms.into_iter().collect() });
         }
+    }
+
+    /// Viewers of a pulled room in the whole tree, as the parent last told.
+    pub fn audience(&self, room: &str) -> Option<u64> {
+        let state = self.lock();
+        state.rooms.contains_key(room).then(|| state.audience.get(room).copied()).flatten()
     }
 
     /// A shard let `room` go (its `endpoint` ended): the next viewer pulls it again.

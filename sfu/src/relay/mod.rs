@@ -95,19 +95,24 @@ impl LinkOut {
 /// Viewers (participants and WHEP players) per room on this node, as the shards last
 /// counted them (every housekeeping round).
 #[derive(Default)]
-pub(crate) struct RoomViewers(DashMap<String, (usize, usize)>);
+pub(crate) struct RoomViewers(DashMap<String, (usize, usize, bool)>);
 
 impl RoomViewers {
-    /// Shard `index` holds these rooms with these viewers now.
-    pub fn replace_shard(&self, index: usize, rooms: Vec<(String, usize)>) {
-        self.0.retain(|room, (shard, _)| *shard != index || rooms.iter().any(|(r, _)| r == room));
-        for (room, n) in rooms {
-            self.0.insert(room, (index, n));
+    /// Shard `index` holds these rooms with these viewers now, and whether anything is
+    /// published in each.
+    pub fn replace_shard(&self, index: usize, rooms: Vec<(String, usize, bool)>) {
+        self.0.retain(|room, (shard, _, _)| *shard != index || rooms.iter().any(|(r, _, _)| r == room));
+        for (room, n, live) in rooms {
+            self.0.insert(room, (index, n, live));
         }
     }
 
     pub fn get(&self, room: &str) -> usize {
         self.0.get(room).map(|e| e.1).unwrap_or(0)
+    }
+
+    pub fn live(&self, room: &str) -> bool {
+        self.0.get(room).is_some_and(|e| e.2)
     }
 
     pub fn all(&self) -> Vec<(String, usize)> {
@@ -256,6 +261,7 @@ impl Relay {
                 places,
                 metrics,
                 children: children.clone(),
+                viewers: viewers.clone(),
                 parent: parent.clone(),
             };
             tokio::spawn(parent::serve(endpoint.clone(), Arc::new(serving)));

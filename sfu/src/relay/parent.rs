@@ -12,7 +12,8 @@ use tracing::{info, warn};
 use super::tls::{self, Side};
 use super::wire::{Control, split_flow};
 use super::{
-    Child, Children, LinkOut, ParentLink, Places, read_control, read_control_within, write_controls,
+    Child, Children, LinkOut, ParentLink, Places, RoomViewers, read_control, read_control_within,
+    write_controls,
 };
 use crate::api::{LeaveReason, SessionId};
 use crate::metrics::SfuMetrics;
@@ -24,6 +25,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ROOMS_PER_CHILD: usize = 10_000;
 /// Sequence numbers in one NACK.
 const MAX_NACK_SEQS: usize = 256;
+/// How often a parent tells its children the tree's viewers of their rooms.
+const AUDIENCE_EVERY: Duration = Duration::from_secs(1);
 /// A hello is well under this; a stranger who has proved nothing gets no more.
 const MAX_HELLO_BYTES: usize = 4096;
 /// Longest room name a child may subscribe to.
@@ -35,6 +38,7 @@ pub(super) struct Serving {
     pub places: Places,
     pub metrics: SfuMetrics,
     pub children: Arc<Children>,
+    pub viewers: Arc<RoomViewers>,
     /// This node's own parent, when it is an edge that feeds edges.
     pub parent: Option<Arc<ParentLink>>,
 }
@@ -86,10 +90,17 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
     tokio::spawn(write_controls(send, rx, |_| {}));
     let mut rooms: HashMap<String, (u32, SessionId, ShardSender)> = HashMap::new();
     let mut next_slot = 1u32;
+    let mut audience = tokio::time::interval(AUDIENCE_EVERY);
     let end = loop {
         let message = tokio::select! {
             m = read_control(&mut recv) => m,
             e = conn.closed() => break format!("closed: {e}"),
+            _ = audience.tick() => {
+                // The whole tree's viewers of each room this child takes, for its pages.
+                let rooms = rooms.keys().map(|room| (room.clone(), audience_of(&serving, room))).collect();
+                link.send(Control::Audience { rooms });
+                continue;
+            }
         };
         let message = match message {
             Ok(m) => m,
@@ -168,6 +179,15 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
     serving.children.lock().remove(&key);
     serving.metrics.relay.links.with_label_values(&["child"]).dec();
     info!(%remote, child = %node, reason = %end, "relay link from a child ended");
+}
+
+/// Viewers of `room` in the tree this node belongs to: as its own parent told, or here
+/// and below.
+fn audience_of(serving: &Serving, room: &str) -> u64 {
+    if let Some(told) = serving.parent.as_ref().and_then(|p| p.audience(room)) {
+        return told;
+    }
+    serving.viewers.get(room) as u64 + serving.children.viewers(room)
 }
 
 fn by_slot(

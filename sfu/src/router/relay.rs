@@ -72,7 +72,8 @@ impl Router {
 
     /// Members that receive media, per room on this router (publish-only sessions and
     /// relay links not counted).
-    pub fn viewers_by_room(&self) -> Vec<(String, usize)> {
+    /// And whether anything is published in it.
+    pub fn viewers_by_room(&self) -> Vec<(String, usize, bool)> {
         self.rooms
             .iter()
             .map(|(name, room)| {
@@ -81,7 +82,7 @@ impl Router {
                     .iter()
                     .filter(|m| self.endpoints.get(&m.session).is_some_and(|e| !e.relay && e.can_subscribe))
                     .count();
-                (name.clone(), n)
+                (name.clone(), n, !room.sources.is_empty())
             })
             .collect()
     }

@@ -1,0 +1,51 @@
+//! What a live class's pages are told as it goes (server-sent events, as WHEP's events
+//! extension does): whether the class is live, and how many watch it in the whole tier.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::AppState;
+use crate::whip::{Role, authorize};
+
+/// How often the state is looked at; an event goes out only when it changed.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// `GET /live/{room}/events?access_token=<token>` (a token that may watch the room):
+/// `event: state` with `{"live": bool, "viewers": n}` at once and on every change.
+pub(crate) async fn events(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    // Viewers and the teacher alike.
+    if let Err(refusal) = authorize(&state, &headers, query.as_deref(), &room, Role::Viewer)
+        && authorize(&state, &headers, query.as_deref(), &room, Role::Publisher).is_err()
+    {
+        return refusal.into_response();
+    }
+    let changes = futures_util::stream::unfold((state, room, None), |(state, room, last)| async move {
+        loop {
+            let now = (state.media.is_live(&room), state.media.viewers(&room));
+            if last != Some(now) {
+                let event = Event::default()
+                    .event("state")
+                    .data(json!({ "live": now.0, "viewers": now.1 }).to_string());
+                return Some((Ok::<_, Infallible>(event), (state, room, Some(now))));
+            }
+            tokio::time::sleep(CHECK_EVERY).await;
+        }
+    });
+    let mut response = Sse::new(changes).keep_alive(KeepAlive::default()).into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, axum::http::HeaderValue::from_static("*"));
+    response
+}
