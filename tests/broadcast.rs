@@ -219,3 +219,92 @@ async fn a_node_without_the_cluster_secret_is_kept_out() {
     assert_eq!(metric(&origin, "huiyi_relay_links{to=\"child\"}").await, 0.0);
     let _: SocketAddr = stranger.http;
 }
+
+/// Random loss on loopback UDP to and from one port, with nftables, in a table of its own
+/// that is deleted when this is dropped.
+struct Loss {
+    table: String,
+}
+
+impl Loss {
+    fn on_port(port: u16, percent: u32) -> Loss {
+        let table = format!("huiyi_loss_{}_{port}", std::process::id());
+        let rules = format!(
+            "table inet {table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  \
+             oifname \"lo\" udp sport {port} numgen random mod 100 < {percent} drop\n  \
+             oifname \"lo\" udp dport {port} numgen random mod 100 < {percent} drop\n }}\n}}\n"
+        );
+        let nft = ["/usr/sbin/nft", "nft"]
+            .into_iter()
+            .find(|p| std::process::Command::new(p).arg("--version").output().is_ok());
+        let nft = nft.expect("nftables: scripts/test installs it (apt-get install nftables)");
+        let mut child = std::process::Command::new(nft)
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft runs");
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(rules.as_bytes()).expect("rules");
+        assert!(child.wait().expect("nft").success(), "nft took the rules (needs root)");
+        Loss { table }
+    }
+}
+
+impl Drop for Loss {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_percent_loss_on_the_relay_link_is_repaired() {
+    init_logging();
+    tokio::time::timeout(TEST_TIMEOUT, through_a_lossy_link()).await.expect("finishes in time");
+}
+
+async fn through_a_lossy_link() {
+    let origin = origin("");
+    let edge = edge(&origin, "edge-lossy", TEST_SECRET, "");
+    assert_eq!(
+        wait_metric(&edge, "huiyi_relay_links{to=\"parent\"}", |v| v == 1.0, Duration::from_secs(10)).await,
+        1.0
+    );
+    let _loss = Loss::on_port(origin.relay.expect("relay").port(), 5);
+    let teacher_token = token("lossy", "teacher", publish_grant());
+    let (mut teacher, _) = Client::publish_whip(origin.http, "lossy", "teacher", 0, &teacher_token)
+        .await
+        .expect("WHIP to the origin");
+    teacher.wait_connected(Duration::from_secs(10)).await.expect("the teacher connects");
+    teacher.start_media().await.expect("the teacher sends");
+    let viewer_token = token("lossy", "students", watch_grant());
+    let (viewer, _) =
+        Client::play_whep(edge.http, "lossy", "v", 10, &viewer_token).await.expect("a viewer on the edge");
+    viewer.wait_connected(Duration::from_secs(10)).await.expect("the viewer connects");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Delivery: of the teacher's packets numbered between the first and the last the
+    // viewer got (the marker counts them per kind), how many arrived.
+    let mut report = Vec::new();
+    for kind in [Kind::Audio, Kind::Video] {
+        let counters: std::collections::BTreeSet<u32> = viewer
+            .remote_tracks()
+            .iter()
+            .filter(|t| t.kind == Some(kind))
+            .flat_map(|t| t.packets.iter())
+            .filter_map(|p| parse_marker(teacher.video, kind, &p.payload))
+            .filter(|(sender, _)| *sender == teacher.index)
+            .map(|(_, n)| n)
+            .collect();
+        let (first, last) = (counters.first().copied().unwrap_or(0), counters.last().copied().unwrap_or(0));
+        let expected = (last - first + 1) as f64;
+        let delivery = counters.len() as f64 / expected;
+        report.push(format!("{kind:?}: {} of {expected} ({:.2}%)", counters.len(), delivery * 100.0));
+        assert!(counters.len() > 100, "{kind:?}: too few packets to judge: {report:?}");
+        assert!(delivery >= 0.99, "{kind:?} delivery under 99% through a 5% lossy link: {report:?}");
+    }
+    let nacked = metric(&origin, "huiyi_relay_nacked_total").await;
+    let resent = metric(&origin, "huiyi_relay_retransmitted_total").await;
+    println!("through 5% loss: {report:?}; {nacked} packets asked for again, {resent} sent again");
+    assert!(resent > 0.0, "the link's loss was repaired from the origin's history");
+    viewer.close().await;
+    teacher.close().await;
+}
