@@ -11,8 +11,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::AppState;
 use crate::whip::{Role, authorize};
+use crate::{AppState, auth};
 
 /// How often the state is looked at; an event goes out only when it changed.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -26,13 +26,20 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Response {
     // Viewers and the teacher alike.
-    if let Err(refusal) = authorize(&state, &headers, query.as_deref(), &room, Role::Viewer)
-        && authorize(&state, &headers, query.as_deref(), &room, Role::Publisher).is_err()
-    {
-        return refusal.into_response();
-    }
-    let changes = futures_util::stream::unfold((state, room, None), |(state, room, last)| async move {
+    let claims = match authorize(&state, &headers, query.as_deref(), &room, Role::Viewer) {
+        Ok(c) => c,
+        Err(refusal) => match authorize(&state, &headers, query.as_deref(), &room, Role::Publisher) {
+            Ok(c) => c,
+            Err(_) => return refusal.into_response(),
+        },
+    };
+    // The stream ends with its token, and when the node drains.
+    let expires = claims.exp;
+    let changes = futures_util::stream::unfold((state, room, None), move |(state, room, last)| async move {
         loop {
+            if auth::now_unix() >= expires || state.is_draining() {
+                return None;
+            }
             let now = (state.media.is_live(&room), state.media.viewers(&room));
             if last != Some(now) {
                 let event = Event::default()

@@ -55,7 +55,11 @@ async function negotiate(pc, endpoint, bearer) {
     body: pc.localDescription.sdp,
   });
   if (res.status === 409) return Number(res.headers.get("Retry-After") || "5");
-  if (res.status !== 201) throw new Error(`${endpoint}: ${res.status} ${(await res.text()).trim()}`);
+  if (res.status !== 201) {
+    const error = new Error(`${endpoint}: ${res.status} ${(await res.text()).trim()}`);
+    error.status = res.status;
+    throw error;
+  }
   await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
   // Relative to where the answer came from: an origin may have sent us on to an edge.
   return new URL(res.headers.get("Location"), res.url).href;
@@ -95,8 +99,20 @@ function endSession() {
 }
 addEventListener("pagehide", endSession);
 
+// Bytes of media received so far on a peer connection.
+async function received(pc) {
+  let bytes = 0;
+  (await pc.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp") bytes += r.bytesReceived || 0;
+  });
+  return bytes;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
 async function watch() {
   bearer = await token();
+  let failures = 0;
   for (;;) {
     const pc = new RTCPeerConnection();
     pc.addTransceiver("video", { direction: "recvonly" });
@@ -110,17 +126,21 @@ async function watch() {
     try {
       answer = await negotiate(pc, `/whep/${encodeURIComponent(room)}`, bearer);
     } catch (e) {
-      // The node we were sent to is gone (or the network is): ask again shortly.
       pc.close();
       window.huiyiLive.errors.push(e.message);
+      // Refused for what we sent (a bad or expired token): asking again will not help.
+      if (e.status >= 400 && e.status < 500 && e.status !== 429) throw e;
+      // The node we were sent to is gone (or the network is): ask again, backing off.
+      failures += 1;
       setState("waiting", "reconnecting");
-      await new Promise((r) => setTimeout(r, 500));
+      await sleep(Math.min(8000, 250 * 2 ** failures) * (0.5 + Math.random() / 2));
       continue;
     }
+    failures = 0;
     if (typeof answer === "number") {
       pc.close();
       setState("waiting", "the class has not started");
-      await new Promise((r) => setTimeout(r, answer * 1000));
+      await sleep(answer * 1000);
       continue;
     }
     session = answer;
@@ -133,10 +153,24 @@ async function watch() {
         if (["failed", "closed", "disconnected"].includes(pc.connectionState)) resolve("lost");
       };
       let wasLive = false;
-      stopFollowing = follow(answer, (s) => {
+      const onState = (s) => {
         if (s.live) wasLive = true;
         else if (wasLive) resolve("ended");
-      }, () => resolve("lost"));
+      };
+      // The events stream broke: the node that serves us died, unless media still comes
+      // (a proxy that cut the stream); then follow it again a little later.
+      const onBroken = async () => {
+        const before = await received(pc);
+        await sleep(1000);
+        if (pc.connectionState === "closed") return;
+        if ((await received(pc)) > before) {
+          await sleep(3000);
+          if (pc.connectionState !== "closed") stopFollowing = follow(answer, onState, onBroken);
+        } else {
+          resolve("lost");
+        }
+      };
+      stopFollowing = follow(answer, onState, onBroken);
     });
     const why = await ended;
     stopFollowing();
@@ -144,10 +178,10 @@ async function watch() {
     endSession();
     if (why === "ended") {
       setState("ended", "the class has ended");
-      await new Promise((r) => setTimeout(r, 5000));
+      await sleep(5000);
     } else {
       setState("waiting", "reconnecting");
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
     }
   }
 }

@@ -185,6 +185,7 @@ impl ParentLink {
     async fn on_control(&self, message: Control, link: &LinkOut) {
         match message {
             Control::Room { room, slot, tracks } => {
+                let known: Vec<u32> = tracks.iter().map(|t| t.track).collect();
                 if !matches!(self.lock().rooms.get(&room), Some(Pull::Waiting(_))) {
                     // Not asked for (any more): let the parent know.
                     link.send(Control::Unsubscribe { room });
@@ -211,7 +212,7 @@ impl ParentLink {
                     let told = match result {
                         Ok(live) => {
                             state.rooms.insert(room.clone(), live);
-                            link.send(Control::Ready { slot, track: None });
+                            link.send(Control::Ready { slot, tracks: known.clone() });
                             Ok(())
                         }
                         Err(e) => Err(e),
@@ -232,7 +233,7 @@ impl ParentLink {
                 if let Some((id, shard)) = self.by_slot(slot) {
                     let number = track.track;
                     if shard.command(ShardInput::Relay(RelayInput::Track { endpoint: id, track })).is_ok() {
-                        link.send(Control::Ready { slot, track: Some(number) });
+                        link.send(Control::Ready { slot, tracks: vec![number] });
                     }
                 }
             }
@@ -243,8 +244,9 @@ impl ParentLink {
             }
             Control::Audience { rooms } => {
                 let mut state = self.lock();
-                state.audience =
-                    rooms.into_iter().filter(|(room, _)| state.rooms.contains_key(room)).collect();
+                let State { rooms: pulled, audience, .. } = &mut *state;
+                audience.retain(|room, _| pulled.contains_key(room));
+                audience.extend(rooms.into_iter().filter(|(room, _)| pulled.contains_key(room)));
             }
             other => {
                 self.metrics.relay.dropped.with_label_values(&["bad_message"]).inc();
@@ -323,6 +325,10 @@ impl ParentLink {
         let mut state = self.lock();
         if matches!(state.rooms.get(room), Some(Pull::Live { id, .. }) if *id == endpoint) {
             state.rooms.remove(room);
+            // Queued under the lock: a pull that follows sends its subscribe after this.
+            if let Some(link) = &state.link {
+                link.send(Control::Unsubscribe { room: room.to_string() });
+            }
         }
     }
 

@@ -76,10 +76,11 @@ impl LinkOut {
     /// A room this link brought in is let go (nobody watches it): the parent stops sending
     /// it, and the next viewer pulls it again.
     pub fn release(&self, room: &str, endpoint: SessionId) {
-        if let Some(link) = self.pulled.as_ref().and_then(|w| w.upgrade()) {
-            link.released(room, endpoint);
+        match self.pulled.as_ref().and_then(|w| w.upgrade()) {
+            // Told in step with the link's own pulls (a new pull must not be overtaken).
+            Some(link) => link.released(room, endpoint),
+            None => self.send(Control::Unsubscribe { room: room.to_string() }),
         }
-        self.send(Control::Unsubscribe { room: room.to_string() });
     }
 
     /// Queue one datagram; Err names why it was dropped.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::tls::{self, Side};
-use super::wire::{Control, split_flow};
+use super::wire::{self, Control, split_flow};
 use super::{
     Child, Children, LinkOut, ParentLink, Places, RoomViewers, read_control, read_control_within,
     write_controls,
@@ -25,6 +25,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ROOMS_PER_CHILD: usize = 10_000;
 /// Sequence numbers in one NACK.
 const MAX_NACK_SEQS: usize = 256;
+/// Rooms in one audience message (names of at most 128 bytes: well under 256 KiB).
+const AUDIENCE_ROOMS_PER_MESSAGE: usize = 1000;
 /// How often a parent tells its children the tree's viewers of their rooms.
 const AUDIENCE_EVERY: Duration = Duration::from_secs(1);
 /// A hello is well under this; a stranger who has proved nothing gets no more.
@@ -91,14 +93,30 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
     let mut rooms: HashMap<String, (u32, SessionId, ShardSender)> = HashMap::new();
     let mut next_slot = 1u32;
     let mut audience = tokio::time::interval(AUDIENCE_EVERY);
+    // Messages are read on a task of their own: a read cut off halfway (by the ticker
+    // below) would lose its bytes and the stream's framing with them.
+    let (messages_tx, mut messages) = mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let message = read_control(&mut recv).await;
+            let failed = message.is_err();
+            if messages_tx.send(message).await.is_err() || failed {
+                return;
+            }
+        }
+    });
     let end = loop {
         let message = tokio::select! {
-            m = read_control(&mut recv) => m,
+            m = messages.recv() => m.unwrap_or_else(|| Err("control stream ended".into())),
             e = conn.closed() => break format!("closed: {e}"),
             _ = audience.tick() => {
-                // The whole tree's viewers of each room this child takes, for its pages.
-                let rooms = rooms.keys().map(|room| (room.clone(), audience_of(&serving, room))).collect();
-                link.send(Control::Audience { rooms });
+                // The whole tree's viewers of each room this child takes, for its pages,
+                // in messages well under the size limit.
+                let counts: Vec<(String, u64)> =
+                    rooms.keys().map(|room| (room.clone(), audience_of(&serving, room))).collect();
+                for chunk in counts.chunks(AUDIENCE_ROOMS_PER_MESSAGE) {
+                    link.send(Control::Audience { rooms: chunk.to_vec() });
+                }
                 continue;
             }
         };
@@ -140,9 +158,10 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
                     shard.end(id, LeaveReason::Left);
                 }
             }
-            Control::Ready { slot, track } => {
+            Control::Ready { slot, mut tracks } => {
+                tracks.truncate(wire::MAX_TRACKS_PER_ROOM as usize);
                 if let Some((id, shard)) = by_slot(&rooms, slot) {
-                    let _ = shard.command(ShardInput::Relay(RelayInput::Ready { endpoint: id, track }));
+                    let _ = shard.command(ShardInput::Relay(RelayInput::Ready { endpoint: id, tracks }));
                 }
             }
             Control::Keyframe { flow } => {
@@ -172,6 +191,7 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
             }
         }
     };
+    reader.abort();
     conn.close(0u32.into(), b"bye");
     for (_, (_, id, shard)) in rooms {
         shard.end(id, LeaveReason::Disconnected);

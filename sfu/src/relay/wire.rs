@@ -202,9 +202,9 @@ pub enum Control {
     /// Parent to child: the answer to `Subscribe` (flows of this room use `slot`), with
     /// every track live now; none means nothing is live.
     Room { room: String, slot: u32, tracks: Vec<WireTrack> },
-    /// Child to parent: the room's flows (all, or one track's) reach its viewers now: send
-    /// each layer's cached keyframe and what followed it, then live.
-    Ready { slot: u32, track: Option<u32> },
+    /// Child to parent: these tracks' flows reach its viewers now (the tracks it was told
+    /// of): send each layer's cached keyframe and what followed it, then live.
+    Ready { slot: u32, tracks: Vec<u32> },
     /// Parent to child: a track was published in a subscribed room.
     Track { slot: u32, track: WireTrack },
     /// Parent to child: a track ended.

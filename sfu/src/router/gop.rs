@@ -16,6 +16,8 @@ pub struct Gop {
     bytes: usize,
     /// The packets start at a keyframe and none since is missing from the cache.
     valid: bool,
+    /// The sequence number the next packet must have for the group to stay whole.
+    next_seq: u16,
 }
 
 impl Gop {
@@ -27,10 +29,17 @@ impl Gop {
             self.packets.clear();
             self.bytes = 0;
             self.valid = true;
+            self.next_seq = packet.seq;
         }
         if !self.valid {
             return;
         }
+        if packet.seq != self.next_seq {
+            // A gap or a late packet: a viewer started from here would decode garbage.
+            self.forget();
+            return;
+        }
+        self.next_seq = packet.seq.wrapping_add(1);
         if self.packets.len() >= MAX_PACKETS || self.bytes + packet.payload.len() > MAX_BYTES {
             self.forget();
             return;
@@ -43,6 +52,10 @@ impl Gop {
     /// group to give.
     pub fn packets(&self) -> Option<&[SourcePacket]> {
         (self.valid && !self.packets.is_empty()).then_some(&self.packets[..])
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn forget(&mut self) {
@@ -84,6 +97,18 @@ mod tests {
         assert_eq!(seqs, [2, 3, 4], "a keyframe's packets with one timestamp are one picture");
         gop.record(&packet(5, 400, 10), true);
         assert_eq!(gop.packets().map(|p| p.len()), Some(1), "a new keyframe starts again");
+    }
+
+    #[test]
+    fn a_gap_spoils_the_group_until_the_next_keyframe() {
+        let mut gop = Gop::default();
+        gop.record(&packet(10, 100, 10), true);
+        gop.record(&packet(12, 200, 10), false);
+        assert!(gop.packets().is_none(), "packet 11 is missing");
+        gop.record(&packet(11, 150, 10), false);
+        assert!(gop.packets().is_none(), "a late packet does not mend it");
+        gop.record(&packet(13, 300, 10), true);
+        assert_eq!(gop.packets().map(|p| p.len()), Some(1));
     }
 
     #[test]

@@ -40,6 +40,9 @@ use sink::Sink;
 
 /// How often the router looks at every room (speakers, layers, allocation).
 pub const HOUSEKEEPING: Duration = Duration::from_millis(200);
+/// What a relay link is sent from the keyframe caches at once, at most (its QUIC datagram
+/// queue holds 1 MiB; a layer whose group does not fit waits for a keyframe).
+const RELAY_REPLAY_BYTES: usize = 768 * 1024;
 /// Headers and SRTP tag on top of an RTP payload, for send-rate accounting.
 const RTP_OVERHEAD_BYTES: u64 = 40;
 
@@ -185,6 +188,11 @@ impl Router {
         self.outputs.pop_front()
     }
 
+    /// Whether the next `Input::Timeout` runs housekeeping (not only held sink starts).
+    pub fn housekeeping_due(&self, now: Instant) -> bool {
+        now >= self.next_housekeeping
+    }
+
     /// When the router next wants `Input::Timeout`.
     pub fn poll_timeout(&self) -> Instant {
         self.starts.iter().map(|(at, _)| *at).fold(self.next_housekeeping, Instant::min)
@@ -273,6 +281,7 @@ impl Router {
             let Some(sink) = endpoint.sinks.get_mut(&sink_key.1) else { continue };
             match forward::decide(sink, &arrived) {
                 Decision::Send { packet, switched } => {
+                    sink.sent = true;
                     if switched {
                         metrics.layer_switches.inc();
                     }
@@ -310,7 +319,11 @@ impl Router {
         };
         let Some(room) = rooms.get(room.as_str()) else { return false };
         let Some(sink) = sinks.get_mut(&sink_key.1) else { return false };
-        let (Some(key), true, None) = (sink.source, sink.active, sink.current) else { return false };
+        // Only a sink that sent nothing of its source yet: one paused and started again
+        // has numbered these packets already (the fast path refuses an index twice).
+        let (Some(key), true, None, false) = (sink.source, sink.active, sink.current, sink.sent) else {
+            return false;
+        };
         let Some(source) = room.sources.get(&key).filter(|s| s.cache_keyframes) else { return false };
         let Some(format) = source.format else { return false };
         let layers: Vec<u8> = match (sink.strategy, sink.target) {
@@ -320,11 +333,23 @@ impl Router {
         };
         let codec = source.video_codec;
         let arrival_ms = now.saturating_duration_since(*epoch).as_millis() as u64;
+        let arriving = source.arriving(*now);
+        // A relay link takes every layer's group, within what its datagram queue holds.
+        let mut budget = RELAY_REPLAY_BYTES;
         let mut sent = false;
         for layer in layers {
-            let Some(packets) = source.layers.get(usize::from(layer)).and_then(|l| l.gop.packets()) else {
+            // A layer that stopped keeps a stale group: nobody starts from it.
+            if !arriving.get(usize::from(layer)).copied().unwrap_or(false) {
                 continue;
-            };
+            }
+            let Some(gop) = source.layers.get(usize::from(layer)).map(|l| &l.gop) else { continue };
+            let Some(packets) = gop.packets() else { continue };
+            if sink.strategy == Strategy::Relay {
+                if gop.bytes() > budget {
+                    continue;
+                }
+                budget -= gop.bytes();
+            }
             for cached in packets {
                 let arrived = Arrived {
                     packet: cached,
@@ -337,6 +362,7 @@ impl Router {
                     arrival_ms,
                 };
                 if let Decision::Send { mut packet, .. } = forward::decide(sink, &arrived) {
+                    sink.sent = true;
                     packet.arrival = *now;
                     *sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
                     outputs.push_back(Output::Forward { sink: sink_key, packet });

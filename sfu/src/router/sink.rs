@@ -46,6 +46,8 @@ pub struct Sink {
     pub cap: Option<Option<u8>>,
     /// Place in the client's list of shown tracks (its importance among equals).
     pub order: usize,
+    /// It sent a packet of its source since it was given it.
+    pub sent: bool,
 }
 
 impl Sink {
@@ -66,6 +68,7 @@ impl Sink {
             target: None,
             cap: None,
             order: usize::MAX,
+            sent: false,
         }
     }
 
@@ -89,6 +92,7 @@ impl Sink {
     /// Carry `key` from now on (or nothing): video waits for a keyframe of the new source.
     pub fn assign(&mut self, key: Option<SourceKey>) {
         self.source = key;
+        self.sent = false;
         self.pt_map = None;
         self.rewriter.forget_retired();
         if self.kind == TrackKind::Audio {

@@ -292,7 +292,12 @@ impl Shard {
             let now = Instant::now();
             self.run_timers(now);
             if now >= self.router.poll_timeout() {
-                self.housekeeping(now);
+                if self.router.housekeeping_due(now) {
+                    self.housekeeping(now);
+                } else {
+                    // Only sinks whose start was held (just after their DTLS came up).
+                    self.route(router::Input::Timeout);
+                }
             }
             self.flush_offers();
             self.end_failed_sessions();

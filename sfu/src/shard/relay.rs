@@ -24,8 +24,9 @@ use crate::relay::wire::{
 };
 use crate::router::{self, CodecKey, Forwarded, PayloadTypes, RelayedTrack, SinkKey, SourcePacket};
 
-/// Packets kept per flow to answer a child's NACKs (about 2 s of a 2.5 Mbit/s layer).
-const HISTORY_PER_FLOW: usize = 512;
+/// Packets kept per flow to answer a child's NACKs (about 4 s of a 2.5 Mbit/s layer, and
+/// a start from the keyframe cache).
+const HISTORY_PER_FLOW: usize = 1024;
 /// Packets one link may send again per housekeeping round (200 ms): 5,000 a second, a
 /// fifth of what a class of three 2.5 Mbit/s layers sends.
 const RESENDS_PER_ROUND: u32 = 1000;
@@ -95,7 +96,7 @@ pub(crate) enum RelayInput {
     /// The child can take a room's flows (all, or one track's) now.
     Ready {
         endpoint: SessionId,
-        track: Option<u32>,
+        tracks: Vec<u32>,
     },
     Nack {
         endpoint: SessionId,
@@ -135,13 +136,11 @@ impl Shard {
                 }
             }
             RelayInput::Nack { endpoint, flow, seqs } => self.relay_resend(endpoint, flow, &seqs),
-            RelayInput::Ready { endpoint, track } => {
+            RelayInput::Ready { endpoint, tracks: ready } => {
                 let mids: Vec<Mid> = match self.relays.get(&endpoint).map(|r| &r.side) {
-                    Some(Side::Feeds { tracks, .. }) => tracks
-                        .iter()
-                        .filter(|(_, t)| track.is_none_or(|w| w == **t))
-                        .map(|(m, _)| *m)
-                        .collect(),
+                    Some(Side::Feeds { tracks, .. }) => {
+                        tracks.iter().filter(|(_, t)| ready.contains(t)).map(|(m, _)| *m).collect()
+                    }
                     _ => Vec::new(),
                 };
                 let now = Instant::now();

@@ -178,6 +178,8 @@ impl Shard {
         let at = source.arrival;
         self.router.handle_input(router::Input::Packet { source: (id, mid), layer, rid, packet: source }, at);
         self.carry_out();
+        // What the router sends later (a start from the keyframe cache) is not this packet.
+        self.routing_ext = ExtensionValues::default();
         // Sinks that got a packet through str0m while on the fast path: out now, before the
         // fast path's next packet to them can overtake it (a receiver that sees a new
         // stream's second packet first may drop the first).
