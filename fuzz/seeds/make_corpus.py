@@ -122,7 +122,8 @@ def rtcp_pli(media: int) -> bytes:
 
 def main() -> None:
     shutil.rmtree(CORPUS, ignore_errors=True)
-    targets = ["signaling_message", "token_verify", "sdp_offer", "session_datagram", "media_datagram", "srtcp_nack"]
+    targets = ["signaling_message", "token_verify", "sdp_offer", "session_datagram", "media_datagram", "srtcp_nack",
+               "relay_link"]
     for t in targets:
         os.makedirs(os.path.join(CORPUS, t))
 
@@ -228,6 +229,26 @@ def main() -> None:
     write(sn, "two_senders_altered", b"\x03" + r(0x04, 5, compound) + r(0x08, 0, rtcp_rr() + rtcp_pli(7))
           + r(2, 3, b"") + r(0x04, -40, compound))
     write(sn, "junk", b"\x02" + r(3, 0, compound) + r(0, 300, compound))
+
+    # relay_link: 0x00 then a datagram (flow id varint, RTP), 0x01 then a control message.
+    rl = "relay_link"
+    flow = (1 << 12) | (2 << 2) | 1  # slot 1, track 2, layer 1: a two-byte varint
+    video = struct.pack("!H", 0x4000 | flow) + bytes([0x80, 0xE0]) + struct.pack("!HII", 4711, 90000, 0x1234) \
+        + b"\x10\x00\x9d\x01\x2a"
+    audio = bytes([8]) + bytes([0x90, 111]) + struct.pack("!HII", 7, 960, 0x99) \
+        + struct.pack("!HH", 0xBEDE, 1) + bytes([0x10, 0x80 | 30, 0, 0]) + b"opus"
+    write(rl, "video_datagram", b"\x00" + video)
+    write(rl, "audio_datagram", b"\x00" + audio)
+    track = {"track": 2, "id": "TR_x", "kind": "video", "source": "camera", "muted": False,
+             "participant": "PA_t", "name": "t", "codecs": [{"pt": 96, "name": "vp8", "clock_rate": 90000}]}
+    for name, message in [
+        ("hello", {"type": "hello", "node": "edge-1", "http": "http://127.0.0.1:7700", "proof": "00" * 32}),
+        ("room", {"type": "room", "room": "class", "slot": 1, "tracks": [track]}),
+        ("nack", {"type": "nack", "flow": flow, "seqs": [1, 2, 65535]}),
+        ("ready", {"type": "ready", "slot": 1, "tracks": [2]}),
+        ("load", {"type": "load", "viewers": 3, "rooms": [["class", 3]]}),
+    ]:
+        write(rl, "control_" + name, b"\x01" + compact(message).encode())
 
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(CORPUS) for f in fs)
     print(f"wrote the seed corpus: {total} bytes")

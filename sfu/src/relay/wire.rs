@@ -54,7 +54,13 @@ pub enum WireError {
 
 impl RelayPacket {
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(8 + 12 + 8 + self.payload.len());
+        self.encode_with(&self.payload)
+    }
+
+    /// The datagram of this header with `payload` (so a forwarded packet's payload is
+    /// copied once, into the datagram).
+    pub fn encode_with(&self, payload: &[u8]) -> Bytes {
+        let mut b = BytesMut::with_capacity(8 + 12 + 8 + payload.len());
         put_varint(&mut b, self.flow);
         let extension = self.audio_level.is_some();
         b.put_u8(0x80 | if extension { 0x10 } else { 0 });
@@ -70,7 +76,7 @@ impl RelayPacket {
             b.put_u8((level.unsigned_abs().min(127)) | if voice { 0x80 } else { 0 });
             b.put_u16(0);
         }
-        b.put_slice(&self.payload);
+        b.put_slice(payload);
         b.freeze()
     }
 

@@ -580,7 +580,7 @@ impl Shard {
         while let Some(output) = self.router.poll_output() {
             match output {
                 router::Output::Forward { sink, packet } => {
-                    if self.relays.contains_key(&sink.0) {
+                    if !self.relays.is_empty() && self.relays.contains_key(&sink.0) {
                         self.relay_forward(sink, packet);
                     } else {
                         self.send_forwarded(sink, packet);

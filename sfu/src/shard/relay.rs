@@ -266,9 +266,9 @@ impl Shard {
             marker: f.marker,
             ssrc: f.source_ssrc,
             audio_level: f.audio_level,
-            payload: Bytes::copy_from_slice(&f.payload),
+            payload: Bytes::new(),
         };
-        let datagram = packet.encode();
+        let datagram = packet.encode_with(&f.payload);
         let kept = history.entry(flow).or_default();
         if kept.len() >= HISTORY_PER_FLOW {
             kept.pop_front();
