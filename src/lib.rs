@@ -96,6 +96,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// wait until everyone has left, or `grace` has passed.
 pub async fn drain(state: &AppState, grace: std::time::Duration) {
     state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    state.media.drain();
     let until = tokio::time::Instant::now() + grace;
     while tokio::time::Instant::now() < until {
         let left: usize = state.registry.rooms().iter().map(|r| r.participants).sum();

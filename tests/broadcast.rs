@@ -308,3 +308,50 @@ async fn through_a_lossy_link() {
     viewer.close().await;
     teacher.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_edge_gets_no_new_viewers_and_moves_its_own() {
+    init_logging();
+    tokio::time::timeout(TEST_TIMEOUT, draining_edge()).await.expect("finishes in time");
+}
+
+async fn draining_edge() {
+    let origin = origin("");
+    let edges = [edge(&origin, "edge-a", TEST_SECRET, ""), edge(&origin, "edge-b", TEST_SECRET, "")];
+    assert_eq!(
+        wait_metric(&origin, "huiyi_relay_links{to=\"child\"}", |v| v == 2.0, Duration::from_secs(10)).await,
+        2.0
+    );
+    let teacher_token = token("drain", "teacher", publish_grant());
+    let (mut teacher, _) = Client::publish_whip(origin.http, "drain", "teacher", 0, &teacher_token)
+        .await
+        .expect("WHIP to the origin");
+    teacher.wait_connected(Duration::from_secs(10)).await.expect("the teacher connects");
+    teacher.start_media().await.expect("the teacher sends");
+    let viewer_token = token("drain", "students", watch_grant());
+    let (viewer, location) = Client::play_whep(origin.http, "drain", "v", 10, &viewer_token)
+        .await
+        .expect("a viewer sent to an edge");
+    let on = edges.iter().position(|e| location.starts_with(&e.url())).expect("on one of the edges");
+    let (draining, other) = (&edges[on], &edges[1 - on]);
+
+    // SIGTERM: the edge drains. Its viewers' event streams say to move, and end.
+    draining.terminate();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = format!("/live/drain/events?access_token={viewer_token}");
+    let (status, _, body) = http_exchange(draining.http, "GET", &events, &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"moving\":true"), "a draining edge tells its pages to move: {body}");
+    // The origin sends new viewers to the other edge only.
+    for i in 0..3 {
+        let bearer = format!("Bearer {viewer_token}");
+        let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
+        let (status, headers, _) =
+            http_exchange(origin.http, "POST", "/whep/drain", &headers, b"v=0\r\n").await;
+        assert_eq!(status, 307, "viewer {i} is sent on");
+        let to = header(&headers, "location").unwrap_or_default().to_string();
+        assert!(to.starts_with(&other.url()), "viewer {i} sent to {to}, not to the edge that drains");
+    }
+    viewer.close().await;
+    teacher.close().await;
+}

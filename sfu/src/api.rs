@@ -252,6 +252,10 @@ pub trait NodeApi: Send + Sync + 'static {
         0
     }
 
+    /// The process is shutting down (it refuses new joins already): an edge asks its
+    /// parent to send it no new viewers.
+    fn drain(&self) {}
+
     /// Whether anything is published in `room` (on an edge: relayed from its origin).
     fn is_live(&self, _room: &str) -> bool {
         false

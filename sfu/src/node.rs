@@ -240,6 +240,12 @@ impl NodeApi for MediaNode {
         self.viewers.get(room) as u64 + below
     }
 
+    fn drain(&self) {
+        if let Some(relay) = &self.relay {
+            relay.drain();
+        }
+    }
+
     fn is_live(&self, room: &str) -> bool {
         self.viewers.live(room)
     }

@@ -14,11 +14,14 @@ use serde_json::json;
 use crate::whip::{Role, authorize};
 use crate::{AppState, auth};
 
+/// The state after the last event of a draining node's stream.
+const MOVED: (bool, u64) = (false, u64::MAX);
 /// How often the state is looked at; an event goes out only when it changed.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// `GET /live/{room}/events?access_token=<token>` (a token that may watch the room):
-/// `event: state` with `{"live": bool, "viewers": n}` at once and on every change.
+/// `event: state` with `{"live": bool, "viewers": n}` at once and on every change; when the
+/// node drains, a last `{"moving": true}` (play from another node) and the stream ends.
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
@@ -37,8 +40,13 @@ pub(crate) async fn events(
     let expires = claims.exp;
     let changes = futures_util::stream::unfold((state, room, None), move |(state, room, last)| async move {
         loop {
-            if auth::now_unix() >= expires || state.is_draining() {
+            if auth::now_unix() >= expires || last == Some(MOVED) {
                 return None;
+            }
+            if state.is_draining() {
+                // The node shuts down: pages go to another node now, while media still flows.
+                let event = Event::default().event("state").data(json!({ "moving": true }).to_string());
+                return Some((Ok(event), (state, room, Some(MOVED))));
             }
             let now = (state.media.is_live(&room), state.media.viewers(&room));
             if last != Some(now) {

@@ -77,6 +77,13 @@ function follow(base, onState, onBroken) {
   let broken = false;
   events.addEventListener("state", (e) => {
     const s = JSON.parse(e.data);
+    if (s.moving) {
+      // The node is shutting down: move before its media stops.
+      broken = true;
+      events.close();
+      onState(s);
+      return;
+    }
     window.huiyiLive.viewers = s.viewers;
     window.huiyiLive.live = s.live;
     $("viewers").textContent = s.viewers === 1 ? "1 watching" : `${s.viewers} watching`;
@@ -154,6 +161,7 @@ async function watch() {
       };
       let wasLive = false;
       const onState = (s) => {
+        if (s.moving) resolve("lost");
         if (s.live) wasLive = true;
         else if (wasLive) resolve("ended");
       };

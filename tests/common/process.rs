@@ -95,6 +95,14 @@ impl Huiyi {
         format!("http://{}", self.http)
     }
 
+    /// Ask it to stop, as an orchestrator does (SIGTERM: it drains first).
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
     /// Stop it the hard way (a machine that dies).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -42,6 +42,8 @@ pub(crate) struct ParentLink {
     viewers: Arc<RoomViewers>,
     children: Arc<Children>,
     state: Mutex<State>,
+    /// The node is shutting down: its parent sends it no new viewers.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl ParentLink {
@@ -53,7 +55,16 @@ impl ParentLink {
         viewers: Arc<RoomViewers>,
         children: Arc<Children>,
     ) -> Self {
-        Self { parent, settings, places, metrics, viewers, children, state: Mutex::default() }
+        Self {
+            parent,
+            settings,
+            places,
+            metrics,
+            viewers,
+            children,
+            state: Mutex::default(),
+            draining: Default::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -310,7 +321,8 @@ impl ParentLink {
                 *rooms.entry(room).or_insert(0) += n as u64;
             }
             let viewers = rooms.values().sum();
-            link.send(Control::Load { viewers, rooms: rooms.into_iter().collect() });
+            let draining = self.draining.load(std::sync::atomic::Ordering::Relaxed);
+            link.send(Control::Load { viewers, rooms: rooms.into_iter().collect(), draining });
         }
     }
 

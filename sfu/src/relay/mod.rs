@@ -165,6 +165,8 @@ pub(crate) struct Child {
     pub http: Option<String>,
     pub viewers: u64,
     pub rooms: Vec<(String, u64)>,
+    /// It is shutting down: no new viewers go there.
+    pub draining: bool,
 }
 
 /// The children linked to this node, by connection.
@@ -180,7 +182,8 @@ impl Children {
     /// sent there counts at once, so a burst spreads before the next report.
     pub fn least_loaded(&self) -> Option<String> {
         let mut children = self.lock();
-        let child = children.values_mut().filter(|c| c.http.is_some()).min_by_key(|c| c.viewers)?;
+        let child =
+            children.values_mut().filter(|c| c.http.is_some() && !c.draining).min_by_key(|c| c.viewers)?;
         child.viewers += 1;
         child.http.clone()
     }
@@ -270,6 +273,13 @@ impl Relay {
             endpoints.push(endpoint);
         }
         Ok(Self { parent, children, listen_addr, endpoints })
+    }
+
+    /// The node is shutting down: its parent sends it no new viewers (told within a second).
+    pub fn drain(&self) {
+        if let Some(parent) = &self.parent {
+            parent.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Close every link (the node stops): children and the parent see it at once.

@@ -81,10 +81,10 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
     };
     let (node, http) = hello;
     let key = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-    serving
-        .children
-        .lock()
-        .insert(key, Child { node: node.clone(), http: http.clone(), viewers: 0, rooms: Vec::new() });
+    serving.children.lock().insert(
+        key,
+        Child { node: node.clone(), http: http.clone(), viewers: 0, rooms: Vec::new(), draining: false },
+    );
     serving.metrics.relay.links.with_label_values(&["child"]).inc();
     info!(%remote, child = %node, http = ?http, "relay link from a child is up");
     let (control, rx) = mpsc::unbounded_channel();
@@ -178,11 +178,12 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
                     }
                 }
             }
-            Control::Load { viewers, mut rooms } => {
+            Control::Load { viewers, mut rooms, draining } => {
                 rooms.truncate(MAX_ROOMS_PER_CHILD);
                 if let Some(child) = serving.children.lock().get_mut(&key) {
                     child.viewers = viewers;
                     child.rooms = rooms;
+                    child.draining = draining;
                 }
             }
             other => {

@@ -220,7 +220,13 @@ pub enum Control {
     /// Child to parent: these packets of a flow did not arrive.
     Nack { flow: u64, seqs: Vec<u16> },
     /// Child to parent, every few seconds: its viewers in all and per room.
-    Load { viewers: u64, rooms: Vec<(String, u64)> },
+    Load {
+        viewers: u64,
+        rooms: Vec<(String, u64)>,
+        /// It is shutting down: send no new viewers.
+        #[serde(default)]
+        draining: bool,
+    },
     /// Parent to child, every few seconds: viewers of each subscribed room in the whole tree.
     Audience { rooms: Vec<(String, u64)> },
 }
