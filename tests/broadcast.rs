@@ -160,12 +160,7 @@ async fn through_an_edge() {
             from_teacher(&teacher, viewer, Kind::Audio),
             from_teacher(&teacher, viewer, Kind::Video)
         );
-        let video: Vec<_> = viewer
-            .remote_tracks()
-            .into_iter()
-            .filter(|t| t.kind == Some(Kind::Video))
-            .flat_map(|t| t.packets)
-            .collect();
+        let video = viewer.video_packets();
         // The edge starts every viewer at a keyframe: the first from the one it asked for,
         // the others from its cache.
         let first_keyframe = video.iter().position(|p| vp8_is_keyframe(&p.payload));

@@ -262,12 +262,7 @@ async fn publish_and_play() {
             from_teacher(viewer, Kind::Video),
             video.map(|t| t.packets.len()).unwrap_or(0)
         );
-        let video: Vec<_> = viewer
-            .remote_tracks()
-            .into_iter()
-            .filter(|t| t.kind == Some(Kind::Video))
-            .flat_map(|t| t.packets)
-            .collect();
+        let video = viewer.video_packets();
         let keyframe_at = video.iter().position(|p| vp8_is_keyframe(&p.payload));
         assert_eq!(
             keyframe_at,

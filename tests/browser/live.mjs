@@ -3,20 +3,12 @@
 // must decode the teacher's video. A viewer opened before the class starts waits (409)
 // and plays once it does.
 // Usage: node live.mjs <base-url> <room> [viewers=3] [timeout-seconds=60]
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, room, viewersArg = "3", timeoutArg = "60"] = process.argv.slice(2);
 const viewers = Number(viewersArg);
 const deadline = Date.now() + Number(timeoutArg) * 1000;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/lib/chromium/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-  ],
-});
+const browser = await launch();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const result = { ok: false, viewers: [] };
 

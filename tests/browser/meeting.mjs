@@ -11,23 +11,14 @@
 // mid to the tile of the participant it carries, so "playing" is judged per tile.
 // With hold-seconds, the pages stay in the meeting that long after they all play media
 // (for measuring the server under a real meeting).
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, room, pagesArg = "3", timeoutArg = "60", holdArg = "0", checksArg = ""] = process.argv.slice(2);
 const checks = new Set(checksArg.split(",").filter(Boolean));
 const pages = Number(pagesArg);
 const deadline = Date.now() + Number(timeoutArg) * 1000;
-const executablePath = process.env.CHROMIUM || "/usr/lib/chromium/chromium";
 
-const browser = await chromium.launch({
-  executablePath,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--auto-select-desktop-capture-source=Entire screen", "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-  ],
-});
+const browser = await launch(["--auto-select-desktop-capture-source=Entire screen"]);
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

@@ -5,25 +5,16 @@
 // Usage: node simulcast.mjs <base-url> <room> [phase-timeout-seconds=15]
 // Prints one line "RESULT {json}"; every phase reports the widths and frame counts it saw,
 // what B subscribed to, and A's per-layer send stats (for when a layer never appears).
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, room, phaseArg = "15"] = process.argv.slice(2);
 const phaseMs = Number(phaseArg) * 1000;
-const executablePath = process.env.CHROMIUM || "/usr/lib/chromium/chromium";
 const LARGE = [1280, 720];
 const SMALL = [200, 112];
 // The quarter layer of a 1280-wide camera; anything wider is a higher layer.
 const QUARTER_WIDTH = 320;
 
-const browser = await chromium.launch({
-  executablePath,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-  ],
-});
+const browser = await launch();
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const logs = [];

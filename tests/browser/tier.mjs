@@ -5,21 +5,13 @@
 // stdin (the harness kills that edge); then every viewer must play again, from another
 // edge, and the script says how long each took.
 // Usage: node tier.mjs <origin-url> <room> [viewers=4] [timeout-seconds=90]
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { createInterface } from "node:readline";
 
 const [base, room, viewersArg = "4", timeoutArg = "90"] = process.argv.slice(2);
 const viewers = Number(viewersArg);
 const deadline = Date.now() + Number(timeoutArg) * 1000;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/lib/chromium/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-  ],
-});
+const browser = await launch();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const result = { ok: false, viewers: [] };
 const stdin = createInterface({ input: process.stdin });

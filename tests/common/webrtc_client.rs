@@ -710,6 +710,15 @@ impl Client {
         self.shared.remote.lock().unwrap().clone()
     }
 
+    /// Every video packet received, in arrival order, over all video tracks.
+    pub fn video_packets(&self) -> Vec<ReceivedPacket> {
+        self.remote_tracks()
+            .into_iter()
+            .filter(|t| t.kind == Some(Kind::Video))
+            .flat_map(|t| t.packets)
+            .collect()
+    }
+
     /// Packets sent so far on our track of `kind`.
     pub fn sent(&self, kind: Kind) -> u32 {
         self.local.iter().find(|t| t.kind == kind).map_or(0, |t| t.sent.load(Ordering::SeqCst))
