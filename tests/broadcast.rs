@@ -10,30 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::process::{Huiyi, Options};
 use common::webrtc_client::{Client, Kind, init_logging, parse_marker, vp8_is_keyframe, wait_until};
-use common::{TEST_SECRET, header, http_exchange};
-use signaling::auth::{self, Claims, Grants};
+use common::{TEST_SECRET, header, http_exchange, publish_grant, token_with, watch_grant};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn token(room: &str, identity: &str, grants: Grants) -> String {
-    let claims = Claims {
-        sub: identity.into(),
-        name: None,
-        room: room.into(),
-        exp: auth::now_unix() + 3600,
-        nbf: None,
-        grants,
-    };
-    auth::mint(TEST_SECRET.as_bytes(), &claims)
-}
-
-fn publish_grant() -> Grants {
-    Grants { can_publish: true, can_subscribe: false, room_admin: false }
-}
-
-fn watch_grant() -> Grants {
-    Grants { can_publish: false, can_subscribe: true, room_admin: false }
-}
 
 fn origin(config: &str) -> Huiyi {
     let args = ["--role", "origin", "--relay-listen", "127.0.0.1:0", "--node-name", "origin"];
@@ -71,10 +50,7 @@ async fn wait_metric(process: &Huiyi, name: &str, wanted: impl Fn(f64) -> bool, 
 
 /// Whether the origin's admin API reports `n` viewers of the class within 5 s.
 async fn wait_viewers(origin: &Huiyi, n: u64) -> bool {
-    let admin = format!(
-        "Bearer {}",
-        token("*", "admin", Grants { can_publish: false, can_subscribe: false, room_admin: true })
-    );
+    let admin = format!("Bearer {}", common::admin_token());
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let (status, _, body) =
@@ -112,8 +88,8 @@ async fn through_an_edge() {
         1.0,
         "the edge links to its origin"
     );
-    let viewer_token = token("class", "students", watch_grant());
-    let teacher_token = token("class", "teacher", publish_grant());
+    let viewer_token = token_with("class", "students", watch_grant());
+    let teacher_token = token_with("class", "teacher", publish_grant());
 
     // An edge takes no publisher, and has nothing to play before the class starts.
     let bearer = format!("Bearer {teacher_token}");
@@ -265,13 +241,13 @@ async fn through_a_lossy_link() {
         1.0
     );
     let _loss = Loss::on_port(origin.relay.expect("relay").port(), 5);
-    let teacher_token = token("lossy", "teacher", publish_grant());
+    let teacher_token = token_with("lossy", "teacher", publish_grant());
     let (mut teacher, _) = Client::publish_whip(origin.http, "lossy", "teacher", 0, &teacher_token)
         .await
         .expect("WHIP to the origin");
     teacher.wait_connected(Duration::from_secs(10)).await.expect("the teacher connects");
     teacher.start_media().await.expect("the teacher sends");
-    let viewer_token = token("lossy", "students", watch_grant());
+    let viewer_token = token_with("lossy", "students", watch_grant());
     let (viewer, _) =
         Client::play_whep(edge.http, "lossy", "v", 10, &viewer_token).await.expect("a viewer on the edge");
     viewer.wait_connected(Duration::from_secs(10)).await.expect("the viewer connects");
@@ -317,13 +293,13 @@ async fn draining_edge() {
         wait_metric(&origin, "huiyi_relay_links{to=\"child\"}", |v| v == 2.0, Duration::from_secs(10)).await,
         2.0
     );
-    let teacher_token = token("drain", "teacher", publish_grant());
+    let teacher_token = token_with("drain", "teacher", publish_grant());
     let (mut teacher, _) = Client::publish_whip(origin.http, "drain", "teacher", 0, &teacher_token)
         .await
         .expect("WHIP to the origin");
     teacher.wait_connected(Duration::from_secs(10)).await.expect("the teacher connects");
     teacher.start_media().await.expect("the teacher sends");
-    let viewer_token = token("drain", "students", watch_grant());
+    let viewer_token = token_with("drain", "students", watch_grant());
     let (viewer, location) = Client::play_whep(origin.http, "drain", "v", 10, &viewer_token)
         .await
         .expect("a viewer sent to an edge");

@@ -8,28 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::webrtc_client::{Client, Kind, init_logging, parse_marker, vp8_is_keyframe, wait_until};
-use common::{TEST_SECRET, header, http_exchange};
-use signaling::auth::{self, Claims, Grants};
+use common::{header, http_exchange, publish_grant, token_with, watch_grant};
+use signaling::auth::Grants;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn token(room: &str, identity: &str, grants: Grants) -> String {
-    auth::mint(
-        TEST_SECRET.as_bytes(),
-        &Claims {
-            sub: identity.into(),
-            name: None,
-            room: room.into(),
-            exp: auth::now_unix() + 3600,
-            nbf: None,
-            grants,
-        },
-    )
-}
-
-fn publish_grant() -> Grants {
-    Grants { can_publish: true, can_subscribe: false, room_admin: false }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_refusals_say_why() {
@@ -50,17 +32,19 @@ async fn whip_refusals_say_why() {
         http_exchange(addr, "POST", "/whip/class", &[sdp, ("Authorization", "Bearer x.y.z")], offer).await;
     assert_eq!(status, 401, "a malformed token");
 
-    let other_room = format!("Bearer {}", token("elsewhere", "teacher", publish_grant()));
+    let other_room = format!("Bearer {}", token_with("elsewhere", "teacher", publish_grant()));
     let (status, _, _) =
         http_exchange(addr, "POST", "/whip/class", &[sdp, ("Authorization", &other_room)], offer).await;
     assert_eq!(status, 403, "a token for another room");
-    let viewer =
-        format!("Bearer {}", token("class", "student", Grants { can_subscribe: true, ..Grants::default() }));
+    let viewer = format!(
+        "Bearer {}",
+        token_with("class", "student", Grants { can_subscribe: true, ..Grants::default() })
+    );
     let (status, _, _) =
         http_exchange(addr, "POST", "/whip/class", &[sdp, ("Authorization", &viewer)], offer).await;
     assert_eq!(status, 403, "a token without the publish grant");
 
-    let teacher = format!("Bearer {}", token("class", "teacher", publish_grant()));
+    let teacher = format!("Bearer {}", token_with("class", "teacher", publish_grant()));
     let auth = ("Authorization", teacher.as_str());
     let (status, _, _) =
         http_exchange(addr, "POST", "/whip/class", &[auth, ("Content-Type", "text/plain")], offer).await;
@@ -83,7 +67,7 @@ async fn publish_and_watch() {
     let server = common::start_server().await;
     let student = Client::join(&server, "class", "student", 1).await.expect("the student joins");
     student.wait_connected(Duration::from_secs(10)).await.expect("the student connects");
-    let token = token("class", "teacher", publish_grant());
+    let token = token_with("class", "teacher", publish_grant());
     let (mut teacher, location) =
         Client::publish_whip(server.http_addr, "class", "teacher", 0, &token).await.expect("WHIP publish");
     assert!(location.starts_with("/whip/class/PA_"), "{location}");
@@ -114,7 +98,7 @@ async fn publish_and_watch() {
     let (status, _, _) =
         http_exchange(server.http_addr, "PATCH", &location, &[auth, fragment], restart).await;
     assert_eq!(status, 422, "ICE restarts are not supported");
-    let stranger = format!("Bearer {}", self::token("class", "someone-else", publish_grant()));
+    let stranger = format!("Bearer {}", token_with("class", "someone-else", publish_grant()));
     let (status, _, _) =
         http_exchange(server.http_addr, "DELETE", &location, &[("Authorization", &stranger)], b"").await;
     assert_eq!(status, 403, "another publisher may not end it");
@@ -146,7 +130,7 @@ async fn aiortc_publishes() {
     let student = Client::join(&server, "lecture", "student", 1).await.expect("the student joins");
     student.wait_connected(Duration::from_secs(10)).await.expect("the student connects");
     let url = format!("http://{}/whip/lecture", server.http_addr);
-    let token = token("lecture", "aiortc-teacher", publish_grant());
+    let token = token_with("lecture", "aiortc-teacher", publish_grant());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whip/aiortc_publish.py");
     let publisher = tokio::process::Command::new("python3")
         .args([script, &url, &token, "4"])
@@ -179,10 +163,6 @@ async fn aiortc_publishes() {
     student.close().await;
 }
 
-fn watch_grant() -> Grants {
-    Grants { can_publish: false, can_subscribe: true, room_admin: false }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whep_players_receive_a_whip_publisher() {
     init_logging();
@@ -191,7 +171,7 @@ async fn whep_players_receive_a_whip_publisher() {
 
 async fn publish_and_play() {
     let server = common::start_server().await;
-    let viewer_token = token("broadcast", "viewers", watch_grant());
+    let viewer_token = token_with("broadcast", "viewers", watch_grant());
     // Nothing is live yet: come back later.
     let offer = b"v=0\r\n";
     let bearer = format!("Bearer {viewer_token}");
@@ -205,7 +185,7 @@ async fn publish_and_play() {
     .await;
     assert_eq!(status, 409, "nothing live");
     assert_eq!(header(&headers, "retry-after"), Some("5"));
-    let publisher_token = format!("Bearer {}", token("broadcast", "viewers", publish_grant()));
+    let publisher_token = format!("Bearer {}", token_with("broadcast", "viewers", publish_grant()));
     let (status, _, _) = http_exchange(
         server.http_addr,
         "POST",
@@ -216,7 +196,7 @@ async fn publish_and_play() {
     .await;
     assert_eq!(status, 403, "a token without the subscribe grant");
 
-    let teacher_token = token("broadcast", "teacher", publish_grant());
+    let teacher_token = token_with("broadcast", "teacher", publish_grant());
     let (mut teacher, _) = Client::publish_whip(server.http_addr, "broadcast", "teacher", 0, &teacher_token)
         .await
         .expect("WHIP publish");

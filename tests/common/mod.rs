@@ -42,6 +42,29 @@ pub fn token(room: &str, identity: &str) -> String {
     )
 }
 
+/// A token for `identity` in `room` with exactly `grants`, valid for an hour.
+pub fn token_with(room: &str, identity: &str, grants: Grants) -> String {
+    let claims = Claims {
+        sub: identity.into(),
+        name: None,
+        room: room.into(),
+        exp: auth::now_unix() + 3600,
+        nbf: None,
+        grants,
+    };
+    auth::mint(TEST_SECRET.as_bytes(), &claims)
+}
+
+/// A WHIP publisher's grants: publish, watch nothing.
+pub fn publish_grant() -> Grants {
+    Grants { can_publish: true, can_subscribe: false, room_admin: false }
+}
+
+/// A WHEP player's grants: watch, publish nothing.
+pub fn watch_grant() -> Grants {
+    Grants { can_publish: false, can_subscribe: true, room_admin: false }
+}
+
 pub fn admin_token() -> String {
     auth::mint(
         TEST_SECRET.as_bytes(),
