@@ -79,6 +79,54 @@ def before_after():
     return out
 
 
+def floor_cell(r):
+    """Server ns per forwarded packet and its ratio to the machine's floors of the same run."""
+    ns = r.get("server_ns_per_forwarded_packet")
+    ratio = r.get("floor_ratio") or {}
+    floor = r.get("floor") or {}
+    if ns is None:
+        return "-"
+    return "{:.0} = {} x {} (send) / {} x {} (GSO)".format(
+        ns, fmt(ratio.get("send"), "", 2), fmt(floor.get("send_ns"), " ns", 0),
+        fmt(ratio.get("gso"), "", 2), fmt(floor.get("gso_ns"), " ns", 0))
+
+
+def broadcast_table(name, rows):
+    """A live class: players, their first frame, and each process of the tier."""
+    out = [f"## {name}", "",
+           "Players POST to WHEP at the origin and are sent by 307 to an edge; the teacher publishes",
+           "q/h/f over WHIP to the origin. First frame: from the player's offer to the end of its first",
+           "keyframe received whole. Latency: from the teacher's send through origin, relay link and edge.",
+           "The floor is this machine's own, measured by the same run before the joins (AES-GCM seal",
+           "and loopback send of a 1,200-byte datagram).", "",
+           "| date | commit | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | complete |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path, meta, r in rows:
+        d = r.get("delivery", {})
+        lat = r.get("latency_ms", {})
+        ff = r.get("first_frame_ms", {})
+        g = r.get("generator", {})
+        server = r.get("server") or []
+        tier = sum(p.get("cpu_cores", 0) for p in server)
+        each = ", ".join("{} {:.2} / {:.0} MiB".format(p.get("name", p.get("pid")), p.get("cpu_cores", 0), p.get("peak_rss_mb", 0)) for p in server)
+        complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
+        if g.get("bottleneck"):
+            complete += " (generator-bound)"
+        players = max(0, (r.get("participants") or 0) - 1)
+        connected = max(0, (r.get("connected") or 0) - 1)
+        out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} / {} / {} ms | {:.2} ({}) | {} | {} / {}% | {} |".format(
+            r.get("date"), meta.get("commit", "?"), connected, players, r.get("failed_joins"),
+            pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), r.get("players_off_layer", "-"),
+            fmt(ff.get("p50"), "", 0), fmt(ff.get("p99"), "", 0), fmt(ff.get("max"), "", 0),
+            fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")),
+            tier, each, floor_cell(r), fmt(g.get("cpu_cores")), fmt((g.get("busiest_thread") or 0) * 100, "", 0), complete))
+    out.append("")
+    commands = sorted({m.get("command") for _, m, _ in rows if m.get("command")})
+    machines = sorted({m.get("machine") for _, m, _ in rows if m.get("machine")})
+    out += ["Command: " + "; ".join(f"`{c}`" for c in commands), "", "Machine: " + "; ".join(machines), ""]
+    return out
+
+
 def main():
     out = ["# Benchmarks", "",
            "Every figure below comes from a run of `benches/run.sh` on the machine named with it;",
@@ -95,9 +143,12 @@ def main():
         rows = scenario_rows(name)
         if not rows:
             continue
+        if name.startswith("broadcast"):
+            out += broadcast_table(name, rows)
+            continue
         out += [f"## {name}", ""]
-        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | generator cores / busiest thread (joining) | complete |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | server ns per forwarded packet = x floor | generator cores / busiest thread (joining) | complete |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for path, meta, r in rows:
             server = r.get("server") or [{}]
             s = server[0]
@@ -107,14 +158,14 @@ def main():
             complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
             if g.get("bottleneck"):
                 complete += " (generator-bound)"
-            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} / {}% ({}) | {} |".format(
+            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} | {} / {}% ({}) | {} |".format(
                 r.get("date"), meta.get("commit", "?"), r.get("connected"), r.get("participants"), r.get("failed_joins"),
                 pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")),
                 r.get("frozen_subscriptions", "-"), fmt(r.get("loss_pct"), "%", 3),
                 fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")), fmt(r.get("jitter_ms", {}).get("p99")),
                 fmt((r.get("join_ms") or {}).get("p99"), "", 0), fmt((r.get("first_keyframe_ms") or {}).get("p99"), "", 0),
                 r.get("pps_in", 0), r.get("pps_out", 0), fmt(s.get("cpu_cores")), fmt(s.get("peak_rss_mb"), "", 1),
-                fmt(r.get("forwarded_packets_per_cpu_second"), "", 0), fmt(g.get("cpu_cores")),
+                fmt(r.get("forwarded_packets_per_cpu_second"), "", 0), floor_cell(r), fmt(g.get("cpu_cores")),
                 fmt((g.get("busiest_thread") or 0) * 100, "", 0),
                 fmt(g["busiest_thread_joining"] * 100, "%", 0) if "busiest_thread_joining" in g else "-", complete))
         out.append("")

@@ -3,12 +3,13 @@
 #   benches/run.sh                 every scenario below plus the micro-benchmarks
 #   benches/run.sh meeting-300     just these scenarios (names of benches/scenarios/*.toml)
 #   benches/run.sh --micro         just the micro-benchmarks (add scenario names to run both)
-# Each scenario runs against a fresh release `huiyi` on this machine; the raw report and
+# Each scenario runs against a fresh release `huiyi` on this machine (a broadcast scenario
+# against an origin and its edges, each a process of its own); the raw report and
 # plot land in benches/results/<scenario>/<date>-<commit>.{json,svg} with the exact
 # command beside them, and BENCHMARKS.md is rendered from every stored result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-default_scenarios=(meeting-300-smoke audio-3000-smoke churn-smoke meeting-300)
+default_scenarios=(meeting-300-smoke audio-3000-smoke churn-smoke broadcast-1000-smoke meeting-300 broadcast-1000)
 micro=0
 scenarios=()
 for arg in "$@"; do
@@ -28,6 +29,17 @@ day=$(date -u +%FT%H%M)
 machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
 http=127.0.0.1:7780
 media=127.0.0.1:7781
+relay=127.0.0.1:7783
+
+# Wait (at most 10 s) until a node answers on its HTTP address.
+wait_http() {
+  for _ in $(seq 1 100); do
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(f"http://{sys.argv[1]}/healthz", timeout=1)' "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "no node answered on $1" >&2
+  return 1
+}
 
 for name in "${scenarios[@]+"${scenarios[@]}"}"; do
   file=benches/scenarios/$name.toml
@@ -35,17 +47,38 @@ for name in "${scenarios[@]+"${scenarios[@]}"}"; do
   dir=benches/results/$name
   mkdir -p "$dir"
   out=$dir/$day-$commit
-  ./target/release/huiyi --http $http --media $media --log warn >"$out.server.log" 2>&1 &
-  pid=$!
-  sleep 1
-  command="./target/release/loadtest --scenario $file --url http://$http --server-pid $pid --report $out.json --plot $out.svg"
+  # A broadcast scenario names its edges: an origin and that many edge processes, each
+  # measured on its own; any other scenario runs against one all-in-one node.
+  edges=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("broadcast", {}).get("edges", 0))' "$file")
+  pids=()
+  measured=""
+  if [ "$edges" -gt 0 ]; then
+    ./target/release/huiyi --http $http --media $media --role origin --relay-listen $relay \
+      --node-name origin --log warn >"$out.server.log" 2>&1 &
+    pids+=($!)
+    measured="--server-pid origin=$!"
+    wait_http $http
+    for i in $(seq 1 "$edges"); do
+      ./target/release/huiyi --http 127.0.0.1:$((7790 + 2 * i)) --media 127.0.0.1:$((7791 + 2 * i)) \
+        --role edge --origin $relay --node-name edge-$i --log warn >>"$out.server.log" 2>&1 &
+      pids+=($!)
+      measured="$measured --server-pid edge-$i=$!"
+      wait_http 127.0.0.1:$((7790 + 2 * i))
+    done
+  else
+    ./target/release/huiyi --http $http --media $media --log warn >"$out.server.log" 2>&1 &
+    pids+=($!)
+    measured="--server-pid $!"
+    wait_http $http
+  fi
+  command="./target/release/loadtest --scenario $file --url http://$http $measured --report $out.json --plot $out.svg"
   echo "== $name: $command"
   set +e
   $command
   code=$?
   set -e
-  kill $pid 2>/dev/null || true
-  wait $pid 2>/dev/null || true
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
   rm -f "$out.server.log"
   python3 - "$out.meta.json" "$command" "$commit" "$machine" "$code" <<'PY'
 import json, sys

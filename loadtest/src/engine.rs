@@ -156,8 +156,11 @@ pub struct ClientSetup {
     pub audio: bool,
     /// The camera's layers, lowest first; empty without a camera.
     pub video: Vec<LayerShape>,
-    /// The server's `joined` message (the room as the client found it).
-    pub joined: ServerMessage,
+    /// The server's `joined` message (the room as the client found it); None for a WHIP
+    /// publisher or a WHEP player, which negotiate over HTTP and learn nothing of the room.
+    pub joined: Option<ServerMessage>,
+    /// A WHEP player: it offers to receive audio and video, and publishes nothing.
+    pub watch: bool,
     pub to_server: UnboundedSender<ClientMessage>,
     pub ws_open_at: Instant,
     /// The client may count its join time (someone was already publishing when it came).
@@ -168,6 +171,9 @@ pub enum WorkerInput {
     Add(Box<ClientSetup>),
     Signal(u32, FromServer),
     Remove(u32),
+    /// Drop a client that never started (its WHIP or WHEP offer was refused), leaving no result:
+    /// the refusal is counted where it happened.
+    Forget(u32),
     Stop,
 }
 
@@ -211,6 +217,12 @@ pub struct ClientResult {
     /// layer never came.
     pub unfinished_switches: usize,
     pub first_keyframe_ms: Vec<f64>,
+    /// Per camera: from when it should have started arriving to the end of its first
+    /// keyframe received whole (every packet from the keyframe's start to its marker): the
+    /// first frame a decoder could show.
+    pub first_frame_ms: Vec<f64>,
+    /// The camera layers (ranks) it received anything of.
+    pub video_ranks: Vec<usize>,
     pub jitter_ms: Vec<f64>,
     /// Per received stream: (stream id, delivery counter).
     pub received: Vec<(u32, DeliveryCounter)>,
@@ -275,6 +287,10 @@ struct RxTrack {
     /// The layer (rank) of the last packet received.
     layer: usize,
     first_keyframe_ms: Option<f64>,
+    first_frame_ms: Option<f64>,
+    /// The first keyframe while it arrives: its RTP timestamp and the sequence number the
+    /// next of its packets must have.
+    assembling: Option<(u32, u64)>,
     /// Since when the receiver waits for a keyframe of a layer other than this one.
     switch: Option<(Instant, usize)>,
     /// When it should have started arriving: the last server offer before its first
@@ -471,6 +487,11 @@ impl Worker {
                 }
                 WorkerInput::Signal(id, message) => self.signal(id, message),
                 WorkerInput::Remove(id) => self.finish(id, true),
+                WorkerInput::Forget(id) => {
+                    if let Some(mut client) = self.clients.remove(&id) {
+                        let _ = self.poll.registry().deregister(&mut client.socket);
+                    }
+                }
                 WorkerInput::Stop => return (true, false),
             }
         }
@@ -531,7 +552,10 @@ impl Worker {
                 .collect();
             VideoTx { mid, simulcast, layers }
         });
-        if audio.is_none() && video.is_none() {
+        if setup.watch {
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        } else if audio.is_none() && video.is_none() {
             api.add_channel("loadtest".into());
         }
         let Some((offer, pending)) = api.apply() else {
@@ -546,7 +570,7 @@ impl Worker {
         for s in streams {
             self.shared.streams[s as usize].owner.store(serial, Ordering::Relaxed);
         }
-        let view = self.scenario.view.clone().map(|plan| View::new(plan, &setup.joined));
+        let view = self.scenario.view.clone().zip(setup.joined.as_ref()).map(|(plan, j)| View::new(plan, j));
         self.clients.insert(
             serial,
             Client {
@@ -877,10 +901,30 @@ impl Worker {
                     let track = client.rx_tracks.entry(owner).or_insert_with(|| RxTrack {
                         layer,
                         first_keyframe_ms: None,
+                        first_frame_ms: None,
+                        assembling: None,
                         switch: None,
                         started: expected_since(shared, view.as_ref(), slots, owner)
                             .map_or(last_offer_at, |t| t.max(last_offer_at)),
                     });
+                    if track.first_frame_ms.is_none() {
+                        let (ts, seq) = (packet.header.timestamp, *packet.seq_no);
+                        if keyframe {
+                            track.assembling = Some((ts, seq));
+                        }
+                        track.assembling = match track.assembling {
+                            Some((frame, next)) if frame == ts && next == seq => {
+                                if packet.header.marker {
+                                    track.first_frame_ms = Some(ms_since(track.started, now));
+                                    None
+                                } else {
+                                    Some((frame, seq + 1))
+                                }
+                            }
+                            // A gap or another frame: wait for the next keyframe.
+                            _ => None,
+                        };
+                    }
                     if keyframe {
                         if track.first_keyframe_ms.is_none() {
                             track.first_keyframe_ms = Some(ms_since(track.started, now));
@@ -1073,6 +1117,16 @@ impl Worker {
             switch_keyframe_ms: client.switch_keyframe_ms,
             unfinished_switches,
             first_keyframe_ms: client.rx_tracks.values().filter_map(|t| t.first_keyframe_ms).collect(),
+            first_frame_ms: client.rx_tracks.values().filter_map(|t| t.first_frame_ms).collect(),
+            video_ranks: client
+                .rx
+                .iter()
+                .filter(|(_, r)| r.delivery.unique() > 0)
+                .filter_map(|(id, _)| match StreamKind::of(*id).1 {
+                    StreamKind::Video(rank) => Some(rank),
+                    _ => None,
+                })
+                .collect(),
             jitter_ms: client.rx.values().map(|r| r.jitter.ms()).collect(),
             received: client.rx.into_iter().map(|(s, r)| (s, r.delivery)).collect(),
             close_reason: client.closed,

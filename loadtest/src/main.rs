@@ -4,6 +4,8 @@
 
 mod engine;
 mod expect;
+mod floor;
+mod http;
 mod idmap;
 mod media;
 mod report;
@@ -11,6 +13,7 @@ mod scenario;
 mod signal;
 mod stats;
 mod view;
+mod whip;
 
 use std::io::Write as _;
 use std::net::ToSocketAddrs;
@@ -24,7 +27,8 @@ use clap::Parser;
 use engine::{ClientResult, ClientSetup, Shared, Worker, WorkerHandle, WorkerInput, WorkerResult};
 use expect::{RUN_GAP, SentStream, StreamKind, Subscriber, judge};
 use media::{AUDIO_FRAME, LAYERS, OpusLibrary};
-use report::{Delivery, P99, Percentiles, Report, Second, ServerProcess};
+use proto::messages::ServerMessage;
+use report::{Delivery, FloorRatio, P99, Percentiles, Report, Second, ServerProcess};
 use scenario::Scenario;
 use signal::{FromServer, ServerUrl, SignalError};
 use stats::{LatencyHistogram, percentile};
@@ -46,9 +50,10 @@ struct Cli {
     /// Write an SVG plot of latency and bitrate over time here.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Server process ids to measure (CPU seconds, cores, peak RSS from /proc).
-    #[arg(long = "server-pid")]
-    server_pids: Vec<u32>,
+    /// Server processes to measure (CPU seconds, cores, peak RSS from /proc): a pid, or
+    /// name=pid (origin=1234), once per process.
+    #[arg(long = "server-pid", value_parser = parse_server_pid)]
+    server_pids: Vec<(String, u32)>,
     /// Mint tokens with this secret instead of asking the server's dev endpoint.
     #[arg(long, env = "HUIYI_API_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -99,6 +104,12 @@ fn main() {
     std::process::exit(code);
 }
 
+fn parse_server_pid(arg: &str) -> Result<(String, u32), String> {
+    let (name, pid) = arg.split_once('=').unwrap_or((arg, arg));
+    let pid = pid.parse().map_err(|_| format!("not a pid: {pid}"))?;
+    Ok((name.to_string(), pid))
+}
+
 fn fail(message: &str) -> ! {
     eprintln!("loadtest: {message}");
     std::process::exit(EXIT_ERROR);
@@ -129,6 +140,9 @@ impl Run {
             None => signal::dev_token(&self.url, &self.room, &identity).await?,
         };
         let worker = self.workers[serial as usize % self.workers.len()].clone();
+        if let Some(broadcast) = &self.scenario.broadcast {
+            return self.join_over_http(slot, serial, token, worker, broadcast.player).await;
+        }
         let ws_open_at = Instant::now();
         let inbox = worker.clone();
         let closed = self.closed_sockets.clone();
@@ -142,7 +156,8 @@ impl Run {
             slot,
             audio: slot < self.scenario.audio.publishers,
             video,
-            joined,
+            joined: Some(joined),
+            watch: false,
             to_server: connection.sender(),
             ws_open_at,
             join_measurable: slot > 0
@@ -156,6 +171,55 @@ impl Run {
             inbox.send(WorkerInput::Signal(serial, m));
         });
         Ok(serial)
+    }
+
+    /// A broadcast's participant: the publisher (slot 0) offers over WHIP, a player over
+    /// WHEP with its size; the worker makes the offer, this task carries it.
+    async fn join_over_http(
+        self: &Arc<Self>,
+        slot: usize,
+        serial: u32,
+        token: String,
+        worker: WorkerHandle,
+        [width, height]: [u32; 2],
+    ) -> Result<u32, SignalError> {
+        let publisher = slot == 0;
+        let room = http::escape(&self.room);
+        let target = if publisher {
+            format!("/whip/{room}")
+        } else {
+            format!("/whep/{room}?width={width}&height={height}")
+        };
+        let endpoint = http::Url { host_port: self.url.host_port.clone(), target };
+        let (to_server, outgoing) = tokio::sync::mpsc::unbounded_channel();
+        let (answered_tx, answered) = tokio::sync::oneshot::channel();
+        let posted_at = Instant::now();
+        worker.send(WorkerInput::Add(Box::new(ClientSetup {
+            serial,
+            slot,
+            audio: publisher && self.scenario.audio.publishers > 0,
+            video: if publisher { self.scenario.camera_layers() } else { Vec::new() },
+            joined: None,
+            watch: !publisher,
+            to_server,
+            ws_open_at: posted_at,
+            join_measurable: !publisher,
+        })));
+        whip::run(endpoint, token, outgoing, move |answer| {
+            let _ = answered_tx.send(answer);
+        });
+        let answer = answered.await.unwrap_or_else(|_| Err(SignalError::JoinRefused("no offer made".into())));
+        match answer {
+            Ok(sdp) => {
+                let answer = ServerMessage::Answer { sdp, tracks: Vec::new() };
+                worker.send(WorkerInput::Signal(serial, FromServer::Message(answer)));
+                Ok(serial)
+            }
+            Err(e) => {
+                worker.send(WorkerInput::Forget(serial));
+                Err(e)
+            }
+        }
     }
 
     fn note_error(&self, e: &SignalError) {
@@ -188,6 +252,8 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         report.error = Some(e.to_string());
         return (report, EXIT_ERROR);
     }
+    // The machine's floor, while nothing else of the run is going on.
+    report.floor = floor::measure();
     let opus = match OpusLibrary::encode() {
         Ok(o) => Arc::new(o),
         Err(e) => {
@@ -247,6 +313,12 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
                     return finish(report, run, threads, Some(e.to_string()), cli).await;
                 }
             }
+            // A class's players come once its teacher is live (a player that finds nothing
+            // live is refused with 409).
+            if scenario.broadcast.is_some() && !publisher_connected(&shared).await {
+                let e = "the broadcast's publisher did not connect within 10 s".to_string();
+                return finish(report, run, threads, Some(e), cli).await;
+            }
         }
     }
     while let Some(joined) = joins.join_next().await {
@@ -271,7 +343,8 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     let window_start = Instant::now();
     let window_end = window_start + scenario.duration();
     shared.open_window(window_start, window_end);
-    let cpu_start = ProcessSample::take(&cli.server_pids);
+    let pids: Vec<u32> = cli.server_pids.iter().map(|(_, pid)| *pid).collect();
+    let cpu_start = ProcessSample::take(&pids);
     let sent0 = shared.packets_sent.load(Ordering::Relaxed);
     let received0 = shared.packets_received.load(Ordering::Relaxed);
     let mut error = None;
@@ -323,7 +396,7 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     }
     let window = window_start.elapsed().as_secs_f64();
     report.duration_s = window;
-    let cpu_end = ProcessSample::take(&cli.server_pids);
+    let cpu_end = ProcessSample::take(&pids);
     let generator_cpu = (cpu_start.generator_threads.clone(), cpu_end.generator_threads.clone());
     report.pps_out = (shared.packets_sent.load(Ordering::Relaxed) - sent0) as f64 / window;
     let received = shared.packets_received.load(Ordering::Relaxed) - received0;
@@ -331,9 +404,10 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     report.server = cli
         .server_pids
         .iter()
-        .map(|pid| {
+        .map(|(name, pid)| {
             let cpu = cpu_end.server.get(pid).unwrap_or(&0.0) - cpu_start.server.get(pid).unwrap_or(&0.0);
             ServerProcess {
+                name: name.clone(),
                 pid: *pid,
                 cpu_seconds: cpu,
                 cpu_cores: cpu / window,
@@ -343,6 +417,11 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         .collect();
     let server_cpu: f64 = report.server.iter().map(|s| s.cpu_seconds).sum();
     report.forwarded_packets_per_cpu_second = (server_cpu > 0.0).then(|| received as f64 / server_cpu);
+    report.server_ns_per_forwarded_packet =
+        (received > 0 && server_cpu > 0.0).then(|| server_cpu * 1e9 / received as f64);
+    let ratio =
+        |floor: Option<f64>| Some(report.server_ns_per_forwarded_packet? / floor.filter(|f| *f > 0.0)?);
+    report.floor_ratio = FloorRatio { send: ratio(report.floor.send_ns), gso: ratio(report.floor.gso_ns) };
     report.generator.cpu_cores = (cpu_end.generator - cpu_start.generator) / window;
     report.generator.busiest_thread = generator_cpu
         .1
@@ -399,6 +478,15 @@ async fn finish(
     report.join_ms = Percentiles::of(&joins);
     let keyframes: Vec<f64> = clients.iter().flat_map(|c| c.first_keyframe_ms.iter().copied()).collect();
     report.first_keyframe_ms = P99 { p99: percentile(&keyframes, 99.0) };
+    let frames: Vec<f64> = clients.iter().flat_map(|c| c.first_frame_ms.iter().copied()).collect();
+    report.first_frame_ms = Percentiles::of(&frames);
+    if let Some(layer) = run.scenario.player_layer() {
+        report.players_off_layer = clients
+            .iter()
+            .filter(|c| c.connected)
+            .filter(|c| c.video_ranks.iter().any(|r| *r != layer))
+            .count();
+    }
     let jitter: Vec<f64> = clients.iter().flat_map(|c| c.jitter_ms.iter().copied()).collect();
     report.jitter_ms = P99 { p99: percentile(&jitter, 99.0) };
     let mut latency = LatencyHistogram::default();
@@ -518,14 +606,31 @@ async fn finish(
     } else if let Some(min) = cli.min_delivery
         && (report.failed_joins > 0
             || report.frozen_subscriptions > 0
+            || report.players_off_layer > 0
             || report.delivery.min.is_none_or(|d| d < min))
     {
-        eprintln!("loadtest: delivery below {min}, frozen subscriptions or failed joins");
+        eprintln!(
+            "loadtest: delivery below {min}, frozen subscriptions, players off their layer or failed joins"
+        );
         EXIT_CHECK_FAILED
     } else {
         0
     };
     (report, code)
+}
+
+/// Wait (at most 10 s) for the first client's media to connect, and a moment more for the
+/// node to have its first keyframe.
+async fn publisher_connected(shared: &Shared) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared.connected.load(Ordering::Relaxed) == 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    true
 }
 
 fn progress(joined: usize, total: usize, connected: u64) {

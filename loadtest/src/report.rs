@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::floor::Floor;
 use crate::stats::percentile;
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -41,6 +42,8 @@ pub struct P99 {
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ServerProcess {
+    /// What the process is (`--server-pid name=pid`: origin, edge-1), or its pid.
+    pub name: String,
     pub pid: u32,
     pub cpu_seconds: f64,
     pub cpu_cores: f64,
@@ -60,6 +63,12 @@ pub struct Generator {
     /// Clients whose own WebRTC engine failed (counted against the generator).
     pub client_failures: usize,
     pub bottleneck: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FloorRatio {
+    pub send: Option<f64>,
+    pub gso: Option<f64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -96,6 +105,12 @@ pub struct Report {
     pub latency_ms: Percentiles,
     pub jitter_ms: P99,
     pub first_keyframe_ms: P99,
+    /// Per received camera: from the offer (made just before its `POST` or message) to the
+    /// end of the first keyframe received whole, the first frame a decoder can show.
+    pub first_frame_ms: Percentiles,
+    /// A broadcast's players that received a camera layer other than the one their size
+    /// asks for.
+    pub players_off_layer: usize,
     /// From a `subscribe` that resized a tile to the first keyframe of its new layer.
     pub switch_keyframe_ms: Percentiles,
     /// Layer switches measured, and those asked for more than 3 s before the end that
@@ -110,6 +125,13 @@ pub struct Report {
     pub pps_out: f64,
     pub server: Vec<ServerProcess>,
     pub forwarded_packets_per_cpu_second: Option<f64>,
+    /// Server CPU (every measured process) per packet the subscribers received, in ns.
+    pub server_ns_per_forwarded_packet: Option<f64>,
+    /// This machine's floor, measured before the joins (floor.rs).
+    pub floor: Floor,
+    /// `server_ns_per_forwarded_packet` over the floor: with one send per datagram, and
+    /// with GSO.
+    pub floor_ratio: FloorRatio,
     pub generator: Generator,
     pub timeline: Vec<Second>,
 }
@@ -172,6 +194,14 @@ impl Report {
         let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
         let _ = writeln!(
             out,
+            "first frame     p50 {}  p99 {}  max {}  ({} players off their layer)",
+            f(self.first_frame_ms.p50, " ms"),
+            f(self.first_frame_ms.p99, " ms"),
+            f(self.first_frame_ms.max, " ms"),
+            self.players_off_layer
+        );
+        let _ = writeln!(
+            out,
             "layer switch    {} done, {} unfinished; keyframe p50 {}  p99 {}  max {}; {} layer pauses",
             self.layer_switches,
             self.unfinished_layer_switches,
@@ -185,11 +215,20 @@ impl Report {
         for s in &self.server {
             let _ = writeln!(
                 out,
-                "server pid {:<6} {:.2} CPU s, {:.2} cores, peak RSS {:.1} MiB",
-                s.pid, s.cpu_seconds, s.cpu_cores, s.peak_rss_mb
+                "server {:<10} {:.2} CPU s, {:.2} cores, peak RSS {:.1} MiB (pid {})",
+                s.name, s.cpu_seconds, s.cpu_cores, s.peak_rss_mb, s.pid
             );
         }
         let _ = writeln!(out, "forwarded/CPU-s {}", f(self.forwarded_packets_per_cpu_second, ""));
+        let _ = writeln!(
+            out,
+            "server ns/pkt   {}  = {} the floor of one send per datagram ({}), {} the GSO floor ({})",
+            f(self.server_ns_per_forwarded_packet, ""),
+            f(self.floor_ratio.send, "x"),
+            f(self.floor.send_ns, " ns"),
+            f(self.floor_ratio.gso, "x"),
+            f(self.floor.gso_ns, " ns"),
+        );
         let _ = writeln!(
             out,
             "generator       {:.2} cores, busiest thread {:.0}% ({:.0}% while joining), timers up to {:.1} ms late, {} receive drops, {} failed clients{}",

@@ -30,6 +30,25 @@ pub struct Scenario {
     /// server sends every video track at its top layer.
     #[serde(default)]
     pub view: Option<ViewPlan>,
+    /// A live class instead of a meeting: the publisher (the first participant) sends over
+    /// WHIP and everyone else plays over WHEP.
+    #[serde(default)]
+    pub broadcast: Option<BroadcastPlan>,
+}
+
+/// A live class: the first participant is the teacher and publishes its microphone and
+/// camera with WHIP at `--url` (an origin, or an all-in-one node); the others are players
+/// that `POST` to WHEP there, follow its `307` to an edge, and say their size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastPlan {
+    /// Every player's size in device pixels, which picks the layer it should get.
+    pub player: [u32; 2],
+    /// Edge processes behind the origin, for whoever starts the tier (benches/run.sh);
+    /// the generator itself only needs the origin's URL.
+    #[serde(default)]
+    #[allow(dead_code)] // Read by benches/run.sh (and the scenario tests).
+    pub edges: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +167,20 @@ impl Scenario {
         if self.video.keyframe_interval_s <= 0.0 {
             return Err("keyframe_interval_s must be positive".into());
         }
+        if let Some(broadcast) = &self.broadcast {
+            if self.audio.publishers > 1 || self.video.publishers > 1 {
+                return Err("a broadcast has one publisher (the first participant)".into());
+            }
+            if self.audio.publishers + self.video.publishers == 0 || self.participants < 2 {
+                return Err("a broadcast needs its publisher and at least one player".into());
+            }
+            if self.view.is_some() || self.churn.is_some() {
+                return Err("a broadcast's players have no view and do not churn".into());
+            }
+            if broadcast.player.contains(&0) {
+                return Err("broadcast.player sizes must be positive".into());
+            }
+        }
         Ok(())
     }
 
@@ -165,6 +198,12 @@ impl Scenario {
         let mut shapes: Vec<LayerShape> = self.video.layers.iter().filter_map(|l| layer(l)).collect();
         shapes.sort_by_key(|s| s.rank());
         shapes
+    }
+
+    /// The layer (rank) a broadcast's players should get for their size.
+    pub fn player_layer(&self) -> Option<usize> {
+        let [width, height] = self.broadcast.as_ref()?.player;
+        crate::media::layer_for_tile(&self.camera_layers(), width, height).map(|l| l.rank())
     }
 
     /// Whether the server forwards only the loudest speakers in this room
@@ -189,7 +228,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 6, "meeting-300, audio-3000, churn and their smoke twins: found {n}");
+        assert!(n >= 8, "meeting-300, audio-3000, churn, broadcast-1000 and their smoke twins: found {n}");
     }
 
     fn parse(extra: &str) -> Result<Scenario, String> {
@@ -228,6 +267,13 @@ mod tests {
         assert!(parse(&video("[]")).is_err());
         assert!(parse("[view]\ngrid = 0\n").is_err());
         assert!(parse("[view]\ngrid = 4\ntile = [0, 180]\n").is_err());
+
+        let class = parse(&format!("{}[broadcast]\nplayer = [320, 180]\n", video("[\"q\", \"h\", \"f\"]")))
+            .expect("a class");
+        assert_eq!(class.player_layer(), Some(0));
+        assert!(parse("[broadcast]\nplayer = [640, 360]\n").is_err(), "no publisher");
+        let two = "[video]\npublishers = 2\nlayers = [\"h\"]\nkeyframe_interval_s = 3\n";
+        assert!(parse(&format!("{two}[broadcast]\nplayer = [640, 360]\n")).is_err(), "two publishers");
     }
 
     #[test]
@@ -248,6 +294,15 @@ mod tests {
         }
         for name in ["churn.toml", "churn-smoke.toml"] {
             assert!(load(name).view.is_none(), "{name}");
+        }
+        for (name, players) in [("broadcast-1000.toml", 1000), ("broadcast-1000-smoke.toml", 50)] {
+            let s = load(name);
+            assert_eq!(s.participants, players + 1, "{name}: the teacher and the players");
+            assert_eq!(s.video.layers, ["q", "h", "f"], "{name}");
+            assert_eq!(s.player_layer(), Some(1), "{name}: players get h");
+            assert_eq!((s.audio.publishers, s.video.publishers), (1, 1), "{name}");
+            let edges = s.broadcast.as_ref().map(|b| b.edges);
+            assert_eq!(edges, Some(if players == 1000 { 2 } else { 1 }), "{name}");
         }
     }
 

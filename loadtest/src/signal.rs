@@ -8,11 +8,12 @@ use futures_util::{SinkExt, StreamExt};
 use proto::messages::{ClientMessage, ServerMessage};
 use proto::token::{Claims, Grants};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::http::{self, Url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
@@ -68,9 +69,9 @@ pub fn mint_token(secret: &str, room: &str, identity: &str, ttl: Duration) -> St
 pub async fn dev_token(url: &ServerUrl, room: &str, identity: &str) -> Result<String, SignalError> {
     let path = format!(
         "/v1/dev/token?room={}&identity={}&name={}",
-        escape(room),
-        escape(identity),
-        escape(identity)
+        http::escape(room),
+        http::escape(identity),
+        http::escape(identity)
     );
     let (status, body) = http_get(&url.host_port, &path).await?;
     if status != 200 {
@@ -84,48 +85,11 @@ pub async fn dev_token(url: &ServerUrl, room: &str, identity: &str) -> Result<St
     v["token"].as_str().map(str::to_string).ok_or_else(|| SignalError::Protocol("no token in reply".into()))
 }
 
-fn escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A minimal HTTP/1.1 GET (the generator needs two endpoints, not an HTTP client).
+/// A GET on the server; the status and body.
 pub async fn http_get(host_port: &str, path: &str) -> Result<(u16, String), SignalError> {
-    let unreachable = |e| SignalError::Unreachable(host_port.to_string(), e);
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(host_port))
-        .await
-        .map_err(|_| SignalError::Timeout(Duration::from_secs(5)))?
-        .map_err(unreachable)?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(unreachable)?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?
-        .map_err(unreachable)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) =
-        text.split_once("\r\n\r\n").ok_or_else(|| SignalError::Protocol("bad HTTP reply".into()))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    let url = Url { host_port: host_port.to_string(), target: path.to_string() };
+    let reply = http::request("GET", &url, &[], "").await?;
+    Ok((reply.status, reply.body))
 }
 
 /// What a client's WebSocket task reports to the media engine.

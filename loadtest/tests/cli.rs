@@ -12,6 +12,8 @@ use serde_json::Value;
 struct Server {
     child: Child,
     url: String,
+    /// Where an origin takes relay links from its edges.
+    relay: Option<String>,
 }
 
 impl Drop for Server {
@@ -34,9 +36,15 @@ fn huiyi_binary() -> PathBuf {
 
 /// Start `huiyi` on free ports and wait for it to print its address.
 fn start_server(secret: Option<&str>) -> Server {
+    start_with(&[], secret)
+}
+
+/// Start `huiyi` with extra arguments (a role) and wait for its banner.
+fn start_with(args: &[&str], secret: Option<&str>) -> Server {
     let mut command = Command::new(huiyi_binary());
     command
         .args(["--http", "127.0.0.1:0", "--media", "127.0.0.1:0", "--log", "warn"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .env_remove("HUIYI_API_SECRET");
@@ -47,16 +55,24 @@ fn start_server(secret: Option<&str>) -> Server {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
+    // The banner: its addresses, up to the blank line that ends it.
+    let (mut url, mut relay) = (None, None);
     let url = loop {
         assert!(Instant::now() < deadline, "huiyi printed no address");
         let line = lines.next().expect("huiyi still running").expect("readable stdout");
-        if let Some(rest) = line.split("Open ").nth(1) {
-            break rest.split_whitespace().next().expect("an address").trim_end_matches('/').to_string();
+        if let Some(rest) = line.split("Relay links from edges on udp/").nth(1) {
+            relay = rest.split_whitespace().next().map(|a| a.trim_end_matches('.').to_string());
+        } else if let Some(rest) = line.split("Open ").nth(1) {
+            url = rest.split_whitespace().next().map(|a| a.trim_end_matches('/').to_string());
+        } else if line.is_empty()
+            && let Some(url) = url.take()
+        {
+            break url;
         }
     };
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
+    Server { child, url, relay }
 }
 
 struct Outcome {
@@ -92,21 +108,20 @@ fn report_path(name: &str) -> PathBuf {
 /// subscriber gets at least 99% of what it should (docs/loadtest.md), and no tile freezes.
 fn smoke(file: &str) -> Value {
     let server = start_server(None);
-    let pid = server.child.id().to_string();
+    smoke_against(file, &server.url, &[("huiyi", &server)])
+}
+
+/// [`smoke`] against servers already running: `url` is where clients go, `servers` the
+/// processes whose CPU and memory are measured.
+fn smoke_against(file: &str, url: &str, servers: &[(&str, &Server)]) -> Value {
     let path = report_path(file);
-    let out = loadtest(
-        &[
-            "--scenario",
-            &scenario(file),
-            "--url",
-            &server.url,
-            "--server-pid",
-            &pid,
-            "--min-delivery",
-            "0.99",
-        ],
-        &path,
-    );
+    let mut args = vec!["--scenario".to_string(), scenario(file), "--url".into(), url.into()];
+    for (name, server) in servers {
+        args.extend(["--server-pid".to_string(), format!("{name}={}", server.child.id())]);
+    }
+    args.extend(["--min-delivery".to_string(), "0.99".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = loadtest(&args, &path);
     let report = out.report.unwrap_or_else(|| panic!("no report; stderr:\n{}", out.stderr));
     println!(
         "{}",
@@ -159,6 +174,25 @@ fn audio_smoke_delivers_to_every_listener() {
 #[test]
 fn churn_smoke_delivers_while_people_come_and_go() {
     smoke("churn-smoke.toml");
+}
+
+/// A live class through the broadcast tier as separate processes: the teacher publishes
+/// over WHIP to the origin, 50 players POST to WHEP there and are sent by 307 to the edge,
+/// which pulls the class over its relay link.
+#[test]
+fn broadcast_smoke_delivers_to_every_player_through_an_edge() {
+    let origin =
+        start_with(&["--role", "origin", "--relay-listen", "127.0.0.1:0", "--node-name", "origin"], None);
+    let relay = origin.relay.clone().expect("an origin prints its relay address");
+    let edge = start_with(&["--role", "edge", "--origin", &relay, "--node-name", "edge-1"], None);
+    let report =
+        smoke_against("broadcast-1000-smoke.toml", &origin.url, &[("origin", &origin), ("edge-1", &edge)]);
+    assert_eq!(report["players_off_layer"], 0, "every player gets h: {report:#}");
+    let frames = report["first_frame_ms"]["p99"].as_f64().expect("first frames measured");
+    println!("first frame p99 {frames:.0} ms");
+    let edge_cpu = report["server"][1]["cpu_seconds"].as_f64().unwrap_or(0.0);
+    assert_eq!(report["server"][1]["name"], "edge-1");
+    assert!(edge_cpu > 0.0, "the edge served the players: {report:#}");
 }
 
 #[test]

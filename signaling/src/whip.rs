@@ -140,6 +140,27 @@ pub(crate) fn authorize(
     Ok(claims)
 }
 
+/// The player's size in device pixels from the `width` and `height` query parameters of a
+/// WHEP `POST`: the simulcast layer a viewer gets is the one that size needs
+/// (docs/protocol.md, *WHEP*). Without them (or unreadable) a player is taken to be
+/// 1280x720 and gets the best layer.
+fn player_size(query: Option<&str>) -> (u32, u32) {
+    let param = |name: &str| {
+        query?
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|v| (1..=16_384).contains(v))
+    };
+    match (param("width"), param("height")) {
+        (Some(w), Some(h)) => (w, h),
+        _ => PLAYER_SIZE,
+    }
+}
+
+/// The size of a player that did not say.
+const PLAYER_SIZE: (u32, u32) = (1280, 720);
+
 fn is_content_type(headers: &HeaderMap, wanted: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -225,7 +246,12 @@ async fn start(
         && let Some(edge) = state.media.edge_for_viewer()
     {
         let token = bearer_token(&headers, query.as_deref()).unwrap_or_default();
-        let to = format!("{edge}/whep/{}?access_token={}", percent_encode(&room), percent_encode(token));
+        let (width, height) = player_size(query.as_deref());
+        let to = format!(
+            "{edge}/whep/{}?access_token={}&width={width}&height={height}",
+            percent_encode(&room),
+            percent_encode(token)
+        );
         // A Location that cannot be a header (it never should) serves the viewer here.
         if let Ok(location) = HeaderValue::from_str(&to) {
             state.metrics.whep_redirects.inc();
@@ -293,14 +319,15 @@ async fn start(
     let labels = match role {
         Role::Publisher => sources(&offer),
         Role::Viewer => {
-            // What is live: every video track shown at a large tile's quality; audio
+            // What is live: every video track at the quality of the player's size; audio
             // follows the room's speaker selection.
+            let (width, height) = player_size(query.as_deref());
             let live: Vec<ShownTrack> = joined
                 .others
                 .iter()
                 .flat_map(|p| &p.tracks)
                 .filter(|t| t.kind == TrackKind::Video)
-                .map(|t| ShownTrack { track_id: t.id.clone(), quality: quality_for_tile(1280, 720) })
+                .map(|t| ShownTrack { track_id: t.id.clone(), quality: quality_for_tile(width, height) })
                 .collect();
             let audible = joined.others.iter().flat_map(|p| &p.tracks).any(|t| t.kind == TrackKind::Audio);
             if live.is_empty() && !audible {
@@ -566,5 +593,18 @@ mod tests {
         assert_eq!(bearer_token(&headers, Some("a=1&access_token=abc.def")), Some("abc.def"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer hdr"));
         assert_eq!(bearer_token(&headers, Some("access_token=q")), Some("hdr"), "the header wins");
+    }
+
+    #[test]
+    fn a_player_says_its_size_or_gets_the_best_layer() {
+        assert_eq!(player_size(Some("access_token=x&width=640&height=360")), (640, 360));
+        assert_eq!(player_size(Some("height=180&width=320")), (320, 180));
+        assert_eq!(player_size(None), PLAYER_SIZE);
+        assert_eq!(player_size(Some("width=640")), PLAYER_SIZE, "both or neither");
+        assert_eq!(player_size(Some("width=0&height=360")), PLAYER_SIZE);
+        assert_eq!(player_size(Some("width=-1&height=x")), PLAYER_SIZE);
+        assert_eq!(player_size(Some("width=99999999&height=360")), PLAYER_SIZE);
+        assert_eq!(player_size(Some("widths=640&height=360")), PLAYER_SIZE, "names match whole");
+        assert_eq!(quality_for_tile(player_size(Some("width=640&height=360")).0, 360), 1);
     }
 }

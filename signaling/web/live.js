@@ -131,7 +131,14 @@ async function watch() {
     };
     let answer;
     try {
-      answer = await negotiate(pc, `/whep/${encodeURIComponent(room)}`, bearer);
+      // The player's size in device pixels picks the simulcast layer it is sent.
+      const video = $("video");
+      const scale = window.devicePixelRatio || 1;
+      const size = new URLSearchParams({
+        width: Math.round((video.clientWidth || 1280) * scale),
+        height: Math.round((video.clientHeight || 720) * scale),
+      });
+      answer = await negotiate(pc, `/whep/${encodeURIComponent(room)}?${size}`, bearer);
     } catch (e) {
       pc.close();
       window.huiyiLive.errors.push(e.message);
