@@ -86,7 +86,7 @@ def floor_cell(r):
     floor = r.get("floor") or {}
     if ns is None:
         return "-"
-    return "{:.0} = {} x {} (send) / {} x {} (GSO)".format(
+    return "{:.0f} = {} x {} (send) / {} x {} (GSO)".format(
         ns, fmt(ratio.get("send"), "", 2), fmt(floor.get("send_ns"), " ns", 0),
         fmt(ratio.get("gso"), "", 2), fmt(floor.get("gso_ns"), " ns", 0))
 
@@ -107,14 +107,14 @@ def broadcast_table(name, rows):
         ff = r.get("first_frame_ms", {})
         g = r.get("generator", {})
         server = r.get("server") or []
-        tier = sum(p.get("cpu_cores", 0) for p in server)
-        each = ", ".join("{} {:.2} / {:.0} MiB".format(p.get("name", p.get("pid")), p.get("cpu_cores", 0), p.get("peak_rss_mb", 0)) for p in server)
+        tier = sum((p.get("cpu_cores") or 0.0 for p in server), 0.0)
+        each = ", ".join("{} {:.2f} / {:.0f} MiB".format(p.get("name", p.get("pid")), p.get("cpu_cores") or 0.0, p.get("peak_rss_mb") or 0.0) for p in server)
         complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
         if g.get("bottleneck"):
             complete += " (generator-bound)"
         players = max(0, (r.get("participants") or 0) - 1)
         connected = max(0, (r.get("connected") or 0) - 1)
-        out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} / {} / {} ms | {:.2} ({}) | {} | {} / {}% | {} |".format(
+        out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} |".format(
             r.get("date"), meta.get("commit", "?"), connected, players, r.get("failed_joins"),
             pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), r.get("players_off_layer", "-"),
             fmt(ff.get("p50"), "", 0), fmt(ff.get("p99"), "", 0), fmt(ff.get("max"), "", 0),

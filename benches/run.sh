@@ -41,6 +41,26 @@ wait_http() {
   return 1
 }
 
+# Wait (at most 10 s) until the origin at $1 has $2 edges linked: an edge answering HTTP
+# may not have its relay link up yet, and the origin serves players itself until it has.
+wait_edges() {
+  for _ in $(seq 1 100); do
+    python3 - "$1" "$2" <<'PY' && return 0
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=1).read().decode()
+links = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith('huiyi_relay_links{to="child"}'))
+sys.exit(0 if links >= int(sys.argv[2]) else 1)
+PY
+    sleep 0.1
+  done
+  echo "the origin on $1 did not link its $2 edges" >&2
+  return 1
+}
+
+# Whatever stops the script, no node of a run is left holding the ports.
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+
 for name in "${scenarios[@]+"${scenarios[@]}"}"; do
   file=benches/scenarios/$name.toml
   [ -f "$file" ] || { echo "no scenario $file" >&2; exit 2; }
@@ -65,6 +85,7 @@ for name in "${scenarios[@]+"${scenarios[@]}"}"; do
       measured="$measured --server-pid edge-$i=$!"
       wait_http 127.0.0.1:$((7790 + 2 * i))
     done
+    wait_edges $http "$edges"
   else
     ./target/release/huiyi --http $http --media $media --log warn >"$out.server.log" 2>&1 &
     pids+=($!)
@@ -79,7 +100,8 @@ for name in "${scenarios[@]+"${scenarios[@]}"}"; do
   set -e
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
-  rm -f "$out.server.log"
+  # A failed run keeps its nodes' log beside its report.
+  [ "$code" -ne 0 ] || rm -f "$out.server.log"
   python3 - "$out.meta.json" "$command" "$commit" "$machine" "$code" <<'PY'
 import json, sys
 path, command, commit, machine, code = sys.argv[1:]

@@ -26,8 +26,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::expect::{FROZEN_SUBSCRIBED, STREAMS_PER_CLIENT, Shown, StreamKind, TalkTurn};
 use crate::idmap::IdMap;
 use crate::media::{
-    AUDIO_FRAME, DTX_INTERVAL, KeyframeSchedule, LAYERS, LayerShape, OpusLibrary, PacketPlan, STAMP_LEN,
-    Stamp, Vp8Packetizer, find_any_stamp, layer_for_tile, vp8_is_keyframe_start,
+    AUDIO_FRAME, DTX_INTERVAL, FirstFrame, KeyframeSchedule, LAYERS, LayerShape, OpusLibrary, PacketPlan,
+    STAMP_LEN, Stamp, Vp8Packetizer, find_any_stamp, layer_for_tile, vp8_is_keyframe_start,
 };
 use crate::scenario::Scenario;
 use crate::signal::FromServer;
@@ -221,6 +221,8 @@ pub struct ClientResult {
     /// keyframe received whole (every packet from the keyframe's start to its marker): the
     /// first frame a decoder could show.
     pub first_frame_ms: Vec<f64>,
+    /// Cameras it received packets of but never a whole keyframe.
+    pub cameras_without_frame: usize,
     /// The camera layers (ranks) it received anything of.
     pub video_ranks: Vec<usize>,
     pub jitter_ms: Vec<f64>,
@@ -288,9 +290,8 @@ struct RxTrack {
     layer: usize,
     first_keyframe_ms: Option<f64>,
     first_frame_ms: Option<f64>,
-    /// The first keyframe while it arrives: its RTP timestamp and the sequence number the
-    /// next of its packets must have.
-    assembling: Option<(u32, u64)>,
+    /// The first keyframe while it arrives.
+    assembling: Option<FirstFrame>,
     /// Since when the receiver waits for a keyframe of a layer other than this one.
     switch: Option<(Instant, usize)>,
     /// When it should have started arriving: the last server offer before its first
@@ -909,21 +910,15 @@ impl Worker {
                     });
                     if track.first_frame_ms.is_none() {
                         let (ts, seq) = (packet.header.timestamp, *packet.seq_no);
-                        if keyframe {
-                            track.assembling = Some((ts, seq));
+                        if keyframe && track.assembling.as_ref().is_none_or(|a| a.timestamp() != ts) {
+                            track.assembling = Some(FirstFrame::new(ts, seq));
                         }
-                        track.assembling = match track.assembling {
-                            Some((frame, next)) if frame == ts && next == seq => {
-                                if packet.header.marker {
-                                    track.first_frame_ms = Some(ms_since(track.started, now));
-                                    None
-                                } else {
-                                    Some((frame, seq + 1))
-                                }
-                            }
-                            // A gap or another frame: wait for the next keyframe.
-                            _ => None,
-                        };
+                        if let Some(frame) = track.assembling.as_mut()
+                            && frame.add(ts, seq, packet.header.marker)
+                        {
+                            track.first_frame_ms = Some(ms_since(track.started, now));
+                            track.assembling = None;
+                        }
                     }
                     if keyframe {
                         if track.first_keyframe_ms.is_none() {
@@ -1118,6 +1113,7 @@ impl Worker {
             unfinished_switches,
             first_keyframe_ms: client.rx_tracks.values().filter_map(|t| t.first_keyframe_ms).collect(),
             first_frame_ms: client.rx_tracks.values().filter_map(|t| t.first_frame_ms).collect(),
+            cameras_without_frame: client.rx_tracks.values().filter(|t| t.first_frame_ms.is_none()).count(),
             video_ranks: client
                 .rx
                 .iter()

@@ -103,9 +103,12 @@ pub fn escape(s: &str) -> String {
 }
 
 fn parse_reply(raw: &[u8]) -> Result<Reply, SignalError> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) =
-        text.split_once("\r\n\r\n").ok_or_else(|| SignalError::Protocol("bad HTTP reply".into()))?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| SignalError::Protocol("bad HTTP reply".into()))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let body = &raw[end + 4..];
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -117,19 +120,20 @@ fn parse_reply(raw: &[u8]) -> Result<Reply, SignalError> {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
-    Ok(Reply { status, headers, body })
+    let body = if chunked { dechunk(body) } else { body.to_vec() };
+    Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+/// A chunked body's bytes (RFC 9112 section 7.1); what cannot be read ends it.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line) = body.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            std::str::from_utf8(&body[..line]).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[line + 2..];
+        let Some(n) = size.filter(|n| *n > 0 && rest.len() >= *n) else { break };
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -164,6 +168,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.body, "abcde");
+        // A chunk may end inside a character.
+        let r = parse_reply(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n\xe7\r\n2\r\n\x89\xa9\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, "\u{7269}");
         assert!(parse_reply(b"garbage").is_err());
     }
 }

@@ -198,7 +198,11 @@ impl Run {
             serial,
             slot,
             audio: publisher && self.scenario.audio.publishers > 0,
-            video: if publisher { self.scenario.camera_layers() } else { Vec::new() },
+            video: if publisher && self.scenario.video.publishers > 0 {
+                self.scenario.camera_layers()
+            } else {
+                Vec::new()
+            },
             joined: None,
             watch: !publisher,
             to_server,
@@ -319,6 +323,8 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
                 let e = "the broadcast's publisher did not connect within 10 s".to_string();
                 return finish(report, run, threads, Some(e), cli).await;
             }
+            // The players then join at the scenario's rate, not in a burst of missed ticks.
+            tick.reset();
         }
     }
     while let Some(joined) = joins.join_next().await {
@@ -480,6 +486,7 @@ async fn finish(
     report.first_keyframe_ms = P99 { p99: percentile(&keyframes, 99.0) };
     let frames: Vec<f64> = clients.iter().flat_map(|c| c.first_frame_ms.iter().copied()).collect();
     report.first_frame_ms = Percentiles::of(&frames);
+    report.cameras_without_frame = clients.iter().map(|c| c.cameras_without_frame).sum();
     if let Some(layer) = run.scenario.player_layer() {
         report.players_off_layer = clients
             .iter()

@@ -175,6 +175,43 @@ impl LayerShape {
     }
 }
 
+/// A keyframe while its packets arrive, in any order and retransmitted ones included:
+/// whole once every sequence number from its first packet to its marker has come.
+#[derive(Debug, Clone)]
+pub struct FirstFrame {
+    timestamp: u32,
+    first: u64,
+    last: Option<u64>,
+    received: Vec<u64>,
+}
+
+impl FirstFrame {
+    /// Its first packet (the keyframe start) arrived: RTP timestamp and sequence number.
+    pub fn new(timestamp: u32, first: u64) -> Self {
+        Self { timestamp, first, last: None, received: vec![first] }
+    }
+
+    pub fn timestamp(&self) -> u32 {
+        self.timestamp
+    }
+
+    /// A packet of the stream arrived; true when it made the frame whole.
+    pub fn add(&mut self, timestamp: u32, seq: u64, marker: bool) -> bool {
+        if timestamp != self.timestamp || seq < self.first || self.received.len() > 4096 {
+            return false;
+        }
+        if !self.received.contains(&seq) {
+            self.received.push(seq);
+        }
+        if marker {
+            self.last = Some(seq);
+        }
+        self.last.is_some_and(|last| {
+            self.received.iter().filter(|s| **s <= last).count() as u64 == last - self.first + 1
+        })
+    }
+}
+
 /// When a layer sends keyframes: every interval, and at the next frame after a request.
 #[derive(Debug, Clone)]
 pub struct KeyframeSchedule {
@@ -375,6 +412,19 @@ mod tests {
         assert_eq!(layer_for_tile(&all[1..2], 320, 180).unwrap().rid, "h", "the only layer");
         assert_eq!(layer_for_tile(&[], 320, 180), None);
         assert!(all.iter().enumerate().all(|(i, l)| l.rank() == i));
+    }
+
+    #[test]
+    fn a_first_frame_is_whole_with_every_packet_in_any_order() {
+        let mut f = FirstFrame::new(900, 10);
+        assert!(!f.add(900, 10, false), "the start again");
+        assert!(!f.add(900, 12, true), "the marker, with 11 missing");
+        assert!(!f.add(1800, 11, false), "another frame's packet");
+        assert!(f.add(900, 11, false), "11 retransmitted: whole");
+        let mut single = FirstFrame::new(5, 7);
+        assert!(single.add(5, 7, true), "a one-packet keyframe");
+        let mut early = FirstFrame::new(5, 7);
+        assert!(!early.add(5, 6, false), "before its start: not part of it");
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub struct Report {
     /// Per received camera: from the offer (made just before its `POST` or message) to the
     /// end of the first keyframe received whole, the first frame a decoder can show.
     pub first_frame_ms: Percentiles,
+    /// Cameras a client received packets of but never a whole keyframe (not in
+    /// `first_frame_ms`).
+    pub cameras_without_frame: usize,
     /// A broadcast's players that received a camera layer other than the one their size
     /// asks for.
     pub players_off_layer: usize,
@@ -194,10 +197,11 @@ impl Report {
         let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
         let _ = writeln!(
             out,
-            "first frame     p50 {}  p99 {}  max {}  ({} players off their layer)",
+            "first frame     p50 {}  p99 {}  max {}  ({} cameras never whole, {} players off their layer)",
             f(self.first_frame_ms.p50, " ms"),
             f(self.first_frame_ms.p99, " ms"),
             f(self.first_frame_ms.max, " ms"),
+            self.cameras_without_frame,
             self.players_off_layer
         );
         let _ = writeln!(

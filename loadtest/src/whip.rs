@@ -16,9 +16,6 @@ const MAX_REDIRECTS: usize = 3;
 pub struct Session {
     pub resource: Url,
     token: String,
-    /// Whether the token goes in the `Authorization` header (it went in the URL after a
-    /// redirect to another node, as a browser drops the header there).
-    header: bool,
 }
 
 /// `POST` an SDP offer to `endpoint`; the answer and the session.
@@ -29,6 +26,8 @@ pub async fn offer(endpoint: Url, token: &str, sdp: &str) -> Result<(String, Ses
         let bearer = format!("Bearer {token}");
         let header = url.host_port == origin;
         let mut headers = vec![("Content-Type", "application/sdp")];
+        // As a browser does, the token is not sent on to another node: the redirect
+        // carries it in its URL.
         if header {
             headers.push(("Authorization", bearer.as_str()));
         }
@@ -37,7 +36,7 @@ pub async fn offer(endpoint: Url, token: &str, sdp: &str) -> Result<(String, Ses
             201 => {
                 let location = location(&reply)?;
                 let resource = url.join(location).map_err(SignalError::Protocol)?;
-                return Ok((reply.body, Session { resource, token: token.to_string(), header }));
+                return Ok((reply.body, Session { resource, token: token.to_string() }));
             }
             307 | 308 => url = url.join(location(&reply)?).map_err(SignalError::Protocol)?,
             status => {
@@ -59,12 +58,11 @@ fn location(reply: &Reply) -> Result<&str, SignalError> {
 }
 
 impl Session {
-    /// End the session (best effort: the node also ends it when the media stops).
+    /// End the session (best effort: the node also ends it when the media stops). The
+    /// token goes in the header, as a player page sends it (docs/protocol.md).
     pub async fn end(&self) {
         let bearer = format!("Bearer {}", self.token);
-        let headers: Vec<(&str, &str)> =
-            if self.header { vec![("Authorization", bearer.as_str())] } else { Vec::new() };
-        let _ = http::request("DELETE", &self.resource, &headers, "").await;
+        let _ = http::request("DELETE", &self.resource, &[("Authorization", bearer.as_str())], "").await;
     }
 }
 

@@ -185,6 +185,12 @@ fn broadcast_smoke_delivers_to_every_player_through_an_edge() {
         start_with(&["--role", "origin", "--relay-listen", "127.0.0.1:0", "--node-name", "origin"], None);
     let relay = origin.relay.clone().expect("an origin prints its relay address");
     let edge = start_with(&["--role", "edge", "--origin", &relay, "--node-name", "edge-1"], None);
+    // Until its edge is linked the origin would serve the players itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&origin.url, "huiyi_relay_links{to=\"child\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the edge never linked to its origin");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let report =
         smoke_against("broadcast-1000-smoke.toml", &origin.url, &[("origin", &origin), ("edge-1", &edge)]);
     assert_eq!(report["players_off_layer"], 0, "every player gets h: {report:#}");
@@ -193,6 +199,20 @@ fn broadcast_smoke_delivers_to_every_player_through_an_edge() {
     let edge_cpu = report["server"][1]["cpu_seconds"].as_f64().unwrap_or(0.0);
     assert_eq!(report["server"][1]["name"], "edge-1");
     assert!(edge_cpu > 0.0, "the edge served the players: {report:#}");
+    assert_eq!(metric(&origin.url, "huiyi_whep_redirects_total"), 50.0, "every player went by the edge");
+}
+
+/// A value of a metric on the server at `url` (`http://host:port`), 0 when absent.
+fn metric(url: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return 0.0 };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut text).is_err() {
+        return 0.0;
+    }
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
 }
 
 #[test]
