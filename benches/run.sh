@@ -72,14 +72,19 @@ for name in "${scenarios[@]+"${scenarios[@]}"}"; do
   edges=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("broadcast", {}).get("edges", 0))' "$file")
   pids=()
   measured=""
+  generator=""
   if [ "$edges" -gt 0 ]; then
-    ./target/release/huiyi --http $http --media $media --role origin --relay-listen $relay \
+    # The tier's target is one core: its processes share CPU 0, the generator has the
+    # other (docs/loadtest.md), so neither takes the other's time.
+    tier="taskset -c 0"
+    generator="taskset -c 1"
+    $tier ./target/release/huiyi --http $http --media $media --role origin --relay-listen $relay \
       --node-name origin --log warn >"$out.server.log" 2>&1 &
     pids+=($!)
     measured="--server-pid origin=$!"
     wait_http $http
     for i in $(seq 1 "$edges"); do
-      ./target/release/huiyi --http 127.0.0.1:$((7790 + 2 * i)) --media 127.0.0.1:$((7791 + 2 * i)) \
+      $tier ./target/release/huiyi --http 127.0.0.1:$((7790 + 2 * i)) --media 127.0.0.1:$((7791 + 2 * i)) \
         --role edge --origin $relay --node-name edge-$i --log warn >>"$out.server.log" 2>&1 &
       pids+=($!)
       measured="$measured --server-pid edge-$i=$!"
@@ -92,7 +97,7 @@ for name in "${scenarios[@]+"${scenarios[@]}"}"; do
     measured="--server-pid $!"
     wait_http $http
   fi
-  command="./target/release/loadtest --scenario $file --url http://$http $measured --report $out.json --plot $out.svg"
+  command="${generator:+$generator }./target/release/loadtest --scenario $file --url http://$http $measured --report $out.json --plot $out.svg"
   echo "== $name: $command"
   set +e
   $command

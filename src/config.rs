@@ -70,6 +70,8 @@ pub struct MediaSection {
     pub shards: usize,
     pub ice_timeout_secs: u64,
     pub max_participants_per_room: usize,
+    /// Participants who may only watch, per room.
+    pub max_viewers_per_room: usize,
     pub max_publications_per_participant: usize,
     /// Participants on this node in all rooms.
     pub max_participants_per_node: usize,
@@ -170,6 +172,7 @@ impl Default for MediaSection {
             shards: 0,
             ice_timeout_secs: d.ice_timeout.as_secs(),
             max_participants_per_room: d.max_participants_per_room,
+            max_viewers_per_room: d.max_viewers_per_room,
             max_publications_per_participant: d.max_publications_per_participant,
             max_participants_per_node: d.max_participants_per_node,
             max_candidates_per_session: d.max_candidates_per_session,
@@ -258,6 +261,7 @@ impl Config {
             shards: self.media.shards,
             ice_timeout: Duration::from_secs(self.media.ice_timeout_secs.max(1)),
             max_participants_per_room: self.media.max_participants_per_room.max(1),
+            max_viewers_per_room: self.media.max_viewers_per_room.max(1),
             max_publications_per_participant: self.media.max_publications_per_participant,
             max_participants_per_node: self.media.max_participants_per_node.max(1),
             max_candidates_per_session: self.media.max_candidates_per_session,
@@ -325,6 +329,7 @@ mod tests {
         assert_eq!(parsed.media.bind, defaults.media.bind);
         assert_eq!(parsed.media.ice_timeout_secs, defaults.media.ice_timeout_secs);
         assert_eq!(parsed.media.max_participants_per_room, defaults.media.max_participants_per_room);
+        assert_eq!(parsed.media.max_viewers_per_room, defaults.media.max_viewers_per_room);
         assert_eq!(
             parsed.media.max_publications_per_participant,
             defaults.media.max_publications_per_participant

@@ -369,6 +369,13 @@ pub struct Worker {
     counts: Counts,
     payload: Vec<u8>,
     server_ip: std::net::IpAddr,
+    /// One moment on both clocks: the monotonic one the run measures with, and the
+    /// realtime one (ns) the kernel stamps arrivals with.
+    clocks: (Instant, u64),
+    /// When the kernel received the datagram being handled: latency and first frames are
+    /// measured to it, so a packet waiting in the socket while this thread works on others
+    /// counts as the generator's delay, not the server's.
+    arrival: Option<Instant>,
 }
 
 impl Worker {
@@ -398,6 +405,8 @@ impl Worker {
             counts: Counts::default(),
             payload: Vec::with_capacity(1500),
             server_ip,
+            clocks: (Instant::now(), realtime_ns()),
+            arrival: None,
         };
         let thread =
             std::thread::Builder::new().name(format!("lt-media-{index}")).spawn(move || worker.run())?;
@@ -504,6 +513,7 @@ impl Worker {
         let mut socket = UdpSocket::bind(SocketAddr::new(self.server_ip, 0))?;
         let local = socket.local_addr()?;
         self.ports.push(local.port());
+        RecvBatch::stamp_arrivals(&socket)?;
         self.poll.registry().register(&mut socket, Token(setup.serial as usize), Interest::READABLE)?;
         let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
         rtc.add_local_candidate(Candidate::host(local, "udp").map_err(std::io::Error::other)?);
@@ -719,6 +729,7 @@ impl Worker {
             };
             let now = Instant::now();
             for i in 0..count {
+                self.arrival = batch.arrival_ns(i).map(|ns| self.instant_of(ns, now));
                 let Some(client) = self.clients.get_mut(&id) else { return };
                 let (source, data) = batch.datagram(i);
                 let Ok(receive) = Receive::new(Protocol::Udp, source, client.local, data) else { continue };
@@ -726,8 +737,12 @@ impl Worker {
                 match contained(&mut client.errors, || rtc.handle_input(Input::Receive(now, receive))) {
                     Some(Ok(())) => undrained = self.drain_until(id, Until::Packet),
                     Some(Err(_)) => {}
-                    None => return self.fail(id),
+                    None => {
+                        self.arrival = None;
+                        return self.fail(id);
+                    }
                 }
+                self.arrival = None;
             }
             // A short batch means the socket was empty when read; new datagrams raise a new event.
             if count < RecvBatch::SIZE {
@@ -737,6 +752,16 @@ impl Worker {
         if undrained {
             self.drain(id);
         }
+    }
+
+    /// A kernel arrival time (realtime ns) on the run's clock, never after `now`.
+    fn instant_of(&self, realtime_ns: u64, now: Instant) -> Instant {
+        let (base, base_ns) = self.clocks;
+        let at = match realtime_ns.checked_sub(base_ns) {
+            Some(after) => base + Duration::from_nanos(after),
+            None => base.checked_sub(Duration::from_nanos(base_ns - realtime_ns)).unwrap_or(base),
+        };
+        at.min(now)
     }
 
     fn run_timers(&mut self, now: Instant) {
@@ -852,7 +877,10 @@ impl Worker {
                 if video != matches!(kind, StreamKind::Video(_)) {
                     return;
                 }
-                let received_us = self.shared.us(packet.timestamp);
+                // When it reached this client's socket (the kernel's stamp), which is when
+                // it arrived, however long this thread took to get to it.
+                let now = self.arrival.unwrap_or(packet.timestamp);
+                let received_us = self.shared.us(now);
                 self.counts.packets_received += 1;
                 self.counts.bytes_received += packet.payload.len() as u64;
                 if client.join_ms.is_none() && client.setup.join_measurable {
@@ -1136,6 +1164,9 @@ impl Worker {
 struct RecvBatch {
     buffers: Vec<[u8; 2048]>,
     addrs: Vec<libc::sockaddr_storage>,
+    /// Ancillary data, the kernel's receive timestamp (SO_TIMESTAMPNS) of each datagram;
+    /// written by the kernel through the headers' pointers.
+    _controls: Vec<[u64; 8]>,
     // Read by the kernel through the headers' pointers.
     _iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
@@ -1157,12 +1188,49 @@ impl RecvBatch {
         // owned by this struct, which never reallocates.
         let mut headers: Vec<libc::mmsghdr> =
             (0..Self::SIZE).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let mut controls = vec![[0u64; 8]; Self::SIZE];
         for (i, h) in headers.iter_mut().enumerate() {
             h.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_iov = &mut iovecs[i];
             h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = controls[i].as_mut_ptr().cast();
         }
-        Self { buffers, addrs, _iovecs: iovecs, headers }
+        Self { buffers, addrs, _controls: controls, _iovecs: iovecs, headers }
+    }
+
+    /// Have the kernel stamp each datagram `socket` receives with when it arrived.
+    fn stamp_arrivals(socket: &UdpSocket) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a setsockopt on a socket we own, with a pointer to an int that outlives it.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    }
+
+    /// When the kernel received the i-th datagram of the last batch (CLOCK_REALTIME, ns).
+    fn arrival_ns(&self, i: usize) -> Option<u64> {
+        let header = &self.headers[i].msg_hdr;
+        // SAFETY: the kernel wrote msg_controllen bytes of well-formed cmsgs into our
+        // buffer; the CMSG macros walk them within that length.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(header);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let t = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                    return Some(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64);
+                }
+                cmsg = libc::CMSG_NXTHDR(header, cmsg);
+            }
+        }
+        None
     }
 
     /// Receive up to SIZE datagrams without blocking; Err(WouldBlock) when there are none.
@@ -1170,6 +1238,7 @@ impl RecvBatch {
         use std::os::fd::AsRawFd;
         for h in &mut self.headers {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; 8]>() as _;
             h.msg_len = 0;
         }
         // SAFETY: headers hold SIZE valid entries whose buffers outlive the call.
@@ -1242,6 +1311,10 @@ impl Counts {
         }
         *self = Counts::default();
     }
+}
+
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn ms_since(start: Instant, now: Instant) -> f64 {

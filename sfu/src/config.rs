@@ -20,7 +20,11 @@ pub struct MediaConfig {
     pub keyframe_request_interval: Duration,
     /// Packets kept per outgoing video stream to answer NACKs.
     pub nack_cache_packets: usize,
+    /// Participants who may publish, per room (a meeting's size).
     pub max_participants_per_room: usize,
+    /// Participants who may only watch (WHEP players, subscribe-only tokens), per room:
+    /// a class's audience on this node.
+    pub max_viewers_per_room: usize,
     /// Tracks one participant may publish at once (microphone, camera, screen, ...).
     pub max_publications_per_participant: usize,
     /// Participants on this node (all rooms); a join beyond is refused as overloaded.
@@ -72,6 +76,7 @@ impl Default for MediaConfig {
             keyframe_request_interval: Duration::from_millis(500),
             nack_cache_packets: 1024,
             max_participants_per_room: 300,
+            max_viewers_per_room: 5_000,
             max_publications_per_participant: 6,
             max_participants_per_node: 5_000,
             max_candidates_per_session: 64,

@@ -32,11 +32,16 @@ impl Router {
         now: Instant,
     ) -> Result<Vec<ParticipantInfo>, MediaError> {
         self.now = self.now.max(now);
+        // A meeting is limited by how many may publish; a class's audience, who only
+        // watch, by a limit of its own.
+        let viewer = !request.can_publish;
+        let limit =
+            if viewer { self.config.max_viewers_per_room } else { self.config.max_participants_per_room };
         if let Some(room) = self.rooms.get(&request.room)
             && !relay
-            && room.participants() >= self.config.max_participants_per_room
+            && room.counted(viewer) >= limit
         {
-            return Err(MediaError::RoomFull(self.config.max_participants_per_room));
+            return Err(MediaError::RoomFull(limit));
         }
         let audio = self.config.audio.clone();
         let room = self.rooms.entry(request.room.clone()).or_insert_with(|| {
@@ -52,6 +57,7 @@ impl Router {
             identity: request.identity.clone(),
             name: request.name.clone(),
             hidden: relay,
+            viewer,
         };
         let me = room.participant_info(&member);
         let dominant = room

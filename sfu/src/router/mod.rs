@@ -48,7 +48,10 @@ const RTP_OVERHEAD_BYTES: u64 = 40;
 
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
+    /// Members who may publish, per room.
     pub max_participants_per_room: usize,
+    /// Members who may only watch, per room.
+    pub max_viewers_per_room: usize,
     /// At most one keyframe request per source layer in this interval.
     pub keyframe_request_interval: Duration,
     pub audio: AudioSelectConfig,

@@ -19,6 +19,9 @@ pub struct Member {
     /// A relay link to another node: in the room to take its sources, not a participant
     /// anyone sees.
     pub hidden: bool,
+    /// It may not publish (a WHEP player, a subscribe-only token): it counts toward the
+    /// room's viewers, not its participants.
+    pub viewer: bool,
 }
 
 pub struct Room {
@@ -90,5 +93,11 @@ impl Room {
 
     pub fn participants(&self) -> usize {
         self.members.iter().filter(|m| !m.hidden).count()
+    }
+
+    /// Members that see each other (who may publish: a meeting's participants), or with
+    /// `viewers`, those who only watch.
+    pub fn counted(&self, viewers: bool) -> usize {
+        self.members.iter().filter(|m| !m.hidden && m.viewer == viewers).count()
     }
 }

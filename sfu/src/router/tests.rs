@@ -49,6 +49,7 @@ impl Room {
         let metrics = SfuMetrics::new(&prometheus::Registry::new());
         let config = RouterConfig {
             max_participants_per_room: 300,
+            max_viewers_per_room: 5_000,
             keyframe_request_interval: Duration::from_millis(500),
             audio: AudioSelectConfig::default(),
         };
@@ -175,6 +176,39 @@ fn keyframe_requests(outputs: &[Output]) -> Vec<u32> {
             _ => None,
         })
         .collect()
+}
+
+#[test]
+fn a_class_audience_is_limited_apart_from_the_meeting() {
+    let mut room = Room::new();
+    room.router.config.max_participants_per_room = 2;
+    room.router.config.max_viewers_per_room = 3;
+    let request = |name: &str, can_publish: bool| JoinRequest {
+        room: "r".into(),
+        participant_id: name.into(),
+        identity: name.into(),
+        name: name.into(),
+        can_publish,
+        can_subscribe: true,
+    };
+    let now = room.now;
+    for (id, name) in [(1, "a"), (2, "b")] {
+        room.router.join(id, &request(name, true), false, now).expect("a participant");
+    }
+    assert!(matches!(
+        room.router.join(3, &request("c", true), false, now),
+        Err(crate::api::MediaError::RoomFull(2))
+    ));
+    for (id, name) in [(4, "v1"), (5, "v2"), (6, "v3")] {
+        room.router
+            .join(id, &request(name, false), false, now)
+            .expect("viewers do not count as participants");
+    }
+    assert!(matches!(
+        room.router.join(7, &request("v4", false), false, now),
+        Err(crate::api::MediaError::RoomFull(3))
+    ));
+    room.router.join(8, &request("relay", true), true, now).expect("a relay link counts toward neither");
 }
 
 #[test]

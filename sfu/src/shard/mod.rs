@@ -224,6 +224,7 @@ impl Shard {
         let now = Instant::now();
         let router_config = RouterConfig {
             max_participants_per_room: parts.config.max_participants_per_room,
+            max_viewers_per_room: parts.config.max_viewers_per_room,
             keyframe_request_interval: parts.config.keyframe_request_interval,
             audio: parts.config.audio_select(),
         };
