@@ -44,6 +44,11 @@ pub struct RelayMetrics {
     pub retransmitted: IntCounter,
     pub refused: IntCounterVec,
     pub keyframe_cache: IntCounterVec,
+    /// Each link to a child as QUIC sees it on this side (media flows this way), read
+    /// once a second, by the child's node name.
+    pub child_rtt_us: IntGaugeVec,
+    pub child_cwnd_bytes: IntGaugeVec,
+    pub child_lost_packets: IntGaugeVec,
 }
 
 impl SfuMetrics {
@@ -200,6 +205,21 @@ impl RelayMetrics {
                 "huiyi_keyframe_cache_total",
                 "New video sinks of a broadcast started from the cached keyframe and the frames after it (`hit`), or left to wait for a new keyframe (`miss`)",
                 &["result"],
+            ),
+            child_rtt_us: gauge_vec(
+                "huiyi_relay_child_rtt_microseconds",
+                "Round-trip time of the relay link to each child (QUIC's smoothed estimate)",
+                &["child"],
+            ),
+            child_cwnd_bytes: gauge_vec(
+                "huiyi_relay_child_cwnd_bytes",
+                "Congestion window of the relay link to each child: media beyond it waits (or is dropped when old)",
+                &["child"],
+            ),
+            child_lost_packets: gauge_vec(
+                "huiyi_relay_child_lost_packets",
+                "QUIC packets sent to each child and declared lost, over the link's life",
+                &["child"],
             ),
         }
     }

@@ -117,6 +117,11 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
                 for chunk in counts.chunks(AUDIENCE_ROOMS_PER_MESSAGE) {
                     link.send(Control::Audience { rooms: chunk.to_vec() });
                 }
+                let path = conn.stats().path;
+                let relay = &serving.metrics.relay;
+                relay.child_rtt_us.with_label_values(&[&node]).set(path.rtt.as_micros() as i64);
+                relay.child_cwnd_bytes.with_label_values(&[&node]).set(path.cwnd as i64);
+                relay.child_lost_packets.with_label_values(&[&node]).set(path.lost_packets as i64);
                 continue;
             }
         };
@@ -199,6 +204,10 @@ async fn child_link(incoming: quinn::Incoming, serving: Arc<Serving>) {
     }
     serving.children.lock().remove(&key);
     serving.metrics.relay.links.with_label_values(&["child"]).dec();
+    let relay = &serving.metrics.relay;
+    for gauge in [&relay.child_rtt_us, &relay.child_cwnd_bytes, &relay.child_lost_packets] {
+        let _ = gauge.remove_label_values(&[&node]);
+    }
     info!(%remote, child = %node, reason = %end, "relay link from a child ended");
 }
 
