@@ -9,6 +9,7 @@
 
 mod child;
 mod parent;
+pub(crate) mod repair;
 pub mod tls;
 pub mod wire;
 

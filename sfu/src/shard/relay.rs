@@ -19,6 +19,7 @@ use crate::api::{
 };
 use crate::fasthash::FastMap;
 use crate::relay::LinkOut;
+use crate::relay::repair::Repair;
 use crate::relay::wire::{
     Control, MAX_TRACKS_PER_ROOM, RelayPacket, WireCodec, WireTrack, flow_id, split_flow,
 };
@@ -30,8 +31,6 @@ const HISTORY_PER_FLOW: usize = 1024;
 /// Packets one link may send again per housekeeping round (200 ms): 5,000 a second, a
 /// fifth of what a class of three 2.5 Mbit/s layers sends.
 const RESENDS_PER_ROUND: u32 = 1000;
-/// A gap wider than this is a restart of the stream, not loss worth asking for.
-const MAX_NACK_GAP: u16 = 64;
 
 /// A relay link's end in this shard.
 pub(super) struct RelayEndpoint {
@@ -57,8 +56,8 @@ pub(super) enum Side {
         mids: FastMap<u32, Mid>,
         /// The simulcast layer of each incoming SSRC (keyframe requests name SSRCs).
         layers: FastMap<u32, u8>,
-        /// The next sequence number expected on each flow, for loss repair.
-        expected: FastMap<u64, u16>,
+        /// Loss repair: what each flow skipped, asked for again until it comes.
+        repair: Repair,
         /// Since when nobody in the room takes media (the link lets go after a while).
         idle_since: Option<Instant>,
     },
@@ -182,7 +181,7 @@ impl Shard {
                 let side = Side::Brings {
                     mids: FastMap::default(),
                     layers: FastMap::default(),
-                    expected: FastMap::default(),
+                    repair: Repair::default(),
                     idle_since: None,
                 };
                 self.relays.insert(id, RelayEndpoint { room, link, slot, side });
@@ -324,7 +323,7 @@ impl Shard {
     fn relay_packet(&mut self, id: SessionId, p: RelayPacket, at: Instant) {
         let Some(relay) = self.relays.get_mut(&id) else { return };
         let slot = relay.slot;
-        let Side::Brings { mids, layers, expected, .. } = &mut relay.side else { return };
+        let Side::Brings { mids, layers, repair, .. } = &mut relay.side else { return };
         let (_, track, layer) = split_flow(p.flow);
         let Some(mid) = mids.get(&track).copied() else {
             self.metrics.relay.dropped.with_label_values(&["unknown_flow"]).inc();
@@ -332,15 +331,11 @@ impl Shard {
         };
         self.metrics.relay.packets.with_label_values(&["in"]).inc();
         layers.insert(p.ssrc, layer);
-        // Loss on the link: ask the parent again for what a jump skipped.
-        let next = expected.entry(p.flow).or_insert(p.seq);
-        let gap = p.seq.wrapping_sub(*next);
-        if gap < 0x8000 {
-            if gap > 0 && gap <= MAX_NACK_GAP {
-                let seqs: Vec<u16> = (0..gap).map(|i| next.wrapping_add(i)).collect();
-                relay.link.send(Control::Nack { flow: flow_id(slot, track, layer), seqs });
-            }
-            *next = p.seq.wrapping_add(1);
+        // Loss on the link: ask the parent again for what a jump skipped (and, from
+        // housekeeping, again while it does not come).
+        let seqs = repair.arrived(p.flow, p.seq, at);
+        if !seqs.is_empty() {
+            relay.link.send(Control::Nack { flow: flow_id(slot, track, layer), seqs });
         }
         let packet = SourcePacket {
             ssrc: p.ssrc,
@@ -379,7 +374,10 @@ impl Shard {
                 *resend_budget = RESENDS_PER_ROUND;
                 continue;
             }
-            let Side::Brings { idle_since, .. } = &mut relay.side else { continue };
+            let Side::Brings { idle_since, repair, .. } = &mut relay.side else { continue };
+            for (flow, seqs) in repair.due(now) {
+                relay.link.send(Control::Nack { flow, seqs });
+            }
             if self.router.audience(*id) > 0 {
                 *idle_since = None;
             } else if now.duration_since(*idle_since.get_or_insert(now)) >= self.config.relay_linger {
