@@ -4,13 +4,14 @@
 //! be given as a ratio to it rather than as a figure that only means something on one CPU.
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde::Serialize;
+
+use crate::net::set_int_option;
 
 /// A video packet's size on the wire.
 const DATAGRAM: usize = 1200;
@@ -105,25 +106,6 @@ impl Drop for Stop {
 /// Make every `send` on `socket` a run of `size`-byte datagrams (Linux UDP_SEGMENT).
 fn set_gso(socket: &UdpSocket, size: usize) -> std::io::Result<()> {
     set_int_option(socket, libc::SOL_UDP, libc::UDP_SEGMENT, size as libc::c_int)
-}
-
-fn set_int_option(
-    socket: &UdpSocket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: a setsockopt on a socket we own, with a pointer to an int that outlives it.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// This thread's CPU time (user and system) in ns.

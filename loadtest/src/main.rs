@@ -8,6 +8,7 @@ mod floor;
 mod http;
 mod idmap;
 mod media;
+mod net;
 mod report;
 mod scenario;
 mod signal;

@@ -24,35 +24,38 @@ struct Missing {
     tries: u8,
 }
 
+/// One flow: the next sequence number expected, and what it still waits for.
+struct Flow {
+    next: u16,
+    missing: Vec<Missing>,
+}
+
 #[derive(Default)]
 pub(crate) struct Repair {
-    /// The next sequence number expected on each flow.
-    expected: FastMap<u64, u16>,
-    missing: FastMap<u64, Vec<Missing>>,
+    flows: FastMap<u64, Flow>,
 }
 
 impl Repair {
     /// A packet of `flow` arrived: the sequence numbers it shows were skipped, to ask for now.
     pub fn arrived(&mut self, flow: u64, seq: u16, now: Instant) -> Vec<u16> {
-        if let Some(waiting) = self.missing.get_mut(&flow) {
-            waiting.retain(|m| m.seq != seq);
+        let f = self.flows.entry(flow).or_insert_with(|| Flow { next: seq, missing: Vec::new() });
+        if !f.missing.is_empty() {
+            f.missing.retain(|m| m.seq != seq);
         }
-        let next = self.expected.entry(flow).or_insert(seq);
-        let gap = seq.wrapping_sub(*next);
+        let gap = seq.wrapping_sub(f.next);
         if gap >= 0x8000 {
             return Vec::new(); // an older packet: a retransmission, or reordered
         }
         let skipped: Vec<u16> = if gap > 0 && gap <= MAX_GAP {
-            (0..gap).map(|i| next.wrapping_add(i)).collect()
+            (0..gap).map(|i| f.next.wrapping_add(i)).collect()
         } else {
             Vec::new()
         };
-        *next = seq.wrapping_add(1);
+        f.next = seq.wrapping_add(1);
         if !skipped.is_empty() {
-            let waiting = self.missing.entry(flow).or_default();
-            waiting.extend(skipped.iter().map(|&seq| Missing { seq, since: now, asked: now, tries: 1 }));
-            let over = waiting.len().saturating_sub(MAX_MISSING);
-            waiting.drain(..over);
+            f.missing.extend(skipped.iter().map(|&seq| Missing { seq, since: now, asked: now, tries: 1 }));
+            let over = f.missing.len().saturating_sub(MAX_MISSING);
+            f.missing.drain(..over);
         }
         skipped
     }
@@ -61,10 +64,10 @@ impl Repair {
     /// given up.
     pub fn due(&mut self, now: Instant) -> Vec<(u64, Vec<u16>)> {
         let mut out = Vec::new();
-        self.missing.retain(|flow, waiting| {
-            waiting.retain(|m| m.tries < MAX_TRIES && now.duration_since(m.since) < GIVE_UP);
+        for (flow, f) in self.flows.iter_mut().filter(|(_, f)| !f.missing.is_empty()) {
+            f.missing.retain(|m| m.tries < MAX_TRIES && now.duration_since(m.since) < GIVE_UP);
             let mut again = Vec::new();
-            for m in waiting.iter_mut().filter(|m| now.duration_since(m.asked) >= RETRY_AFTER) {
+            for m in f.missing.iter_mut().filter(|m| now.duration_since(m.asked) >= RETRY_AFTER) {
                 m.asked = now;
                 m.tries += 1;
                 again.push(m.seq);
@@ -72,15 +75,14 @@ impl Repair {
             if !again.is_empty() {
                 out.push((*flow, again));
             }
-            !waiting.is_empty()
-        });
+        }
         out
     }
 
     /// Packets of `flow` still waited for.
     #[cfg(test)]
     fn waiting(&self, flow: u64) -> usize {
-        self.missing.get(&flow).map_or(0, Vec::len)
+        self.flows.get(&flow).map_or(0, |f| f.missing.len())
     }
 }
 
