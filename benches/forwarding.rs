@@ -81,6 +81,7 @@ fn fast_path_seal(c: &mut Criterion) {
     let mut slot = sfu::egress::SlotOut::new(*ssrc, None, Vec::new(), "0".into(), ext);
     let payload: Arc<[u8]> = vec![0x5a; 1200].into();
     let mut seq: u64 = 0;
+    let mut out = vec![0u8; sfu::egress::MAX_DATAGRAM];
     c.bench_function("fast_path_seal_1200_bytes", |b| {
         b.iter(|| {
             seq += 1;
@@ -94,7 +95,7 @@ fn fast_path_seal(c: &mut Criterion) {
                 audio_level: None,
             };
             slot.remember(&p);
-            std::hint::black_box(egress.seal(&slot, &p).map(|d| d.len()))
+            std::hint::black_box(egress.seal_to(&slot, &p, &mut out))
         })
     });
 }

@@ -23,6 +23,8 @@ use srtp::{SrtcpError, SrtcpReceiver, SrtpSender, TAG_LEN};
 /// Packets kept per video slot for retransmission (about 2 s of a camera's top layer).
 const HISTORY: usize = 256;
 const MAX_PACKET: usize = 1500;
+/// Room a sealed datagram may need (`seal_to` is given this much).
+pub const MAX_DATAGRAM: usize = MAX_PACKET + TAG_LEN;
 
 /// A session's fast-path sender: its SRTP keys and where its media goes.
 pub struct Egress {
@@ -178,22 +180,33 @@ impl Egress {
     /// Writes and protects one packet: the datagram to send. Refused when it is too big,
     /// or when its SRTP index on its SSRC was sealed before (or is too far behind the
     /// newest sealed to tell): an AES-GCM nonce is never used twice.
+    #[cfg(test)]
     pub fn seal(&mut self, slot: &SlotOut, p: &Outgoing) -> Result<&[u8], SealError> {
+        let mut out = std::mem::take(&mut self.protected);
+        let sealed = self.seal_to(slot, p, &mut out);
+        self.protected = out;
+        sealed.map(|len| &self.protected[..len])
+    }
+
+    /// [`Egress::seal`] into `out` (at least [`MAX_DATAGRAM`] bytes: the send queue's own
+    /// buffer, so the datagram is not copied again); returns its length.
+    pub fn seal_to(&mut self, slot: &SlotOut, p: &Outgoing, out: &mut [u8]) -> Result<usize, SealError> {
         write_header(&mut self.packet, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, slot, p);
         let roc = (p.seq >> 16) as u32;
-        match p.vp8 {
+        let sealed = match p.vp8 {
             // Most packets go out as they came: encrypt straight from the shared payload.
-            None => self.protect(p.payload, roc),
+            None => self.srtp.protect(&self.packet, p.payload, roc, out),
             Some(renumber) => {
                 let mut body = std::mem::take(&mut self.body);
                 body.clear();
                 body.extend_from_slice(p.payload);
                 vp8::apply(&mut body, renumber);
-                let sealed = self.protect(&body, roc).map(|d| d.len());
+                let sealed = self.srtp.protect(&self.packet, &body, roc, out);
                 self.body = body;
-                sealed.map(|len| &self.protected[..len])
+                sealed
             }
-        }
+        };
+        sealed.map_err(|e| self.count(e))
     }
 
     /// The (media SSRC, sequence number) pairs the NACKs in one SRTCP datagram from the

@@ -46,7 +46,10 @@ pub(crate) struct Flushed {
 
 #[derive(Default)]
 pub(crate) struct SendQueue {
+    /// The queued datagrams back to back in `bytes[..used]`; `bytes` only grows (zeroed
+    /// once), so a datagram written in place costs no clearing.
     bytes: Vec<u8>,
+    used: usize,
     queued: Vec<Queued>,
     /// Indexes into `queued`, ordered by destination then by when they were queued.
     order: Vec<u32>,
@@ -57,14 +60,34 @@ pub(crate) struct SendQueue {
 
 impl SendQueue {
     pub fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
-        let start = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(datagram);
+        let _ = self.push_with(destination, datagram.len(), |buf| {
+            buf.copy_from_slice(datagram);
+            Ok::<_, ()>(datagram.len())
+        });
+    }
+
+    /// Queue a datagram that `write` puts in place, given exactly `max` bytes of room; it
+    /// returns the length it wrote (at most `max`), or an error, and then nothing is queued.
+    pub fn push_with<E>(
+        &mut self,
+        destination: SocketAddr,
+        max: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<(), E> {
+        let start = self.used;
+        if self.bytes.len() < start + max {
+            let grown = (start + max).max(self.bytes.len() * 2).max(64 * 1024);
+            self.bytes.resize(grown, 0);
+        }
+        let len = write(&mut self.bytes[start..start + max])?.min(max);
+        self.used += len;
         self.queued.push(Queued {
             destination,
             key: address_key(&destination),
-            start,
-            len: datagram.len() as u32,
+            start: start as u32,
+            len: len as u32,
         });
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,13 +113,19 @@ impl SendQueue {
             let result = if count == 1 {
                 socket.send(head.destination, self.datagram(head), None)
             } else {
-                let mut run = std::mem::take(&mut self.run);
-                run.clear();
-                for i in items {
-                    run.extend_from_slice(self.datagram(&self.queued[*i as usize]));
+                let segments = items.iter().map(|i| self.datagram(&self.queued[*i as usize]));
+                let mut sent = socket.send_gathered(head.destination, segments, head.len as usize);
+                if sent.is_err() {
+                    // The kernel would not take this GSO send as it is: the same run copied
+                    // together through quinn-udp, which learns where GSO does not work.
+                    let mut run = std::mem::take(&mut self.run);
+                    run.clear();
+                    for i in items {
+                        run.extend_from_slice(self.datagram(&self.queued[*i as usize]));
+                    }
+                    sent = socket.send(head.destination, &run, Some(head.len as usize));
+                    self.run = run;
                 }
-                let sent = socket.send(head.destination, &run, Some(head.len as usize));
-                self.run = run;
                 sent
             };
             flushed.sends += 1;
@@ -113,7 +142,7 @@ impl SendQueue {
             }
         }
         self.runs = runs;
-        self.bytes.clear();
+        self.used = 0;
         self.queued.clear();
         flushed
     }

@@ -20,6 +20,21 @@ use crate::shard::{RelayInput, ShardInput, ShardSender};
 const PULL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a child tells its parent its viewers.
 const LOAD_EVERY: Duration = Duration::from_secs(1);
+/// At most this many datagrams from the parent go to a shard as one input.
+const MAX_DATAGRAMS_PER_INPUT: usize = 64;
+
+/// Datagrams read together, for one shard's end of the link.
+type Batch = (SessionId, ShardSender, Vec<(RelayPacket, Instant)>);
+
+/// The output of a future that is ready without waiting, or None (it is dropped then).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
 
 enum Pull {
     Waiting(Vec<oneshot::Sender<Result<(), MediaError>>>),
@@ -273,41 +288,71 @@ impl ParentLink {
         })
     }
 
-    /// Media from the parent, to the shards that hold its rooms.
+    /// Media from the parent, to the shards that hold its rooms. What the link has
+    /// received by the time one datagram is read goes to its shard as one input (a video
+    /// frame's packets, above all), so the shard seals the frame for every viewer in one
+    /// turn and sends each viewer's share with one GSO send (io/send.rs).
     async fn datagrams(self: Arc<Self>, conn: quinn::Connection) {
         let mut routes: HashMap<u32, (SessionId, ShardSender)> = HashMap::new();
-        while let Ok(data) = conn.read_datagram().await {
+        let mut batches: Vec<Batch> = Vec::new();
+        while let Ok(first) = conn.read_datagram().await {
             let at = Instant::now();
-            let packet = match RelayPacket::decode(data) {
-                Ok(p) => p,
-                Err(_) => {
-                    self.metrics.relay.dropped.with_label_values(&["malformed"]).inc();
-                    continue;
+            let mut next = Some(first);
+            let mut read = 0;
+            while let Some(data) = next.take() {
+                read += 1;
+                self.take(data, at, &mut routes, &mut batches);
+                if read < MAX_DATAGRAMS_PER_INPUT {
+                    next = ready_now(conn.read_datagram()).and_then(Result::ok);
                 }
-            };
-            let slot = split_flow(packet.flow).0;
-            let route = match routes.get(&slot) {
-                Some(r) => Some(r.clone()),
-                None => self.by_slot(slot).inspect(|r| {
-                    routes.insert(slot, r.clone());
-                }),
-            };
-            let Some((id, shard)) = route else {
-                self.metrics.relay.dropped.with_label_values(&["unknown_flow"]).inc();
-                continue;
-            };
-            let input = ShardInput::Relay(RelayInput::Packet { endpoint: id, packet, at });
-            if let Err(e) = shard.command(input) {
-                if e == MediaError::ShuttingDown {
-                    return;
+            }
+            for (id, shard, packets) in batches.drain(..) {
+                if let Err(e) =
+                    shard.command(ShardInput::Relay(RelayInput::Packets { endpoint: id, packets }))
+                {
+                    if e == MediaError::ShuttingDown {
+                        return;
+                    }
+                    // The endpoint may have ended and its slot be reused by a new pull.
+                    routes.retain(|_, (r, _)| *r != id);
+                    self.metrics.relay.dropped.with_label_values(&["queue_full"]).inc();
                 }
-                // The endpoint may have ended and its slot be reused by a new pull.
-                routes.remove(&slot);
-                self.metrics.relay.dropped.with_label_values(&["queue_full"]).inc();
             }
             if routes.len() > 4096 {
                 routes.clear();
             }
+        }
+    }
+
+    /// One datagram from the parent, added to its shard's batch.
+    fn take(
+        &self,
+        data: bytes::Bytes,
+        at: Instant,
+        routes: &mut HashMap<u32, (SessionId, ShardSender)>,
+        batches: &mut Vec<Batch>,
+    ) {
+        let packet = match RelayPacket::decode(data) {
+            Ok(p) => p,
+            Err(_) => {
+                self.metrics.relay.dropped.with_label_values(&["malformed"]).inc();
+                return;
+            }
+        };
+        let slot = split_flow(packet.flow).0;
+        let route = match routes.get(&slot) {
+            Some(r) => Some(r.clone()),
+            None => self.by_slot(slot).inspect(|r| {
+                routes.insert(slot, r.clone());
+            }),
+        };
+        let Some((id, shard)) = route else {
+            self.metrics.relay.dropped.with_label_values(&["unknown_flow"]).inc();
+            return;
+        };
+        match batches.iter_mut().find(|(b, _, _)| *b == id) {
+            Some((_, _, packets)) => packets.push((packet, at)),
+            None => batches.push((id, shard, vec![(packet, at)])),
         }
     }
 

@@ -55,6 +55,11 @@ const MAX_INPUTS_PER_TURN: usize = 512;
 /// a turn sends at once, the more of them to one subscriber go out as one GSO send; a
 /// shard that falls behind batches more by itself, an idle one sends at once.
 const SEND_BATCH: usize = 1024;
+/// Within one input of several packets (a relayed video frame), datagrams queued before
+/// the rest of the input waits for them: a keyframe of 10 packets to 500 viewers fits, so
+/// each viewer gets it in one GSO send, and the first viewers wait no more than the
+/// sealing of this many (a few milliseconds).
+const SEND_BATCH_IN_ONE_INPUT: usize = 8192;
 /// Source addresses one session may be reached from (ICE may move between a few).
 const MAX_ADDRS_PER_SESSION: usize = 8;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -173,7 +178,9 @@ pub(crate) struct Shard {
     load: Arc<AtomicUsize>,
     metrics: SfuMetrics,
     router: Router,
-    sessions: FastMap<SessionId, Session>,
+    /// Boxed: a session is about 11 KB (its engine), and the forwarding loop looks one up
+    /// per packet and subscriber, so the table itself stays small enough to stay cached.
+    sessions: FastMap<SessionId, Box<Session>>,
     /// Relay links' ends in this shard's rooms (the router sees them as hidden endpoints).
     relays: FastMap<SessionId, RelayEndpoint>,
     viewers: Arc<RoomViewers>,
@@ -484,7 +491,7 @@ impl Shard {
             now,
         );
         session.awaiting_answer = awaiting_answer;
-        self.sessions.insert(id, session);
+        self.sessions.insert(id, Box::new(session));
         self.load.fetch_add(1, Ordering::Relaxed);
         self.metrics.participants.inc();
         self.carry_out();

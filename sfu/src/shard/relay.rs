@@ -83,10 +83,10 @@ pub(crate) enum RelayInput {
         endpoint: SessionId,
         track: u32,
     },
-    Packet {
+    /// Media from the parent, in the order the link received it.
+    Packets {
         endpoint: SessionId,
-        packet: RelayPacket,
-        at: Instant,
+        packets: Vec<(RelayPacket, Instant)>,
     },
     Keyframe {
         endpoint: SessionId,
@@ -121,7 +121,14 @@ impl Shard {
                     self.carry_out();
                 }
             }
-            RelayInput::Packet { endpoint, packet, at } => self.relay_packet(endpoint, packet, at),
+            RelayInput::Packets { endpoint, packets } => {
+                for (packet, at) in packets {
+                    if self.out.len() >= super::SEND_BATCH_IN_ONE_INPUT {
+                        self.send_queued();
+                    }
+                    self.relay_packet(endpoint, packet, at);
+                }
+            }
             RelayInput::Keyframe { endpoint, flow } => {
                 let (_, track, layer) = split_flow(flow);
                 let mid = match self.relays.get(&endpoint).map(|r| &r.side) {

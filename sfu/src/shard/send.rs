@@ -239,8 +239,8 @@ impl Shard {
         if let (true, Some(egress), Some(dest), Some(slot)) =
             (fast, subscriber.egress.as_mut(), subscriber.dest, sink.out.as_ref())
         {
-            match egress.seal(slot, &outgoing) {
-                Ok(datagram) => self.out.push(dest, datagram),
+            match self.out.push_with(dest, egress::MAX_DATAGRAM, |buf| egress.seal_to(slot, &outgoing, buf)) {
+                Ok(()) => {}
                 Err(e) => {
                     self.metrics.not_forwarded.with_label_values(&[e.reason()]).inc();
                     debug!(size = f.payload.len(), seq = f.seq, error = %e, "fast path refused to seal");
