@@ -99,12 +99,14 @@ def broadcast_table(name, rows):
            "keyframe received whole. Latency: from the teacher's send through origin, relay link and edge.",
            "The floor is this machine's own, measured by the same run before the joins (AES-GCM seal",
            "and loopback send of a 1,200-byte datagram).", "",
-           "| date | commit | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | complete |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| date | commit | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | join p99 in parts: signaling / connecting / first media | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | complete |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path, meta, r in rows:
         d = r.get("delivery", {})
         lat = r.get("latency_ms", {})
         ff = r.get("first_frame_ms", {})
+        parts = r.get("join_phases_ms")
+        parts_cell = " / ".join(fmt((parts.get(k) or {}).get("p99"), "", 0) for k in ("signaling", "connecting", "first_media")) + " ms" if parts else "-"
         g = r.get("generator", {})
         server = r.get("server") or []
         tier = sum((p.get("cpu_cores") or 0.0 for p in server), 0.0)
@@ -114,10 +116,10 @@ def broadcast_table(name, rows):
             complete += " (generator-bound)"
         players = max(0, (r.get("participants") or 0) - 1)
         connected = max(0, (r.get("connected") or 0) - 1)
-        out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} |".format(
+        out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} |".format(
             r.get("date"), meta.get("commit", "?"), connected, players, r.get("failed_joins"),
             pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), r.get("players_off_layer", "-"),
-            fmt(ff.get("p50"), "", 0), fmt(ff.get("p99"), "", 0), fmt(ff.get("max"), "", 0),
+            fmt(ff.get("p50"), "", 0), fmt(ff.get("p99"), "", 0), fmt(ff.get("max"), "", 0), parts_cell,
             fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")),
             tier, each, floor_cell(r), fmt(g.get("cpu_cores")), fmt((g.get("busiest_thread") or 0) * 100, "", 0), complete))
     out.append("")

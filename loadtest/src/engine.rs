@@ -198,6 +198,10 @@ impl WorkerHandle {
 pub struct ClientResult {
     pub serial: u32,
     pub join_ms: Option<f64>,
+    /// The join in its parts (ms): signaling (socket open or `POST` to the offer/answer
+    /// exchange done), connecting (to DTLS up: ICE and the handshake) and first media
+    /// (to the first media packet).
+    pub join_phases: Option<[f64; 3]>,
     pub connected: bool,
     pub left_early: bool,
     /// The generator's own WebRTC engine failed for this client.
@@ -313,6 +317,8 @@ struct Client {
     camera_track: Option<String>,
     view: Option<View>,
     connected_at: Option<Instant>,
+    /// The first offer/answer exchange was done (the answer taken, or ours made).
+    negotiated_at: Option<Instant>,
     join_ms: Option<f64>,
     last_offer_at: Instant,
     /// By measurement stream id.
@@ -596,6 +602,7 @@ impl Worker {
                 camera_track: None,
                 view,
                 connected_at: None,
+                negotiated_at: None,
                 join_ms: None,
                 last_offer_at: now,
                 rx: IdMap::default(),
@@ -631,6 +638,7 @@ impl Worker {
         match &m {
             ServerMessage::Answer { sdp, tracks } => {
                 let Some(pending) = client.pending.take() else { return };
+                client.negotiated_at.get_or_insert(now);
                 let camera_mid = client.video.as_ref().map(|v| v.mid.to_string());
                 let camera = tracks.iter().find(|t| Some(&t.mid) == camera_mid.as_ref());
                 if let Some(track) = camera {
@@ -648,6 +656,7 @@ impl Worker {
             }
             ServerMessage::Offer { sdp } => {
                 client.last_offer_at = now;
+                client.negotiated_at.get_or_insert(now);
                 match SdpOffer::from_sdp_string(sdp)
                     .map_err(|e| e.to_string())
                     .and_then(|offer| client.rtc.sdp_api().accept_offer(offer).map_err(|e| e.to_string()))
@@ -1126,9 +1135,18 @@ impl Worker {
                 .filter(|(asked, _)| self.shared.us(*asked) + late < end)
                 .count();
         }
+        let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1000.0;
+        let join_phases = match (client.join_ms, client.negotiated_at, client.connected_at) {
+            (Some(join), Some(negotiated), Some(connected)) => {
+                let open = client.setup.ws_open_at;
+                Some([ms(open, negotiated), ms(negotiated, connected), (join - ms(open, connected)).max(0.0)])
+            }
+            _ => None,
+        };
         self.finished.push(ClientResult {
             serial: client.setup.serial,
             join_ms: client.join_ms,
+            join_phases,
             connected: client.connected_at.is_some(),
             left_early: leaving,
             engine_failed: client.engine_failed,

@@ -483,6 +483,13 @@ async fn finish(
     report.active_speaker_events = percentile(&speaker_events, 50.0);
     let joins: Vec<f64> = clients.iter().filter_map(|c| c.join_ms).collect();
     report.join_ms = Percentiles::of(&joins);
+    let phase =
+        |i: usize| -> Vec<f64> { clients.iter().filter_map(|c| c.join_phases.map(|p| p[i])).collect() };
+    report.join_phases_ms = report::JoinPhases {
+        signaling: Percentiles::of(&phase(0)),
+        connecting: Percentiles::of(&phase(1)),
+        first_media: Percentiles::of(&phase(2)),
+    };
     let keyframes: Vec<f64> = clients.iter().flat_map(|c| c.first_keyframe_ms.iter().copied()).collect();
     report.first_keyframe_ms = P99 { p99: percentile(&keyframes, 99.0) };
     let frames: Vec<f64> = clients.iter().flat_map(|c| c.first_frame_ms.iter().copied()).collect();

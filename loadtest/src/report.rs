@@ -27,6 +27,13 @@ impl Percentiles {
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
+pub struct JoinPhases {
+    pub signaling: Percentiles,
+    pub connecting: Percentiles,
+    pub first_media: Percentiles,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Delivery {
     pub min: Option<f64>,
     pub p1: Option<f64>,
@@ -94,6 +101,10 @@ pub struct Report {
     /// Distinct errors and unexpected socket closes the clients saw (at most 10).
     pub client_problems: Vec<String>,
     pub join_ms: Percentiles,
+    /// The join in its parts, so a slow one points at a part: signaling (socket open or
+    /// `POST` to the offer/answer exchange done), connecting (ICE and DTLS) and first
+    /// media (DTLS up to the first media packet).
+    pub join_phases_ms: JoinPhases,
     pub delivery: Delivery,
     pub loss_pct: Option<f64>,
     /// Packets received more than once (counted once for delivery).
@@ -167,6 +178,14 @@ impl Report {
             f(self.join_ms.p50, " ms"),
             f(self.join_ms.p99, " ms"),
             f(self.join_ms.max, " ms")
+        );
+        let phases = &self.join_phases_ms;
+        let _ = writeln!(
+            out,
+            "  in parts p99  signaling {}  connecting {}  first media {}",
+            f(phases.signaling.p99, " ms"),
+            f(phases.connecting.p99, " ms"),
+            f(phases.first_media.p99, " ms")
         );
         let _ = writeln!(
             out,

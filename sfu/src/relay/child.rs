@@ -308,7 +308,7 @@ impl ParentLink {
             }
             for (id, shard, packets) in batches.drain(..) {
                 if let Err(e) =
-                    shard.command(ShardInput::Relay(RelayInput::Packets { endpoint: id, packets }))
+                    shard.relay_media(ShardInput::Relay(RelayInput::Packets { endpoint: id, packets }))
                 {
                     if e == MediaError::ShuttingDown {
                         return;
