@@ -98,9 +98,11 @@ def broadcast_table(name, rows):
            "q/h/f over WHIP to the origin. First frame: from the player's offer to the end of its first",
            "keyframe received whole. Latency: from the teacher's send through origin, relay link and edge.",
            "The floor is this machine's own, measured by the same run before the joins (AES-GCM seal",
-           "and loopback send of a 1,200-byte datagram).", "",
-           "| date | commit | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | join p99 in parts: signaling / connecting / first media | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | complete |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "and loopback send of a 1,200-byte datagram). Tier on: CPU 0 when the origin and edges",
+           "were held to one CPU and the generator to the other (`benches/run.sh`), any CPU when",
+           "every process shared both (`benches/run.sh --tier-any-cpu`).", "",
+           "| date | commit | tier on | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | join p99 in parts: signaling / connecting / first media | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | complete |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path, meta, r in rows:
         d = r.get("delivery", {})
         lat = r.get("latency_ms", {})
@@ -116,8 +118,10 @@ def broadcast_table(name, rows):
             complete += " (generator-bound)"
         players = max(0, (r.get("participants") or 0) - 1)
         connected = max(0, (r.get("connected") or 0) - 1)
-        out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} |".format(
-            r.get("date"), meta.get("commit", "?"), connected, players, r.get("failed_joins"),
+        # Runs from before `tier_cpus` was recorded held the tier to CPU 0.
+        tier_on = "any CPU" if meta.get("tier_cpus") == "any" else "CPU 0"
+        out.append("| {} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} |".format(
+            r.get("date"), meta.get("commit", "?"), tier_on, connected, players, r.get("failed_joins"),
             pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), r.get("players_off_layer", "-"),
             fmt(ff.get("p50"), "", 0), fmt(ff.get("p99"), "", 0), fmt(ff.get("max"), "", 0), parts_cell,
             fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")),
