@@ -55,11 +55,6 @@ const MAX_INPUTS_PER_TURN: usize = 512;
 /// a turn sends at once, the more of them to one subscriber go out as one GSO send; a
 /// shard that falls behind batches more by itself, an idle one sends at once.
 const SEND_BATCH: usize = 1024;
-/// Within one input of several packets (a relayed video frame), datagrams queued before
-/// the rest of the input waits for them: a keyframe of 10 packets to 500 viewers fits, so
-/// each viewer gets it in one GSO send, and the first viewers wait no more than the
-/// sealing of this many (a few milliseconds).
-const SEND_BATCH_IN_ONE_INPUT: usize = 8192;
 /// Source addresses one session may be reached from (ICE may move between a few).
 const MAX_ADDRS_PER_SESSION: usize = 8;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -214,6 +209,8 @@ pub(crate) struct Shard {
     /// Fast-path sessions written to through str0m by the packet being routed: drained
     /// right after it.
     send_now: Vec<SessionId>,
+    /// Forwards of a relayed batch, ordered by sink before they are carried out.
+    by_sink: Vec<(router::SinkKey, router::Forwarded)>,
     /// The media extensions of the packet being routed (str0m writes them again).
     routing_ext: ExtensionValues,
     /// Sessions whose sinks changed during this input: one offer each after it.
@@ -282,6 +279,7 @@ impl Shard {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             send_now: Vec::new(),
+            by_sink: Vec::new(),
             routing_ext: ExtensionValues::default(),
             offers_due: Vec::new(),
             failed: Vec::new(),
@@ -629,47 +627,77 @@ impl Shard {
     /// Carry out everything the router asked for so far.
     fn carry_out(&mut self) {
         while let Some(output) = self.router.poll_output() {
+            self.carry_out_one(output);
+        }
+    }
+
+    /// Carry out what routing several packets at once asked for (a relayed frame), one
+    /// sink after another: each subscriber's state is looked up once for the whole frame
+    /// rather than once per packet, its packets leave together (one GSO send), and the
+    /// queue is sent between subscribers as it fills, so the first ones need not wait
+    /// for the last to be sealed. A sink's packets keep their order.
+    fn carry_out_by_sink(&mut self) {
+        let mut forwards = std::mem::take(&mut self.by_sink);
+        while let Some(output) = self.router.poll_output() {
             match output {
-                router::Output::Forward { sink, packet } => {
-                    if !self.relays.is_empty() && self.relays.contains_key(&sink.0) {
-                        self.relay_forward(sink, packet);
-                    } else {
-                        self.send_forwarded(sink, packet);
-                    }
+                router::Output::Forward { sink, packet } => forwards.push((sink, packet)),
+                other => self.carry_out_one(other),
+            }
+        }
+        // Stable: a sink's packets stay in the order the router gave them.
+        forwards.sort_by_key(|(sink, _)| sink.0);
+        let mut last = None;
+        for (sink, packet) in forwards.drain(..) {
+            if last != Some(sink.0) && self.out.len() >= SEND_BATCH {
+                self.send_queued();
+            }
+            last = Some(sink.0);
+            self.carry_out_one(router::Output::Forward { sink, packet });
+        }
+        self.by_sink = forwards;
+    }
+
+    fn carry_out_one(&mut self, output: router::Output) {
+        match output {
+            router::Output::Forward { sink, packet } => {
+                if !self.relays.is_empty() && self.relays.contains_key(&sink.0) {
+                    self.relay_forward(sink, packet);
+                } else {
+                    self.send_forwarded(sink, packet);
                 }
-                router::Output::KeyframeRequest { source: (owner, mid), ssrc } => {
-                    if self.relay_keyframe_request(owner, mid, ssrc) {
-                        continue;
-                    }
-                    let Some(session) = self.sessions.get_mut(&owner) else { continue };
-                    let rtc = &mut session.rtc;
-                    let requested = contained(&mut self.failed, &self.metrics, owner, || {
-                        let mut api = rtc.direct_api();
-                        let rx = api.stream_rx(&ssrc.into())?;
-                        rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
-                        Some(())
-                    });
-                    if requested.flatten().is_some() {
-                        self.metrics.keyframe_requests.with_label_values(&["sent"]).inc();
-                        self.dirty.push(owner);
-                    }
+            }
+            router::Output::KeyframeRequest { source: (owner, mid), ssrc } => {
+                if self.relay_keyframe_request(owner, mid, ssrc) {
+                    return;
                 }
-                router::Output::Event { to, event } => {
-                    if self.relay_event(to, &event) {
-                        continue;
-                    }
-                    if let Some(s) = self.sessions.get(&to) {
-                        s.emit(event, &self.metrics);
-                    }
+                let Some(session) = self.sessions.get_mut(&owner) else { return };
+                let rtc = &mut session.rtc;
+                let requested = contained(&mut self.failed, &self.metrics, owner, || {
+                    let mut api = rtc.direct_api();
+                    let rx = api.stream_rx(&ssrc.into())?;
+                    rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+                    Some(())
+                });
+                if requested.flatten().is_some() {
+                    self.metrics.keyframe_requests.with_label_values(&["sent"]).inc();
+                    self.dirty.push(owner);
                 }
-                router::Output::OfferNeeded(id) => self.offers_due.push(id),
-                router::Output::DesiredBitrate { to, bps } => self.set_desired_bitrate(to, bps),
-                router::Output::RelaySource { to, source } => {
-                    if let Some(track) = self.feed_source(to, source)
-                        && let Some(relay) = self.relays.get(&to)
-                    {
-                        relay.link.send(crate::relay::wire::Control::Track { slot: relay.slot, track });
-                    }
+            }
+            router::Output::Event { to, event } => {
+                if self.relay_event(to, &event) {
+                    return;
+                }
+                if let Some(s) = self.sessions.get(&to) {
+                    s.emit(event, &self.metrics);
+                }
+            }
+            router::Output::OfferNeeded(id) => self.offers_due.push(id),
+            router::Output::DesiredBitrate { to, bps } => self.set_desired_bitrate(to, bps),
+            router::Output::RelaySource { to, source } => {
+                if let Some(track) = self.feed_source(to, source)
+                    && let Some(relay) = self.relays.get(&to)
+                {
+                    relay.link.send(crate::relay::wire::Control::Track { slot: relay.slot, track });
                 }
             }
         }

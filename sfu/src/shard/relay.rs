@@ -122,12 +122,12 @@ impl Shard {
                 }
             }
             RelayInput::Packets { endpoint, packets } => {
+                // Routed first, carried out per subscriber after (`carry_out_by_sink`).
                 for (packet, at) in packets {
-                    if self.out.len() >= super::SEND_BATCH_IN_ONE_INPUT {
-                        self.send_queued();
-                    }
                     self.relay_packet(endpoint, packet, at);
                 }
+                self.carry_out_by_sink();
+                self.send_engine_written();
             }
             RelayInput::Keyframe { endpoint, flow } => {
                 let (_, track, layer) = split_flow(flow);
@@ -356,7 +356,11 @@ impl Shard {
             arrival: at,
         };
         self.routing_ext = ExtensionValues::default();
-        self.route(router::Input::Packet { source: (id, mid), layer, rid: None, packet });
+        // Carried out by the caller, for the whole batch.
+        self.router.handle_input(
+            router::Input::Packet { source: (id, mid), layer, rid: None, packet },
+            Instant::now(),
+        );
     }
 
     /// A keyframe request for a source a link brings goes up the link (the router has

@@ -180,9 +180,13 @@ impl Shard {
         self.carry_out();
         // What the router sends later (a start from the keyframe cache) is not this packet.
         self.routing_ext = ExtensionValues::default();
-        // Sinks that got a packet through str0m while on the fast path: out now, before the
-        // fast path's next packet to them can overtake it (a receiver that sees a new
-        // stream's second packet first may drop the first).
+        self.send_engine_written();
+    }
+
+    /// Sinks that got a packet through str0m while on the fast path: out now, before the
+    /// fast path's next packet to them can overtake it (a receiver that sees a new
+    /// stream's second packet first may drop the first).
+    pub(super) fn send_engine_written(&mut self) {
         if !self.send_now.is_empty() {
             let now = Instant::now();
             let mut send_now = std::mem::take(&mut self.send_now);
