@@ -27,6 +27,11 @@ use crate::metrics::SfuMetrics;
 use crate::relay::{Places, Relay, RoomViewers};
 use crate::shard::{Inbox, ShardInput, ShardParts, ShardSender, panic_message, supervise};
 
+/// Batches of relay media a shard's lane holds (a batch is what a link had received when
+/// read: one packet or a frame's few, at most 64). Media that waits longer than this is
+/// worth less than what follows it: a full lane sheds (ADR 0014).
+const MEDIA_LANE_BATCHES: usize = 256;
+
 pub struct MediaNode {
     shards: Vec<ShardSender>,
     room_placement: Arc<DashMap<String, usize>>,
@@ -60,7 +65,7 @@ impl MediaNode {
         for index in 0..config.shard_count() {
             let (tx, rx) = sync_channel(config.shard_queue);
             let (leaves, leaves_rx) = channel();
-            let (media, media_rx) = sync_channel(config.shard_queue);
+            let (media, media_rx) = sync_channel(MEDIA_LANE_BATCHES);
             let media_waiting = Arc::new(AtomicBool::new(false));
             let load = Arc::new(AtomicUsize::new(0));
             let queued = Arc::new(AtomicUsize::new(0));

@@ -128,7 +128,7 @@ fn socket_address(destination: SocketAddr, v6_socket: bool) -> (libc::sockaddr_s
     let sin6 = libc::sockaddr_in6 {
         sin6_family: libc::AF_INET6 as libc::sa_family_t,
         sin6_port: v6.port().to_be(),
-        sin6_flowinfo: v6.flowinfo().to_be(),
+        sin6_flowinfo: v6.flowinfo(),
         sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
         sin6_scope_id: v6.scope_id(),
     };

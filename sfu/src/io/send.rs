@@ -79,7 +79,9 @@ impl SendQueue {
             let grown = (start + max).max(self.bytes.len() * 2).max(64 * 1024);
             self.bytes.resize(grown, 0);
         }
-        let len = write(&mut self.bytes[start..start + max])?.min(max);
+        let len = write(&mut self.bytes[start..start + max])?;
+        debug_assert!(len <= max, "a datagram written in place is longer than its room");
+        let len = len.min(max);
         self.used += len;
         self.queued.push(Queued {
             destination,
@@ -115,9 +117,10 @@ impl SendQueue {
             } else {
                 let segments = items.iter().map(|i| self.datagram(&self.queued[*i as usize]));
                 let mut sent = socket.send_gathered(head.destination, segments, head.len as usize);
-                if sent.is_err() {
+                if let Err(e) = &sent {
                     // The kernel would not take this GSO send as it is: the same run copied
                     // together through quinn-udp, which learns where GSO does not work.
+                    debug!(destination = %head.destination, datagrams = count, error = %e, "gathered GSO send failed; copying");
                     let mut run = std::mem::take(&mut self.run);
                     run.clear();
                     for i in items {

@@ -258,7 +258,12 @@ impl ParentLink {
             Control::Track { slot, track } => {
                 if let Some((id, shard)) = self.by_slot(slot) {
                     let number = track.track;
-                    if shard.command(ShardInput::Relay(RelayInput::Track { endpoint: id, track })).is_ok() {
+                    let (taken, done) = oneshot::channel();
+                    let input = ShardInput::Relay(RelayInput::Track { endpoint: id, track, taken });
+                    // Ready only once the shard knows the track: its media (the cached
+                    // keyframe first) comes through the media lane, which the shard may
+                    // read before a backlog of its queue (ADR 0014).
+                    if shard.command(input).is_ok() && done.await.is_ok() {
                         link.send(Control::Ready { slot, tracks: vec![number] });
                     }
                 }
@@ -307,6 +312,7 @@ impl ParentLink {
                 }
             }
             for (id, shard, packets) in batches.drain(..) {
+                let n = packets.len() as u64;
                 if let Err(e) =
                     shard.relay_media(ShardInput::Relay(RelayInput::Packets { endpoint: id, packets }))
                 {
@@ -315,7 +321,7 @@ impl ParentLink {
                     }
                     // The endpoint may have ended and its slot be reused by a new pull.
                     routes.retain(|_, (r, _)| *r != id);
-                    self.metrics.relay.dropped.with_label_values(&["queue_full"]).inc();
+                    self.metrics.relay.dropped.with_label_values(&["queue_full"]).inc_by(n);
                 }
             }
             if routes.len() > 4096 {

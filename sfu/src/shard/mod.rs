@@ -224,6 +224,9 @@ pub(crate) struct Shard {
     epoch: Instant,
     heartbeat: Arc<Heartbeat>,
     media_waiting: Arc<AtomicBool>,
+    /// The last turn left media in the lane (or this shard just started, perhaps after a
+    /// panic with media waiting): the next turn does not wait for a wake-up.
+    media_left: bool,
 }
 
 #[derive(Clone)]
@@ -287,6 +290,7 @@ impl Shard {
             epoch: now,
             heartbeat: parts.heartbeat,
             media_waiting: parts.media_waiting,
+            media_left: true,
         })
     }
 
@@ -298,6 +302,8 @@ impl Shard {
             self.take_leaves(leaves);
             let now = Instant::now();
             let deadline = self.next_deadline().min(self.router.poll_timeout());
+            // Media left in the lane by the last turn's budget: look again at once.
+            let deadline = if self.media_left { now } else { deadline };
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
                 Ok(ShardInput::Shutdown) => break,
                 Ok(input) => {
@@ -342,19 +348,30 @@ impl Shard {
         self.shutdown();
     }
 
-    /// Relay media queued in the lane, after this turn's other inputs (at most
-    /// `MAX_INPUTS_PER_TURN` batches, so a turn still ends and sends).
+    /// Relay media queued in the lane, after this turn's other inputs: batches of at
+    /// most `MAX_INPUTS_PER_TURN` packets in all (at least one batch), so a turn still
+    /// ends, sends, and reads its queue again soon. What is left is read next turn,
+    /// without waiting.
     fn take_media(&mut self, media: &Receiver<ShardInput>) {
-        self.media_waiting.store(false, Ordering::Release);
-        for _ in 0..MAX_INPUTS_PER_TURN {
-            if self.out.len() >= SEND_BATCH {
-                self.send_queued();
-            }
+        // Cleared before the lane is read (a swap, so the clearing is ordered before the
+        // reads): a batch posted from here on rings again.
+        self.media_waiting.swap(false, Ordering::AcqRel);
+        let mut packets = 0;
+        self.media_left = false;
+        while packets < MAX_INPUTS_PER_TURN {
             match media.try_recv() {
-                Ok(input) => self.handle(input),
+                Ok(input) => {
+                    if let ShardInput::Relay(RelayInput::Packets { packets: p, .. }) = &input {
+                        packets += p.len().max(1);
+                    } else {
+                        packets += 1;
+                    }
+                    self.handle(input);
+                }
                 Err(_) => return,
             }
         }
+        self.media_left = true;
     }
 
     /// End the sessions whose leave overflowed a full queue.

@@ -78,6 +78,8 @@ pub(crate) enum RelayInput {
     Track {
         endpoint: SessionId,
         track: WireTrack,
+        /// Told once the shard has taken the track.
+        taken: oneshot::Sender<()>,
     },
     Untrack {
         endpoint: SessionId,
@@ -110,7 +112,10 @@ impl Shard {
             RelayInput::Join { room, node, link, slot, brings, reply } => {
                 let _ = reply.send(self.relay_join(room, node, link, slot, brings));
             }
-            RelayInput::Track { endpoint, track } => self.relay_track(endpoint, track),
+            RelayInput::Track { endpoint, track, taken } => {
+                self.relay_track(endpoint, track);
+                let _ = taken.send(());
+            }
             RelayInput::Untrack { endpoint, track } => {
                 let mid = match self.relays.get_mut(&endpoint).map(|r| &mut r.side) {
                     Some(Side::Brings { mids, .. }) => mids.remove(&track),
