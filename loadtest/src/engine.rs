@@ -857,13 +857,10 @@ impl Worker {
 
     fn on_event(&mut self, id: u32, event: &Event) {
         let now = Instant::now();
-        // The kernel's arrival stamp of the datagram that raised the event, if one did: on
-        // the same clock as the first media's (join time), whatever this thread's lag.
-        let arrived = self.arrival.unwrap_or(now);
         let Some(client) = self.clients.get_mut(&id) else { return };
         match event {
             Event::Connected => {
-                client.connected_at = Some(arrived);
+                client.connected_at = Some(now);
                 self.shared.connected.fetch_add(1, Ordering::Relaxed);
                 self.shared.note_connected(id, self.shared.us(now));
                 if client.audio.is_some() {
@@ -1142,7 +1139,7 @@ impl Worker {
         let join_phases = match (client.join_ms, client.negotiated_at, client.connected_at) {
             (Some(join), Some(negotiated), Some(connected)) => {
                 let open = client.setup.ws_open_at;
-                Some([ms(open, negotiated), ms(negotiated, connected), join - ms(open, connected)])
+                Some([ms(open, negotiated), ms(negotiated, connected), (join - ms(open, connected)).max(0.0)])
             }
             _ => None,
         };

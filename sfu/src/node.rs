@@ -25,12 +25,7 @@ use crate::health::{self, Heartbeat};
 use crate::io::{DatagramPool, MediaSocket, receive_loop};
 use crate::metrics::SfuMetrics;
 use crate::relay::{Places, Relay, RoomViewers};
-use crate::shard::{Inbox, ShardInput, ShardParts, ShardSender, panic_message, supervise};
-
-/// Batches of relay media a shard's lane holds (a batch is what a link had received when
-/// read: one packet or a frame's few, at most 64). Media that waits longer than this is
-/// worth less than what follows it: a full lane sheds (ADR 0014).
-const MEDIA_LANE_BATCHES: usize = 256;
+use crate::shard::{ShardInput, ShardParts, ShardSender, panic_message, supervise};
 
 pub struct MediaNode {
     shards: Vec<ShardSender>,
@@ -65,8 +60,6 @@ impl MediaNode {
         for index in 0..config.shard_count() {
             let (tx, rx) = sync_channel(config.shard_queue);
             let (leaves, leaves_rx) = channel();
-            let (media, media_rx) = sync_channel(MEDIA_LANE_BATCHES);
-            let media_waiting = Arc::new(AtomicBool::new(false));
             let load = Arc::new(AtomicUsize::new(0));
             let queued = Arc::new(AtomicUsize::new(0));
             let heartbeat = Arc::new(Heartbeat::new(format!("media thread {index}")));
@@ -85,13 +78,11 @@ impl MediaNode {
                 heartbeat,
                 next_session: Arc::new(AtomicU64::new(1)),
                 viewers: viewers.clone(),
-                media_waiting: media_waiting.clone(),
             };
-            let inbox = Inbox { rx, leaves: leaves_rx, media: media_rx };
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("huiyi-shard-{index}"))
-                    .spawn(move || supervise(parts, inbox))?,
+                    .spawn(move || supervise(parts, rx, leaves_rx))?,
             );
             let sdp = SdpQueue { queued: Arc::new(AtomicUsize::new(0)), limit: config.shard_queue_sdp_bytes };
             shards.push(ShardSender {
@@ -101,8 +92,6 @@ impl MediaNode {
                 queue_limit: config.shard_queue,
                 leaves,
                 sdp,
-                media,
-                media_waiting,
             });
         }
 

@@ -256,16 +256,9 @@ impl ParentLink {
                 }
             }
             Control::Track { slot, track } => {
+                // The shard tells the parent Ready once it has taken the track.
                 if let Some((id, shard)) = self.by_slot(slot) {
-                    let number = track.track;
-                    let (taken, done) = oneshot::channel();
-                    let input = ShardInput::Relay(RelayInput::Track { endpoint: id, track, taken });
-                    // Ready only once the shard knows the track: its media (the cached
-                    // keyframe first) comes through the media lane, which the shard may
-                    // read before a backlog of its queue (ADR 0014).
-                    if shard.command(input).is_ok() && done.await.is_ok() {
-                        link.send(Control::Ready { slot, tracks: vec![number] });
-                    }
+                    let _ = shard.command(ShardInput::Relay(RelayInput::Track { endpoint: id, track }));
                 }
             }
             Control::Untrack { slot, track } => {
@@ -314,7 +307,7 @@ impl ParentLink {
             for (id, shard, packets) in batches.drain(..) {
                 let n = packets.len() as u64;
                 if let Err(e) =
-                    shard.relay_media(ShardInput::Relay(RelayInput::Packets { endpoint: id, packets }))
+                    shard.command(ShardInput::Relay(RelayInput::Packets { endpoint: id, packets }))
                 {
                     if e == MediaError::ShuttingDown {
                         return;

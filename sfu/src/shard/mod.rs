@@ -99,8 +99,6 @@ pub(crate) enum ShardInput {
     },
     /// From a relay link (relay/): a join, a track, a packet, a request.
     Relay(RelayInput),
-    /// Relay media waits in the media lane (see [`ShardSender::relay_media`]).
-    MediaWaiting,
     Shutdown,
 }
 
@@ -117,11 +115,6 @@ pub(crate) struct ShardSender {
     pub leaves: Sender<(SessionId, LeaveReason)>,
     /// SDP bytes on their way to this shard, bounded.
     pub sdp: SdpQueue,
-    /// Relay media, bounded: read each turn after the queue's other inputs, so joins,
-    /// handshakes and viewers' feedback never wait behind a backlog of media.
-    pub media: SyncSender<ShardInput>,
-    /// Media was queued since the shard last looked: one wake-up serves many batches.
-    pub media_waiting: Arc<AtomicBool>,
 }
 
 impl ShardSender {
@@ -157,21 +150,6 @@ impl ShardSender {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(ShardInput::Leave { session, reason }) {
             let _ = self.leaves.send((session, reason));
         }
-    }
-
-    /// Queue relay media in the media lane; Err (`Overloaded`) when the lane is full: a
-    /// shard that falls behind sheds media, not the handshakes queued before it.
-    pub fn relay_media(&self, input: ShardInput) -> Result<(), MediaError> {
-        self.media.try_send(input).map_err(|e| match e {
-            TrySendError::Full(_) => MediaError::Overloaded,
-            TrySendError::Disconnected(_) => MediaError::ShuttingDown,
-        })?;
-        if !self.media_waiting.swap(true, Ordering::AcqRel) {
-            // The shard may be asleep on its queue. When that is full it is busy, and it
-            // reads the lane at the end of its turn anyway.
-            let _ = self.tx.try_send(ShardInput::MediaWaiting);
-        }
-        Ok(())
     }
 
     /// For messages that must not be lost (shutting down): waits for room in the queue.
@@ -223,10 +201,6 @@ pub(crate) struct Shard {
     /// Packet arrival times become milliseconds since this instant (fast-path timing).
     epoch: Instant,
     heartbeat: Arc<Heartbeat>,
-    media_waiting: Arc<AtomicBool>,
-    /// The last turn left media in the lane (or this shard just started, perhaps after a
-    /// panic with media waiting): the next turn does not wait for a wake-up.
-    media_left: bool,
 }
 
 #[derive(Clone)]
@@ -246,8 +220,6 @@ pub(crate) struct ShardParts {
     pub next_session: Arc<AtomicU64>,
     /// Where the shard tells the node how many watch each of its rooms.
     pub viewers: Arc<RoomViewers>,
-    /// Shared with the shard's senders (`ShardSender::media_waiting`).
-    pub media_waiting: Arc<AtomicBool>,
 }
 
 impl Shard {
@@ -289,21 +261,16 @@ impl Shard {
             next_session: parts.next_session,
             epoch: now,
             heartbeat: parts.heartbeat,
-            media_waiting: parts.media_waiting,
-            media_left: true,
         })
     }
 
     /// Run until shutdown. Ends early only by panicking (see [`supervise`]).
-    pub fn run(&mut self, inbox: &Inbox) {
-        let (rx, leaves) = (&inbox.rx, &inbox.leaves);
+    pub fn run(&mut self, rx: &Receiver<ShardInput>, leaves: &Receiver<(SessionId, LeaveReason)>) {
         loop {
             self.heartbeat.beat();
             self.take_leaves(leaves);
             let now = Instant::now();
             let deadline = self.next_deadline().min(self.router.poll_timeout());
-            // Media left in the lane by the last turn's budget: look again at once.
-            let deadline = if self.media_left { now } else { deadline };
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
                 Ok(ShardInput::Shutdown) => break,
                 Ok(input) => {
@@ -328,7 +295,6 @@ impl Shard {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.take_media(&inbox.media);
             let now = Instant::now();
             self.run_timers(now);
             if now >= self.router.poll_timeout() {
@@ -346,32 +312,6 @@ impl Shard {
             self.send_queued();
         }
         self.shutdown();
-    }
-
-    /// Relay media queued in the lane, after this turn's other inputs: batches of at
-    /// most `MAX_INPUTS_PER_TURN` packets in all (at least one batch), so a turn still
-    /// ends, sends, and reads its queue again soon. What is left is read next turn,
-    /// without waiting.
-    fn take_media(&mut self, media: &Receiver<ShardInput>) {
-        // Cleared before the lane is read (a swap, so the clearing is ordered before the
-        // reads): a batch posted from here on rings again.
-        self.media_waiting.swap(false, Ordering::AcqRel);
-        let mut packets = 0;
-        self.media_left = false;
-        while packets < MAX_INPUTS_PER_TURN {
-            match media.try_recv() {
-                Ok(input) => {
-                    if let ShardInput::Relay(RelayInput::Packets { packets: p, .. }) = &input {
-                        packets += p.len().max(1);
-                    } else {
-                        packets += 1;
-                    }
-                    self.handle(input);
-                }
-                Err(_) => return,
-            }
-        }
-        self.media_left = true;
     }
 
     /// End the sessions whose leave overflowed a full queue.
@@ -487,7 +427,7 @@ impl Shard {
             }
             ShardInput::Leave { session, reason } => self.end_session(session, reason),
             ShardInput::Relay(input) => self.handle_relay(input),
-            ShardInput::MediaWaiting | ShardInput::Shutdown => {}
+            ShardInput::Shutdown => {}
         }
         self.flush_offers();
         self.end_failed_sessions();
@@ -749,18 +689,14 @@ impl Shard {
     }
 }
 
-/// What a shard reads: its queue, the side channel of leaves that found it full, and the
-/// lane of relay media, read after the others each turn.
-pub(crate) struct Inbox {
-    pub rx: Receiver<ShardInput>,
-    pub leaves: Receiver<(SessionId, LeaveReason)>,
-    pub media: Receiver<ShardInput>,
-}
-
 /// Run shard `parts.index` until shutdown. When it panics (a bug outside the engine calls
 /// that `contained` guards), its sessions end with a clear close code and a fresh shard
 /// takes the same queue: the other shards, and the rooms placed here later, never notice.
-pub(crate) fn supervise(parts: ShardParts, inbox: Inbox) {
+pub(crate) fn supervise(
+    parts: ShardParts,
+    rx: Receiver<ShardInput>,
+    leaves: Receiver<(SessionId, LeaveReason)>,
+) {
     loop {
         let mut shard = match Shard::new(parts.clone()) {
             Ok(s) => s,
@@ -770,7 +706,8 @@ pub(crate) fn supervise(parts: ShardParts, inbox: Inbox) {
                 continue;
             }
         };
-        let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run(&inbox))) else {
+        let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run(&rx, &leaves)))
+        else {
             return;
         };
         parts.metrics.shard_restarts.inc();
@@ -812,7 +749,6 @@ mod tests {
     fn ending_a_session_never_waits_for_a_full_queue() {
         let (tx, rx) = sync_channel(1);
         let (leaves, leaves_rx) = channel();
-        let (media, _media_rx) = sync_channel(1);
         let sender = ShardSender {
             tx,
             sessions: Default::default(),
@@ -820,8 +756,6 @@ mod tests {
             queue_limit: 1,
             leaves,
             sdp: SdpQueue { queued: Default::default(), limit: 1 },
-            media,
-            media_waiting: Default::default(),
         };
         sender.command(ShardInput::Shutdown).expect("room for one");
         // With the queue full, a blocking send would wait here for the shard forever.
@@ -830,37 +764,5 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(ShardInput::Shutdown)));
         sender.end(8, LeaveReason::Left);
         assert!(matches!(rx.try_recv(), Ok(ShardInput::Leave { session: 8, reason: LeaveReason::Left })));
-    }
-
-    /// Relay media goes to its lane, with one wake-up on the queue for any number of
-    /// batches until the shard looks; a full lane refuses (the media is shed), and the
-    /// queue stays free for everything else.
-    #[test]
-    fn relay_media_waits_in_its_own_lane_with_one_wake_up() {
-        let (tx, rx) = sync_channel(4);
-        let (leaves, _leaves_rx) = channel();
-        let (media, media_rx) = sync_channel(2);
-        let sender = ShardSender {
-            tx,
-            sessions: Default::default(),
-            queued: Default::default(),
-            queue_limit: 4,
-            leaves,
-            sdp: SdpQueue { queued: Default::default(), limit: 1 },
-            media,
-            media_waiting: Default::default(),
-        };
-        let batch = || ShardInput::Relay(RelayInput::Packets { endpoint: 1, packets: Vec::new() });
-        sender.relay_media(batch()).expect("room");
-        sender.relay_media(batch()).expect("room");
-        assert_eq!(sender.relay_media(batch()), Err(MediaError::Overloaded), "the lane is full");
-        assert!(matches!(rx.try_recv(), Ok(ShardInput::MediaWaiting)));
-        assert!(rx.try_recv().is_err(), "one wake-up for both batches");
-        assert_eq!(media_rx.try_iter().count(), 2);
-        // The shard looked (take_media clears the flag): the next batch wakes it again.
-        sender.media_waiting.store(false, Ordering::Release);
-        sender.relay_media(batch()).expect("room");
-        assert!(matches!(rx.try_recv(), Ok(ShardInput::MediaWaiting)));
-        sender.command(ShardInput::Shutdown).expect("the queue is free for the rest");
     }
 }

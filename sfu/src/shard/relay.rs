@@ -78,8 +78,6 @@ pub(crate) enum RelayInput {
     Track {
         endpoint: SessionId,
         track: WireTrack,
-        /// Told once the shard has taken the track.
-        taken: oneshot::Sender<()>,
     },
     Untrack {
         endpoint: SessionId,
@@ -112,10 +110,7 @@ impl Shard {
             RelayInput::Join { room, node, link, slot, brings, reply } => {
                 let _ = reply.send(self.relay_join(room, node, link, slot, brings));
             }
-            RelayInput::Track { endpoint, track, taken } => {
-                self.relay_track(endpoint, track);
-                let _ = taken.send(());
-            }
+            RelayInput::Track { endpoint, track } => self.relay_track(endpoint, track),
             RelayInput::Untrack { endpoint, track } => {
                 let mid = match self.relays.get_mut(&endpoint).map(|r| &mut r.side) {
                     Some(Side::Brings { mids, .. }) => mids.remove(&track),
@@ -322,14 +317,22 @@ impl Shard {
             debug!(track = %wire.id, kind = %wire.kind, "relay track with an unknown kind or codec");
             return;
         };
-        let Some(Side::Brings { mids, .. }) = self.relays.get_mut(&id).map(|r| &mut r.side) else { return };
-        if mids.contains_key(&wire.track) || wire.track >= MAX_TRACKS_PER_ROOM {
+        let Some(relay) = self.relays.get_mut(&id) else { return };
+        let slot = relay.slot;
+        let link = relay.link.clone();
+        let Side::Brings { mids, .. } = &mut relay.side else { return };
+        if wire.track >= MAX_TRACKS_PER_ROOM {
             return;
         }
-        let mid = Mid::from(format!("r{}", wire.track).as_str());
-        mids.insert(wire.track, mid);
-        self.router.publish_relayed(id, mid, relayed, Instant::now());
-        self.carry_out();
+        if let std::collections::hash_map::Entry::Vacant(e) = mids.entry(wire.track) {
+            let mid = Mid::from(format!("r{}", wire.track).as_str());
+            e.insert(mid);
+            self.router.publish_relayed(id, mid, relayed, Instant::now());
+            self.carry_out();
+        }
+        // Told from here, once the track is known here: its media (the cached keyframe
+        // first) follows at once.
+        link.send(Control::Ready { slot, tracks: vec![wire.track] });
     }
 
     fn relay_packet(&mut self, id: SessionId, p: RelayPacket, at: Instant) {
