@@ -32,6 +32,7 @@ use crate::media::{
 use crate::net::RecvBatch;
 use crate::scenario::Scenario;
 use crate::signal::FromServer;
+use crate::srtp::{self, NotOpened, SrtpIn};
 use crate::stats::{DeliveryCounter, Jitter, LatencyHistogram, window_index};
 use crate::view::View;
 
@@ -50,6 +51,8 @@ pub struct Shared {
     pub packets_sent: AtomicU64,
     pub packets_received: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// Media datagrams opened by the generator's own SRTP path (the rest went to str0m).
+    pub opened_own: AtomicU64,
     pub connected: AtomicU64,
     /// The worst p99 latency (us) any worker saw in its last complete second, for the live line.
     pub live_p99_us: AtomicU64,
@@ -88,6 +91,7 @@ impl Shared {
             packets_sent: AtomicU64::new(0),
             packets_received: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            opened_own: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             live_p99_us: AtomicU64::new(0),
             max_timer_late_us: AtomicU64::new(0),
@@ -308,6 +312,11 @@ struct RxTrack {
 struct Client {
     setup: ClientSetup,
     rtc: Rtc,
+    /// Our own SRTP receive side, once connected (with `RxPath::Own`): media of the streams
+    /// it has learned is opened here, not by the engine.
+    srtp: Option<SrtpIn>,
+    /// Datagrams of learned streams whose authentication failed.
+    srtp_refused: u64,
     socket: UdpSocket,
     local: SocketAddr,
     pending: Option<SdpPendingOffer>,
@@ -340,6 +349,26 @@ struct Client {
     errors: Vec<String>,
 }
 
+/// A received media packet's fields the measurement reads.
+struct Media<'a> {
+    payload: &'a [u8],
+    timestamp: u32,
+    /// The extended sequence number.
+    seq: u64,
+    marker: bool,
+}
+
+/// Who opens received media: our own SRTP path (the default, about a tenth of the engine's
+/// cost per packet), or str0m's engine as for everything else (which also asks for lost
+/// packets again with NACK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RxPath {
+    #[default]
+    Own,
+    Engine,
+}
+
 /// How far to poll a client's engine.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Until {
@@ -359,6 +388,7 @@ enum Due {
 
 pub struct Worker {
     poll: Poll,
+    rx_path: RxPath,
     inbox: Receiver<WorkerInput>,
     shared: Arc<Shared>,
     scenario: Scenario,
@@ -392,12 +422,14 @@ impl Worker {
         scenario: Scenario,
         opus: Arc<OpusLibrary>,
         server_ip: std::net::IpAddr,
+        rx_path: RxPath,
     ) -> std::io::Result<(WorkerHandle, std::thread::JoinHandle<WorkerResult>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, inbox) = std::sync::mpsc::channel();
         let mut worker = Worker {
             poll,
+            rx_path,
             inbox,
             shared,
             scenario,
@@ -522,7 +554,10 @@ impl Worker {
         self.ports.push(local.port());
         RecvBatch::stamp_arrivals(&socket)?;
         self.poll.registry().register(&mut socket, Token(setup.serial as usize), Interest::READABLE)?;
-        let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
+        // The engine's DTLS keeps a copy of its SRTP keys for our own receive path.
+        srtp::building_for(setup.serial);
+        let mut rtc =
+            Rtc::builder().set_rtp_mode(true).set_crypto_provider(srtp::crypto_provider()).build(now);
         rtc.add_local_candidate(Candidate::host(local, "udp").map_err(std::io::Error::other)?);
         let mut api = rtc.sdp_api();
         let mut tracks = Vec::new();
@@ -594,6 +629,8 @@ impl Worker {
             Client {
                 setup,
                 rtc,
+                srtp: None,
+                srtp_refused: 0,
                 socket,
                 local,
                 pending: Some(pending),
@@ -725,7 +762,8 @@ impl Worker {
         }
     }
 
-    /// Read what a client's socket holds, a batch per system call, and feed its engine.
+    /// Read what a client's socket holds, a batch per system call: media of the streams our
+    /// own SRTP path has learned is opened and measured here, the rest feeds the engine.
     fn receive(&mut self, id: u32, batch: &mut RecvBatch) {
         // The engine holds one received RTP packet until polled, so each datagram is
         // polled up to its packet; the rest of the output (feedback, the next timeout, a
@@ -741,7 +779,30 @@ impl Worker {
             for i in 0..count {
                 self.arrival = batch.arrival_ns(i).map(|ns| self.instant_of(ns, now));
                 let Some(client) = self.clients.get_mut(&id) else { return };
-                let (source, data) = batch.datagram(i);
+                let (source, data) = batch.datagram_mut(i);
+                if let Some(srtp) = client.srtp.as_mut() {
+                    match srtp.open(data) {
+                        Ok(opened) => {
+                            self.counts.opened_own += 1;
+                            let media = Media {
+                                payload: opened.payload,
+                                timestamp: opened.timestamp,
+                                seq: opened.seq,
+                                marker: opened.marker,
+                            };
+                            self.on_media(id, media, now);
+                            continue;
+                        }
+                        Err(NotOpened::NotOurs) => {}
+                        Err(why) => {
+                            if client.srtp_refused == 0 {
+                                client.errors.push(format!("own SRTP path: a media datagram was {why:?}"));
+                            }
+                            client.srtp_refused += 1;
+                            continue;
+                        }
+                    }
+                }
                 let Ok(receive) = Receive::new(Protocol::Udp, source, client.local, data) else { continue };
                 let rtc = &mut client.rtc;
                 match contained(&mut client.errors, || rtc.handle_input(Input::Receive(now, receive))) {
@@ -754,6 +815,7 @@ impl Worker {
                 }
                 self.arrival = None;
             }
+            self.arrival = None;
             // A short batch means the socket was empty when read; new datagrams raise a new event.
             if count < RecvBatch::SIZE {
                 break;
@@ -861,6 +923,11 @@ impl Worker {
         match event {
             Event::Connected => {
                 client.connected_at = Some(now);
+                // Taken either way, so no client's keys stay on the thread.
+                let keys = srtp::take_keys(id);
+                if self.rx_path == RxPath::Own {
+                    client.srtp = keys.as_ref().and_then(SrtpIn::new);
+                }
                 self.shared.connected.fetch_add(1, Ordering::Relaxed);
                 self.shared.note_connected(id, self.shared.us(now));
                 if client.audio.is_some() {
@@ -879,100 +946,115 @@ impl Worker {
                 }
             }
             Event::RtpPacket(packet) => {
-                // The payload tells audio from video (no lookup of the stream and its m-line
-                // per packet); the stamp's stream id must agree.
-                let Some((stamp, video)) = find_any_stamp(&packet.payload) else { return };
-                let Some(sent) = self.shared.streams.get(stamp.stream as usize) else { return };
-                let (owner, kind) = StreamKind::of(stamp.stream);
-                if video != matches!(kind, StreamKind::Video(_)) {
-                    return;
+                if let Some(srtp) = client.srtp.as_mut() {
+                    // From the next packet on, this stream is opened by our own path.
+                    srtp.learn(*packet.header.ssrc, *packet.seq_no);
                 }
-                // When it reached this client's socket (the kernel's stamp), which is when
-                // it arrived, however long this thread took to get to it.
-                let now = self.arrival.unwrap_or(packet.timestamp);
-                let received_us = self.shared.us(now);
-                self.counts.packets_received += 1;
-                self.counts.bytes_received += packet.payload.len() as u64;
-                if client.join_ms.is_none() && client.setup.join_measurable {
-                    client.join_ms = Some(now.duration_since(client.setup.ws_open_at).as_secs_f64() * 1000.0);
-                }
-                let latency_us = received_us.saturating_sub(stamp.sent_us);
-                let second = received_us / 1_000_000;
-                let entry = second_entry(&mut self.seconds, second);
-                entry.0 += 1;
-                entry.1 += packet.payload.len() as u64;
-                entry.2.record(latency_us);
-                let rx = client.rx.entry(stamp.stream).or_insert_with(|| RxStream {
-                    delivery: DeliveryCounter::default(),
-                    jitter: Jitter::default(),
-                    last_in_window_us: None,
-                    first: None,
-                });
-                rx.jitter.record(stamp.sent_us, received_us);
-                if self.shared.in_window(received_us) {
-                    rx.last_in_window_us = Some(received_us);
-                }
-                // Back from another layer of the same camera: the server had moved the tile.
-                let returned = match kind {
-                    StreamKind::Video(layer) => {
-                        client.rx_tracks.get(&owner).is_some_and(|t| t.layer != layer)
-                    }
-                    _ => false,
+                let media = Media {
+                    payload: &packet.payload,
+                    timestamp: packet.header.timestamp,
+                    seq: *packet.seq_no,
+                    marker: packet.header.marker,
                 };
-                if self.shared.in_window(stamp.sent_us) {
-                    self.latency.record(latency_us);
-                    if rx.first.is_none() {
-                        rx.first = Some(sent.first.load(Ordering::Relaxed)).filter(|f| *f != UNSET);
-                    }
-                    if let Some(first) = rx.first
-                        && let Some(index) = window_index(stamp.seq, first)
-                    {
-                        rx.delivery.record(index);
-                        if returned {
-                            rx.delivery.start_run(index);
-                        }
-                    }
-                }
-                if let StreamKind::Video(layer) = kind {
-                    let keyframe = vp8_is_keyframe_start(&packet.payload);
-                    let shared = &self.shared;
-                    let (view, slots, last_offer_at) = (&client.view, &client.slots, client.last_offer_at);
-                    let track = client.rx_tracks.entry(owner).or_insert_with(|| RxTrack {
-                        layer,
-                        first_keyframe_ms: None,
-                        first_frame_ms: None,
-                        assembling: None,
-                        switch: None,
-                        started: expected_since(shared, view.as_ref(), slots, owner)
-                            .map_or(last_offer_at, |t| t.max(last_offer_at)),
-                    });
-                    if track.first_frame_ms.is_none() {
-                        let (ts, seq) = (packet.header.timestamp, *packet.seq_no);
-                        if keyframe && track.assembling.as_ref().is_none_or(|a| a.timestamp() != ts) {
-                            track.assembling = Some(FirstFrame::new(ts, seq));
-                        }
-                        if let Some(frame) = track.assembling.as_mut()
-                            && frame.add(ts, seq, packet.header.marker)
-                        {
-                            track.first_frame_ms = Some(ms_since(track.started, now));
-                            track.assembling = None;
-                        }
-                    }
-                    if keyframe {
-                        if track.first_keyframe_ms.is_none() {
-                            track.first_keyframe_ms = Some(ms_since(track.started, now));
-                        }
-                        if let Some((asked, from)) = track.switch
-                            && from != layer
-                        {
-                            client.switch_keyframe_ms.push(ms_since(asked, now));
-                            track.switch = None;
-                        }
-                    }
-                    track.layer = layer;
-                }
+                self.on_media(id, media, packet.timestamp);
             }
             _ => {}
+        }
+    }
+
+    /// A received media packet, opened by str0m or by our own path: count it, time it, and
+    /// follow its camera's frames. `fallback` is when it arrived if the kernel gave no stamp.
+    fn on_media(&mut self, id: u32, media: Media<'_>, fallback: Instant) {
+        let Some(client) = self.clients.get_mut(&id) else { return };
+        // The payload tells audio from video (no lookup of the stream and its m-line
+        // per packet); the stamp's stream id must agree.
+        let Some((stamp, video)) = find_any_stamp(media.payload) else { return };
+        let Some(sent) = self.shared.streams.get(stamp.stream as usize) else { return };
+        let (owner, kind) = StreamKind::of(stamp.stream);
+        if video != matches!(kind, StreamKind::Video(_)) {
+            return;
+        }
+        // When it reached this client's socket (the kernel's stamp), which is when
+        // it arrived, however long this thread took to get to it.
+        let now = self.arrival.unwrap_or(fallback);
+        let received_us = self.shared.us(now);
+        self.counts.packets_received += 1;
+        self.counts.bytes_received += media.payload.len() as u64;
+        if client.join_ms.is_none() && client.setup.join_measurable {
+            client.join_ms = Some(now.duration_since(client.setup.ws_open_at).as_secs_f64() * 1000.0);
+        }
+        let latency_us = received_us.saturating_sub(stamp.sent_us);
+        let second = received_us / 1_000_000;
+        let entry = second_entry(&mut self.seconds, second);
+        entry.0 += 1;
+        entry.1 += media.payload.len() as u64;
+        entry.2.record(latency_us);
+        let rx = client.rx.entry(stamp.stream).or_insert_with(|| RxStream {
+            delivery: DeliveryCounter::default(),
+            jitter: Jitter::default(),
+            last_in_window_us: None,
+            first: None,
+        });
+        rx.jitter.record(stamp.sent_us, received_us);
+        if self.shared.in_window(received_us) {
+            rx.last_in_window_us = Some(received_us);
+        }
+        // Back from another layer of the same camera: the server had moved the tile.
+        let returned = match kind {
+            StreamKind::Video(layer) => client.rx_tracks.get(&owner).is_some_and(|t| t.layer != layer),
+            _ => false,
+        };
+        if self.shared.in_window(stamp.sent_us) {
+            self.latency.record(latency_us);
+            if rx.first.is_none() {
+                rx.first = Some(sent.first.load(Ordering::Relaxed)).filter(|f| *f != UNSET);
+            }
+            if let Some(first) = rx.first
+                && let Some(index) = window_index(stamp.seq, first)
+            {
+                rx.delivery.record(index);
+                if returned {
+                    rx.delivery.start_run(index);
+                }
+            }
+        }
+        if let StreamKind::Video(layer) = kind {
+            let keyframe = vp8_is_keyframe_start(media.payload);
+            let shared = &self.shared;
+            let (view, slots, last_offer_at) = (&client.view, &client.slots, client.last_offer_at);
+            let track = client.rx_tracks.entry(owner).or_insert_with(|| RxTrack {
+                layer,
+                first_keyframe_ms: None,
+                first_frame_ms: None,
+                assembling: None,
+                switch: None,
+                started: expected_since(shared, view.as_ref(), slots, owner)
+                    .map_or(last_offer_at, |t| t.max(last_offer_at)),
+            });
+            if track.first_frame_ms.is_none() {
+                let (ts, seq) = (media.timestamp, media.seq);
+                if keyframe && track.assembling.as_ref().is_none_or(|a| a.timestamp() != ts) {
+                    track.assembling = Some(FirstFrame::new(ts, seq));
+                }
+                if let Some(frame) = track.assembling.as_mut()
+                    && frame.add(ts, seq, media.marker)
+                {
+                    track.first_frame_ms = Some(ms_since(track.started, now));
+                    track.assembling = None;
+                }
+            }
+            if keyframe {
+                if track.first_keyframe_ms.is_none() {
+                    track.first_keyframe_ms = Some(ms_since(track.started, now));
+                }
+                if let Some((asked, from)) = track.switch
+                    && from != layer
+                {
+                    client.switch_keyframe_ms.push(ms_since(asked, now));
+                    track.switch = None;
+                }
+            }
+            track.layer = layer;
         }
     }
 
@@ -1196,6 +1278,8 @@ struct Counts {
     packets_sent: u64,
     packets_received: u64,
     bytes_received: u64,
+    /// Media datagrams our own SRTP path opened.
+    opened_own: u64,
     max_timer_late_us: u64,
 }
 
@@ -1207,6 +1291,9 @@ impl Counts {
         if self.packets_received > 0 {
             shared.packets_received.fetch_add(self.packets_received, Ordering::Relaxed);
             shared.bytes_received.fetch_add(self.bytes_received, Ordering::Relaxed);
+        }
+        if self.opened_own > 0 {
+            shared.opened_own.fetch_add(self.opened_own, Ordering::Relaxed);
         }
         if self.max_timer_late_us > 0 {
             shared.max_timer_late_us.fetch_max(self.max_timer_late_us, Ordering::Relaxed);
@@ -1255,7 +1342,7 @@ fn contained<T>(errors: &mut Vec<String>, f: impl FnOnce() -> T) -> Option<T> {
 
 /// The negotiated send stream (of layer `rid` with simulcast) and payload type for
 /// `codec` on `mid`, once negotiated.
-fn tx_stream(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, codec: Codec) -> Option<(Ssrc, Pt)> {
+pub(crate) fn tx_stream(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, codec: Codec) -> Option<(Ssrc, Pt)> {
     let pt = {
         let media = rtc.media(mid)?;
         let config = rtc.codec_config();

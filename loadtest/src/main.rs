@@ -12,6 +12,7 @@ mod net;
 mod report;
 mod scenario;
 mod signal;
+mod srtp;
 mod stats;
 mod view;
 mod whip;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use engine::{ClientResult, ClientSetup, Shared, Worker, WorkerHandle, WorkerInput, WorkerResult};
+use engine::{ClientResult, ClientSetup, RxPath, Shared, Worker, WorkerHandle, WorkerInput, WorkerResult};
 use expect::{RUN_GAP, SentStream, StreamKind, Subscriber, judge};
 use media::{AUDIO_FRAME, LAYERS, OpusLibrary};
 use proto::messages::ServerMessage;
@@ -61,6 +62,10 @@ struct Cli {
     /// Media threads in the generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Who opens received media: the generator's own SRTP path, or str0m's engine (which
+    /// also asks for lost packets again; slower per packet).
+    #[arg(long, value_enum, default_value_t = RxPath::Own)]
+    rx_path: RxPath,
     /// Exit non-zero when any subscriber's delivery is below this (0..=1), a subscription
     /// froze or a join failed.
     #[arg(long)]
@@ -272,7 +277,7 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     let mut workers = Vec::new();
     let mut threads = Vec::new();
     for i in 0..cli.threads.max(1) {
-        match Worker::spawn(i, shared.clone(), scenario.clone(), opus.clone(), server_ip) {
+        match Worker::spawn(i, shared.clone(), scenario.clone(), opus.clone(), server_ip, cli.rx_path) {
             Ok((h, t)) => {
                 workers.push(h);
                 threads.push(t);
@@ -354,6 +359,7 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     let cpu_start = ProcessSample::take(&pids);
     let sent0 = shared.packets_sent.load(Ordering::Relaxed);
     let received0 = shared.packets_received.load(Ordering::Relaxed);
+    let opened_own0 = shared.opened_own.load(Ordering::Relaxed);
     let mut error = None;
     let mut last_line = Instant::now();
     let mut last_counts = (sent0, received0);
@@ -430,6 +436,11 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         |floor: Option<f64>| Some(report.server_ns_per_forwarded_packet? / floor.filter(|f| *f > 0.0)?);
     report.floor_ratio = FloorRatio { send: ratio(report.floor.send_ns), gso: ratio(report.floor.gso_ns) };
     report.generator.cpu_cores = (cpu_end.generator - cpu_start.generator) / window;
+    report.generator.rx_path = cli.rx_path;
+    let opened_own = shared.opened_own.load(Ordering::Relaxed) - opened_own0;
+    report.generator.own_path_share = (received > 0).then(|| opened_own as f64 / received as f64);
+    report.generator.ns_per_received_packet =
+        (received > 0).then(|| (cpu_end.generator - cpu_start.generator) * 1e9 / received as f64);
     report.generator.busiest_thread = generator_cpu
         .1
         .iter()

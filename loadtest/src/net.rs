@@ -92,7 +92,7 @@ impl RecvBatch {
     }
 
     /// The i-th datagram of the last batch and where it came from.
-    pub fn datagram(&self, i: usize) -> (SocketAddr, &[u8]) {
+    pub fn datagram_mut(&mut self, i: usize) -> (SocketAddr, &mut [u8]) {
         let addr = &self.addrs[i];
         let source = match addr.ss_family as libc::c_int {
             libc::AF_INET6 => {
@@ -106,7 +106,8 @@ impl RecvBatch {
                 SocketAddr::from((a.sin_addr.s_addr.to_ne_bytes(), u16::from_be(a.sin_port)))
             }
         };
-        (source, &self.buffers[i][..self.headers[i].msg_len as usize])
+        let len = self.headers[i].msg_len as usize;
+        (source, &mut self.buffers[i][..len])
     }
 }
 

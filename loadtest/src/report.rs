@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::engine::RxPath;
 use crate::floor::Floor;
 use crate::stats::percentile;
 
@@ -60,6 +61,13 @@ pub struct ServerProcess {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Generator {
     pub cpu_cores: f64,
+    /// Who opened received media (`--rx-path`).
+    pub rx_path: RxPath,
+    /// The generator's CPU (all its threads: sending, signaling and receiving) per packet
+    /// it received in the window (ns).
+    pub ns_per_received_packet: Option<f64>,
+    /// Of the media packets received in the window, the share our own SRTP path opened.
+    pub own_path_share: Option<f64>,
     /// The busiest media thread's share of one core during the window.
     pub busiest_thread: f64,
     /// The same while participants were joining (before the window).
@@ -254,8 +262,14 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "generator       {:.2} cores, busiest thread {:.0}% ({:.0}% while joining), timers up to {:.1} ms late, {} receive drops, {} failed clients{}",
+            "generator       {:.2} cores, {} ns per packet received ({} receive path, {}% opened by it), busiest thread {:.0}% ({:.0}% while joining), timers up to {:.1} ms late, {} receive drops, {} failed clients{}",
             self.generator.cpu_cores,
+            self.generator.ns_per_received_packet.map_or("-".into(), |ns| format!("{ns:.0}")),
+            match self.generator.rx_path {
+                RxPath::Own => "own",
+                RxPath::Engine => "engine",
+            },
+            self.generator.own_path_share.map_or("-".into(), |s| format!("{:.0}", s * 100.0)),
             self.generator.busiest_thread * 100.0,
             self.generator.busiest_thread_joining * 100.0,
             self.generator.max_timer_late_ms,
