@@ -91,6 +91,13 @@ def floor_cell(r):
         fmt(ratio.get("gso"), "", 2), fmt(floor.get("gso_ns"), " ns", 0))
 
 
+def rx_cell(g):
+    """The generator's CPU per received packet and who opened them (reports before the own
+    receive path have neither)."""
+    ns = g.get("ns_per_received_packet")
+    return "-" if ns is None else "{:.0f} ({})".format(ns, g.get("rx_path", "?"))
+
+
 def broadcast_table(name, rows):
     """A live class: players, their first frame, and each process of the tier."""
     out = [f"## {name}", "",
@@ -100,9 +107,11 @@ def broadcast_table(name, rows):
            "The floor is this machine's own, measured by the same run before the joins (AES-GCM seal",
            "and loopback send of a 1,200-byte datagram). Tier on: CPU 0 when the origin and edges",
            "were held to one CPU and the generator to the other (`benches/run.sh`), any CPU when",
-           "every process shared both (`benches/run.sh --tier-any-cpu`).", "",
-           "| date | commit | tier on | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | join p99 in parts: signaling / connecting / first media | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | complete |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "every process shared both (`benches/run.sh --tier-any-cpu`; from 6207dc7 on, the generator",
+           "then runs at nice 10, so it takes the CPU the tier leaves). Generator ns per received",
+           "packet: all its CPU over the packets it received, and which path opened them.", "",
+           "| date | commit | tier on | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | join p99 in parts: signaling / connecting / first media | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | generator ns per received packet | complete |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path, meta, r in rows:
         d = r.get("delivery", {})
         lat = r.get("latency_ms", {})
@@ -120,12 +129,13 @@ def broadcast_table(name, rows):
         connected = max(0, (r.get("connected") or 0) - 1)
         # Runs from before `tier_cpus` was recorded held the tier to CPU 0.
         tier_on = "any CPU" if meta.get("tier_cpus") == "any" else "CPU 0"
-        out.append("| {} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} |".format(
+        out.append("| {} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} | {} |".format(
             r.get("date"), meta.get("commit", "?"), tier_on, connected, players, r.get("failed_joins"),
             pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), r.get("players_off_layer", "-"),
             fmt(ff.get("p50"), "", 0), fmt(ff.get("p99"), "", 0), fmt(ff.get("max"), "", 0), parts_cell,
             fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")),
-            tier, each, floor_cell(r), fmt(g.get("cpu_cores")), fmt((g.get("busiest_thread") or 0) * 100, "", 0), complete))
+            tier, each, floor_cell(r), fmt(g.get("cpu_cores")), fmt((g.get("busiest_thread") or 0) * 100, "", 0),
+            rx_cell(g), complete))
     out.append("")
     commands = sorted({m.get("command") for _, m, _ in rows if m.get("command")})
     machines = sorted({m.get("machine") for _, m, _ in rows if m.get("machine")})
