@@ -18,6 +18,10 @@ pub(crate) use send::SendQueue;
 pub(crate) const MAX_DATAGRAM: usize = 2048;
 /// At most this many datagrams go in one gathered GSO send (the kernel takes 64).
 const MAX_GATHERED: usize = 64;
+/// Messages (a datagram, or a GSO run to one address) per `sendmmsg`.
+const MESSAGES_PER_CALL: usize = 64;
+/// Datagrams per `sendmmsg`, all its messages together.
+const DATAGRAMS_PER_CALL: usize = 256;
 /// Kernel socket buffers: a burst of keyframes to 300 subscribers is a few megabytes.
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
@@ -52,7 +56,7 @@ impl MediaSocket {
 
     /// Datagrams one GSO send may carry (1 where the kernel has no GSO).
     fn max_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        self.state.max_gso_segments().min(MAX_GATHERED)
     }
 
     /// Sends `contents` to `destination`: one datagram, or with `segment` the kernel cuts
@@ -62,47 +66,117 @@ impl MediaSocket {
         self.state.try_send((&self.socket).into(), &transmit)
     }
 
-    /// Sends `segments` (all of `segment` bytes but the last, which may be shorter) to
-    /// `destination` as one GSO send, straight from where they lie: the kernel gathers
-    /// them, so they are not first copied together.
-    fn send_gathered<'a>(
-        &self,
-        destination: SocketAddr,
-        segments: impl Iterator<Item = &'a [u8]>,
-        segment: usize,
-    ) -> io::Result<()> {
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_GATHERED];
-        let mut count = 0;
-        for s in segments {
-            if count == MAX_GATHERED {
-                return Err(io::Error::other("too many segments for one gathered send"));
+    /// Sends `messages[from..]` with one `sendmmsg`, each straight from where its datagrams
+    /// lie (the kernel gathers them). Returns how many messages the kernel took; an error
+    /// is the first message's own (the kernel stops at a message it refuses, and says why
+    /// only when it is the first of the call).
+    fn send_many(&self, messages: &Messages<'_>, from: usize) -> io::Result<usize> {
+        let batch = &messages.meta[from..messages.len];
+        // SAFETY: all-zero headers and addresses are valid; every pointer set below points
+        // into these arrays or `messages`, which outlive the call.
+        let mut headers: [libc::mmsghdr; MESSAGES_PER_CALL] = unsafe { std::mem::zeroed() };
+        let mut addresses: [libc::sockaddr_storage; MESSAGES_PER_CALL] = unsafe { std::mem::zeroed() };
+        let mut controls = [[0u64; CONTROL_SPACE.div_ceil(8)]; MESSAGES_PER_CALL];
+        let mut lengths = [0 as libc::socklen_t; MESSAGES_PER_CALL];
+        for (k, meta) in batch.iter().enumerate() {
+            (addresses[k], lengths[k]) = socket_address(meta.destination, self.v6);
+        }
+        let iovecs = messages.iovecs.as_ptr() as *mut libc::iovec;
+        for (k, meta) in batch.iter().enumerate() {
+            let h = &mut headers[k].msg_hdr;
+            // SAFETY: k < MESSAGES_PER_CALL, and first + count <= DATAGRAMS_PER_CALL
+            // (Messages::add checks both); the kernel only reads the iovecs of a send.
+            unsafe {
+                h.msg_name = addresses.as_mut_ptr().add(k).cast();
+                h.msg_iov = iovecs.add(meta.first as usize);
             }
-            iov[count] = libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() };
-            count += 1;
+            h.msg_namelen = lengths[k];
+            h.msg_iovlen = meta.count as _;
+            if meta.segment > 0 {
+                h.msg_control = controls[k].as_mut_ptr().cast();
+                h.msg_controllen = CONTROL_SPACE as _;
+                // SAFETY: the control buffer holds one cmsg of a u16 (CONTROL_SPACE), aligned.
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(h);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), meta.segment);
+                }
+            }
         }
-        let (mut address, address_len) = socket_address(destination, self.v6);
-        // SAFETY: CMSG_SPACE only computes a size.
-        const SPACE: usize = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
-        let mut control = [0u64; SPACE.div_ceil(8)];
-        // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
-        let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-        message.msg_name = (&mut address as *mut libc::sockaddr_storage).cast();
-        message.msg_namelen = address_len;
-        message.msg_iov = iov.as_mut_ptr();
-        message.msg_iovlen = count as _;
-        message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = SPACE as _;
-        // SAFETY: the control buffer holds one cmsg of a u16 (CMSG_SPACE above), aligned.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&message);
-            (*cmsg).cmsg_level = libc::SOL_UDP;
-            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment as u16);
+        // SAFETY: a valid socket and batch.len() headers whose pointers are valid for the call.
+        let sent =
+            unsafe { libc::sendmmsg(self.socket.as_raw_fd(), headers.as_mut_ptr(), batch.len() as _, 0) };
+        if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(sent as usize) }
+    }
+}
+
+/// Space for one cmsg carrying a u16 (the GSO segment size).
+// SAFETY: CMSG_SPACE only computes a size.
+const CONTROL_SPACE: usize = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+
+/// One message of a `sendmmsg`: `count` datagrams from `first` in the iovecs to one
+/// destination, a GSO run when `segment` is not 0.
+#[derive(Clone, Copy)]
+struct Meta {
+    destination: SocketAddr,
+    first: u16,
+    count: u16,
+    segment: u16,
+}
+
+/// Messages for one `sendmmsg` call, the datagrams borrowed from where they lie.
+pub(crate) struct Messages<'a> {
+    iovecs: [libc::iovec; DATAGRAMS_PER_CALL],
+    datagrams: usize,
+    meta: [Meta; MESSAGES_PER_CALL],
+    len: usize,
+    _lent: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> Messages<'a> {
+    pub fn new() -> Self {
+        let empty = Meta { destination: SocketAddr::from(([0, 0, 0, 0], 0)), first: 0, count: 0, segment: 0 };
+        Self {
+            iovecs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; DATAGRAMS_PER_CALL],
+            datagrams: 0,
+            meta: [empty; MESSAGES_PER_CALL],
+            len: 0,
+            _lent: std::marker::PhantomData,
         }
-        // SAFETY: a valid socket and a message whose pointers are valid for the call.
-        let sent = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &message, 0) };
-        if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether a message of `count` datagrams still fits this call.
+    pub fn fits(&self, count: usize) -> bool {
+        self.len < MESSAGES_PER_CALL && self.datagrams + count <= DATAGRAMS_PER_CALL
+    }
+
+    /// Adds a message: one datagram, or (`segment` given) a GSO run whose datagrams are
+    /// all of that size but the last, which may be shorter. False if it does not fit.
+    pub fn add(
+        &mut self,
+        destination: SocketAddr,
+        datagrams: impl ExactSizeIterator<Item = &'a [u8]>,
+        segment: Option<usize>,
+    ) -> bool {
+        let count = datagrams.len();
+        if count == 0 || count > MAX_GATHERED || !self.fits(count) {
+            return false;
+        }
+        let first = self.datagrams;
+        for (slot, d) in self.iovecs[first..first + count].iter_mut().zip(datagrams) {
+            *slot = libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() };
+        }
+        self.datagrams += count;
+        let segment = segment.filter(|_| count > 1).unwrap_or(0) as u16;
+        self.meta[self.len] = Meta { destination, first: first as u16, count: count as u16, segment };
+        self.len += 1;
+        true
     }
 }
 
@@ -158,27 +232,45 @@ mod tests {
 
     use super::*;
 
-    /// A gathered GSO send arrives as its segments, in order, from an IPv4 socket and as
-    /// a mapped address from a dual-stack IPv6 one.
+    /// One `sendmmsg` of a gathered GSO run and single datagrams to two receivers: each
+    /// arrives as its datagrams, in order, from an IPv4 socket and as a mapped address from
+    /// a dual-stack IPv6 one.
     #[test]
-    fn a_gathered_send_arrives_as_its_segments() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let to = receiver.local_addr().unwrap();
-        let segments: Vec<Vec<u8>> = vec![vec![1; 300], vec![2; 300], vec![3; 120]];
+    fn one_call_carries_runs_and_single_datagrams() {
+        let receivers: Vec<UdpSocket> = (0..2).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        for r in &receivers {
+            r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let (a, b) = (receivers[0].local_addr().unwrap(), receivers[1].local_addr().unwrap());
+        let run: Vec<Vec<u8>> = vec![vec![1; 300], vec![2; 300], vec![3; 120]];
+        let (single_a, single_b) = (vec![4u8; 80], vec![5u8; 1200]);
         let mut senders = vec![MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap()];
         if let Ok(dual) = MediaSocket::bind("[::]:0".parse().unwrap()) {
             senders.push(dual);
         }
         for sender in &senders {
-            sender.send_gathered(to, segments.iter().map(|s| s.as_slice()), 300).expect("sent");
+            let mut messages = Messages::new();
+            assert!(messages.add(a, run.iter().map(|s| s.as_slice()), Some(300)));
+            assert!(messages.add(b, std::iter::once(single_b.as_slice()), None));
+            assert!(messages.add(a, std::iter::once(single_a.as_slice()), Some(80)));
+            assert_eq!(sender.send_many(&messages, 0).expect("sent"), 3);
             let mut buf = [0u8; 2048];
-            for segment in &segments {
-                let (n, _) = receiver.recv_from(&mut buf).expect("a segment arrives");
-                assert_eq!(&buf[..n], segment.as_slice());
+            for expected in run.iter().chain([&single_a]) {
+                let (n, _) = receivers[0].recv_from(&mut buf).expect("a datagram arrives");
+                assert_eq!(&buf[..n], expected.as_slice());
             }
+            let (n, _) = receivers[1].recv_from(&mut buf).expect("the other's datagram arrives");
+            assert_eq!(&buf[..n], single_b.as_slice());
         }
-        let too_many = std::iter::repeat_n(&[0u8; 10][..], MAX_GATHERED + 1);
-        assert!(senders[0].send_gathered(to, too_many, 10).is_err(), "more than one send may carry");
+        let mut messages = Messages::new();
+        let too_many = std::iter::repeat_n(&[0u8; 10][..], MAX_GATHERED + 1).collect::<Vec<_>>();
+        assert!(!messages.add(a, too_many.into_iter(), Some(10)), "more than one GSO message may carry");
+        for _ in 0..MESSAGES_PER_CALL {
+            assert!(messages.add(a, std::iter::once(&[0u8; 10][..]), None));
+        }
+        assert!(
+            !messages.add(a, std::iter::once(&[0u8; 10][..]), None),
+            "more messages than one call carries"
+        );
     }
 }
