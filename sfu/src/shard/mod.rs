@@ -55,6 +55,11 @@ const MAX_INPUTS_PER_TURN: usize = 512;
 /// a turn sends at once, the more of them to one subscriber go out as one GSO send; a
 /// shard that falls behind batches more by itself, an idle one sends at once.
 const SEND_BATCH: usize = 1024;
+/// Datagrams a fan-out carried out viewer by viewer queues before they are sent: a
+/// viewer's packets are together already (one GSO message), so sending every few dozen
+/// viewers costs no merging, and the first viewers' packets need not wait for the last
+/// ones to be sealed. 128 fill about one `sendmmsg` (64 messages).
+const FAN_OUT_BATCH: usize = 128;
 /// Source addresses one session may be reached from (ICE may move between a few).
 const MAX_ADDRS_PER_SESSION: usize = 8;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -605,7 +610,7 @@ impl Shard {
         forwards.sort_by_key(|(sink, _)| sink.0);
         let mut last = None;
         for (sink, packet) in forwards.drain(..) {
-            if last != Some(sink.0) && self.out.len() >= SEND_BATCH {
+            if last != Some(sink.0) && self.out.len() >= FAN_OUT_BATCH {
                 self.send_queued();
             }
             last = Some(sink.0);
