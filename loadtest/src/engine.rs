@@ -865,8 +865,23 @@ impl Worker {
                         continue;
                     }
                 }
-                Due::Audio => self.send_audio(id, at, now),
-                Due::Video(layer) => self.send_video(id, layer as usize, at, now),
+                Due::Audio | Due::Video(_) => {
+                    // Stamped when written, and sent then too: the engine lets new media
+                    // out only once its time moves on, so it is told the time at once,
+                    // not when its own timer comes round later in this pass, behind every
+                    // timer due before it (the stamp would then count that wait as latency).
+                    let now = Instant::now();
+                    match due {
+                        Due::Video(layer) => self.send_video(id, layer as usize, at, now),
+                        _ => self.send_audio(id, at, now),
+                    }
+                    let Some(client) = self.clients.get_mut(&id) else { continue };
+                    let rtc = &mut client.rtc;
+                    if contained(&mut client.errors, || rtc.handle_input(Input::Timeout(now))).is_none() {
+                        self.fail(id);
+                        continue;
+                    }
+                }
             }
             self.drain(id);
         }
