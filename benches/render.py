@@ -91,6 +91,17 @@ def floor_cell(r):
         fmt(ratio.get("gso"), "", 2), fmt(floor.get("gso_ns"), " ns", 0))
 
 
+def verdict_cell(r):
+    """The run against its scenario's targets: PASS, or FAIL and what was missed (reports
+    from before scenarios named targets have neither)."""
+    if r.get("passed") is None:
+        return "-"
+    if r.get("passed"):
+        return "PASS"
+    missed = [c["name"] for c in r.get("targets", []) if not c.get("met")]
+    return "FAIL" + (": missed " + ", ".join(missed) if missed else "")
+
+
 def rx_cell(g):
     """The generator's CPU per received packet and who opened them (reports before the own
     receive path have neither)."""
@@ -110,8 +121,8 @@ def broadcast_table(name, rows):
            "every process shared both (`benches/run.sh --tier-any-cpu`; from 6207dc7 on, the generator",
            "then runs at nice 10, so it takes the CPU the tier leaves). Generator ns per received",
            "packet: all its CPU over the packets it received, and which path opened them.", "",
-           "| date | commit | tier on | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | join p99 in parts: signaling / connecting / first media | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | generator ns per received packet | complete |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| date | commit | tier on | players connected | failed joins | delivery min / p1 / median | off their layer | first frame p50 / p99 / max | join p99 in parts: signaling / connecting / first media | latency p50 / p99 / max | tier cores (each process: cores, peak RSS) | server ns per forwarded packet = x floor | generator cores / busiest thread | generator ns per received packet | complete | targets |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path, meta, r in rows:
         d = r.get("delivery", {})
         lat = r.get("latency_ms", {})
@@ -129,13 +140,13 @@ def broadcast_table(name, rows):
         connected = max(0, (r.get("connected") or 0) - 1)
         # Runs from before `tier_cpus` was recorded held the tier to CPU 0.
         tier_on = "any CPU" if meta.get("tier_cpus") == "any" else "CPU 0"
-        out.append("| {} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} | {} |".format(
+        out.append("| {} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} / {} / {} ms | {} | {} / {} / {} ms | {:.2f} ({}) | {} | {} / {}% | {} | {} | {} |".format(
             r.get("date"), meta.get("commit", "?"), tier_on, connected, players, r.get("failed_joins"),
             pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")), r.get("players_off_layer", "-"),
             fmt(ff.get("p50"), "", 0), fmt(ff.get("p99"), "", 0), fmt(ff.get("max"), "", 0), parts_cell,
             fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")),
             tier, each, floor_cell(r), fmt(g.get("cpu_cores")), fmt((g.get("busiest_thread") or 0) * 100, "", 0),
-            rx_cell(g), complete))
+            rx_cell(g), complete, verdict_cell(r)))
     out.append("")
     commands = sorted({m.get("command") for _, m, _ in rows if m.get("command")})
     machines = sorted({m.get("machine") for _, m, _ in rows if m.get("machine")})
@@ -163,8 +174,8 @@ def main():
             out += broadcast_table(name, rows)
             continue
         out += [f"## {name}", ""]
-        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | server ns per forwarded packet = x floor | generator cores / busiest thread (joining) | complete |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | server ns per forwarded packet = x floor | generator cores / busiest thread (joining) | complete | targets |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for path, meta, r in rows:
             server = r.get("server") or [{}]
             s = server[0]
@@ -174,7 +185,7 @@ def main():
             complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
             if g.get("bottleneck"):
                 complete += " (generator-bound)"
-            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} | {} / {}% ({}) | {} |".format(
+            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} | {} / {}% ({}) | {} | {} |".format(
                 r.get("date"), meta.get("commit", "?"), r.get("connected"), r.get("participants"), r.get("failed_joins"),
                 pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")),
                 r.get("frozen_subscriptions", "-"), fmt(r.get("loss_pct"), "%", 3),
@@ -183,7 +194,8 @@ def main():
                 r.get("pps_in", 0), r.get("pps_out", 0), fmt(s.get("cpu_cores")), fmt(s.get("peak_rss_mb"), "", 1),
                 fmt(r.get("forwarded_packets_per_cpu_second"), "", 0), floor_cell(r), fmt(g.get("cpu_cores")),
                 fmt((g.get("busiest_thread") or 0) * 100, "", 0),
-                fmt(g["busiest_thread_joining"] * 100, "%", 0) if "busiest_thread_joining" in g else "-", complete))
+                fmt(g["busiest_thread_joining"] * 100, "%", 0) if "busiest_thread_joining" in g else "-", complete,
+                verdict_cell(r)))
         out.append("")
         commands = sorted({m.get("command") for _, m, _ in rows if m.get("command")})
         machines = sorted({m.get("machine") for _, m, _ in rows if m.get("machine")})

@@ -96,16 +96,19 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("tokio: {e}")));
     let (report, code) = runtime.block_on(run(&cli, scenario, url));
     eprint!("\n{}", report.summary());
-    if let Some(path) = &cli.report
-        && let Err(e) = report.write_json(path)
-    {
-        eprintln!("loadtest: cannot write {}: {e}", path.display());
+    if let Some(path) = &cli.report {
+        match report.write_json(path) {
+            Ok(()) => eprintln!("report          {}", path.display()),
+            Err(e) => eprintln!("loadtest: cannot write {}: {e}", path.display()),
+        }
     }
-    if let Some(path) = &cli.plot
-        && let Err(e) = std::fs::write(path, report.svg())
-    {
-        eprintln!("loadtest: cannot write {}: {e}", path.display());
+    if let Some(path) = &cli.plot {
+        match std::fs::write(path, report.svg()) {
+            Ok(()) => eprintln!("plot            {}", path.display()),
+            Err(e) => eprintln!("loadtest: cannot write {}: {e}", path.display()),
+        }
     }
+    eprint!("{}", report.verdict());
     runtime.shutdown_timeout(Duration::from_secs(1));
     std::process::exit(code);
 }
@@ -301,6 +304,15 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         removed: Default::default(),
         first_error: std::sync::Mutex::new(None),
     });
+    report.room = run.room.clone();
+    // A person can watch the run: the meeting page, or a class's viewer page.
+    let page = if run.scenario.broadcast.is_some() { "live" } else { "room" };
+    eprintln!(
+        "loadtest: room {}; watch it at {}/{page}/{}",
+        run.room,
+        cli.url.trim_end_matches('/'),
+        run.room
+    );
 
     // Joining, at the scenario's rate, with a progress bar.
     let run_start = (Instant::now(), ProcessSample::take(&[]));
@@ -611,6 +623,10 @@ async fn finish(
         }
     }
     let first_second = seconds.keys().next().copied().unwrap_or(0);
+    report.window_s = shared.window_end_us().map(|end| {
+        let on_timeline = |us: u64| us as f64 / 1e6 - first_second as f64;
+        [on_timeline(shared.window_start_us()).max(0.0), on_timeline(end).max(0.0)]
+    });
     report.timeline = seconds
         .into_iter()
         .map(|(s, (p, b, h))| Second {
@@ -621,6 +637,10 @@ async fn finish(
             latency_p99_ms: h.percentile_ms(99.0),
         })
         .collect();
+
+    report.targets = report::check_targets(&report, &run.scenario.targets);
+    report.passed = (!report.targets.is_empty())
+        .then(|| report.complete && !report.generator.bottleneck && report.targets.iter().all(|c| c.met));
 
     let code = if !report.complete {
         EXIT_ERROR

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::engine::RxPath;
 use crate::floor::Floor;
+use crate::scenario::Targets;
 use crate::stats::percentile;
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -99,6 +100,8 @@ pub struct Second {
 pub struct Report {
     pub scenario: String,
     pub url: String,
+    /// The room the run used (the scenario's name with a random suffix).
+    pub room: String,
     pub date: String,
     pub participants: usize,
     pub connected: usize,
@@ -156,6 +159,69 @@ pub struct Report {
     pub floor_ratio: FloorRatio,
     pub generator: Generator,
     pub timeline: Vec<Second>,
+    /// The measured window on the timeline (seconds from its first), once it closed.
+    pub window_s: Option<[f64; 2]>,
+    /// The scenario's targets, each against this run's figure.
+    pub targets: Vec<TargetCheck>,
+    /// Every target met (None when the scenario names none).
+    pub passed: Option<bool>,
+}
+
+/// One target of the scenario and how the run did against it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub name: &'static str,
+    /// The run's figure (None when it was not measured: not met).
+    pub measured: Option<f64>,
+    pub target: f64,
+    /// Whether the figure must be at least the target (else at most).
+    pub at_least: bool,
+    pub met: bool,
+}
+
+impl TargetCheck {
+    fn new(name: &'static str, measured: Option<f64>, target: f64, at_least: bool) -> Self {
+        let met = measured.is_some_and(|m| if at_least { m >= target } else { m <= target });
+        Self { name, measured, target, at_least, met }
+    }
+}
+
+/// The run against the scenario's targets (SCENARIOS.md): one check per target given.
+pub fn check_targets(report: &Report, targets: &Targets) -> Vec<TargetCheck> {
+    let mut checks = Vec::new();
+    let mut at_most = |name, measured: Option<f64>, target: Option<f64>| {
+        if let Some(t) = target {
+            checks.push(TargetCheck::new(name, measured, t, false));
+        }
+    };
+    at_most("latency p99 (ms)", report.latency_ms.p99, targets.latency_p99_ms);
+    at_most("join p99 (ms)", report.join_ms.p99, targets.join_p99_ms);
+    at_most("first frame p99 (ms)", report.first_frame_ms.p99, targets.first_frame_p99_ms);
+    let measured_servers = (!report.server.is_empty()).then_some(());
+    let cores = measured_servers.map(|_| report.server.iter().map(|s| s.cpu_cores).sum());
+    at_most("server CPU (cores)", cores, targets.server_cores);
+    at_most("server ns per packet / one-send floor", report.floor_ratio.send, targets.floor_ratio);
+    let rss = measured_servers.map(|_| report.server.iter().map(|s| s.peak_rss_mb).sum());
+    at_most("server peak RSS (MiB)", rss, targets.peak_rss_mb);
+    if let Some(t) = targets.forwarded_per_cpu_second {
+        checks.push(TargetCheck::new(
+            "forwarded packets per server CPU-second",
+            report.forwarded_packets_per_cpu_second,
+            t,
+            true,
+        ));
+    }
+    if let Some(t) = targets.delivery_min {
+        checks.push(TargetCheck::new("delivery min", report.delivery.min, t, true));
+        let troubles = report.frozen_subscriptions + report.failed_joins + report.players_off_layer;
+        checks.push(TargetCheck::new(
+            "frozen tiles, failed joins and players off their layer",
+            Some(troubles as f64),
+            0.0,
+            false,
+        ));
+    }
+    checks
 }
 
 impl Report {
@@ -175,6 +241,7 @@ impl Report {
             self.url,
             if self.complete { "" } else { "  INCOMPLETE" }
         );
+        let _ = writeln!(out, "room            {}", self.room);
         let _ = writeln!(
             out,
             "participants    {} connected of {}, {} failed joins",
@@ -286,6 +353,30 @@ impl Report {
         out
     }
 
+    /// The run against its scenario's targets, ending with a PASS or FAIL line.
+    pub fn verdict(&self) -> String {
+        let mut out = String::new();
+        for c in &self.targets {
+            let measured = c.measured.map_or("-".into(), |m| format!("{m:.2}"));
+            let (op, word) = (if c.at_least { ">=" } else { "<=" }, if c.met { "met   " } else { "MISSED" });
+            let _ = writeln!(out, "target          {word} {}: {measured} (target {op} {})", c.name, c.target);
+        }
+        let missed = self.targets.iter().filter(|c| !c.met).count();
+        let line = match self.passed {
+            None => format!("NO TARGETS: scenario {} names none", self.scenario),
+            Some(_) if !self.complete => format!("FAIL: the run did not complete ({})", self.scenario),
+            Some(_) if self.generator.bottleneck => {
+                format!("NOT JUDGED: the generator was the bottleneck ({})", self.scenario)
+            }
+            Some(true) => format!("PASS: all {} targets of {} met", self.targets.len(), self.scenario),
+            Some(false) => {
+                format!("FAIL: {missed} of {} targets of {} missed", self.targets.len(), self.scenario)
+            }
+        };
+        let _ = writeln!(out, "{line}");
+        out
+    }
+
     /// Latency percentiles and received bitrate per second, as an SVG line chart.
     pub fn svg(&self) -> String {
         let (w, h, pad) = (800.0, 360.0, 50.0);
@@ -310,10 +401,26 @@ impl Report {
             max_lat,
         );
         let kbps = line(self.timeline.iter().enumerate().map(|(i, s)| (i, s.kbps)).collect(), max_kbps);
+        // The measured window, shaded: figures in the report come from inside it.
+        let window = self.window_s.map_or(String::new(), |[start, end]| {
+            let to_x = |t: f64| pad + (w - 2.0 * pad) * (t / (n - 1.0)).clamp(0.0, 1.0);
+            format!(
+                r##"<rect x="{:.1}" y="{pad}" width="{:.1}" height="{}" fill="#f1f3f4"/><text x="{:.1}" y="{}" fill="#5f6368">measured window</text>"##,
+                to_x(start),
+                (to_x(end) - to_x(start)).max(0.0),
+                h - 2.0 * pad,
+                to_x(start) + 4.0,
+                pad + 14.0
+            )
+        });
         format!(
             r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
+{window}
 <text x="{pad}" y="20">{title}: latency (ms, left) and received bitrate (kbit/s, right) per second</text>
+<text x="12" y="{mid}" transform="rotate(-90 12 {mid})" text-anchor="middle">latency (ms)</text>
+<text x="{right_axis}" y="{mid}" transform="rotate(90 {right_axis} {mid})" text-anchor="middle">received (kbit/s)</text>
+<text x="{center}" y="{time_axis}" text-anchor="middle">seconds from the first packet received</text>
 <line x1="{pad}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>
 <line x1="{pad}" y1="{pad}" x2="{pad}" y2="{bottom}" stroke="black"/>
 <text x="5" y="{pad}">{max_lat:.1}</text><text x="5" y="{bottom}">0</text>
@@ -335,6 +442,10 @@ impl Report {
             secs = self.timeline.len(),
             legend_b = pad + 100.0,
             legend_c = pad + 200.0,
+            mid = h / 2.0,
+            right_axis = w - 8.0,
+            center = w / 2.0,
+            time_axis = h - 8.0,
         )
     }
 }
@@ -394,6 +505,53 @@ mod tests {
     fn reads_own_cpu_and_rss() {
         assert!(cpu_seconds("/proc/self/stat").is_some());
         assert!(peak_rss_mb(std::process::id()).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_run_passes_only_when_every_target_is_met() {
+        let targets = Targets {
+            delivery_min: Some(0.995),
+            latency_p99_ms: Some(20.0),
+            server_cores: Some(1.0),
+            ..Default::default()
+        };
+        let mut r = Report {
+            scenario: "class".into(),
+            complete: true,
+            latency_ms: Percentiles { p50: Some(5.0), p99: Some(25.9), max: Some(60.0) },
+            delivery: Delivery { min: Some(1.0), ..Default::default() },
+            server: vec![
+                ServerProcess { name: "edge-1".into(), cpu_cores: 0.45, ..Default::default() },
+                ServerProcess { name: "edge-2".into(), cpu_cores: 0.46, ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let checks = check_targets(&r, &targets);
+        let met: Vec<(&str, bool)> = checks.iter().map(|c| (c.name, c.met)).collect();
+        assert_eq!(
+            met,
+            vec![
+                ("latency p99 (ms)", false),
+                ("server CPU (cores)", true),
+                ("delivery min", true),
+                ("frozen tiles, failed joins and players off their layer", true),
+            ]
+        );
+        r.passed = Some(checks.iter().all(|c| c.met));
+        r.targets = checks;
+        let verdict = r.verdict();
+        assert!(verdict.contains("MISSED latency p99 (ms): 25.90 (target <= 20)"), "{verdict}");
+        assert!(verdict.trim_end().ends_with("FAIL: 1 of 4 targets of class missed"), "{verdict}");
+
+        r.latency_ms.p99 = Some(12.0);
+        r.targets = check_targets(&r, &targets);
+        r.passed = Some(r.targets.iter().all(|c| c.met));
+        assert!(r.verdict().trim_end().ends_with("PASS: all 4 targets of class met"));
+        // A figure that was not measured is not met; a generator-bound run is not judged.
+        r.delivery.min = None;
+        assert!(!check_targets(&r, &targets)[2].met);
+        r.generator.bottleneck = true;
+        assert!(r.verdict().contains("NOT JUDGED"));
     }
 
     #[test]

@@ -34,6 +34,29 @@ pub struct Scenario {
     /// WHIP and everyone else plays over WHEP.
     #[serde(default)]
     pub broadcast: Option<BroadcastPlan>,
+    /// What a run must show to pass (SCENARIOS.md, *Targets*); the report ends with a
+    /// PASS or FAIL line against these.
+    #[serde(default)]
+    pub targets: Targets,
+}
+
+/// A scenario's targets: each one given is checked against the run's figure.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Every subscriber's delivery at least this (0..=1); with it, no frozen tile, no
+    /// failed join and no player off its layer either.
+    pub delivery_min: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub join_p99_ms: Option<f64>,
+    pub first_frame_p99_ms: Option<f64>,
+    /// The measured server processes' CPU, summed (cores).
+    pub server_cores: Option<f64>,
+    /// Server ns per forwarded packet over this machine's one-send floor.
+    pub floor_ratio: Option<f64>,
+    pub forwarded_per_cpu_second: Option<f64>,
+    /// The measured server processes' peak RSS, summed (MiB).
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// A live class: the first participant is the teacher and publishes its microphone and
