@@ -28,16 +28,68 @@ pub struct Floor {
     pub send_ns: Option<f64>,
     /// The same with GSO, 32 datagrams per `send` (ns); None where the kernel has no GSO.
     pub gso_ns: Option<f64>,
+    /// The same with `sendmmsg`, 32 datagrams of their own per call (ns): what batching
+    /// saves without GSO is the system call only.
+    pub mmsg_ns: Option<f64>,
+    /// AES-128-GCM sealing of one 1,200-byte payload alone (ns).
+    pub seal_ns: Option<f64>,
 }
 
-/// Measure the floor (about half a second); None figures where a step failed.
+/// Measure the floor (about a second); None figures where a step failed.
 pub fn measure() -> Floor {
-    Floor { send_ns: run(1).ok(), gso_ns: run(GSO_SEGMENTS).ok() }
+    Floor {
+        send_ns: run(Batching::Single).ok(),
+        gso_ns: run(Batching::Gso).ok(),
+        mmsg_ns: run(Batching::Mmsg).ok(),
+        seal_ns: seal_only().ok(),
+    }
 }
 
-/// Sender CPU ns per datagram sealing and sending `COUNT` datagrams, `segments` per send,
-/// to a receiver on another thread that reads them all.
-fn run(segments: usize) -> std::io::Result<f64> {
+/// How the measured sends batch their datagrams.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batching {
+    /// One `send` per datagram.
+    Single,
+    /// GSO_SEGMENTS datagrams per `send`, cut by the kernel.
+    Gso,
+    /// GSO_SEGMENTS datagrams of their own per `sendmmsg`.
+    Mmsg,
+}
+
+fn sealing_key() -> std::io::Result<LessSafeKey> {
+    Ok(LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &[7u8; 16]).map_err(std::io::Error::other)?))
+}
+
+/// Seal `packet` (payload then TAG bytes of room) under a nonce from `counter`.
+fn seal(key: &LessSafeKey, counter: u64, packet: &mut [u8]) -> std::io::Result<()> {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&counter.to_be_bytes());
+    let (body, tag) = packet.split_at_mut(DATAGRAM);
+    let sealed = key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), body)
+        .map_err(std::io::Error::other)?;
+    tag.copy_from_slice(sealed.as_ref());
+    Ok(())
+}
+
+/// Thread CPU ns per AES-128-GCM seal of one datagram's payload.
+fn seal_only() -> std::io::Result<f64> {
+    let key = sealing_key()?;
+    let mut packet = vec![0u8; DATAGRAM + TAG];
+    for counter in 0..(COUNT / 10) as u64 {
+        seal(&key, counter, &mut packet)?;
+    }
+    let start = thread_cpu_ns();
+    for counter in 0..COUNT as u64 {
+        seal(&key, counter, &mut packet)?;
+    }
+    Ok((thread_cpu_ns() - start) as f64 / COUNT as f64)
+}
+
+/// Sender CPU ns per datagram sealing and sending `COUNT` datagrams, batched as
+/// `batching` says, to a receiver on another thread that reads them all.
+fn run(batching: Batching) -> std::io::Result<f64> {
+    let segments = if batching == Batching::Single { 1 } else { GSO_SEGMENTS };
     let receiver = UdpSocket::bind("127.0.0.1:0")?;
     receiver.set_read_timeout(Some(Duration::from_millis(50)))?;
     // Room for bursts (a GSO send is 32 datagrams): a datagram dropped for want of space
@@ -47,7 +99,7 @@ fn run(segments: usize) -> std::io::Result<f64> {
         .or_else(|_| set_int_option(&receiver, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20))?;
     let sender = UdpSocket::bind("127.0.0.1:0")?;
     sender.connect(receiver.local_addr()?)?;
-    if segments > 1 {
+    if batching == Batching::Gso {
         set_gso(&sender, DATAGRAM + TAG)?;
     }
     let stop = Stop(Arc::new(AtomicBool::new(false)));
@@ -60,21 +112,20 @@ fn run(segments: usize) -> std::io::Result<f64> {
             }
         })
     };
-    let key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &[7u8; 16]).map_err(std::io::Error::other)?);
+    let key = sealing_key()?;
     let mut batch = vec![0u8; (DATAGRAM + TAG) * segments];
     let mut counter = 0u64;
     let mut send = |batch: &mut [u8]| -> std::io::Result<()> {
         for packet in batch.chunks_mut(DATAGRAM + TAG) {
             counter += 1;
-            let mut nonce = [0u8; 12];
-            nonce[4..].copy_from_slice(&counter.to_be_bytes());
-            let (body, tag) = packet.split_at_mut(DATAGRAM);
-            let sealed = key
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), body)
-                .map_err(std::io::Error::other)?;
-            tag.copy_from_slice(sealed.as_ref());
+            seal(&key, counter, packet)?;
         }
-        match sender.send(batch) {
+        let sent = if batching == Batching::Mmsg {
+            send_each(&sender, batch)
+        } else {
+            sender.send(batch).map(|_| ())
+        };
+        match sent {
             Ok(_) => Ok(()),
             // The receiver fell behind: the datagram was still made and handed over.
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(()),
@@ -103,6 +154,39 @@ impl Drop for Stop {
     }
 }
 
+/// Send each datagram of `batch` (DATAGRAM + TAG bytes apiece) as its own message of one
+/// `sendmmsg` on the connected `socket`.
+fn send_each(socket: &UdpSocket, batch: &mut [u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut iovecs: Vec<libc::iovec> = batch
+        .chunks_mut(DATAGRAM + TAG)
+        .map(|d| libc::iovec { iov_base: d.as_mut_ptr().cast(), iov_len: d.len() })
+        .collect();
+    // SAFETY: all-zero headers are valid (no address: the socket is connected); each points
+    // at one iovec of `iovecs`, which outlives the call.
+    let mut headers: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| {
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let mut at = 0;
+    while at < headers.len() {
+        // SAFETY: a valid socket and headers whose pointers are valid for the call.
+        let sent = unsafe {
+            libc::sendmmsg(socket.as_raw_fd(), headers[at..].as_mut_ptr(), (headers.len() - at) as _, 0)
+        };
+        if sent <= 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        at += sent as usize;
+    }
+    Ok(())
+}
+
 /// Make every `send` on `socket` a run of `size`-byte datagrams (Linux UDP_SEGMENT).
 fn set_gso(socket: &UdpSocket, size: usize) -> std::io::Result<()> {
     set_int_option(socket, libc::SOL_UDP, libc::UDP_SEGMENT, size as libc::c_int)
@@ -126,5 +210,7 @@ mod tests {
         assert!(floor.send_ns.is_some_and(|ns| ns > 0.0), "loopback sends work: {floor:?}");
         // Every kernel this runs on (Linux 4.18 or later) has UDP GSO.
         assert!(floor.gso_ns.is_some_and(|ns| ns > 0.0), "GSO sends work: {floor:?}");
+        assert!(floor.mmsg_ns.is_some_and(|ns| ns > 0.0), "sendmmsg works: {floor:?}");
+        assert!(floor.seal_ns.is_some_and(|ns| ns > 0.0), "AES-GCM seals: {floor:?}");
     }
 }

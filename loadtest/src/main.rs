@@ -38,11 +38,13 @@ use stats::{LatencyHistogram, percentile};
 /// Run a scenario against a Huiyi server and report delivery, latency, jitter, join time
 /// and the server's CPU per forwarded packet.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Scenario file (benches/scenarios/*.toml).
-    #[arg(long)]
-    scenario: PathBuf,
+    #[arg(long, required = true)]
+    scenario: Option<PathBuf>,
     /// The server's HTTP address.
     #[arg(long, default_value = "http://127.0.0.1:7700")]
     url: String,
@@ -82,9 +84,22 @@ const EXIT_CHECK_FAILED: i32 = 4;
 /// time: its figures describe the generator (or whoever took its CPU), not the server.
 const MAX_TIMER_LATE_MS: f64 = 100.0;
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Measure only this machine's floor (what every run measures before its joins) and
+    /// print it as JSON.
+    Floor,
+}
+
 fn main() {
     let cli = Cli::parse();
-    let scenario = match Scenario::load(&cli.scenario) {
+    if let Some(Command::Floor) = cli.command {
+        let floor = floor::measure();
+        println!("{}", serde_json::to_string_pretty(&floor).unwrap_or_default());
+        return;
+    }
+    let Some(path) = &cli.scenario else { fail("--scenario is required") };
+    let scenario = match Scenario::load(path) {
         Ok(s) => s,
         Err(e) => fail(&e.to_string()),
     };

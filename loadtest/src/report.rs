@@ -320,12 +320,14 @@ impl Report {
         let _ = writeln!(out, "forwarded/CPU-s {}", f(self.forwarded_packets_per_cpu_second, ""));
         let _ = writeln!(
             out,
-            "server ns/pkt   {}  = {} the floor of one send per datagram ({}), {} the GSO floor ({})",
+            "server ns/pkt   {}  = {} the floor of one send per datagram ({}), {} the GSO floor ({}); sendmmsg floor {}, AES-GCM seal alone {}",
             f(self.server_ns_per_forwarded_packet, ""),
             f(self.floor_ratio.send, "x"),
             f(self.floor.send_ns, " ns"),
             f(self.floor_ratio.gso, "x"),
             f(self.floor.gso_ns, " ns"),
+            f(self.floor.mmsg_ns, " ns"),
+            f(self.floor.seal_ns, " ns"),
         );
         let _ = writeln!(
             out,

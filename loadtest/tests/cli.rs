@@ -149,7 +149,28 @@ fn smoke_against(file: &str, url: &str, servers: &[(&str, &Server)]) -> Value {
     // Exit 3 means the generator itself was saturated: a machine problem, not a server fault,
     // and it is reported, but the behaviour check above is what this test holds.
     assert!(out.code == 0 || out.code == 3, "exit {}: {}", out.code, out.stderr);
+    // A person could watch it, and knows where the report went and how the run did.
+    let room = report["room"].as_str().expect("the room is reported");
+    assert!(out.stderr.contains(&format!("/{room}")), "the room's page is printed: {}", out.stderr);
+    assert!(out.stderr.contains(&format!("report          {}", path.display())), "{}", out.stderr);
+    let last = out.stderr.trim_end().lines().last().unwrap_or_default();
+    if out.code == 0 {
+        assert_eq!(report["passed"], true, "a smoke scenario's targets (delivery) are met: {report:#}");
+        assert!(last.starts_with("PASS: "), "the report ends with its verdict: {last}");
+    } else {
+        assert!(last.starts_with("NOT JUDGED: "), "{last}");
+    }
     report
+}
+
+#[test]
+fn the_floor_alone_is_printed_as_json() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest")).arg("floor").output().expect("loadtest runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let floor: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for key in ["send_ns", "gso_ns", "mmsg_ns", "seal_ns"] {
+        assert!(floor[key].as_f64().is_some_and(|ns| ns > 0.0), "{key}: {floor:#}");
+    }
 }
 
 #[test]
