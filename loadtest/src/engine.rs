@@ -1357,7 +1357,7 @@ fn contained<T>(errors: &mut Vec<String>, f: impl FnOnce() -> T) -> Option<T> {
 
 /// The negotiated send stream (of layer `rid` with simulcast) and payload type for
 /// `codec` on `mid`, once negotiated.
-pub(crate) fn tx_stream(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, codec: Codec) -> Option<(Ssrc, Pt)> {
+fn tx_stream(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, codec: Codec) -> Option<(Ssrc, Pt)> {
     let pt = {
         let media = rtc.media(mid)?;
         let config = rtc.codec_config();

@@ -12,7 +12,6 @@ mod net;
 mod report;
 mod scenario;
 mod signal;
-mod srtp;
 mod stats;
 mod view;
 mod whip;
@@ -25,6 +24,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+// Our own SRTP receive path lives in the library, where the benchmarks reach it too.
+use huiyi_loadtest::srtp;
 
 use engine::{ClientResult, ClientSetup, RxPath, Shared, Worker, WorkerHandle, WorkerInput, WorkerResult};
 use expect::{RUN_GAP, SentStream, StreamKind, Subscriber, judge};

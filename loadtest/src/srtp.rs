@@ -331,6 +331,132 @@ fn estimate_index(highest: u64, seq: u16) -> u64 {
     if roc == u64::MAX { seq as u64 } else { (roc << 16) | seq as u64 }
 }
 
+/// Two str0m engines in one process, the datagrams between them carried by hand: for the
+/// tests and the benchmark of both receive paths (benches/receiving.rs).
+pub mod pair {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use str0m::format::Codec;
+    use str0m::media::{Direction, MediaKind, Mid, Pt};
+    use str0m::net::{Protocol, Receive};
+    use str0m::rtp::RtpWrite;
+    use str0m::{Candidate, Event, Input, Output, Rtc};
+
+    use super::{building_for, crypto_provider};
+
+    pub struct Pair {
+        pub now: Instant,
+        pub sender: Rtc,
+        pub receiver: Rtc,
+        pub mid: Mid,
+        sender_addr: SocketAddr,
+        receiver_addr: SocketAddr,
+    }
+
+    fn engine(client: u32, addr: SocketAddr, now: Instant) -> Rtc {
+        building_for(client);
+        let mut rtc = Rtc::builder().set_rtp_mode(true).set_crypto_provider(crypto_provider()).build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        rtc
+    }
+
+    /// Drain an engine: its datagrams, and its RTP packets as (seq, timestamp, marker, payload).
+    pub fn drain(rtc: &mut Rtc, sent: &mut Vec<Vec<u8>>, media: &mut Vec<(u64, u32, bool, Vec<u8>)>) -> bool {
+        let mut connected = false;
+        loop {
+            match rtc.poll_output().unwrap() {
+                Output::Timeout(_) => return connected,
+                Output::Transmit(t) => sent.push(t.contents.to_vec()),
+                Output::Event(Event::Connected) => connected = true,
+                Output::Event(Event::RtpPacket(p)) => {
+                    media.push((*p.seq_no, p.header.timestamp, p.header.marker, p.payload.to_vec()))
+                }
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    impl Pair {
+        /// A sender with one video track and a receiver, connected (ICE and DTLS done).
+        pub fn connected(sender_id: u32, receiver_id: u32) -> Self {
+            let now = Instant::now();
+            let sender_addr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+            let receiver_addr: SocketAddr = "10.0.0.2:6000".parse().unwrap();
+            let mut sender = engine(sender_id, sender_addr, now);
+            let mut receiver = engine(receiver_id, receiver_addr, now);
+            let mut api = sender.sdp_api();
+            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            let (offer, pending) = api.apply().unwrap();
+            let answer = receiver.sdp_api().accept_offer(offer).unwrap();
+            sender.sdp_api().accept_answer(pending, answer).unwrap();
+            let mut pair = Pair { now, sender, receiver, mid, sender_addr, receiver_addr };
+            let (mut sender_up, mut receiver_up) = (false, false);
+            for _ in 0..500 {
+                let (mut to_receiver, mut to_sender) = (Vec::new(), Vec::new());
+                sender_up |= drain(&mut pair.sender, &mut to_receiver, &mut Vec::new());
+                receiver_up |= drain(&mut pair.receiver, &mut to_sender, &mut Vec::new());
+                for d in to_receiver {
+                    pair.deliver(&d);
+                }
+                for d in to_sender {
+                    let r = Receive::new(Protocol::Udp, pair.receiver_addr, pair.sender_addr, &d).unwrap();
+                    pair.sender.handle_input(Input::Receive(pair.now, r)).unwrap();
+                }
+                if sender_up && receiver_up {
+                    return pair;
+                }
+                pair.now += Duration::from_millis(5);
+                pair.sender.handle_input(Input::Timeout(pair.now)).unwrap();
+                pair.receiver.handle_input(Input::Timeout(pair.now)).unwrap();
+            }
+            panic!("the pair did not connect");
+        }
+
+        /// Hand the receiver a datagram from the sender.
+        pub fn deliver(&mut self, datagram: &[u8]) {
+            let r = Receive::new(Protocol::Udp, self.sender_addr, self.receiver_addr, datagram).unwrap();
+            self.receiver.handle_input(Input::Receive(self.now, r)).unwrap();
+        }
+
+        /// The SRTP datagrams of VP8 packets numbered `seqs` (extended), as sent.
+        pub fn send(&mut self, seqs: std::ops::Range<u64>) -> Vec<Vec<u8>> {
+            self.send_sized(seqs, 200)
+        }
+
+        /// [`Pair::send`] with payloads of `len` bytes.
+        pub fn send_sized(&mut self, seqs: std::ops::Range<u64>, len: usize) -> Vec<Vec<u8>> {
+            let pt = {
+                let config = self.sender.codec_config();
+                let media = self.sender.media(self.mid).unwrap();
+                let vp8 =
+                    |pt: &Pt| config.find(|p| p.pt() == *pt).is_some_and(|p| p.spec().codec == Codec::Vp8);
+                media.remote_pts().iter().copied().find(vp8).unwrap()
+            };
+            let ssrc = self.sender.direct_api().stream_tx_by_mid(self.mid, None).unwrap().ssrc();
+            let mut datagrams = Vec::new();
+            for seq in seqs {
+                let payload: Vec<u8> = (0..len).map(|i| (seq as u8).wrapping_add(i as u8)).collect();
+                let mut api = self.sender.direct_api();
+                let ts = 3000 * seq as u32;
+                let write =
+                    RtpWrite::new(pt, seq.into(), ts, self.now, payload.as_slice()).marker(seq % 3 == 0);
+                api.stream_tx(&ssrc).unwrap().write_rtp(write);
+                drain(&mut self.sender, &mut datagrams, &mut Vec::new());
+            }
+            // The pacer lets them out as time passes.
+            for _ in 0..100 {
+                self.now += Duration::from_millis(2);
+                self.sender.handle_input(Input::Timeout(self.now)).unwrap();
+                drain(&mut self.sender, &mut datagrams, &mut Vec::new());
+            }
+            // RTP only (RFC 5761: RTCP has 64-95 in the payload type's place).
+            datagrams.retain(|d| d[0] >> 6 == 2 && !(64..96).contains(&(d[1] & 0x7f)));
+            datagrams
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,128 +501,9 @@ mod tests {
         assert_eq!(header_len(&p), None, "an extension longer than the packet");
     }
 
-    /// Two str0m engines in one process, the datagrams between them carried by hand.
-    mod pair {
-        use std::net::SocketAddr;
-        use std::time::{Duration, Instant};
-
-        use str0m::format::Codec;
-        use str0m::media::{Direction, MediaKind, Mid};
-        use str0m::net::{Protocol, Receive};
-        use str0m::rtp::RtpWrite;
-        use str0m::{Candidate, Event, Input, Output, Rtc};
-
-        use super::super::*;
-
-        pub struct Pair {
-            pub now: Instant,
-            pub sender: Rtc,
-            pub receiver: Rtc,
-            pub mid: Mid,
-            sender_addr: SocketAddr,
-            receiver_addr: SocketAddr,
-        }
-
-        fn engine(client: u32, addr: SocketAddr, now: Instant) -> Rtc {
-            building_for(client);
-            let mut rtc = Rtc::builder().set_rtp_mode(true).set_crypto_provider(crypto_provider()).build(now);
-            rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-            rtc
-        }
-
-        /// Drain an engine: its datagrams, and its RTP packets as (seq, timestamp, marker, payload).
-        pub fn drain(
-            rtc: &mut Rtc,
-            sent: &mut Vec<Vec<u8>>,
-            media: &mut Vec<(u64, u32, bool, Vec<u8>)>,
-        ) -> bool {
-            let mut connected = false;
-            loop {
-                match rtc.poll_output().unwrap() {
-                    Output::Timeout(_) => return connected,
-                    Output::Transmit(t) => sent.push(t.contents.to_vec()),
-                    Output::Event(Event::Connected) => connected = true,
-                    Output::Event(Event::RtpPacket(p)) => {
-                        media.push((*p.seq_no, p.header.timestamp, p.header.marker, p.payload.to_vec()))
-                    }
-                    Output::Event(_) => {}
-                }
-            }
-        }
-
-        impl Pair {
-            /// A sender with one video track and a receiver, connected (ICE and DTLS done).
-            pub fn connected(sender_id: u32, receiver_id: u32) -> Self {
-                let now = Instant::now();
-                let sender_addr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-                let receiver_addr: SocketAddr = "10.0.0.2:6000".parse().unwrap();
-                let mut sender = engine(sender_id, sender_addr, now);
-                let mut receiver = engine(receiver_id, receiver_addr, now);
-                let mut api = sender.sdp_api();
-                let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-                let (offer, pending) = api.apply().unwrap();
-                let answer = receiver.sdp_api().accept_offer(offer).unwrap();
-                sender.sdp_api().accept_answer(pending, answer).unwrap();
-                let mut pair = Pair { now, sender, receiver, mid, sender_addr, receiver_addr };
-                let (mut sender_up, mut receiver_up) = (false, false);
-                for _ in 0..500 {
-                    let (mut to_receiver, mut to_sender) = (Vec::new(), Vec::new());
-                    sender_up |= drain(&mut pair.sender, &mut to_receiver, &mut Vec::new());
-                    receiver_up |= drain(&mut pair.receiver, &mut to_sender, &mut Vec::new());
-                    for d in to_receiver {
-                        pair.deliver(&d);
-                    }
-                    for d in to_sender {
-                        let r =
-                            Receive::new(Protocol::Udp, pair.receiver_addr, pair.sender_addr, &d).unwrap();
-                        pair.sender.handle_input(Input::Receive(pair.now, r)).unwrap();
-                    }
-                    if sender_up && receiver_up {
-                        return pair;
-                    }
-                    pair.now += Duration::from_millis(5);
-                    pair.sender.handle_input(Input::Timeout(pair.now)).unwrap();
-                    pair.receiver.handle_input(Input::Timeout(pair.now)).unwrap();
-                }
-                panic!("the pair did not connect");
-            }
-
-            /// Hand the receiver a datagram from the sender.
-            pub fn deliver(&mut self, datagram: &[u8]) {
-                let r = Receive::new(Protocol::Udp, self.sender_addr, self.receiver_addr, datagram).unwrap();
-                self.receiver.handle_input(Input::Receive(self.now, r)).unwrap();
-            }
-
-            /// The SRTP datagrams of VP8 packets numbered `seqs` (extended), as sent.
-            pub fn send(&mut self, seqs: std::ops::Range<u64>) -> Vec<Vec<u8>> {
-                let (ssrc, pt) =
-                    crate::engine::tx_stream(&mut self.sender, self.mid, None, Codec::Vp8).unwrap();
-                let mut datagrams = Vec::new();
-                for seq in seqs {
-                    let payload: Vec<u8> = (0..200).map(|i| (seq as u8).wrapping_add(i as u8)).collect();
-                    let mut api = self.sender.direct_api();
-                    let ts = 3000 * seq as u32;
-                    let write =
-                        RtpWrite::new(pt, seq.into(), ts, self.now, payload.as_slice()).marker(seq % 3 == 0);
-                    api.stream_tx(&ssrc).unwrap().write_rtp(write);
-                    drain(&mut self.sender, &mut datagrams, &mut Vec::new());
-                }
-                // The pacer lets them out as time passes.
-                for _ in 0..100 {
-                    self.now += Duration::from_millis(2);
-                    self.sender.handle_input(Input::Timeout(self.now)).unwrap();
-                    drain(&mut self.sender, &mut datagrams, &mut Vec::new());
-                }
-                // RTP only (RFC 5761: RTCP has 64-95 in the payload type's place).
-                datagrams.retain(|d| d[0] >> 6 == 2 && !(64..96).contains(&(d[1] & 0x7f)));
-                datagrams
-            }
-        }
-    }
-
     #[test]
     fn opens_what_str0m_opens_through_loss_reordering_and_a_wrap() {
-        let mut pair = pair::Pair::connected(1001, 1002);
+        let mut pair = super::pair::Pair::connected(1001, 1002);
         let keys = take_keys(1002).expect("the receiver's handshake exported its keys");
         let mut own = SrtpIn::new(&keys).expect("a GCM profile");
         // Twelve packets across a sequence number wrap (65,530 to 65,541).
@@ -508,7 +515,7 @@ mod tests {
         for (n, &i) in order.iter().enumerate() {
             pair.deliver(&sent[i]);
             let mut got = Vec::new();
-            pair::drain(&mut pair.receiver, &mut Vec::new(), &mut got);
+            super::pair::drain(&mut pair.receiver, &mut Vec::new(), &mut got);
             assert_eq!(got.len(), 1, "str0m opened datagram {i}");
             if n == 0 {
                 // str0m opens a stream's first packet and tells us its rollover counter.
