@@ -20,7 +20,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::expect::{FROZEN_SUBSCRIBED, STREAMS_PER_CLIENT, Shown, StreamKind, TalkTurn};
@@ -204,8 +204,9 @@ pub struct ClientResult {
     pub join_ms: Option<f64>,
     /// The join in its parts (ms): signaling (socket open or `POST` to the offer/answer
     /// exchange done), connecting (to DTLS up: ICE and the handshake) and first media
-    /// (to the first media packet).
-    pub join_phases: Option<[f64; 3]>,
+    /// (to the first media packet); then connecting's own two parts, ICE (to a connected
+    /// candidate pair) and DTLS (to the handshake done).
+    pub join_phases: Option<[f64; 5]>,
     pub connected: bool,
     pub left_early: bool,
     /// The generator's own WebRTC engine failed for this client.
@@ -326,6 +327,8 @@ struct Client {
     camera_track: Option<String>,
     view: Option<View>,
     connected_at: Option<Instant>,
+    /// ICE first found a working candidate pair (before DTLS ran over it).
+    ice_at: Option<Instant>,
     /// The first offer/answer exchange was done (the answer taken, or ours made).
     negotiated_at: Option<Instant>,
     join_ms: Option<f64>,
@@ -639,6 +642,7 @@ impl Worker {
                 camera_track: None,
                 view,
                 connected_at: None,
+                ice_at: None,
                 negotiated_at: None,
                 join_ms: None,
                 last_offer_at: now,
@@ -936,6 +940,11 @@ impl Worker {
         let now = Instant::now();
         let Some(client) = self.clients.get_mut(&id) else { return };
         match event {
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                client.ice_at.get_or_insert(now);
+            }
             Event::Connected => {
                 client.connected_at = Some(now);
                 // Taken either way, so no client's keys stay on the thread.
@@ -1236,7 +1245,15 @@ impl Worker {
         let join_phases = match (client.join_ms, client.negotiated_at, client.connected_at) {
             (Some(join), Some(negotiated), Some(connected)) => {
                 let open = client.setup.ws_open_at;
-                Some([ms(open, negotiated), ms(negotiated, connected), (join - ms(open, connected)).max(0.0)])
+                // Without an ICE event the handshake's share is unknown: all of it is ICE's.
+                let ice = client.ice_at.unwrap_or(connected).clamp(negotiated, connected);
+                Some([
+                    ms(open, negotiated),
+                    ms(negotiated, connected),
+                    (join - ms(open, connected)).max(0.0),
+                    ms(negotiated, ice),
+                    ms(ice, connected),
+                ])
             }
             _ => None,
         };

@@ -528,6 +528,8 @@ async fn finish(
         signaling: Percentiles::of(&phase(0)),
         connecting: Percentiles::of(&phase(1)),
         first_media: Percentiles::of(&phase(2)),
+        ice: Percentiles::of(&phase(3)),
+        dtls: Percentiles::of(&phase(4)),
     };
     let keyframes: Vec<f64> = clients.iter().flat_map(|c| c.first_keyframe_ms.iter().copied()).collect();
     report.first_keyframe_ms = P99 { p99: percentile(&keyframes, 99.0) };

@@ -33,6 +33,9 @@ pub struct JoinPhases {
     pub signaling: Percentiles,
     pub connecting: Percentiles,
     pub first_media: Percentiles,
+    /// Connecting's two parts: ICE (to a working candidate pair), then the DTLS handshake.
+    pub ice: Percentiles,
+    pub dtls: Percentiles,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -257,9 +260,11 @@ impl Report {
         let phases = &self.join_phases_ms;
         let _ = writeln!(
             out,
-            "  in parts p99  signaling {}  connecting {}  first media {}",
+            "  in parts p99  signaling {}  connecting {} (ICE {}, DTLS {})  first media {}",
             f(phases.signaling.p99, " ms"),
             f(phases.connecting.p99, " ms"),
+            f(phases.ice.p99, " ms"),
+            f(phases.dtls.p99, " ms"),
             f(phases.first_media.p99, " ms")
         );
         let _ = writeln!(
