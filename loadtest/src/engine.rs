@@ -1,6 +1,7 @@
-//! The media engine: a few threads, each owning many virtual clients (a str0m `Rtc` and
-//! a UDP socket each), woken by mio when a socket is readable, a timer is due, or the
-//! control side has news. Sends the scenario's media and measures what arrives.
+//! The media engine: a few threads, each owning many virtual clients (a str0m `Rtc` each,
+//! and a loopback address of its own on the thread's shared UDP socket, or a socket of its
+//! own), woken by mio when a socket is readable, a timer is due, or the control side has
+//! news. Sends the scenario's media and measures what arrives.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -37,6 +38,20 @@ use crate::stats::{DeliveryCounter, Jitter, LatencyHistogram, window_index};
 use crate::view::View;
 
 const WAKER: Token = Token(usize::MAX);
+/// The thread's shared socket, when its clients share one.
+const SHARED: Token = Token(usize::MAX - 1);
+/// Clients on a shared socket each send from an address of their own: 127.1.0.1 on.
+const FIRST_ADDRESS: u32 = 0x7f01_0001;
+
+/// The loopback address client `serial` sends from on a shared socket.
+fn address_of(serial: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(FIRST_ADDRESS + serial)
+}
+
+/// The client a shared socket's datagram to `address` is for.
+fn serial_of(address: std::net::Ipv4Addr) -> Option<u32> {
+    u32::from(address).checked_sub(FIRST_ADDRESS).filter(|s| *s < 0x00fe_0000)
+}
 /// Inputs (signaling messages, clients to add) handled between two runs of the timers.
 const INBOX_TURN: usize = 64;
 const UNSET: u32 = u32::MAX;
@@ -313,12 +328,14 @@ struct RxTrack {
 struct Client {
     setup: ClientSetup,
     rtc: Rtc,
+    /// Its own socket, or None when it shares its thread's (`Worker::shared_socket`) from
+    /// an address of its own.
+    socket: Option<UdpSocket>,
     /// Our own SRTP receive side, once connected (with `RxPath::Own`): media of the streams
     /// it has learned is opened here, not by the engine.
     srtp: Option<SrtpIn>,
     /// Datagrams of learned streams whose authentication failed.
     srtp_refused: u64,
-    socket: UdpSocket,
     local: SocketAddr,
     pending: Option<SdpPendingOffer>,
     audio: Option<AudioTx>,
@@ -392,6 +409,11 @@ enum Due {
 pub struct Worker {
     poll: Poll,
     rx_path: RxPath,
+    /// One socket for all this thread's clients (each its own loopback address), read
+    /// many datagrams of many clients per system call; None: a socket per client.
+    shared_socket: Option<UdpSocket>,
+    /// Clients whose engines have output left after a batch (reused).
+    undrained: Vec<u32>,
     inbox: Receiver<WorkerInput>,
     shared: Arc<Shared>,
     scenario: Scenario,
@@ -426,13 +448,31 @@ impl Worker {
         opus: Arc<OpusLibrary>,
         server_ip: std::net::IpAddr,
         rx_path: RxPath,
+        share_socket: bool,
     ) -> std::io::Result<(WorkerHandle, std::thread::JoinHandle<WorkerResult>)> {
         let poll = Poll::new()?;
+        let mut ports = Vec::new();
+        let shared_socket = if share_socket {
+            let mut socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+            RecvBatch::stamp_arrivals(&socket)?;
+            RecvBatch::tell_destinations(&socket)?;
+            // Every client's media: room for the bursts (past rmem_max with the privilege).
+            crate::net::set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20).or_else(
+                |_| crate::net::set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, 32 << 20),
+            )?;
+            poll.registry().register(&mut socket, SHARED, Interest::READABLE)?;
+            ports.push(socket.local_addr()?.port());
+            Some(socket)
+        } else {
+            None
+        };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, inbox) = std::sync::mpsc::channel();
         let mut worker = Worker {
             poll,
             rx_path,
+            shared_socket,
+            undrained: Vec::new(),
             inbox,
             shared,
             scenario,
@@ -442,7 +482,7 @@ impl Worker {
             timers: BinaryHeap::new(),
             latency: LatencyHistogram::default(),
             seconds: Vec::new(),
-            ports: Vec::new(),
+            ports,
             published_second: 0,
             counts: Counts::default(),
             payload: Vec::with_capacity(1500),
@@ -476,7 +516,7 @@ impl Worker {
                 if event.token() == WAKER {
                     inbox_waiting = true;
                 } else {
-                    self.receive(event.token().0 as u32, &mut batch);
+                    self.receive(event.token(), &mut batch);
                 }
             }
             if inbox_waiting {
@@ -540,8 +580,10 @@ impl Worker {
                 WorkerInput::Signal(id, message) => self.signal(id, message),
                 WorkerInput::Remove(id) => self.finish(id, true),
                 WorkerInput::Forget(id) => {
-                    if let Some(mut client) = self.clients.remove(&id) {
-                        let _ = self.poll.registry().deregister(&mut client.socket);
+                    if let Some(mut client) = self.clients.remove(&id)
+                        && let Some(socket) = client.socket.as_mut()
+                    {
+                        let _ = self.poll.registry().deregister(socket);
                     }
                 }
                 WorkerInput::Stop => return (true, false),
@@ -552,11 +594,24 @@ impl Worker {
 
     fn add(&mut self, setup: ClientSetup) -> std::io::Result<()> {
         let now = Instant::now();
-        let mut socket = UdpSocket::bind(SocketAddr::new(self.server_ip, 0))?;
-        let local = socket.local_addr()?;
-        self.ports.push(local.port());
-        RecvBatch::stamp_arrivals(&socket)?;
-        self.poll.registry().register(&mut socket, Token(setup.serial as usize), Interest::READABLE)?;
+        let (socket, local) = match &self.shared_socket {
+            // An address of its own on the thread's socket: the server sees a distinct peer.
+            Some(shared) => {
+                (None, SocketAddr::new(address_of(setup.serial).into(), shared.local_addr()?.port()))
+            }
+            None => {
+                let mut socket = UdpSocket::bind(SocketAddr::new(self.server_ip, 0))?;
+                let local = socket.local_addr()?;
+                self.ports.push(local.port());
+                RecvBatch::stamp_arrivals(&socket)?;
+                self.poll.registry().register(
+                    &mut socket,
+                    Token(setup.serial as usize),
+                    Interest::READABLE,
+                )?;
+                (Some(socket), local)
+            }
+        };
         // The engine's DTLS keeps a copy of its SRTP keys for our own receive path.
         srtp::building_for(setup.serial);
         let mut rtc =
@@ -766,67 +821,88 @@ impl Worker {
         }
     }
 
-    /// Read what a client's socket holds, a batch per system call: media of the streams our
-    /// own SRTP path has learned is opened and measured here, the rest feeds the engine.
-    fn receive(&mut self, id: u32, batch: &mut RecvBatch) {
+    /// Read what a socket holds, a batch per system call: a client's own socket (`token`
+    /// is its serial) or the thread's shared one (`SHARED`: each datagram's destination
+    /// address names its client). Media of the streams our own SRTP path has learned is
+    /// opened and measured here, the rest feeds the client's engine.
+    fn receive(&mut self, token: Token, batch: &mut RecvBatch) {
         // The engine holds one received RTP packet until polled, so each datagram is
         // polled up to its packet; the rest of the output (feedback, the next timeout, a
         // walk over every part of the engine) waits for the end of the batch.
-        let mut undrained = false;
+        let mut undrained = std::mem::take(&mut self.undrained);
         loop {
-            let Some(client) = self.clients.get_mut(&id) else { return };
-            let count = match batch.receive(&client.socket) {
-                Ok(n) => n,
-                Err(_) => break,
+            let read = if token == SHARED {
+                self.shared_socket.as_ref().map(|s| batch.receive(s))
+            } else {
+                self.clients.get(&(token.0 as u32)).and_then(|c| c.socket.as_ref()).map(|s| batch.receive(s))
             };
+            let Some(Ok(count)) = read else { break };
             let now = Instant::now();
             for i in 0..count {
+                let id = if token == SHARED {
+                    match batch.destination_v4(i).and_then(serial_of) {
+                        Some(id) => id,
+                        None => continue,
+                    }
+                } else {
+                    token.0 as u32
+                };
                 self.arrival = batch.arrival_ns(i).map(|ns| self.instant_of(ns, now));
-                let Some(client) = self.clients.get_mut(&id) else { return };
-                let (source, data) = batch.datagram_mut(i);
-                if let Some(srtp) = client.srtp.as_mut() {
-                    match srtp.open(data) {
-                        Ok(opened) => {
-                            self.counts.opened_own += 1;
-                            let media = Media {
-                                payload: opened.payload,
-                                timestamp: opened.timestamp,
-                                seq: opened.seq,
-                                marker: opened.marker,
-                            };
-                            self.on_media(id, media, now);
-                            continue;
-                        }
-                        Err(NotOpened::NotOurs) => {}
-                        Err(why) => {
-                            if client.srtp_refused == 0 {
-                                client.errors.push(format!("own SRTP path: a media datagram was {why:?}"));
-                            }
-                            client.srtp_refused += 1;
-                            continue;
-                        }
-                    }
-                }
-                let Ok(receive) = Receive::new(Protocol::Udp, source, client.local, data) else { continue };
-                let rtc = &mut client.rtc;
-                match contained(&mut client.errors, || rtc.handle_input(Input::Receive(now, receive))) {
-                    Some(Ok(())) => undrained = self.drain_until(id, Until::Packet),
-                    Some(Err(_)) => {}
-                    None => {
-                        self.arrival = None;
-                        return self.fail(id);
-                    }
+                if self.take_datagram(id, batch, i, now) {
+                    undrained.push(id);
                 }
                 self.arrival = None;
             }
-            self.arrival = None;
             // A short batch means the socket was empty when read; new datagrams raise a new event.
             if count < RecvBatch::SIZE {
                 break;
             }
         }
-        if undrained {
+        undrained.sort_unstable();
+        undrained.dedup();
+        for id in undrained.drain(..) {
             self.drain(id);
+        }
+        self.undrained = undrained;
+    }
+
+    /// One received datagram of client `id`: opened by our own path, or fed to the engine
+    /// and polled up to its packet; true when the engine has output left to poll.
+    fn take_datagram(&mut self, id: u32, batch: &mut RecvBatch, i: usize, now: Instant) -> bool {
+        let Some(client) = self.clients.get_mut(&id) else { return false };
+        let (source, data) = batch.datagram_mut(i);
+        if let Some(srtp) = client.srtp.as_mut() {
+            match srtp.open(data) {
+                Ok(opened) => {
+                    self.counts.opened_own += 1;
+                    let media = Media {
+                        payload: opened.payload,
+                        timestamp: opened.timestamp,
+                        seq: opened.seq,
+                        marker: opened.marker,
+                    };
+                    self.on_media(id, media, now);
+                    return false;
+                }
+                Err(NotOpened::NotOurs) => {}
+                Err(why) => {
+                    if client.srtp_refused == 0 {
+                        client.errors.push(format!("own SRTP path: a media datagram was {why:?}"));
+                    }
+                    client.srtp_refused += 1;
+                    return false;
+                }
+            }
+        }
+        let Ok(receive) = Receive::new(Protocol::Udp, source, client.local, data) else { return false };
+        let rtc = &mut client.rtc;
+        match contained(&mut client.errors, || rtc.handle_input(Input::Receive(now, receive))) {
+            Some(Ok(())) => self.drain_until(id, Until::Packet),
+            Some(Err(_)) => false,
+            None => {
+                self.fail(id);
+                false
+            }
         }
     }
 
@@ -924,7 +1000,13 @@ impl Worker {
                     return false;
                 }
                 Output::Transmit(t) => {
-                    let _ = client.socket.send_to(&t.contents, t.destination);
+                    let _ = match (&client.socket, &self.shared_socket, client.local.ip()) {
+                        (Some(own), _, _) => own.send_to(&t.contents, t.destination).map(|_| ()),
+                        (None, Some(shared), std::net::IpAddr::V4(from)) => {
+                            crate::net::send_from(shared, from, t.destination, &t.contents)
+                        }
+                        _ => Ok(()),
+                    };
                 }
                 Output::Event(e) => {
                     self.on_event(id, e);
@@ -1198,7 +1280,9 @@ impl Worker {
         if leaving {
             let _ = client.setup.to_server.send(ClientMessage::Leave);
         }
-        let _ = self.poll.registry().deregister(&mut client.socket);
+        if let Some(socket) = client.socket.as_mut() {
+            let _ = self.poll.registry().deregister(socket);
+        }
         if client.connected_at.is_some() {
             self.shared.connected.fetch_sub(1, Ordering::Relaxed);
         }
@@ -1386,4 +1470,18 @@ fn tx_stream(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, codec: Codec) -> Option<
     };
     let ssrc = rtc.direct_api().stream_tx_by_mid(mid, rid)?.ssrc();
     Some((ssrc, pt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_has_an_address_of_its_own() {
+        assert_eq!(address_of(0), std::net::Ipv4Addr::new(127, 1, 0, 1));
+        for serial in [0, 1, 255, 256, 70_000] {
+            assert_eq!(serial_of(address_of(serial)), Some(serial));
+        }
+        assert_eq!(serial_of(std::net::Ipv4Addr::new(127, 0, 0, 1)), None, "not a client's");
+    }
 }

@@ -69,6 +69,10 @@ struct Cli {
     /// also asks for lost packets again; slower per packet).
     #[arg(long, value_enum, default_value_t = RxPath::Own)]
     rx_path: RxPath,
+    /// A UDP socket per client even against a server on IPv4 loopback (by default a media
+    /// thread's clients share one socket there, each sending from its own 127.1.x.y).
+    #[arg(long)]
+    socket_per_client: bool,
     /// Exit non-zero when any subscriber's delivery is below this (0..=1), a subscription
     /// froze or a join failed.
     #[arg(long)]
@@ -295,8 +299,20 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     let shared = Arc::new(Shared::new(max_clients));
     let mut workers = Vec::new();
     let mut threads = Vec::new();
+    // Every 127/8 address is this machine's: on loopback a thread's clients can share a
+    // socket, each its own address, so one system call reads many clients' datagrams.
+    let share_socket =
+        !cli.socket_per_client && matches!(server_ip, std::net::IpAddr::V4(ip) if ip.is_loopback());
     for i in 0..cli.threads.max(1) {
-        match Worker::spawn(i, shared.clone(), scenario.clone(), opus.clone(), server_ip, cli.rx_path) {
+        match Worker::spawn(
+            i,
+            shared.clone(),
+            scenario.clone(),
+            opus.clone(),
+            server_ip,
+            cli.rx_path,
+            share_socket,
+        ) {
             Ok((h, t)) => {
                 workers.push(h);
                 threads.push(t);

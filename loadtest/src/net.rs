@@ -11,9 +11,10 @@ use mio::net::UdpSocket;
 pub struct RecvBatch {
     buffers: Vec<[u8; 2048]>,
     addrs: Vec<libc::sockaddr_storage>,
-    /// Ancillary data, the kernel's receive timestamp (SO_TIMESTAMPNS) of each datagram;
-    /// written by the kernel through the headers' pointers.
-    _controls: Vec<[u64; 8]>,
+    /// Ancillary data, the kernel's receive timestamp (SO_TIMESTAMPNS) of each datagram and,
+    /// on a shared socket, the address it was sent to (IP_PKTINFO); written by the kernel
+    /// through the headers' pointers.
+    _controls: Vec<[u64; CONTROL_WORDS]>,
     // Read by the kernel through the headers' pointers.
     _iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
@@ -35,7 +36,7 @@ impl RecvBatch {
         // owned by this struct, which never reallocates.
         let mut headers: Vec<libc::mmsghdr> =
             (0..Self::SIZE).map(|_| unsafe { std::mem::zeroed() }).collect();
-        let mut controls = vec![[0u64; 8]; Self::SIZE];
+        let mut controls = vec![[0u64; CONTROL_WORDS]; Self::SIZE];
         for (i, h) in headers.iter_mut().enumerate() {
             h.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_iov = &mut iovecs[i];
@@ -48,6 +49,30 @@ impl RecvBatch {
     /// Have the kernel stamp each datagram `socket` receives with when it arrived.
     pub fn stamp_arrivals(socket: &UdpSocket) -> std::io::Result<()> {
         set_int_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+    }
+
+    /// Have the kernel say which of this machine's addresses each datagram `socket`
+    /// receives was sent to (a socket bound to every address, shared by many clients).
+    pub fn tell_destinations(socket: &UdpSocket) -> std::io::Result<()> {
+        set_int_option(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
+    }
+
+    /// The IPv4 address the i-th datagram of the last batch was sent to, where the socket
+    /// was asked to tell (`tell_destinations`).
+    pub fn destination_v4(&self, i: usize) -> Option<std::net::Ipv4Addr> {
+        let header = &self.headers[i].msg_hdr;
+        // SAFETY: as in arrival_ns: well-formed cmsgs within msg_controllen.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(header);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
+                    let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>());
+                    return Some(std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+                }
+                cmsg = libc::CMSG_NXTHDR(header, cmsg);
+            }
+        }
+        None
     }
 
     /// When the kernel received the i-th datagram of the last batch (CLOCK_REALTIME, ns).
@@ -72,7 +97,7 @@ impl RecvBatch {
     pub fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
         for h in &mut self.headers {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; 8]>() as _;
+            h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
             h.msg_len = 0;
         }
         // SAFETY: headers hold SIZE valid entries whose buffers outlive the call.
@@ -111,6 +136,57 @@ impl RecvBatch {
     }
 }
 
+/// 64-bit words of ancillary data per received datagram: a timestamp and a packet info,
+/// each a header and its data, with room to spare.
+const CONTROL_WORDS: usize = 12;
+
+/// Send `data` to `destination` from `source`, one of this machine's addresses, on a
+/// socket bound to every address (IP_PKTINFO names the source for this datagram).
+pub fn send_from(
+    socket: &UdpSocket,
+    source: std::net::Ipv4Addr,
+    destination: SocketAddr,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let SocketAddr::V4(to) = destination else {
+        return Err(std::io::Error::other("a shared socket sends to IPv4 only"));
+    };
+    let mut address = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*to.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: CMSG_SPACE only computes a size.
+    const SPACE: usize = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) } as usize;
+    let mut control = [0u64; SPACE.div_ceil(8)];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_name = (&mut address as *mut libc::sockaddr_in).cast();
+    message.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = SPACE as _;
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr { s_addr: u32::from(source).to_be() },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    // SAFETY: the control buffer holds one cmsg of an in_pktinfo (SPACE above), aligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&message);
+        (*cmsg).cmsg_level = libc::IPPROTO_IP;
+        (*cmsg).cmsg_type = libc::IP_PKTINFO;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+    }
+    // SAFETY: a valid socket and a message whose pointers are valid for the call.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &message, 0) };
+    if sent < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Set an integer socket option on anything with a file descriptor.
 pub fn set_int_option(
     socket: &impl AsRawFd,
@@ -130,4 +206,41 @@ pub fn set_int_option(
         )
     };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A socket bound to every address sends from the loopback address it names, and is
+    /// told which of its addresses each datagram it reads was sent to.
+    #[test]
+    fn a_shared_socket_sends_from_and_tells_its_addresses() {
+        let shared = UdpSocket::bind("0.0.0.0:0".parse().unwrap()).unwrap();
+        RecvBatch::tell_destinations(&shared).unwrap();
+        let port = shared.local_addr().unwrap().port();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let from = Ipv4Addr::new(127, 1, 0, 5);
+        send_from(&shared, from, peer.local_addr().unwrap(), b"hello").unwrap();
+        let mut buf = [0u8; 64];
+        let (n, source) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], source), (&b"hello"[..], SocketAddr::from((from, port))));
+        peer.send_to(b"back", (Ipv4Addr::new(127, 1, 0, 7), port)).unwrap();
+        let mut batch = RecvBatch::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let count = loop {
+            match batch.receive(&shared) {
+                Ok(n) if n > 0 => break n,
+                _ if std::time::Instant::now() > deadline => panic!("nothing arrived"),
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        assert_eq!(count, 1);
+        assert_eq!(batch.destination_v4(0), Some(Ipv4Addr::new(127, 1, 0, 7)));
+        assert_eq!(batch.datagram_mut(0).1, b"back");
+    }
 }
