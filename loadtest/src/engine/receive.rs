@@ -1,0 +1,242 @@
+//! What a media thread does with what it reads: a batch per system call from a client's
+//! socket or the thread's shared one, each datagram opened by our own SRTP path or fed to
+//! the client's engine, and each media packet measured.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use str0m::Input;
+use str0m::net::{Protocol, Receive};
+
+use super::{
+    Media, RxStream, RxTrack, UNSET, Until, Worker, contained, expected_since, ms_since, second_entry,
+};
+use crate::expect::StreamKind;
+use crate::media::{FirstFrame, find_any_stamp, vp8_is_keyframe_start};
+use crate::net::RecvBatch;
+use crate::srtp::NotOpened;
+use crate::stats::{DeliveryCounter, Jitter, window_index};
+
+/// The thread's shared socket, when its clients share one.
+pub(super) const SHARED: Token = Token(usize::MAX - 1);
+/// Clients on a shared socket each send from an address of their own: 127.1.0.1 on.
+const FIRST_ADDRESS: u32 = 0x7f01_0001;
+
+/// The loopback address client `serial` sends from on a shared socket.
+pub(super) fn address_of(serial: u32) -> Ipv4Addr {
+    Ipv4Addr::from(FIRST_ADDRESS + serial)
+}
+
+/// The client a shared socket's datagram to `address` is for.
+fn serial_of(address: Ipv4Addr) -> Option<u32> {
+    u32::from(address).checked_sub(FIRST_ADDRESS).filter(|s| *s < 0x00fe_0000)
+}
+
+impl Worker {
+    /// Read what a socket holds, a batch per system call: a client's own socket (`token`
+    /// is its serial) or the thread's shared one (`SHARED`: each datagram's destination
+    /// address names its client). Media of the streams our own SRTP path has learned is
+    /// opened and measured here, the rest feeds the client's engine.
+    pub(super) fn receive(&mut self, token: Token, batch: &mut RecvBatch) {
+        // The engine holds one received RTP packet until polled, so each datagram is
+        // polled up to its packet; the rest of the output (feedback, the next timeout, a
+        // walk over every part of the engine) waits for the end of the batch.
+        let mut undrained = std::mem::take(&mut self.undrained);
+        loop {
+            let read = if token == SHARED {
+                self.shared_socket.as_ref().map(|s| batch.receive(s))
+            } else {
+                self.clients.get(&(token.0 as u32)).and_then(|c| c.socket.as_ref()).map(|s| batch.receive(s))
+            };
+            let Some(Ok(count)) = read else { break };
+            let now = Instant::now();
+            for i in 0..count {
+                let id = if token == SHARED {
+                    match batch.destination_v4(i).and_then(serial_of) {
+                        Some(id) => id,
+                        None => continue,
+                    }
+                } else {
+                    token.0 as u32
+                };
+                self.arrival = batch.arrival_ns(i).map(|ns| self.instant_of(ns, now));
+                if self.take_datagram(id, batch, i, now) {
+                    undrained.push(id);
+                }
+                self.arrival = None;
+            }
+            // A short batch means the socket was empty when read; new datagrams raise a new event.
+            if count < RecvBatch::SIZE {
+                break;
+            }
+        }
+        undrained.sort_unstable();
+        undrained.dedup();
+        for id in undrained.drain(..) {
+            self.drain(id);
+        }
+        self.undrained = undrained;
+    }
+
+    /// One received datagram of client `id`: opened by our own path, or fed to the engine
+    /// and polled up to its packet; true when the engine has output left to poll.
+    pub(super) fn take_datagram(&mut self, id: u32, batch: &mut RecvBatch, i: usize, now: Instant) -> bool {
+        let Some(client) = self.clients.get_mut(&id) else { return false };
+        let (source, data) = batch.datagram_mut(i);
+        if let Some(srtp) = client.srtp.as_mut() {
+            match srtp.open(data) {
+                Ok(opened) => {
+                    self.counts.opened_own += 1;
+                    let media = Media {
+                        payload: opened.payload,
+                        timestamp: opened.timestamp,
+                        seq: opened.seq,
+                        marker: opened.marker,
+                    };
+                    self.on_media(id, media, now);
+                    return false;
+                }
+                Err(NotOpened::NotOurs) => {}
+                Err(why) => {
+                    if client.srtp_refused == 0 {
+                        client.errors.push(format!("own SRTP path: a media datagram was {why:?}"));
+                    }
+                    client.srtp_refused += 1;
+                    return false;
+                }
+            }
+        }
+        let Ok(receive) = Receive::new(Protocol::Udp, source, client.local, data) else { return false };
+        let rtc = &mut client.rtc;
+        match contained(&mut client.errors, || rtc.handle_input(Input::Receive(now, receive))) {
+            Some(Ok(())) => self.drain_until(id, Until::Packet),
+            Some(Err(_)) => false,
+            None => {
+                self.fail(id);
+                false
+            }
+        }
+    }
+
+    /// A kernel arrival time (realtime ns) on the run's clock, never after `now`.
+    pub(super) fn instant_of(&self, realtime_ns: u64, now: Instant) -> Instant {
+        let (base, base_ns) = self.clocks;
+        let at = match realtime_ns.checked_sub(base_ns) {
+            Some(after) => base + Duration::from_nanos(after),
+            None => base.checked_sub(Duration::from_nanos(base_ns - realtime_ns)).unwrap_or(base),
+        };
+        at.min(now)
+    }
+
+    /// A received media packet, opened by str0m or by our own path: count it, time it, and
+    /// follow its camera's frames. `fallback` is when it arrived if the kernel gave no stamp.
+    pub(super) fn on_media(&mut self, id: u32, media: Media<'_>, fallback: Instant) {
+        let Some(client) = self.clients.get_mut(&id) else { return };
+        // The payload tells audio from video (no lookup of the stream and its m-line
+        // per packet); the stamp's stream id must agree.
+        let Some((stamp, video)) = find_any_stamp(media.payload) else { return };
+        let Some(sent) = self.shared.streams.get(stamp.stream as usize) else { return };
+        let (owner, kind) = StreamKind::of(stamp.stream);
+        if video != matches!(kind, StreamKind::Video(_)) {
+            return;
+        }
+        // When it reached this client's socket (the kernel's stamp), which is when
+        // it arrived, however long this thread took to get to it.
+        let now = self.arrival.unwrap_or(fallback);
+        let received_us = self.shared.us(now);
+        self.counts.packets_received += 1;
+        self.counts.bytes_received += media.payload.len() as u64;
+        if client.join_ms.is_none() && client.setup.join_measurable {
+            client.join_ms = Some(now.duration_since(client.setup.ws_open_at).as_secs_f64() * 1000.0);
+        }
+        let latency_us = received_us.saturating_sub(stamp.sent_us);
+        let second = received_us / 1_000_000;
+        let entry = second_entry(&mut self.seconds, second);
+        entry.0 += 1;
+        entry.1 += media.payload.len() as u64;
+        entry.2.record(latency_us);
+        let rx = client.rx.entry(stamp.stream).or_insert_with(|| RxStream {
+            delivery: DeliveryCounter::default(),
+            jitter: Jitter::default(),
+            last_in_window_us: None,
+            first: None,
+        });
+        rx.jitter.record(stamp.sent_us, received_us);
+        if self.shared.in_window(received_us) {
+            rx.last_in_window_us = Some(received_us);
+        }
+        // Back from another layer of the same camera: the server had moved the tile.
+        let returned = match kind {
+            StreamKind::Video(layer) => client.rx_tracks.get(&owner).is_some_and(|t| t.layer != layer),
+            _ => false,
+        };
+        if self.shared.in_window(stamp.sent_us) {
+            self.latency.record(latency_us);
+            if rx.first.is_none() {
+                rx.first = Some(sent.first.load(Ordering::Relaxed)).filter(|f| *f != UNSET);
+            }
+            if let Some(first) = rx.first
+                && let Some(index) = window_index(stamp.seq, first)
+            {
+                rx.delivery.record(index);
+                if returned {
+                    rx.delivery.start_run(index);
+                }
+            }
+        }
+        if let StreamKind::Video(layer) = kind {
+            let keyframe = vp8_is_keyframe_start(media.payload);
+            let shared = &self.shared;
+            let (view, slots, last_offer_at) = (&client.view, &client.slots, client.last_offer_at);
+            let track = client.rx_tracks.entry(owner).or_insert_with(|| RxTrack {
+                layer,
+                first_keyframe_ms: None,
+                first_frame_ms: None,
+                assembling: None,
+                switch: None,
+                started: expected_since(shared, view.as_ref(), slots, owner)
+                    .map_or(last_offer_at, |t| t.max(last_offer_at)),
+            });
+            if track.first_frame_ms.is_none() {
+                let (ts, seq) = (media.timestamp, media.seq);
+                if keyframe && track.assembling.as_ref().is_none_or(|a| a.timestamp() != ts) {
+                    track.assembling = Some(FirstFrame::new(ts, seq));
+                }
+                if let Some(frame) = track.assembling.as_mut()
+                    && frame.add(ts, seq, media.marker)
+                {
+                    track.first_frame_ms = Some(ms_since(track.started, now));
+                    track.assembling = None;
+                }
+            }
+            if keyframe {
+                if track.first_keyframe_ms.is_none() {
+                    track.first_keyframe_ms = Some(ms_since(track.started, now));
+                }
+                if let Some((asked, from)) = track.switch
+                    && from != layer
+                {
+                    client.switch_keyframe_ms.push(ms_since(asked, now));
+                    track.switch = None;
+                }
+            }
+            track.layer = layer;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_has_an_address_of_its_own() {
+        assert_eq!(address_of(0), Ipv4Addr::new(127, 1, 0, 1));
+        for serial in [0, 1, 255, 256, 70_000] {
+            assert_eq!(serial_of(address_of(serial)), Some(serial));
+        }
+        assert_eq!(serial_of(Ipv4Addr::new(127, 0, 0, 1)), None, "not a client's");
+    }
+}
