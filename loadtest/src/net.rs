@@ -60,32 +60,28 @@ impl RecvBatch {
     /// The IPv4 address the i-th datagram of the last batch was sent to, where the socket
     /// was asked to tell (`tell_destinations`).
     pub fn destination_v4(&self, i: usize) -> Option<std::net::Ipv4Addr> {
-        let header = &self.headers[i].msg_hdr;
-        // SAFETY: as in arrival_ns: well-formed cmsgs within msg_controllen.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(header);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
-                    let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>());
-                    return Some(std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
-                }
-                cmsg = libc::CMSG_NXTHDR(header, cmsg);
-            }
-        }
-        None
+        let info: libc::in_pktinfo = self.control(i, libc::IPPROTO_IP, libc::IP_PKTINFO)?;
+        Some(std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)))
     }
 
     /// When the kernel received the i-th datagram of the last batch (CLOCK_REALTIME, ns).
     pub fn arrival_ns(&self, i: usize) -> Option<u64> {
+        let t: libc::timespec = self.control(i, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)?;
+        Some(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64)
+    }
+
+    /// The i-th datagram's ancillary data of this level and type, read as a `T` (plain old
+    /// data of the kernel's: a timestamp, a packet info).
+    fn control<T: Copy>(&self, i: usize, level: libc::c_int, kind: libc::c_int) -> Option<T> {
         let header = &self.headers[i].msg_hdr;
         // SAFETY: the kernel wrote msg_controllen bytes of well-formed cmsgs into our
-        // buffer; the CMSG macros walk them within that length.
+        // buffer; the CMSG macros walk them within that length, and a cmsg of this level
+        // and type carries a T.
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(header);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let t = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
-                    return Some(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64);
+                if (*cmsg).cmsg_level == level && (*cmsg).cmsg_type == kind {
+                    return Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<T>()));
                 }
                 cmsg = libc::CMSG_NXTHDR(header, cmsg);
             }

@@ -236,6 +236,10 @@ impl Report {
     pub fn summary(&self) -> String {
         let f = |v: Option<f64>, unit: &str| v.map(|x| format!("{x:.2}{unit}")).unwrap_or_else(|| "-".into());
         let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", x * 100.0)).unwrap_or_else(|| "-".into());
+        // A figure's spread: "p50 .. p99 .. max ..".
+        let spread = |p: &Percentiles| {
+            format!("p50 {}  p99 {}  max {}", f(p.p50, " ms"), f(p.p99, " ms"), f(p.max, " ms"))
+        };
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -250,13 +254,7 @@ impl Report {
             "participants    {} connected of {}, {} failed joins",
             self.connected, self.participants, self.failed_joins
         );
-        let _ = writeln!(
-            out,
-            "join            p50 {}  p99 {}  max {}",
-            f(self.join_ms.p50, " ms"),
-            f(self.join_ms.p99, " ms"),
-            f(self.join_ms.max, " ms")
-        );
+        let _ = writeln!(out, "join            {}", spread(&self.join_ms));
         let phases = &self.join_phases_ms;
         let _ = writeln!(
             out,
@@ -280,13 +278,7 @@ impl Report {
             "loss            {}",
             self.loss_pct.map(|l| format!("{l:.3}%")).unwrap_or_else(|| "-".into())
         );
-        let _ = writeln!(
-            out,
-            "latency         p50 {}  p99 {}  max {}",
-            f(self.latency_ms.p50, " ms"),
-            f(self.latency_ms.p99, " ms"),
-            f(self.latency_ms.max, " ms")
-        );
+        let _ = writeln!(out, "latency         {}", spread(&self.latency_ms));
         let _ = writeln!(out, "jitter p99      {}", f(self.jitter_ms.p99, " ms"));
         let _ = writeln!(
             out,
@@ -296,21 +288,17 @@ impl Report {
         let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
         let _ = writeln!(
             out,
-            "first frame     p50 {}  p99 {}  max {}  ({} cameras never whole, {} players off their layer)",
-            f(self.first_frame_ms.p50, " ms"),
-            f(self.first_frame_ms.p99, " ms"),
-            f(self.first_frame_ms.max, " ms"),
+            "first frame     {}  ({} cameras never whole, {} players off their layer)",
+            spread(&self.first_frame_ms),
             self.cameras_without_frame,
             self.players_off_layer
         );
         let _ = writeln!(
             out,
-            "layer switch    {} done, {} unfinished; keyframe p50 {}  p99 {}  max {}; {} layer pauses",
+            "layer switch    {} done, {} unfinished; keyframe {}; {} layer pauses",
             self.layer_switches,
             self.unfinished_layer_switches,
-            f(self.switch_keyframe_ms.p50, " ms"),
-            f(self.switch_keyframe_ms.p99, " ms"),
-            f(self.switch_keyframe_ms.max, " ms"),
+            spread(&self.switch_keyframe_ms),
             self.layer_pauses
         );
         let _ = writeln!(out, "speaker changes {} (median participant)", f(self.active_speaker_events, ""));
