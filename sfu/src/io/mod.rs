@@ -6,6 +6,7 @@ mod recv;
 mod send;
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
@@ -71,32 +72,36 @@ impl MediaSocket {
     /// is the first message's own (the kernel stops at a message it refuses, and says why
     /// only when it is the first of the call).
     fn send_many(&self, messages: &Messages<'_>, from: usize) -> io::Result<usize> {
-        let batch = &messages.meta[from..messages.len];
-        // SAFETY: all-zero headers and addresses are valid; every pointer set below points
-        // into these arrays or `messages`, which outlive the call.
-        let mut headers: [libc::mmsghdr; MESSAGES_PER_CALL] = unsafe { std::mem::zeroed() };
-        let mut addresses: [libc::sockaddr_storage; MESSAGES_PER_CALL] = unsafe { std::mem::zeroed() };
-        let mut controls = [[0u64; CONTROL_SPACE.div_ceil(8)]; MESSAGES_PER_CALL];
-        let mut lengths = [0 as libc::socklen_t; MESSAGES_PER_CALL];
-        for (k, meta) in batch.iter().enumerate() {
-            (addresses[k], lengths[k]) = socket_address(meta.destination, self.v6);
-        }
+        let batch = &messages.meta()[from..];
+        // Written only as far as this call uses them: a flush of one datagram pays for one.
+        let mut headers = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MESSAGES_PER_CALL];
+        let mut addresses = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; MESSAGES_PER_CALL];
+        let mut controls = [const { MaybeUninit::<[u64; CONTROL_WORDS]>::uninit() }; MESSAGES_PER_CALL];
+        let (heads, names, cmsgs) = (
+            headers.as_mut_ptr().cast::<libc::mmsghdr>(),
+            addresses.as_mut_ptr().cast::<libc::sockaddr_storage>(),
+            controls.as_mut_ptr().cast::<[u64; CONTROL_WORDS]>(),
+        );
         let iovecs = messages.iovecs.as_ptr() as *mut libc::iovec;
         for (k, meta) in batch.iter().enumerate() {
-            let h = &mut headers[k].msg_hdr;
-            // SAFETY: k < MESSAGES_PER_CALL, and first + count <= DATAGRAMS_PER_CALL
-            // (Messages::add checks both); the kernel only reads the iovecs of a send.
+            let (address, length) = socket_address(meta.destination, self.v6);
+            // SAFETY: k < MESSAGES_PER_CALL and first + count <= DATAGRAMS_PER_CALL (Messages
+            // keeps both), and iovecs[first..first + count] were written by Messages::add;
+            // each entry is written before it is pointed at, an all-zero mmsghdr is valid,
+            // the control buffer holds one cmsg of a u16 (CONTROL_SPACE), aligned, and the
+            // kernel only reads the iovecs of a send.
             unsafe {
-                h.msg_name = addresses.as_mut_ptr().add(k).cast();
+                names.add(k).write(address);
+                heads.add(k).write(std::mem::zeroed());
+                let h = &mut (*heads.add(k)).msg_hdr;
+                h.msg_name = names.add(k).cast();
+                h.msg_namelen = length;
                 h.msg_iov = iovecs.add(meta.first as usize);
-            }
-            h.msg_namelen = lengths[k];
-            h.msg_iovlen = meta.count as _;
-            if meta.segment > 0 {
-                h.msg_control = controls[k].as_mut_ptr().cast();
-                h.msg_controllen = CONTROL_SPACE as _;
-                // SAFETY: the control buffer holds one cmsg of a u16 (CONTROL_SPACE), aligned.
-                unsafe {
+                h.msg_iovlen = meta.count as _;
+                if meta.segment > 0 {
+                    cmsgs.add(k).write([0; CONTROL_WORDS]);
+                    h.msg_control = cmsgs.add(k).cast();
+                    h.msg_controllen = CONTROL_SPACE as _;
                     let cmsg = libc::CMSG_FIRSTHDR(h);
                     (*cmsg).cmsg_level = libc::SOL_UDP;
                     (*cmsg).cmsg_type = libc::UDP_SEGMENT;
@@ -105,16 +110,17 @@ impl MediaSocket {
                 }
             }
         }
-        // SAFETY: a valid socket and batch.len() headers whose pointers are valid for the call.
-        let sent =
-            unsafe { libc::sendmmsg(self.socket.as_raw_fd(), headers.as_mut_ptr(), batch.len() as _, 0) };
+        // SAFETY: a valid socket and batch.len() headers, written above, whose pointers are
+        // valid for the call.
+        let sent = unsafe { libc::sendmmsg(self.socket.as_raw_fd(), heads, batch.len() as _, 0) };
         if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(sent as usize) }
     }
 }
 
-/// Space for one cmsg carrying a u16 (the GSO segment size).
+/// Space for one cmsg carrying a u16 (the GSO segment size), and in 64-bit words.
 // SAFETY: CMSG_SPACE only computes a size.
 const CONTROL_SPACE: usize = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+const CONTROL_WORDS: usize = CONTROL_SPACE.div_ceil(8);
 
 /// One message of a `sendmmsg`: `count` datagrams from `first` in the iovecs to one
 /// destination, a GSO run when `segment` is not 0.
@@ -126,22 +132,22 @@ struct Meta {
     segment: u16,
 }
 
-/// Messages for one `sendmmsg` call, the datagrams borrowed from where they lie.
+/// Messages for one `sendmmsg` call, the datagrams borrowed from where they lie. Only the
+/// entries added are ever written or read.
 pub(crate) struct Messages<'a> {
-    iovecs: [libc::iovec; DATAGRAMS_PER_CALL],
+    iovecs: [MaybeUninit<libc::iovec>; DATAGRAMS_PER_CALL],
     datagrams: usize,
-    meta: [Meta; MESSAGES_PER_CALL],
+    meta: [MaybeUninit<Meta>; MESSAGES_PER_CALL],
     len: usize,
     _lent: std::marker::PhantomData<&'a [u8]>,
 }
 
 impl<'a> Messages<'a> {
     pub fn new() -> Self {
-        let empty = Meta { destination: SocketAddr::from(([0, 0, 0, 0], 0)), first: 0, count: 0, segment: 0 };
         Self {
-            iovecs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; DATAGRAMS_PER_CALL],
+            iovecs: [const { MaybeUninit::uninit() }; DATAGRAMS_PER_CALL],
             datagrams: 0,
-            meta: [empty; MESSAGES_PER_CALL],
+            meta: [const { MaybeUninit::uninit() }; MESSAGES_PER_CALL],
             len: 0,
             _lent: std::marker::PhantomData,
         }
@@ -151,9 +157,10 @@ impl<'a> Messages<'a> {
         self.len
     }
 
-    /// Whether a message of `count` datagrams still fits this call.
-    pub fn fits(&self, count: usize) -> bool {
-        self.len < MESSAGES_PER_CALL && self.datagrams + count <= DATAGRAMS_PER_CALL
+    /// The messages added so far.
+    fn meta(&self) -> &[Meta] {
+        // SAFETY: meta[..len] were written by add.
+        unsafe { std::slice::from_raw_parts(self.meta.as_ptr().cast::<Meta>(), self.len) }
     }
 
     /// Adds a message: one datagram, or (`segment` given) a GSO run whose datagrams are
@@ -165,16 +172,26 @@ impl<'a> Messages<'a> {
         segment: Option<usize>,
     ) -> bool {
         let count = datagrams.len();
-        if count == 0 || count > MAX_GATHERED || !self.fits(count) {
+        let first = self.datagrams;
+        if count == 0
+            || count > MAX_GATHERED
+            || self.len == MESSAGES_PER_CALL
+            || first + count > DATAGRAMS_PER_CALL
+        {
             return false;
         }
-        let first = self.datagrams;
+        // Counted as written, whatever the iterator said its length was.
+        let mut written = 0;
         for (slot, d) in self.iovecs[first..first + count].iter_mut().zip(datagrams) {
-            *slot = libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() };
+            slot.write(libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() });
+            written += 1;
         }
-        self.datagrams += count;
-        let segment = segment.filter(|_| count > 1).unwrap_or(0) as u16;
-        self.meta[self.len] = Meta { destination, first: first as u16, count: count as u16, segment };
+        if written == 0 {
+            return false;
+        }
+        self.datagrams += written;
+        let segment = segment.filter(|_| written > 1).unwrap_or(0) as u16;
+        self.meta[self.len].write(Meta { destination, first: first as u16, count: written as u16, segment });
         self.len += 1;
         true
     }
