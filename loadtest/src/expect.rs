@@ -103,6 +103,8 @@ pub struct Subscriber<'a> {
     pub whole_window: bool,
     /// It sent `subscribe`: the server chooses its video.
     pub has_view: bool,
+    /// The participant's other connection (against Janus): its streams are not expected.
+    pub twin: Option<u32>,
     pub received: &'a [(u32, DeliveryCounter)],
 }
 
@@ -135,7 +137,7 @@ pub fn judge(sub: &Subscriber, sent: &[SentStream]) -> Judgement {
     let counter = |id: u32| sub.received.iter().find(|(s, _)| *s == id).map(|(_, d)| d);
     let got_any = |id: u32| counter(id).is_some_and(|d| d.unique() > 0);
     let mut j = Judgement::default();
-    for s in sent.iter().filter(|s| s.owner != sub.serial) {
+    for s in sent.iter().filter(|s| s.owner != sub.serial && Some(s.owner) != sub.twin) {
         let got = counter(s.id);
         let whole = sub.whole_window && s.before_window;
         match s.kind {
@@ -241,17 +243,23 @@ mod tests {
             (StreamKind::Talk.id(1), counter((0..100).filter(|i| *i != 7))),
             (StreamKind::Unexpected.id(1), counter(0..3)),
         ];
-        let sub = Subscriber { serial: 2, whole_window: true, has_view: true, received: &received };
+        let sub =
+            Subscriber { serial: 2, whole_window: true, has_view: true, twin: None, received: &received };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 100, received: 99, unexpected: 3 });
         // Nothing from a talking publisher is a loss; nothing of its silence is not.
-        let sub = Subscriber { serial: 2, whole_window: true, has_view: false, received: &[] };
+        let sub = Subscriber { serial: 2, whole_window: true, has_view: false, twin: None, received: &[] };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 100, received: 0, unexpected: 0 });
         // One's own streams are never expected.
-        let sub = Subscriber { serial: 1, whole_window: true, has_view: false, received: &[] };
+        let sub = Subscriber { serial: 1, whole_window: true, has_view: false, twin: None, received: &[] };
+        assert_eq!(judge(&sub, &sent), Judgement::default());
+        // Nor those of the participant's other connection (against Janus it publishes on one
+        // and subscribes on the other).
+        let sub = Subscriber { serial: 2, whole_window: true, has_view: false, twin: Some(1), received: &[] };
         assert_eq!(judge(&sub, &sent), Judgement::default());
         // Who came mid-window is judged on the span it received.
         let received = [(StreamKind::Talk.id(1), counter((40..60).filter(|i| *i != 50)))];
-        let sub = Subscriber { serial: 2, whole_window: false, has_view: false, received: &received };
+        let sub =
+            Subscriber { serial: 2, whole_window: false, has_view: false, twin: None, received: &received };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 20, received: 19, unexpected: 0 });
     }
 
@@ -267,16 +275,18 @@ mod tests {
             (StreamKind::Video(0).id(1), counter((0..100).chain(200..300))),
             (StreamKind::Video(1).id(1), counter((200..400).filter(|i| *i != 300))),
         ];
-        let sub = Subscriber { serial: 2, whole_window: true, has_view: true, received: &received };
+        let sub =
+            Subscriber { serial: 2, whole_window: true, has_view: true, twin: None, received: &received };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 400, received: 399, unexpected: 0 });
         // Away on h and back within the run gap: the receiver marked its return to q.
         let mut q = counter((0..100).chain(130..300));
         q.start_run(130);
         let received = [(StreamKind::Video(0).id(1), q), (StreamKind::Video(1).id(1), counter(200..260))];
-        let sub = Subscriber { serial: 2, whole_window: true, has_view: true, received: &received };
+        let sub =
+            Subscriber { serial: 2, whole_window: true, has_view: true, twin: None, received: &received };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 330, received: 330, unexpected: 0 });
         // A view that shows nothing of a track expects nothing of it (`Shown::frozen` judges that).
-        let sub = Subscriber { serial: 2, whole_window: true, has_view: true, received: &[] };
+        let sub = Subscriber { serial: 2, whole_window: true, has_view: true, twin: None, received: &[] };
         assert_eq!(judge(&sub, &sent), Judgement::default());
     }
 
@@ -285,21 +295,24 @@ mod tests {
         let sent = [stream(1, StreamKind::Video(1), 600), stream(1, StreamKind::Video(2), 900)];
         // The top layer, missing its first 10 packets: counted.
         let received = [(StreamKind::Video(2).id(1), counter(10..900))];
-        let sub = Subscriber { serial: 2, whole_window: true, has_view: false, received: &received };
+        let sub =
+            Subscriber { serial: 2, whole_window: true, has_view: false, twin: None, received: &received };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 900, received: 890, unexpected: 0 });
         // Nothing at all: the top layer is missed.
-        let sub = Subscriber { serial: 2, whole_window: true, has_view: false, received: &[] };
+        let sub = Subscriber { serial: 2, whole_window: true, has_view: false, twin: None, received: &[] };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 900, received: 0, unexpected: 0 });
         // Moved between layers (its bandwidth estimate): each layer on its runs.
         let received = [
             (StreamKind::Video(1).id(1), counter(0..300)),
             (StreamKind::Video(2).id(1), counter((450..900).filter(|i| *i != 500))),
         ];
-        let sub = Subscriber { serial: 2, whole_window: true, has_view: false, received: &received };
+        let sub =
+            Subscriber { serial: 2, whole_window: true, has_view: false, twin: None, received: &received };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 750, received: 749, unexpected: 0 });
         // A subscriber who came mid-window: runs only.
         let received = [(StreamKind::Video(2).id(1), counter(10..900))];
-        let sub = Subscriber { serial: 2, whole_window: false, has_view: false, received: &received };
+        let sub =
+            Subscriber { serial: 2, whole_window: false, has_view: false, twin: None, received: &received };
         assert_eq!(judge(&sub, &sent), Judgement { expected: 890, received: 890, unexpected: 0 });
     }
 

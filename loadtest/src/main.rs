@@ -7,6 +7,7 @@ mod expect;
 mod floor;
 mod http;
 mod idmap;
+mod janus;
 mod media;
 mod net;
 mod report;
@@ -73,6 +74,10 @@ struct Cli {
     /// thread's clients share one socket there, each sending from its own 127.1.x.y).
     #[arg(long)]
     socket_per_client: bool,
+    /// Run the scenario against Janus 1.x at this WebSocket URL (`ws://host:8188`, its
+    /// VideoRoom plugin) instead of a Huiyi server (docs/loadtest.md, *Against Janus*).
+    #[arg(long, value_name = "WS_URL")]
+    janus: Option<String>,
     /// Exit non-zero when any subscriber's delivery is below this (0..=1), a subscription
     /// froze or a join failed.
     #[arg(long)]
@@ -151,6 +156,10 @@ struct Run {
     room: String,
     shared: Arc<Shared>,
     workers: Vec<WorkerHandle>,
+    /// The run is against Janus, in this room.
+    janus: Option<janus::JanusRoom>,
+    /// Media connections the joins so far started (two for a participant against Janus).
+    connections: AtomicU64,
     next_serial: AtomicU64,
     failed_joins: AtomicUsize,
     closed_sockets: Arc<AtomicUsize>,
@@ -163,6 +172,10 @@ impl Run {
     /// One participant joins in `slot`: token, WebSocket, then its media on a worker.
     async fn join(self: &Arc<Self>, slot: usize) -> Result<u32, SignalError> {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed) as u32;
+        if let Some(target) = &self.janus {
+            let worker = self.workers[serial as usize % self.workers.len()].clone();
+            return self.join_janus(slot, serial, target, worker).await;
+        }
         let identity = format!("lt-{slot}-{serial}");
         let token = match &self.secret {
             Some(secret) => signal::mint_token(secret, &self.room, &identity, Duration::from_secs(3600)),
@@ -191,7 +204,11 @@ impl Run {
             ws_open_at,
             join_measurable: slot > 0
                 && (self.scenario.audio.publishers > 0 || self.scenario.video.publishers > 0),
+            offers: true,
+            twin: None,
+            publishing_half: false,
         })));
+        self.connections.fetch_add(1, Ordering::Relaxed);
         connection.run(move |m| {
             // A socket we did not close on purpose: the server ended it.
             if matches!(m, FromServer::Closed(_)) && !removed.lock().expect("lock").contains(&serial) {
@@ -237,6 +254,9 @@ impl Run {
             to_server,
             ws_open_at: posted_at,
             join_measurable: !publisher,
+            offers: true,
+            twin: None,
+            publishing_half: false,
         })));
         whip::run(endpoint, token, outgoing, move |answer| {
             let _ = answered_tx.send(answer);
@@ -246,6 +266,7 @@ impl Run {
             Ok(sdp) => {
                 let answer = ServerMessage::Answer { sdp, tracks: Vec::new() };
                 worker.send(WorkerInput::Signal(serial, FromServer::Message(answer)));
+                self.connections.fetch_add(1, Ordering::Relaxed);
                 Ok(serial)
             }
             Err(e) => {
@@ -253,6 +274,73 @@ impl Run {
                 Err(e)
             }
         }
+    }
+
+    /// A participant against Janus: one session, two connections on one worker (one
+    /// publishes the participant's media, if it has any; one receives the others').
+    async fn join_janus(
+        self: &Arc<Self>,
+        slot: usize,
+        serial: u32,
+        target: &janus::JanusRoom,
+        worker: WorkerHandle,
+    ) -> Result<u32, SignalError> {
+        let started = Instant::now();
+        let participant = janus::Participant::join(target, &format!("lt-{slot}-{serial}")).await?;
+        let audio = slot < self.scenario.audio.publishers;
+        let video =
+            if slot < self.scenario.video.publishers { self.scenario.camera_layers() } else { Vec::new() };
+        let subscriber = self.next_serial.fetch_add(1, Ordering::Relaxed) as u32;
+        let publishes = audio || !video.is_empty();
+        let publisher_out = publishes.then(|| {
+            let (to_server, outgoing) = tokio::sync::mpsc::unbounded_channel();
+            worker.send(WorkerInput::Add(Box::new(ClientSetup {
+                serial,
+                slot,
+                audio,
+                video,
+                joined: None,
+                watch: false,
+                to_server,
+                ws_open_at: started,
+                join_measurable: false,
+                offers: true,
+                twin: Some(subscriber),
+                publishing_half: true,
+            })));
+            outgoing
+        });
+        // Someone else publishes, now or later (a class's teacher subscribes to nobody).
+        let publishers = self.scenario.audio.publishers.max(self.scenario.video.publishers);
+        let subscribes = publishers > usize::from(slot < publishers);
+        let subscriber_out = subscribes.then(|| {
+            let (to_server, outgoing) = tokio::sync::mpsc::unbounded_channel();
+            worker.send(WorkerInput::Add(Box::new(ClientSetup {
+                serial: subscriber,
+                slot,
+                audio: false,
+                video: Vec::new(),
+                joined: None,
+                watch: false,
+                to_server,
+                ws_open_at: started,
+                join_measurable: slot > 0,
+                offers: false,
+                twin: Some(serial),
+                publishing_half: false,
+            })));
+            outgoing
+        });
+        self.connections.fetch_add(u64::from(publishes) + u64::from(subscribes), Ordering::Relaxed);
+        let closed = self.closed_sockets.clone();
+        participant.run(publisher_out, subscriber_out, move |half, m| {
+            if matches!(m, FromServer::Closed(_)) && (half == janus::Half::Subscriber || !subscribes) {
+                closed.fetch_add(1, Ordering::Relaxed);
+            }
+            let to = if half == janus::Half::Publisher { serial } else { subscriber };
+            worker.send(WorkerInput::Signal(to, m));
+        });
+        Ok(serial)
     }
 
     fn note_error(&self, e: &SignalError) {
@@ -268,21 +356,49 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     let mut report = Report {
         scenario: scenario.name.clone(),
         url: cli.url.clone(),
+        server_kind: "huiyi".into(),
         date: iso_date(),
         participants: scenario.participants,
         duration_s: scenario.duration_s,
         ..Default::default()
     };
-    let server_ip = match url.host_port.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+    // The server's address: its media is there too (the generator's sockets bind to it).
+    let host_port = match &cli.janus {
+        Some(ws) => {
+            report.url = ws.clone();
+            report.server_kind = "janus".into();
+            let rest = ws.strip_prefix("ws://").unwrap_or(ws);
+            rest.split('/').next().unwrap_or(rest).to_string()
+        }
+        None => url.host_port.clone(),
+    };
+    let server_ip = match host_port.to_socket_addrs().ok().and_then(|mut a| a.next()) {
         Some(a) => a.ip(),
         None => {
-            report.error = Some(format!("cannot resolve {}", url.host_port));
+            report.error = Some(format!("cannot resolve {host_port}"));
             return (report, EXIT_ERROR);
         }
     };
+    if cli.janus.is_some() && scenario.churn.is_some() {
+        report.error = Some("churn scenarios run against Huiyi only".into());
+        return (report, EXIT_ERROR);
+    }
     // Fail fast and clearly when the server is not there.
-    if let Err(e) = signal::http_get(&url.host_port, "/healthz").await {
+    if cli.janus.is_none()
+        && let Err(e) = signal::http_get(&url.host_port, "/healthz").await
+    {
         report.error = Some(e.to_string());
+        return (report, EXIT_ERROR);
+    }
+    let janus = cli.janus.as_ref().map(|ws| janus::JanusRoom {
+        ws_url: ws.clone(),
+        room: u64::from(fastrand::u32(1..)),
+        view: janus_view(&scenario),
+    });
+    if let Some(target) = &janus
+        && let Err(e) = janus::create_room(target, scenario.participants).await
+    {
+        report.error = Some(format!("Janus at {}: {e}", target.ws_url));
         return (report, EXIT_ERROR);
     }
     // The machine's floor, while nothing else of the run is going on.
@@ -330,6 +446,8 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         secret: cli.secret.clone(),
         shared: shared.clone(),
         workers,
+        janus,
+        connections: AtomicU64::new(0),
         next_serial: AtomicU64::new(0),
         failed_joins: AtomicUsize::new(0),
         closed_sockets: Arc::new(AtomicUsize::new(0)),
@@ -339,12 +457,14 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     report.room = run.room.clone();
     // A person can watch the run: the meeting page, or a class's viewer page.
     let page = if run.scenario.broadcast.is_some() { "live" } else { "room" };
-    eprintln!(
-        "loadtest: room {}; watch it at {}/{page}/{}",
-        run.room,
-        cli.url.trim_end_matches('/'),
-        run.room
-    );
+    if run.janus.is_none() {
+        eprintln!(
+            "loadtest: room {}; watch it at {}/{page}/{}",
+            run.room,
+            cli.url.trim_end_matches('/'),
+            run.room
+        );
+    }
 
     // Joining, at the scenario's rate, with a progress bar.
     let run_start = (Instant::now(), ProcessSample::take(&[]));
@@ -386,7 +506,7 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         }
     }
     // Wait for media to connect: everyone who joined, within a bound.
-    let joined = slots.iter().flatten().count() as u64;
+    let joined = run.connections.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(15);
     while shared.connected.load(Ordering::Relaxed) < joined && Instant::now() < deadline {
         progress(scenario.participants, scenario.participants, shared.connected.load(Ordering::Relaxed));
@@ -517,7 +637,7 @@ async fn finish(
     let results: Vec<WorkerResult> = threads.into_iter().filter_map(|t| t.join().ok()).collect();
     let shared = &run.shared;
     let clients: Vec<&ClientResult> = results.iter().flat_map(|r| r.clients.iter()).collect();
-    report.connected = clients.iter().filter(|c| c.connected).count();
+    report.connected = clients.iter().filter(|c| c.connected && !c.publishing_half).count();
     report.failed_joins =
         run.failed_joins.load(Ordering::Relaxed) + clients.iter().filter(|c| !c.connected).count();
     report.error = error.or_else(|| run.first_error.lock().expect("lock").clone());
@@ -603,12 +723,14 @@ async fn finish(
         .collect();
     let (mut total_expected, mut total_received) = (0u64, 0u64);
     let mut per_subscriber = Vec::new();
-    for c in clients.iter().filter(|c| c.connected) {
+    // A participant's publishing connection against Janus receives nothing: its other one is judged.
+    for c in clients.iter().filter(|c| c.connected && !c.publishing_half) {
         let judged = judge(
             &Subscriber {
                 serial: c.serial,
                 whole_window: c.whole_window,
                 has_view: c.has_view,
+                twin: c.twin,
                 received: &c.received,
             },
             &sent,
@@ -711,6 +833,28 @@ async fn publisher_connected(shared: &Shared) -> bool {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     true
+}
+
+/// What a subscriber takes against Janus, which follows no view of its own: the grid's
+/// size, its first camera at the speaker tile's layer and the others at a tile's; a
+/// broadcast's player takes the teacher's camera at the player's layer.
+fn janus_view(scenario: &Scenario) -> janus::ViewRule {
+    let layers = scenario.camera_layers();
+    // Janus numbers a camera's substreams from its lowest layer up.
+    let substream = |[w, h]: [u32; 2]| {
+        media::layer_for_tile(&layers, w, h)
+            .and_then(|l| layers.iter().position(|o| o.rank() == l.rank()))
+            .unwrap_or(0) as u8
+    };
+    match (&scenario.broadcast, &scenario.view) {
+        (Some(b), _) => {
+            janus::ViewRule { grid: Some(1), big: substream(b.player), small: substream(b.player) }
+        }
+        (None, Some(v)) => {
+            janus::ViewRule { grid: Some(v.grid), big: substream(v.speaker_tile), small: substream(v.tile) }
+        }
+        (None, None) => janus::ViewRule { grid: None, big: 0, small: 0 },
+    }
 }
 
 fn progress(joined: usize, total: usize, connected: u64) {

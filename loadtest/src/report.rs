@@ -102,6 +102,8 @@ pub struct Second {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
+    /// The server under test: "huiyi", or "janus" (`--janus`).
+    pub server_kind: String,
     pub url: String,
     /// The room the run used (the scenario's name with a random suffix).
     pub room: String,
@@ -243,8 +245,9 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "scenario        {} ({}){}",
+            "scenario        {} ({} at {}){}",
             self.scenario,
+            self.server_kind,
             self.url,
             if self.complete { "" } else { "  INCOMPLETE" }
         );

@@ -100,6 +100,9 @@ pub enum FromServer {
     Unreadable(String),
     /// The socket closed: the close code and reason, if the server sent one.
     Closed(Option<(u16, String)>),
+    /// The cameras (by their publishers' serials) a subscription now shows, where the
+    /// generator chose them itself (against Janus) instead of sending `subscribe`.
+    Showing(Vec<u32>),
 }
 
 /// A joined client's signaling connection, not yet reading: start it with [`Connection::run`]

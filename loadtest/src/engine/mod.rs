@@ -173,6 +173,13 @@ pub struct ClientSetup {
     pub ws_open_at: Instant,
     /// The client may count its join time (someone was already publishing when it came).
     pub join_measurable: bool,
+    /// It makes the first offer; otherwise it waits for the server's (a Janus subscriber).
+    pub offers: bool,
+    /// The participant's other connection, where it has two (against Janus one publishes
+    /// and one subscribes): that one's streams are the participant's own.
+    pub twin: Option<u32>,
+    /// The publishing one of such a pair: the participant is counted on the other.
+    pub publishing_half: bool,
 }
 
 pub enum WorkerInput {
@@ -218,8 +225,10 @@ pub struct ClientResult {
     pub speaker_events: u32,
     /// Connected before the measurement window opened and stayed to its end.
     pub whole_window: bool,
-    /// It showed a view (sent `subscribe`).
+    /// It showed a view (sent `subscribe`, or chose its subscription against Janus).
     pub has_view: bool,
+    pub twin: Option<u32>,
+    pub publishing_half: bool,
     /// Tracks it showed at the end of the window that had stopped arriving.
     pub frozen: usize,
     /// Times the server's `layers` paused one of its camera's layers.
@@ -331,6 +340,8 @@ struct Client {
     /// The id others see for this client's camera (from its `answer`).
     camera_track: Option<String>,
     view: Option<View>,
+    /// Against Janus: the cameras its subscription shows (by publisher serial), and since when.
+    showing: Option<Vec<(u32, Instant)>>,
     connected_at: Option<Instant>,
     /// ICE first found a working candidate pair (before DTLS ran over it).
     ice_at: Option<Instant>,
@@ -654,13 +665,18 @@ impl Worker {
         if setup.watch {
             api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
             api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        } else if audio.is_none() && video.is_none() {
+        } else if audio.is_none() && video.is_none() && setup.offers {
             api.add_channel("loadtest".into());
         }
-        let Some((offer, pending)) = api.apply() else {
-            return Err(std::io::Error::other("nothing to offer"));
+        let pending = if setup.offers {
+            let Some((offer, pending)) = api.apply() else {
+                return Err(std::io::Error::other("nothing to offer"));
+            };
+            let _ = setup.to_server.send(ClientMessage::Offer { sdp: offer.to_sdp_string(), tracks });
+            Some(pending)
+        } else {
+            None
         };
-        let _ = setup.to_server.send(ClientMessage::Offer { sdp: offer.to_sdp_string(), tracks });
         let mut streams = Vec::new();
         if audio.is_some() {
             streams.extend([StreamKind::Talk.id(serial), StreamKind::Unexpected.id(serial)]);
@@ -679,11 +695,12 @@ impl Worker {
                 srtp_refused: 0,
                 socket,
                 local,
-                pending: Some(pending),
+                pending,
                 audio,
                 video,
                 camera_track: None,
                 view,
+                showing: None,
                 connected_at: None,
                 ice_at: None,
                 negotiated_at: None,
@@ -717,6 +734,12 @@ impl Worker {
                 return;
             }
             FromServer::Unreadable(why) => return client.errors.push(why),
+            FromServer::Showing(owners) => {
+                let before = client.showing.take().unwrap_or_default();
+                let since = |o: u32| before.iter().find(|(b, _)| *b == o).map_or(now, |(_, t)| *t);
+                client.showing = Some(owners.into_iter().map(|o| (o, since(o))).collect());
+                return;
+            }
             FromServer::Message(m) => m,
         };
         match &m {
@@ -994,11 +1017,22 @@ impl Worker {
                     .filter_map(|l| client.rx.get(&StreamKind::Video(l.rank()).id(owner))?.last_in_window_us)
                     .max()
             };
-            for (track, since) in client.view.iter().flat_map(|v| v.shown()) {
-                let shown = Shown {
-                    since_us: self.shared.us(since),
-                    last_packet_us: self.shared.camera_owner(track).and_then(last_packet),
-                };
+            // Tiles by the server's track id, or (against Janus) by the publisher's serial.
+            let tiles = client
+                .view
+                .iter()
+                .flat_map(|v| v.shown())
+                .map(|(track, since)| (track.to_string(), self.shared.camera_owner(track), since))
+                .chain(
+                    client
+                        .showing
+                        .iter()
+                        .flatten()
+                        .map(|(o, since)| (format!("of lt-{o}"), Some(*o), *since)),
+                );
+            for (track, owner, since) in tiles {
+                let shown =
+                    Shown { since_us: self.shared.us(since), last_packet_us: owner.and_then(last_packet) };
                 if shown.frozen(end) {
                     frozen_tracks += 1;
                     let last =
@@ -1046,7 +1080,9 @@ impl Worker {
             speaker_events: client.speaker_events,
             whole_window: !leaving
                 && client.connected_at.is_some_and(|t| self.shared.us(t) <= self.shared.window_start_us()),
-            has_view: client.view.is_some(),
+            has_view: client.view.is_some() || client.showing.is_some(),
+            twin: client.setup.twin,
+            publishing_half: client.setup.publishing_half,
             frozen: frozen_tracks,
             layer_pauses: client.layer_pauses,
             switch_keyframe_ms: client.switch_keyframe_ms,
