@@ -3,6 +3,7 @@
 benches/run.sh; figures come only from the stored reports, never typed in."""
 import json
 import pathlib
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -109,6 +110,84 @@ def rx_cell(g):
     return "-" if ns is None else "{:.0f} ({})".format(ns, g.get("rx_path", "?"))
 
 
+def pair_rows(stem):
+    """The two reports of one benches/compare.sh run (its path without the suffixes)."""
+    stem = pathlib.Path(stem)
+    meta_path = stem.with_name(stem.name + ".meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    reports = {}
+    for server in ("huiyi", "janus"):
+        path = stem.with_name(f"{stem.name}.{server}.json")
+        reports[server] = json.loads(path.read_text()) if path.exists() else {}
+    return meta, reports
+
+
+def ratio(a, b, digits=2):
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.{digits}f}x"
+
+
+def pair_table(meta, reports):
+    """One compare run: a row per server, then the ratios (Janus over Huiyi: above 1 means
+    Janus needs more, or is slower)."""
+    h, j = reports.get("huiyi", {}), reports.get("janus", {})
+
+    def get(r, *keys):
+        for k in keys:
+            r = (r or {}).get(k) if isinstance(r, dict) else None
+        return r
+
+    def cores(r):
+        return sum(s.get("cpu_cores") or 0 for s in r.get("server") or []) or None
+
+    def rss(r):
+        return sum(s.get("peak_rss_mb") or 0 for s in r.get("server") or []) or None
+
+    out = ["| server | connected | failed joins | delivery min / median | pps in (forwarded) | server cores | server ns per forwarded packet | forwarded pkts per CPU-s | latency p50 / p99 | join p99 | first frame p99 | peak RSS | generator cores | complete |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in (("Huiyi " + meta.get("commit", "?"), h), ("Janus " + meta.get("janus_version", "?"), j)):
+        complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
+        if get(r, "generator", "bottleneck"):
+            complete += " (generator-bound)"
+        out.append("| {} | {} / {} | {} | {} / {} | {:.0f} | {} | {} | {} | {} / {} ms | {} ms | {} ms | {} MiB | {} | {} |".format(
+            label, r.get("connected"), r.get("participants"), r.get("failed_joins"),
+            pct(get(r, "delivery", "min")), pct(get(r, "delivery", "median")), r.get("pps_in") or 0,
+            fmt(cores(r)), fmt(r.get("server_ns_per_forwarded_packet"), "", 0),
+            fmt(r.get("forwarded_packets_per_cpu_second"), "", 0),
+            fmt(get(r, "latency_ms", "p50")), fmt(get(r, "latency_ms", "p99")), fmt(get(r, "join_ms", "p99"), "", 0),
+            fmt(get(r, "first_frame_ms", "p99"), "", 0), fmt(rss(r), "", 1), fmt(get(r, "generator", "cpu_cores")),
+            complete))
+    out += ["", "| Janus / Huiyi | CPU per forwarded packet | server cores | latency p99 | join p99 | peak RSS |",
+            "| --- | --- | --- | --- | --- | --- |",
+            "| ratio | {} | {} | {} | {} | {} |".format(
+                ratio(j.get("server_ns_per_forwarded_packet"), h.get("server_ns_per_forwarded_packet")),
+                ratio(cores(j), cores(h)), ratio(get(j, "latency_ms", "p99"), get(h, "latency_ms", "p99")),
+                ratio(get(j, "join_ms", "p99"), get(h, "join_ms", "p99")), ratio(rss(j), rss(h)))]
+    return out
+
+
+def compare_section():
+    """Every stored benches/compare.sh run, newest first."""
+    root = ROOT / "compare"
+    if not root.exists():
+        return []
+    out = ["## Huiyi and Janus side by side (benches/compare.sh)", "",
+           "Each run starts Huiyi and then Janus (Debian's package, VideoRoom) as fresh processes on",
+           "the same machine, with equal settings (docs/loadtest.md, *Against Janus*), and runs the",
+           "same scenario against each. Janus forwards every live microphone (it has no top-N audio),",
+           "so it forwards more packets for the same meeting: compare CPU per forwarded packet.", ""]
+    for scenario in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        metas = sorted((root / scenario).glob("*.meta.json"), reverse=True)
+        for meta_path in metas:
+            stem = meta_path.with_name(meta_path.name[: -len(".meta.json")])
+            meta, reports = pair_rows(stem)
+            out += [f"### {scenario}, {stem.name}", ""]
+            out += pair_table(meta, reports)
+            out += ["", "Command: `{}` ({} and {}); Janus with {} event loops".format(
+                meta.get("command"), f"`{meta.get('huiyi_command')}`", f"`{meta.get('janus_command')}`",
+                meta.get("janus_event_loops")), "", "Machine: " + str(meta.get("machine")), ""]
+    return out
+
+
 def broadcast_table(name, rows):
     """A live class: players, their first frame, and each process of the tier."""
     out = [f"## {name}", "",
@@ -165,7 +244,8 @@ def main():
            "time, and rooms above 10 forward only the top-3 speakers. Rows from earlier commits measure",
            "the old shapes (every track to everyone) and are kept as the before.", ""]
     out += before_after()
-    names = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in ("micro", "before-after")) if ROOT.exists() else []
+    out += compare_section()
+    names = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in ("micro", "before-after", "compare")) if ROOT.exists() else []
     for name in names:
         rows = scenario_rows(name)
         if not rows:
@@ -214,4 +294,8 @@ def main():
     print("\n".join(out))
 
 
-main()
+if len(sys.argv) == 3 and sys.argv[1] == "--pair":
+    # One compare.sh run, printed as it finishes.
+    print("\n".join(pair_table(*pair_rows(sys.argv[2]))))
+else:
+    main()

@@ -292,6 +292,9 @@ impl Run {
             if slot < self.scenario.video.publishers { self.scenario.camera_layers() } else { Vec::new() };
         let subscriber = self.next_serial.fetch_add(1, Ordering::Relaxed) as u32;
         let publishes = audio || !video.is_empty();
+        // Someone else publishes, now or later (a class's teacher subscribes to nobody).
+        let publishers = self.scenario.audio.publishers.max(self.scenario.video.publishers);
+        let subscribes = publishers > usize::from(slot < publishers);
         let publisher_out = publishes.then(|| {
             let (to_server, outgoing) = tokio::sync::mpsc::unbounded_channel();
             worker.send(WorkerInput::Add(Box::new(ClientSetup {
@@ -306,13 +309,11 @@ impl Run {
                 join_measurable: false,
                 offers: true,
                 twin: Some(subscriber),
-                publishing_half: true,
+                // Counted on its subscribing connection, if it has one.
+                publishing_half: subscribes,
             })));
             outgoing
         });
-        // Someone else publishes, now or later (a class's teacher subscribes to nobody).
-        let publishers = self.scenario.audio.publishers.max(self.scenario.video.publishers);
-        let subscribes = publishers > usize::from(slot < publishers);
         let subscriber_out = subscribes.then(|| {
             let (to_server, outgoing) = tokio::sync::mpsc::unbounded_channel();
             worker.send(WorkerInput::Add(Box::new(ClientSetup {
@@ -411,7 +412,9 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         }
     };
     let churn_joins = scenario.churn.as_ref().map_or(0.0, |c| c.joins_per_s * scenario.duration_s);
-    let max_clients = scenario.participants + churn_joins.ceil() as usize + 64;
+    // A participant against Janus takes two serials (its publishing and subscribing connections).
+    let serials_per_participant = if cli.janus.is_some() { 2 } else { 1 };
+    let max_clients = (scenario.participants + churn_joins.ceil() as usize + 64) * serials_per_participant;
     let shared = Arc::new(Shared::new(max_clients));
     let mut workers = Vec::new();
     let mut threads = Vec::new();

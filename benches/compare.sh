@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Runs one scenario against Huiyi and against Janus 1.1.2 (Debian's `janus`, its VideoRoom
+# plugin) on this machine, one after the other in one run, and prints both rows and their
+# ratios; BENCHMARKS.md is rewritten with them:
+#   benches/compare.sh meeting-100
+# Equal settings: each server is a fresh process free to use every CPU (Huiyi with its
+# default shards, Janus with one event loop per CPU), reached on the same veth address
+# (Janus never offers loopback candidates), by the same generator with a socket per client.
+# Janus runs with benches/janus/ (its best settings for this: event loops, NACK queues sized
+# to the RTT, warnings-only logging, nothing but VideoRoom and WebSockets loaded; docs/loadtest.md).
+# Needs root (it makes the veth) and the `janus` package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+name=${1:?usage: benches/compare.sh SCENARIO (a name in benches/scenarios/)}
+file=benches/scenarios/$name.toml
+[ -f "$file" ] || { echo "no scenario $file" >&2; exit 2; }
+command -v janus >/dev/null 2>&1 || { echo "Janus is not installed (apt-get install janus)" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "compare.sh makes a veth address for both servers: run it as root" >&2; exit 2; }
+
+cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")
+day=$(date -u +%FT%H%M)
+machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+janus_version=$(janus --version 2>/dev/null | sed -n 's/^Janus version: .*(\(.*\))$/\1/p' | head -1)
+addr=10.213.0.1
+ifname=hycmp0
+secret=compare-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+dir=benches/results/compare/$name
+mkdir -p "$dir"
+out=$dir/$day-$commit
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  ip link del "$ifname" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# An address of this machine's own on a veth pair: traffic to it stays on this machine,
+# like loopback, and Janus gathers a candidate there.
+ip link del "$ifname" 2>/dev/null || true
+ip link add "$ifname" type veth peer name "${ifname}p"
+ip addr add "$addr/32" dev "$ifname"
+ip link set "$ifname" up
+ip link set "${ifname}p" up
+
+# Wait (at most 10 s) until something accepts TCP connections on $1:$2.
+wait_tcp() {
+  for _ in $(seq 1 100); do
+    python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()' "$1" "$2" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing answered on $1:$2" >&2
+  return 1
+}
+
+# Huiyi: a secret (its HTTP is not on loopback) and no cap on connections per address (every
+# client of the generator comes from this one address).
+printf '[auth]\napi_secret = "%s"\n[limits]\nmax_connections_per_ip = 0\n' "$secret" >"$tmp/huiyi.toml"
+./target/release/huiyi --config "$tmp/huiyi.toml" --http $addr:7780 --media $addr:7781 --log warn \
+  >"$out.huiyi.log" 2>&1 &
+pids+=($!)
+huiyi_pid=$!
+wait_tcp $addr 7780
+huiyi_cmd="./target/release/loadtest --scenario $file --url http://$addr:7780 --secret <secret> --server-pid huiyi=<pid> --report $out.huiyi.json --plot $out.huiyi.svg"
+echo "== $name against Huiyi: $huiyi_cmd"
+set +e
+HUIYI_API_SECRET=$secret ./target/release/loadtest --scenario "$file" --url "http://$addr:7780" \
+  --server-pid "huiyi=$huiyi_pid" --report "$out.huiyi.json" --plot "$out.huiyi.svg"
+huiyi_code=$?
+set -e
+kill "$huiyi_pid"
+wait "$huiyi_pid" 2>/dev/null || true
+[ "$huiyi_code" -ne 0 ] || rm -f "$out.huiyi.log"
+
+# Janus: benches/janus/ with this run's address and one event loop per CPU.
+cp -r benches/janus "$tmp/janus"
+sed -i "s/10\.213\.0\.1/$addr/; s/event_loops = .*/event_loops = $(nproc)/" "$tmp/janus/janus.jcfg" "$tmp/janus/janus.transport.websockets.jcfg"
+janus -F "$tmp/janus" -C "$tmp/janus/janus.jcfg" -E "$ifname" -o >"$out.janus.log" 2>&1 &
+pids+=($!)
+janus_pid=$!
+wait_tcp $addr 8188
+janus_cmd="./target/release/loadtest --scenario $file --janus ws://$addr:8188 --server-pid janus=<pid> --report $out.janus.json --plot $out.janus.svg"
+echo "== $name against Janus $janus_version: $janus_cmd"
+set +e
+./target/release/loadtest --scenario "$file" --janus "ws://$addr:8188" --server-pid "janus=$janus_pid" \
+  --report "$out.janus.json" --plot "$out.janus.svg"
+janus_code=$?
+set -e
+kill "$janus_pid"
+wait "$janus_pid" 2>/dev/null || true
+[ "$janus_code" -ne 0 ] || rm -f "$out.janus.log"
+
+python3 - "$out.meta.json" "$huiyi_cmd" "$janus_cmd" "$commit" "$machine" "$janus_version" "$huiyi_code" "$janus_code" "$(nproc)" <<'PY'
+import json, sys
+path, huiyi_cmd, janus_cmd, commit, machine, janus_version, huiyi_code, janus_code, loops = sys.argv[1:]
+json.dump({"command": "benches/compare.sh " + path.split("/")[-2], "huiyi_command": huiyi_cmd,
+           "janus_command": janus_cmd, "commit": commit, "machine": machine,
+           "janus_version": janus_version, "janus_event_loops": int(loops),
+           "exit_codes": {"huiyi": int(huiyi_code), "janus": int(janus_code)}},
+          open(path, "w"), indent=2)
+PY
+echo
+python3 benches/render.py --pair "$out"
+python3 benches/render.py > BENCHMARKS.md
+echo "BENCHMARKS.md rewritten"
