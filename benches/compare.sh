@@ -21,7 +21,8 @@ cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")
 day=$(date -u +%FT%H%M)
 machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
-janus_version=$(janus --version 2>/dev/null | sed -n 's/^Janus version: .*(\(.*\))$/\1/p' | head -1)
+# (`janus --version` prints its version and exits 1.)
+janus_version=$(janus --version 2>/dev/null | sed -n 's/^Janus version: .*(\(.*\))$/\1/p' | head -1 || true)
 addr=10.213.0.1
 ifname=hycmp0
 secret=compare-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')

@@ -142,7 +142,7 @@ def pair_table(meta, reports):
     def rss(r):
         return sum(s.get("peak_rss_mb") or 0 for s in r.get("server") or []) or None
 
-    out = ["| server | connected | failed joins | delivery min / median | pps in (forwarded) | server cores | server ns per forwarded packet | forwarded pkts per CPU-s | latency p50 / p99 | join p99 | first frame p99 | peak RSS | generator cores | complete |",
+    out = ["| server | connected | failed joins | delivery min / median | pps in (forwarded) | server cores | server ns per forwarded packet = x one-send floor | forwarded pkts per CPU-s | latency p50 / p99 | join p99 | first frame p99 | peak RSS | generator cores | complete |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, r in (("Huiyi " + meta.get("commit", "?"), h), ("Janus " + meta.get("janus_version", "?"), j)):
         complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
@@ -151,17 +151,19 @@ def pair_table(meta, reports):
         out.append("| {} | {} / {} | {} | {} / {} | {:.0f} | {} | {} | {} | {} / {} ms | {} ms | {} ms | {} MiB | {} | {} |".format(
             label, r.get("connected"), r.get("participants"), r.get("failed_joins"),
             pct(get(r, "delivery", "min")), pct(get(r, "delivery", "median")), r.get("pps_in") or 0,
-            fmt(cores(r)), fmt(r.get("server_ns_per_forwarded_packet"), "", 0),
+            fmt(cores(r)), "{} = {}".format(fmt(r.get("server_ns_per_forwarded_packet"), "", 0),
+                                            fmt(get(r, "floor_ratio", "send"), "x")),
             fmt(r.get("forwarded_packets_per_cpu_second"), "", 0),
             fmt(get(r, "latency_ms", "p50")), fmt(get(r, "latency_ms", "p99")), fmt(get(r, "join_ms", "p99"), "", 0),
             fmt(get(r, "first_frame_ms", "p99"), "", 0), fmt(rss(r), "", 1), fmt(get(r, "generator", "cpu_cores")),
             complete))
-    out += ["", "| Janus / Huiyi | CPU per forwarded packet | server cores | latency p99 | join p99 | peak RSS |",
-            "| --- | --- | --- | --- | --- | --- |",
-            "| ratio | {} | {} | {} | {} | {} |".format(
+    out += ["", "| Janus / Huiyi | CPU per forwarded packet | server cores | latency p99 | join p99 | peak RSS | (Huiyi / Janus) forwarded pkts per CPU-s |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| ratio | {} | {} | {} | {} | {} | {} |".format(
                 ratio(j.get("server_ns_per_forwarded_packet"), h.get("server_ns_per_forwarded_packet")),
                 ratio(cores(j), cores(h)), ratio(get(j, "latency_ms", "p99"), get(h, "latency_ms", "p99")),
-                ratio(get(j, "join_ms", "p99"), get(h, "join_ms", "p99")), ratio(rss(j), rss(h)))]
+                ratio(get(j, "join_ms", "p99"), get(h, "join_ms", "p99")), ratio(rss(j), rss(h)),
+                ratio(h.get("forwarded_packets_per_cpu_second"), j.get("forwarded_packets_per_cpu_second")))]
     return out
 
 
