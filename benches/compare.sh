@@ -8,14 +8,14 @@
 # (Janus never offers loopback candidates), by the same generator with a socket per client.
 # Janus runs with benches/janus/ (its best settings for this: event loops, NACK queues sized
 # to the RTT, warnings-only logging, nothing but VideoRoom and WebSockets loaded; docs/loadtest.md).
-# Needs root (it makes the veth) and the `janus` package.
+# Needs root (it makes the veth); installs Debian's janus and libopus-dev when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:?usage: benches/compare.sh SCENARIO (a name in benches/scenarios/)}
 file=benches/scenarios/$name.toml
 [ -f "$file" ] || { echo "no scenario $file" >&2; exit 2; }
-command -v janus >/dev/null 2>&1 || { echo "Janus is not installed (apt-get install janus)" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "compare.sh makes a veth address for both servers: run it as root" >&2; exit 2; }
+./scripts/need opus janus
 
 cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")

@@ -28,6 +28,7 @@ if [ $# -eq 0 ]; then
   micro=1
 fi
 
+./scripts/need opus
 cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")
 day=$(date -u +%FT%H%M)
