@@ -688,11 +688,19 @@ async fn finish(
     for r in &results {
         latency.merge(&r.latency);
     }
-    report.latency_ms = Percentiles {
-        p50: latency.percentile_ms(50.0),
-        p99: latency.percentile_ms(99.0),
-        max: (latency.count() > 0).then(|| latency.max_ms()),
+    let spread = |h: &LatencyHistogram| Percentiles {
+        p50: h.percentile_ms(50.0),
+        p99: h.percentile_ms(99.0),
+        max: (h.count() > 0).then(|| h.max_ms()),
     };
+    report.latency_ms = spread(&latency);
+    let (mut send, mut receive_queue) = (LatencyHistogram::default(), LatencyHistogram::default());
+    for r in &results {
+        send.merge(&r.send_delay);
+        receive_queue.merge(&r.receive_queue);
+    }
+    report.latency_parts_ms =
+        report::LatencyParts { send: spread(&send), receive_queue: spread(&receive_queue) };
 
     // Delivery per subscriber over the streams it should have received in the window
     // (the model: expect.rs and docs/loadtest.md).

@@ -38,6 +38,17 @@ pub struct JoinPhases {
     pub dtls: Percentiles,
 }
 
+/// The generator's own parts around latency, so a missed target points at the server or
+/// the instrument: `send`, from a frame's stamp to its packets handed to the kernel, is
+/// inside latency; `receive_queue`, from a packet's arrival in the kernel to the generator
+/// reading it, is not (latency ends at the kernel's arrival stamp). The rest of latency is
+/// the server and the kernel's path through it.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct LatencyParts {
+    pub send: Percentiles,
+    pub receive_queue: Percentiles,
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Delivery {
     pub min: Option<f64>,
@@ -130,6 +141,7 @@ pub struct Report {
     /// Tiles a view showed for more than 3 s that received nothing in the last 2 s.
     pub frozen_subscriptions: usize,
     pub latency_ms: Percentiles,
+    pub latency_parts_ms: LatencyParts,
     pub jitter_ms: P99,
     pub first_keyframe_ms: P99,
     /// Per received camera: from the offer (made just before its `POST` or message) to the
@@ -282,6 +294,12 @@ impl Report {
             self.loss_pct.map(|l| format!("{l:.3}%")).unwrap_or_else(|| "-".into())
         );
         let _ = writeln!(out, "latency         {}", spread(&self.latency_ms));
+        let _ = writeln!(
+            out,
+            "  generator p99  send {} (in latency), receive queue {} (not in it: latency ends at the kernel's arrival)",
+            f(self.latency_parts_ms.send.p99, " ms"),
+            f(self.latency_parts_ms.receive_queue.p99, " ms")
+        );
         let _ = writeln!(out, "jitter p99      {}", f(self.jitter_ms.p99, " ms"));
         let _ = writeln!(
             out,

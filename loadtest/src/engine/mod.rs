@@ -257,6 +257,11 @@ pub struct ClientResult {
 pub struct WorkerResult {
     pub clients: Vec<ClientResult>,
     pub latency: LatencyHistogram,
+    /// The generator's own parts around `latency`, in the window: from a frame's stamp to
+    /// its last packet handed to the kernel (inside `latency`), and from a packet's arrival
+    /// in the kernel to this thread reading it (outside it).
+    pub send_delay: LatencyHistogram,
+    pub receive_queue: LatencyHistogram,
     /// Per second since the epoch: (packets received, bytes received, latency histogram).
     pub seconds: HashMap<u64, (u64, u64, LatencyHistogram)>,
     pub ports: Vec<u16>,
@@ -421,6 +426,8 @@ pub struct Worker {
     finished: Vec<ClientResult>,
     timers: BinaryHeap<Reverse<(Instant, u32, Due)>>,
     latency: LatencyHistogram,
+    send_delay: LatencyHistogram,
+    receive_queue: LatencyHistogram,
     /// Indexed by the second since the epoch.
     seconds: Vec<Option<(u64, u64, LatencyHistogram)>>,
     ports: Vec<u16>,
@@ -480,6 +487,8 @@ impl Worker {
             finished: Vec::new(),
             timers: BinaryHeap::new(),
             latency: LatencyHistogram::default(),
+            send_delay: LatencyHistogram::default(),
+            receive_queue: LatencyHistogram::default(),
             seconds: Vec::new(),
             ports,
             published_second: 0,
@@ -542,6 +551,8 @@ impl Worker {
         WorkerResult {
             clients: std::mem::take(&mut self.finished),
             latency: std::mem::take(&mut self.latency),
+            send_delay: std::mem::take(&mut self.send_delay),
+            receive_queue: std::mem::take(&mut self.receive_queue),
             seconds,
             ports: std::mem::take(&mut self.ports),
         }
@@ -877,6 +888,13 @@ impl Worker {
                         self.fail(id);
                         continue;
                     }
+                    // The frame's packets are with the kernel once drained: the time since
+                    // their stamp is the generator's part of their latency.
+                    self.drain(id);
+                    if self.shared.in_window(self.shared.us(now)) {
+                        self.send_delay.record(now.elapsed().as_micros() as u64);
+                    }
+                    continue;
                 }
             }
             self.drain(id);

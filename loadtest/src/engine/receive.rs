@@ -174,6 +174,9 @@ impl Worker {
         };
         if self.shared.in_window(stamp.sent_us) {
             self.latency.record(latency_us);
+            if self.arrival.is_some() {
+                self.receive_queue.record(now.elapsed().as_micros() as u64);
+            }
             if rx.first.is_none() {
                 rx.first = Some(sent.first.load(Ordering::Relaxed)).filter(|f| *f != UNSET);
             }
