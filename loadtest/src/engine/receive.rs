@@ -38,19 +38,22 @@ impl Worker {
     /// Read what a socket holds, a batch per system call: a client's own socket (`token`
     /// is its serial) or the thread's shared one (`SHARED`: each datagram's destination
     /// address names its client). Media of the streams our own SRTP path has learned is
-    /// opened and measured here, the rest feeds the client's engine.
-    pub(super) fn receive(&mut self, token: Token, batch: &mut RecvBatch) {
+    /// opened and measured here, the rest feeds the client's engine. Returns how many
+    /// datagrams it read.
+    pub(super) fn receive(&mut self, token: Token, batch: &mut RecvBatch) -> usize {
         // The engine holds one received RTP packet until polled, so each datagram is
         // polled up to its packet; the rest of the output (feedback, the next timeout, a
         // walk over every part of the engine) waits for the end of the batch.
         let mut undrained = std::mem::take(&mut self.undrained);
+        let mut read = 0;
         loop {
-            let read = if token == SHARED {
+            let received = if token == SHARED {
                 self.shared_socket.as_ref().map(|s| batch.receive(s))
             } else {
                 self.clients.get(&(token.0 as u32)).and_then(|c| c.socket.as_ref()).map(|s| batch.receive(s))
             };
-            let Some(Ok(count)) = read else { break };
+            let Some(Ok(count)) = received else { break };
+            read += count;
             let now = Instant::now();
             for i in 0..count {
                 let id = if token == SHARED {
@@ -78,6 +81,7 @@ impl Worker {
             self.drain(id);
         }
         self.undrained = undrained;
+        read
     }
 
     /// One received datagram of client `id`: opened by our own path, or fed to the engine
