@@ -190,6 +190,34 @@ def compare_section():
     return out
 
 
+def instructions_section():
+    """Every stored benches/instructions.sh result, newest first."""
+    root = ROOT / "instructions"
+    results = sorted((p for p in root.glob("*.json") if not p.name.endswith(".report.json")), reverse=True) if root.exists() else []
+    if not results:
+        return []
+    out = ["## Instructions per datagram sent (callgrind, benches/instructions.sh)", "",
+           "The server under valgrind's callgrind through a smoke scenario: user-space instructions of",
+           "every server thread over the measured window, per datagram the server sent (its own",
+           "counter). Counts barely move with the machine's load, so two commits compare where timings",
+           "are noise. The kernel's send path is not in them (the floor in each run's report is).", "",
+           "| date and commit | scenario | instructions per datagram | instructions | datagrams out | delivery min | where most go |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for path in results:
+        r = json.loads(path.read_text())
+        report_path = path.with_name(path.stem + ".report.json")
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        top = "; ".join([t.split(":")[-1].split(" [")[0].strip() for t in r.get("top", []) if not t.startswith("-")][:3])
+        stamp = path.stem[: -len(r["scenario"]) - 1]
+        out.append("| {} | {} | {} | {:,} | {:,} | {} | {} |".format(
+            stamp, r["scenario"], fmt(r.get("instructions_per_datagram"), "", 0), r["instructions"],
+            r["datagrams_out"], pct((report.get("delivery") or {}).get("min")), top or "-"))
+    machines = sorted({json.loads(p.read_text()).get("machine") for p in results})
+    out += ["", "Command: `benches/instructions.sh` (each run's loadtest command is in its JSON)", "",
+            "Machine: " + "; ".join(machines), ""]
+    return out
+
+
 def broadcast_table(name, rows):
     """A live class: players, their first frame, and each process of the tier."""
     out = [f"## {name}", "",
@@ -247,7 +275,8 @@ def main():
            "the old shapes (every track to everyone) and are kept as the before.", ""]
     out += before_after()
     out += compare_section()
-    names = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in ("micro", "before-after", "compare")) if ROOT.exists() else []
+    out += instructions_section()
+    names = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in ("micro", "before-after", "compare", "instructions")) if ROOT.exists() else []
     for name in names:
         rows = scenario_rows(name)
         if not rows:
