@@ -2,12 +2,14 @@
 //! same way against Janus as against Huiyi on the same machine (`benches/compare.sh`,
 //! docs/loadtest.md *Against Janus*).
 //!
-//! A participant is one WebSocket to Janus (its `janus-protocol`) carrying one session with
-//! two handles, as Janus's own VideoRoom clients do: a publisher, which joins the room (and
+//! A meeting's participant is one WebSocket to Janus (its `janus-protocol`) carrying one
+//! session with two handles, as Janus's own VideoRoom clients do: a publisher, which joins the room (and
 //! so hears of every other publisher) and publishes the participant's microphone and
 //! camera when it has any; and a subscriber, which receives the others' media in one
 //! PeerConnection (a multistream subscription, changed with `update` as publishers come and
-//! go). The generator's clients do not know Janus: this task turns their offers and answers
+//! go). A class runs as Janus serves one to many: the teacher publishes into a VideoRoom,
+//! which forwards its media as plain RTP (`rtp_forward`) to a Streaming mountpoint, and each
+//! player watches the mountpoint. The generator's clients do not know Janus: this task turns their offers and answers
 //! into Janus requests, and Janus's JSEP into the `answer` and `offer` messages they handle
 //! for Huiyi.
 
@@ -44,7 +46,22 @@ pub struct JanusRoom {
     pub ws_url: String,
     pub room: u64,
     pub view: ViewRule,
+    /// A class: the Streaming mountpoint its players watch (set by [`create_room`]).
+    pub mountpoint: Option<Mountpoint>,
 }
+
+/// A Streaming mountpoint fed by the teacher's VideoRoom publisher over plain RTP.
+#[derive(Debug, Clone, Copy)]
+pub struct Mountpoint {
+    pub id: u64,
+    /// Where Janus listens for the audio, and for each camera layer (lowest first).
+    pub audio_port: u16,
+    pub video_ports: [u16; 3],
+}
+
+/// Payload types on the forwarded RTP and in the mountpoint's SDP.
+const OPUS_PT: u8 = 111;
+const VP8_PT: u8 = 96;
 
 /// What a subscriber takes: every other publisher's microphone, and of their cameras the
 /// first `grid` to publish, the first of them at simulcast substream `big` and the rest at
@@ -88,10 +105,18 @@ pub struct Participant {
     feeds: Vec<Feed>,
     view: ViewRule,
     room: u64,
+    /// A class's player watching this mountpoint (its `subscriber` is a Streaming handle,
+    /// `publisher` none), or a teacher forwarding to it.
+    mountpoint: Option<Mountpoint>,
+    /// The participant's own publisher id in the room.
+    own_feed: Option<u64>,
+    /// Where the mountpoint is (Janus's own address, for the teacher's forwarders).
+    host: String,
 }
 
-/// Create the run's room (any client may: Janus's default `admin_key` is unset).
-pub async fn create_room(target: &JanusRoom, publishers: usize) -> Result<(), SignalError> {
+/// Create the run's room (any client may: Janus's default `admin_key` is unset), and for a
+/// class the mountpoint its players watch.
+pub async fn create_room(target: &mut JanusRoom, publishers: usize, class: bool) -> Result<(), SignalError> {
     let mut link = Link::connect(&target.ws_url).await?;
     let handle = link.attach().await?;
     let body = json!({
@@ -112,8 +137,52 @@ pub async fn create_room(target: &JanusRoom, publishers: usize) -> Result<(), Si
     if data["videoroom"] != "created" {
         return Err(SignalError::JoinRefused(format!("Janus did not create the room: {data}")));
     }
+    if class {
+        target.mountpoint = Some(create_mountpoint(&mut link).await?);
+    }
     let _ = link.call(json!({"janus": "destroy"})).await;
     Ok(())
+}
+
+/// An RTP mountpoint for a teacher's Opus and simulcast VP8, on ports Janus picks. (Janus
+/// keeps no keyframe for newcomers of a simulcast mountpoint: `bufferkf` is off with it.)
+async fn create_mountpoint(link: &mut Link) -> Result<Mountpoint, SignalError> {
+    let handle = link.attach_to("janus.plugin.streaming").await?;
+    let id = u64::from(fastrand::u32(1..));
+    let body = json!({
+        "request": "create",
+        "type": "rtp",
+        "id": id,
+        "permanent": false,
+        "media": [
+            {"type": "audio", "mid": "a", "port": 0, "pt": OPUS_PT, "codec": "opus"},
+            {"type": "video", "mid": "v", "port": 0, "port2": 0, "port3": 0, "pt": VP8_PT, "codec": "vp8",
+             "simulcast": true},
+        ],
+    });
+    let reply = link.message(handle, body, None).await?;
+    let data = &reply["plugindata"]["data"];
+    if data["streaming"] != "created" {
+        return Err(SignalError::JoinRefused(format!("Janus did not create the mountpoint: {data}")));
+    }
+    let ports = data["stream"]["ports"].as_array().cloned().unwrap_or_default();
+    let port = |kind: &str, key: &str| {
+        ports
+            .iter()
+            .find(|p| p["type"] == kind)
+            .and_then(|p| p[key].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+    };
+    let missing = || SignalError::Protocol(format!("Janus's mountpoint lacks a port: {data}"));
+    Ok(Mountpoint {
+        id,
+        audio_port: port("audio", "port").ok_or_else(missing)?,
+        video_ports: [
+            port("video", "port").ok_or_else(missing)?,
+            port("video", "port_2").ok_or_else(missing)?,
+            port("video", "port_3").ok_or_else(missing)?,
+        ],
+    })
 }
 
 impl Participant {
@@ -138,8 +207,40 @@ impl Participant {
             feeds: Vec::new(),
             view: target.view,
             room: target.room,
+            mountpoint: target.mountpoint,
+            own_feed: data["id"].as_u64(),
+            host: host_of(&target.ws_url),
         };
         me.note_publishers(data);
+        Ok(me)
+    }
+
+    /// A class's player: a Streaming handle that asks to watch the mountpoint (Janus's
+    /// offer comes to the subscriber client once the task runs).
+    pub async fn watch(target: &JanusRoom) -> Result<Self, SignalError> {
+        let Some(mountpoint) = target.mountpoint else {
+            return Err(SignalError::Protocol("no mountpoint to watch".into()));
+        };
+        let mut link = Link::connect(&target.ws_url).await?;
+        let subscriber = link.attach_to("janus.plugin.streaming").await?;
+        let mut me = Participant {
+            ws: link.ws,
+            session: link.session,
+            publisher: 0,
+            subscriber,
+            next_transaction: link.next_transaction,
+            feeds: Vec::new(),
+            view: target.view,
+            room: target.room,
+            mountpoint: Some(mountpoint),
+            own_feed: None,
+            host: host_of(&target.ws_url),
+        };
+        // The layer its size asks for, from the start (Janus's default is the top one).
+        let watch = json!({"request": "watch", "id": mountpoint.id, "substream": target.view.big});
+        me.send_message(subscriber, watch, None)
+            .await
+            .map_err(|()| SignalError::WebSocket(target.ws_url.clone(), "closed".into()))?;
         Ok(me)
     }
 
@@ -161,13 +262,17 @@ impl Participant {
             let mut current: BTreeSet<Wanted> = BTreeSet::new();
             let mut joined_as_subscriber = false;
             let mut attached = false;
+            // The publisher's offer's (kind, mid) pairs, for a teacher's forwarders.
+            let mut offered_mids: Vec<(String, String)> = Vec::new();
             let mut negotiating = false;
             let mut update_at = Some(tokio::time::Instant::now());
             let closed = loop {
-                let due = update_at.filter(|_| !negotiating && subscriber_out.is_some());
+                let due =
+                    update_at.filter(|_| !negotiating && subscriber_out.is_some() && me.mountpoint.is_none());
                 tokio::select! {
                     m = recv(&mut publisher_out) => match m {
                         Some(ClientMessage::Offer { sdp, .. }) => {
+                            offered_mids = mids_of(&sdp);
                             // Our layers are listed lowest first: Janus must know to map
                             // them so (its substream 0 is the lowest).
                             let jsep = json!({"type": "offer", "sdp": sdp, "trickle": false, "rid_order": "lmh"});
@@ -278,6 +383,13 @@ impl Participant {
                             {
                                 let answer = ServerMessage::Answer { sdp: sdp.to_string(), tracks: Vec::new() };
                                 on(Half::Publisher, FromServer::Message(answer));
+                                // A teacher's media goes on to the mountpoint as plain RTP.
+                                if let (Some(mountpoint), Some(id)) = (me.mountpoint, me.own_feed) {
+                                    let body = forward_request(me.room, id, &me.host, &offered_mids, mountpoint);
+                                    if me.send_message(me.publisher, body, None).await.is_err() {
+                                        break None;
+                                    }
+                                }
                             }
                             continue;
                         }
@@ -397,6 +509,52 @@ async fn recv(rx: &mut Option<UnboundedReceiver<ClientMessage>>) -> Option<Clien
     }
 }
 
+/// The host of a `ws://host:port` URL.
+fn host_of(ws_url: &str) -> String {
+    let rest = ws_url.strip_prefix("ws://").unwrap_or(ws_url);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    host_port.rsplit_once(':').map_or(host_port, |(host, _)| host).to_string()
+}
+
+/// An SDP's media sections as (kind, mid).
+fn mids_of(sdp: &str) -> Vec<(String, String)> {
+    let mut mids = Vec::new();
+    let mut kind = None;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            kind = m.split_whitespace().next().map(str::to_string);
+        } else if let (Some(mid), Some(k)) = (line.strip_prefix("a=mid:"), kind.as_ref()) {
+            mids.push((k.clone(), mid.trim().to_string()));
+        }
+    }
+    mids
+}
+
+/// The VideoRoom request that forwards a teacher's microphone and each camera layer as
+/// plain RTP to the mountpoint's ports, with the payload types its SDP names.
+fn forward_request(
+    room: u64,
+    publisher: u64,
+    host: &str,
+    mids: &[(String, String)],
+    to: Mountpoint,
+) -> Value {
+    let streams: Vec<Value> = mids
+        .iter()
+        .filter_map(|(kind, mid)| match kind.as_str() {
+            "audio" => Some(json!({"mid": mid, "port": to.audio_port, "pt": OPUS_PT})),
+            "video" => Some(json!({
+                "mid": mid,
+                "port": to.video_ports[0], "pt": VP8_PT,
+                "port_2": to.video_ports[1], "pt_2": VP8_PT,
+                "port_3": to.video_ports[2], "pt_3": VP8_PT,
+            })),
+            _ => None,
+        })
+        .collect();
+    json!({"request": "rtp_forward", "room": room, "publisher_id": publisher, "host": host, "streams": streams})
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -439,7 +597,11 @@ impl Link {
     }
 
     async fn attach(&mut self) -> Result<u64, SignalError> {
-        let reply = self.call(json!({"janus": "attach", "plugin": "janus.plugin.videoroom"})).await?;
+        self.attach_to("janus.plugin.videoroom").await
+    }
+
+    async fn attach_to(&mut self, plugin: &str) -> Result<u64, SignalError> {
+        let reply = self.call(json!({"janus": "attach", "plugin": plugin})).await?;
         reply["data"]["id"]
             .as_u64()
             .ok_or_else(|| SignalError::Protocol(format!("Janus attached no handle: {reply}")))

@@ -286,7 +286,14 @@ impl Run {
         worker: WorkerHandle,
     ) -> Result<u32, SignalError> {
         let started = Instant::now();
-        let participant = janus::Participant::join(target, &format!("lt-{slot}-{serial}")).await?;
+        // A class's player watches the Streaming mountpoint: it publishes nothing and takes
+        // no part in the room.
+        let player = self.scenario.broadcast.is_some() && slot > 0;
+        let participant = if player {
+            janus::Participant::watch(target).await?
+        } else {
+            janus::Participant::join(target, &format!("lt-{slot}-{serial}")).await?
+        };
         let audio = slot < self.scenario.audio.publishers;
         let video =
             if slot < self.scenario.video.publishers { self.scenario.camera_layers() } else { Vec::new() };
@@ -391,13 +398,14 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         report.error = Some(e.to_string());
         return (report, EXIT_ERROR);
     }
-    let janus = cli.janus.as_ref().map(|ws| janus::JanusRoom {
+    let mut janus = cli.janus.as_ref().map(|ws| janus::JanusRoom {
         ws_url: ws.clone(),
         room: u64::from(fastrand::u32(1..)),
         view: janus_view(&scenario),
+        mountpoint: None,
     });
-    if let Some(target) = &janus
-        && let Err(e) = janus::create_room(target, scenario.participants).await
+    if let Some(target) = &mut janus
+        && let Err(e) = janus::create_room(target, scenario.participants, scenario.broadcast.is_some()).await
     {
         report.error = Some(format!("Janus at {}: {e}", target.ws_url));
         return (report, EXIT_ERROR);
@@ -681,6 +689,10 @@ async fn finish(
             .filter(|c| c.connected)
             .filter(|c| c.video_ranks.iter().any(|r| *r != layer))
             .count();
+        // Against Janus a player starts on the lowest layer and moves up at its own
+        // layer's next keyframe: off its layer for a while, but not for good.
+        report.players_without_layer =
+            clients.iter().filter(|c| c.connected && c.slot > 0 && !c.video_ranks.contains(&layer)).count();
     }
     let jitter: Vec<f64> = clients.iter().flat_map(|c| c.jitter_ms.iter().copied()).collect();
     report.jitter_ms = P99 { p99: percentile(&jitter, 99.0) };

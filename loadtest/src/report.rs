@@ -153,6 +153,8 @@ pub struct Report {
     /// A broadcast's players that received a camera layer other than the one their size
     /// asks for.
     pub players_off_layer: usize,
+    /// A class's players that never received the layer their size asks for.
+    pub players_without_layer: usize,
     /// From a `subscribe` that resized a tile to the first keyframe of its new layer.
     pub switch_keyframe_ms: Percentiles,
     /// Layer switches measured, and those asked for more than 3 s before the end that
@@ -309,10 +311,11 @@ impl Report {
         let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
         let _ = writeln!(
             out,
-            "first frame     {}  ({} cameras never whole, {} players off their layer)",
+            "first frame     {}  ({} cameras never whole, {} players off their layer, {} never on it)",
             spread(&self.first_frame_ms),
             self.cameras_without_frame,
-            self.players_off_layer
+            self.players_off_layer,
+            self.players_without_layer
         );
         let _ = writeln!(
             out,

@@ -216,6 +216,8 @@ impl WorkerHandle {
 #[derive(Debug, Clone)]
 pub struct ClientResult {
     pub serial: u32,
+    /// Its place in the scenario (a class's teacher is 0).
+    pub slot: usize,
     pub join_ms: Option<f64>,
     /// The join in its parts (ms): signaling (socket open or `POST` to the offer/answer
     /// exchange done), connecting (to DTLS up: ICE and the handshake) and first media
@@ -1108,6 +1110,7 @@ impl Worker {
         };
         self.finished.push(ClientResult {
             serial: client.setup.serial,
+            slot: client.setup.slot,
             join_ms: client.join_ms,
             join_phases,
             connected: client.connected_at.is_some(),
