@@ -15,12 +15,8 @@ name=${1:?usage: benches/compare.sh SCENARIO (a name in benches/scenarios/)}
 file=benches/scenarios/$name.toml
 [ -f "$file" ] || { echo "no scenario $file" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "compare.sh makes a veth address for both servers: run it as root" >&2; exit 2; }
-./scripts/need opus janus
-
-cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
-commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")
-day=$(date -u +%FT%H%M)
-machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+./scripts/need janus
+source benches/common.sh
 # (`janus --version` prints its version and exits 1.)
 janus_version=$(janus --version 2>/dev/null | sed -n 's/^Janus version: .*(\(.*\))$/\1/p' | head -1 || true)
 addr=10.213.0.1

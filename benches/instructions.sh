@@ -13,11 +13,7 @@ cd "$(dirname "$0")/.."
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(meeting-300-smoke)
 command -v valgrind >/dev/null 2>&1 || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
-./scripts/need opus
-cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
-commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")
-day=$(date -u +%FT%H%M)
-machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+source benches/common.sh
 http=127.0.0.1:7780
 out=benches/results/instructions
 mkdir -p "$out"

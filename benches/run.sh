@@ -28,11 +28,7 @@ if [ $# -eq 0 ]; then
   micro=1
 fi
 
-./scripts/need opus
-cargo build --release -p huiyi -p huiyi-loadtest >/dev/null
-commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sfu signaling loadtest src || echo "+dirty")
-day=$(date -u +%FT%H%M)
-machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+source benches/common.sh
 http=127.0.0.1:7780
 media=127.0.0.1:7781
 relay=127.0.0.1:7783
