@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Runs one scenario against Huiyi and against Janus 1.1.2 (Debian's `janus`, its VideoRoom
-# plugin) on this machine, one after the other in one run, and prints both rows and their
+# Runs one scenario against Huiyi and against Janus 1.1.2 (Debian's `janus`: VideoRoom for a
+# meeting, VideoRoom forwarding to Streaming for a class) on this machine, one after the other in one run, and prints both rows and their
 # ratios; BENCHMARKS.md is rewritten with them:
 #   benches/compare.sh meeting-100
 # Equal settings: each server is a fresh process free to use every CPU (Huiyi with its
 # default shards, Janus with one event loop per CPU), reached on the same veth address
 # (Janus never offers loopback candidates), by the same generator with a socket per client.
 # Janus runs with benches/janus/ (its best settings for this: event loops, NACK queues sized
-# to the RTT, warnings-only logging, nothing but VideoRoom and WebSockets loaded; docs/loadtest.md).
-# Needs root (it makes the veth); installs Debian's janus and libopus-dev when missing.
+# to the RTT, warnings-only logging, nothing but VideoRoom, Streaming and WebSockets loaded;
+# docs/loadtest.md). Makes the veth as root (through sudo when not root); installs Debian's
+# janus and libopus-dev when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:?usage: benches/compare.sh SCENARIO (a name in benches/scenarios/)}
 file=benches/scenarios/$name.toml
 [ -f "$file" ] || { echo "no scenario $file" >&2; exit 2; }
-[ "$(id -u)" -eq 0 ] || { echo "compare.sh makes a veth address for both servers: run it as root" >&2; exit 2; }
+# The veth needs root; nothing else does.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
 ./scripts/need janus
 source benches/common.sh
 # (`janus --version` prints its version and exits 1.)
@@ -30,18 +34,18 @@ pids=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
-  ip link del "$ifname" 2>/dev/null || true
+  as_root ip link del "$ifname" 2>/dev/null || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
 # An address of this machine's own on a veth pair: traffic to it stays on this machine,
 # like loopback, and Janus gathers a candidate there.
-ip link del "$ifname" 2>/dev/null || true
-ip link add "$ifname" type veth peer name "${ifname}p"
-ip addr add "$addr/32" dev "$ifname"
-ip link set "$ifname" up
-ip link set "${ifname}p" up
+as_root ip link del "$ifname" 2>/dev/null || true
+as_root ip link add "$ifname" type veth peer name "${ifname}p"
+as_root ip addr add "$addr/32" dev "$ifname"
+as_root ip link set "$ifname" up
+as_root ip link set "${ifname}p" up
 
 # Wait (at most 10 s) until something accepts TCP connections on $1:$2.
 wait_tcp() {
@@ -68,8 +72,10 @@ HUIYI_API_SECRET=$secret ./target/release/loadtest --scenario "$file" --url "htt
   --server-pid "huiyi=$huiyi_pid" --report "$out.huiyi.json" --plot "$out.huiyi.svg"
 huiyi_code=$?
 set -e
-kill "$huiyi_pid"
+# (It may have died mid-run: the comparison still goes on to Janus and is recorded.)
+kill "$huiyi_pid" 2>/dev/null || true
 wait "$huiyi_pid" 2>/dev/null || true
+pids=()
 [ "$huiyi_code" -ne 0 ] || rm -f "$out.huiyi.log"
 
 # Janus: benches/janus/ with this run's address and one event loop per CPU.
@@ -86,8 +92,9 @@ set +e
   --report "$out.janus.json" --plot "$out.janus.svg"
 janus_code=$?
 set -e
-kill "$janus_pid"
+kill "$janus_pid" 2>/dev/null || true
 wait "$janus_pid" 2>/dev/null || true
+pids=()
 [ "$janus_code" -ne 0 ] || rm -f "$out.janus.log"
 
 python3 - "$out.meta.json" "$huiyi_cmd" "$janus_cmd" "$commit" "$machine" "$janus_version" "$huiyi_code" "$janus_code" "$(nproc)" <<'PY'

@@ -19,7 +19,8 @@ out=benches/results/instructions
 mkdir -p "$out"
 tmp=$(mktemp -d)
 server=""
-trap '[ -z "$server" ] || kill "$server" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+loadtest=""
+trap 'kill $server $loadtest 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 # The server's datagrams sent so far (its own counter).
 datagrams_out() {
@@ -54,7 +55,7 @@ for name in "${scenarios[@]}"; do
   callgrind_control -z "$server" >/dev/null 2>&1
   callgrind_control -i on "$server" >/dev/null 2>&1
   first=$(datagrams_out)
-  sleep $((duration - 3))
+  sleep $((duration > 4 ? duration - 3 : 1))
   callgrind_control -i off "$server" >/dev/null 2>&1
   last=$(datagrams_out)
   callgrind_control -d "$server" >/dev/null 2>&1
@@ -65,10 +66,12 @@ for name in "${scenarios[@]}"; do
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
   server=""
+  loadtest=""
   cp "$tmp/report.json" "$out/$day-$commit-$name.report.json" 2>/dev/null || true
   # The dump taken with the count off holds the window's instructions (the file callgrind
   # writes at exit counts nothing more).
-  dump=$(ls "$tmp"/callgrind.out.* 2>/dev/null | head -1)
+  dump=$(find "$tmp" -name 'callgrind.out.*' | head -1)
+  [ -n "$dump" ] || { echo "callgrind wrote no dump for $name (server log: $tmp/server.log)" >&2; exit 2; }
   instructions=$(awk '/^totals:/ {print $2; exit}' "$dump")
   top=$(callgrind_annotate --threshold=60 "$dump" 2>/dev/null | awk '/file:function/ {on=1; next} on && NF {print}' | head -8 || true)
   # CALLGRIND_KEEP=dir keeps the dump for callgrind_annotate (--tree=caller shows who calls what).

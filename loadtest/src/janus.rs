@@ -37,6 +37,13 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 /// filling at 10 joins a second would otherwise renegotiate every subscriber per join).
 const UPDATE_DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// A refused subscription request is tried again after this long.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A subscription negotiation with no word from Janus or the client for this long is
+/// given up and tried again (an offer the client could not take gets no answer).
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A Janus server and the VideoRoom room a run uses.
@@ -108,6 +115,8 @@ pub struct Participant {
     /// A class's player watching this mountpoint (its `subscriber` is a Streaming handle,
     /// `publisher` none), or a teacher forwarding to it.
     mountpoint: Option<Mountpoint>,
+    /// It watches the mountpoint (a class's player).
+    player: bool,
     /// The participant's own publisher id in the room.
     own_feed: Option<u64>,
     /// Where the mountpoint is (Janus's own address, for the teacher's forwarders).
@@ -198,6 +207,8 @@ impl Participant {
             return Err(SignalError::JoinRefused(format!("Janus refused the join: {data}")));
         }
         let subscriber = link.attach().await?;
+        // Publishers that came or went while the replies above were awaited.
+        let held = std::mem::take(&mut link.held);
         let mut me = Participant {
             ws: link.ws,
             session: link.session,
@@ -208,10 +219,14 @@ impl Participant {
             view: target.view,
             room: target.room,
             mountpoint: target.mountpoint,
+            player: false,
             own_feed: data["id"].as_u64(),
             host: host_of(&target.ws_url),
         };
         me.note_publishers(data);
+        for event in held.iter().filter(|e| e["sender"].as_u64() == Some(publisher)) {
+            me.note_publishers(&event["plugindata"]["data"]);
+        }
         Ok(me)
     }
 
@@ -233,6 +248,7 @@ impl Participant {
             view: target.view,
             room: target.room,
             mountpoint: Some(mountpoint),
+            player: true,
             own_feed: None,
             host: host_of(&target.ws_url),
         };
@@ -257,9 +273,11 @@ impl Participant {
             let mut me = self;
             let mut keepalive = tokio::time::interval(KEEPALIVE);
             keepalive.tick().await;
-            // The subscription Janus has (or is negotiating), and whether an offer or
-            // answer of it is still in flight.
+            // The subscription asked of Janus (`current`), the one it last took (with an
+            // offer: `confirmed`), and whether an offer or answer of it is still in flight.
             let mut current: BTreeSet<Wanted> = BTreeSet::new();
+            let mut confirmed: BTreeSet<Wanted> = BTreeSet::new();
+            let mut negotiating_since = tokio::time::Instant::now();
             let mut joined_as_subscriber = false;
             let mut attached = false;
             // The publisher's offer's (kind, mid) pairs, for a teacher's forwarders.
@@ -267,6 +285,15 @@ impl Participant {
             let mut negotiating = false;
             let mut update_at = Some(tokio::time::Instant::now());
             let closed = loop {
+                if negotiating && negotiating_since.elapsed() > NEGOTIATION_TIMEOUT {
+                    on(
+                        Half::Subscriber,
+                        FromServer::Unreadable("a Janus subscription update never finished".into()),
+                    );
+                    negotiating = false;
+                    current = confirmed.clone();
+                    update_at = Some(tokio::time::Instant::now());
+                }
                 let due =
                     update_at.filter(|_| !negotiating && subscriber_out.is_some() && me.mountpoint.is_none());
                 tokio::select! {
@@ -337,6 +364,7 @@ impl Participant {
                         }
                         joined_as_subscriber = true;
                         negotiating = true;
+                        negotiating_since = tokio::time::Instant::now();
                         current = wanted;
                     }
                     frame = me.ws.next() => {
@@ -355,6 +383,13 @@ impl Participant {
                             Some("timeout") => break Some((1000, "Janus timed the session out".into())),
                             Some("error") => {
                                 on(Half::Subscriber, janus_error(&v["error"]));
+                                // Whatever it refused, the subscription is what Janus last took.
+                                if negotiating {
+                                    negotiating = false;
+                                    joined_as_subscriber &= attached;
+                                    current = confirmed.clone();
+                                    update_at = Some(tokio::time::Instant::now() + RETRY);
+                                }
                                 continue;
                             }
                             _ => continue,
@@ -365,12 +400,12 @@ impl Participant {
                         if data.get("error_code").is_some() {
                             on(half, janus_error(data));
                             if half == Half::Subscriber {
+                                // Refused (a feed in it had just gone, say): Janus keeps what
+                                // it last took, and the rest is asked for again.
                                 negotiating = false;
-                                if !attached {
-                                    // The subscriber's join was refused: the next change tries again.
-                                    joined_as_subscriber = false;
-                                    current.clear();
-                                }
+                                joined_as_subscriber &= attached;
+                                current = confirmed.clone();
+                                update_at = Some(tokio::time::Instant::now() + RETRY);
                             }
                             continue;
                         }
@@ -395,8 +430,12 @@ impl Participant {
                         }
                         if v["jsep"]["type"] == "offer" && let Some(sdp) = v["jsep"]["sdp"].as_str() {
                             attached = true;
-                            let cameras = me.cameras_of(&current);
-                            on(Half::Subscriber, FromServer::Showing(cameras));
+                            negotiating_since = tokio::time::Instant::now();
+                            confirmed = current.clone();
+                            // A player shows no tiles: it is judged as a WHEP player is.
+                            if !me.player {
+                                on(Half::Subscriber, FromServer::Showing(me.cameras_of(&current)));
+                            }
                             on(Half::Subscriber, FromServer::Message(ServerMessage::Offer { sdp: sdp.to_string() }));
                         } else if data["started"] == "ok" || data["videoroom"] == "updated" {
                             // Our answer was taken, or the update needed no new offer.
@@ -575,6 +614,8 @@ struct Link {
     session: u64,
     next_transaction: u64,
     url: String,
+    /// Events that came while a reply was awaited (another publisher joining the room).
+    held: Vec<Value>,
 }
 
 impl Link {
@@ -588,7 +629,7 @@ impl Link {
             .await
             .map_err(|_| SignalError::Timeout(REPLY_TIMEOUT))?
             .map_err(|e| SignalError::WebSocket(url.into(), e.to_string()))?;
-        let mut link = Link { ws, session: 0, next_transaction: 0, url: url.into() };
+        let mut link = Link { ws, session: 0, next_transaction: 0, url: url.into(), held: Vec::new() };
         let reply = link.call(json!({"janus": "create"})).await?;
         link.session = reply["data"]["id"]
             .as_u64()
@@ -639,6 +680,9 @@ impl Link {
             };
             let v: Value = serde_json::from_str(&text).map_err(|e| SignalError::Protocol(e.to_string()))?;
             if v["transaction"] != transaction.as_str() || v["janus"] == "ack" {
+                if v["janus"] == "event" {
+                    self.held.push(v);
+                }
                 continue;
             }
             if v["janus"] == "error" {

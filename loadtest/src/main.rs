@@ -342,7 +342,8 @@ impl Run {
         self.connections.fetch_add(u64::from(publishes) + u64::from(subscribes), Ordering::Relaxed);
         let closed = self.closed_sockets.clone();
         participant.run(publisher_out, subscriber_out, move |half, m| {
-            if matches!(m, FromServer::Closed(_)) && (half == janus::Half::Subscriber || !subscribes) {
+            // One close per participant: its subscribing connection's, or its only one's.
+            if matches!(m, FromServer::Closed(_)) && (half == janus::Half::Subscriber) == subscribes {
                 closed.fetch_add(1, Ordering::Relaxed);
             }
             let to = if half == janus::Half::Publisher { serial } else { subscriber };
@@ -649,8 +650,8 @@ async fn finish(
     let shared = &run.shared;
     let clients: Vec<&ClientResult> = results.iter().flat_map(|r| r.clients.iter()).collect();
     report.connected = clients.iter().filter(|c| c.connected && !c.publishing_half).count();
-    report.failed_joins =
-        run.failed_joins.load(Ordering::Relaxed) + clients.iter().filter(|c| !c.connected).count();
+    report.failed_joins = run.failed_joins.load(Ordering::Relaxed)
+        + clients.iter().filter(|c| !c.connected && !c.publishing_half).count();
     report.error = error.or_else(|| run.first_error.lock().expect("lock").clone());
     report.complete = report.error.is_none();
     let mut problems: Vec<String> = clients

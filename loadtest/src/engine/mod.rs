@@ -522,13 +522,14 @@ impl Worker {
             let next = self.next_due().unwrap_or(now + Duration::from_millis(100));
             // While media flows, read at most every READ_INTERVAL (ADR 0015): the datagrams
             // gather in the socket meanwhile, with their kernel arrival stamps, which is
-            // what latency and first frames are measured to.
+            // what latency and first frames are measured to. Never past a due timer.
             if let Some(read) = last_read.filter(|_| !inbox_waiting) {
                 let until = (read + READ_INTERVAL).min(next);
                 if until > now {
                     std::thread::sleep(until - now);
                 }
             }
+            let now = Instant::now();
             let wait = next.saturating_duration_since(now).min(Duration::from_millis(100));
             let wait = if inbox_waiting { Duration::ZERO } else { wait };
             if let Err(e) = self.poll.poll(&mut events, Some(wait))
