@@ -3,6 +3,7 @@
 # meeting, VideoRoom forwarding to Streaming for a class) on this machine, one after the other in one run, and prints both rows and their
 # ratios; BENCHMARKS.md is rewritten with them:
 #   benches/compare.sh meeting-100
+#   RUNS=3 benches/compare.sh meeting-100    three pairs, and the ratios' median and range
 # Equal settings: each server is a fresh process free to use every CPU (Huiyi with its
 # default shards, Janus with one event loop per CPU), reached on the same veth address
 # (Janus never offers loopback candidates), by the same generator with a socket per client.
@@ -26,9 +27,11 @@ janus_version=$(janus --version 2>/dev/null | sed -n 's/^Janus version: .*(\(.*\
 addr=10.213.0.1
 ifname=hycmp0
 secret=compare-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# RUNS=N: N pairs turn about, so the spread of the ratio shows beside it.
+runs=${RUNS:-1}
 dir=benches/results/compare/$name
 mkdir -p "$dir"
-out=$dir/$day-$commit
+stem=$dir/$day-$commit
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -60,53 +63,64 @@ wait_tcp() {
 # Huiyi: a secret (its HTTP is not on loopback) and no cap on connections per address (every
 # client of the generator comes from this one address).
 printf '[auth]\napi_secret = "%s"\n[limits]\nmax_connections_per_ip = 0\n' "$secret" >"$tmp/huiyi.toml"
-./target/release/huiyi --config "$tmp/huiyi.toml" --http $addr:7780 --media $addr:7781 --log warn \
-  >"$out.huiyi.log" 2>&1 &
-pids+=($!)
-huiyi_pid=$!
-wait_tcp $addr 7780
-huiyi_cmd="./target/release/loadtest --scenario $file --url http://$addr:7780 --secret <secret> --server-pid huiyi=<pid> --report $out.huiyi.json --plot $out.huiyi.svg"
-echo "== $name against Huiyi: $huiyi_cmd"
-set +e
-HUIYI_API_SECRET=$secret ./target/release/loadtest --scenario "$file" --url "http://$addr:7780" \
-  --server-pid "huiyi=$huiyi_pid" --report "$out.huiyi.json" --plot "$out.huiyi.svg"
-huiyi_code=$?
-set -e
-# (It may have died mid-run: the comparison still goes on to Janus and is recorded.)
-kill "$huiyi_pid" 2>/dev/null || true
-wait "$huiyi_pid" 2>/dev/null || true
-pids=()
-[ "$huiyi_code" -ne 0 ] || rm -f "$out.huiyi.log"
-
 # Janus: benches/janus/ with this run's address and one event loop per CPU.
 cp -r benches/janus "$tmp/janus"
 sed -i "s/10\.213\.0\.1/$addr/; s/event_loops = .*/event_loops = $(nproc)/" "$tmp/janus/janus.jcfg" "$tmp/janus/janus.transport.websockets.jcfg"
-janus -F "$tmp/janus" -C "$tmp/janus/janus.jcfg" -E "$ifname" -o >"$out.janus.log" 2>&1 &
-pids+=($!)
-janus_pid=$!
-wait_tcp $addr 8188
-janus_cmd="./target/release/loadtest --scenario $file --janus ws://$addr:8188 --server-pid janus=<pid> --report $out.janus.json --plot $out.janus.svg"
-echo "== $name against Janus $janus_version: $janus_cmd"
-set +e
-./target/release/loadtest --scenario "$file" --janus "ws://$addr:8188" --server-pid "janus=$janus_pid" \
-  --report "$out.janus.json" --plot "$out.janus.svg"
-janus_code=$?
-set -e
-kill "$janus_pid" 2>/dev/null || true
-wait "$janus_pid" 2>/dev/null || true
-pids=()
-[ "$janus_code" -ne 0 ] || rm -f "$out.janus.log"
 
-python3 - "$out.meta.json" "$huiyi_cmd" "$janus_cmd" "$commit" "$machine" "$janus_version" "$huiyi_code" "$janus_code" "$(nproc)" <<'PY'
+# One pair: Huiyi, then Janus, each a fresh process; results under the stem $1.
+run_pair() {
+  local out=$1
+  ./target/release/huiyi --config "$tmp/huiyi.toml" --http $addr:7780 --media $addr:7781 --log warn \
+    >"$out.huiyi.log" 2>&1 &
+  pids+=($!)
+  local huiyi_pid=$!
+  wait_tcp $addr 7780
+  huiyi_cmd="./target/release/loadtest --scenario $file --url http://$addr:7780 --secret <secret> --server-pid huiyi=<pid> --report $out.huiyi.json --plot $out.huiyi.svg"
+  echo "== $name against Huiyi: $huiyi_cmd"
+  set +e
+  HUIYI_API_SECRET=$secret ./target/release/loadtest --scenario "$file" --url "http://$addr:7780" \
+    --server-pid "huiyi=$huiyi_pid" --report "$out.huiyi.json" --plot "$out.huiyi.svg"
+  huiyi_code=$?
+  set -e
+  # (It may have died mid-run: the comparison still goes on to Janus and is recorded.)
+  kill "$huiyi_pid" 2>/dev/null || true
+  wait "$huiyi_pid" 2>/dev/null || true
+  pids=()
+  [ "$huiyi_code" -ne 0 ] || rm -f "$out.huiyi.log"
+
+  janus -F "$tmp/janus" -C "$tmp/janus/janus.jcfg" -E "$ifname" -o >"$out.janus.log" 2>&1 &
+  pids+=($!)
+  local janus_pid=$!
+  wait_tcp $addr 8188
+  janus_cmd="./target/release/loadtest --scenario $file --janus ws://$addr:8188 --server-pid janus=<pid> --report $out.janus.json --plot $out.janus.svg"
+  echo "== $name against Janus $janus_version: $janus_cmd"
+  set +e
+  ./target/release/loadtest --scenario "$file" --janus "ws://$addr:8188" --server-pid "janus=$janus_pid" \
+    --report "$out.janus.json" --plot "$out.janus.svg"
+  janus_code=$?
+  set -e
+  kill "$janus_pid" 2>/dev/null || true
+  wait "$janus_pid" 2>/dev/null || true
+  pids=()
+  [ "$janus_code" -ne 0 ] || rm -f "$out.janus.log"
+
+  python3 - "$out.meta.json" "$huiyi_cmd" "$janus_cmd" "$commit" "$machine" "$janus_version" "$huiyi_code" "$janus_code" "$(nproc)" "$runs" "$name" "$(basename "$stem")" <<'PY'
 import json, sys
-path, huiyi_cmd, janus_cmd, commit, machine, janus_version, huiyi_code, janus_code, loops = sys.argv[1:]
-json.dump({"command": "benches/compare.sh " + path.split("/")[-2], "huiyi_command": huiyi_cmd,
+path, huiyi_cmd, janus_cmd, commit, machine, janus_version, huiyi_code, janus_code, loops, runs, name, run = sys.argv[1:]
+command = ("" if runs == "1" else f"RUNS={runs} ") + "benches/compare.sh " + name
+json.dump({"command": command, "huiyi_command": huiyi_cmd,
            "janus_command": janus_cmd, "commit": commit, "machine": machine,
            "janus_version": janus_version, "janus_event_loops": int(loops),
-           "exit_codes": {"huiyi": int(huiyi_code), "janus": int(janus_code)}},
+           "exit_codes": {"huiyi": int(huiyi_code), "janus": int(janus_code)},
+           "run": run, "runs": int(runs)},
           open(path, "w"), indent=2)
 PY
-echo
-python3 benches/render.py --pair "$out"
+  echo
+  python3 benches/render.py --pair "$out"
+}
+
+for i in $(seq 1 "$runs"); do
+  if [ "$runs" -eq 1 ]; then run_pair "$stem"; else run_pair "$stem-$i"; fi
+done
 python3 benches/render.py > BENCHMARKS.md
 echo "BENCHMARKS.md rewritten"

@@ -179,12 +179,30 @@ def compare_section():
            "so it forwards more packets for the same meeting: compare CPU per forwarded packet.", ""]
     for scenario in sorted(p.name for p in root.iterdir() if p.is_dir()):
         metas = sorted((root / scenario).glob("*.meta.json"), reverse=True)
+        # The pairs of one run (RUNS=N) together, oldest pair first.
+        runs = {}
         for meta_path in metas:
             stem = meta_path.with_name(meta_path.name[: -len(".meta.json")])
             meta, reports = pair_rows(stem)
-            out += [f"### {scenario}, {stem.name}", ""]
-            out += pair_table(meta, reports)
-            out += ["", "Command: `{}` ({} and {}); Janus with {} event loops".format(
+            runs.setdefault(meta.get("run", stem.name), []).append((stem, meta, reports))
+        for run, pairs in sorted(runs.items(), reverse=True):
+            pairs.sort(key=lambda p: p[0].name)
+            out += [f"### {scenario}, {run}" + (f" ({len(pairs)} pairs, turn about)" if len(pairs) > 1 else ""), ""]
+            for stem, meta, reports in pairs:
+                if len(pairs) > 1:
+                    out += [f"Pair {stem.name}:", ""]
+                out += pair_table(meta, reports) + [""]
+            if len(pairs) > 1:
+                ratios = [(j.get("server_ns_per_forwarded_packet") or 0) / h["server_ns_per_forwarded_packet"]
+                          for _, _, rs in pairs for h, j in [(rs.get("huiyi", {}), rs.get("janus", {}))]
+                          if h.get("server_ns_per_forwarded_packet") and j.get("server_ns_per_forwarded_packet")]
+                ratios.sort()
+                if ratios:
+                    median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+                    out += [f"Janus / Huiyi CPU per forwarded packet over the {len(ratios)} pairs: median {median:.2f}x "
+                            f"({ratios[0]:.2f}x-{ratios[-1]:.2f}x).", ""]
+            meta = pairs[-1][1]
+            out += ["Command: `{}` ({} and {}); Janus with {} event loops".format(
                 meta.get("command"), f"`{meta.get('huiyi_command')}`", f"`{meta.get('janus_command')}`",
                 meta.get("janus_event_loops")), "", "Machine: " + str(meta.get("machine")), ""]
     return out
