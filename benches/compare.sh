@@ -67,6 +67,23 @@ printf '[auth]\napi_secret = "%s"\n[limits]\nmax_connections_per_ip = 0\n' "$sec
 cp -r benches/janus "$tmp/janus"
 sed -i "s/10\.213\.0\.1/$addr/; s/event_loops = .*/event_loops = $(nproc)/" "$tmp/janus/janus.jcfg" "$tmp/janus/janus.transport.websockets.jcfg"
 
+# The scenario against server $1 (huiyi or janus, running as pid $2), results under the
+# stem $3, the generator reaching it with the rest of the arguments; its exit code in
+# `code`, and the server stopped (a server that died mid-run leaves the comparison going).
+measure() {
+  local who=$1 pid=$2 out=$3
+  shift 3
+  set +e
+  ./target/release/loadtest --scenario "$file" "$@" --server-pid "$who=$pid" \
+    --report "$out.$who.json" --plot "$out.$who.svg"
+  code=$?
+  set -e
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  pids=()
+  [ "$code" -ne 0 ] || rm -f "$out.$who.log"
+}
+
 # One pair: Huiyi, then Janus, each a fresh process; results under the stem $1.
 run_pair() {
   local out=$1
@@ -77,16 +94,8 @@ run_pair() {
   wait_tcp $addr 7780
   huiyi_cmd="./target/release/loadtest --scenario $file --url http://$addr:7780 --secret <secret> --server-pid huiyi=<pid> --report $out.huiyi.json --plot $out.huiyi.svg"
   echo "== $name against Huiyi: $huiyi_cmd"
-  set +e
-  HUIYI_API_SECRET=$secret ./target/release/loadtest --scenario "$file" --url "http://$addr:7780" \
-    --server-pid "huiyi=$huiyi_pid" --report "$out.huiyi.json" --plot "$out.huiyi.svg"
-  huiyi_code=$?
-  set -e
-  # (It may have died mid-run: the comparison still goes on to Janus and is recorded.)
-  kill "$huiyi_pid" 2>/dev/null || true
-  wait "$huiyi_pid" 2>/dev/null || true
-  pids=()
-  [ "$huiyi_code" -ne 0 ] || rm -f "$out.huiyi.log"
+  measure huiyi "$huiyi_pid" "$out" --url "http://$addr:7780" --secret "$secret"
+  huiyi_code=$code
 
   janus -F "$tmp/janus" -C "$tmp/janus/janus.jcfg" -E "$ifname" -o >"$out.janus.log" 2>&1 &
   pids+=($!)
@@ -94,15 +103,8 @@ run_pair() {
   wait_tcp $addr 8188
   janus_cmd="./target/release/loadtest --scenario $file --janus ws://$addr:8188 --server-pid janus=<pid> --report $out.janus.json --plot $out.janus.svg"
   echo "== $name against Janus $janus_version: $janus_cmd"
-  set +e
-  ./target/release/loadtest --scenario "$file" --janus "ws://$addr:8188" --server-pid "janus=$janus_pid" \
-    --report "$out.janus.json" --plot "$out.janus.svg"
-  janus_code=$?
-  set -e
-  kill "$janus_pid" 2>/dev/null || true
-  wait "$janus_pid" 2>/dev/null || true
-  pids=()
-  [ "$janus_code" -ne 0 ] || rm -f "$out.janus.log"
+  measure janus "$janus_pid" "$out" --janus "ws://$addr:8188"
+  janus_code=$code
 
   python3 - "$out.meta.json" "$huiyi_cmd" "$janus_cmd" "$commit" "$machine" "$janus_version" "$huiyi_code" "$janus_code" "$(nproc)" "$runs" "$name" "$(basename "$stem")" <<'PY'
 import json, sys
