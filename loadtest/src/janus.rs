@@ -1,17 +1,17 @@
-//! Janus 1.x (its VideoRoom plugin) as the server under test, so that a scenario runs the
-//! same way against Janus as against Huiyi on the same machine (`benches/compare.sh`,
-//! docs/loadtest.md *Against Janus*).
+//! Janus 1.x (its VideoRoom and Streaming plugins) as the server under test, so that a
+//! scenario runs the same way against Janus as against Huiyi on the same machine
+//! (`benches/compare.sh`, docs/loadtest.md *Against Janus*).
 //!
 //! A meeting's participant is one WebSocket to Janus (its `janus-protocol`) carrying one
-//! session with two handles, as Janus's own VideoRoom clients do: a publisher, which joins the room (and
-//! so hears of every other publisher) and publishes the participant's microphone and
-//! camera when it has any; and a subscriber, which receives the others' media in one
-//! PeerConnection (a multistream subscription, changed with `update` as publishers come and
-//! go). A class runs as Janus serves one to many: the teacher publishes into a VideoRoom,
-//! which forwards its media as plain RTP (`rtp_forward`) to a Streaming mountpoint, and each
-//! player watches the mountpoint. The generator's clients do not know Janus: this task turns their offers and answers
-//! into Janus requests, and Janus's JSEP into the `answer` and `offer` messages they handle
-//! for Huiyi.
+//! session with two handles, as Janus's own VideoRoom clients do: a publisher, which joins
+//! the room (and so hears of every other publisher) and publishes the participant's
+//! microphone and camera when it has any; and a subscriber, which receives the others'
+//! media in one PeerConnection (a multistream subscription, changed with `update` as
+//! publishers come and go). A class runs as Janus serves one to many: the teacher publishes
+//! into a VideoRoom, which forwards its media as plain RTP (`rtp_forward`) to a Streaming
+//! mountpoint, and each player watches the mountpoint. The generator's clients do not know
+//! Janus: this task turns their offers and answers into Janus requests, and Janus's JSEP
+//! into the `answer` and `offer` messages they handle for Huiyi.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -261,8 +261,9 @@ impl Participant {
     }
 
     /// Carry the participant on a task: the publisher client's offer (None: it publishes
-    /// nothing) and the subscriber client's answers (None: nobody else publishes) go to Janus, Janus's answer and offers (and what the subscriber then
-    /// shows) to `on`. It leaves when either client leaves or stops.
+    /// nothing) and the subscriber client's answers (None: nobody else publishes) go to
+    /// Janus; Janus's answer and offers (and what the subscriber then shows) go to `on`. It
+    /// leaves when either client leaves or stops.
     pub fn run(
         self,
         mut publisher_out: Option<UnboundedReceiver<ClientMessage>>,
