@@ -13,6 +13,7 @@ mod metrics;
 #[cfg(test)]
 mod nack_tests;
 mod node;
+mod placed;
 pub mod relay;
 mod shard;
 

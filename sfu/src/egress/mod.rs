@@ -18,7 +18,7 @@ use prometheus::IntCounter;
 use crate::metrics::SfuMetrics;
 use crate::router::rtp::vp8::{self, Vp8Renumber};
 pub use srtp::SealError;
-use srtp::{SrtcpError, SrtcpReceiver, SrtpSender, TAG_LEN};
+use srtp::{SrtcpError, SrtcpReceiver, SrtpSender, TAG_LEN, WindowHint};
 
 /// Packets kept per video slot for retransmission (about 2 s of a camera's top layer).
 const HISTORY: usize = 256;
@@ -93,6 +93,9 @@ pub struct SlotOut {
     pub mid: String,
     pub ext: ExtIds,
     history: Vec<Option<Sent>>,
+    /// Where the SRTP sender keeps the windows of `ssrc` and `rtx_ssrc`.
+    window: WindowHint,
+    rtx_window: WindowHint,
 }
 
 struct Sent {
@@ -113,7 +116,17 @@ pub const MAX_RESENDS_PER_DATAGRAM: usize = 64;
 
 impl SlotOut {
     pub fn new(ssrc: u32, rtx_ssrc: Option<u32>, rtx_pts: Vec<(u8, u8)>, mid: String, ext: ExtIds) -> Self {
-        Self { ssrc, rtx_ssrc, rtx_pts, rtx_seq: rtx_start(ssrc), mid, ext, history: Vec::new() }
+        Self {
+            ssrc,
+            rtx_ssrc,
+            rtx_pts,
+            rtx_seq: rtx_start(ssrc),
+            mid,
+            ext,
+            history: Vec::new(),
+            window: WindowHint::default(),
+            rtx_window: WindowHint::default(),
+        }
     }
 
     /// Keep a packet for retransmission (video only: audio is not retransmitted).
@@ -195,13 +208,13 @@ impl Egress {
         let roc = (p.seq >> 16) as u32;
         let sealed = match p.vp8 {
             // Most packets go out as they came: encrypt straight from the shared payload.
-            None => self.srtp.protect(&self.packet, p.payload, roc, out),
+            None => self.srtp.protect_hinted(&self.packet, p.payload, roc, out, &slot.window),
             Some(renumber) => {
                 let mut body = std::mem::take(&mut self.body);
                 body.clear();
                 body.extend_from_slice(p.payload);
                 vp8::apply(&mut body, renumber);
-                let sealed = self.srtp.protect(&self.packet, &body, roc, out);
+                let sealed = self.srtp.protect_hinted(&self.packet, &body, roc, out, &slot.window);
                 self.body = body;
                 sealed
             }
@@ -258,7 +271,7 @@ impl Egress {
         if let Some(renumber) = p.vp8 {
             vp8::apply(&mut body[2..], renumber);
         }
-        let sealed = self.protect(&body, (p.seq >> 16) as u32).map(|d| d.len());
+        let sealed = self.protect(&body, (p.seq >> 16) as u32, &slot.rtx_window).map(|d| d.len());
         self.body = body;
         sealed.ok().map(|len| &self.protected[..len])
     }
@@ -267,13 +280,13 @@ impl Egress {
     /// a sink's packets every few seconds): refused when its index was used already, so
     /// the fast path never seals that index again, nor the engine one the fast path used.
     pub fn claim_for_engine(&mut self, ssrc: u32, seq: u64) -> Result<(), SealError> {
-        let claimed = self.srtp.claim(ssrc, seq & 0xFFFF_FFFF_FFFF);
+        let claimed = self.srtp.claim(ssrc, seq & 0xFFFF_FFFF_FFFF, &WindowHint::default());
         claimed.map_err(|e| self.count(e))
     }
 
     /// Protects the header written in `self.packet` with `body` into `self.protected`.
-    fn protect(&mut self, body: &[u8], roc: u32) -> Result<&[u8], SealError> {
-        match self.srtp.protect(&self.packet, body, roc, &mut self.protected) {
+    fn protect(&mut self, body: &[u8], roc: u32, hint: &WindowHint) -> Result<&[u8], SealError> {
+        match self.srtp.protect_hinted(&self.packet, body, roc, &mut self.protected, hint) {
             Ok(len) => Ok(&self.protected[..len]),
             Err(e) => Err(self.count(e)),
         }

@@ -9,7 +9,7 @@
 //! key and the XOR of the two plaintexts), and per SSRC the peer sends SRTCP under, so a
 //! replayed SRTCP packet is refused. Key material is zeroed when dropped and never printed.
 
-use std::collections::hash_map::Entry;
+use std::cell::Cell;
 use std::fmt;
 
 use str0m::config::CryptoProvider;
@@ -252,9 +252,17 @@ impl fmt::Debug for Master {
 pub struct SrtpSender {
     cipher: Cipher,
     salt: [u8; SALT_LEN],
-    /// Per SSRC, the indexes (ROC << 16 | SEQ) sealed so far.
-    sealed: FastMap<u32, ReplayWindow<SEALED_WINDOW_WORDS>>,
+    /// Per SSRC, the indexes (ROC << 16 | SEQ) sealed so far; never removed.
+    sealed: Vec<(u32, ReplayWindow<SEALED_WINDOW_WORDS>)>,
+    /// Where each SSRC's window is in `sealed`.
+    window_of: FastMap<u32, u32>,
 }
+
+/// Where a sender's window for one SSRC was last found: a send slot keeps one per SSRC it
+/// seals for, so its packets reach their window without a lookup. Only a hint: the
+/// window found there must be the SSRC's, or the SSRC is looked up.
+#[derive(Debug, Default)]
+pub struct WindowHint(Cell<u32>);
 
 /// Unprotects the SRTCP the peer sends (for the NACKs the fast path answers), refusing
 /// replays: each sender SSRC numbers its SRTCP from zero, so each has its own window.
@@ -298,7 +306,8 @@ pub fn session_keys(
     let sender = SrtpSender {
         cipher: local.cipher(crypto, LABEL_RTP_KEY, true),
         salt: local.salt(crypto, LABEL_RTP_SALT),
-        sealed: FastMap::default(),
+        sealed: Vec::new(),
+        window_of: FastMap::default(),
     };
     let receiver = SrtcpReceiver {
         cipher: remote.cipher(crypto, LABEL_RTCP_KEY, false),
@@ -316,12 +325,25 @@ impl SrtpSender {
     /// rollover counter of the packet's sequence number. `out` must hold the header, the
     /// payload and `TAG_LEN`. Refuses an index sealed before on the header's SSRC, or
     /// behind the window of those sealed.
+    #[cfg(test)]
     pub fn protect(
         &mut self,
         header: &[u8],
         payload: &[u8],
         roc: u32,
         out: &mut [u8],
+    ) -> Result<usize, SealError> {
+        self.protect_hinted(header, payload, roc, out, &WindowHint::default())
+    }
+
+    /// [`SrtpSender::protect`], finding the SSRC's window where `hint` says first.
+    pub fn protect_hinted(
+        &mut self,
+        header: &[u8],
+        payload: &[u8],
+        roc: u32,
+        out: &mut [u8],
+        hint: &WindowHint,
     ) -> Result<usize, SealError> {
         let len = header.len() + payload.len();
         if header.len() < 12 {
@@ -332,7 +354,7 @@ impl SrtpSender {
         }
         let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         let seq = u16::from_be_bytes([header[2], header[3]]);
-        self.claim(ssrc, (u64::from(roc) << 16) | u64::from(seq))?;
+        self.claim(ssrc, (u64::from(roc) << 16) | u64::from(seq), hint)?;
         let iv = AeadAes128Gcm::rtp_iv(self.salt, ssrc, roc, seq);
         out[..header.len()].copy_from_slice(header);
         if !self.cipher.encrypt(&iv, header, payload, &mut out[header.len()..len + TAG_LEN]) {
@@ -343,13 +365,24 @@ impl SrtpSender {
 
     /// Marks `index` sealed on `ssrc` before it is: an index handed to the cipher counts
     /// as used whether or not its packet leaves.
-    pub(crate) fn claim(&mut self, ssrc: u32, index: u64) -> Result<(), SealError> {
-        let full = self.sealed.len() >= MAX_SEALED_SSRCS;
-        let window = match self.sealed.entry(ssrc) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(_) if full => return Err(SealError::TooManySsrcs),
-            Entry::Vacant(e) => e.insert(ReplayWindow::new()),
+    pub(crate) fn claim(&mut self, ssrc: u32, index: u64, hint: &WindowHint) -> Result<(), SealError> {
+        let at = match self.sealed.get(hint.0.get() as usize) {
+            Some((s, _)) if *s == ssrc => hint.0.get() as usize,
+            _ => {
+                let at = match self.window_of.get(&ssrc) {
+                    Some(&at) => at as usize,
+                    None if self.sealed.len() >= MAX_SEALED_SSRCS => return Err(SealError::TooManySsrcs),
+                    None => {
+                        self.window_of.insert(ssrc, self.sealed.len() as u32);
+                        self.sealed.push((ssrc, ReplayWindow::new()));
+                        self.sealed.len() - 1
+                    }
+                };
+                hint.0.set(at as u32);
+                at
+            }
         };
+        let window = &mut self.sealed[at].1;
         if !window.is_new(index) {
             return Err(SealError::IndexUsed);
         }
@@ -617,6 +650,27 @@ pub(super) mod tests {
         assert_eq!(seal(&mut tx, 7, 0, 99), Err(SealError::IndexUsed));
         assert!(seal(&mut tx, 7, 1, 100).is_ok(), "the same SEQ in the next ROC is another index");
         assert_eq!(seal(&mut tx, 7, 1, 100), Err(SealError::IndexUsed));
+    }
+
+    #[test]
+    fn a_hint_finds_only_its_own_ssrcs_window() {
+        let mut tx = sender();
+        let mut out = [0u8; 12 + 4 + TAG_LEN];
+        let mut seal_hinted = |ssrc: u32, seq: u16, hint: &WindowHint| {
+            tx.protect_hinted(&header(ssrc, seq), &[1, 2, 3, 4], 0, &mut out, hint)
+        };
+        let (seven, eight) = (WindowHint::default(), WindowHint::default());
+        assert!(seal_hinted(7, 100, &seven).is_ok());
+        assert!(seal_hinted(8, 100, &eight).is_ok());
+        assert_eq!(seal_hinted(7, 100, &seven), Err(SealError::IndexUsed), "through its hint");
+        assert_eq!(seal_hinted(7, 100, &eight), Err(SealError::IndexUsed), "through another SSRC's hint");
+        assert_eq!(seal_hinted(8, 100, &WindowHint::default()), Err(SealError::IndexUsed), "through none");
+        assert!(seal_hinted(7, 101, &eight).is_ok());
+        assert_eq!(
+            seal_hinted(7, 101, &seven),
+            Err(SealError::IndexUsed),
+            "the one sealed via the other hint"
+        );
     }
 
     #[test]

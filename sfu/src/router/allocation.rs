@@ -8,7 +8,7 @@ use str0m::media::Mid;
 
 use super::select::allocator::UPGRADE_HEADROOM;
 use super::select::{AllocTrack, MAX_LAYERS, Priority, allocate, choose_layer};
-use super::source::SourceKey;
+use super::source::{Fed, SourceKey};
 use super::{Output, Router};
 use crate::api::{SessionEvent, SessionId, TrackKind, TrackSource};
 
@@ -149,7 +149,7 @@ impl Router {
             return;
         }
         let mut needed = [false; MAX_LAYERS];
-        for (sink_endpoint, sink_mid) in &source.sinks {
+        for Fed { sink: (sink_endpoint, sink_mid), .. } in &source.sinks {
             let Some(sink) = self.endpoints.get(sink_endpoint).and_then(|e| e.sinks.get(sink_mid)) else {
                 continue;
             };
@@ -201,7 +201,7 @@ impl Router {
         }
         let arriving = source.arriving(now);
         let mut keyframes = Vec::new();
-        for (sink_endpoint, sink_mid) in &source.sinks {
+        for Fed { sink: (sink_endpoint, sink_mid), .. } in &source.sinks {
             let Some(sink) = self.endpoints.get_mut(sink_endpoint).and_then(|e| e.sinks.get_mut(sink_mid))
             else {
                 continue;

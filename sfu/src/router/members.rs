@@ -6,13 +6,14 @@ use std::time::Instant;
 use str0m::media::Mid;
 
 use super::room::{Member, Room};
-use super::source::{Source, SourceKey};
+use super::source::{Fed, Source, SourceKey};
 use super::{Endpoint, Router};
 use crate::api::{
     JoinRequest, LeaveReason, MediaError, ParticipantInfo, SessionEvent, SessionId, ShownTrack, SlotInfo,
     TrackInfo, TrackKind,
 };
 use crate::fasthash::FastMap;
+use crate::placed::PlacedMap;
 
 /// What a departure left behind.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -80,7 +81,7 @@ impl Router {
                 view: None,
                 sink_of: FastMap::default(),
                 to_add: Vec::new(),
-                sinks: FastMap::default(),
+                sinks: PlacedMap::default(),
                 codecs: Vec::new(),
                 estimate: None,
                 sent_bytes: 0,
@@ -107,7 +108,7 @@ impl Router {
         room.speakers.remove(id);
         for (mid, sink) in &endpoint.sinks {
             if let Some(s) = sink.source.and_then(|k| room.sources.get_mut(&k)) {
-                s.sinks.retain(|(e, m)| !(*e == id && m == mid));
+                s.sinks.retain(|f| f.sink != (id, *mid));
             }
         }
         let own: Vec<Mid> =
@@ -212,7 +213,7 @@ impl Router {
         self.metrics.tracks.dec();
         room.audio.remove(key);
         let others: Vec<SessionId> = room.others(id).collect();
-        for (sink_endpoint, sink_mid) in &source.sinks {
+        for Fed { sink: (sink_endpoint, sink_mid), .. } in &source.sinks {
             if let Some(e) = self.endpoints.get_mut(sink_endpoint) {
                 e.sink_of.remove(&key);
                 if let Some(sink) = e.sinks.get_mut(sink_mid) {

@@ -27,11 +27,12 @@ pub use codec::{CodecKey, PayloadTypes, h264_profile};
 pub use forward::{Forwarded, SourcePacket};
 pub use relay::RelayedTrack;
 pub use sink::Strategy;
-pub use source::{SinkKey, SourceKey};
+pub use source::{Fed, SinkKey, SourceKey};
 
 use crate::api::{SessionEvent, SessionId, ShownTrack, TrackKind};
 use crate::fasthash::FastMap;
 use crate::metrics::SfuMetrics;
+use crate::placed::PlacedMap;
 use forward::{Arrived, Decision};
 use room::Room;
 use rtp::starts_keyframe;
@@ -75,8 +76,9 @@ pub enum Input {
 /// What the router asks its driver to do.
 #[derive(Debug)]
 pub enum Output {
-    /// Send a packet on a sink.
-    Forward { sink: SinkKey, packet: Forwarded },
+    /// Send a packet on a sink; `at` is the sink's place among its endpoint's sinks, in the
+    /// order they were added (a hint: the shard keeps its own in the same order).
+    Forward { sink: SinkKey, at: u32, packet: Forwarded },
     /// Ask a source's publisher for a keyframe on this SSRC (already throttled).
     KeyframeRequest { source: SourceKey, ssrc: u32 },
     /// Tell an endpoint's signaling connection.
@@ -103,7 +105,7 @@ struct Endpoint {
     sink_of: FastMap<SourceKey, Mid>,
     /// Sources that need a new sink in its next offer.
     to_add: Vec<SourceKey>,
-    sinks: FastMap<Mid, Sink>,
+    sinks: PlacedMap<Mid, Sink>,
     /// What the payload types of the media it sends mean.
     codecs: PayloadTypes,
     /// The latest bandwidth estimate for what it is sent (bits per second).
@@ -279,9 +281,9 @@ impl Router {
         };
         let mut wants_keyframe = false;
         let mut retarget = false;
-        for sink_key in &source.sinks {
+        for &Fed { sink: sink_key, at } in &source.sinks {
             let Some(endpoint) = endpoints.get_mut(&sink_key.0) else { continue };
-            let Some(sink) = endpoint.sinks.get_mut(&sink_key.1) else { continue };
+            let Some(sink) = endpoint.sinks.at_mut(at, &sink_key.1) else { continue };
             match forward::decide(sink, &arrived) {
                 Decision::Send { packet, switched } => {
                     sink.sent = true;
@@ -289,7 +291,7 @@ impl Router {
                         metrics.layer_switches.inc();
                     }
                     endpoint.sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
-                    outputs.push_back(Output::Forward { sink: *sink_key, packet });
+                    outputs.push_back(Output::Forward { sink: sink_key, at, packet });
                 }
                 Decision::Skip => {}
                 Decision::WaitsForKeyframe => wants_keyframe = true,
@@ -321,7 +323,8 @@ impl Router {
             return false;
         };
         let Some(room) = rooms.get(room.as_str()) else { return false };
-        let Some(sink) = sinks.get_mut(&sink_key.1) else { return false };
+        let Some(at) = sinks.place(&sink_key.1) else { return false };
+        let Some(sink) = sinks.at_mut(at, &sink_key.1) else { return false };
         // Only a sink that sent nothing of its source yet: one paused and started again
         // has numbered these packets already (the fast path refuses an index twice).
         let (Some(key), true, None, false) = (sink.source, sink.active, sink.current, sink.sent) else {
@@ -368,7 +371,7 @@ impl Router {
                     sink.sent = true;
                     packet.arrival = *now;
                     *sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
-                    outputs.push_back(Output::Forward { sink: sink_key, packet });
+                    outputs.push_back(Output::Forward { sink: sink_key, at, packet });
                     sent = true;
                 }
             }

@@ -9,7 +9,7 @@ use str0m::media::Mid;
 use super::codec::PayloadTypes;
 use super::select::{MAX_LAYERS, Quality};
 use super::sink::Sink;
-use super::source::{Source, SourceKey};
+use super::source::{Fed, Source, SourceKey};
 use super::{Endpoint, Output, Router, SinkKey};
 use crate::api::{SessionEvent, SessionId, ShownTrack, SlotInfo, TrackKind};
 use crate::fasthash::FastMap;
@@ -91,9 +91,11 @@ impl Router {
             if kind == TrackKind::Video {
                 sink.target = sink.choose_target(source.arriving(now));
             }
-            source.sinks.push((id, *mid));
             endpoint.sink_of.insert(*key, *mid);
             endpoint.sinks.insert(*mid, sink);
+            if let Some(at) = endpoint.sinks.place(mid) {
+                source.sinks.push(Fed { sink: (id, *mid), at });
+            }
             told.push(SlotInfo {
                 mid: mid.to_string(),
                 track: Some((source.owner_participant.clone(), source.track.id.clone())),
@@ -302,14 +304,16 @@ fn reassign_sink(
     let Some(sink) = endpoint.sinks.get_mut(&mid) else { return };
     if let Some(old) = sink.source {
         if let Some(s) = sources.get_mut(&old) {
-            s.sinks.retain(|(e, m)| !(*e == id && *m == mid));
+            s.sinks.retain(|f| f.sink != (id, mid));
         }
         endpoint.sink_of.remove(&old);
     }
     sink.assign(key);
     if let Some(key) = key {
-        if let Some(s) = sources.get_mut(&key) {
-            s.sinks.push((id, mid));
+        if let Some(s) = sources.get_mut(&key)
+            && let Some(at) = endpoint.sinks.place(&mid)
+        {
+            s.sinks.push(Fed { sink: (id, mid), at });
         }
         endpoint.sink_of.insert(key, mid);
     }

@@ -18,6 +18,14 @@ const LAYER_STALE: Duration = Duration::from_millis(1000);
 pub type SourceKey = (SessionId, Mid);
 pub type SinkKey = (SessionId, Mid);
 
+/// A sink a source feeds, with its place among its endpoint's sinks (`PlacedMap`), so the
+/// packet path reaches it without a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    pub sink: SinkKey,
+    pub at: u32,
+}
+
 /// One simulcast layer of a source as it arrives (the only layer, without simulcast).
 pub struct Layer {
     pub ssrc: Option<u32>,
@@ -39,7 +47,7 @@ pub struct Source {
     pub track: TrackInfo,
     pub owner_participant: String,
     /// The sinks carrying it.
-    pub sinks: Vec<SinkKey>,
+    pub sinks: Vec<Fed>,
     /// Incoming layers by rank; keyframe requests go to a layer's SSRC.
     pub layers: [Layer; MAX_LAYERS],
     /// Payload type of the last packet and the codec it means.

@@ -118,6 +118,11 @@ impl Room {
                 Output::OfferNeeded(id) => {
                     self.negotiate(id);
                 }
+                Output::Forward { sink, at, .. } => {
+                    let place = self.router.endpoints[&sink.0].sinks.place(&sink.1);
+                    assert_eq!(place, Some(at), "a forward names its sink's place");
+                    rest.push(out);
+                }
                 other => rest.push(other),
             }
         }
@@ -158,7 +163,7 @@ fn forwarded(outputs: &[Output]) -> Vec<(SinkKey, &Forwarded)> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Forward { sink, packet } => Some((*sink, packet)),
+            Output::Forward { sink, packet, .. } => Some((*sink, packet)),
             _ => None,
         })
         .collect()

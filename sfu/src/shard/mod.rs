@@ -193,7 +193,7 @@ pub(crate) struct Shard {
     /// right after it.
     send_now: Vec<SessionId>,
     /// Forwards of a relayed batch, ordered by sink before they are carried out.
-    by_sink: Vec<(router::SinkKey, router::Forwarded)>,
+    by_sink: Vec<(router::SinkKey, u32, router::Forwarded)>,
     /// The media extensions of the packet being routed (str0m writes them again).
     routing_ext: ExtensionValues,
     /// Sessions whose sinks changed during this input: one offer each after it.
@@ -602,30 +602,30 @@ impl Shard {
         let mut forwards = std::mem::take(&mut self.by_sink);
         while let Some(output) = self.router.poll_output() {
             match output {
-                router::Output::Forward { sink, packet } => forwards.push((sink, packet)),
+                router::Output::Forward { sink, at, packet } => forwards.push((sink, at, packet)),
                 other => self.carry_out_one(other),
             }
         }
         // Stable: a sink's packets stay in the order the router gave them.
-        forwards.sort_by_key(|(sink, _)| sink.0);
+        forwards.sort_by_key(|(sink, _, _)| sink.0);
         let mut last = None;
-        for (sink, packet) in forwards.drain(..) {
+        for (sink, at, packet) in forwards.drain(..) {
             if last != Some(sink.0) && self.out.len() >= FAN_OUT_BATCH {
                 self.send_queued();
             }
             last = Some(sink.0);
-            self.carry_out_one(router::Output::Forward { sink, packet });
+            self.carry_out_one(router::Output::Forward { sink, at, packet });
         }
         self.by_sink = forwards;
     }
 
     fn carry_out_one(&mut self, output: router::Output) {
         match output {
-            router::Output::Forward { sink, packet } => {
+            router::Output::Forward { sink, at, packet } => {
                 if !self.relays.is_empty() && self.relays.contains_key(&sink.0) {
                     self.relay_forward(sink, packet);
                 } else {
-                    self.send_forwarded(sink, packet);
+                    self.send_forwarded(sink, at, packet);
                 }
             }
             router::Output::KeyframeRequest { source: (owner, mid), ssrc } => {

@@ -202,7 +202,7 @@ impl Shard {
     /// Send one forwarded packet on a sink: sealed by the fast path, or written to str0m
     /// (a sink's first packet, one every 5 s, packets with extensions the fast path does
     /// not write, sessions without fast-path keys).
-    pub(super) fn send_forwarded(&mut self, (sub_id, mid): SinkKey, f: Forwarded) {
+    pub(super) fn send_forwarded(&mut self, (sub_id, mid): SinkKey, at: u32, f: Forwarded) {
         let arrival_ms = self.clock_ms(f.arrival);
         if self.failed.contains(&sub_id) {
             return; // its engine panicked: it ends after this input
@@ -214,7 +214,7 @@ impl Shard {
             self.send_written(sub_id, Instant::now());
         }
         let Some(subscriber) = self.sessions.get_mut(&sub_id) else { return };
-        let Some(sink) = subscriber.sinks.get_mut(&mid) else { return };
+        let Some(sink) = subscriber.sinks.at_mut(at, &mid) else { return };
         let Some(tx_ssrc) = sink.tx_ssrc else { return };
         let ext = &self.routing_ext;
         let outgoing = Outgoing {

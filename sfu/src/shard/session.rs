@@ -24,6 +24,7 @@ use crate::config::MediaConfig;
 use crate::egress::{self, Egress, ExtIds, SlotOut};
 use crate::fasthash::FastMap;
 use crate::metrics::{LogThrottle, SfuMetrics};
+use crate::placed::PlacedMap;
 use crate::router::select::rid_rank;
 use crate::router::{self, CodecKey, Input, PayloadTypes, h264_profile};
 
@@ -59,7 +60,8 @@ pub(super) struct Session {
     /// Incoming SSRC to its mid, simulcast layer and rid.
     pub rx_mid: FastMap<Ssrc, (Mid, u8, Option<Rid>)>,
     /// How its sinks go out: str0m's SSRC for each, and the fast path's state.
-    pub sinks: FastMap<Mid, SinkOut>,
+    /// In the order the router added them, so a sink's place is the same in both.
+    pub sinks: PlacedMap<Mid, SinkOut>,
     /// The forwarding fast path's keys, once DTLS is up (None: str0m sends everything).
     pub egress: Option<Egress>,
     /// Where str0m last sent DTLS or SRTP: the peer's address on the selected ICE pair.
@@ -118,7 +120,7 @@ impl Session {
             refused: HashSet::new(),
             twcc: false,
             rx_mid: FastMap::default(),
-            sinks: FastMap::default(),
+            sinks: PlacedMap::default(),
             egress: None,
             dest: None,
             spare_mids: Vec::new(),
