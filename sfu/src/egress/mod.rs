@@ -90,7 +90,10 @@ pub struct SlotOut {
     /// (a slot can carry another codec after a change of source).
     pub rtx_pts: Vec<(u8, u8)>,
     rtx_seq: u64,
-    pub mid: String,
+    /// The mid's bytes in place (none when longer than the extension carries): the header
+    /// of every packet copies them, and a `String` would be a pointer to chase per packet.
+    mid: [u8; 16],
+    mid_len: u8,
     pub ext: ExtIds,
     history: Vec<Option<Sent>>,
     /// Where the SRTP sender keeps the windows of `ssrc` and `rtx_ssrc`.
@@ -116,12 +119,20 @@ pub const MAX_RESENDS_PER_DATAGRAM: usize = 64;
 
 impl SlotOut {
     pub fn new(ssrc: u32, rtx_ssrc: Option<u32>, rtx_pts: Vec<(u8, u8)>, mid: String, ext: ExtIds) -> Self {
+        let (mut bytes, len) = ([0u8; 16], mid.len());
+        let mid_len = if len <= 16 {
+            bytes[..len].copy_from_slice(mid.as_bytes());
+            len as u8
+        } else {
+            0
+        };
         Self {
             ssrc,
             rtx_ssrc,
             rtx_pts,
             rtx_seq: rtx_start(ssrc),
-            mid,
+            mid: bytes,
+            mid_len,
             ext,
             history: Vec::new(),
             window: WindowHint::default(),
@@ -324,8 +335,7 @@ fn write_header(
     buf.extend_from_slice(&seq.to_be_bytes());
     buf.extend_from_slice(&timestamp.to_be_bytes());
     buf.extend_from_slice(&ssrc.to_be_bytes());
-    let mid = slot.mid.as_bytes();
-    let with_mid = slot.ext.mid.filter(|_| !mid.is_empty() && mid.len() <= 16);
+    let with_mid = slot.ext.mid.filter(|_| slot.mid_len > 0);
     let with_level = slot.ext.audio_level.zip(p.audio_level);
     if with_mid.is_none() && with_level.is_none() {
         return buf.len();
@@ -334,8 +344,11 @@ fn write_header(
     let block_at = buf.len();
     buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
     if let Some(id) = with_mid {
-        buf.push((id << 4) | (mid.len() as u8 - 1));
-        buf.extend_from_slice(mid);
+        buf.push((id << 4) | (slot.mid_len - 1));
+        // All 16 bytes, then cut: a copy of fixed size, without a call to memmove.
+        let at = buf.len();
+        buf.extend_from_slice(&slot.mid);
+        buf.truncate(at + usize::from(slot.mid_len));
     }
     if let Some((id, (level, voice))) = with_level {
         buf.push(id << 4);
