@@ -40,8 +40,12 @@ mod receive;
 mod send;
 
 const WAKER: Token = Token(usize::MAX);
-/// Inputs (signaling messages, clients to add) handled between two runs of the timers.
+/// Inputs (signaling messages, clients to add) handled between two runs of the timers, at
+/// most, and for at most `INBOX_BUDGET`: a renegotiation's offer costs a client's engine a
+/// millisecond or more in a large meeting, and 64 of them in a row held media timers back
+/// by 100-150 ms while a meeting-300 was still joining.
 const INBOX_TURN: usize = 64;
+const INBOX_BUDGET: Duration = Duration::from_millis(5);
 const UNSET: u32 = u32::MAX;
 /// While media flows, a media thread reads its sockets at most this often: each read then
 /// takes a full batch per system call instead of the one or two datagrams that arrived since
@@ -455,13 +459,15 @@ impl Worker {
         let mut inbox_waiting = false;
         // When the sockets were last read, if anything was in them.
         let mut last_read: Option<Instant> = None;
+        // Sockets left with datagrams in them at the end of a turn, and this turn's to read.
+        let (mut unread, mut tokens) = (Vec::new(), Vec::new());
         loop {
             let now = Instant::now();
             let next = self.next_due().unwrap_or(now + Duration::from_millis(100));
             // While media flows, read at most every READ_INTERVAL (ADR 0015): the datagrams
             // gather in the socket meanwhile, with their kernel arrival stamps, which is
             // what latency and first frames are measured to. Never past a due timer.
-            if let Some(read) = last_read.filter(|_| !inbox_waiting) {
+            if let Some(read) = last_read.filter(|_| !inbox_waiting && unread.is_empty()) {
                 let until = (read + READ_INTERVAL).min(next);
                 if until > now {
                     std::thread::sleep(until - now);
@@ -469,7 +475,7 @@ impl Worker {
             }
             let now = Instant::now();
             let wait = next.saturating_duration_since(now).min(Duration::from_millis(100));
-            let wait = if inbox_waiting { Duration::ZERO } else { wait };
+            let wait = if inbox_waiting || !unread.is_empty() { Duration::ZERO } else { wait };
             if let Err(e) = self.poll.poll(&mut events, Some(wait))
                 && e.kind() != ErrorKind::Interrupted
             {
@@ -478,11 +484,23 @@ impl Worker {
             }
             let mut stop = false;
             let mut read = 0;
+            // A poll names each token once: only those carried over can repeat.
+            let carried = unread.len();
+            tokens.append(&mut unread);
             for event in events.iter() {
-                if event.token() == WAKER {
+                if !tokens[..carried].contains(&event.token()) {
+                    tokens.push(event.token());
+                }
+            }
+            for token in tokens.drain(..) {
+                if token == WAKER {
                     inbox_waiting = true;
                 } else {
-                    read += self.receive(event.token(), &mut batch);
+                    let (count, more) = self.receive(token, &mut batch);
+                    read += count;
+                    if more {
+                        unread.push(token);
+                    }
                 }
             }
             last_read = (read > 0).then(Instant::now);
@@ -494,6 +512,7 @@ impl Worker {
             }
             let now = Instant::now();
             self.run_timers(now);
+
             self.counts.publish(&self.shared);
             self.publish_live(now);
         }
@@ -534,10 +553,14 @@ impl Worker {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
-    /// Handle up to `INBOX_TURN` inputs, so media timers run between turns; returns
-    /// (stop, more inputs may wait).
+    /// Handle up to `INBOX_TURN` inputs within `INBOX_BUDGET`, so media timers run between
+    /// turns; returns (stop, more inputs may wait).
     fn handle_inbox(&mut self) -> (bool, bool) {
+        let started = Instant::now();
         for _ in 0..INBOX_TURN {
+            if started.elapsed() >= INBOX_BUDGET {
+                return (false, true);
+            }
             let Ok(input) = self.inbox.try_recv() else { return (false, false) };
             match input {
                 WorkerInput::Add(setup) => {

@@ -21,6 +21,10 @@ use crate::stats::{DeliveryCounter, Jitter, window_index};
 
 /// The thread's shared socket, when its clients share one.
 pub(super) const SHARED: Token = Token(usize::MAX - 1);
+/// Batches read from one socket before the timers run again: a server that stalled and
+/// then sent its backlog at once left 20,000 datagrams to read in one go (75 ms), and
+/// the media timers waited behind them.
+const BATCHES_PER_TURN: usize = 32;
 /// Clients on a shared socket each send from an address of their own: 127.1.0.1 on.
 const FIRST_ADDRESS: u32 = 0x7f01_0001;
 
@@ -39,14 +43,16 @@ impl Worker {
     /// is its serial) or the thread's shared one (`SHARED`: each datagram's destination
     /// address names its client). Media of the streams our own SRTP path has learned is
     /// opened and measured here, the rest feeds the client's engine. Returns how many
-    /// datagrams it read.
-    pub(super) fn receive(&mut self, token: Token, batch: &mut RecvBatch) -> usize {
+    /// datagrams it read, and whether the socket may hold more (it stopped at
+    /// `BATCHES_PER_TURN`: no new readiness event comes for what is already there).
+    pub(super) fn receive(&mut self, token: Token, batch: &mut RecvBatch) -> (usize, bool) {
         // The engine holds one received RTP packet until polled, so each datagram is
         // polled up to its packet; the rest of the output (feedback, the next timeout, a
         // walk over every part of the engine) waits for the end of the batch.
         let mut undrained = std::mem::take(&mut self.undrained);
         let mut read = 0;
-        loop {
+        let mut more = false;
+        for turn in 1.. {
             let received = if token == SHARED {
                 self.shared_socket.as_ref().map(|s| batch.receive(s))
             } else {
@@ -74,6 +80,10 @@ impl Worker {
             if count < RecvBatch::SIZE {
                 break;
             }
+            if turn == BATCHES_PER_TURN {
+                more = true;
+                break;
+            }
         }
         undrained.sort_unstable();
         undrained.dedup();
@@ -81,7 +91,7 @@ impl Worker {
             self.drain(id);
         }
         self.undrained = undrained;
-        read
+        (read, more)
     }
 
     /// One received datagram of client `id`: opened by our own path, or fed to the engine
