@@ -31,9 +31,74 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Values kept in the order they were added, each found by its key once and then by its
+/// place: a receiver remembers where a stream's state is beside what it learned of the
+/// stream's SSRC, so a packet costs no lookup. Nothing is removed, so a place stays valid.
+pub struct Placed<V> {
+    items: Vec<(u32, V)>,
+    places: IdMap<u32, u32>,
+}
+
+impl<V> Default for Placed<V> {
+    fn default() -> Self {
+        Self { items: Vec::new(), places: IdMap::default() }
+    }
+}
+
+impl<V> Placed<V> {
+    /// Where `key`'s value is, added by `make` if it has none yet.
+    pub fn place_of(&mut self, key: u32, make: impl FnOnce() -> V) -> u32 {
+        if let Some(at) = self.places.get(&key) {
+            return *at;
+        }
+        let at = self.items.len() as u32;
+        self.items.push((key, make()));
+        self.places.insert(key, at);
+        at
+    }
+
+    /// The value at `at` if it is `key`'s (a place from `place_of`).
+    pub fn at_mut(&mut self, at: u32, key: u32) -> Option<&mut V> {
+        self.items.get_mut(at as usize).filter(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    pub fn get(&self, key: u32) -> Option<&V> {
+        self.places.get(&key).map(|at| &self.items[*at as usize].1)
+    }
+
+    pub fn get_mut(&mut self, key: u32) -> Option<&mut V> {
+        self.places.get(&key).map(|at| &mut self.items[*at as usize].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &V)> {
+        self.items.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.items.iter().map(|(_, v)| v)
+    }
+
+    pub fn into_items(self) -> impl Iterator<Item = (u32, V)> {
+        self.items.into_iter()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_place_finds_its_own_key_only() {
+        let mut placed: Placed<&str> = Placed::default();
+        let a = placed.place_of(7, || "seven");
+        let b = placed.place_of(3, || "three");
+        assert_eq!(placed.place_of(7, || "again"), a, "found, not added twice");
+        assert_eq!(placed.at_mut(a, 7).map(|v| *v), Some("seven"));
+        assert_eq!(placed.at_mut(b, 7), None, "another key's place");
+        assert_eq!(placed.at_mut(9, 7), None, "no such place");
+        assert_eq!(placed.get(3), Some(&"three"));
+        assert_eq!(placed.iter().map(|(k, _)| k).collect::<Vec<_>>(), vec![7, 3]);
+    }
 
     #[test]
     fn dense_ids_spread_over_buckets() {

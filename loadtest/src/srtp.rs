@@ -192,6 +192,11 @@ pub struct Opened<'a> {
     pub timestamp: u32,
     pub marker: bool,
     pub payload: &'a [u8],
+    /// Where its stream is among those learned (a place that never changes), for `note`.
+    pub slot: usize,
+    /// What the receiver last noted with the stream (`SrtpIn::note`; 0 before that): kept
+    /// beside the stream's state here, so reading it costs no lookup of its own.
+    pub note: u64,
 }
 
 /// Why a datagram was not opened here.
@@ -209,9 +214,10 @@ pub enum NotOpened {
 pub struct SrtpIn {
     key: LessSafeKey,
     salt: [u8; SALT_LEN],
-    /// The streams learned so far and the highest index opened on each. A viewer has a
-    /// few (audio, video, and their repairs stay with str0m), so a scan is the fastest map.
-    streams: Vec<(u32, u64)>,
+    /// The streams learned so far: SSRC, the highest index opened, the receiver's note. A
+    /// viewer has a few (audio, video; their repairs stay with str0m), so a scan is the
+    /// fastest map.
+    streams: Vec<(u32, u64, u64)>,
 }
 
 impl SrtpIn {
@@ -248,9 +254,16 @@ impl SrtpIn {
     /// Open `ssrc`'s packets here from now on; `seq` is the extended sequence number of a
     /// packet of it str0m opened (it knows the rollover counter the stream started with).
     pub fn learn(&mut self, ssrc: u32, seq: u64) {
-        match self.streams.iter_mut().find(|(s, _)| *s == ssrc) {
-            Some((_, highest)) => *highest = (*highest).max(seq),
-            None => self.streams.push((ssrc, seq)),
+        match self.streams.iter_mut().find(|(s, _, _)| *s == ssrc) {
+            Some((_, highest, _)) => *highest = (*highest).max(seq),
+            None => self.streams.push((ssrc, seq, 0)),
+        }
+    }
+
+    /// Keep `note` with the stream at `slot` (an `Opened::slot`), returned with its packets.
+    pub fn note(&mut self, slot: usize, note: u64) {
+        if let Some((_, _, kept)) = self.streams.get_mut(slot) {
+            *kept = note;
         }
     }
 
@@ -262,7 +275,7 @@ impl SrtpIn {
             return Err(NotOpened::NotOurs);
         }
         let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
-        let Some(stream) = self.streams.iter().position(|(s, _)| *s == ssrc) else {
+        let Some(stream) = self.streams.iter().position(|(s, _, _)| *s == ssrc) else {
             return Err(NotOpened::NotOurs);
         };
         let header_len = header_len(datagram).ok_or(NotOpened::Malformed)?;
@@ -298,6 +311,8 @@ impl SrtpIn {
             timestamp: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
             marker: header[1] & 0x80 != 0,
             payload: &plain[..payload_len],
+            slot: stream,
+            note: self.streams[stream].2,
         })
     }
 }

@@ -97,7 +97,7 @@ impl Worker {
             let last_packet = |owner: u32| {
                 LAYERS
                     .iter()
-                    .filter_map(|l| client.rx.get(&StreamKind::Video(l.rank()).id(owner))?.last_in_window_us)
+                    .filter_map(|l| client.rx.get(StreamKind::Video(l.rank()).id(owner))?.last_in_window_us)
                     .max()
             };
             // Tiles by the server's track id, or (against Janus) by the publisher's serial.
@@ -178,13 +178,13 @@ impl Worker {
                 .rx
                 .iter()
                 .filter(|(_, r)| r.delivery.unique() > 0)
-                .filter_map(|(id, _)| match StreamKind::of(*id).1 {
+                .filter_map(|(id, _)| match StreamKind::of(id).1 {
                     StreamKind::Video(rank) => Some(rank),
                     _ => None,
                 })
                 .collect(),
             jitter_ms: client.rx.values().map(|r| r.jitter.ms()).collect(),
-            received: client.rx.into_iter().map(|(s, r)| (s, r.delivery)).collect(),
+            received: client.rx.into_items().map(|(s, r)| (s, r.delivery)).collect(),
             close_reason: client.closed,
             errors: client.errors,
         });

@@ -23,7 +23,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::expect::{STREAMS_PER_CLIENT, StreamKind, TalkTurn};
-use crate::idmap::IdMap;
+use crate::idmap::{IdMap, Placed};
 use crate::media::{FirstFrame, KeyframeSchedule, LayerShape, OpusLibrary, Vp8Packetizer, layer_for_tile};
 use crate::net::RecvBatch;
 use crate::scenario::Scenario;
@@ -223,7 +223,7 @@ struct VideoTx {
     layers: Vec<LayerTx>,
 }
 
-/// One layer of a camera: its own RTP stream, frame timer, keyframes and picture ids.
+/// One layer of a camera: its own RTP stream, frame clock, keyframes and picture ids.
 struct LayerTx {
     shape: LayerShape,
     stream: u32,
@@ -236,9 +236,12 @@ struct LayerTx {
     tx: Option<(Ssrc, Pt)>,
     /// The server's `layers` left it out: nobody receives it.
     paused: bool,
+    /// When its next frame is due (set once the client connects).
+    next_frame: Option<Instant>,
 }
 
 /// One measurement stream as a receiver sees it.
+#[derive(Default)]
 struct RxStream {
     delivery: DeliveryCounter,
     jitter: Jitter,
@@ -293,9 +296,9 @@ struct Client {
     join_ms: Option<f64>,
     last_offer_at: Instant,
     /// By measurement stream id.
-    rx: IdMap<u32, RxStream>,
+    rx: Placed<RxStream>,
     /// By the serial of the client publishing the camera.
-    rx_tracks: IdMap<u32, RxTrack>,
+    rx_tracks: Placed<RxTrack>,
     /// What each receiving mid carries by the server's last `slots`, and since when.
     slots: HashMap<String, (String, Instant)>,
     layer_pauses: u32,
@@ -318,6 +321,9 @@ struct Media<'a> {
     /// The extended sequence number.
     seq: u64,
     marker: bool,
+    /// Its SSRC's place in our own SRTP path and what was noted there (`Opened::slot`,
+    /// `Opened::note`); None from the engine.
+    slot: Option<(usize, u64)>,
 }
 
 /// Who opens received media: our own SRTP path (the default, about a tenth of the engine's
@@ -344,8 +350,9 @@ enum Until {
 enum Due {
     Rtc,
     Audio,
-    /// A frame of the camera layer at this index of `VideoTx::layers`.
-    Video(u8),
+    /// A camera frame: every layer whose frame is due, written together as an encoder
+    /// does, with one turn of the engine for all of them.
+    Camera,
 }
 
 pub struct Worker {
@@ -508,6 +515,7 @@ impl Worker {
                     packetizer: Vp8Packetizer::default(),
                     tx: None,
                     paused: false,
+                    next_frame: None,
                 })
                 .collect();
             VideoTx { mid, simulcast, layers }
@@ -556,8 +564,8 @@ impl Worker {
                 negotiated_at: None,
                 join_ms: None,
                 last_offer_at: now,
-                rx: IdMap::default(),
-                rx_tracks: IdMap::default(),
+                rx: Placed::default(),
+                rx_tracks: Placed::default(),
                 slots: HashMap::new(),
                 layer_pauses: 0,
                 switch_keyframe_ms: Vec::new(),
@@ -673,8 +681,7 @@ impl Worker {
         let layers = self.scenario.camera_layers();
         for tile in subscription.resized {
             let Some(wanted) = layer_for_tile(&layers, tile.width, tile.height) else { continue };
-            let Some(track) =
-                self.shared.camera_owner(&tile.track).and_then(|o| client.rx_tracks.get_mut(&o))
+            let Some(track) = self.shared.camera_owner(&tile.track).and_then(|o| client.rx_tracks.get_mut(o))
             else {
                 continue;
             };
@@ -711,14 +718,14 @@ impl Worker {
                         continue;
                     }
                 }
-                Due::Audio | Due::Video(_) => {
+                Due::Audio | Due::Camera => {
                     // Stamped when written, and sent then too: the engine lets new media
                     // out only once its time moves on, so it is told the time at once,
                     // not when its own timer comes round later in this pass, behind every
                     // timer due before it (the stamp would then count that wait as latency).
                     let now = Instant::now();
                     match due {
-                        Due::Video(layer) => self.send_video(id, layer as usize, at, now),
+                        Due::Camera => self.send_camera(id, at, now),
                         _ => self.send_audio(id, at, now),
                     }
                     let Some(client) = self.clients.get_mut(&id) else { continue };
@@ -812,8 +819,11 @@ impl Worker {
                 if client.audio.is_some() {
                     self.timers.push(Reverse((now, id, Due::Audio)));
                 }
-                for layer in 0..client.video.as_ref().map_or(0, |v| v.layers.len()) {
-                    self.timers.push(Reverse((now, id, Due::Video(layer as u8))));
+                if let Some(video) = client.video.as_mut().filter(|v| !v.layers.is_empty()) {
+                    for layer in &mut video.layers {
+                        layer.next_frame = Some(now);
+                    }
+                    self.timers.push(Reverse((now, id, Due::Camera)));
                 }
             }
             Event::KeyframeRequest(request) => {
@@ -834,6 +844,7 @@ impl Worker {
                     timestamp: packet.header.timestamp,
                     seq: *packet.seq_no,
                     marker: packet.header.marker,
+                    slot: None,
                 };
                 self.on_media(id, media, packet.timestamp);
             }

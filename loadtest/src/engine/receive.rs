@@ -17,7 +17,7 @@ use crate::expect::StreamKind;
 use crate::media::{FirstFrame, find_any_stamp, vp8_is_keyframe_start};
 use crate::net::RecvBatch;
 use crate::srtp::NotOpened;
-use crate::stats::{DeliveryCounter, Jitter, window_index};
+use crate::stats::window_index;
 
 /// The thread's shared socket, when its clients share one.
 pub(super) const SHARED: Token = Token(usize::MAX - 1);
@@ -36,6 +36,42 @@ pub(super) fn address_of(serial: u32) -> Ipv4Addr {
 /// The client a shared socket's datagram to `address` is for.
 fn serial_of(address: Ipv4Addr) -> Option<u32> {
     u32::from(address).checked_sub(FIRST_ADDRESS).filter(|s| *s < 0x00fe_0000)
+}
+
+/// Where a receiver measures the stream last received on an SSRC, kept with the SSRC in
+/// our own SRTP path: the server may move another camera or layer onto the SSRC, so it holds
+/// while `stream` matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Noted {
+    /// The measurement stream id.
+    stream: u32,
+    /// Its place in `Client::rx`.
+    rx: u32,
+    /// Its camera's place in `Client::rx_tracks`, or UNSET for audio.
+    track: u32,
+}
+
+impl Noted {
+    /// In 64 bits: the stream id, then each place plus one in 16 bits (0: nothing noted,
+    /// and no track). Places past 16 bits are not noted (they are found by lookup).
+    fn pack(self) -> u64 {
+        let fits = |place: u32| place.checked_add(1).filter(|p| *p <= 0xffff).map(u64::from);
+        let track = if self.track == UNSET { Some(0) } else { fits(self.track) };
+        match (fits(self.rx), track) {
+            (Some(rx), Some(track)) => u64::from(self.stream) | rx << 32 | track << 48,
+            _ => 0,
+        }
+    }
+
+    fn unpack(note: u64) -> Option<Self> {
+        let rx = ((note >> 32) & 0xffff) as u32;
+        let track = (note >> 48) as u32;
+        (rx != 0).then(|| Noted {
+            stream: note as u32,
+            rx: rx - 1,
+            track: if track == 0 { UNSET } else { track - 1 },
+        })
+    }
 }
 
 impl Worker {
@@ -108,6 +144,7 @@ impl Worker {
                         timestamp: opened.timestamp,
                         seq: opened.seq,
                         marker: opened.marker,
+                        slot: Some((opened.slot, opened.note)),
                     };
                     self.on_media(id, media, now);
                     return false;
@@ -171,19 +208,45 @@ impl Worker {
         entry.0 += 1;
         entry.1 += media.payload.len() as u64;
         entry.2.record(latency_us);
-        let rx = client.rx.entry(stamp.stream).or_insert_with(|| RxStream {
-            delivery: DeliveryCounter::default(),
-            jitter: Jitter::default(),
-            last_in_window_us: None,
-            first: None,
-        });
+        // Where this stream and its camera are measured: known from the last packet on the
+        // same SSRC, unless the server moved another stream onto it.
+        let known = media.slot.and_then(|(_, note)| Noted::unpack(note)).filter(|n| n.stream == stamp.stream);
+        let (rx_at, track_at) = match known {
+            Some(noted) => (noted.rx, noted.track),
+            None => {
+                let rx = client.rx.place_of(stamp.stream, RxStream::default);
+                let track = match kind {
+                    StreamKind::Video(layer) => {
+                        let (shared, view) = (&self.shared, client.view.as_ref());
+                        let (slots, last_offer_at) = (&client.slots, client.last_offer_at);
+                        client.rx_tracks.place_of(owner, || RxTrack {
+                            layer,
+                            first_keyframe_ms: None,
+                            first_frame_ms: None,
+                            assembling: None,
+                            switch: None,
+                            started: expected_since(shared, view, slots, owner)
+                                .map_or(last_offer_at, |t| t.max(last_offer_at)),
+                        })
+                    }
+                    _ => UNSET,
+                };
+                if let (Some((slot, _)), Some(srtp)) = (media.slot, client.srtp.as_mut()) {
+                    srtp.note(slot, Noted { stream: stamp.stream, rx, track }.pack());
+                }
+                (rx, track)
+            }
+        };
+        let Some(rx) = client.rx.at_mut(rx_at, stamp.stream) else { return };
         rx.jitter.record(stamp.sent_us, received_us);
         if self.shared.in_window(received_us) {
             rx.last_in_window_us = Some(received_us);
         }
         // Back from another layer of the same camera: the server had moved the tile.
         let returned = match kind {
-            StreamKind::Video(layer) => client.rx_tracks.get(&owner).is_some_and(|t| t.layer != layer),
+            StreamKind::Video(layer) => {
+                client.rx_tracks.at_mut(track_at, owner).is_some_and(|t| t.layer != layer)
+            }
             _ => false,
         };
         if self.shared.in_window(stamp.sent_us) {
@@ -203,19 +266,10 @@ impl Worker {
                 }
             }
         }
-        if let StreamKind::Video(layer) = kind {
+        if let StreamKind::Video(layer) = kind
+            && let Some(track) = client.rx_tracks.at_mut(track_at, owner)
+        {
             let keyframe = vp8_is_keyframe_start(media.payload);
-            let shared = &self.shared;
-            let (view, slots, last_offer_at) = (&client.view, &client.slots, client.last_offer_at);
-            let track = client.rx_tracks.entry(owner).or_insert_with(|| RxTrack {
-                layer,
-                first_keyframe_ms: None,
-                first_frame_ms: None,
-                assembling: None,
-                switch: None,
-                started: expected_since(shared, view.as_ref(), slots, owner)
-                    .map_or(last_offer_at, |t| t.max(last_offer_at)),
-            });
             if track.first_frame_ms.is_none() {
                 let (ts, seq) = (media.timestamp, media.seq);
                 if keyframe && track.assembling.as_ref().is_none_or(|a| a.timestamp() != ts) {
@@ -247,6 +301,20 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_note_keeps_the_places_that_fit() {
+        for noted in [
+            Noted { stream: 0, rx: 0, track: UNSET },
+            Noted { stream: u32::MAX - 1, rx: 0xfffe, track: 0xfffe },
+            Noted { stream: 12, rx: 3, track: 0 },
+        ] {
+            assert_eq!(Noted::unpack(noted.pack()), Some(noted));
+        }
+        assert_eq!(Noted::unpack(0), None, "nothing noted yet");
+        assert_eq!(Noted { stream: 1, rx: 0xffff, track: 0 }.pack(), 0, "too far to note");
+        assert_eq!(Noted { stream: 1, rx: 2, track: 0xffff }.pack(), 0, "a camera too far to note");
+    }
 
     #[test]
     fn each_client_has_an_address_of_its_own() {

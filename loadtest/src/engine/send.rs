@@ -77,15 +77,32 @@ impl Worker {
         audio.ts = audio.ts.wrapping_add(samples);
     }
 
-    pub(super) fn send_video(&mut self, id: u32, index: usize, due: Instant, now: Instant) {
+    /// A camera frame due at `due`: each layer whose frame is due then is written (a
+    /// simulcast encoder makes all its layers of a frame at once; q at 15 fps is in every
+    /// other one), and the camera's timer set for the next layer due.
+    pub(super) fn send_camera(&mut self, id: u32, due: Instant, now: Instant) {
+        let Some(video) = self.clients.get(&id).and_then(|c| c.video.as_ref()) else { return };
+        let layers = video.layers.len();
+        for index in 0..layers {
+            self.send_video(id, index, due, now);
+        }
+        let Some(video) = self.clients.get(&id).and_then(|c| c.video.as_ref()) else { return };
+        if let Some(next) = video.layers.iter().filter_map(|l| l.next_frame).min() {
+            self.timers.push(Reverse((next, id, Due::Camera)));
+        }
+    }
+
+    /// Layer `index`'s frame, if it is due by `due`.
+    fn send_video(&mut self, id: u32, index: usize, due: Instant, now: Instant) {
         let Some(Client { rtc, video: Some(video), .. }) = self.clients.get_mut(&id) else { return };
         let (mid, simulcast) = (video.mid, video.simulcast);
         let Some(layer) = video.layers.get_mut(index) else { return };
+        let Some(frame_due) = layer.next_frame.filter(|at| *at <= due) else { return };
+        layer.next_frame = Some(frame_due + layer.shape.frame_interval());
         if layer.tx.is_none() {
             let rid = simulcast.then(|| Rid::from(layer.shape.rid));
             layer.tx = tx_stream(rtc, mid, rid, Codec::Vp8);
         }
-        self.timers.push(Reverse((due + layer.shape.frame_interval(), id, Due::Video(index as u8))));
         let frame_ticks = 90_000 / layer.shape.fps;
         let Some((ssrc, pt)) = layer.tx.filter(|_| !layer.paused) else {
             // A paused encoder's clock runs on: the next frame's timestamp shows the pause.
