@@ -89,6 +89,25 @@ pub struct MediaSection {
     pub bwe: bool,
     /// Send forwarded media through Huiyi's own SRTP path rather than str0m's.
     pub fast_egress: bool,
+    /// Video codecs offered and accepted, most preferred first.
+    pub video_codecs: Vec<VideoCodecName>,
+}
+
+/// A video codec as the config file names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodecName {
+    Vp8,
+    H264,
+}
+
+impl From<VideoCodecName> for sfu::VideoCodec {
+    fn from(name: VideoCodecName) -> Self {
+        match name {
+            VideoCodecName::Vp8 => sfu::VideoCodec::Vp8,
+            VideoCodecName::H264 => sfu::VideoCodec::H264,
+        }
+    }
 }
 
 /// Which part of the broadcast tier a process plays (ADR 0012).
@@ -182,6 +201,14 @@ impl Default for MediaSection {
             audio_top_n_above: d.audio_top_n_above,
             bwe: d.bwe,
             fast_egress: d.fast_egress,
+            video_codecs: d
+                .video_codecs
+                .iter()
+                .map(|c| match c {
+                    sfu::VideoCodec::Vp8 => VideoCodecName::Vp8,
+                    sfu::VideoCodec::H264 => VideoCodecName::H264,
+                })
+                .collect(),
         }
     }
 }
@@ -271,11 +298,31 @@ impl Config {
             audio_top_n_above: self.media.audio_top_n_above,
             bwe: self.media.bwe,
             fast_egress: self.media.fast_egress,
+            video_codecs: self.video_codecs(),
             panic_on_join_to: self.test_panic_room.clone(),
             relay: self.relay_settings(),
             relay_linger: Duration::from_secs(self.relay.linger_secs.max(1)),
             ..sfu::MediaConfig::default()
         }
+    }
+
+    /// The configured video codecs in order, each once.
+    fn video_codecs(&self) -> Vec<sfu::VideoCodec> {
+        let mut codecs: Vec<sfu::VideoCodec> = Vec::new();
+        for codec in self.media.video_codecs.iter().map(|c| sfu::VideoCodec::from(*c)) {
+            if !codecs.contains(&codec) {
+                codecs.push(codec);
+            }
+        }
+        codecs
+    }
+
+    /// Settings of the media plane that cannot work.
+    pub fn check_media(&self) -> anyhow::Result<()> {
+        if self.media.video_codecs.is_empty() {
+            anyhow::bail!("media.video_codecs is empty: name at least one of \"vp8\" and \"h264\"");
+        }
+        Ok(())
     }
 
     /// The relay links this process's role calls for.
@@ -338,11 +385,23 @@ mod tests {
         assert_eq!(parsed.media.max_candidates_per_session, defaults.media.max_candidates_per_session);
         assert_eq!(parsed.media.max_mlines_per_offer, defaults.media.max_mlines_per_offer);
         assert_eq!(parsed.media.max_sdp_bytes, defaults.media.max_sdp_bytes);
+        assert_eq!(parsed.media.video_codecs, defaults.media.video_codecs);
         assert_eq!(parsed.limits.max_connections, defaults.limits.max_connections);
         assert_eq!(parsed.limits.max_connections_per_ip, defaults.limits.max_connections_per_ip);
         assert_eq!(parsed.limits.header_read_timeout_secs, defaults.limits.header_read_timeout_secs);
         assert_eq!(parsed.auth.api_secret, "");
         assert!(!parsed.log.json);
+    }
+
+    #[test]
+    fn video_codecs_keep_their_order_and_unknown_ones_are_a_clear_error() {
+        let c: Config = toml::from_str("[media]\nvideo_codecs = [\"h264\", \"vp8\", \"h264\"]").unwrap();
+        assert_eq!(c.media_config().video_codecs, vec![sfu::VideoCodec::H264, sfu::VideoCodec::Vp8]);
+        assert!(c.check_media().is_ok());
+        let none: Config = toml::from_str("[media]\nvideo_codecs = []").unwrap();
+        assert!(none.check_media().is_err(), "no video codec at all");
+        let error = toml::from_str::<Config>("[media]\nvideo_codecs = [\"vp9\"]").unwrap_err().to_string();
+        assert!(error.contains("unknown variant `vp9`"), "{error}");
     }
 
     #[test]

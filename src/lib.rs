@@ -28,6 +28,7 @@ pub struct Running {
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     config.check_exposure()?;
     config.check_roles()?;
+    config.check_media()?;
     let prometheus = prometheus::Registry::new();
     // HTTP first: an edge tells its origin the address viewers reach it on.
     let listener = TcpListener::bind(config.http)

@@ -327,6 +327,24 @@ async fn h264_meeting() {
                 c.label()
             ));
         }
+        // Its offers (the subscriptions) name only the configured codecs (ADR 0018): VP8,
+        // H.264 constrained baseline with packetization-mode 1, and their RTX; not every
+        // profile the client offered.
+        for offer in c.messages_of_type("offer") {
+            let sdp = offer.json["sdp"].as_str().unwrap_or_default();
+            let codecs = video_codecs(sdp);
+            let configured = |(name, fmtp): &(String, String)| match name.as_str() {
+                "VP8" | "rtx" => true,
+                "H264" => fmtp.contains("packetization-mode=1") && fmtp.contains("profile-level-id=42e01f"),
+                _ => false,
+            };
+            if let Some(other) = codecs.iter().find(|c| !configured(c)) {
+                failures.push(format!(
+                    "the server's offer to {} names {other:?}, not one of the configured codecs: {codecs:?}",
+                    c.label()
+                ));
+            }
+        }
     }
 
     let enough = wait_until(Duration::from_secs(30), || {

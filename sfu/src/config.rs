@@ -56,6 +56,10 @@ pub struct MediaConfig {
     /// str0m's per-stream send path. Needs a GCM SRTP profile; not used with `bwe`.
     pub fast_egress: bool,
     pub bwe_initial_bps: u64,
+    /// The video codecs every session offers and accepts, most preferred first (ADR 0018):
+    /// the ones whose keyframes the router finds, so a subscriber switched to another
+    /// layer or camera waits for a picture it can decode.
+    pub video_codecs: Vec<crate::VideoCodec>,
     /// The broadcast tier: relay links to a parent and from children (ADR 0012).
     pub relay: crate::relay::RelaySettings,
     /// A room pulled from a parent that nobody here watches is let go after this long.
@@ -94,6 +98,7 @@ impl Default for MediaConfig {
             bwe: false,
             fast_egress: true,
             bwe_initial_bps: 10_000_000,
+            video_codecs: vec![crate::VideoCodec::Vp8, crate::VideoCodec::H264],
             relay: Default::default(),
             relay_linger: Duration::from_secs(30),
             panic_on_join_to: None,

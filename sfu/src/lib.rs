@@ -40,3 +40,4 @@ pub use api::{
 pub use config::MediaConfig;
 pub use node::MediaNode;
 pub use relay::RelaySettings;
+pub use router::rtp::VideoCodec;

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::Shard;
+use crate::VideoCodec;
 use crate::admission::{CheckedAnswer, CheckedOffer};
 use crate::api::{LeaveReason, PublishedTrack, SessionEvent, SessionId, TrackInfo, TrackKind, TrackSource};
 use crate::config::MediaConfig;
@@ -561,7 +562,8 @@ impl Shard {
 }
 
 /// A session's WebRTC engine as every participant gets it: ICE-lite, RTP mode (we forward
-/// packets, not frames), and a NACK cache sized from the config.
+/// packets, not frames), a NACK cache sized from the config, and only the codecs the
+/// config names (ADR 0018): Opus, and the video codecs each with its RTX.
 pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -> Rtc {
     let mut builder = Rtc::builder()
         .set_ice_lite(true)
@@ -569,12 +571,27 @@ pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -
         .set_local_ice_credentials(creds)
         .set_send_buffer_video(config.nack_cache_packets)
         .set_stats_interval(Some(super::STATS_INTERVAL))
-        .set_crypto_provider(egress::keys::crypto_provider());
+        .set_crypto_provider(egress::keys::crypto_provider())
+        .clear_codecs()
+        .enable_opus(true, false);
+    for codec in &config.video_codecs {
+        let codecs = builder.codec_config();
+        match codec {
+            VideoCodec::Vp8 => codecs.enable_vp8(true),
+            // Constrained baseline, packetization-mode 1: what every browser sends and
+            // plays (a receiver of baseline plays it too; `CodecKey::plays`).
+            VideoCodec::H264 => codecs.add_h264(H264_PT.into(), Some(H264_RTX_PT.into()), true, 0x42e01f),
+        }
+    }
     if config.bwe {
         builder = builder.enable_bwe(Some(Bitrate::bps(config.bwe_initial_bps)));
     }
     builder.build(now)
 }
+
+/// The payload types of our one H.264 format (those str0m gives it among its defaults).
+const H264_PT: u8 = 108;
+const H264_RTX_PT: u8 = 109;
 
 fn codec_key(spec: &CodecSpec) -> CodecKey {
     let h264 = (spec.codec == Codec::H264)
