@@ -22,10 +22,12 @@ use crate::api::{
 use crate::config::MediaConfig;
 use crate::demux::RouteTable;
 use crate::health::{self, Heartbeat};
-use crate::io::{DatagramPool, MediaSocket, receive_loop};
+use crate::io::{DatagramPool, Lane, MediaSocket, receive_loop};
 use crate::metrics::SfuMetrics;
 use crate::relay::{Places, Relay, RoomViewers};
-use crate::shard::{ShardInput, ShardParts, ShardSender, panic_message, supervise};
+use crate::shard::{
+    HANDSHAKE_BATCHES, ShardInput, ShardParts, ShardSender, SideLanes, panic_message, supervise,
+};
 
 pub struct MediaNode {
     shards: Vec<ShardSender>,
@@ -60,6 +62,7 @@ impl MediaNode {
         for index in 0..config.shard_count() {
             let (tx, rx) = sync_channel(config.shard_queue);
             let (leaves, leaves_rx) = channel();
+            let (handshakes, handshakes_rx) = sync_channel(HANDSHAKE_BATCHES);
             let load = Arc::new(AtomicUsize::new(0));
             let queued = Arc::new(AtomicUsize::new(0));
             let heartbeat = Arc::new(Heartbeat::new(format!("media thread {index}")));
@@ -79,11 +82,9 @@ impl MediaNode {
                 next_session: Arc::new(AtomicU64::new(1)),
                 viewers: viewers.clone(),
             };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("huiyi-shard-{index}"))
-                    .spawn(move || supervise(parts, rx, leaves_rx))?,
-            );
+            threads.push(std::thread::Builder::new().name(format!("huiyi-shard-{index}")).spawn(
+                move || supervise(parts, rx, SideLanes { leaves: leaves_rx, handshakes: handshakes_rx }),
+            )?);
             let sdp = SdpQueue { queued: Arc::new(AtomicUsize::new(0)), limit: config.shard_queue_sdp_bytes };
             shards.push(ShardSender {
                 tx,
@@ -91,6 +92,7 @@ impl MediaNode {
                 queued,
                 queue_limit: config.shard_queue,
                 leaves,
+                handshakes,
                 sdp,
             });
         }
@@ -105,7 +107,10 @@ impl MediaNode {
             std::thread::Builder::new().name("huiyi-udp-recv".into()).spawn(move || {
                 // The receive loop holds no session state: after a panic it simply reads on.
                 while !stopping.load(Ordering::Relaxed) {
-                    let deliver = |i: usize, batch| shards[i].datagrams(batch);
+                    let deliver = |i: usize, lane, batch| match lane {
+                        Lane::Media => shards[i].datagrams(batch),
+                        Lane::Handshake => shards[i].handshakes(batch),
+                    };
                     let read = std::panic::AssertUnwindSafe(|| {
                         let alive = (&*stopping, &*heartbeat);
                         receive_loop(&socket, &routes, shards.len(), deliver, &metrics, &pool, alive)

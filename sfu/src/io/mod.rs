@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 
 use quinn_udp::{Transmit, UdpSocketState};
 
-pub(crate) use recv::{DatagramPool, Datagrams, Delivery, receive_loop};
+pub(crate) use recv::{DatagramPool, Datagrams, Delivery, Lane, receive_loop};
 pub(crate) use send::SendQueue;
 
 /// Largest datagram we accept; anything longer is not WebRTC media.

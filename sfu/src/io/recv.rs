@@ -56,6 +56,11 @@ impl Datagrams {
         self.items.push((source, start, data.len() as u32));
     }
 
+    #[cfg(test)]
+    pub fn push_for_test(&mut self, source: SocketAddr, data: &[u8]) {
+        self.push(source, data);
+    }
+
     fn clear(&mut self) {
         self.bytes.clear();
         self.items.clear();
@@ -75,12 +80,36 @@ impl DatagramPool {
         batch
     }
 
+    #[cfg(test)]
+    pub fn take_for_test(&self) -> Datagrams {
+        self.take(Instant::now())
+    }
+
     pub fn give_back(&self, mut batch: Datagrams) {
         batch.clear();
         if let Ok(mut free) = self.free.lock()
             && free.len() < POOL_KEEP
         {
             free.push(batch);
+        }
+    }
+}
+
+/// Which queue into a shard a datagram takes. ICE (STUN) and DTLS datagrams (RFC 7983:
+/// first byte 0-3 and 20-63) go ahead of media: a shard that falls behind its media still
+/// answers connectivity checks and finishes handshakes, so joins and consent do not wait
+/// behind (or get dropped with) a backlog of RTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Media,
+    Handshake,
+}
+
+impl Lane {
+    pub fn of(datagram: &[u8]) -> Lane {
+        match datagram.first() {
+            Some(0..=63) => Lane::Handshake,
+            _ => Lane::Media,
         }
     }
 }
@@ -94,19 +123,19 @@ pub(crate) enum Delivery {
     Gone(usize),
 }
 
-/// Reads the media port until `stopping`, handing shard `i` its datagrams with
-/// `deliver(i, batch)`.
+/// Reads the media port until `stopping`, handing shard `i` its datagrams of each lane
+/// with `deliver(i, lane, batch)`.
 pub(crate) fn receive_loop(
     socket: &MediaSocket,
     routes: &RouteTable,
     shards: usize,
-    mut deliver: impl FnMut(usize, Datagrams) -> Delivery,
+    mut deliver: impl FnMut(usize, Lane, Datagrams) -> Delivery,
     metrics: &SfuMetrics,
     pool: &DatagramPool,
     (stopping, heartbeat): (&AtomicBool, &Heartbeat),
 ) {
     let mut reads = Batch::new();
-    let mut per_shard: Vec<Option<Datagrams>> = (0..shards).map(|_| None).collect();
+    let mut per_shard: Vec<[Option<Datagrams>; 2]> = (0..shards).map(|_| [None, None]).collect();
     let dropped = |reason: &str, n: u64| metrics.dropped_datagrams.with_label_values(&[reason]).inc_by(n);
     while !stopping.load(Ordering::Relaxed) {
         heartbeat.beat();
@@ -138,18 +167,23 @@ pub(crate) fn receive_loop(
                     continue;
                 }
             };
-            per_shard[shard].get_or_insert_with(|| pool.take(at)).push(source, data);
+            let lane = Lane::of(data);
+            per_shard[shard][lane as usize].get_or_insert_with(|| pool.take(at)).push(source, data);
         }
-        for (shard, slot) in per_shard.iter_mut().enumerate() {
-            let Some(batch) = slot.take() else { continue };
-            match deliver(shard, batch) {
-                Delivery::Queued => {}
-                Delivery::Full(batch) => {
-                    dropped("queue_full", batch.len() as u64);
-                    pool.give_back(batch);
+        for (shard, slots) in per_shard.iter_mut().enumerate() {
+            for (lane, slot) in [Lane::Media, Lane::Handshake].into_iter().zip(slots.iter_mut()) {
+                let Some(batch) = slot.take() else { continue };
+                match deliver(shard, lane, batch) {
+                    Delivery::Queued => {}
+                    Delivery::Full(batch) => {
+                        let reason =
+                            if lane == Lane::Handshake { "handshake_queue_full" } else { "queue_full" };
+                        dropped(reason, batch.len() as u64);
+                        pool.give_back(batch);
+                    }
+                    // The shard is starting again after a panic, or the node is stopping.
+                    Delivery::Gone(n) => dropped("shard_gone", n as u64),
                 }
-                // The shard is starting again after a panic, or the node is stopping.
-                Delivery::Gone(n) => dropped("shard_gone", n as u64),
             }
         }
     }
@@ -254,6 +288,18 @@ mod tests {
     use std::net::UdpSocket;
 
     use super::*;
+
+    #[test]
+    fn ice_and_dtls_take_the_handshake_lane() {
+        // RFC 7983: STUN 0-3, DTLS 20-63, RTP and RTCP 128-191.
+        for first in [0u8, 1, 3, 20, 22, 63] {
+            assert_eq!(Lane::of(&[first, 0]), Lane::Handshake, "{first}");
+        }
+        for first in [0x80u8, 0x90, 0xbf, 64, 200] {
+            assert_eq!(Lane::of(&[first, 0]), Lane::Media, "{first}");
+        }
+        assert_eq!(Lane::of(&[]), Lane::Media);
+    }
 
     #[test]
     fn one_read_takes_every_queued_datagram_whole_with_its_sender() {

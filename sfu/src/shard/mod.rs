@@ -51,6 +51,12 @@ pub(crate) type JoinReply =
     tokio::sync::oneshot::Sender<Result<(SessionId, Vec<ParticipantInfo>), MediaError>>;
 
 const MAX_INPUTS_PER_TURN: usize = 512;
+/// Batches of ICE and DTLS datagrams (one read's worth for one shard each, at most 32
+/// datagrams) queued ahead of media per shard; beyond, they are dropped and counted.
+pub(crate) const HANDSHAKE_BATCHES: usize = 256;
+/// Handshake batches handled before each input: the lane goes first, but a flood on it
+/// cannot hold the media queue still.
+const HANDSHAKES_PER_INPUT: usize = 8;
 /// Datagrams queued before a busy turn sends them (it sends the rest at its end). The more
 /// a turn sends at once, the more of them to one subscriber go out as one GSO send; a
 /// shard that falls behind batches more by itself, an idle one sends at once.
@@ -67,6 +73,9 @@ const STATS_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) enum ShardInput {
     /// Datagrams from one read of the socket (the receive thread found this shard's).
     Datagrams(Datagrams),
+    /// The handshake lane has datagrams: wakes an idle shard (a busy one reads the lane
+    /// before each input anyway, so this marker may be dropped when the queue is full).
+    Handshakes,
     Join {
         request: JoinRequest,
         events: mpsc::Sender<SessionEvent>,
@@ -118,6 +127,8 @@ pub(crate) struct ShardSender {
     /// Sessions to end that found the queue full: unbounded, so ending a session never
     /// waits (it is called from signaling's tasks), and read every turn.
     pub leaves: Sender<(SessionId, LeaveReason)>,
+    /// ICE and DTLS datagrams, read before each input (`io::Lane`).
+    pub handshakes: SyncSender<Datagrams>,
     /// SDP bytes on their way to this shard, bounded.
     pub sdp: SdpQueue,
 }
@@ -139,6 +150,18 @@ impl ShardSender {
                     _ => Delivery::Gone(n),
                 }
             }
+        }
+    }
+
+    /// Queue received ICE and DTLS datagrams ahead of media, and wake the shard if idle.
+    pub fn handshakes(&self, batch: Datagrams) -> Delivery {
+        match self.handshakes.try_send(batch) {
+            Ok(()) => {
+                let _ = self.tx.try_send(ShardInput::Handshakes);
+                Delivery::Queued
+            }
+            Err(TrySendError::Full(batch)) => Delivery::Full(batch),
+            Err(TrySendError::Disconnected(batch)) => Delivery::Gone(batch.len()),
         }
     }
 
@@ -270,16 +293,16 @@ impl Shard {
     }
 
     /// Run until shutdown. Ends early only by panicking (see [`supervise`]).
-    pub fn run(&mut self, rx: &Receiver<ShardInput>, leaves: &Receiver<(SessionId, LeaveReason)>) {
+    pub fn run(&mut self, rx: &Receiver<ShardInput>, lanes: &SideLanes) {
         loop {
             self.heartbeat.beat();
-            self.take_leaves(leaves);
+            self.take_side_lanes(lanes);
             let now = Instant::now();
             let deadline = self.next_deadline().min(self.router.poll_timeout());
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
                 Ok(ShardInput::Shutdown) => break,
                 Ok(input) => {
-                    self.take_leaves(leaves);
+                    self.take_side_lanes(lanes);
                     self.handle(input);
                     for _ in 0..MAX_INPUTS_PER_TURN {
                         if self.out.len() >= SEND_BATCH {
@@ -289,8 +312,9 @@ impl Shard {
                             Ok(ShardInput::Shutdown) => return self.shutdown(),
                             Ok(input) => {
                                 // A leave that overflowed the queue came before anything
-                                // queued after it (a reconnect's join above all).
-                                self.take_leaves(leaves);
+                                // queued after it (a reconnect's join above all), and
+                                // handshakes go ahead of media.
+                                self.take_side_lanes(lanes);
                                 self.handle(input);
                             }
                             Err(_) => break,
@@ -319,10 +343,24 @@ impl Shard {
         self.shutdown();
     }
 
-    /// End the sessions whose leave overflowed a full queue.
-    fn take_leaves(&mut self, leaves: &Receiver<(SessionId, LeaveReason)>) {
-        while let Ok((session, reason)) = leaves.try_recv() {
+    /// End the sessions whose leave overflowed a full queue, then take what waits on the
+    /// handshake lane (a bounded number of batches) and send the replies at once.
+    fn take_side_lanes(&mut self, lanes: &SideLanes) {
+        while let Ok((session, reason)) = lanes.leaves.try_recv() {
             self.end_session(session, reason);
+        }
+        let mut took = false;
+        for _ in 0..HANDSHAKES_PER_INPUT {
+            let Ok(batch) = lanes.handshakes.try_recv() else { break };
+            for (source, data) in batch.iter() {
+                self.handle_datagram(source, data, batch.at);
+            }
+            self.pool.give_back(batch);
+            took = true;
+        }
+        if took {
+            self.end_failed_sessions();
+            self.send_queued();
         }
     }
 
@@ -432,7 +470,7 @@ impl Shard {
             }
             ShardInput::Leave { session, reason } => self.end_session(session, reason),
             ShardInput::Relay(input) => self.handle_relay(input),
-            ShardInput::Shutdown => {}
+            ShardInput::Handshakes | ShardInput::Shutdown => {}
         }
         self.flush_offers();
         self.end_failed_sessions();
@@ -697,11 +735,13 @@ impl Shard {
 /// Run shard `parts.index` until shutdown. When it panics (a bug outside the engine calls
 /// that `contained` guards), its sessions end with a clear close code and a fresh shard
 /// takes the same queue: the other shards, and the rooms placed here later, never notice.
-pub(crate) fn supervise(
-    parts: ShardParts,
-    rx: Receiver<ShardInput>,
-    leaves: Receiver<(SessionId, LeaveReason)>,
-) {
+/// The queues a shard reads before each input of its main one.
+pub(crate) struct SideLanes {
+    pub leaves: Receiver<(SessionId, LeaveReason)>,
+    pub handshakes: Receiver<Datagrams>,
+}
+
+pub(crate) fn supervise(parts: ShardParts, rx: Receiver<ShardInput>, lanes: SideLanes) {
     loop {
         let mut shard = match Shard::new(parts.clone()) {
             Ok(s) => s,
@@ -711,7 +751,7 @@ pub(crate) fn supervise(
                 continue;
             }
         };
-        let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run(&rx, &leaves)))
+        let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run(&rx, &lanes)))
         else {
             return;
         };
@@ -754,12 +794,14 @@ mod tests {
     fn ending_a_session_never_waits_for_a_full_queue() {
         let (tx, rx) = sync_channel(1);
         let (leaves, leaves_rx) = channel();
+        let (handshakes, _) = sync_channel(1);
         let sender = ShardSender {
             tx,
             sessions: Default::default(),
             queued: Default::default(),
             queue_limit: 1,
             leaves,
+            handshakes,
             sdp: SdpQueue { queued: Default::default(), limit: 1 },
         };
         sender.command(ShardInput::Shutdown).expect("room for one");
@@ -769,5 +811,38 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(ShardInput::Shutdown)));
         sender.end(8, LeaveReason::Left);
         assert!(matches!(rx.try_recv(), Ok(ShardInput::Leave { session: 8, reason: LeaveReason::Left })));
+    }
+
+    #[test]
+    fn handshakes_get_in_while_the_media_queue_is_full() {
+        let (tx, rx) = sync_channel(1);
+        let (handshakes, handshakes_rx) = sync_channel(1);
+        let pool = DatagramPool::default();
+        let sender = ShardSender {
+            tx,
+            sessions: Default::default(),
+            queued: Arc::new(AtomicUsize::new(0)),
+            queue_limit: 1,
+            leaves: channel().0,
+            handshakes,
+            sdp: SdpQueue { queued: Default::default(), limit: 1 },
+        };
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let batch = |data: &[u8]| {
+            let mut b = pool.take_for_test();
+            b.push_for_test(from, data);
+            b
+        };
+        assert!(matches!(sender.datagrams(batch(&[0x80, 96])), Delivery::Queued));
+        assert!(matches!(sender.datagrams(batch(&[0x80, 96])), Delivery::Full(_)), "media waits its turn");
+        // A DTLS record still gets in, ahead of the media; the wake-up marker found no room.
+        assert!(matches!(sender.handshakes(batch(&[22, 0xfe, 0xfd])), Delivery::Queued));
+        assert!(matches!(rx.try_recv(), Ok(ShardInput::Datagrams(_))));
+        assert!(rx.try_recv().is_err(), "no marker: the busy shard reads the lane before each input");
+        assert_eq!(handshakes_rx.try_recv().map(|b| b.len()).ok(), Some(1));
+        // Its own bound is counted apart.
+        assert!(matches!(sender.handshakes(batch(&[0, 1])), Delivery::Queued));
+        assert!(matches!(rx.try_recv(), Ok(ShardInput::Handshakes)), "an idle shard is woken");
+        assert!(matches!(sender.handshakes(batch(&[0, 1])), Delivery::Full(_)));
     }
 }
