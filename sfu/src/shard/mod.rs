@@ -296,9 +296,11 @@ impl Shard {
     pub fn run(&mut self, rx: &Receiver<ShardInput>, lanes: &SideLanes) {
         loop {
             self.heartbeat.beat();
-            self.take_side_lanes(lanes);
+            // Lane batches whose wake-up marker found the media queue full are taken here
+            // too, without waiting for the next input while any may be left.
+            let lane_left = self.take_side_lanes(lanes);
             let now = Instant::now();
-            let deadline = self.next_deadline().min(self.router.poll_timeout());
+            let deadline = if lane_left { now } else { self.next_deadline().min(self.router.poll_timeout()) };
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
                 Ok(ShardInput::Shutdown) => break,
                 Ok(input) => {
@@ -344,24 +346,26 @@ impl Shard {
     }
 
     /// End the sessions whose leave overflowed a full queue, then take what waits on the
-    /// handshake lane (a bounded number of batches) and send the replies at once.
-    fn take_side_lanes(&mut self, lanes: &SideLanes) {
+    /// handshake lane (a bounded number of batches) and send the replies at once. True
+    /// when it stopped at the bound: the lane may hold more.
+    fn take_side_lanes(&mut self, lanes: &SideLanes) -> bool {
         while let Ok((session, reason)) = lanes.leaves.try_recv() {
             self.end_session(session, reason);
         }
-        let mut took = false;
-        for _ in 0..HANDSHAKES_PER_INPUT {
+        let mut took = 0;
+        while took < HANDSHAKES_PER_INPUT {
             let Ok(batch) = lanes.handshakes.try_recv() else { break };
             for (source, data) in batch.iter() {
                 self.handle_datagram(source, data, batch.at);
             }
             self.pool.give_back(batch);
-            took = true;
+            took += 1;
         }
-        if took {
+        if took > 0 {
             self.end_failed_sessions();
             self.send_queued();
         }
+        took == HANDSHAKES_PER_INPUT
     }
 
     /// Send what this input (or timer pass) queued: one system call per run of
