@@ -63,6 +63,9 @@ impl MediaNode {
             let (tx, rx) = sync_channel(config.shard_queue);
             let (leaves, leaves_rx) = channel();
             let (handshakes, handshakes_rx) = sync_channel(HANDSHAKE_BATCHES);
+            let lane_marked = Arc::new(AtomicBool::new(false));
+            let lanes =
+                SideLanes { leaves: leaves_rx, handshakes: handshakes_rx, marked: lane_marked.clone() };
             let load = Arc::new(AtomicUsize::new(0));
             let queued = Arc::new(AtomicUsize::new(0));
             let heartbeat = Arc::new(Heartbeat::new(format!("media thread {index}")));
@@ -82,9 +85,11 @@ impl MediaNode {
                 next_session: Arc::new(AtomicU64::new(1)),
                 viewers: viewers.clone(),
             };
-            threads.push(std::thread::Builder::new().name(format!("huiyi-shard-{index}")).spawn(
-                move || supervise(parts, rx, SideLanes { leaves: leaves_rx, handshakes: handshakes_rx }),
-            )?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("huiyi-shard-{index}"))
+                    .spawn(move || supervise(parts, rx, lanes))?,
+            );
             let sdp = SdpQueue { queued: Arc::new(AtomicUsize::new(0)), limit: config.shard_queue_sdp_bytes };
             shards.push(ShardSender {
                 tx,
@@ -93,6 +98,7 @@ impl MediaNode {
                 queue_limit: config.shard_queue,
                 leaves,
                 handshakes,
+                lane_marked,
                 sdp,
             });
         }

@@ -95,10 +95,11 @@ impl DatagramPool {
     }
 }
 
-/// Which queue into a shard a datagram takes. ICE (STUN) and DTLS datagrams (RFC 7983:
-/// first byte 0-3 and 20-63) go ahead of media: a shard that falls behind its media still
-/// answers connectivity checks and finishes handshakes, so joins and consent do not wait
-/// behind (or get dropped with) a backlog of RTP.
+/// Which queue into a shard a datagram takes. STUN (RFC 7983: first byte 0-3) and DTLS
+/// handshake, change-cipher-spec and alert records (content types 20-22) go ahead of
+/// media: a shard that falls behind its media still answers connectivity checks and
+/// finishes handshakes, so joins and consent do not wait behind (or get dropped with) a
+/// backlog of RTP. DTLS application data (23: a data channel) and the rest wait with media.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
     Media,
@@ -108,7 +109,7 @@ pub(crate) enum Lane {
 impl Lane {
     pub fn of(datagram: &[u8]) -> Lane {
         match datagram.first() {
-            Some(0..=63) => Lane::Handshake,
+            Some(0..=3 | 20..=22) => Lane::Handshake,
             _ => Lane::Media,
         }
     }
@@ -291,11 +292,12 @@ mod tests {
 
     #[test]
     fn ice_and_dtls_take_the_handshake_lane() {
-        // RFC 7983: STUN 0-3, DTLS 20-63, RTP and RTCP 128-191.
-        for first in [0u8, 1, 3, 20, 22, 63] {
+        // RFC 7983: STUN 0-3, DTLS 20-63 (of which 20-22 are handshake, change-cipher-spec
+        // and alert), RTP and RTCP 128-191.
+        for first in [0u8, 1, 3, 20, 21, 22] {
             assert_eq!(Lane::of(&[first, 0]), Lane::Handshake, "{first}");
         }
-        for first in [0x80u8, 0x90, 0xbf, 64, 200] {
+        for first in [0x80u8, 0x90, 0xbf, 4, 19, 23, 63, 64, 200] {
             assert_eq!(Lane::of(&[first, 0]), Lane::Media, "{first}");
         }
         assert_eq!(Lane::of(&[]), Lane::Media);

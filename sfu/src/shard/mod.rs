@@ -129,6 +129,8 @@ pub(crate) struct ShardSender {
     pub leaves: Sender<(SessionId, LeaveReason)>,
     /// ICE and DTLS datagrams, read before each input (`io::Lane`).
     pub handshakes: SyncSender<Datagrams>,
+    /// Shared with the shard's `SideLanes::marked`.
+    pub lane_marked: Arc<AtomicBool>,
     /// SDP bytes on their way to this shard, bounded.
     pub sdp: SdpQueue,
 }
@@ -157,7 +159,12 @@ impl ShardSender {
     pub fn handshakes(&self, batch: Datagrams) -> Delivery {
         match self.handshakes.try_send(batch) {
             Ok(()) => {
-                let _ = self.tx.try_send(ShardInput::Handshakes);
+                // One marker at a time: they take places in the media queue it does not count.
+                if !self.lane_marked.swap(true, Ordering::AcqRel)
+                    && self.tx.try_send(ShardInput::Handshakes).is_err()
+                {
+                    self.lane_marked.store(false, Ordering::Release);
+                }
                 Delivery::Queued
             }
             Err(TrySendError::Full(batch)) => Delivery::Full(batch),
@@ -352,6 +359,8 @@ impl Shard {
         while let Ok((session, reason)) = lanes.leaves.try_recv() {
             self.end_session(session, reason);
         }
+        // Cleared before reading: a batch queued after this raises a new marker.
+        lanes.marked.store(false, Ordering::Release);
         let mut took = 0;
         while took < HANDSHAKES_PER_INPUT {
             let Ok(batch) = lanes.handshakes.try_recv() else { break };
@@ -592,7 +601,8 @@ impl Shard {
             }
             None => return,
         }
-        session.last_rx = at;
+        // A handshake batch may have been read after a later one of media.
+        session.last_rx = session.last_rx.max(at);
         if !session.addrs.contains(&source) && session.addrs.len() < MAX_ADDRS_PER_SESSION && is_stun(data) {
             session.addrs.push(source);
             self.by_addr.insert(source, id);
@@ -736,15 +746,17 @@ impl Shard {
     }
 }
 
-/// Run shard `parts.index` until shutdown. When it panics (a bug outside the engine calls
-/// that `contained` guards), its sessions end with a clear close code and a fresh shard
-/// takes the same queue: the other shards, and the rooms placed here later, never notice.
 /// The queues a shard reads before each input of its main one.
 pub(crate) struct SideLanes {
     pub leaves: Receiver<(SessionId, LeaveReason)>,
     pub handshakes: Receiver<Datagrams>,
+    /// A wake-up marker for the handshake lane is in the main queue (one at a time).
+    pub marked: Arc<AtomicBool>,
 }
 
+/// Run shard `parts.index` until shutdown. When it panics (a bug outside the engine calls
+/// that `contained` guards), its sessions end with a clear close code and a fresh shard
+/// takes the same queue: the other shards, and the rooms placed here later, never notice.
 pub(crate) fn supervise(parts: ShardParts, rx: Receiver<ShardInput>, lanes: SideLanes) {
     loop {
         let mut shard = match Shard::new(parts.clone()) {
@@ -806,6 +818,7 @@ mod tests {
             queue_limit: 1,
             leaves,
             handshakes,
+            lane_marked: Default::default(),
             sdp: SdpQueue { queued: Default::default(), limit: 1 },
         };
         sender.command(ShardInput::Shutdown).expect("room for one");
@@ -829,6 +842,7 @@ mod tests {
             queue_limit: 1,
             leaves: channel().0,
             handshakes,
+            lane_marked: Default::default(),
             sdp: SdpQueue { queued: Default::default(), limit: 1 },
         };
         let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
@@ -848,5 +862,13 @@ mod tests {
         assert!(matches!(sender.handshakes(batch(&[0, 1])), Delivery::Queued));
         assert!(matches!(rx.try_recv(), Ok(ShardInput::Handshakes)), "an idle shard is woken");
         assert!(matches!(sender.handshakes(batch(&[0, 1])), Delivery::Full(_)));
+        // One marker at a time: none more until the shard has read the lane.
+        assert!(handshakes_rx.try_recv().is_ok());
+        assert!(matches!(sender.handshakes(batch(&[0, 1])), Delivery::Queued));
+        assert!(rx.try_recv().is_err(), "the first marker is still unread");
+        sender.lane_marked.store(false, Ordering::Release);
+        assert!(handshakes_rx.try_recv().is_ok());
+        assert!(matches!(sender.handshakes(batch(&[0, 1])), Delivery::Queued));
+        assert!(matches!(rx.try_recv(), Ok(ShardInput::Handshakes)));
     }
 }

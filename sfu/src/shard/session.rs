@@ -574,7 +574,13 @@ pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -
         .set_crypto_provider(egress::keys::crypto_provider())
         .clear_codecs()
         .enable_opus(true, false);
+    let mut added = Vec::new();
     for codec in &config.video_codecs {
+        // Once each: a payload type added twice would be offered twice.
+        if added.contains(codec) {
+            continue;
+        }
+        added.push(*codec);
         let codecs = builder.codec_config();
         match codec {
             VideoCodec::Vp8 => codecs.enable_vp8(true),
