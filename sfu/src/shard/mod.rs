@@ -45,10 +45,6 @@ pub(crate) use session::session_rtc;
 pub(crate) use session::slot_out;
 use session::{Session, contained};
 
-/// Where a join's answer goes: the session and everyone already in the room, or why not.
-pub(crate) type JoinReply =
-    tokio::sync::oneshot::Sender<Result<(SessionId, Vec<ParticipantInfo>), MediaError>>;
-
 const MAX_INPUTS_PER_TURN: usize = 512;
 /// Handshake batches handled before each input: the lane goes first, but a flood on it
 /// cannot hold the media queue still.

@@ -8,10 +8,16 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 
 use tokio::sync::mpsc;
 
-use super::{JoinReply, RelayInput};
+use super::RelayInput;
 use crate::admission::{CheckedAnswer, CheckedOffer, SdpQueue};
-use crate::api::{JoinRequest, LeaveReason, MediaError, SessionEvent, SessionId, ShownTrack, TrackSource};
+use crate::api::{
+    JoinRequest, LeaveReason, MediaError, ParticipantInfo, SessionEvent, SessionId, ShownTrack, TrackSource,
+};
 use crate::io::{Datagrams, Delivery};
+
+/// Where a join's answer goes: the session and everyone already in the room, or why not.
+pub(crate) type JoinReply =
+    tokio::sync::oneshot::Sender<Result<(SessionId, Vec<ParticipantInfo>), MediaError>>;
 
 /// Batches of ICE and DTLS datagrams (one read's worth for one shard each, at most 32
 /// datagrams) queued ahead of media per shard; beyond, they are dropped and counted.
