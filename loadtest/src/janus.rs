@@ -626,10 +626,13 @@ impl Link {
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "janus-protocol".parse().expect("header value"));
-        let (ws, _) = tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(request))
-            .await
-            .map_err(|_| SignalError::Timeout(REPLY_TIMEOUT))?
-            .map_err(|e| SignalError::WebSocket(url.into(), e.to_string()))?;
+        let (ws, _) = tokio::time::timeout(
+            REPLY_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(request, Some(crate::signal::ws_config()), false),
+        )
+        .await
+        .map_err(|_| SignalError::Timeout(REPLY_TIMEOUT))?
+        .map_err(|e| SignalError::WebSocket(url.into(), e.to_string()))?;
         let mut link = Link { ws, session: 0, next_transaction: 0, url: url.into(), held: Vec::new() };
         let reply = link.call(json!({"janus": "create"})).await?;
         link.session = reply["data"]["id"]

@@ -1,5 +1,6 @@
 //! UDP as the generator uses it on Linux: many datagrams per `recvmmsg`, each with the
-//! kernel's arrival stamp, and the socket options that need raw calls.
+//! kernel's arrival stamp, a server's GSO sends taken whole (UDP_GRO), and the socket
+//! options that need raw calls.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -9,7 +10,8 @@ use mio::net::UdpSocket;
 /// Buffers for receiving many datagrams with one `recvmmsg` call, made once per media
 /// thread (the headers point into the buffers, so it stays on its thread).
 pub struct RecvBatch {
-    buffers: Vec<[u8; 2048]>,
+    /// SIZE buffers of BUFFER bytes each, one per message.
+    buffers: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
     /// Ancillary data, the kernel's receive timestamp (SO_TIMESTAMPNS) of each datagram and,
     /// on a shared socket, the address it was sent to (IP_PKTINFO); written by the kernel
@@ -22,14 +24,17 @@ pub struct RecvBatch {
 
 impl RecvBatch {
     pub const SIZE: usize = 32;
+    /// Bytes per message: a whole GSO send (at most 64 KiB) on a socket that takes them
+    /// whole (`take_whole_sends`).
+    const BUFFER: usize = 65_536;
 
     pub fn new() -> Self {
         // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
         let empty: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut buffers = vec![[0u8; 2048]; Self::SIZE];
+        let mut buffers = vec![0u8; Self::SIZE * Self::BUFFER];
         let mut addrs = vec![empty; Self::SIZE];
         let mut iovecs: Vec<libc::iovec> = buffers
-            .iter_mut()
+            .chunks_exact_mut(Self::BUFFER)
             .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
             .collect();
         // SAFETY: zeroed mmsghdr is valid; the pointers set below point into heap storage
@@ -55,6 +60,15 @@ impl RecvBatch {
     /// receives was sent to (a socket bound to every address, shared by many clients).
     pub fn tell_destinations(socket: &UdpSocket) -> std::io::Result<()> {
         set_int_option(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
+    }
+
+    /// Have the kernel hand over a GSO send whose datagrams are all for `socket` as one
+    /// message (UDP_GRO; on loopback the send reaches the socket whole) rather than cut it
+    /// into one buffer per datagram: one message, one copy and one buffer freed for what
+    /// the sender sent with one call. `datagram_mut` says where each datagram ends.
+    /// False where the kernel has no such option (each datagram then comes on its own).
+    pub fn take_whole_sends(socket: &UdpSocket) -> bool {
+        set_int_option(socket, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
     }
 
     /// The IPv4 address the i-th datagram of the last batch was sent to, where the socket
@@ -112,8 +126,10 @@ impl RecvBatch {
         Ok(n as usize)
     }
 
-    /// The i-th datagram of the last batch and where it came from.
-    pub fn datagram_mut(&mut self, i: usize) -> (SocketAddr, &mut [u8]) {
+    /// The i-th message of the last batch, where it came from, and the size of each of its
+    /// datagrams: a message holds one datagram, or a whole GSO send (`take_whole_sends`)
+    /// of datagrams of that size, the last of which may be shorter.
+    pub fn datagram_mut(&mut self, i: usize) -> (SocketAddr, &mut [u8], usize) {
         let addr = &self.addrs[i];
         let source = match addr.ss_family as libc::c_int {
             libc::AF_INET6 => {
@@ -128,13 +144,18 @@ impl RecvBatch {
             }
         };
         let len = self.headers[i].msg_len as usize;
-        (source, &mut self.buffers[i][..len])
+        let segment = match self.control::<libc::c_int>(i, libc::SOL_UDP, libc::UDP_GRO) {
+            Some(size) if size > 0 => size as usize,
+            _ => len.max(1),
+        };
+        let start = i * Self::BUFFER;
+        (source, &mut self.buffers[start..start + len], segment)
     }
 }
 
-/// 64-bit words of ancillary data per received datagram: a timestamp and a packet info,
-/// each a header and its data, with room to spare.
-const CONTROL_WORDS: usize = 12;
+/// 64-bit words of ancillary data per received message: a timestamp, a packet info and a
+/// GSO segment size, each a header and its data, with room to spare.
+const CONTROL_WORDS: usize = 16;
 
 /// Send `data` to `destination` from `source`, one of this machine's addresses, on a
 /// socket bound to every address (IP_PKTINFO names the source for this datagram).
@@ -227,16 +248,49 @@ mod tests {
         assert_eq!((&buf[..n], source), (&b"hello"[..], SocketAddr::from((from, port))));
         peer.send_to(b"back", (Ipv4Addr::new(127, 1, 0, 7), port)).unwrap();
         let mut batch = RecvBatch::new();
+        assert_eq!(receive_some(&mut batch, &shared), 1);
+        assert_eq!(batch.destination_v4(0), Some(Ipv4Addr::new(127, 1, 0, 7)));
+        assert_eq!(batch.datagram_mut(0).1, b"back");
+    }
+
+    /// Waits up to two seconds for a batch on `socket`.
+    fn receive_some(batch: &mut RecvBatch, socket: &UdpSocket) -> usize {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        let count = loop {
-            match batch.receive(&shared) {
-                Ok(n) if n > 0 => break n,
+        loop {
+            match batch.receive(socket) {
+                Ok(n) if n > 0 => return n,
                 _ if std::time::Instant::now() > deadline => panic!("nothing arrived"),
                 _ => std::thread::sleep(Duration::from_millis(5)),
             }
-        };
-        assert_eq!(count, 1);
-        assert_eq!(batch.destination_v4(0), Some(Ipv4Addr::new(127, 1, 0, 7)));
-        assert_eq!(batch.datagram_mut(0).1, b"back");
+        }
+    }
+
+    /// A GSO send of three datagrams (the last shorter) reaches a socket that takes whole
+    /// sends as one message that says where each datagram ends; a plain datagram after it
+    /// is a message of its own, of its own size.
+    #[test]
+    fn a_whole_gso_send_is_one_message_cut_where_its_datagrams_end() {
+        let socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(RecvBatch::take_whole_sends(&socket));
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.connect(socket.local_addr().unwrap()).unwrap();
+        set_int_option(&sender, libc::SOL_UDP, libc::UDP_SEGMENT, 100).unwrap();
+        let run: Vec<u8> = (0..250u32).map(|i| (i / 100) as u8).collect();
+        sender.send(&run).unwrap();
+        set_int_option(&sender, libc::SOL_UDP, libc::UDP_SEGMENT, 0).unwrap();
+        sender.send(b"alone").unwrap();
+        let mut batch = RecvBatch::new();
+        let mut messages = Vec::new();
+        while messages.len() < 2 {
+            let count = receive_some(&mut batch, &socket);
+            for i in 0..count {
+                let (_, data, segment) = batch.datagram_mut(i);
+                messages.push(data.chunks(segment).map(<[u8]>::to_vec).collect::<Vec<_>>());
+            }
+        }
+        let sizes: Vec<Vec<usize>> = messages.iter().map(|m| m.iter().map(Vec::len).collect()).collect();
+        assert_eq!(sizes, vec![vec![100, 100, 50], vec![5]]);
+        assert!(messages[0].iter().enumerate().all(|(k, d)| d.iter().all(|&b| b == k as u8)));
+        assert_eq!(messages[1][0], b"alone");
     }
 }

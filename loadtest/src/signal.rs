@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::http::{self, Url};
@@ -113,14 +114,23 @@ pub struct Connection {
     outgoing: mpsc::UnboundedReceiver<ClientMessage>,
 }
 
+/// A client's WebSocket settings: a read buffer of 16 KiB rather than tungstenite's 128 KiB,
+/// which it zeroes before every read (2% of the generator's CPU at meeting-300, for
+/// messages that are mostly far smaller); a larger message takes more reads.
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
 /// Connect and join; returns the `joined` message and the connection.
 pub async fn join(url: &ServerUrl, token: &str) -> Result<(ServerMessage, Connection), SignalError> {
     let ws_url = url.ws();
-    let (mut ws, _) =
-        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&ws_url))
-            .await
-            .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?
-            .map_err(|e| SignalError::WebSocket(ws_url.clone(), e.to_string()))?;
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(&ws_url, Some(ws_config()), false),
+    )
+    .await
+    .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?
+    .map_err(|e| SignalError::WebSocket(ws_url.clone(), e.to_string()))?;
     let join = serde_json::to_string(&ClientMessage::Join { token: token.into() })
         .map_err(|e| SignalError::Protocol(e.to_string()))?;
     ws.send(Message::Text(join.into()))

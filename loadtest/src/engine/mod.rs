@@ -407,6 +407,7 @@ impl Worker {
             let mut socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
             RecvBatch::stamp_arrivals(&socket)?;
             RecvBatch::tell_destinations(&socket)?;
+            RecvBatch::take_whole_sends(&socket);
             // Every client's media: room for the bursts (past rmem_max with the privilege).
             crate::net::set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20).or_else(
                 |_| crate::net::set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, 32 << 20),
@@ -460,6 +461,7 @@ impl Worker {
                 let local = socket.local_addr()?;
                 self.ports.push(local.port());
                 RecvBatch::stamp_arrivals(&socket)?;
+                RecvBatch::take_whole_sends(&socket);
                 self.poll.registry().register(
                     &mut socket,
                     Token(setup.serial as usize),

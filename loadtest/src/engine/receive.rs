@@ -2,7 +2,7 @@
 //! socket or the thread's shared one, each datagram opened by our own SRTP path or fed to
 //! the client's engine, and each media packet measured.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,7 @@ impl Worker {
         // polled up to its packet; the rest of the output (feedback, the next timeout, a
         // walk over every part of the engine) waits for the end of the batch.
         let mut undrained = std::mem::take(&mut self.undrained);
-        let mut read = 0;
+        let mut datagrams = 0;
         let mut more = false;
         for turn in 1.. {
             let received = if token == SHARED {
@@ -95,7 +95,6 @@ impl Worker {
                 self.clients.get(&(token.0 as u32)).and_then(|c| c.socket.as_ref()).map(|s| batch.receive(s))
             };
             let Some(Ok(count)) = received else { break };
-            read += count;
             let now = Instant::now();
             for i in 0..count {
                 let id = if token == SHARED {
@@ -107,7 +106,14 @@ impl Worker {
                     token.0 as u32
                 };
                 self.arrival = batch.arrival_ns(i).map(|ns| self.instant_of(ns, now));
-                if self.take_datagram(id, batch, i, now) {
+                // One message may carry a server's whole GSO send (`take_whole_sends`).
+                let (source, message, segment) = batch.datagram_mut(i);
+                let mut pending = false;
+                for datagram in message.chunks_mut(segment) {
+                    pending |= self.take_datagram(id, source, datagram, now);
+                    datagrams += 1;
+                }
+                if pending {
                     undrained.push(id);
                 }
                 self.arrival = None;
@@ -127,14 +133,19 @@ impl Worker {
             self.drain(id);
         }
         self.undrained = undrained;
-        (read, more)
+        (datagrams, more)
     }
 
     /// One received datagram of client `id`: opened by our own path, or fed to the engine
     /// and polled up to its packet; true when the engine has output left to poll.
-    pub(super) fn take_datagram(&mut self, id: u32, batch: &mut RecvBatch, i: usize, now: Instant) -> bool {
+    pub(super) fn take_datagram(
+        &mut self,
+        id: u32,
+        source: SocketAddr,
+        data: &mut [u8],
+        now: Instant,
+    ) -> bool {
         let Some(client) = self.clients.get_mut(&id) else { return false };
-        let (source, data) = batch.datagram_mut(i);
         if let Some(srtp) = client.srtp.as_mut() {
             match srtp.open(data) {
                 Ok(opened) => {
