@@ -159,49 +159,128 @@ const CONTROL_WORDS: usize = 16;
 
 /// Send `data` to `destination` from `source`, one of this machine's addresses, on a
 /// socket bound to every address (IP_PKTINFO names the source for this datagram).
+#[cfg(test)]
 pub fn send_from(
     socket: &UdpSocket,
     source: std::net::Ipv4Addr,
     destination: SocketAddr,
     data: &[u8],
 ) -> std::io::Result<()> {
-    let SocketAddr::V4(to) = destination else {
-        return Err(std::io::Error::other("a shared socket sends to IPv4 only"));
-    };
-    let mut address = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: to.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*to.ip()).to_be() },
-        sin_zero: [0; 8],
-    };
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-    // SAFETY: CMSG_SPACE only computes a size.
-    const SPACE: usize = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) } as usize;
-    let mut control = [0u64; SPACE.div_ceil(8)];
-    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_name = (&mut address as *mut libc::sockaddr_in).cast();
-    message.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    message.msg_iov = &mut iov;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = SPACE as _;
-    let info = libc::in_pktinfo {
-        ipi_ifindex: 0,
-        ipi_spec_dst: libc::in_addr { s_addr: u32::from(source).to_be() },
-        ipi_addr: libc::in_addr { s_addr: 0 },
-    };
-    // SAFETY: the control buffer holds one cmsg of an in_pktinfo (SPACE above), aligned.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&message);
-        (*cmsg).cmsg_level = libc::IPPROTO_IP;
-        (*cmsg).cmsg_type = libc::IP_PKTINFO;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+    let mut batch = SendBatch::default();
+    batch.push(source, destination, data)?;
+    match batch.flush(socket) {
+        0 => Ok(()),
+        _ => Err(std::io::Error::other("not sent")),
     }
-    // SAFETY: a valid socket and a message whose pointers are valid for the call.
-    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &message, 0) };
-    if sent < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Datagrams a socket bound to every address sends with one `sendmmsg`, each from one of
+/// this machine's addresses (IP_PKTINFO) to its own destination: what a client's engine
+/// gives out in one turn leaves with one system call, and wakes the receiver once.
+#[derive(Default)]
+pub struct SendBatch {
+    /// The datagrams back to back.
+    bytes: Vec<u8>,
+    /// Each datagram's end in `bytes`, and its source and destination.
+    datagrams: Vec<(usize, libc::in_pktinfo, libc::sockaddr_in)>,
+    // Made at each flush, kept for their allocations.
+    iovecs: Vec<libc::iovec>,
+    controls: Vec<[u64; PKTINFO_WORDS]>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers in `iovecs` and `headers` point only into the batch's own heap
+// vectors (which a move does not move), are written afresh by every flush before the call
+// that reads them, and are never read otherwise.
+unsafe impl Send for SendBatch {}
+
+// SAFETY: CMSG_SPACE only computes a size.
+const PKTINFO_SPACE: usize =
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) } as usize;
+const PKTINFO_WORDS: usize = PKTINFO_SPACE.div_ceil(8);
+
+impl SendBatch {
+    /// Add a datagram to send from `source` to `destination` (IPv4 only).
+    pub fn push(
+        &mut self,
+        source: std::net::Ipv4Addr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let SocketAddr::V4(to) = destination else {
+            return Err(std::io::Error::other("a shared socket sends to IPv4 only"));
+        };
+        let address = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*to.ip()).to_be() },
+            sin_zero: [0; 8],
+        };
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr { s_addr: u32::from(source).to_be() },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        self.bytes.extend_from_slice(data);
+        self.datagrams.push((self.bytes.len(), info, address));
+        Ok(())
+    }
+
+    /// Send every datagram waiting, as few `sendmmsg` calls as the kernel allows; returns
+    /// how many could not be sent (a full buffer, an unreachable port: each skipped).
+    pub fn flush(&mut self, socket: &UdpSocket) -> usize {
+        if self.datagrams.is_empty() {
+            return 0;
+        }
+        self.iovecs.clear();
+        let mut start = 0;
+        for (end, _, _) in &self.datagrams {
+            let data = &mut self.bytes[start..*end];
+            self.iovecs.push(libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() });
+            start = *end;
+        }
+        self.controls.clear();
+        self.controls.resize(self.datagrams.len(), [0; PKTINFO_WORDS]);
+        self.headers.clear();
+        for (i, (_, info, address)) in self.datagrams.iter_mut().enumerate() {
+            // SAFETY: an all-zero mmsghdr is valid; every pointer set here points into
+            // this batch's vectors, which are not touched again until the sends are done.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            let message = &mut header.msg_hdr;
+            message.msg_name = (address as *mut libc::sockaddr_in).cast();
+            message.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            message.msg_iov = &mut self.iovecs[i];
+            message.msg_iovlen = 1;
+            message.msg_control = self.controls[i].as_mut_ptr().cast();
+            message.msg_controllen = PKTINFO_SPACE as _;
+            // SAFETY: the control buffer holds one cmsg of an in_pktinfo, aligned.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(message);
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), *info);
+            }
+            self.headers.push(header);
+        }
+        let mut failed = 0;
+        let mut at = 0;
+        while at < self.headers.len() {
+            let left = &mut self.headers[at..];
+            // SAFETY: a valid socket and headers whose pointers are valid for the call.
+            let sent = unsafe { libc::sendmmsg(socket.as_raw_fd(), left.as_mut_ptr(), left.len() as _, 0) };
+            if sent > 0 {
+                at += sent as usize;
+            } else {
+                // The datagram at `at` was refused: skip it, send the rest.
+                failed += 1;
+                at += 1;
+            }
+        }
+        self.bytes.clear();
+        self.datagrams.clear();
+        failed
+    }
 }
 
 /// Set an integer socket option on anything with a file descriptor.

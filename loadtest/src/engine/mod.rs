@@ -25,7 +25,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::expect::{STREAMS_PER_CLIENT, StreamKind, TalkTurn};
 use crate::idmap::{IdMap, Placed};
 use crate::media::{FirstFrame, KeyframeSchedule, LayerShape, OpusLibrary, Vp8Packetizer, layer_for_tile};
-use crate::net::RecvBatch;
+use crate::net::{RecvBatch, SendBatch};
 use crate::scenario::Scenario;
 use crate::signal::FromServer;
 use crate::srtp::{self, SrtpIn};
@@ -381,6 +381,8 @@ pub struct Worker {
     /// not one per packet on a cache line every thread writes.
     counts: Counts,
     payload: Vec<u8>,
+    /// Datagrams a client's engine gave out this turn, for the shared socket.
+    outgoing: SendBatch,
     server_ip: std::net::IpAddr,
     /// One moment on both clocks: the monotonic one the run measures with, and the
     /// realtime one (ns) the kernel stamps arrivals with.
@@ -440,6 +442,7 @@ impl Worker {
             published_second: 0,
             counts: Counts::default(),
             payload: Vec::with_capacity(1500),
+            outgoing: SendBatch::default(),
             server_ip,
             clocks: (Instant::now(), realtime_ns()),
             arrival: None,
@@ -756,7 +759,18 @@ impl Worker {
 
     /// Poll a client's engine until it says when it next needs time, or with
     /// `Until::Packet` until it gave a received RTP packet; true when it stopped there.
+    /// What it gave to send leaves together at the end (one `sendmmsg`).
     fn drain_until(&mut self, id: u32, until: Until) -> bool {
+        let stopped = self.poll_engine(id, until);
+        if let Some(shared) = &self.shared_socket {
+            // A datagram the kernel refused is lost as on a network (as `send_to` above).
+            self.outgoing.flush(shared);
+        }
+        stopped
+    }
+
+    /// `drain_until`'s polling; the shared socket's datagrams wait in `outgoing`.
+    fn poll_engine(&mut self, id: u32, until: Until) -> bool {
         loop {
             let Some(client) = self.clients.get_mut(&id) else { return false };
             let rtc = &mut client.rtc;
@@ -782,10 +796,10 @@ impl Worker {
                     return false;
                 }
                 Output::Transmit(t) => {
-                    let _ = match (&client.socket, &self.shared_socket, client.local.ip()) {
-                        (Some(own), _, _) => own.send_to(&t.contents, t.destination).map(|_| ()),
-                        (None, Some(shared), std::net::IpAddr::V4(from)) => {
-                            crate::net::send_from(shared, from, t.destination, &t.contents)
+                    let _ = match (&client.socket, client.local.ip()) {
+                        (Some(own), _) => own.send_to(&t.contents, t.destination).map(|_| ()),
+                        (None, std::net::IpAddr::V4(from)) => {
+                            self.outgoing.push(from, t.destination, &t.contents)
                         }
                         _ => Ok(()),
                     };
