@@ -303,7 +303,7 @@ def main():
             out += broadcast_table(name, rows)
             continue
         out += [f"## {name}", ""]
-        out += ["| date | commit | connected | failed joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | server ns per forwarded packet = x floor | generator cores / busiest thread (joining) | complete | targets |",
+        out += ["| date | commit | connected | failed / refused (node full) joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | server ns per forwarded packet = x floor | generator cores / busiest thread (joining) | complete | targets |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for path, meta, r in rows:
             server = r.get("server") or [{}]
@@ -314,8 +314,9 @@ def main():
             complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
             if g.get("bottleneck"):
                 complete += " (generator-bound)"
-            out.append("| {} | {} | {} / {} | {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} | {} / {}% ({}) | {} | {} |".format(
+            out.append("| {} | {} | {} / {} | {} / {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} | {} / {}% ({}) | {} | {} |".format(
                 r.get("date"), meta.get("commit", "?"), r.get("connected"), r.get("participants"), r.get("failed_joins"),
+                r.get("refused_joins", "-"),
                 pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")),
                 r.get("frozen_subscriptions", "-"), fmt(r.get("loss_pct"), "%", 3),
                 fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")), fmt(r.get("jitter_ms", {}).get("p99")),

@@ -75,6 +75,10 @@ pub struct MediaSection {
     pub max_publications_per_participant: usize,
     /// Participants on this node in all rooms.
     pub max_participants_per_node: usize,
+    /// A media thread's admission budget: the share of the time it may work (ADR 0020).
+    pub max_shard_busy: f64,
+    /// ... and how long received media may wait in its queue.
+    pub max_shard_lag_ms: u64,
     /// ICE candidates one session may add.
     pub max_candidates_per_session: usize,
     /// m-lines in one offer or answer from a client.
@@ -194,6 +198,8 @@ impl Default for MediaSection {
             max_viewers_per_room: d.max_viewers_per_room,
             max_publications_per_participant: d.max_publications_per_participant,
             max_participants_per_node: d.max_participants_per_node,
+            max_shard_busy: d.max_shard_busy,
+            max_shard_lag_ms: d.max_shard_lag.as_millis() as u64,
             max_candidates_per_session: d.max_candidates_per_session,
             max_mlines_per_offer: d.max_mlines_per_offer,
             max_sdp_bytes: d.max_sdp_bytes,
@@ -291,6 +297,9 @@ impl Config {
             max_viewers_per_room: self.media.max_viewers_per_room.max(1),
             max_publications_per_participant: self.media.max_publications_per_participant,
             max_participants_per_node: self.media.max_participants_per_node.max(1),
+            // Above 1 the budget never refuses (a thread is never busier than all the time).
+            max_shard_busy: self.media.max_shard_busy.max(0.05),
+            max_shard_lag: Duration::from_millis(self.media.max_shard_lag_ms.max(1)),
             max_candidates_per_session: self.media.max_candidates_per_session,
             max_mlines_per_offer: self.media.max_mlines_per_offer.max(1),
             max_sdp_bytes: self.media.max_sdp_bytes.max(1024),
@@ -382,6 +391,8 @@ mod tests {
             defaults.media.max_publications_per_participant
         );
         assert_eq!(parsed.media.max_participants_per_node, defaults.media.max_participants_per_node);
+        assert_eq!(parsed.media.max_shard_busy, defaults.media.max_shard_busy);
+        assert_eq!(parsed.media.max_shard_lag_ms, defaults.media.max_shard_lag_ms);
         assert_eq!(parsed.media.max_candidates_per_session, defaults.media.max_candidates_per_session);
         assert_eq!(parsed.media.max_mlines_per_offer, defaults.media.max_mlines_per_offer);
         assert_eq!(parsed.media.max_sdp_bytes, defaults.media.max_sdp_bytes);

@@ -105,3 +105,42 @@ async fn tracks_beyond_the_publication_limit_are_refused_and_the_rest_flow() {
     ana.close().await;
     bo.close().await;
 }
+
+/// A join the node cannot take (here its participant limit; its media threads' load budget
+/// answers the same way, ADR 0020) is told `node_full` with the reason, then closed with
+/// 1013, and those already in stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_beyond_what_the_node_carries_is_told_node_full_then_closed_with_1013() {
+    let server = common::start_server_with(|c| c.media.max_participants_per_node = 1).await;
+    let join = |room: &str, identity: &str| {
+        json!({"type": "join", "token": common::token(room, identity)}).to_string()
+    };
+    let (mut first, _) = tokio_tungstenite::connect_async(common::ws_url(&server)).await.expect("connect");
+    first.send(Message::Text(join("one", "ana").into())).await.expect("send join");
+    let Some(Ok(Message::Text(t))) = tokio::time::timeout(WAIT, first.next()).await.expect("in time") else {
+        panic!("no joined message for the first");
+    };
+    assert!(t.contains("\"joined\""), "{t}");
+    let (mut second, _) = tokio_tungstenite::connect_async(common::ws_url(&server)).await.expect("connect");
+    second.send(Message::Text(join("two", "bo").into())).await.expect("send join");
+    let Some(Ok(Message::Text(t))) = tokio::time::timeout(WAIT, second.next()).await.expect("in time") else {
+        panic!("no error message for the second");
+    };
+    let v: Value = serde_json::from_str(&t).expect("JSON");
+    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("node_full")), "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("participant limit")), "{v}");
+    match tokio::time::timeout(WAIT, second.next()).await.expect("in time") {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1013, "node full"));
+        }
+        other => panic!("expected close 1013, got {other:?}"),
+    }
+    let metrics = common::huiyi_metrics(&server).await;
+    assert!(metrics.contains("huiyi_joins_refused_total{reason=\"participants\"} 1"), "{metrics}");
+    // The one already in is not affected: its connection still answers.
+    first.send(Message::Text(json!({"type": "bogus"}).to_string().into())).await.expect("send");
+    let Some(Ok(Message::Text(t))) = tokio::time::timeout(WAIT, first.next()).await.expect("in time") else {
+        panic!("the first's connection went away");
+    };
+    assert!(t.contains("unknown_type"), "{t}");
+}

@@ -27,6 +27,8 @@ pub(crate) struct Run {
     pub(crate) connections: AtomicU64,
     pub(crate) next_serial: AtomicU64,
     pub(crate) failed_joins: AtomicUsize,
+    /// Joins the server refused as `node_full` (its admission budget).
+    pub(crate) refused_joins: AtomicUsize,
     pub(crate) closed_sockets: Arc<AtomicUsize>,
     /// Clients the run took out on purpose (churn): their sockets closing is expected.
     pub(crate) removed: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
@@ -218,6 +220,10 @@ impl Run {
     }
 
     pub(crate) fn note_error(&self, e: &SignalError) {
+        if let SignalError::NodeFull(_) = e {
+            self.refused_joins.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.failed_joins.fetch_add(1, Ordering::Relaxed);
         let mut first = self.first_error.lock().expect("lock");
         if first.is_none() {

@@ -251,6 +251,7 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         connections: AtomicU64::new(0),
         next_serial: AtomicU64::new(0),
         failed_joins: AtomicUsize::new(0),
+        refused_joins: AtomicUsize::new(0),
         closed_sockets: Arc::new(AtomicUsize::new(0)),
         removed: Default::default(),
         first_error: std::sync::Mutex::new(None),
@@ -439,6 +440,7 @@ async fn finish(
     let shared = &run.shared;
     let clients: Vec<&ClientResult> = results.iter().flat_map(|r| r.clients.iter()).collect();
     report.connected = clients.iter().filter(|c| c.connected && !c.publishing_half).count();
+    report.refused_joins = run.refused_joins.load(Ordering::Relaxed);
     report.failed_joins = run.failed_joins.load(Ordering::Relaxed)
         + clients.iter().filter(|c| !c.connected && !c.publishing_half).count();
     report.error = error.or_else(|| run.first_error.lock().expect("lock").clone());
@@ -620,12 +622,13 @@ async fn finish(
         EXIT_GENERATOR_BOUND
     } else if let Some(min) = cli.min_delivery
         && (report.failed_joins > 0
+            || report.refused_joins > 0
             || report.frozen_subscriptions > 0
             || report.players_off_layer > 0
             || report.delivery.min.is_none_or(|d| d < min))
     {
         eprintln!(
-            "loadtest: delivery below {min}, frozen subscriptions, players off their layer or failed joins"
+            "loadtest: delivery below {min}, frozen subscriptions, players off their layer, failed or refused joins"
         );
         EXIT_CHECK_FAILED
     } else {

@@ -122,6 +122,8 @@ pub struct Report {
     pub participants: usize,
     pub connected: usize,
     pub failed_joins: usize,
+    /// Joins the server refused as `node_full` (not counted in `failed_joins`).
+    pub refused_joins: usize,
     pub duration_s: f64,
     pub complete: bool,
     pub error: Option<String>,
@@ -232,9 +234,12 @@ pub fn check_targets(report: &Report, targets: &Targets) -> Vec<TargetCheck> {
     }
     if let Some(t) = targets.delivery_min {
         checks.push(TargetCheck::new("delivery min", report.delivery.min, t, true));
-        let troubles = report.frozen_subscriptions + report.failed_joins + report.players_off_layer;
+        let troubles = report.frozen_subscriptions
+            + report.failed_joins
+            + report.refused_joins
+            + report.players_off_layer;
         checks.push(TargetCheck::new(
-            "frozen tiles, failed joins and players off their layer",
+            "frozen tiles, failed or refused joins and players off their layer",
             Some(troubles as f64),
             0.0,
             false,
@@ -268,8 +273,8 @@ impl Report {
         let _ = writeln!(out, "room            {}", self.room);
         let _ = writeln!(
             out,
-            "participants    {} connected of {}, {} failed joins",
-            self.connected, self.participants, self.failed_joins
+            "participants    {} connected of {}, {} failed joins, {} refused (node full)",
+            self.connected, self.participants, self.failed_joins, self.refused_joins
         );
         let _ = writeln!(out, "join            {}", spread(&self.join_ms));
         let phases = &self.join_phases_ms;
@@ -553,7 +558,7 @@ mod tests {
                 ("latency p99 (ms)", false),
                 ("server CPU (cores)", true),
                 ("delivery min", true),
-                ("frozen tiles, failed joins and players off their layer", true),
+                ("frozen tiles, failed or refused joins and players off their layer", true),
             ]
         );
         r.passed = Some(checks.iter().all(|c| c.met));
@@ -566,6 +571,10 @@ mod tests {
         r.targets = check_targets(&r, &targets);
         r.passed = Some(r.targets.iter().all(|c| c.met));
         assert!(r.verdict().trim_end().ends_with("PASS: all 4 targets of class met"));
+        // Joins the server refused as node full fail a scenario that expects everyone in.
+        r.refused_joins = 3;
+        assert!(!check_targets(&r, &targets)[3].met);
+        r.refused_joins = 0;
         // A figure that was not measured is not met; a generator-bound run is not judged.
         r.delivery.min = None;
         assert!(!check_targets(&r, &targets)[2].met);

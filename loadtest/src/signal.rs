@@ -26,6 +26,10 @@ pub enum SignalError {
     WebSocket(String, String),
     #[error("the server refused the join: {0}")]
     JoinRefused(String),
+    /// The media node is at its load budget (error `node_full`): a refusal the server
+    /// chose, not a failure.
+    #[error("the media node is full: {0}")]
+    NodeFull(String),
     #[error("no answer from the server within {0:?}")]
     Timeout(Duration),
     #[error("unexpected reply from the server: {0}")]
@@ -143,6 +147,9 @@ pub async fn join(url: &ServerUrl, token: &str) -> Result<(ServerMessage, Connec
         match frame {
             Some(Ok(Message::Text(t))) => match read_message(&t) {
                 Ok(Some(joined @ ServerMessage::Joined { .. })) => break joined,
+                Ok(Some(ServerMessage::Error { code, message })) if code == "node_full" => {
+                    return Err(SignalError::NodeFull(message));
+                }
                 Ok(Some(ServerMessage::Error { code, message })) => {
                     return Err(SignalError::JoinRefused(format!("{code}: {message}")));
                 }

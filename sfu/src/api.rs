@@ -191,6 +191,10 @@ pub struct ShownTrack {
 pub enum MediaError {
     #[error("media node is overloaded")]
     Overloaded,
+    /// A join beyond what the node carries (its participant limit, or its room's media
+    /// thread's load budget: ADR 0020); the others in the room are not affected.
+    #[error("media node full: {0}")]
+    NodeFull(&'static str),
     #[error("media node is shutting down")]
     ShuttingDown,
     #[error("room is full ({0} participants)")]

@@ -27,8 +27,14 @@ pub struct MediaConfig {
     pub max_viewers_per_room: usize,
     /// Tracks one participant may publish at once (microphone, camera, screen, ...).
     pub max_publications_per_participant: usize,
-    /// Participants on this node (all rooms); a join beyond is refused as overloaded.
+    /// Participants on this node (all rooms); a join beyond is refused as node full.
     pub max_participants_per_node: usize,
+    /// Admission budget of one media thread (ADR 0020): a join is refused as node full
+    /// when the room's thread would work more than this share of the time with one
+    /// participant more (its measured busy share, scaled by participants).
+    pub max_shard_busy: f64,
+    /// ... or when received media waited longer than this in its queue (it is behind).
+    pub max_shard_lag: Duration,
     /// ICE candidates one session may add; more are refused with an error.
     pub max_candidates_per_session: usize,
     /// m-lines in one offer or answer from a client; more are refused before they reach
@@ -83,6 +89,8 @@ impl Default for MediaConfig {
             max_viewers_per_room: 5_000,
             max_publications_per_participant: 6,
             max_participants_per_node: 5_000,
+            max_shard_busy: 0.8,
+            max_shard_lag: Duration::from_millis(100),
             max_candidates_per_session: 64,
             max_mlines_per_offer: 256,
             max_sdp_bytes: 512 * 1024,

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the media plane, registered into the process registry.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct SfuMetrics {
@@ -30,6 +30,9 @@ pub struct SfuMetrics {
     pub paused_by_bandwidth: IntCounter,
     pub sessions_ended: IntCounterVec,
     pub srtp_guard: IntCounterVec,
+    pub joins_refused: IntCounterVec,
+    pub shard_busy: GaugeVec,
+    pub shard_lag: GaugeVec,
     pub relay: RelayMetrics,
 }
 
@@ -62,6 +65,11 @@ impl SfuMetrics {
             let c = IntCounter::new(name, help).expect("metric name");
             registry.register(Box::new(c.clone())).expect("register metric");
             c
+        };
+        let float_gauge_vec = |name: &str, help: &str| {
+            let g = GaugeVec::new(Opts::new(name, help), &["shard"]).expect("metric name");
+            registry.register(Box::new(g.clone())).expect("register metric");
+            g
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric name");
@@ -151,6 +159,19 @@ impl SfuMetrics {
                 "huiyi_srtp_fast_path_guard_total",
                 "What the SRTP fast path's windows of seen indexes stopped or forgot, by reason: a seal under an index already sealed or too old (stopped before an AES-GCM nonce reuse: a packet the publisher sent twice, which the rewriter numbers like the first, or a bug upstream), a seal for an SSRC past the per-key cap, a replayed SRTCP packet, an SRTCP sender SSRC forgotten at the per-session cap",
                 &["reason"],
+            ),
+            joins_refused: counter_vec(
+                "huiyi_joins_refused_total",
+                "Joins the media node refused for its load (ADR 0020), by reason: participants (max_participants_per_node), shard_busy (the room's media thread would work more than max_shard_busy of the time with one more), shard_lag (media waited in its queue longer than max_shard_lag_ms)",
+                &["reason"],
+            ),
+            shard_busy: float_gauge_vec(
+                "huiyi_shard_busy_ratio",
+                "Share of wall time a media thread works rather than waits for input, smoothed over about half a second",
+            ),
+            shard_lag: float_gauge_vec(
+                "huiyi_shard_lag_seconds",
+                "The longest a batch of received media waited in a media thread's queue in the last quarter second",
             ),
             relay: RelayMetrics::new(registry),
         }

@@ -26,7 +26,8 @@ use crate::io::{DatagramPool, Lane, MediaSocket, receive_loop};
 use crate::metrics::SfuMetrics;
 use crate::relay::{Places, Relay, RoomViewers};
 use crate::shard::{
-    HANDSHAKE_BATCHES, ShardInput, ShardParts, ShardSender, SideLanes, panic_message, supervise,
+    Budget, HANDSHAKE_BATCHES, OverBudget, ShardInput, ShardLoad, ShardParts, ShardSender, SideLanes,
+    panic_message, supervise,
 };
 
 pub struct MediaNode {
@@ -67,6 +68,7 @@ impl MediaNode {
             let lanes =
                 SideLanes { leaves: leaves_rx, handshakes: handshakes_rx, marked: lane_marked.clone() };
             let load = Arc::new(AtomicUsize::new(0));
+            let shard_load = Arc::new(ShardLoad::default());
             let queued = Arc::new(AtomicUsize::new(0));
             let heartbeat = Arc::new(Heartbeat::new(format!("media thread {index}")));
             heartbeats.push(heartbeat.clone());
@@ -78,6 +80,7 @@ impl MediaNode {
                 routes: routes.clone(),
                 room_placement: room_placement.clone(),
                 load: load.clone(),
+                shard_load: shard_load.clone(),
                 queued: queued.clone(),
                 pool: pool.clone(),
                 metrics: metrics.clone(),
@@ -94,6 +97,7 @@ impl MediaNode {
             shards.push(ShardSender {
                 tx,
                 sessions: load,
+                load: shard_load,
                 queued,
                 queue_limit: config.shard_queue,
                 leaves,
@@ -166,12 +170,22 @@ impl MediaNode {
     async fn admit(&self, request: JoinRequest) -> Result<Joined, MediaError> {
         let on_node: usize = self.shards.iter().map(|s| s.sessions.load(Ordering::Relaxed)).sum();
         if on_node >= self.config.max_participants_per_node {
-            self.metrics.bad_input.with_label_values(&["node_full"]).inc();
-            return Err(MediaError::Overloaded);
+            self.metrics.joins_refused.with_label_values(&["participants"]).inc();
+            return Err(MediaError::NodeFull("the node's participant limit"));
         }
         let index =
             *self.room_placement.entry(request.room.clone()).or_insert_with(|| self.least_loaded_shard());
         let shard = self.shards[index].clone();
+        let budget = Budget { max_busy: self.config.max_shard_busy, max_lag: self.config.max_shard_lag };
+        if let Err(over) = shard.load.admits(shard.sessions.load(Ordering::Relaxed), budget) {
+            self.metrics.joins_refused.with_label_values(&[over.label()]).inc();
+            let (busy, lag) = shard.load.now();
+            info!(room = %request.room, shard = index, busy, lag_ms = lag.as_millis() as u64, reason = over.label(), "join refused: node full");
+            return Err(MediaError::NodeFull(match over {
+                OverBudget::Busy => "the room's media thread is at its load budget",
+                OverBudget::Lag => "the room's media thread is behind",
+            }));
+        }
         let (events_tx, events) = mpsc::channel(self.config.session_event_queue);
         let (reply, answer) = oneshot::channel();
         let awaiting_answer = Arc::new(AtomicBool::new(false));

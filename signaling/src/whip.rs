@@ -312,7 +312,12 @@ async fn start(
                 MediaError::RoomFull(_) => StatusCode::FORBIDDEN,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
-            return whip_error(status, &e.to_string());
+            let mut response = whip_error(status, &e.to_string());
+            if matches!(e, MediaError::NodeFull(_)) {
+                // The node's load, not the request: another try later may be admitted.
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            return response;
         }
     };
     let (session, mut events) = (joined.session, joined.events);

@@ -273,8 +273,18 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
         Err(e) => {
             departed.send_replace(true);
             conn.state.registry.remove(&claims.room, &claims.sub, connection);
+            if let MediaError::NodeFull(why) = e {
+                // Said as an error first, so a client can tell it from other 1013s and
+                // try another node or later; the room's others are not affected.
+                conn.send(&ServerMessage::error(
+                    "node_full",
+                    format!("media node full: {why}; try again later"),
+                ))
+                .await;
+            }
             let (code, reason) = match e {
                 MediaError::RoomFull(_) => (4007, "room full"),
+                MediaError::NodeFull(_) => (1013, "node full"),
                 MediaError::Overloaded => (1013, "media node overloaded"),
                 MediaError::ShuttingDown => (1001, "shutting down"),
                 MediaError::Refused(_) | MediaError::Busy(_) => (1008, "join refused"),
@@ -389,7 +399,13 @@ async fn relay(
                         (MediaError::Refused(_), "offer" | "answer") => "bad_sdp",
                         (MediaError::Refused(_), _) => "limit_exceeded",
                         (MediaError::Busy(_), _) => "rate_limited",
-                        (MediaError::Overloaded | MediaError::ShuttingDown | MediaError::RoomFull(_), _) => "overloaded",
+                        (
+                            MediaError::Overloaded
+                            | MediaError::NodeFull(_)
+                            | MediaError::ShuttingDown
+                            | MediaError::RoomFull(_),
+                            _,
+                        ) => "overloaded",
                     };
                     conn.send(&ServerMessage::error(code, e.to_string())).await;
                 }

@@ -6,6 +6,7 @@
 
 #[cfg(feature = "internals")]
 mod client_facing;
+mod load;
 mod queue;
 mod relay;
 mod send;
@@ -37,6 +38,8 @@ use crate::relay::RoomViewers;
 use crate::router::{self, Router, RouterConfig};
 #[cfg(feature = "internals")]
 pub use client_facing::ClientFacing;
+use load::LoadMeter;
+pub(crate) use load::{Budget, OverBudget, ShardLoad};
 pub(crate) use queue::{HANDSHAKE_BATCHES, ShardInput, ShardSender, SideLanes};
 use relay::RelayEndpoint;
 pub(crate) use relay::RelayInput;
@@ -75,6 +78,9 @@ pub(crate) struct Shard {
     routes: Arc<RouteTable>,
     room_placement: Arc<DashMap<String, usize>>,
     load: Arc<AtomicUsize>,
+    /// How busy this thread is and how long media waits for it, for admission.
+    shard_load: Arc<ShardLoad>,
+    meter: LoadMeter,
     metrics: SfuMetrics,
     router: Router,
     /// Boxed: a session is about 11 KB (its engine), and the forwarding loop looks one up
@@ -116,6 +122,7 @@ pub(crate) struct ShardParts {
     pub routes: Arc<RouteTable>,
     pub room_placement: Arc<DashMap<String, usize>>,
     pub load: Arc<AtomicUsize>,
+    pub shard_load: Arc<ShardLoad>,
     pub queued: Arc<AtomicUsize>,
     pub pool: Arc<DatagramPool>,
     pub metrics: SfuMetrics,
@@ -149,6 +156,8 @@ impl Shard {
             routes: parts.routes,
             room_placement: parts.room_placement,
             load: parts.load,
+            shard_load: parts.shard_load,
+            meter: LoadMeter::new(now),
             metrics: parts.metrics,
             sessions: FastMap::default(),
             relays: FastMap::default(),
@@ -177,7 +186,9 @@ impl Shard {
             let lane_left = self.take_side_lanes(lanes);
             let now = Instant::now();
             let deadline = if lane_left { now } else { self.next_deadline().min(self.router.poll_timeout()) };
-            match rx.recv_timeout(deadline.saturating_duration_since(now)) {
+            let received = rx.recv_timeout(deadline.saturating_duration_since(now));
+            self.meter.idle(now.elapsed());
+            match received {
                 Ok(ShardInput::Shutdown) => break,
                 Ok(input) => {
                     self.take_side_lanes(lanes);
@@ -203,6 +214,20 @@ impl Shard {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let now = Instant::now();
+            if self.meter.due(now) {
+                let settled = self
+                    .sessions
+                    .values()
+                    .filter(|s| {
+                        s.connected_at.is_some_and(|at| now.saturating_duration_since(at) >= load::SETTLE)
+                    })
+                    .count();
+                self.meter.publish(now, settled, &self.shard_load);
+                let (busy, lag) = self.shard_load.now();
+                let shard = self.index.to_string();
+                self.metrics.shard_busy.with_label_values(&[&shard]).set(busy);
+                self.metrics.shard_lag.with_label_values(&[&shard]).set(lag.as_secs_f64());
+            }
             self.run_timers(now);
             if now >= self.router.poll_timeout() {
                 if self.router.housekeeping_due(now) {
@@ -334,6 +359,7 @@ impl Shard {
             ShardInput::Datagrams(batch) => {
                 // Counted out first: a panic below must not leave them counted forever.
                 self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                self.meter.queued(batch.at.elapsed());
                 for (source, data) in batch.iter() {
                     self.handle_datagram(source, data, batch.at);
                 }

@@ -74,6 +74,8 @@ pub(crate) enum ShardInput {
 pub(crate) struct ShardSender {
     pub tx: SyncSender<ShardInput>,
     pub sessions: Arc<AtomicUsize>,
+    /// What the shard measures of its own load (`ShardLoad::admits`).
+    pub load: Arc<super::ShardLoad>,
     /// Datagrams in the queue, bounded by `queue_limit`.
     pub queued: Arc<AtomicUsize>,
     pub queue_limit: usize,
@@ -170,6 +172,7 @@ mod tests {
         let sender = ShardSender {
             tx,
             sessions: Default::default(),
+            load: Default::default(),
             queued: Default::default(),
             queue_limit: 1,
             leaves,
@@ -194,6 +197,7 @@ mod tests {
         let sender = ShardSender {
             tx,
             sessions: Default::default(),
+            load: Default::default(),
             queued: Arc::new(AtomicUsize::new(0)),
             queue_limit: 1,
             leaves: channel().0,

@@ -1,0 +1,207 @@
+//! How loaded a shard is, measured by the shard and read by the node's admission (ADR
+//! 0020): the share of wall time its thread works rather than waits for input, and how long
+//! the media it handles waited in its queue. Wall time rather than CPU time, so a thread
+//! held back by a CPU quota or a busy neighbour counts as the busy one it is.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// One measuring window; the busy share is smoothed over a few.
+const WINDOW: Duration = Duration::from_millis(250);
+/// How long after its media connected a session's load is taken as measured (its
+/// subscriptions and the others' new slots for it follow the connection).
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
+
+/// What the shard publishes, for `admits`.
+#[derive(Debug, Default)]
+pub(crate) struct ShardLoad {
+    /// Share of wall time the shard worked, smoothed (per mille).
+    busy_permille: AtomicU32,
+    /// The longest any media batch waited in the queue in the last window (µs).
+    lag_us: AtomicU32,
+    /// Sessions whose media connected at least `SETTLE` ago: the ones the busy share
+    /// measures.
+    settled_sessions: AtomicUsize,
+}
+
+/// The admission budget of one shard (`MediaConfig::max_shard_busy`, `max_shard_lag`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub max_busy: f64,
+    pub max_lag: Duration,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OverBudget {
+    /// The shard would work more than its budget's share of the time with one more.
+    Busy,
+    /// Media waits in its queue longer than the budget allows: it is behind already.
+    Lag,
+}
+
+impl OverBudget {
+    pub fn label(self) -> &'static str {
+        match self {
+            OverBudget::Busy => "shard_busy",
+            OverBudget::Lag => "shard_lag",
+        }
+    }
+}
+
+impl ShardLoad {
+    /// Whether a shard with `sessions` now takes one more within `budget`. The busy share
+    /// measured with the settled sessions is scaled to the sessions there will be: each
+    /// brings about the same work (its media in, a grid's worth out). Below half the
+    /// budget nothing is refused on that projection (early in a meeting the joins'
+    /// own negotiation makes each settled session look dearer than it is); above the
+    /// budget everything is.
+    pub fn admits(&self, sessions: usize, budget: Budget) -> Result<(), OverBudget> {
+        if Duration::from_micros(self.lag_us.load(Ordering::Relaxed).into()) > budget.max_lag {
+            return Err(OverBudget::Lag);
+        }
+        // A budget of all the time or more is none.
+        if budget.max_busy >= 1.0 {
+            return Ok(());
+        }
+        let busy = f64::from(self.busy_permille.load(Ordering::Relaxed)) / 1000.0;
+        let settled = self.settled_sessions.load(Ordering::Relaxed).max(1);
+        let projected = busy * (sessions + 1) as f64 / settled as f64;
+        if busy > budget.max_busy || (busy > budget.max_busy / 2.0 && projected > budget.max_busy) {
+            return Err(OverBudget::Busy);
+        }
+        Ok(())
+    }
+
+    /// The smoothed busy share (0 to 1) and the last window's longest queue wait.
+    pub fn now(&self) -> (f64, Duration) {
+        (
+            f64::from(self.busy_permille.load(Ordering::Relaxed)) / 1000.0,
+            Duration::from_micros(self.lag_us.load(Ordering::Relaxed).into()),
+        )
+    }
+}
+
+/// The shard's side: idle time and queue waits added up over a window, then published.
+pub(crate) struct LoadMeter {
+    since: Instant,
+    idle: Duration,
+    lag: Duration,
+    busy: f64,
+}
+
+impl LoadMeter {
+    pub fn new(now: Instant) -> Self {
+        Self { since: now, idle: Duration::ZERO, lag: Duration::ZERO, busy: 0.0 }
+    }
+
+    /// The shard waited for input this long.
+    pub fn idle(&mut self, waited: Duration) {
+        self.idle += waited;
+    }
+
+    /// A media batch waited this long in the queue before the shard took it.
+    pub fn queued(&mut self, waited: Duration) {
+        self.lag = self.lag.max(waited);
+    }
+
+    /// Whether a window has ended: then `publish` it.
+    pub fn due(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= WINDOW
+    }
+
+    /// Publish the window that ended to `load`, with the sessions settled now (`SETTLE`).
+    pub fn publish(&mut self, now: Instant, settled: usize, load: &ShardLoad) {
+        let elapsed = now.saturating_duration_since(self.since).max(Duration::from_micros(1));
+        let busy = 1.0 - (self.idle.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+        // Smoothed over about two windows: one slow turn is not a trend.
+        self.busy = (self.busy + busy) / 2.0;
+        load.busy_permille.store((self.busy * 1000.0).round() as u32, Ordering::Relaxed);
+        load.lag_us.store(self.lag.as_micros().min(u32::MAX as u128) as u32, Ordering::Relaxed);
+        load.settled_sessions.store(settled, Ordering::Relaxed);
+        self.since = now;
+        self.idle = Duration::ZERO;
+        self.lag = Duration::ZERO;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: Budget = Budget { max_busy: 0.8, max_lag: Duration::from_millis(100) };
+
+    /// Runs `windows` windows in which the shard is idle `idle` of each, with `settled`.
+    fn run(
+        meter: &mut LoadMeter,
+        load: &ShardLoad,
+        at: &mut Instant,
+        windows: usize,
+        idle: f64,
+        settled: usize,
+    ) {
+        for _ in 0..windows {
+            meter.idle(WINDOW.mul_f64(idle));
+            *at += WINDOW;
+            assert!(meter.due(*at));
+            meter.publish(*at, settled, load);
+        }
+    }
+
+    #[test]
+    fn an_idle_shard_admits_and_a_busy_one_refuses() {
+        let (load, mut at) = (ShardLoad::default(), Instant::now());
+        let mut meter = LoadMeter::new(at);
+        run(&mut meter, &load, &mut at, 10, 1.0, 0);
+        assert_eq!(load.admits(0, BUDGET), Ok(()));
+        run(&mut meter, &load, &mut at, 10, 0.1, 100);
+        let (busy, _) = load.now();
+        assert!((busy - 0.9).abs() < 0.01, "{busy}");
+        assert_eq!(load.admits(100, BUDGET), Err(OverBudget::Busy));
+        let off = Budget { max_busy: 1.0, ..BUDGET };
+        assert_eq!(load.admits(100, off), Ok(()), "a budget of all the time is none");
+    }
+
+    /// Sessions that joined since the busy share was measured count as the load they will
+    /// bring: a burst of joins stops at the budget rather than past it.
+    #[test]
+    fn recent_joins_count_before_their_load_shows() {
+        let (load, mut at) = (ShardLoad::default(), Instant::now());
+        let mut meter = LoadMeter::new(at);
+        // 100 settled sessions keep the shard 50% busy.
+        run(&mut meter, &load, &mut at, 12, 0.5, 100);
+        assert_eq!(load.admits(120, BUDGET), Ok(()), "60.5% with 121");
+        assert_eq!(load.admits(150, BUDGET), Ok(()), "75.5% with 151");
+        assert_eq!(load.admits(160, BUDGET), Err(OverBudget::Busy), "80.5% with 161");
+    }
+
+    /// Early in a meeting the joins' negotiation is most of the work: a few settled
+    /// sessions and a shard well under its budget refuse no one.
+    #[test]
+    fn under_half_the_budget_the_projection_refuses_no_one() {
+        let (load, mut at) = (ShardLoad::default(), Instant::now());
+        let mut meter = LoadMeter::new(at);
+        run(&mut meter, &load, &mut at, 12, 0.7, 0);
+        assert_eq!(load.admits(30, BUDGET), Ok(()), "30% busy, nobody settled yet");
+    }
+
+    #[test]
+    fn media_waiting_in_the_queue_refuses_joins_whatever_the_busy_share() {
+        let (load, mut at) = (ShardLoad::default(), Instant::now());
+        let mut meter = LoadMeter::new(at);
+        meter.queued(Duration::from_millis(150));
+        run(&mut meter, &load, &mut at, 1, 0.9, 10);
+        assert_eq!(load.admits(10, BUDGET), Err(OverBudget::Lag));
+        // The next window without such a wait admits again.
+        run(&mut meter, &load, &mut at, 1, 0.9, 10);
+        assert_eq!(load.admits(10, BUDGET), Ok(()));
+    }
+
+    #[test]
+    fn nothing_is_due_before_a_window_ends() {
+        let (load, at) = (ShardLoad::default(), Instant::now());
+        let meter = LoadMeter::new(at);
+        assert!(!meter.due(at + WINDOW / 2));
+        assert_eq!(load.now(), (0.0, Duration::ZERO));
+    }
+}
