@@ -12,11 +12,17 @@ const WINDOW: Duration = Duration::from_millis(250);
 /// subscriptions and the others' new slots for it follow the connection).
 pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 
+/// The share of the busy budget above which joins are judged by the projected load too.
+const PROJECT_ABOVE: f64 = 0.75;
+
 /// What the shard publishes, for `admits`.
 #[derive(Debug, Default)]
 pub(crate) struct ShardLoad {
     /// Share of wall time the shard worked, smoothed (per mille).
     busy_permille: AtomicU32,
+    /// The part of it spent on signaling's commands and handshakes: the joins' own work,
+    /// which ends when they settle (per mille, smoothed).
+    control_permille: AtomicU32,
     /// The longest any media batch waited in the queue in the last window (µs).
     lag_us: AtomicU32,
     /// Sessions whose media connected at least `SETTLE` ago: the ones the busy share
@@ -50,12 +56,13 @@ impl OverBudget {
 }
 
 impl ShardLoad {
-    /// Whether a shard with `sessions` now takes one more within `budget`. The busy share
-    /// measured with the settled sessions is scaled to the sessions there will be: each
-    /// brings about the same work (its media in, a grid's worth out). Below half the
-    /// budget nothing is refused on that projection (early in a meeting the joins'
-    /// own negotiation makes each settled session look dearer than it is); above the
-    /// budget everything is.
+    /// Whether a shard with `sessions` now takes one more within `budget`. The media part
+    /// of the busy share, measured with the settled sessions, is scaled to the sessions
+    /// there will be: each brings about the same work (its media in, a grid's worth out);
+    /// the joins' own work (negotiation, handshakes) is taken as it is, since it ends.
+    /// Below three quarters of the budget nothing is refused on that projection (it is
+    /// an estimate, and a join ramp's settling sessions inflate it); above the budget
+    /// everything is.
     pub fn admits(&self, sessions: usize, budget: Budget) -> Result<(), OverBudget> {
         if Duration::from_micros(self.lag_us.load(Ordering::Relaxed).into()) > budget.max_lag {
             return Err(OverBudget::Lag);
@@ -65,9 +72,11 @@ impl ShardLoad {
             return Ok(());
         }
         let busy = f64::from(self.busy_permille.load(Ordering::Relaxed)) / 1000.0;
+        let control = f64::from(self.control_permille.load(Ordering::Relaxed)) / 1000.0;
+        let media = (busy - control).max(0.0);
         let settled = self.settled_sessions.load(Ordering::Relaxed).max(1);
-        let projected = busy * (sessions + 1) as f64 / settled as f64;
-        if busy > budget.max_busy || (busy > budget.max_busy / 2.0 && projected > budget.max_busy) {
+        let projected = control + media * (sessions + 1) as f64 / settled as f64;
+        if busy > budget.max_busy || (busy > budget.max_busy * PROJECT_ABOVE && projected > budget.max_busy) {
             return Err(OverBudget::Busy);
         }
         Ok(())
@@ -86,18 +95,32 @@ impl ShardLoad {
 pub(crate) struct LoadMeter {
     since: Instant,
     idle: Duration,
+    control: Duration,
     lag: Duration,
     busy: f64,
+    control_share: f64,
 }
 
 impl LoadMeter {
     pub fn new(now: Instant) -> Self {
-        Self { since: now, idle: Duration::ZERO, lag: Duration::ZERO, busy: 0.0 }
+        Self {
+            since: now,
+            idle: Duration::ZERO,
+            control: Duration::ZERO,
+            lag: Duration::ZERO,
+            busy: 0.0,
+            control_share: 0.0,
+        }
     }
 
     /// The shard waited for input this long.
     pub fn idle(&mut self, waited: Duration) {
         self.idle += waited;
+    }
+
+    /// The shard spent this long on a signaling command or on handshakes.
+    pub fn control(&mut self, spent: Duration) {
+        self.control += spent;
     }
 
     /// A media batch waited this long in the queue before the shard took it.
@@ -116,11 +139,15 @@ impl LoadMeter {
         let busy = 1.0 - (self.idle.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
         // Smoothed over about two windows: one slow turn is not a trend.
         self.busy = (self.busy + busy) / 2.0;
+        let control = (self.control.as_secs_f64() / elapsed.as_secs_f64()).min(busy);
+        self.control_share = (self.control_share + control) / 2.0;
+        load.control_permille.store((self.control_share * 1000.0).round() as u32, Ordering::Relaxed);
         load.busy_permille.store((self.busy * 1000.0).round() as u32, Ordering::Relaxed);
         load.lag_us.store(self.lag.as_micros().min(u32::MAX as u128) as u32, Ordering::Relaxed);
         load.settled_sessions.store(settled, Ordering::Relaxed);
         self.since = now;
         self.idle = Duration::ZERO;
+        self.control = Duration::ZERO;
         self.lag = Duration::ZERO;
     }
 }
@@ -168,21 +195,38 @@ mod tests {
     fn recent_joins_count_before_their_load_shows() {
         let (load, mut at) = (ShardLoad::default(), Instant::now());
         let mut meter = LoadMeter::new(at);
-        // 100 settled sessions keep the shard 50% busy.
-        run(&mut meter, &load, &mut at, 12, 0.5, 100);
-        assert_eq!(load.admits(120, BUDGET), Ok(()), "60.5% with 121");
-        assert_eq!(load.admits(150, BUDGET), Ok(()), "75.5% with 151");
-        assert_eq!(load.admits(160, BUDGET), Err(OverBudget::Busy), "80.5% with 161");
+        // 100 settled sessions keep the shard 65% busy.
+        run(&mut meter, &load, &mut at, 12, 0.35, 100);
+        assert_eq!(load.admits(110, BUDGET), Ok(()), "72% with 111");
+        assert_eq!(load.admits(120, BUDGET), Ok(()), "78.7% with 121");
+        assert_eq!(load.admits(125, BUDGET), Err(OverBudget::Busy), "81.9% with 126");
     }
 
-    /// Early in a meeting the joins' negotiation is most of the work: a few settled
-    /// sessions and a shard well under its budget refuse no one.
+    /// Early in a meeting the joins' work is most of it: a few settled sessions and a
+    /// shard under three quarters of its budget refuse no one.
     #[test]
-    fn under_half_the_budget_the_projection_refuses_no_one() {
+    fn well_under_the_budget_the_projection_refuses_no_one() {
         let (load, mut at) = (ShardLoad::default(), Instant::now());
         let mut meter = LoadMeter::new(at);
-        run(&mut meter, &load, &mut at, 12, 0.7, 0);
-        assert_eq!(load.admits(30, BUDGET), Ok(()), "30% busy, nobody settled yet");
+        run(&mut meter, &load, &mut at, 12, 0.45, 1);
+        assert_eq!(load.admits(30, BUDGET), Ok(()), "55% busy, one settled");
+    }
+
+    /// Negotiation and handshakes are the joins' own work: counted as they are, not
+    /// scaled by the sessions still settling.
+    #[test]
+    fn the_joins_own_work_is_not_projected() {
+        let (load, mut at) = (ShardLoad::default(), Instant::now());
+        let mut meter = LoadMeter::new(at);
+        // 50 settled sessions; the shard works 70% of the time, 40% of it on joins.
+        for _ in 0..12 {
+            meter.idle(WINDOW.mul_f64(0.3));
+            meter.control(WINDOW.mul_f64(0.4));
+            at += WINDOW;
+            meter.publish(at, 50, &load);
+        }
+        assert_eq!(load.admits(64, BUDGET), Ok(()), "40% + 30% x 65/50 = 79%");
+        assert_eq!(load.admits(70, BUDGET), Err(OverBudget::Busy), "40% + 30% x 71/50 = 82.6%");
     }
 
     #[test]

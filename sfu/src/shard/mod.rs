@@ -255,6 +255,7 @@ impl Shard {
         }
         // Cleared before reading: a batch queued after this raises a new marker.
         lanes.marked.store(false, Ordering::Release);
+        let start = Instant::now();
         let mut took = 0;
         while took < HANDSHAKES_PER_INPUT {
             let Ok(batch) = lanes.handshakes.try_recv() else { break };
@@ -267,6 +268,8 @@ impl Shard {
         if took > 0 {
             self.end_failed_sessions();
             self.send_queued();
+            // ICE and DTLS are the joins' own work too.
+            self.meter.control(start.elapsed());
         }
         took == HANDSHAKES_PER_INPUT
     }
@@ -355,6 +358,9 @@ impl Shard {
     }
 
     fn handle(&mut self, input: ShardInput) {
+        // Signaling's commands are the joins' own work, counted apart from media's (the
+        // admission budget projects media's share only: `ShardLoad::admits`).
+        let control = (!matches!(input, ShardInput::Datagrams(_) | ShardInput::Relay(_))).then(Instant::now);
         match input {
             ShardInput::Datagrams(batch) => {
                 // Counted out first: a panic below must not leave them counted forever.
@@ -382,6 +388,9 @@ impl Shard {
         }
         self.flush_offers();
         self.end_failed_sessions();
+        if let Some(start) = control {
+            self.meter.control(start.elapsed());
+        }
     }
 
     /// Send the server offers that publications and unpublications of this input called
