@@ -28,6 +28,8 @@ pub struct SfuMetrics {
     pub layer_switches: IntCounter,
     pub layer_pauses: IntCounter,
     pub paused_by_bandwidth: IntCounter,
+    pub paused_by_load: IntCounter,
+    pub shard_video_share: GaugeVec,
     pub sessions_ended: IntCounterVec,
     pub srtp_guard: IntCounterVec,
     pub joins_refused: IntCounterVec,
@@ -137,6 +139,14 @@ impl SfuMetrics {
             paused_by_bandwidth: counter(
                 "huiyi_video_paused_for_bandwidth_total",
                 "Allocation rounds (every 200 ms) in which a subscriber's video slot was paused to fit its bandwidth estimate",
+            ),
+            paused_by_load: counter(
+                "huiyi_video_paused_for_load_total",
+                "Allocation rounds in which a video slot was paused because its media thread was behind and shed video (ADR 0021)",
+            ),
+            shard_video_share: float_gauge_vec(
+                "huiyi_shard_video_share",
+                "The share of the video its subscribers show that a media thread sends: 1 normally, less while it is behind and sheds video (ADR 0021)",
             ),
             session_panics: counter(
                 "huiyi_session_panics_total",

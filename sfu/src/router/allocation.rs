@@ -44,16 +44,37 @@ impl Router {
         }
     }
 
-    /// Fit each subscriber's video into its bandwidth estimate, and say how much it would
-    /// like to be sent so the estimate can grow to it.
+    /// Send each subscriber only `share` of the video it shows (its media thread is behind,
+    /// ADR 0021): the allocator steps layers down and pauses tiles, least important first,
+    /// as for a low bandwidth estimate; audio is never touched. 1.0 lifts it.
+    pub fn shed_video(&mut self, share: f64) {
+        self.video_share = share.clamp(0.0, 1.0);
+        self.allocate_bandwidth();
+    }
+
+    /// Fit each subscriber's video into its bandwidth estimate (and the share its media
+    /// thread can carry, `shed_video`), and say how much it would like to be sent so the
+    /// estimate can grow to it.
     pub(super) fn allocate_bandwidth(&mut self) {
         let now = self.now;
-        let ids: Vec<SessionId> =
-            self.endpoints.iter().filter(|(_, e)| e.estimate.is_some()).map(|(id, _)| *id).collect();
+        let shedding = self.video_share < 1.0;
+        // Endpoints with an estimate; while shedding (and once after, to lift the caps it
+        // left) the others too. Relay links are never shed: the next node chooses for
+        // its own viewers.
+        let ids: Vec<SessionId> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| {
+                e.estimate.is_some()
+                    || ((shedding || e.sinks.values().any(|s| s.cap.is_some()))
+                        && e.sinks.values().all(|s| s.strategy != super::Strategy::Relay))
+            })
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             let Some(endpoint) = self.endpoints.get_mut(&id) else { continue };
             let Some(room) = self.rooms.get(&endpoint.room) else { continue };
-            let Some(estimate) = endpoint.estimate else { continue };
+            let estimate = endpoint.estimate;
             let audio_bps = AUDIO_BPS
                 * endpoint.sinks.values().filter(|s| s.kind == TrackKind::Audio && s.source.is_some()).count()
                     as u64;
@@ -103,14 +124,27 @@ impl Router {
                 .zip(&current)
                 .filter_map(|(t, c)| c.zip(t.wanted).map(|(l, w)| t.layer_bps[l.min(w) as usize]))
                 .sum();
-            let budget =
-                if estimate >= endpoint.sent_bps { estimate.max(current_cost + audio_bps) } else { estimate };
-            let allocation = allocate(budget.saturating_sub(audio_bps), &tracks, &current);
+            let budget = match estimate {
+                Some(e) if e >= endpoint.sent_bps => e.max(current_cost + audio_bps),
+                Some(e) => e,
+                None => u64::MAX,
+            };
+            let budget = if shedding {
+                let video = (desired.saturating_sub(audio_bps) as f64 * self.video_share) as u64;
+                budget.min(audio_bps + video)
+            } else {
+                budget
+            };
+            let mut allocation = allocate(budget.saturating_sub(audio_bps), &tracks, &current);
+            if estimate.is_none() && !shedding {
+                // Nothing to fit any more: no caps.
+                allocation = vec![Some(MAX_LAYERS as u8 - 1); tracks.len()];
+            }
             let mut keyframes = Vec::new();
             let mut paused = 0;
             for (mid, cap) in mids.into_iter().zip(allocation) {
                 let Some(sink) = endpoint.sinks.get_mut(&mid) else { continue };
-                sink.cap = Some(cap);
+                sink.cap = if estimate.is_none() && !shedding { None } else { Some(cap) };
                 if cap.is_none() {
                     paused += 1;
                     sink.current = None;
@@ -127,11 +161,17 @@ impl Router {
                 }
             }
             if paused > 0 {
-                self.metrics.paused_by_bandwidth.inc_by(paused);
+                if shedding {
+                    self.metrics.paused_by_load.inc_by(paused);
+                } else {
+                    self.metrics.paused_by_bandwidth.inc_by(paused);
+                }
             }
-            // Ask for enough that an upgrade's headroom can be found by probing.
-            let bps = ((desired as f64 / UPGRADE_HEADROOM) as u64).max(MIN_DESIRED_BPS);
-            self.outputs.push_back(Output::DesiredBitrate { to: id, bps });
+            if estimate.is_some() {
+                // Ask for enough that an upgrade's headroom can be found by probing.
+                let bps = ((desired as f64 / UPGRADE_HEADROOM) as u64).max(MIN_DESIRED_BPS);
+                self.outputs.push_back(Output::DesiredBitrate { to: id, bps });
+            }
             for (key, layer) in keyframes {
                 self.request_keyframe(key, layer, now);
             }

@@ -125,6 +125,9 @@ pub struct Router {
     epoch: Instant,
     next_housekeeping: Instant,
     last_measure: Instant,
+    /// The share of each subscriber's video its media thread sends while it is behind
+    /// (1.0: all it shows; `shed_video`).
+    video_share: f64,
     now: Instant,
     /// Sinks negotiated whose first packets wait until then (`sink_negotiated_from`).
     starts: Vec<(Instant, SinkKey)>,
@@ -141,6 +144,7 @@ impl Router {
             epoch: now,
             next_housekeeping: now + HOUSEKEEPING,
             last_measure: now,
+            video_share: 1.0,
             now,
             starts: Vec::new(),
         }

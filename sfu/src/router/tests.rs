@@ -618,3 +618,53 @@ fn a_late_viewer_of_a_broadcast_starts_from_the_cached_keyframe() {
     assert_eq!(live[0].seq, started[5].seq + 1, "then live, numbered on");
     assert_eq!(room.metrics.relay.keyframe_cache.with_label_values(&["hit"]).get(), 1);
 }
+
+#[test]
+fn shed_video_pauses_the_least_important_tiles_first_keeps_audio_and_lifts_again() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let carol = room.join("carol");
+    let bob = room.join("bob");
+    let cams = [room.publish(alice, TrackKind::Video), room.publish(carol, TrackKind::Video)];
+    let mic = room.publish(alice, TrackKind::Audio);
+    room.settle();
+    // A second of both cameras: 15 packets of 1,000 bytes per layer every 200 ms.
+    let mut seq = 0;
+    let mut second = |room: &mut Room| {
+        for _ in 0..5 {
+            for _ in 0..15 {
+                seq += 1;
+                for cam in cams {
+                    for layer in 0..3 {
+                        room.packet(cam, layer, seq, vp8_sized(seq % 30 == 1, layer, 1000));
+                    }
+                }
+            }
+            room.advance(Duration::from_millis(200));
+        }
+    };
+    second(&mut room);
+    let video = |room: &Room| -> Vec<(Option<Option<u8>>, Option<u8>)> {
+        let sinks = room.router.endpoints[&bob].sinks.values();
+        sinks.filter(|s| s.kind == TrackKind::Video).map(|s| (s.cap, s.target)).collect()
+    };
+    assert_eq!(video(&room), vec![(None, Some(2)); 2], "both on f, nothing capped");
+
+    // Half of bob's video: both lowest layers do not fit, so one tile is paused.
+    room.router.shed_video(0.5);
+    let shed = video(&room);
+    assert_eq!(
+        shed.iter().filter(|(cap, target)| *cap == Some(None) && target.is_none()).count(),
+        1,
+        "{shed:?}"
+    );
+    assert_eq!(shed.iter().filter(|(_, target)| target.is_some()).count(), 1, "{shed:?}");
+    // The first packet admits the track and gives bob a sink for it.
+    room.packet(mic, 0, 6, vec![1; 60].into());
+    let out = room.packet(mic, 0, 7, vec![1; 60].into());
+    assert_eq!(to(&out, bob).len(), 1, "audio is never shed");
+
+    // Lifted: no caps, both aim at f again (from their next keyframes).
+    room.router.shed_video(1.0);
+    assert_eq!(video(&room), vec![(None, Some(2)); 2]);
+}

@@ -152,6 +152,66 @@ impl LoadMeter {
     }
 }
 
+/// Behind: media waited longer than this in the queue in `SHED_AFTER` windows in a row.
+/// (A busy thread that keeps up is not behind: joins' negotiation may fill it a while.)
+const SHED_LAG: Duration = Duration::from_millis(50);
+const SHED_AFTER: u32 = 2;
+/// Each step down keeps this share of the video sent before it.
+const SHED_STEP: f64 = 0.7;
+/// Below this share nothing of the video is kept (tiles of a few kbps are not worth it).
+const SHED_FLOOR: f64 = 0.05;
+/// Calm: media waited less than this, and the thread worked less than `CALM_BUSY`, in
+/// `CALM_AFTER` windows in a row; then the share grows a step.
+const CALM_LAG: Duration = Duration::from_millis(20);
+const CALM_BUSY: f64 = 0.85;
+const CALM_AFTER: u32 = 4;
+const CALM_STEP: f64 = 1.25;
+
+/// How much of the video its subscribers show a shard sends (ADR 0021): all of it, until
+/// the shard is behind; then less, a step each half second it stays behind, and more
+/// again, a step each second it is calm. Audio is never shed.
+#[derive(Debug)]
+pub(crate) struct VideoShedding {
+    share: f64,
+    behind: u32,
+    calm: u32,
+}
+
+impl Default for VideoShedding {
+    fn default() -> Self {
+        Self { share: 1.0, behind: 0, calm: 0 }
+    }
+}
+
+impl VideoShedding {
+    /// After each published window: the new share when it changed.
+    pub fn next(&mut self, busy: f64, lag: Duration) -> Option<f64> {
+        let before = self.share;
+        if lag > SHED_LAG {
+            self.calm = 0;
+            self.behind += 1;
+            if self.behind >= SHED_AFTER {
+                self.behind = 0;
+                self.share *= SHED_STEP;
+                if self.share < SHED_FLOOR {
+                    self.share = 0.0;
+                }
+            }
+        } else if lag < CALM_LAG && busy < CALM_BUSY {
+            self.behind = 0;
+            self.calm += 1;
+            if self.calm >= CALM_AFTER && self.share < 1.0 {
+                self.calm = 0;
+                self.share = (self.share.max(SHED_FLOOR) * CALM_STEP).min(1.0);
+            }
+        } else {
+            self.behind = 0;
+            self.calm = 0;
+        }
+        (self.share != before).then_some(self.share)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +299,47 @@ mod tests {
         // The next window without such a wait admits again.
         run(&mut meter, &load, &mut at, 1, 0.9, 10);
         assert_eq!(load.admits(10, BUDGET), Ok(()));
+    }
+
+    #[test]
+    fn video_is_shed_while_behind_and_comes_back_when_calm() {
+        let mut shedding = VideoShedding::default();
+        let late = Duration::from_millis(80);
+        let fine = Duration::from_millis(5);
+        assert_eq!(shedding.next(0.9, late), None, "one late window is not a trend");
+        assert_eq!(shedding.next(0.9, late), Some(0.7));
+        assert_eq!(shedding.next(0.99, fine), None, "busy but keeping up: not behind");
+        assert_eq!(shedding.next(0.9, late), None);
+        assert_eq!(shedding.next(0.9, late), Some(0.7 * 0.7));
+        // Calm for a second: a step back up, and so on until all of it.
+        let mut shares = Vec::new();
+        for _ in 0..40 {
+            if let Some(share) = shedding.next(0.5, fine) {
+                shares.push(share);
+            }
+        }
+        assert!(shares.first().is_some_and(|s| (s - 0.7 * 0.7 * CALM_STEP).abs() < 1e-9), "{shares:?}");
+        assert_eq!(shares.last().copied(), Some(1.0));
+        assert!(shares.windows(2).all(|w| w[0] < w[1]));
+        // In between (neither behind nor calm) nothing moves.
+        assert_eq!(shedding.next(0.9, Duration::from_millis(30)), None);
+    }
+
+    #[test]
+    fn a_shard_long_behind_sheds_all_video_and_starts_again_from_a_little() {
+        let mut shedding = VideoShedding::default();
+        let late = Duration::from_millis(500);
+        let mut last = 1.0;
+        for _ in 0..40 {
+            if let Some(share) = shedding.next(1.0, late) {
+                last = share;
+            }
+        }
+        assert_eq!(last, 0.0);
+        for _ in 0..3 {
+            assert_eq!(shedding.next(0.1, Duration::ZERO), None);
+        }
+        assert_eq!(shedding.next(0.1, Duration::ZERO), Some(SHED_FLOOR * CALM_STEP));
     }
 
     #[test]

@@ -38,8 +38,8 @@ use crate::relay::RoomViewers;
 use crate::router::{self, Router, RouterConfig};
 #[cfg(feature = "internals")]
 pub use client_facing::ClientFacing;
-use load::LoadMeter;
 pub(crate) use load::{Budget, OverBudget, ShardLoad};
+use load::{LoadMeter, VideoShedding};
 pub(crate) use queue::{HANDSHAKE_BATCHES, ShardInput, ShardSender, SideLanes};
 use relay::RelayEndpoint;
 pub(crate) use relay::RelayInput;
@@ -81,6 +81,7 @@ pub(crate) struct Shard {
     /// How busy this thread is and how long media waits for it, for admission.
     shard_load: Arc<ShardLoad>,
     meter: LoadMeter,
+    shedding: VideoShedding,
     metrics: SfuMetrics,
     router: Router,
     /// Boxed: a session is about 11 KB (its engine), and the forwarding loop looks one up
@@ -158,6 +159,7 @@ impl Shard {
             load: parts.load,
             shard_load: parts.shard_load,
             meter: LoadMeter::new(now),
+            shedding: VideoShedding::default(),
             metrics: parts.metrics,
             sessions: FastMap::default(),
             relays: FastMap::default(),
@@ -227,6 +229,20 @@ impl Shard {
                 let shard = self.index.to_string();
                 self.metrics.shard_busy.with_label_values(&[&shard]).set(busy);
                 self.metrics.shard_lag.with_label_values(&[&shard]).set(lag.as_secs_f64());
+                if let Some(share) = self.shedding.next(busy, lag) {
+                    // Behind (or calm again): each subscriber's least important video
+                    // goes first (ADR 0021); audio is never shed.
+                    info!(
+                        shard = self.index,
+                        share,
+                        busy,
+                        lag_ms = lag.as_millis() as u64,
+                        "video shed to this share"
+                    );
+                    self.metrics.shard_video_share.with_label_values(&[&shard]).set(share);
+                    self.router.shed_video(share);
+                    self.carry_out();
+                }
             }
             self.run_timers(now);
             if now >= self.router.poll_timeout() {
