@@ -299,7 +299,8 @@ impl Config {
             max_participants_per_node: self.media.max_participants_per_node.max(1),
             // Above 1 the budget never refuses (a thread is never busier than all the time).
             max_shard_busy: self.media.max_shard_busy.max(0.05),
-            max_shard_lag: Duration::from_millis(self.media.max_shard_lag_ms.max(1)),
+            // 0 turns the lag budget off.
+            max_shard_lag: Duration::from_millis(self.media.max_shard_lag_ms),
             max_candidates_per_session: self.media.max_candidates_per_session,
             max_mlines_per_offer: self.media.max_mlines_per_offer.max(1),
             max_sdp_bytes: self.media.max_sdp_bytes.max(1024),

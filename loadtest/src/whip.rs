@@ -39,6 +39,11 @@ pub async fn offer(endpoint: Url, token: &str, sdp: &str) -> Result<(String, Ses
                 return Ok((reply.body, Session { resource, token: token.to_string() }));
             }
             307 | 308 => url = url.join(location(&reply)?).map_err(SignalError::Protocol)?,
+            // The node at its load budget (ADR 0020): a refusal, not a failure.
+            503 if reply.header("retry-after").is_some() => {
+                let why = reply.body.trim().chars().take(200).collect::<String>();
+                return Err(SignalError::NodeFull(why));
+            }
             status => {
                 let why = reply.body.trim().chars().take(200).collect::<String>();
                 return Err(SignalError::JoinRefused(format!(

@@ -20,6 +20,9 @@ pub struct JoinRequest {
     pub name: String,
     pub can_publish: bool,
     pub can_subscribe: bool,
+    /// It takes the place of the same identity's earlier connection, which has just left:
+    /// a reconnect adds no load, so the load budget does not refuse it (ADR 0020).
+    pub replaces: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

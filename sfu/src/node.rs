@@ -26,12 +26,16 @@ use crate::io::{DatagramPool, Lane, MediaSocket, receive_loop};
 use crate::metrics::SfuMetrics;
 use crate::relay::{Places, Relay, RoomViewers};
 use crate::shard::{
-    Budget, HANDSHAKE_BATCHES, OverBudget, ShardInput, ShardLoad, ShardParts, ShardSender, SideLanes,
-    panic_message, supervise,
+    Budget, HANDSHAKE_BATCHES, ShardInput, ShardLoad, ShardParts, ShardSender, SideLanes, panic_message,
+    supervise,
 };
 
 pub struct MediaNode {
     shards: Vec<ShardSender>,
+    /// When this node started, and the second (since then, plus one) a refused join was
+    /// last logged in.
+    started: std::time::Instant,
+    refusal_logged: std::sync::atomic::AtomicU64,
     room_placement: Arc<DashMap<String, usize>>,
     local_addr: SocketAddr,
     config: MediaConfig,
@@ -97,6 +101,7 @@ impl MediaNode {
             shards.push(ShardSender {
                 tx,
                 sessions: load,
+                joining: Default::default(),
                 load: shard_load,
                 queued,
                 queue_limit: config.shard_queue,
@@ -141,6 +146,8 @@ impl MediaNode {
             None
         };
         Ok(Self {
+            started: std::time::Instant::now(),
+            refusal_logged: std::sync::atomic::AtomicU64::new(0),
             shards,
             room_placement,
             local_addr,
@@ -173,19 +180,30 @@ impl MediaNode {
             self.metrics.joins_refused.with_label_values(&["participants"]).inc();
             return Err(MediaError::NodeFull("the node's participant limit"));
         }
-        let index =
-            *self.room_placement.entry(request.room.clone()).or_insert_with(|| self.least_loaded_shard());
+        // A room not placed yet is placed only once its first join is admitted.
+        let placed = self.room_placement.get(&request.room).map(|i| *i);
+        let index = placed.unwrap_or_else(|| self.least_loaded_shard());
         let shard = self.shards[index].clone();
+        // Joins on their way to the shard count as sessions already: a burst of them is
+        // judged one after another, not all against the same count.
+        let _joining = Joining::new(&shard.joining);
+        let sessions = shard.sessions.load(Ordering::Relaxed) + shard.joining.load(Ordering::Relaxed) - 1;
         let budget = Budget { max_busy: self.config.max_shard_busy, max_lag: self.config.max_shard_lag };
-        if let Err(over) = shard.load.admits(shard.sessions.load(Ordering::Relaxed), budget) {
+        // A reconnect takes the place of the connection that just left: no more load.
+        if let Err(over) =
+            shard.load.admits(sessions, budget).or_else(|e| if request.replaces { Ok(()) } else { Err(e) })
+        {
             self.metrics.joins_refused.with_label_values(&[over.label()]).inc();
-            let (busy, lag) = shard.load.now();
-            info!(room = %request.room, shard = index, busy, lag_ms = lag.as_millis() as u64, reason = over.label(), "join refused: node full");
-            return Err(MediaError::NodeFull(match over {
-                OverBudget::Busy => "the room's media thread is at its load budget",
-                OverBudget::Lag => "the room's media thread is behind",
-            }));
+            // Logged at most once a second: a storm of refusals says itself in the counter.
+            let second = self.started.elapsed().as_secs() + 1;
+            if self.refusal_logged.swap(second, Ordering::Relaxed) != second {
+                let (busy, lag) = shard.load.now();
+                info!(room = %request.room, shard = index, busy, lag_ms = lag.as_millis() as u64, reason = over.label(), "join refused: node full");
+            }
+            return Err(MediaError::NodeFull(over.reason()));
         }
+        let index = *self.room_placement.entry(request.room.clone()).or_insert(index);
+        let shard = self.shards[index].clone();
         let (events_tx, events) = mpsc::channel(self.config.session_event_queue);
         let (reply, answer) = oneshot::channel();
         let awaiting_answer = Arc::new(AtomicBool::new(false));
@@ -198,7 +216,19 @@ impl MediaNode {
         Ok(Joined { session: Box::new(SessionHandle { id, shard, gate, left: false }), others, events })
     }
 
+    /// The shard a new room goes to: the one with the fewest sessions among those within
+    /// their budget now, else the one with the fewest.
     fn least_loaded_shard(&self) -> usize {
+        let budget = Budget { max_busy: self.config.max_shard_busy, max_lag: self.config.max_shard_lag };
+        let fits = |i: &usize| {
+            self.shards[*i].load.admits(self.shards[*i].sessions.load(Ordering::Relaxed), budget).is_ok()
+        };
+        if let Some(i) = (0..self.shards.len())
+            .filter(fits)
+            .min_by_key(|i| self.shards[*i].sessions.load(Ordering::Relaxed))
+        {
+            return i;
+        }
         (0..self.shards.len()).min_by_key(|i| self.shards[*i].sessions.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
@@ -353,5 +383,21 @@ impl Drop for SessionHandle {
         if !self.left {
             self.shard.end(self.id, LeaveReason::Disconnected);
         }
+    }
+}
+
+/// A join on its way to its shard, counted in `ShardSender::joining` while it is.
+struct Joining<'a>(&'a AtomicUsize);
+
+impl<'a> Joining<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -86,7 +86,10 @@ fn whip_error(status: StatusCode, message: &str) -> Response {
 
 fn cors(headers: &mut HeaderMap) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Link"));
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, ETag, Link, Retry-After"),
+    );
 }
 
 /// `OPTIONS` (a browser's preflight, or a client asking what is accepted).
@@ -288,8 +291,9 @@ async fn start(
     let (kick_tx, kick) = mpsc::channel(4);
     let (departed, departure) = watch::channel(false);
     let ends = Ends { kick: kick_tx.clone(), departed: departure };
-    if let Some(previous) = state.registry.insert(&room, &identity, connection, &participant_id, &name, ends)
-    {
+    let previous = state.registry.insert(&room, &identity, connection, &participant_id, &name, ends);
+    let replaces = previous.is_some();
+    if let Some(previous) = previous {
         replace(previous, &identity).await;
     }
     let request = JoinRequest {
@@ -297,6 +301,7 @@ async fn start(
         participant_id: participant_id.clone(),
         identity: identity.clone(),
         name,
+        replaces,
         can_publish: role == Role::Publisher,
         can_subscribe: role == Role::Viewer,
     };

@@ -246,14 +246,16 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
     let name = claims.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| claims.sub.clone());
     let (kick_tx, mut kick) = mpsc::channel(4);
     let (departed, departure) = watch::channel(false);
-    if let Some(previous) = conn.state.registry.insert(
+    let previous = conn.state.registry.insert(
         &claims.room,
         &claims.sub,
         connection,
         &participant_id,
         &name,
         Ends { kick: kick_tx, departed: departure },
-    ) {
+    );
+    let replaces = previous.is_some();
+    if let Some(previous) = previous {
         replace(previous, &claims.sub).await;
     }
     let joined = conn
@@ -266,6 +268,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
             name: name.clone(),
             can_publish: claims.grants.can_publish,
             can_subscribe: claims.grants.can_subscribe,
+            replaces,
         })
         .await;
     let joined = match joined {

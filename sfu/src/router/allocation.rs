@@ -168,7 +168,9 @@ impl Router {
                 }
             }
             if estimate.is_some() {
-                // Ask for enough that an upgrade's headroom can be found by probing.
+                // Ask for enough that an upgrade's headroom can be found by probing (no more
+                // than the share the thread sends while it sheds: probing is sending too).
+                let desired = if shedding { desired.min(budget) } else { desired };
                 let bps = ((desired as f64 / UPGRADE_HEADROOM) as u64).max(MIN_DESIRED_BPS);
                 self.outputs.push_back(Output::DesiredBitrate { to: id, bps });
             }

@@ -67,6 +67,7 @@ impl Room {
             name: name.into(),
             can_publish: true,
             can_subscribe: true,
+            replaces: false,
         };
         self.router.join(id, &request, relay, self.now).expect("joins");
         self.router.set_codecs(id, codecs());
@@ -195,6 +196,7 @@ fn a_class_audience_is_limited_apart_from_the_meeting() {
         name: name.into(),
         can_publish,
         can_subscribe: true,
+        replaces: false,
     };
     let now = room.now;
     for (id, name) in [(1, "a"), (2, "b")] {
@@ -541,6 +543,7 @@ fn a_relayed_track_that_comes_back_reaches_the_viewers_who_showed_it() {
             name: "late".into(),
             can_publish: false,
             can_subscribe: true,
+            replaces: false,
         },
         false,
         room.now,
@@ -578,6 +581,7 @@ fn a_late_viewer_of_a_broadcast_starts_from_the_cached_keyframe() {
         name: "teacher".into(),
         can_publish: true,
         can_subscribe: false,
+        replaces: false,
     };
     room.router.join(teacher, &request, false, room.now).expect("joins");
     room.router.set_codecs(teacher, codecs());

@@ -3,7 +3,7 @@
 //! the media it handles waited in its queue. Wall time rather than CPU time, so a thread
 //! held back by a CPU quota or a busy neighbour counts as the busy one it is.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// One measuring window; the busy share is smoothed over a few.
@@ -28,6 +28,8 @@ pub(crate) struct ShardLoad {
     /// Sessions whose media connected at least `SETTLE` ago: the ones the busy share
     /// measures.
     settled_sessions: AtomicUsize,
+    /// The shard sheds video (`VideoShedding`): its load reads low for what it carries.
+    shedding: AtomicBool,
 }
 
 /// The admission budget of one shard (`MediaConfig::max_shard_busy`, `max_shard_lag`).
@@ -44,6 +46,8 @@ pub(crate) enum OverBudget {
     Busy,
     /// Media waits in its queue longer than the budget allows: it is behind already.
     Lag,
+    /// It sheds video to keep up (ADR 0021): what it measures is with video cut.
+    Shedding,
 }
 
 impl OverBudget {
@@ -51,6 +55,16 @@ impl OverBudget {
         match self {
             OverBudget::Busy => "shard_busy",
             OverBudget::Lag => "shard_lag",
+            OverBudget::Shedding => "shard_shedding",
+        }
+    }
+
+    /// Why, as the refused client is told.
+    pub fn reason(self) -> &'static str {
+        match self {
+            OverBudget::Busy => "the room's media thread is at its load budget",
+            OverBudget::Lag => "the room's media thread is behind",
+            OverBudget::Shedding => "the room's media thread sheds video to keep up",
         }
     }
 }
@@ -64,8 +78,14 @@ impl ShardLoad {
     /// an estimate, and a join ramp's settling sessions inflate it); above the budget
     /// everything is.
     pub fn admits(&self, sessions: usize, budget: Budget) -> Result<(), OverBudget> {
-        if Duration::from_micros(self.lag_us.load(Ordering::Relaxed).into()) > budget.max_lag {
+        // A lag budget of zero is none.
+        if !budget.max_lag.is_zero()
+            && Duration::from_micros(self.lag_us.load(Ordering::Relaxed).into()) > budget.max_lag
+        {
             return Err(OverBudget::Lag);
+        }
+        if self.shedding.load(Ordering::Relaxed) {
+            return Err(OverBudget::Shedding);
         }
         // A budget of all the time or more is none.
         if budget.max_busy >= 1.0 {
@@ -80,6 +100,11 @@ impl ShardLoad {
             return Err(OverBudget::Busy);
         }
         Ok(())
+    }
+
+    /// Whether the shard sheds video now.
+    pub fn set_shedding(&self, shedding: bool) {
+        self.shedding.store(shedding, Ordering::Relaxed);
     }
 
     /// The smoothed busy share (0 to 1) and the last window's longest queue wait.
@@ -184,6 +209,11 @@ impl Default for VideoShedding {
 }
 
 impl VideoShedding {
+    /// The share sent now.
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
     /// After each published window: the new share when it changed.
     pub fn next(&mut self, busy: f64, lag: Duration) -> Option<f64> {
         let before = self.share;
@@ -340,6 +370,21 @@ mod tests {
             assert_eq!(shedding.next(0.1, Duration::ZERO), None);
         }
         assert_eq!(shedding.next(0.1, Duration::ZERO), Some(SHED_FLOOR * CALM_STEP));
+    }
+
+    #[test]
+    fn a_shard_shedding_video_admits_no_one_and_zero_budgets_are_none() {
+        let load = ShardLoad::default();
+        load.set_shedding(true);
+        assert_eq!(load.admits(1, BUDGET), Err(OverBudget::Shedding));
+        load.set_shedding(false);
+        assert_eq!(load.admits(1, BUDGET), Ok(()));
+        let mut at = Instant::now();
+        let mut meter = LoadMeter::new(at);
+        meter.queued(Duration::from_secs(2));
+        run(&mut meter, &load, &mut at, 1, 0.0, 10);
+        let off = Budget { max_busy: 1.0, max_lag: Duration::ZERO };
+        assert_eq!(load.admits(10, off), Ok(()), "busy 1.0 and lag 0 turn the budget off");
     }
 
     #[test]

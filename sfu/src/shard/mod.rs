@@ -38,7 +38,7 @@ use crate::relay::RoomViewers;
 use crate::router::{self, Router, RouterConfig};
 #[cfg(feature = "internals")]
 pub use client_facing::ClientFacing;
-pub(crate) use load::{Budget, OverBudget, ShardLoad};
+pub(crate) use load::{Budget, ShardLoad};
 use load::{LoadMeter, VideoShedding};
 pub(crate) use queue::{HANDSHAKE_BATCHES, ShardInput, ShardSender, SideLanes};
 use relay::RelayEndpoint;
@@ -189,7 +189,14 @@ impl Shard {
             let now = Instant::now();
             let deadline = if lane_left { now } else { self.next_deadline().min(self.router.poll_timeout()) };
             let received = rx.recv_timeout(deadline.saturating_duration_since(now));
-            self.meter.idle(now.elapsed());
+            // Idle until the input that woke it arrived, not until the thread got to run: a
+            // thread held back by a CPU quota or a busy core is not idle while media waits.
+            let woke = Instant::now();
+            let arrived = match &received {
+                Ok(ShardInput::Datagrams(batch)) => batch.at.clamp(now, woke),
+                _ => woke,
+            };
+            self.meter.idle(arrived.saturating_duration_since(now));
             match received {
                 Ok(ShardInput::Shutdown) => break,
                 Ok(input) => {
@@ -229,7 +236,9 @@ impl Shard {
                 let shard = self.index.to_string();
                 self.metrics.shard_busy.with_label_values(&[&shard]).set(busy);
                 self.metrics.shard_lag.with_label_values(&[&shard]).set(lag.as_secs_f64());
-                if let Some(share) = self.shedding.next(busy, lag) {
+                let shed = self.shedding.next(busy, lag);
+                self.metrics.shard_video_share.with_label_values(&[&shard]).set(self.shedding.share());
+                if let Some(share) = shed {
                     // Behind (or calm again): each subscriber's least important video
                     // goes first (ADR 0021); audio is never shed.
                     info!(
@@ -239,7 +248,7 @@ impl Shard {
                         lag_ms = lag.as_millis() as u64,
                         "video shed to this share"
                     );
-                    self.metrics.shard_video_share.with_label_values(&[&shard]).set(share);
+                    self.shard_load.set_shedding(share < 1.0);
                     self.router.shed_video(share);
                     self.carry_out();
                 }
@@ -271,21 +280,25 @@ impl Shard {
         }
         // Cleared before reading: a batch queued after this raises a new marker.
         lanes.marked.store(false, Ordering::Release);
-        let start = Instant::now();
+        let mut spent = Duration::ZERO;
         let mut took = 0;
         while took < HANDSHAKES_PER_INPUT {
             let Ok(batch) = lanes.handshakes.try_recv() else { break };
+            let start = Instant::now();
             for (source, data) in batch.iter() {
                 self.handle_datagram(source, data, batch.at);
             }
+            spent += start.elapsed();
             self.pool.give_back(batch);
             took += 1;
         }
         if took > 0 {
             self.end_failed_sessions();
             self.send_queued();
-            // ICE and DTLS are the joins' own work too.
-            self.meter.control(start.elapsed());
+            // ICE and DTLS are mostly the joins' own work too (consent checks of connected
+            // sessions are a little of it); sending is not counted, since what waits in
+            // the send queue is mostly media.
+            self.meter.control(spent);
         }
         took == HANDSHAKES_PER_INPUT
     }

@@ -74,6 +74,9 @@ pub(crate) enum ShardInput {
 pub(crate) struct ShardSender {
     pub tx: SyncSender<ShardInput>,
     pub sessions: Arc<AtomicUsize>,
+    /// Joins admitted to this shard and not answered yet (the node's admission counts
+    /// them as sessions).
+    pub joining: Arc<AtomicUsize>,
     /// What the shard measures of its own load (`ShardLoad::admits`).
     pub load: Arc<super::ShardLoad>,
     /// Datagrams in the queue, bounded by `queue_limit`.
@@ -172,6 +175,7 @@ mod tests {
         let sender = ShardSender {
             tx,
             sessions: Default::default(),
+            joining: Default::default(),
             load: Default::default(),
             queued: Default::default(),
             queue_limit: 1,
@@ -197,6 +201,7 @@ mod tests {
         let sender = ShardSender {
             tx,
             sessions: Default::default(),
+            joining: Default::default(),
             load: Default::default(),
             queued: Arc::new(AtomicUsize::new(0)),
             queue_limit: 1,

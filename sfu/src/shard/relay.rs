@@ -177,6 +177,7 @@ impl Shard {
             name,
             can_publish: brings.is_some(),
             can_subscribe: brings.is_none(),
+            replaces: false,
         };
         self.router.join(id, &request, true, now)?;
         self.room_placement.insert(room.clone(), self.index);
