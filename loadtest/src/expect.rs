@@ -115,12 +115,21 @@ pub struct Judgement {
     pub expected: u64,
     pub received: u64,
     pub unexpected: u64,
+    /// The audio part of `expected` and `received` (a node that sheds video under load
+    /// must keep this whole: ADR 0021).
+    pub audio: (u64, u64),
 }
 
 impl Judgement {
     fn add(&mut self, (expected, received): (u64, u64)) {
         self.expected += expected;
         self.received += received;
+    }
+
+    fn add_audio(&mut self, counts: (u64, u64)) {
+        self.add(counts);
+        self.audio.0 += counts.0;
+        self.audio.1 += counts.1;
     }
 }
 
@@ -142,10 +151,12 @@ pub fn judge(sub: &Subscriber, sent: &[SentStream]) -> Judgement {
         let whole = sub.whole_window && s.before_window;
         match s.kind {
             StreamKind::Unexpected => j.unexpected += got.map_or(0, |d| d.unique()),
-            StreamKind::Talk if whole => j.add((s.packets, got.map_or(0, |d| d.received_of(s.packets)))),
+            StreamKind::Talk if whole => {
+                j.add_audio((s.packets, got.map_or(0, |d| d.received_of(s.packets))))
+            }
             StreamKind::Talk => {
                 if let Some((first, last)) = got.and_then(|d| d.span()) {
-                    j.add((last - first + 1, got.map_or(0, |d| d.unique())));
+                    j.add_audio((last - first + 1, got.map_or(0, |d| d.unique())));
                 }
             }
             StreamKind::Video(rank) if whole && !sub.has_view => {
@@ -245,10 +256,16 @@ mod tests {
         ];
         let sub =
             Subscriber { serial: 2, whole_window: true, has_view: true, twin: None, received: &received };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 100, received: 99, unexpected: 3 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 100, received: 99, unexpected: 3, audio: (100, 99) }
+        );
         // Nothing from a talking publisher is a loss; nothing of its silence is not.
         let sub = Subscriber { serial: 2, whole_window: true, has_view: false, twin: None, received: &[] };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 100, received: 0, unexpected: 0 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 100, received: 0, unexpected: 0, audio: (100, 0) }
+        );
         // One's own streams are never expected.
         let sub = Subscriber { serial: 1, whole_window: true, has_view: false, twin: None, received: &[] };
         assert_eq!(judge(&sub, &sent), Judgement::default());
@@ -260,7 +277,10 @@ mod tests {
         let received = [(StreamKind::Talk.id(1), counter((40..60).filter(|i| *i != 50)))];
         let sub =
             Subscriber { serial: 2, whole_window: false, has_view: false, twin: None, received: &received };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 20, received: 19, unexpected: 0 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 20, received: 19, unexpected: 0, audio: (20, 19) }
+        );
     }
 
     #[test]
@@ -277,14 +297,20 @@ mod tests {
         ];
         let sub =
             Subscriber { serial: 2, whole_window: true, has_view: true, twin: None, received: &received };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 400, received: 399, unexpected: 0 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 400, received: 399, unexpected: 0, audio: (0, 0) }
+        );
         // Away on h and back within the run gap: the receiver marked its return to q.
         let mut q = counter((0..100).chain(130..300));
         q.start_run(130);
         let received = [(StreamKind::Video(0).id(1), q), (StreamKind::Video(1).id(1), counter(200..260))];
         let sub =
             Subscriber { serial: 2, whole_window: true, has_view: true, twin: None, received: &received };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 330, received: 330, unexpected: 0 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 330, received: 330, unexpected: 0, audio: (0, 0) }
+        );
         // A view that shows nothing of a track expects nothing of it (`Shown::frozen` judges that).
         let sub = Subscriber { serial: 2, whole_window: true, has_view: true, twin: None, received: &[] };
         assert_eq!(judge(&sub, &sent), Judgement::default());
@@ -297,10 +323,16 @@ mod tests {
         let received = [(StreamKind::Video(2).id(1), counter(10..900))];
         let sub =
             Subscriber { serial: 2, whole_window: true, has_view: false, twin: None, received: &received };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 900, received: 890, unexpected: 0 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 900, received: 890, unexpected: 0, audio: (0, 0) }
+        );
         // Nothing at all: the top layer is missed.
         let sub = Subscriber { serial: 2, whole_window: true, has_view: false, twin: None, received: &[] };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 900, received: 0, unexpected: 0 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 900, received: 0, unexpected: 0, audio: (0, 0) }
+        );
         // Moved between layers (its bandwidth estimate): each layer on its runs.
         let received = [
             (StreamKind::Video(1).id(1), counter(0..300)),
@@ -308,12 +340,18 @@ mod tests {
         ];
         let sub =
             Subscriber { serial: 2, whole_window: true, has_view: false, twin: None, received: &received };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 750, received: 749, unexpected: 0 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 750, received: 749, unexpected: 0, audio: (0, 0) }
+        );
         // A subscriber who came mid-window: runs only.
         let received = [(StreamKind::Video(2).id(1), counter(10..900))];
         let sub =
             Subscriber { serial: 2, whole_window: false, has_view: false, twin: None, received: &received };
-        assert_eq!(judge(&sub, &sent), Judgement { expected: 890, received: 890, unexpected: 0 });
+        assert_eq!(
+            judge(&sub, &sent),
+            Judgement { expected: 890, received: 890, unexpected: 0, audio: (0, 0) }
+        );
     }
 
     #[test]

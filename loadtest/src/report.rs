@@ -122,6 +122,8 @@ pub struct Report {
     pub participants: usize,
     pub connected: usize,
     pub failed_joins: usize,
+    /// The least share of the audio it should have received that a subscriber did.
+    pub audio_delivery_min: Option<f64>,
     /// Joins the server refused as `node_full` (not counted in `failed_joins`).
     pub refused_joins: usize,
     pub duration_s: f64,
@@ -289,11 +291,12 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "delivery        min {}  p1 {}  median {}  ({} subscribers below 99.5%)",
+            "delivery        min {}  p1 {}  median {}  ({} subscribers below 99.5%); audio min {}",
             pct(self.delivery.min),
             pct(self.delivery.p1),
             pct(self.delivery.median),
-            self.delivery.below_target
+            self.delivery.below_target,
+            pct(self.audio_delivery_min)
         );
         let _ = writeln!(
             out,

@@ -286,3 +286,70 @@ fn server_killed_mid_run_is_a_clear_error_with_a_partial_report() {
     assert_eq!(report["complete"], false);
     assert!(report["connected"].as_u64().is_some_and(|c| c > 0), "it had connected before: {report:#}");
 }
+
+/// A CPU quota for one process, in whichever cgroup hierarchy this machine has (v2's
+/// `cpu.max`, or v1's `cpu` controller), removed when dropped.
+struct CpuQuota {
+    dir: PathBuf,
+}
+
+impl CpuQuota {
+    /// Hold `pid` (all its threads) to `share` of one core.
+    fn hold(pid: u32, share: f64) -> Self {
+        let name = format!("huiyi-test-{}", std::process::id());
+        let quota = (100_000.0 * share) as u64;
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
+        let dir = if v2.exists() && std::fs::read_to_string(v2).unwrap_or_default().contains("cpu") {
+            let dir = Path::new("/sys/fs/cgroup").join(&name);
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
+            std::fs::create_dir_all(&dir).expect("a cgroup (the test needs root)");
+            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000")).expect("cpu.max");
+            dir
+        } else {
+            let dir = Path::new("/sys/fs/cgroup/cpu").join(&name);
+            std::fs::create_dir_all(&dir).expect("a cgroup under /sys/fs/cgroup/cpu (the test needs root)");
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000").expect("cpu.cfs_period_us");
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("cpu.cfs_quota_us");
+            dir
+        };
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move the server into the cgroup");
+        Self { dir }
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        // The group empties when the server is gone (dropped before this).
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Issue 12's overload case at CI size: a server held to a fifth of a core gets more joins
+/// than it can carry. Those beyond are refused with `node_full` (none fails or times out),
+/// and those admitted keep at least 99% of their audio (video may be shed, audio never).
+#[test]
+fn an_overloaded_node_refuses_joins_clearly_and_keeps_the_admitted_whole() {
+    let server = start_server(None);
+    let quota = CpuQuota::hold(server.child.id(), 0.2);
+    let path = report_path("overload-smoke");
+    let pid = format!("huiyi={}", server.child.id());
+    let scenario = scenario("overload-smoke.toml");
+    let args = ["--scenario", scenario.as_str(), "--url", server.url.as_str(), "--server-pid", pid.as_str()];
+    let out = loadtest(&args, &path);
+    drop(server);
+    drop(quota);
+    let report = out.report.unwrap_or_else(|| panic!("no report; stderr:\n{}", out.stderr));
+    let n = |key: &str| report[key].as_u64().unwrap_or_else(|| panic!("{key} in {report}"));
+    println!("connected {}, refused {}, failed {}", n("connected"), n("refused_joins"), n("failed_joins"));
+    assert!(n("refused_joins") > 0, "a fifth of a core carries fewer than 150: some must be refused");
+    assert_eq!(n("failed_joins"), 0, "refused clearly, never failed or timed out: {}", out.stderr);
+    assert!(n("connected") >= 10, "it admits what it can carry");
+    // Video may be shed to keep up (ADR 0021): audio never.
+    let audio = report["audio_delivery_min"].as_f64().expect("audio delivery measured");
+    assert!(audio >= 0.99, "the admitted keep their audio: delivery min {audio}");
+}
