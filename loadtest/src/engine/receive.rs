@@ -122,7 +122,8 @@ impl Worker {
             if count < RecvBatch::SIZE {
                 break;
             }
-            if turn == BATCHES_PER_TURN {
+            // Bounded by datagrams too: a message may hold a whole GSO send.
+            if turn == BATCHES_PER_TURN || datagrams >= BATCHES_PER_TURN * RecvBatch::SIZE {
                 more = true;
                 break;
             }
