@@ -12,7 +12,7 @@
 # command beside them, and BENCHMARKS.md is rendered from every stored result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-default_scenarios=(meeting-300-smoke audio-3000-smoke churn-smoke broadcast-1000-smoke meeting-300 broadcast-1000)
+default_scenarios=(meeting-300-smoke audio-3000-smoke churn-smoke broadcast-1000-smoke meeting-300 meeting-300-all-admitted broadcast-1000)
 micro=0
 tier_cpus=0
 scenarios=()
@@ -72,6 +72,9 @@ for name in "${scenarios[@]+"${scenarios[@]}"}"; do
   # A broadcast scenario names its edges: an origin and that many edge processes, each
   # measured on its own; any other scenario runs against one all-in-one node.
   edges=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("broadcast", {}).get("edges", 0))' "$file")
+  # A scenario may name a config file for its node (`node_config`); the default node otherwise.
+  node_config=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("node_config", ""))' "$file")
+  node_flags=${node_config:+--config $node_config}
   pids=()
   measured=""
   generator=""
@@ -102,13 +105,13 @@ for name in "${scenarios[@]+"${scenarios[@]}"}"; do
     done
     wait_edges $http "$edges"
   else
-    ./target/release/huiyi --http $http --media $media --log warn >"$out.server.log" 2>&1 &
+    ./target/release/huiyi $node_flags --http $http --media $media --log warn >"$out.server.log" 2>&1 &
     pids+=($!)
     measured="--server-pid $!"
     wait_http $http
   fi
   command="${generator:+$generator }./target/release/loadtest --scenario $file --url http://$http $measured --report $out.json --plot $out.svg"
-  echo "== $name: $command"
+  echo "== $name: ${node_flags:+huiyi $node_flags; }$command"
   set +e
   $command
   code=$?
@@ -117,7 +120,7 @@ for name in "${scenarios[@]+"${scenarios[@]}"}"; do
   wait "${pids[@]}" 2>/dev/null || true
   # A failed run keeps its nodes' log beside its report.
   [ "$code" -ne 0 ] || rm -f "$out.server.log"
-  python3 - "$out.meta.json" "$command" "$commit" "$machine" "$code" "$([ "$edges" -gt 0 ] && echo "$tier_cpus")" <<'PY'
+  python3 - "$out.meta.json" "${node_flags:+./target/release/huiyi $node_flags & }$command" "$commit" "$machine" "$code" "$([ "$edges" -gt 0 ] && echo "$tier_cpus")" <<'PY'
 import json, sys
 path, command, commit, machine, code, tier_cpus = sys.argv[1:]
 meta = {"command": command, "commit": commit, "machine": machine, "exit_code": int(code)}

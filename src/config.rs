@@ -379,6 +379,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_benchmarks_node_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nodes");
+        let all_admitted = Config::load(Some(&dir.join("all-admitted.toml"))).expect("loads");
+        assert_eq!(all_admitted.media.max_shard_busy, 1.0, "the busy budget is off");
+        assert_eq!(all_admitted.media.max_shard_lag_ms, 0, "the lag budget is off");
+        for entry in std::fs::read_dir(&dir).expect("benches/nodes") {
+            let path = entry.expect("entry").path();
+            Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
+    }
+
+    #[test]
     fn example_file_parses_to_the_defaults() {
         let parsed: Config = toml::from_str(include_str!("../huiyi.example.toml")).expect("example parses");
         let defaults = Config::default();

@@ -155,6 +155,7 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         scenario: scenario.name.clone(),
         url: cli.url.clone(),
         server_kind: "huiyi".into(),
+        node_config: scenario.node_config.clone(),
         date: iso_date(),
         participants: scenario.participants,
         duration_s: scenario.duration_s,

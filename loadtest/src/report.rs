@@ -115,6 +115,9 @@ pub struct Report {
     pub scenario: String,
     /// The server under test: "huiyi", or "janus" (`--janus`).
     pub server_kind: String,
+    /// The config file the scenario asks the node to run with (`node_config`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_config: Option<String>,
     pub url: String,
     /// The room the run used (the scenario's name with a random suffix).
     pub room: String,
@@ -273,6 +276,9 @@ impl Report {
             if self.complete { "" } else { "  INCOMPLETE" }
         );
         let _ = writeln!(out, "room            {}", self.room);
+        if let Some(config) = &self.node_config {
+            let _ = writeln!(out, "node config     {config} (the scenario's node_config)");
+        }
         let _ = writeln!(
             out,
             "participants    {} connected of {}, {} failed joins, {} refused (node full)",

@@ -38,6 +38,11 @@ pub struct Scenario {
     /// PASS or FAIL line against these.
     #[serde(default)]
     pub targets: Targets,
+    /// A config file (from the workspace root) the benchmark scripts start the node with,
+    /// for a scenario about a node set up otherwise than the default; the generator only
+    /// names it in the report.
+    #[serde(default)]
+    pub node_config: Option<String>,
 }
 
 /// A scenario's targets: each one given is checked against the run's figure.
@@ -247,7 +252,11 @@ mod tests {
         for entry in std::fs::read_dir(&dir).expect("scenario dir") {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                if let Some(config) = &scenario.node_config {
+                    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(config);
+                    assert!(file.is_file(), "{}: node_config {config} is not a file", path.display());
+                }
                 n += 1;
             }
         }
