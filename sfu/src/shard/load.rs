@@ -84,11 +84,13 @@ impl ShardLoad {
         {
             return Err(OverBudget::Lag);
         }
-        if self.shedding.load(Ordering::Relaxed) {
+        // A budget of all the time or more is none; with no lag budget either, the node
+        // admits everyone its caps allow, shedding or not.
+        let busy_off = budget.max_busy >= 1.0;
+        if self.shedding.load(Ordering::Relaxed) && !(busy_off && budget.max_lag.is_zero()) {
             return Err(OverBudget::Shedding);
         }
-        // A budget of all the time or more is none.
-        if budget.max_busy >= 1.0 {
+        if busy_off {
             return Ok(());
         }
         let busy = f64::from(self.busy_permille.load(Ordering::Relaxed)) / 1000.0;
@@ -385,6 +387,10 @@ mod tests {
         run(&mut meter, &load, &mut at, 1, 0.0, 10);
         let off = Budget { max_busy: 1.0, max_lag: Duration::ZERO };
         assert_eq!(load.admits(10, off), Ok(()), "busy 1.0 and lag 0 turn the budget off");
+        load.set_shedding(true);
+        assert_eq!(load.admits(10, off), Ok(()), "with the budget off, shedding refuses no one");
+        let lag_only = Budget { max_busy: 1.0, max_lag: Duration::from_secs(5) };
+        assert_eq!(load.admits(10, lag_only), Err(OverBudget::Shedding));
     }
 
     #[test]
