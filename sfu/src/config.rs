@@ -89,7 +89,7 @@ impl Default for MediaConfig {
             max_viewers_per_room: 5_000,
             max_publications_per_participant: 6,
             max_participants_per_node: 5_000,
-            max_shard_busy: 0.8,
+            max_shard_busy: 0.7,
             max_shard_lag: Duration::from_millis(100),
             max_candidates_per_session: 64,
             max_mlines_per_offer: 256,

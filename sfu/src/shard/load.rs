@@ -188,9 +188,11 @@ const SHED_STEP: f64 = 0.7;
 /// Below this share nothing of the video is kept (tiles of a few kbps are not worth it).
 const SHED_FLOOR: f64 = 0.05;
 /// Calm: media waited less than this, and the thread worked less than `CALM_BUSY`, in
-/// `CALM_AFTER` windows in a row; then the share grows a step.
+/// `CALM_AFTER` windows in a row; then the share grows a step. The thread keeps up then:
+/// a thread admitted up to its busy budget may work near 0.9 of the time after the joins
+/// settle, and with 0.85 here a burst of lag once shed a room's video for half a minute.
 const CALM_LAG: Duration = Duration::from_millis(20);
-const CALM_BUSY: f64 = 0.85;
+const CALM_BUSY: f64 = 0.95;
 const CALM_AFTER: u32 = 4;
 const CALM_STEP: f64 = 1.25;
 
@@ -343,10 +345,11 @@ mod tests {
         assert_eq!(shedding.next(0.99, fine), None, "busy but keeping up: not behind");
         assert_eq!(shedding.next(0.9, late), None);
         assert_eq!(shedding.next(0.9, late), Some(0.7 * 0.7));
-        // Calm for a second: a step back up, and so on until all of it.
+        // Calm for a second: a step back up, and so on until all of it (a thread admitted
+        // up to its budget works near 0.9 of the time and still keeps up).
         let mut shares = Vec::new();
         for _ in 0..40 {
-            if let Some(share) = shedding.next(0.5, fine) {
+            if let Some(share) = shedding.next(0.9, fine) {
                 shares.push(share);
             }
         }
