@@ -26,6 +26,7 @@ pub struct Config {
     pub limits: LimitsSection,
     pub relay: RelaySection,
     pub log: LogSection,
+    pub tls: TlsSection,
     /// Allow the public development secret (and its token endpoint) on an address other
     /// than loopback (`--dev`). Never in production.
     #[serde(skip)]
@@ -169,6 +170,19 @@ pub struct LogSection {
     pub level: String,
 }
 
+/// HTTPS and WSS on the signaling port (`src/tls.rs`); none of it set, plain HTTP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// A PEM certificate chain, the server's first.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its PEM private key.
+    pub key: Option<std::path::PathBuf>,
+    /// Make a self-signed certificate for a LAN: kept in `cert` and `key` when given (made
+    /// on the first start, loaded on the next), in memory only otherwise.
+    pub self_signed: bool,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -179,6 +193,7 @@ impl Default for Config {
             limits: LimitsSection::default(),
             relay: RelaySection::default(),
             log: LogSection::default(),
+            tls: TlsSection::default(),
             dev: false,
             drain_secs: 10,
             test_panic_room: None,

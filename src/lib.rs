@@ -1,6 +1,7 @@
 //! The `huiyi` process: signaling and an embedded media node in one binary.
 
 pub mod config;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Running {
     pub relay_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     pub task: JoinHandle<std::io::Result<()>>,
+    /// HTTPS and WSS on `http_addr`, when configured (the admin listener stays plain).
+    pub tls: Option<tls::Tls>,
 }
 
 /// Start signaling and the embedded media node (the embedded all-in-one default).
@@ -35,9 +38,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the HTTP port {}", config.http))?;
     let http_addr = listener.local_addr()?;
+    let tls = tls::prepare(&config.tls, &tls::local_names(http_addr.ip(), &config.media.public_ips))?;
     let mut media_config = config.media_config();
     if config.relay.public_url.is_none() {
-        media_config.relay.http_url = Some(format!("http://{http_addr}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        media_config.relay.http_url = Some(format!("{scheme}://{http_addr}"));
     }
     let media = sfu::MediaNode::start(media_config, &prometheus)
         .with_context(|| format!("binding the media port {} (or the relay port)", config.media.bind))?;
@@ -83,14 +88,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         // Operators' own listener: the same limits, its own connection counts.
         let (router, limits, metrics) =
             (signaling::admin_router(state.clone()), limits.clone(), state.metrics.clone());
-        tokio::spawn(signaling::http::serve(admin, router, limits, metrics));
+        tokio::spawn(signaling::http::serve(admin, router, limits, metrics, None));
     }
     let metrics = state.metrics.clone();
+    let server_tls = tls.as_ref().map(|t| t.config.clone());
     let task = tokio::spawn(async move {
-        signaling::http::serve(listener, app, limits, metrics).await;
+        signaling::http::serve(listener, app, limits, metrics, server_tls).await;
         Ok(())
     });
-    Ok(Running { http_addr, admin_addr, media_addr, relay_addr, state, task })
+    Ok(Running { http_addr, admin_addr, media_addr, relay_addr, state, task, tls })
 }
 
 /// Stop taking participants (`/readyz` says `draining`, joins are closed with 1001) and

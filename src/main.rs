@@ -72,6 +72,17 @@ struct ServeArgs {
     /// This node's name on relay links (default: the host name).
     #[arg(long, env = "HUIYI_NODE_NAME")]
     node_name: Option<String>,
+    /// Serve HTTPS and WSS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "HUIYI_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "HUIYI_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS and WSS with a certificate made at start for this machine's names and
+    /// addresses (a LAN classroom without a proxy); with --tls-cert/--tls-key it is kept
+    /// there and used again on the next start.
+    #[arg(long, env = "HUIYI_TLS_SELF_SIGNED")]
+    tls_self_signed: bool,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +175,13 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) {
     if let Some(name) = &args.node_name {
         config.relay.node = Some(name.clone());
     }
+    if let Some(cert) = &args.tls_cert {
+        config.tls.cert = Some(cert.clone());
+    }
+    if let Some(key) = &args.tls_key {
+        config.tls.key = Some(key.clone());
+    }
+    config.tls.self_signed |= args.tls_self_signed;
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -194,7 +212,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
             );
         }
         println!();
-        println!("  Huiyi is running. Open http://{}/ in two browser tabs.", running.http_addr);
+        let scheme = if running.tls.is_some() { "https" } else { "http" };
+        println!("  Huiyi is running. Open {scheme}://{}/ in two browser tabs.", running.http_addr);
+        if let Some(tls) = &running.tls {
+            println!("  {}", tls.describe());
+        }
         let admin = running.admin_addr.unwrap_or(running.http_addr);
         println!("  Media on udp/{}. Metrics at http://{admin}/metrics", running.media_addr);
         if let (huiyi::config::Role::Edge, Some(origin)) = (config.relay.role, config.relay.origin) {

@@ -37,17 +37,29 @@ fn browser_setup() -> (String, PathBuf) {
 
 /// Runs a script in tests/browser against a dev-mode server and returns its `RESULT` JSON.
 async fn run_script(script: &str, room: &str, args: &[&str]) -> serde_json::Value {
-    let (chromium, script_dir) = browser_setup();
     // The page gets its token from the dev endpoint, so this server runs in dev mode.
     let server = common::start_server_with(|c| c.auth.api_secret = String::new()).await;
+    run_script_on(&format!("http://{}", server.http_addr), &[], script, room, args).await
+}
+
+/// Runs a script against the server at `base`, Chromium started with `chromium_args` too.
+async fn run_script_on(
+    base: &str,
+    chromium_args: &[&str],
+    script: &str,
+    room: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let (chromium, script_dir) = browser_setup();
     let started = Instant::now();
     let output = tokio::process::Command::new("node")
         .arg(script)
-        .arg(format!("http://{}", server.http_addr))
+        .arg(base)
         .arg(room)
         .args(args)
         .current_dir(&script_dir)
         .env("CHROMIUM", &chromium)
+        .env("CHROMIUM_EXTRA_ARGS", serde_json::to_string(chromium_args).expect("JSON"))
         .stdin(Stdio::null())
         .output()
         .await
@@ -151,6 +163,29 @@ async fn three_browsers_see_and_hear_each_other() {
             page["hearing"].as_u64() >= Some(2),
             "a page hears fewer than 2 remote audio streams: {result:#}"
         );
+    }
+}
+
+/// A classroom on a LAN: the page is served over HTTPS with a certificate the server made
+/// (`--tls-self-signed`), under a name that is not loopback, so the camera is there only
+/// because the page is secure; two pages see and hear each other over WSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_works_over_https_with_a_self_signed_certificate() {
+    let server = common::start_server_with(|c| {
+        c.auth.api_secret = String::new();
+        c.tls.self_signed = true;
+    })
+    .await;
+    assert!(server.tls.is_some(), "the server serves TLS");
+    let base = format!("https://classroom.test:{}", server.http_addr.port());
+    // The browser is told to go on past the unknown certificate, as a person would after
+    // comparing its fingerprint with the one the server printed.
+    let chromium_args = ["--ignore-certificate-errors", "--host-resolver-rules=MAP classroom.test 127.0.0.1"];
+    let result = run_script_on(&base, &chromium_args, "meeting.mjs", "tls-test", &["2", "60"]).await;
+    assert_eq!(result["ok"], true, "the pages did not see and hear each other over HTTPS: {result:#}");
+    for page in result["verdicts"].as_array().expect("verdicts") {
+        assert!(page["playing"].as_u64() >= Some(1), "a page plays no remote video: {result:#}");
+        assert!(page["hearing"].as_u64() >= Some(1), "a page hears no remote audio: {result:#}");
     }
 }
 

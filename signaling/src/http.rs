@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 use tracing::{debug, warn};
@@ -198,8 +198,16 @@ impl Counts {
 }
 
 /// Accept connections until the listener fails for good. Each connection is served on
-/// its own task; a connection refused by a limit is closed without a response.
-pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, metrics: SignalingMetrics) {
+/// its own task; a connection refused by a limit is closed without a response. With
+/// `tls`, each speaks TLS first (within the header read timeout) and HTTP inside it.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    metrics: SignalingMetrics,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let counts = Counts::new(limits.clone());
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -234,7 +242,29 @@ pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, metri
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, admitted, app.clone(), limits.header_read_timeout));
+        let timeout = limits.header_read_timeout;
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(stream, admitted, app.clone(), timeout));
+            }
+            Some(acceptor) => {
+                let (acceptor, app, failures) = (acceptor.clone(), app.clone(), metrics.tls_failures.clone());
+                tokio::spawn(async move {
+                    // A handshake that never ends holds its place no longer than headers may.
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(secured)) => serve_connection(secured, admitted, app, timeout).await,
+                        Ok(Err(e)) => {
+                            failures.with_label_values(&["handshake"]).inc();
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            failures.with_label_values(&["timeout"]).inc();
+                            debug!(%peer, "TLS handshake not finished in time");
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -243,7 +273,10 @@ fn is_resource_error(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
-async fn serve_connection(stream: TcpStream, admitted: Admitted, app: Router, header_timeout: Duration) {
+async fn serve_connection<S>(stream: S, admitted: Admitted, app: Router, header_timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let place = admitted.0.clone();
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         // A WebSocket handshake is not use yet: until it joins, the socket stays

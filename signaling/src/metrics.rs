@@ -17,6 +17,8 @@ pub struct SignalingMetrics {
     pub connections_refused: IntCounterVec,
     /// Failed accepts on the HTTP listener (out of file descriptors, mostly).
     pub accept_errors: IntCounter,
+    /// TLS handshakes that failed (`handshake`) or did not finish in time (`timeout`).
+    pub tls_failures: IntCounterVec,
     /// WHEP requests an origin sent on to one of its edges (`307`).
     pub whep_redirects: IntCounter,
 }
@@ -63,6 +65,14 @@ impl SignalingMetrics {
         let accept_errors =
             IntCounter::new("huiyi_http_accept_errors_total", "Failed accepts on the HTTP listener")
                 .expect("metric");
+        let tls_failures = IntCounterVec::new(
+            Opts::new(
+                "huiyi_tls_handshake_failures_total",
+                "TLS handshakes on the HTTP listener that failed or did not finish in time",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
         let whep_redirects = IntCounter::new(
             "huiyi_whep_redirects_total",
             "WHEP requests an origin sent on to the least loaded of its edges (307)",
@@ -79,6 +89,7 @@ impl SignalingMetrics {
             Box::new(send_timeouts.clone()),
             Box::new(connections_refused.clone()),
             Box::new(accept_errors.clone()),
+            Box::new(tls_failures.clone()),
         ] {
             registry.register(m).expect("register metric");
         }
@@ -92,6 +103,7 @@ impl SignalingMetrics {
             send_timeouts,
             connections_refused,
             accept_errors,
+            tls_failures,
             whep_redirects,
         }
     }

@@ -1,6 +1,6 @@
 // Headless Chromium as every browser test runs it: Debian's build (or $CHROMIUM), fake
 // camera and microphone, loopback ICE candidates allowed, autoplay without a gesture, and
-// nothing in the background.
+// nothing in the background; $CHROMIUM_EXTRA_ARGS (a JSON array) adds flags of a test's own.
 import { chromium } from "playwright-core";
 
 export function launch(extraArgs = []) {
@@ -12,6 +12,7 @@ export function launch(extraArgs = []) {
       "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
       "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
       ...extraArgs,
+      ...JSON.parse(process.env.CHROMIUM_EXTRA_ARGS || "[]"),
     ],
   });
 }
