@@ -195,6 +195,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         subscriber.init();
     }
     config.check_exposure()?;
+    huiyi::keep_freed_memory();
     match huiyi::raise_open_file_limit() {
         Ok(n) if n < 4096 => {
             tracing::warn!(limit = n, "few open files allowed; raise the hard limit (ulimit -Hn)")
