@@ -67,6 +67,10 @@ impl Default for LimitsSection {
 #[serde(default, deny_unknown_fields)]
 pub struct MediaSection {
     pub bind: SocketAddr,
+    /// ICE-TCP for browsers whose UDP is blocked (RFC 6544), on `tcp_bind` (unset: the UDP
+    /// address and port, TCP).
+    pub ice_tcp: bool,
+    pub tcp_bind: Option<SocketAddr>,
     pub public_ips: Vec<IpAddr>,
     pub shards: usize,
     pub ice_timeout_secs: u64,
@@ -206,6 +210,8 @@ impl Default for MediaSection {
         let d = sfu::MediaConfig::default();
         Self {
             bind: d.bind,
+            ice_tcp: d.ice_tcp,
+            tcp_bind: d.tcp_bind,
             public_ips: Vec::new(),
             shards: 0,
             ice_timeout_secs: d.ice_timeout.as_secs(),
@@ -305,6 +311,8 @@ impl Config {
     pub fn media_config(&self) -> sfu::MediaConfig {
         sfu::MediaConfig {
             bind: self.media.bind,
+            ice_tcp: self.media.ice_tcp,
+            tcp_bind: self.media.tcp_bind,
             public_ips: self.media.public_ips.clone(),
             shards: self.media.shards,
             ice_timeout: Duration::from_secs(self.media.ice_timeout_secs.max(1)),

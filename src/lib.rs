@@ -19,6 +19,8 @@ pub struct Running {
     /// The admin listener (`/metrics`, the admin API), when it has its own address.
     pub admin_addr: Option<SocketAddr>,
     pub media_addr: SocketAddr,
+    /// Where ICE-TCP connections arrive (media for browsers whose UDP is blocked), when on.
+    pub media_tcp_addr: Option<SocketAddr>,
     /// Where relay links from edges arrive, when this node accepts them.
     pub relay_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
@@ -38,15 +40,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the HTTP port {}", config.http))?;
     let http_addr = listener.local_addr()?;
-    let tls = tls::prepare(&config.tls, &tls::local_names(http_addr.ip(), &config.media.public_ips))?;
+    // A certificate made here covers this machine's names: looked up only then.
+    let names = if config.tls.self_signed {
+        tls::local_names(http_addr.ip(), &config.media.public_ips)
+    } else {
+        Vec::new()
+    };
+    let tls = tls::prepare(&config.tls, &names)?;
     let mut media_config = config.media_config();
     if config.relay.public_url.is_none() {
         let scheme = if tls.is_some() { "https" } else { "http" };
         media_config.relay.http_url = Some(format!("{scheme}://{http_addr}"));
     }
-    let media = sfu::MediaNode::start(media_config, &prometheus)
-        .with_context(|| format!("binding the media port {} (or the relay port)", config.media.bind))?;
+    let media = sfu::MediaNode::start(media_config, &prometheus).with_context(|| {
+        format!("binding the media port {} (UDP, and TCP for ICE-TCP; or the relay port)", config.media.bind)
+    })?;
     let media_addr = media.local_addr();
+    let media_tcp_addr = media.tcp_addr();
     let relay_addr = media.relay_addr();
     let state = Arc::new(AppState {
         media: Box::new(media),
@@ -96,7 +106,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         signaling::http::serve(listener, app, limits, metrics, server_tls).await;
         Ok(())
     });
-    Ok(Running { http_addr, admin_addr, media_addr, relay_addr, state, task, tls })
+    Ok(Running { http_addr, admin_addr, media_addr, media_tcp_addr, relay_addr, state, task, tls })
 }
 
 /// Stop taking participants (`/readyz` says `draining`, joins are closed with 1001) and

@@ -214,12 +214,31 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         println!();
         let scheme = if running.tls.is_some() { "https" } else { "http" };
-        println!("  Huiyi is running. Open {scheme}://{}/ in two browser tabs.", running.http_addr);
+        let port = running.http_addr.port();
+        if running.http_addr.ip().is_unspecified() {
+            // 0.0.0.0 is no address to open: name the machine's own.
+            let mut addresses: Vec<IpAddr> = huiyi::tls::interface_addresses();
+            addresses.insert(0, std::net::Ipv4Addr::LOCALHOST.into());
+            let urls: Vec<String> =
+                addresses.iter().map(|a| format!("{scheme}://{}/", SocketAddr::new(*a, port))).collect();
+            println!("  Huiyi is running. Open one of {} in two browser tabs.", urls.join(", "));
+        } else {
+            println!("  Huiyi is running. Open {scheme}://{}/ in two browser tabs.", running.http_addr);
+        }
         if let Some(tls) = &running.tls {
             println!("  {}", tls.describe());
         }
-        let admin = running.admin_addr.unwrap_or(running.http_addr);
-        println!("  Media on udp/{}. Metrics at http://{admin}/metrics", running.media_addr);
+        // Metrics share the public port (and its TLS) unless they have a listener of their own.
+        let metrics = match running.admin_addr {
+            Some(admin) => format!("http://{admin}/metrics"),
+            None => format!("{scheme}://{}/metrics", running.http_addr),
+        };
+        match running.media_tcp_addr {
+            Some(tcp) => {
+                println!("  Media on udp/{} and tcp/{tcp}. Metrics at {metrics}", running.media_addr)
+            }
+            None => println!("  Media on udp/{}. Metrics at {metrics}", running.media_addr),
+        }
         if let (huiyi::config::Role::Edge, Some(origin)) = (config.relay.role, config.relay.origin) {
             println!("  Edge of the origin at udp/{origin}: viewers play its live classes here.");
         }

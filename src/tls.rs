@@ -25,13 +25,12 @@ impl Tls {
     /// One line for the start-up message: whose certificate, and its fingerprint.
     pub fn describe(&self) -> String {
         match &self.source {
-            Source::Files(path) => {
-                format!(
-                    "HTTPS and WSS with the certificate in {}; SHA-256 {}",
-                    path.display(),
-                    self.fingerprint
-                )
-            }
+            Source::Files(path) => format!(
+                "HTTPS and WSS with the certificate in {} (a kept self-signed one keeps the names it \
+                 was made for: delete it and its key to have one made for this machine now); SHA-256 {}",
+                path.display(),
+                self.fingerprint
+            ),
             Source::MadeNow { names, saved } => format!(
                 "HTTPS and WSS with a self-signed certificate for {} ({}). Browsers warn once: \
                  proceed if the certificate's SHA-256 is {}",
@@ -126,19 +125,31 @@ fn make(names: &[String]) -> anyhow::Result<rcgen::CertifiedKey<rcgen::KeyPair>>
     rcgen::generate_simple_self_signed(names.to_vec()).context("tls: making a self-signed certificate")
 }
 
+/// Write a made pair, each file new (a file that appeared meanwhile, say from a second
+/// server starting at once, is an error, never overwritten), the key first and readable by
+/// its owner only; on any failure neither file is left behind.
 fn write_pair(cert: &Path, key: &Path, made: &rcgen::CertifiedKey<rcgen::KeyPair>) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::write(cert, made.cert.pem()).with_context(|| format!("tls: writing {}", cert.display()))?;
-    // The key is for this server's eyes only.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(key)
-        .with_context(|| format!("tls: writing {}", key.display()))?;
-    file.write_all(made.signing_key.serialize_pem().as_bytes())
-        .with_context(|| format!("tls: writing {}", key.display()))?;
+    fn write_new(path: &Path, mode: u32, text: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| format!("tls: creating {}", path.display()))?;
+        let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(path);
+            return Err(e).with_context(|| format!("tls: writing {}", path.display()));
+        }
+        Ok(())
+    }
+    write_new(key, 0o600, &made.signing_key.serialize_pem())?;
+    if let Err(e) = write_new(cert, 0o644, &made.cert.pem()) {
+        let _ = std::fs::remove_file(key);
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -157,7 +168,9 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 pub fn local_names(http: IpAddr, public_ips: &[IpAddr]) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     if let Some(host) = host_name() {
-        names.push(format!("{host}.local"));
+        // The mDNS name is the first label's (`pc.example.com` answers as `pc.local`).
+        let label = host.split('.').next().unwrap_or(&host);
+        names.push(format!("{label}.local"));
         names.push(host);
     }
     let mut addresses: Vec<IpAddr> = public_ips.to_vec();
@@ -192,7 +205,7 @@ fn host_name() -> Option<String> {
 }
 
 /// The machine's own unicast addresses (loopback and link-local left out).
-fn interface_addresses() -> Vec<IpAddr> {
+pub fn interface_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list freed by freeifaddrs below; each

@@ -189,6 +189,26 @@ async fn a_meeting_works_over_https_with_a_self_signed_certificate() {
     }
 }
 
+/// A network that drops UDP: Chromium told to send no UDP but through a proxy (it has
+/// none) reaches the media node only over ICE-TCP (RFC 6544), and the pages still see and
+/// hear each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_without_udp_meet_over_ice_tcp() {
+    let server = common::start_server_with(|c| c.auth.api_secret = String::new()).await;
+    assert!(server.media_tcp_addr.is_some(), "ICE-TCP is on by default");
+    let base = format!("http://{}", server.http_addr);
+    let no_udp = ["--webrtc-ip-handling-policy=disable_non_proxied_udp"];
+    let result = run_script_on(&base, &no_udp, "meeting.mjs", "tcp-test", &["2", "60"]).await;
+    assert_eq!(result["ok"], true, "the pages did not see and hear each other over TCP: {result:#}");
+    for page in result["verdicts"].as_array().expect("verdicts") {
+        assert!(page["playing"].as_u64() >= Some(1), "a page plays no remote video: {result:#}");
+        assert!(page["hearing"].as_u64() >= Some(1), "a page hears no remote audio: {result:#}");
+    }
+    let metrics = common::huiyi_metrics(&server).await;
+    let accepted = common::metric_value(&metrics, "huiyi_ice_tcp_connections_total").unwrap_or(0.0);
+    assert!(accepted >= 2.0, "media did not come over TCP: {accepted} connections accepted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_layer_follows_the_tile_size() {
     let result = run_script("simulcast.mjs", "simulcast-test", &["15"]).await;

@@ -180,3 +180,26 @@ async fn plain_http_and_stalled_handshakes_are_counted_and_harm_no_one() {
     // Everyone else is served as before.
     assert!(get_page(&server).await.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn a_stalled_handshake_is_shed_for_a_newcomer_on_a_full_server() {
+    let server = common::start_server_with(|c| {
+        c.tls.self_signed = true;
+        c.admin_http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.limits.max_connections = 2;
+        c.limits.header_read_timeout_secs = 30;
+    })
+    .await;
+    // Two connections that never start their handshake fill the server.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(tokio::net::TcpStream::connect(server.http_addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A newcomer is served: the oldest stalled one makes room, and its socket closes now,
+    // not when the 30 s handshake timeout would end it.
+    assert!(get_page(&server).await.starts_with("HTTP/1.1 200"), "the newcomer is served");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled[0].read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the shed connection is closed at once: {read:?}");
+}

@@ -7,6 +7,10 @@ use std::time::Duration;
 pub struct MediaConfig {
     /// UDP address every peer's media arrives on.
     pub bind: SocketAddr,
+    /// ICE-TCP (RFC 6544): a passive TCP candidate for peers whose UDP is blocked, on this
+    /// address (None: the UDP address's, port included). Off: `ice_tcp = false`.
+    pub ice_tcp: bool,
+    pub tcp_bind: Option<SocketAddr>,
     /// Addresses announced as ICE host candidates. Empty: the bind address, or
     /// 127.0.0.1 when bound to an unspecified address.
     pub public_ips: Vec<IpAddr>,
@@ -79,6 +83,8 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            ice_tcp: true,
+            tcp_bind: None,
             public_ips: Vec::new(),
             shards: 0,
             ice_timeout: Duration::from_secs(15),

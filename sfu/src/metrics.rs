@@ -18,6 +18,9 @@ pub struct SfuMetrics {
     pub retransmitted: IntCounter,
     pub keyframe_requests: IntCounterVec,
     pub dropped_datagrams: IntCounterVec,
+    /// Open ICE-TCP connections (RFC 6544).
+    pub tcp_connections: IntGauge,
+    pub tcp_accepted: IntCounter,
     pub dropped_events: IntCounter,
     pub not_forwarded: IntCounterVec,
     pub bad_input: IntCounterVec,
@@ -110,6 +113,8 @@ impl SfuMetrics {
                 "Datagrams dropped before reaching a session, by reason",
                 &["reason"],
             ),
+            tcp_connections: gauge("huiyi_ice_tcp_connections", "Open ICE-TCP connections (media over TCP)"),
+            tcp_accepted: counter("huiyi_ice_tcp_connections_total", "ICE-TCP connections accepted"),
             dropped_events: counter(
                 "huiyi_dropped_session_events_total",
                 "Session events not delivered because a signaling connection fell behind",

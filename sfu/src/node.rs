@@ -22,7 +22,8 @@ use crate::api::{
 use crate::config::MediaConfig;
 use crate::demux::RouteTable;
 use crate::health::{self, Heartbeat};
-use crate::io::{DatagramPool, Lane, MediaSocket, receive_loop};
+use crate::io::tcp::TcpIngress;
+use crate::io::{DatagramPool, Lane, MediaSocket, TcpPeers, receive_loop};
 use crate::metrics::SfuMetrics;
 use crate::relay::{Places, Relay, RoomViewers};
 use crate::shard::{
@@ -38,6 +39,8 @@ pub struct MediaNode {
     refusal_logged: std::sync::atomic::AtomicU64,
     room_placement: Arc<DashMap<String, usize>>,
     local_addr: SocketAddr,
+    /// Where ICE-TCP connections arrive, when on.
+    tcp_addr: Option<SocketAddr>,
     config: MediaConfig,
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -55,6 +58,22 @@ impl MediaNode {
         let local_addr = socket.local_addr()?;
         let pool = Arc::new(DatagramPool::default());
         let candidates = candidate_addrs(&config, local_addr);
+        // ICE-TCP: by default on the UDP address's port, TCP (any free port when UDP's was
+        // left to the kernel: the same number may be taken for TCP).
+        let tcp_at = config.tcp_bind.unwrap_or(match config.bind.port() {
+            0 => SocketAddr::new(local_addr.ip(), 0),
+            _ => local_addr,
+        });
+        let tcp_listener = match config.ice_tcp {
+            true => Some(std::net::TcpListener::bind(tcp_at)?),
+            false => None,
+        };
+        let tcp_local = tcp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let tcp_candidates: Vec<SocketAddr> = match tcp_local {
+            Some(tcp) => candidates.iter().map(|c| SocketAddr::new(c.ip(), tcp.port())).collect(),
+            None => Vec::new(),
+        };
+        let tcp_peers = Arc::new(TcpPeers::default());
         let metrics = SfuMetrics::new(registry);
         let routes = Arc::new(RouteTable::default());
         let room_placement = Arc::new(DashMap::new());
@@ -91,6 +110,9 @@ impl MediaNode {
                 heartbeat,
                 next_session: Arc::new(AtomicU64::new(1)),
                 viewers: viewers.clone(),
+                tcp: tcp_peers.clone(),
+                tcp_local,
+                tcp_candidates: tcp_candidates.clone(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -110,6 +132,22 @@ impl MediaNode {
                 lane_marked,
                 sdp,
             });
+        }
+
+        if let Some(listener) = tcp_listener {
+            let shards = shards.clone();
+            let deliver = move |i: usize, lane, batch| match lane {
+                Lane::Media => shards[i].datagrams(batch),
+                Lane::Handshake => shards[i].handshakes(batch),
+            };
+            let ingress = TcpIngress {
+                routes: routes.clone(),
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                peers: tcp_peers,
+                deliver,
+            };
+            crate::io::tcp::spawn(listener, ingress)?;
         }
 
         let receiver = {
@@ -138,7 +176,7 @@ impl MediaNode {
             })?
         };
         threads.push(receiver);
-        info!(%local_addr, candidates = ?candidates, shards = shards.len(), "media node listening");
+        info!(%local_addr, candidates = ?candidates, ?tcp_candidates, shards = shards.len(), "media node listening");
         let relay = if config.relay.listen.is_some() || config.relay.parent.is_some() {
             let places = Places { shards: shards.clone(), placement: room_placement.clone() };
             Some(Relay::start(&config.relay, places, metrics.clone(), viewers.clone())?)
@@ -151,6 +189,7 @@ impl MediaNode {
             shards,
             room_placement,
             local_addr,
+            tcp_addr: tcp_local,
             config,
             stopping,
             threads,
@@ -168,6 +207,11 @@ impl MediaNode {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where ICE-TCP connections arrive, when on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     pub fn config(&self) -> &MediaConfig {

@@ -250,8 +250,19 @@ pub async fn serve(
             Some(acceptor) => {
                 let (acceptor, app, failures) = (acceptor.clone(), app.clone(), metrics.tls_failures.clone());
                 tokio::spawn(async move {
-                    // A handshake that never ends holds its place no longer than headers may.
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    // A handshake that never ends holds its place no longer than headers
+                    // may, and, like a connection waiting for its first request, may be
+                    // shed for a newcomer: its socket closes then, not at the timeout.
+                    let place = admitted.0.clone();
+                    let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+                    let shaken = tokio::select! {
+                        shaken = handshake => shaken,
+                        () = place.evict.notified() => {
+                            debug!(%peer, "connection shed for a newcomer during its TLS handshake");
+                            return;
+                        }
+                    };
+                    match shaken {
                         Ok(Ok(secured)) => serve_connection(secured, admitted, app, timeout).await,
                         Ok(Err(e)) => {
                             failures.with_label_values(&["handshake"]).inc();

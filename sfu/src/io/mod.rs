@@ -4,6 +4,7 @@
 
 mod recv;
 mod send;
+pub(crate) mod tcp;
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -14,6 +15,7 @@ use quinn_udp::{Transmit, UdpSocketState};
 
 pub(crate) use recv::{DatagramPool, Datagrams, Delivery, Lane, receive_loop};
 pub(crate) use send::SendQueue;
+pub(crate) use tcp::TcpPeers;
 
 /// Largest datagram we accept; anything longer is not WebRTC media.
 pub(crate) const MAX_DATAGRAM: usize = 2048;

@@ -50,7 +50,7 @@ impl Datagrams {
             .map(|(source, start, len)| (*source, &self.bytes[*start as usize..(*start + *len) as usize]))
     }
 
-    fn push(&mut self, source: SocketAddr, data: &[u8]) {
+    pub(crate) fn push(&mut self, source: SocketAddr, data: &[u8]) {
         let start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(data);
         self.items.push((source, start, data.len() as u32));
@@ -74,7 +74,7 @@ pub(crate) struct DatagramPool {
 }
 
 impl DatagramPool {
-    fn take(&self, at: Instant) -> Datagrams {
+    pub(crate) fn take(&self, at: Instant) -> Datagrams {
         let mut batch = self.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or_else(Datagrams::new);
         batch.at = at;
         batch

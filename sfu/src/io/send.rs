@@ -101,6 +101,16 @@ impl SendQueue {
         self.queued.len()
     }
 
+    /// Hand each queued datagram that `take` takes (it returns true) to it, in queue
+    /// order, and keep the rest to be sent.
+    pub fn divert(&mut self, mut take: impl FnMut(SocketAddr, &[u8]) -> bool) {
+        let bytes = &self.bytes;
+        self.queued.retain(|q| !take(q.destination, &bytes[q.start as usize..(q.start + q.len) as usize]));
+        if self.queued.is_empty() {
+            self.used = 0;
+        }
+    }
+
     /// Sends everything queued, in runs (see the module comment), as few `sendmmsg` calls
     /// as they fit in.
     pub fn flush(&mut self, socket: &MediaSocket) -> Flushed {

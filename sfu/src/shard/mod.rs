@@ -21,7 +21,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::ExtensionValues;
 use str0m::{Candidate, IceCreds, Input};
 use tokio::sync::mpsc;
@@ -32,7 +32,7 @@ use crate::config::MediaConfig;
 use crate::demux::{RouteTable, is_stun, stun_server_ufrag};
 use crate::fasthash::FastMap;
 use crate::health::Heartbeat;
-use crate::io::{DatagramPool, MediaSocket, SendQueue};
+use crate::io::{DatagramPool, MediaSocket, SendQueue, TcpPeers};
 use crate::metrics::SfuMetrics;
 use crate::relay::RoomViewers;
 use crate::router::{self, Router, RouterConfig};
@@ -75,6 +75,10 @@ pub(crate) struct Shard {
     pool: Arc<DatagramPool>,
     local_addr: SocketAddr,
     candidates: Vec<SocketAddr>,
+    /// ICE-TCP (io/tcp.rs): its peers, where its connections arrive, its candidates.
+    tcp: Arc<TcpPeers>,
+    tcp_local: Option<SocketAddr>,
+    tcp_candidates: Vec<SocketAddr>,
     routes: Arc<RouteTable>,
     room_placement: Arc<DashMap<String, usize>>,
     load: Arc<AtomicUsize>,
@@ -132,6 +136,10 @@ pub(crate) struct ShardParts {
     pub next_session: Arc<AtomicU64>,
     /// Where the shard tells the node how many watch each of its rooms.
     pub viewers: Arc<RoomViewers>,
+    /// Peers connected over ICE-TCP, the listener's address, and the passive candidates.
+    pub tcp: Arc<TcpPeers>,
+    pub tcp_local: Option<SocketAddr>,
+    pub tcp_candidates: Vec<SocketAddr>,
 }
 
 impl Shard {
@@ -154,6 +162,9 @@ impl Shard {
             pool: parts.pool,
             local_addr,
             candidates: parts.candidates,
+            tcp: parts.tcp,
+            tcp_local: parts.tcp_local,
+            tcp_candidates: parts.tcp_candidates,
             routes: parts.routes,
             room_placement: parts.room_placement,
             load: parts.load,
@@ -308,6 +319,14 @@ impl Shard {
     fn send_queued(&mut self) {
         if self.out.is_empty() {
             return;
+        }
+        if self.tcp.any() {
+            // Datagrams to peers on ICE-TCP go framed over their connections.
+            let (tcp, metrics) = (&self.tcp, &self.metrics);
+            self.out.divert(|destination, datagram| tcp.send(&destination, datagram, metrics));
+            if self.out.is_empty() {
+                return;
+            }
         }
         let flushed = self.out.flush(&self.socket);
         self.metrics.packets_out.inc_by(flushed.datagrams);
@@ -465,6 +484,15 @@ impl Shard {
                 Err(e) => warn!(%addr, error = %e, "unusable host candidate"),
             }
         }
+        // Passive: the peer connects (RFC 6544); its UDP candidates are preferred.
+        for addr in &self.tcp_candidates {
+            match Candidate::builder().tcp().host(*addr).tcptype(TcpType::Passive).build() {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "unusable TCP host candidate"),
+            }
+        }
         self.routes.add_ufrag(&creds.ufrag, self.index);
         self.by_ufrag.insert(creds.ufrag.clone(), id);
         self.room_placement.insert(request.room.clone(), self.index);
@@ -504,7 +532,11 @@ impl Shard {
             },
         };
         let Some(session) = self.sessions.get_mut(&id) else { return };
-        let receive = match Receive::new(Protocol::Udp, source, self.local_addr, data) {
+        let (protocol, local) = match self.tcp_local.filter(|_| self.tcp.has(&source)) {
+            Some(tcp) => (Protocol::Tcp, tcp),
+            None => (Protocol::Udp, self.local_addr),
+        };
+        let receive = match Receive::new(protocol, source, local, data) {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.dropped_datagrams.with_label_values(&["malformed"]).inc();
