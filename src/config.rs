@@ -27,6 +27,7 @@ pub struct Config {
     pub relay: RelaySection,
     pub log: LogSection,
     pub tls: TlsSection,
+    pub turn: TurnSection,
     /// Allow the public development secret (and its token endpoint) on an address other
     /// than loopback (`--dev`). Never in production.
     #[serde(skip)]
@@ -187,6 +188,57 @@ pub struct TlsSection {
     pub self_signed: bool,
 }
 
+/// TURN servers handed to clients (docs/operations.md, *TURN*), with credentials by the
+/// TURN REST convention that coturn's `use-auth-secret` checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnSection {
+    /// `turn:`/`turns:` URLs, e.g. `turn:turn.example.com:3478?transport=udp`; none: no TURN.
+    pub urls: Vec<String>,
+    /// coturn's `static-auth-secret`; empty: the API secret itself (then coturn must be
+    /// given that).
+    pub secret: String,
+    /// How long a participant's TURN credentials stay valid.
+    pub ttl_secs: u64,
+}
+
+impl Default for TurnSection {
+    fn default() -> Self {
+        Self { urls: Vec::new(), secret: String::new(), ttl_secs: 12 * 3600 }
+    }
+}
+
+impl Config {
+    /// The TURN servers clients are given, if any.
+    pub fn turn(&self) -> Option<signaling::Turn> {
+        if self.turn.urls.is_empty() {
+            return None;
+        }
+        let secret = if self.turn.secret.is_empty() {
+            self.secret().to_vec()
+        } else {
+            self.turn.secret.as_bytes().to_vec()
+        };
+        Some(signaling::Turn {
+            urls: self.turn.urls.clone(),
+            secret,
+            ttl: Duration::from_secs(self.turn.ttl_secs.max(60)),
+        })
+    }
+
+    /// TURN URLs must be `turn:` or `turns:` ones (RFC 7065).
+    pub fn check_turn(&self) -> anyhow::Result<()> {
+        for url in &self.turn.urls {
+            if !(url.starts_with("turn:") || url.starts_with("turns:")) || url.contains(char::is_whitespace) {
+                anyhow::bail!(
+                    "[turn] urls: {url:?} is not a turn: or turns: URL (e.g. turn:turn.example.com:3478)"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -198,6 +250,7 @@ impl Default for Config {
             relay: RelaySection::default(),
             log: LogSection::default(),
             tls: TlsSection::default(),
+            turn: TurnSection::default(),
             dev: false,
             drain_secs: 10,
             test_panic_room: None,
@@ -400,6 +453,22 @@ fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turn_urls_are_checked_and_the_secret_defaults_to_the_api_secret() {
+        let mut config = Config::default();
+        assert!(config.turn().is_none(), "no URLs, no TURN");
+        config.turn.urls = vec!["turn:turn.example.com:3478?transport=udp".into()];
+        config.auth.api_secret = "an-api-secret-of-at-least-thirty-two-bytes".into();
+        config.check_turn().expect("a turn: URL");
+        let turn = config.turn().expect("TURN");
+        assert_eq!(turn.secret, config.auth.api_secret.as_bytes());
+        config.turn.secret = "coturn's own".into();
+        assert_eq!(config.turn().expect("TURN").secret, b"coturn's own");
+        config.turn.urls.push("https://turn.example.com".into());
+        let err = config.check_turn().expect_err("not a TURN URL");
+        assert!(err.to_string().contains("https://turn.example.com"), "{err}");
+    }
 
     #[test]
     fn the_benchmarks_node_configs_load() {

@@ -34,6 +34,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     config.check_exposure()?;
     config.check_roles()?;
     config.check_media()?;
+    config.check_turn()?;
     let prometheus = prometheus::Registry::new();
     // HTTP first: an edge tells its origin the address viewers reach it on.
     let listener = TcpListener::bind(config.http)
@@ -67,6 +68,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         prometheus,
         draining: Default::default(),
         whip: Default::default(),
+        turn: config.turn(),
     });
     let (app, admin) = match config.admin_http {
         None => (signaling::router(state.clone()), None),

@@ -39,13 +39,15 @@ fn browser_setup() -> (String, PathBuf) {
 async fn run_script(script: &str, room: &str, args: &[&str]) -> serde_json::Value {
     // The page gets its token from the dev endpoint, so this server runs in dev mode.
     let server = common::start_server_with(|c| c.auth.api_secret = String::new()).await;
-    run_script_on(&format!("http://{}", server.http_addr), &[], script, room, args).await
+    run_script_on(&format!("http://{}", server.http_addr), &[], "", script, room, args).await
 }
 
-/// Runs a script against the server at `base`, Chromium started with `chromium_args` too.
+/// Runs a script against the server at `base`, Chromium started with `chromium_args` too,
+/// and `page_query` added to the meeting page's query (`&relay=1`).
 async fn run_script_on(
     base: &str,
     chromium_args: &[&str],
+    page_query: &str,
     script: &str,
     room: &str,
     args: &[&str],
@@ -60,6 +62,7 @@ async fn run_script_on(
         .current_dir(&script_dir)
         .env("CHROMIUM", &chromium)
         .env("CHROMIUM_EXTRA_ARGS", serde_json::to_string(chromium_args).expect("JSON"))
+        .env("PAGE_QUERY", page_query)
         .stdin(Stdio::null())
         .output()
         .await
@@ -181,7 +184,7 @@ async fn a_meeting_works_over_https_with_a_self_signed_certificate() {
     // The browser is told to go on past the unknown certificate, as a person would after
     // comparing its fingerprint with the one the server printed.
     let chromium_args = ["--ignore-certificate-errors", "--host-resolver-rules=MAP classroom.test 127.0.0.1"];
-    let result = run_script_on(&base, &chromium_args, "meeting.mjs", "tls-test", &["2", "60"]).await;
+    let result = run_script_on(&base, &chromium_args, "", "meeting.mjs", "tls-test", &["2", "60"]).await;
     assert_eq!(result["ok"], true, "the pages did not see and hear each other over HTTPS: {result:#}");
     for page in result["verdicts"].as_array().expect("verdicts") {
         assert!(page["playing"].as_u64() >= Some(1), "a page plays no remote video: {result:#}");
@@ -198,7 +201,7 @@ async fn browsers_without_udp_meet_over_ice_tcp() {
     assert!(server.media_tcp_addr.is_some(), "ICE-TCP is on by default");
     let base = format!("http://{}", server.http_addr);
     let no_udp = ["--webrtc-ip-handling-policy=disable_non_proxied_udp"];
-    let result = run_script_on(&base, &no_udp, "meeting.mjs", "tcp-test", &["2", "60"]).await;
+    let result = run_script_on(&base, &no_udp, "", "meeting.mjs", "tcp-test", &["2", "60"]).await;
     assert_eq!(result["ok"], true, "the pages did not see and hear each other over TCP: {result:#}");
     for page in result["verdicts"].as_array().expect("verdicts") {
         assert!(page["playing"].as_u64() >= Some(1), "a page plays no remote video: {result:#}");
@@ -207,6 +210,56 @@ async fn browsers_without_udp_meet_over_ice_tcp() {
     let metrics = common::huiyi_metrics(&server).await;
     let accepted = common::metric_value(&metrics, "huiyi_ice_tcp_connections_total").unwrap_or(0.0);
     assert!(accepted >= 2.0, "media did not come over TCP: {accepted} connections accepted");
+}
+
+/// A network where only a TURN server gets through: the pages take no candidates but the
+/// relayed ones (`?relay=1`) from a coturn the test starts (`use-auth-secret`), with the
+/// credentials each page's `joined` gave it; they still see and hear each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_meet_through_coturn_with_credentials_from_the_join() {
+    const SECRET: &str = "coturn-test-shared-secret";
+    let turnserver = std::env::var("TURNSERVER").unwrap_or_else(|_| "/usr/bin/turnserver".into());
+    assert!(
+        Path::new(&turnserver).exists(),
+        "coturn not found at {turnserver}: run scripts/test (it installs Debian's coturn) or set TURNSERVER"
+    );
+    let port =
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let log = std::env::temp_dir().join(format!("huiyi-coturn-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&log).expect("coturn's log");
+    let mut coturn = tokio::process::Command::new(&turnserver)
+        .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--allow-loopback-peers"])
+        .args(["--use-auth-secret", "--realm=huiyi.test", "--no-tls", "--no-dtls", "--no-cli"])
+        .arg(format!("--listening-port={port}"))
+        .arg(format!("--static-auth-secret={SECRET}"))
+        .args(["--log-file=stdout", "--verbose"])
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("coturn starts");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let server = common::start_server_with(|c| {
+        c.auth.api_secret = String::new();
+        c.turn.urls = vec![format!("turn:127.0.0.1:{port}?transport=udp")];
+        c.turn.secret = SECRET.into();
+    })
+    .await;
+    let base = format!("http://{}", server.http_addr);
+    let result = run_script_on(&base, &[], "&relay=1", "meeting.mjs", "turn-test", &["2", "60"]).await;
+    let _ = coturn.kill().await;
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(result["ok"], true, "the pages did not meet through TURN: {result:#}\ncoturn: {logged}");
+    for page in result["verdicts"].as_array().expect("verdicts") {
+        assert!(page["playing"].as_u64() >= Some(1), "a page plays no remote video: {result:#}");
+        assert!(page["hearing"].as_u64() >= Some(1), "a page hears no remote audio: {result:#}");
+    }
+    assert!(
+        logged.contains("ALLOCATE") && logged.contains("success"),
+        "coturn logged no successful allocation: {logged}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

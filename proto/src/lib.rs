@@ -5,3 +5,4 @@
 pub mod messages;
 pub mod quality;
 pub mod token;
+pub mod turn;

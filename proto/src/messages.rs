@@ -100,6 +100,10 @@ pub enum ServerMessage {
         room: String,
         participant: Participant,
         participants: Vec<Participant>,
+        /// TURN servers with credentials for this participant (`[turn]`), as the
+        /// `iceServers` of its RTCPeerConnection; absent when none are configured.
+        #[serde(rename = "iceServers", default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<crate::turn::IceServer>,
     },
     Answer {
         sdp: String,

@@ -44,6 +44,33 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// WHIP sessions by the id in their `Location`.
     pub whip: WhipSessions,
+    /// TURN servers handed to clients with credentials of their own (`[turn]`).
+    pub turn: Option<Turn>,
+}
+
+/// TURN servers for clients whose network lets nothing else through, with time-limited
+/// credentials by the TURN REST convention (proto::turn): the TURN server (coturn with
+/// `use-auth-secret`) shares `secret` and checks them itself.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    /// `turn:` and `turns:` URLs (RFC 7065), e.g. `turn:turn.example.com:3478?transport=udp`.
+    pub urls: Vec<String>,
+    pub secret: Vec<u8>,
+    /// How long credentials stay valid.
+    pub ttl: std::time::Duration,
+}
+
+impl AppState {
+    /// The `iceServers` a participant named `identity` is given now (none without `[turn]`).
+    pub fn ice_servers(&self, identity: &str) -> Vec<proto::turn::IceServer> {
+        match &self.turn {
+            Some(turn) if !turn.urls.is_empty() => {
+                let expires = auth::now_unix() + turn.ttl.as_secs();
+                vec![proto::turn::ice_server(&turn.secret, &turn.urls, identity, expires)]
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// The WHIP sessions of this node, by the id in their `Location`.

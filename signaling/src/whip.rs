@@ -386,6 +386,7 @@ async fn start(
     let kind = role.path();
     info!(%room, identity = %identity, participant = %participant_id, kind, "HTTP media session started");
     let location = format!("/{kind}/{room}/{participant_id}");
+    let ice_servers = state.ice_servers(&identity);
     let owner = state.clone();
     tokio::spawn(async move {
         let end = own(session.as_ref(), events, commands, kick).await;
@@ -401,6 +402,21 @@ async fn start(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
     if let Ok(value) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, value);
+    }
+    // TURN servers as RFC 9725 (WHIP) and WHEP say: one Link per URL.
+    for server in &ice_servers {
+        for url in &server.urls {
+            // Quoted strings (RFC 8288): a quote or backslash in the identity is escaped.
+            let quoted = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+            let link = format!(
+                "<{url}>; rel=\"ice-server\"; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                quoted(&server.username),
+                quoted(&server.credential)
+            );
+            if let Ok(value) = HeaderValue::from_str(&link) {
+                headers.append(header::LINK, value);
+            }
+        }
     }
     response
 }

@@ -300,6 +300,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
         room: claims.room.clone(),
         participant: me,
         participants: joined.others.iter().map(participant).collect(),
+        ice_servers: conn.state.ice_servers(&claims.sub),
     };
     conn.state.metrics.join_seconds.observe(started.elapsed().as_secs_f64());
     info!(room = %claims.room, identity = %claims.sub, participant = %participant_id, "joined");

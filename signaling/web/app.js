@@ -417,8 +417,15 @@ async function onServerAnswer(msg) {
   pruneReceivers();
 }
 
-function createPeerConnection() {
-  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+// The server's TURN servers (with this participant's credentials) are used as any ICE
+// candidates are; ?relay=1 uses nothing but them (to check a TURN server works).
+function createPeerConnection(iceServers = []) {
+  const pc = new RTCPeerConnection({
+    bundlePolicy: "max-bundle",
+    rtcpMuxPolicy: "require",
+    iceServers,
+    iceTransportPolicy: params.get("relay") === "1" ? "relay" : "all",
+  });
   state.pc = pc;
   pc.onicecandidate = (e) => {
     send({ type: "candidate", candidate: e.candidate ? e.candidate.candidate : null, sdpMid: e.candidate ? e.candidate.sdpMid : null });
@@ -450,7 +457,7 @@ async function handleMessage(msg) {
       state.localTile = makeTile(msg.participant.id, msg.participant.name + " (you)", { local: true });
       if (state.local) state.localTile.video.srcObject = state.local;
       for (const p of msg.participants) addRemoteParticipant(p);
-      createPeerConnection();
+      createPeerConnection(msg.iceServers || []);
       layout();
       break;
     }

@@ -139,7 +139,8 @@ try {
     const page = await context.newPage();
     page.on("console", (m) => { if (m.type() === "warning" || m.type() === "error") logs.push(`page${i}: ${m.text()}`); });
     page.on("pageerror", (e) => logs.push(`page${i} error: ${e.message}`));
-    await page.goto(`${base}/room/${encodeURIComponent(room)}?name=user${i}&autojoin=1`);
+    // $PAGE_QUERY adds to the page's query (e.g. &relay=1: TURN candidates only).
+    await page.goto(`${base}/room/${encodeURIComponent(room)}?name=user${i}&autojoin=1${process.env.PAGE_QUERY || ""}`);
     opened.push(page);
   }
   const started = Date.now();
