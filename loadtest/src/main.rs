@@ -540,6 +540,7 @@ async fn finish(
     let (mut total_expected, mut total_received) = (0u64, 0u64);
     let mut per_subscriber = Vec::new();
     let mut audio_per_subscriber = Vec::new();
+    let mut video_per_subscriber = Vec::new();
     // A participant's publishing connection against Janus receives nothing: its other one is judged.
     for c in clients.iter().filter(|c| c.connected && !c.publishing_half) {
         let judged = judge(
@@ -556,6 +557,10 @@ async fn finish(
         if judged.audio.0 > 0 {
             audio_per_subscriber.push(judged.audio.1 as f64 / judged.audio.0 as f64);
         }
+        let video = (judged.expected - judged.audio.0, judged.received - judged.audio.1);
+        if video.0 > 0 {
+            video_per_subscriber.push(video.1 as f64 / video.0 as f64);
+        }
         if judged.expected > 0 {
             per_subscriber.push(judged.received as f64 / judged.expected as f64);
             total_expected += judged.expected;
@@ -569,6 +574,7 @@ async fn finish(
         below_target: per_subscriber.iter().filter(|d| **d < 0.995).count(),
     };
     report.audio_delivery_min = audio_per_subscriber.iter().copied().reduce(f64::min);
+    report.video_delivery_min = video_per_subscriber.iter().copied().reduce(f64::min);
     report.duplicate_packets =
         clients.iter().flat_map(|c| c.received.iter().map(|(_, d)| d.duplicates())).sum();
     report.loss_pct =

@@ -127,6 +127,8 @@ pub struct Report {
     pub failed_joins: usize,
     /// The least share of the audio it should have received that a subscriber did.
     pub audio_delivery_min: Option<f64>,
+    /// The same of video (what NACK and RTX repair: audio has no retransmission).
+    pub video_delivery_min: Option<f64>,
     /// Joins the server refused as `node_full` (not counted in `failed_joins`).
     pub refused_joins: usize,
     pub duration_s: f64,
@@ -297,12 +299,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "delivery        min {}  p1 {}  median {}  ({} subscribers below 99.5%); audio min {}",
+            "delivery        min {}  p1 {}  median {}  ({} subscribers below 99.5%); audio min {}, video min {}",
             pct(self.delivery.min),
             pct(self.delivery.p1),
             pct(self.delivery.median),
             self.delivery.below_target,
-            pct(self.audio_delivery_min)
+            pct(self.audio_delivery_min),
+            pct(self.video_delivery_min)
         );
         let _ = writeln!(
             out,
