@@ -573,3 +573,49 @@ async fn with_an_admin_listener_metrics_and_the_admin_api_leave_the_public_port(
     let (status, _) = common::http_request(admin, "GET", "/", &[]).await;
     assert_eq!(status, 404, "the web client is not on the admin port");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_come_with_the_join_and_from_ice_servers() {
+    // Without [turn]: no iceServers in joined, an empty list from the endpoint.
+    let plain = common::start_server().await;
+    let (_ws, joined) = join(&plain, &common::token("r", "ana")).await;
+    assert!(joined.get("iceServers").is_none(), "{joined}");
+    let bearer = format!("Bearer {}", common::token("r", "ana"));
+    let (status, body) =
+        common::http_request(plain.http_addr, "GET", "/v1/ice-servers", &[("Authorization", &bearer)]).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"iceServers":[]}"#));
+
+    let server = common::start_server_with(|c| {
+        c.turn.urls = vec!["turn:127.0.0.1:3478?transport=udp".into()];
+        c.turn.secret = "shared-with-coturn".into();
+    })
+    .await;
+    let (_ws, joined) = join(&server, &common::token("r", "ana")).await;
+    let servers = joined["iceServers"].as_array().expect("iceServers in joined");
+    assert_eq!(servers.len(), 1, "{joined}");
+    assert_eq!(servers[0]["urls"], json!(["turn:127.0.0.1:3478?transport=udp"]));
+    let username = servers[0]["username"].as_str().expect("username");
+    let (expiry, identity) = username.split_once(':').expect("EXPIRY:IDENTITY");
+    assert_eq!(identity, "ana");
+    let expiry: u64 = expiry.parse().expect("Unix seconds");
+    let now = auth::now_unix();
+    assert!(expiry > now + 11 * 3600 && expiry <= now + 12 * 3600 + 5, "valid 12 h: {expiry} vs {now}");
+    let expected = proto::turn::ice_server(b"shared-with-coturn", &[], "ana", expiry).credential;
+    assert_eq!(servers[0]["credential"], expected, "HMAC-SHA1 of the username under the secret");
+
+    let (status, body) =
+        common::http_request(server.http_addr, "GET", "/v1/ice-servers", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(listed["iceServers"][0]["urls"], servers[0]["urls"]);
+    let (status, _) = common::http_request(server.http_addr, "GET", "/v1/ice-servers", &[]).await;
+    assert_eq!(status, 401, "no token, no credentials");
+    let (status, _) = common::http_request(
+        server.http_addr,
+        "GET",
+        "/v1/ice-servers",
+        &[("Authorization", "Bearer x.y.z")],
+    )
+    .await;
+    assert_eq!(status, 401, "a bad token, no credentials");
+}

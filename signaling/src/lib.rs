@@ -113,6 +113,7 @@ pub fn client_router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/rtc", get(websocket))
         .route("/v1/dev/token", get(dev_token))
+        .route("/v1/ice-servers", get(ice_servers))
         .route("/whip/{room}", post(whip::publish).options(whip::options))
         .route(
             "/whip/{room}/{id}",
@@ -221,6 +222,26 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQ
         grants: auth::Grants { can_publish: true, can_subscribe: true, room_admin: false },
     };
     Json(json!({ "token": auth::mint(&state.secret, &claims) })).into_response()
+}
+
+/// `GET /v1/ice-servers` with a participant's or viewer's token: the TURN servers and
+/// credentials of its identity (`[]` without `[turn]`), for clients that build their
+/// peer connection before they talk to the server (the WHIP and WHEP pages).
+async fn ice_servers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(token) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer)
+    else {
+        return error(StatusCode::UNAUTHORIZED, "missing bearer token");
+    };
+    match auth::verify(&state.secret, token, auth::now_unix()) {
+        Ok(claims) if claims.grants.can_publish || claims.grants.can_subscribe => {
+            Json(json!({ "iceServers": state.ice_servers(&claims.sub) })).into_response()
+        }
+        Ok(_) => error(StatusCode::FORBIDDEN, "token grants neither publish nor subscribe"),
+        Err(e) => {
+            state.metrics.auth_failures.with_label_values(&[e.label()]).inc();
+            error(StatusCode::UNAUTHORIZED, &format!("unauthorized: {e}"))
+        }
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

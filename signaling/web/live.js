@@ -117,11 +117,23 @@ async function received(pc) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// The node's TURN servers with this token's credentials ([] when it has none, or on any
+// failure: the connection is then tried without them).
+async function iceServers() {
+  try {
+    const res = await fetch("/v1/ice-servers", { headers: { Authorization: `Bearer ${bearer}` } });
+    return res.ok ? (await res.json()).iceServers || [] : [];
+  } catch {
+    return [];
+  }
+}
+
 async function watch() {
   bearer = await token();
+  const ice = await iceServers();
   let failures = 0;
   for (;;) {
-    const pc = new RTCPeerConnection();
+    const pc = new RTCPeerConnection({ iceServers: ice });
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
     const stream = new MediaStream();
@@ -212,7 +224,7 @@ async function teach() {
         : await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720 }, audio: true });
       $("video").srcObject = media;
       $("video").muted = true;
-      const pc = new RTCPeerConnection();
+      const pc = new RTCPeerConnection({ iceServers: await iceServers() });
       for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly" });
       pc.onconnectionstatechange = () => {
         if (pc.connectionState === "connected") setState("live", "live");
