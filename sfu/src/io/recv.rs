@@ -33,11 +33,18 @@ pub(crate) struct Datagrams {
     pub at: Instant,
     bytes: Vec<u8>,
     items: Vec<(SocketAddr, u32, u32)>,
+    /// They came over an ICE-TCP connection (io/tcp.rs), not the UDP port.
+    pub tcp: bool,
 }
 
 impl Datagrams {
     fn new() -> Self {
-        Self { at: Instant::now(), bytes: Vec::with_capacity(BATCH * 1500), items: Vec::with_capacity(BATCH) }
+        Self {
+            at: Instant::now(),
+            bytes: Vec::with_capacity(BATCH * 1500),
+            items: Vec::with_capacity(BATCH),
+            tcp: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -64,6 +71,7 @@ impl Datagrams {
     fn clear(&mut self) {
         self.bytes.clear();
         self.items.clear();
+        self.tcp = false;
     }
 }
 

@@ -28,26 +28,17 @@ const MAX_CONNECTIONS: usize = 2_048;
 const WRITE_QUEUE: usize = 512;
 /// A connection must send a check that names a session within this.
 const FIRST_CHECK: Duration = Duration::from_secs(10);
+/// ... and then something at least this often (browsers check consent every few seconds).
+const IDLE: Duration = Duration::from_secs(30);
 
 /// Peers connected over TCP, by the address their connection comes from (what the shards
 /// see as a datagram's source), each with the queue of its connection's writer.
 #[derive(Default)]
 pub(crate) struct TcpPeers {
-    count: AtomicUsize,
     writers: DashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
 }
 
 impl TcpPeers {
-    /// Whether `peer` is connected over TCP (no lookup while nobody is).
-    pub fn has(&self, peer: &SocketAddr) -> bool {
-        self.count.load(Ordering::Relaxed) > 0 && self.writers.contains_key(peer)
-    }
-
-    /// Whether anyone is connected over TCP.
-    pub fn any(&self) -> bool {
-        self.count.load(Ordering::Relaxed) > 0
-    }
-
     /// Queue `datagram` framed for `peer`'s connection: false when `peer` has none; a full
     /// queue drops it (counted).
     pub fn send(&self, peer: &SocketAddr, datagram: &[u8], metrics: &SfuMetrics) -> bool {
@@ -63,15 +54,11 @@ impl TcpPeers {
     }
 
     fn add(&self, peer: SocketAddr, writer: mpsc::Sender<Vec<u8>>) {
-        if self.writers.insert(peer, writer).is_none() {
-            self.count.fetch_add(1, Ordering::Relaxed);
-        }
+        self.writers.insert(peer, writer);
     }
 
     fn remove(&self, peer: &SocketAddr) {
-        if self.writers.remove(peer).is_some() {
-            self.count.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.writers.remove(peer);
     }
 }
 
@@ -152,20 +139,14 @@ where
         let deadline = Instant::now() + FIRST_CHECK;
         loop {
             let mut len = [0u8; 2];
-            let header = reader.read_exact(&mut len);
-            let got = if routed {
-                header.await
-            } else {
-                match tokio::time::timeout_at(deadline.into(), header).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        dropped("tcp_no_check");
-                        return debug!(%peer, "ICE-TCP connection sent no check in time");
-                    }
+            let wait = if routed { Instant::now() + IDLE } else { deadline };
+            match tokio::time::timeout_at(wait.into(), reader.read_exact(&mut len)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    dropped(if routed { "tcp_idle" } else { "tcp_no_check" });
+                    return debug!(%peer, routed, "ICE-TCP connection silent too long; closing");
                 }
-            };
-            if got.is_err() {
-                return;
             }
             let len = u16::from_be_bytes(len) as usize;
             if len == 0 || len > MAX_DATAGRAM {
@@ -198,6 +179,7 @@ where
             routed = true;
             let lane = Lane::of(data);
             let mut batch = ingress.pool.take(Instant::now());
+            batch.tcp = true;
             batch.push(peer, data);
             match (ingress.deliver)(shard, lane, batch) {
                 Delivery::Queued => {}
@@ -225,17 +207,15 @@ mod tests {
         let peers = TcpPeers::default();
         let metrics = SfuMetrics::new(&prometheus::Registry::new());
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert!(!peers.has(&peer) && !peers.any());
         assert!(!peers.send(&peer, b"x", &metrics), "no connection: not taken");
         let (tx, mut rx) = mpsc::channel(1);
         peers.add(peer, tx);
-        assert!(peers.has(&peer) && peers.any());
         assert!(peers.send(&peer, b"abc", &metrics));
         assert_eq!(rx.try_recv().unwrap(), vec![0, 3, b'a', b'b', b'c'], "RFC 4571 framing");
         assert!(peers.send(&peer, b"d", &metrics));
         assert!(peers.send(&peer, b"e", &metrics), "taken, and dropped: the queue is full");
         assert_eq!(metrics.dropped_datagrams.with_label_values(&["tcp_write_queue_full"]).get(), 1);
         peers.remove(&peer);
-        assert!(!peers.has(&peer) && !peers.any());
+        assert!(!peers.send(&peer, b"f", &metrics), "closed: not taken");
     }
 }

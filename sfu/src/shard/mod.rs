@@ -13,7 +13,7 @@ mod send;
 mod session;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -79,6 +79,8 @@ pub(crate) struct Shard {
     tcp: Arc<TcpPeers>,
     tcp_local: Option<SocketAddr>,
     tcp_candidates: Vec<SocketAddr>,
+    /// The addresses of this thread's sessions that checked in over ICE-TCP.
+    tcp_addrs: HashSet<SocketAddr>,
     routes: Arc<RouteTable>,
     room_placement: Arc<DashMap<String, usize>>,
     load: Arc<AtomicUsize>,
@@ -165,6 +167,7 @@ impl Shard {
             tcp: parts.tcp,
             tcp_local: parts.tcp_local,
             tcp_candidates: parts.tcp_candidates,
+            tcp_addrs: HashSet::new(),
             routes: parts.routes,
             room_placement: parts.room_placement,
             load: parts.load,
@@ -297,7 +300,7 @@ impl Shard {
             let Ok(batch) = lanes.handshakes.try_recv() else { break };
             let start = Instant::now();
             for (source, data) in batch.iter() {
-                self.handle_datagram(source, data, batch.at);
+                self.handle_datagram(source, data, batch.at, batch.tcp);
             }
             spent += start.elapsed();
             self.pool.give_back(batch);
@@ -320,10 +323,10 @@ impl Shard {
         if self.out.is_empty() {
             return;
         }
-        if self.tcp.any() {
-            // Datagrams to peers on ICE-TCP go framed over their connections.
-            let (tcp, metrics) = (&self.tcp, &self.metrics);
-            self.out.divert(|destination, datagram| tcp.send(&destination, datagram, metrics));
+        if !self.tcp_addrs.is_empty() {
+            // Datagrams to this thread's peers on ICE-TCP go framed over their connections.
+            let (addrs, tcp, metrics) = (&self.tcp_addrs, &self.tcp, &self.metrics);
+            self.out.divert(|to, datagram| addrs.contains(&to) && tcp.send(&to, datagram, metrics));
             if self.out.is_empty() {
                 return;
             }
@@ -415,7 +418,7 @@ impl Shard {
                 self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 self.meter.queued(batch.at.elapsed());
                 for (source, data) in batch.iter() {
-                    self.handle_datagram(source, data, batch.at);
+                    self.handle_datagram(source, data, batch.at, batch.tcp);
                 }
                 self.pool.give_back(batch);
             }
@@ -520,7 +523,7 @@ impl Shard {
         (n << 8) | self.index as u64
     }
 
-    fn handle_datagram(&mut self, source: SocketAddr, data: &[u8], at: Instant) {
+    fn handle_datagram(&mut self, source: SocketAddr, data: &[u8], at: Instant, tcp: bool) {
         let id = match self.by_addr.get(&source) {
             Some(id) => *id,
             None => match stun_server_ufrag(data).and_then(|u| self.by_ufrag.get(u)) {
@@ -532,7 +535,7 @@ impl Shard {
             },
         };
         let Some(session) = self.sessions.get_mut(&id) else { return };
-        let (protocol, local) = match self.tcp_local.filter(|_| self.tcp.has(&source)) {
+        let (protocol, local) = match self.tcp_local.filter(|_| tcp) {
             Some(tcp) => (Protocol::Tcp, tcp),
             None => (Protocol::Udp, self.local_addr),
         };
@@ -572,6 +575,9 @@ impl Shard {
             session.addrs.push(source);
             self.by_addr.insert(source, id);
             self.routes.add_addr(source, self.index);
+            if tcp {
+                self.tcp_addrs.insert(source);
+            }
         }
         self.drain(id);
     }
@@ -695,6 +701,7 @@ impl Shard {
         self.metrics.sessions_ended.with_label_values(&[reason.as_str()]).inc();
         for addr in &session.addrs {
             self.by_addr.remove(addr);
+            self.tcp_addrs.remove(addr);
             self.routes.remove_addr(addr);
         }
         self.by_ufrag.remove(&session.ufrag);
