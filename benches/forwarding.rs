@@ -77,7 +77,8 @@ fn fast_path_seal(c: &mut Criterion) {
         sfu::egress::srtp::session_keys(&crypto, keys.profile, &keys.material, keys.local_is_client)
             .expect("a GCM profile");
     let mut egress = sfu::egress::Egress::new(tx, rx);
-    let ext = sfu::egress::ExtIds { mid: Some(1), audio_level: None };
+    // As a browser negotiates: mid and transport-wide numbers (ADR 0025).
+    let ext = sfu::egress::ExtIds { mid: Some(1), transport_cc: Some(3), ..Default::default() };
     let mut slot = sfu::egress::SlotOut::new(*ssrc, None, Vec::new(), "0".into(), ext);
     let payload: Arc<[u8]> = vec![0x5a; 1200].into();
     let mut seq: u64 = 0;
@@ -93,9 +94,11 @@ fn fast_path_seal(c: &mut Criterion) {
                 payload: &payload,
                 vp8: None,
                 audio_level: None,
+                orientation: None,
+                content_type: None,
             };
             slot.remember(&p);
-            std::hint::black_box(egress.seal_to(&slot, &p, &mut out))
+            std::hint::black_box(egress.seal_to(&slot, &p, &mut out, seq))
         })
     });
 }

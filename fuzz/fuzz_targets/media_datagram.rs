@@ -2,7 +2,7 @@
 //! is involved, none of it contained: the receive thread's routing (`RouteTable::route`:
 //! by source address, else by the server ufrag of a STUN binding request), str0m's parsing
 //! into STUN, DTLS, RTP or RTCP (`Receive::new`, called by the shard before the engine),
-//! and, for RTCP on a session with the fast path, `Egress::nacked`.
+//! and, for RTCP on a session with the fast path, `Egress::read_feedback`.
 //!
 //! Input: one byte choosing the source address, then the datagram.
 //!
@@ -94,6 +94,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let is_rtcp = datagram.len() >= 8 && datagram[0] >> 6 == 2 && (192..=223).contains(&datagram[1]);
     if is_rtcp {
-        EGRESS.with(|e| assert_eq!(e.borrow_mut().nacked(datagram), None, "junk read as SRTCP"));
+        EGRESS.with(|e| assert_eq!(e.borrow_mut().read_feedback(datagram, 0), None, "junk read as SRTCP"));
     }
 });

@@ -1,4 +1,4 @@
-//! The forwarding fast path's reading of a peer's SRTCP (`Egress::nacked`: SRTCP
+//! The forwarding fast path's reading of a peer's SRTCP (`Egress::read_feedback`: SRTCP
 //! unprotection, its replay windows, then the generic NACKs of the plain compound packet),
 //! fed packets sealed with the peer's keys by an SRTCP sender written apart from it
 //! (src/srtcp.rs), plus replays, altered packets and junk; and `nack::lost_packets` on
@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
                 let base = i64::from(sender.highest.unwrap_or(0));
                 let index = (base + i64::from(step)).clamp(0, i64::from(i32::MAX)) as u32;
                 let packet = peer.seal(&plain, index);
-                let read = egress.nacked(&packet);
+                let read = egress.read_feedback(&packet, 0);
                 let must_read = !sender.accepted.contains(&index)
                     && sender.highest.is_none_or(|high| index > high || high - index < 64);
                 if sender.accepted.contains(&index) {
@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
             }
             1 => {
                 if let Some(packet) = &last {
-                    assert_eq!(egress.nacked(packet), None, "a packet was read twice");
+                    assert_eq!(egress.read_feedback(packet, 0), None, "a packet was read twice");
                 }
             }
             2 => {
@@ -92,11 +92,11 @@ fuzz_target!(|data: &[u8]| {
                     let mut altered = packet.clone();
                     let at = usize::from(step as u16) % altered.len();
                     altered[at] ^= 1 << (len % 8);
-                    assert_eq!(egress.nacked(&altered), None, "an altered packet was read");
+                    assert_eq!(egress.read_feedback(&altered, 0), None, "an altered packet was read");
                 }
             }
             _ => {
-                assert_eq!(egress.nacked(bytes), None, "junk was read");
+                assert_eq!(egress.read_feedback(bytes, 0), None, "junk was read");
                 check_lost_packets(bytes);
             }
         }

@@ -59,12 +59,13 @@ pub struct MediaConfig {
     pub audio_top_n: usize,
     /// Rooms of at most this many participants forward every audio track.
     pub audio_top_n_above: usize,
-    /// Estimate each subscriber's bandwidth (transport-cc, or REMB) and fit its video
-    /// layers into it; starting estimate in bits per second.
+    /// Estimate each subscriber's bandwidth from its transport-wide feedback (or its REMB)
+    /// on what the fast path sends it, and fit its video layers into it (ADR 0025).
     pub bwe: bool,
     /// Send forwarded RTP through Huiyi's own SRTP fast path (ADR 0009) rather than
-    /// str0m's per-stream send path. Needs a GCM SRTP profile; not used with `bwe`.
+    /// str0m's per-stream send path. Needs a GCM SRTP profile; the estimate needs it.
     pub fast_egress: bool,
+    /// Where each estimate starts, bits per second.
     pub bwe_initial_bps: u64,
     /// The video codecs every session offers and accepts, most preferred first (ADR 0018):
     /// the ones whose keyframes the router finds, so a subscriber switched to another
@@ -106,10 +107,7 @@ impl Default for MediaConfig {
             session_event_queue: 1024,
             audio_top_n: 3,
             audio_top_n_above: 10,
-            // Off by default: with str0m 0.25's pacer on, loopback runs under CPU
-            // contention lose packets (churn-smoke: 96.8% delivery and 447 NACKs with it,
-            // 100% and none without). See docs/adr/0007-bandwidth-allocation.md.
-            bwe: false,
+            bwe: true,
             fast_egress: true,
             bwe_initial_bps: 10_000_000,
             video_codecs: vec![crate::VideoCodec::Vp8, crate::VideoCodec::H264],

@@ -31,6 +31,8 @@ pub struct SfuMetrics {
     pub layer_switches: IntCounter,
     pub layer_pauses: IntCounter,
     pub paused_by_bandwidth: IntCounter,
+    /// Times a subscriber's estimate fell for overuse or loss (ADR 0025).
+    pub estimate_decreases: IntCounter,
     pub paused_by_load: IntCounter,
     pub shard_video_share: GaugeVec,
     pub sessions_ended: IntCounterVec,
@@ -144,6 +146,10 @@ impl SfuMetrics {
             paused_by_bandwidth: counter(
                 "huiyi_video_paused_for_bandwidth_total",
                 "Allocation rounds (every 200 ms) in which a subscriber's video slot was paused to fit its bandwidth estimate",
+            ),
+            estimate_decreases: counter(
+                "huiyi_bandwidth_estimate_decreases_total",
+                "Times a subscriber's bandwidth estimate fell because its path's queue grew (delay) or it lost more than 10% (ADR 0025)",
             ),
             paused_by_load: counter(
                 "huiyi_video_paused_for_load_total",

@@ -82,6 +82,8 @@ fn fast_path_packets_decrypt_and_a_lost_one_is_resent_over_rtx() {
             payload: &payload,
             vp8: None,
             audio_level: None,
+            orientation: None,
+            content_type: None,
         };
         slot.remember(&p);
         let datagram = egress.seal(&slot, &p).expect("sealed").to_vec();
@@ -98,9 +100,9 @@ fn fast_path_packets_decrypt_and_a_lost_one_is_resent_over_rtx() {
     link.advance(Duration::from_millis(500));
     let mut resent = 0;
     for datagram in std::mem::take(&mut link.to_server) {
-        for (media, seq) in egress.nacked(&datagram).unwrap_or_default() {
+        for (media, seq) in egress.read_feedback(&datagram, 0).unwrap_or_default() {
             assert_eq!(media, *ssrc);
-            let Some(again) = egress.reseal(&mut slot, seq, 1_000) else { continue };
+            let Some(again) = egress.reseal(&mut slot, seq, 1_000_000) else { continue };
             let again = again.to_vec();
             link.deliver(false, server, client, &again);
             resent += 1;

@@ -11,8 +11,10 @@ use mio::{Interest, Token};
 use proto::messages::{ClientMessage, ServerMessage, TrackLabel};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc};
 
+use super::RxPath;
 use super::{AudioTx, Client, ClientSetup, LayerTx, VideoTx, Worker, address_of};
 use crate::expect::{StreamKind, TalkTurn};
 use crate::idmap::Placed;
@@ -46,8 +48,21 @@ impl Worker {
         };
         // The engine's DTLS keeps a copy of its SRTP keys for our own receive path.
         srtp::building_for(setup.serial);
-        let mut rtc =
-            Rtc::builder().set_rtp_mode(true).set_crypto_provider(srtp::crypto_provider()).build(now);
+        let mut builder = Rtc::builder().set_rtp_mode(true).set_crypto_provider(srtp::crypto_provider());
+        if self.rx_path == RxPath::Own {
+            // The engine sees only the packets our own path has not learned: its
+            // transport-wide feedback would report the rest lost, and the server's
+            // estimate would fall for loss nobody had. Without the extension negotiated,
+            // none is sent (the engine path sends true feedback).
+            let mut exts = ExtensionMap::empty();
+            for (id, ext) in ExtensionMap::standard().iter() {
+                if *ext != Extension::TransportSequenceNumber {
+                    exts.set(id, ext.clone());
+                }
+            }
+            builder = builder.set_extension_map(exts);
+        }
+        let mut rtc = builder.build(now);
         rtc.add_local_candidate(Candidate::host(local, "udp").map_err(std::io::Error::other)?);
         let mut api = rtc.sdp_api();
         let mut tracks = Vec::new();

@@ -7,9 +7,11 @@
 //! time. What we send carries sequence numbers str0m never uses, and it is not in str0m's
 //! retransmission cache, so the NACKs for it are answered here, from the peer's SRTCP.
 
+pub mod estimate;
 pub mod keys;
 pub mod nack;
 pub mod srtp;
+pub mod twcc;
 
 use std::sync::Arc;
 
@@ -17,12 +19,15 @@ use prometheus::IntCounter;
 
 use crate::metrics::SfuMetrics;
 use crate::router::rtp::vp8::{self, Vp8Renumber};
+use estimate::Estimator;
 pub use srtp::SealError;
 use srtp::{SrtcpError, SrtcpReceiver, SrtpSender, TAG_LEN, WindowHint};
 
 /// Packets kept per video slot for retransmission (about 2 s of a camera's top layer).
 const HISTORY: usize = 256;
 const MAX_PACKET: usize = 1500;
+/// Where a session's estimate starts, before any feedback.
+pub const INITIAL_ESTIMATE_BPS: u64 = 10_000_000;
 /// Room a sealed datagram may need (`seal_to` is given this much).
 pub const MAX_DATAGRAM: usize = MAX_PACKET + TAG_LEN;
 
@@ -38,6 +43,12 @@ pub struct Egress {
     plain_rtcp: Vec<u8>,
     /// Where what the SRTP windows stop is counted (nowhere until `counted`).
     guard: Option<GuardCounters>,
+    /// The send-side estimate from the peer's transport-wide feedback (ADR 0025).
+    estimator: Estimator,
+    /// Whether the peer sent transport-wide feedback, or only REMB.
+    transport_feedback: bool,
+    remb_bps: Option<u64>,
+    reports: Vec<twcc::Report>,
 }
 
 /// The shard's counters for what the SRTP windows stopped or forgot.
@@ -71,6 +82,10 @@ pub struct Outgoing<'a> {
     pub vp8: Option<Vp8Renumber>,
     /// RFC 6464 level and voice flag, for audio.
     pub audio_level: Option<(i8, bool)>,
+    /// Coordination of video orientation (3GPP TS 26.114), as its one byte.
+    pub orientation: Option<u8>,
+    /// Video content type (0 camera, 1 screen), as its one byte.
+    pub content_type: Option<u8>,
 }
 
 /// Header extension ids the peer negotiated for a slot.
@@ -78,6 +93,10 @@ pub struct Outgoing<'a> {
 pub struct ExtIds {
     pub mid: Option<u8>,
     pub audio_level: Option<u8>,
+    /// Transport-wide sequence numbers (the session's congestion feedback names them).
+    pub transport_cc: Option<u8>,
+    pub orientation: Option<u8>,
+    pub content_type: Option<u8>,
 }
 
 /// The fast-path state of one send slot: its SSRCs and what it sent recently.
@@ -179,8 +198,13 @@ fn rtx_start(ssrc: u32) -> u64 {
 /// Whether a payload of this size fits a datagram on the fast path, with the largest
 /// header it writes, the RTX prefix and the tag; larger ones go through str0m.
 pub fn fits(payload_len: usize) -> bool {
-    payload_len + 12 + 24 + 2 + TAG_LEN <= MAX_PACKET
+    payload_len + 12 + MAX_EXTENSIONS + 2 + TAG_LEN <= MAX_PACKET
 }
+
+/// The largest extension block `write_header` writes: its own header, the mid (1 + 16),
+/// the audio level (2), the transport-wide number (3), orientation and content type (2
+/// each), padded to words.
+const MAX_EXTENSIONS: usize = 32;
 
 impl Egress {
     pub fn new(srtp: SrtpSender, srtcp: SrtcpReceiver) -> Self {
@@ -192,6 +216,40 @@ impl Egress {
             protected: vec![0; MAX_PACKET + TAG_LEN],
             plain_rtcp: Vec::with_capacity(MAX_PACKET),
             guard: None,
+            estimator: Estimator::new(INITIAL_ESTIMATE_BPS),
+            transport_feedback: false,
+            remb_bps: None,
+            reports: Vec::new(),
+        }
+    }
+
+    /// Starts the estimate at `bps` instead (before any feedback).
+    pub fn with_initial_estimate(mut self, bps: u64) -> Self {
+        self.estimator = Estimator::new(bps);
+        self
+    }
+
+    /// The session's bandwidth estimate: from transport-wide feedback when the peer sends
+    /// it, else its REMB; none before either.
+    pub fn estimate(&self) -> Option<u64> {
+        if self.transport_feedback { Some(self.estimator.bps()) } else { self.remb_bps }
+    }
+
+    /// How many times the estimate fell for overuse or loss.
+    pub fn estimate_decreases(&self) -> u64 {
+        self.estimator.decreases()
+    }
+
+    /// Numbers a sealed packet for transport-wide feedback when the slot negotiated it;
+    /// called with the header in `self.packet` already written up to its extensions.
+    fn number(&mut self, slot: &SlotOut) -> Option<(u8, u16)> {
+        slot.ext.transport_cc.map(|id| (id, self.estimator.next_seq() as u16))
+    }
+
+    /// The datagram of `len` bytes numbered by `number` went out at `now_us`.
+    fn numbered_sent(&mut self, numbered: Option<(u8, u16)>, now_us: u64, len: usize) {
+        if numbered.is_some() {
+            self.estimator.on_sent(now_us, len);
         }
     }
 
@@ -207,15 +265,25 @@ impl Egress {
     #[cfg(test)]
     pub fn seal(&mut self, slot: &SlotOut, p: &Outgoing) -> Result<&[u8], SealError> {
         let mut out = std::mem::take(&mut self.protected);
-        let sealed = self.seal_to(slot, p, &mut out);
+        let sealed = self.seal_to(slot, p, &mut out, 0);
         self.protected = out;
         sealed.map(|len| &self.protected[..len])
     }
 
     /// [`Egress::seal`] into `out` (at least [`MAX_DATAGRAM`] bytes: the send queue's own
     /// buffer, so the datagram is not copied again); returns its length.
-    pub fn seal_to(&mut self, slot: &SlotOut, p: &Outgoing, out: &mut [u8]) -> Result<usize, SealError> {
-        write_header(&mut self.packet, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, slot, p);
+    /// `now_us` is when it goes out, for the bandwidth estimate.
+    pub fn seal_to(
+        &mut self,
+        slot: &SlotOut,
+        p: &Outgoing,
+        out: &mut [u8],
+        now_us: u64,
+    ) -> Result<usize, SealError> {
+        let numbered = self.number(slot);
+        let header =
+            Header { ssrc: slot.ssrc, pt: p.pt, seq: p.seq as u16, timestamp: p.timestamp, marker: p.marker };
+        write_header(&mut self.packet, &header, slot, p, numbered);
         let roc = (p.seq >> 16) as u32;
         let sealed = match p.vp8 {
             // Most packets go out as they came: encrypt straight from the shared payload.
@@ -230,31 +298,51 @@ impl Egress {
                 sealed
             }
         };
-        sealed.map_err(|e| self.count(e))
+        let sealed = sealed.map_err(|e| self.count(e));
+        if let Ok(len) = sealed {
+            self.numbered_sent(numbered, now_us, len);
+        }
+        sealed
     }
 
-    /// The (media SSRC, sequence number) pairs the NACKs in one SRTCP datagram from the
-    /// peer report lost; `None` when it did not decrypt or replays one read before
-    /// (str0m judges the datagram anyway, this only reads it).
-    pub fn nacked(&mut self, datagram: &[u8]) -> Option<Vec<(u32, u16)>> {
+    /// Reads one SRTCP datagram from the peer at `now_us`: its transport-wide feedback and
+    /// REMB move the estimate; returns the (media SSRC, sequence number) pairs its NACKs
+    /// report lost. `None` when it did not decrypt or replays one read before (str0m
+    /// judges the datagram anyway, this only reads it).
+    pub fn read_feedback(&mut self, datagram: &[u8], now_us: u64) -> Option<Vec<(u32, u16)>> {
         let mut plain = std::mem::take(&mut self.plain_rtcp);
+        let lost = self.unprotect_rtcp(datagram, &mut plain).then(|| nack::lost_packets(&plain));
+        if lost.is_some() {
+            let mut reports = std::mem::take(&mut self.reports);
+            twcc::read(&plain, &mut reports, &mut self.remb_bps);
+            for report in reports.drain(..) {
+                self.transport_feedback = true;
+                self.estimator.on_feedback(&report, now_us);
+            }
+            self.reports = reports;
+        }
+        self.plain_rtcp = plain;
+        lost
+    }
+
+    /// Decrypts one SRTCP datagram into `plain`; counts replays and evictions.
+    fn unprotect_rtcp(&mut self, datagram: &[u8], plain: &mut Vec<u8>) -> bool {
         let evicted = self.srtcp.senders_evicted();
-        let read = self.srtcp.unprotect(datagram, &mut plain);
+        let read = self.srtcp.unprotect(datagram, plain);
         if let Some(guard) = &self.guard {
             guard.srtcp_sender_evicted.inc_by(self.srtcp.senders_evicted() - evicted);
             if read == Err(SrtcpError::Replayed) {
                 guard.srtcp_replayed.inc();
             }
         }
-        let lost = read.ok().map(|_| nack::lost_packets(&plain));
-        self.plain_rtcp = plain;
-        lost
+        read.is_ok()
     }
 
     /// Resends one packet from the slot's history on the retransmission SSRC (RFC 4588).
     /// None when it is no longer kept, was resent less than `RESEND_GAP_MS` ago, the
     /// peer negotiated no RTX for its codec, or the seal was refused (counted).
-    pub fn reseal(&mut self, slot: &mut SlotOut, seq16: u16, now_ms: u64) -> Option<&[u8]> {
+    pub fn reseal(&mut self, slot: &mut SlotOut, seq16: u16, now_us: u64) -> Option<&[u8]> {
+        let now_ms = now_us / 1000;
         let rtx_ssrc = slot.rtx_ssrc?;
         let sent = sent_in(&mut slot.history, seq16)?;
         let rtx_pt = slot.rtx_pts.iter().find(|(media, _)| *media == sent.pt).map(|(_, rtx)| *rtx)?;
@@ -271,9 +359,14 @@ impl Egress {
             payload: &payload,
             vp8: sent.vp8,
             audio_level: None,
+            orientation: None,
+            content_type: None,
         };
         slot.rtx_seq = p.seq;
-        write_header(&mut self.packet, rtx_ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, slot, &p);
+        let numbered = self.number(slot);
+        let header =
+            Header { ssrc: rtx_ssrc, pt: p.pt, seq: p.seq as u16, timestamp: p.timestamp, marker: p.marker };
+        write_header(&mut self.packet, &header, slot, &p, numbered);
         // The RTX payload: the original sequence number, then the original payload.
         let mut body = std::mem::take(&mut self.body);
         body.clear();
@@ -284,7 +377,9 @@ impl Egress {
         }
         let sealed = self.protect(&body, (p.seq >> 16) as u32, &slot.rtx_window).map(|d| d.len());
         self.body = body;
-        sealed.ok().map(|len| &self.protected[..len])
+        let len = sealed.ok()?;
+        self.numbered_sent(numbered, now_us, len);
+        Some(&self.protected[..len])
     }
 
     /// Marks a packet str0m is about to seal with the same keys (the engine sends one of
@@ -317,27 +412,38 @@ impl Egress {
     }
 }
 
-/// The RTP header with a one-byte-form extension block (RFC 8285) carrying the mid and,
-/// for audio, the level. Returns the header length.
-#[allow(clippy::too_many_arguments)]
-fn write_header(
-    buf: &mut Vec<u8>,
+/// The fixed part of an RTP header.
+struct Header {
     ssrc: u32,
     pt: u8,
     seq: u16,
     timestamp: u32,
     marker: bool,
+}
+
+/// The RTP header with a one-byte-form extension block (RFC 8285) carrying the mid, the
+/// transport-wide number (`numbered`: its id and value), and what the packet carries of
+/// audio level, orientation and content type. Returns the header length.
+fn write_header(
+    buf: &mut Vec<u8>,
+    h: &Header,
     slot: &SlotOut,
     p: &Outgoing,
+    numbered: Option<(u8, u16)>,
 ) -> usize {
     buf.clear();
-    buf.extend_from_slice(&[0x80, (pt & 0x7f) | if marker { 0x80 } else { 0 }]);
-    buf.extend_from_slice(&seq.to_be_bytes());
-    buf.extend_from_slice(&timestamp.to_be_bytes());
-    buf.extend_from_slice(&ssrc.to_be_bytes());
+    buf.extend_from_slice(&[0x80, (h.pt & 0x7f) | if h.marker { 0x80 } else { 0 }]);
+    buf.extend_from_slice(&h.seq.to_be_bytes());
+    buf.extend_from_slice(&h.timestamp.to_be_bytes());
+    buf.extend_from_slice(&h.ssrc.to_be_bytes());
     let with_mid = slot.ext.mid.filter(|_| slot.mid_len > 0);
     let with_level = slot.ext.audio_level.zip(p.audio_level);
-    if with_mid.is_none() && with_level.is_none() {
+    let one_byte = [slot.ext.orientation.zip(p.orientation), slot.ext.content_type.zip(p.content_type)];
+    if with_mid.is_none()
+        && with_level.is_none()
+        && numbered.is_none()
+        && one_byte.iter().all(Option::is_none)
+    {
         return buf.len();
     }
     buf[0] |= 0x10;
@@ -353,6 +459,13 @@ fn write_header(
     if let Some((id, (level, voice))) = with_level {
         buf.push(id << 4);
         buf.push(if voice { 0x80 } else { 0 } | ((-level).clamp(0, 127) as u8));
+    }
+    if let Some((id, seq)) = numbered {
+        buf.push((id << 4) | 1);
+        buf.extend_from_slice(&seq.to_be_bytes());
+    }
+    for (id, byte) in one_byte.into_iter().flatten() {
+        buf.extend_from_slice(&[id << 4, byte]);
     }
     while !(buf.len() - block_at).is_multiple_of(4) {
         buf.push(0);
@@ -375,6 +488,8 @@ mod tests {
             payload,
             vp8: None,
             audio_level: Some((-30, true)),
+            orientation: None,
+            content_type: None,
         }
     }
 
@@ -386,11 +501,11 @@ mod tests {
             None,
             Vec::new(),
             "3".into(),
-            ExtIds { mid: Some(4), audio_level: Some(1) },
+            ExtIds { mid: Some(4), audio_level: Some(1), ..Default::default() },
         );
         let mut buf = Vec::new();
         let p = outgoing(&payload);
-        let len = write_header(&mut buf, slot.ssrc, p.pt, p.seq as u16, p.timestamp, p.marker, &slot, &p);
+        let len = write_header(&mut buf, &header(&slot, &p), &slot, &p, None);
         assert_eq!(len % 4, 0);
         assert_eq!(buf[0], 0x90);
         assert_eq!(buf[1], 0x80 | 111);
@@ -407,9 +522,51 @@ mod tests {
         let payload: Arc<[u8]> = vec![1].into();
         let slot = SlotOut::new(7, None, Vec::new(), "0".into(), ExtIds::default());
         let mut buf = Vec::new();
-        let p = outgoing(&payload);
-        assert_eq!(write_header(&mut buf, 7, 96, 1, 2, false, &slot, &p), 12);
+        let p = Outgoing { audio_level: None, ..outgoing(&payload) };
+        assert_eq!(write_header(&mut buf, &header(&slot, &p), &slot, &p, None), 12);
         assert_eq!(buf[0], 0x80);
+    }
+
+    fn header(slot: &SlotOut, p: &Outgoing) -> Header {
+        Header { ssrc: slot.ssrc, pt: p.pt, seq: p.seq as u16, timestamp: p.timestamp, marker: p.marker }
+    }
+
+    #[test]
+    fn header_carries_the_transport_wide_number_orientation_and_content_type() {
+        let payload: Arc<[u8]> = vec![1].into();
+        let ext = ExtIds {
+            transport_cc: Some(3),
+            orientation: Some(13),
+            content_type: Some(7),
+            ..Default::default()
+        };
+        let slot = SlotOut::new(7, None, Vec::new(), "0".into(), ext);
+        let p =
+            Outgoing { audio_level: None, orientation: Some(1), content_type: Some(1), ..outgoing(&payload) };
+        let mut buf = Vec::new();
+        let len = write_header(&mut buf, &header(&slot, &p), &slot, &p, Some((3, 0x1234)));
+        assert_eq!(&buf[16..len], &[0x31, 0x12, 0x34, 0xd0, 1, 0x70, 1, 0]);
+        assert!(len - 12 <= MAX_EXTENSIONS);
+    }
+
+    #[test]
+    fn feedback_on_numbered_packets_moves_the_estimate() {
+        let mut egress = egress().with_initial_estimate(1_000_000);
+        let mut peer = srtp::tests::Peer::new(&[7; 56]);
+        let ext = ExtIds { transport_cc: Some(3), ..Default::default() };
+        let slot = SlotOut::new(7, None, Vec::new(), "0".into(), ext);
+        let payload: Arc<[u8]> = vec![1; 1000].into();
+        let mut out = vec![0; MAX_DATAGRAM];
+        for i in 0..10u64 {
+            let p = Outgoing { seq: 100 + i, ..outgoing(&payload) };
+            egress.seal_to(&slot, &p, &mut out, i * 1_000).unwrap();
+            assert_eq!(&out[16..19], &[0x31, 0, i as u8], "numbered from 0 across the session");
+        }
+        assert_eq!(egress.estimate(), None, "no feedback yet");
+        let arrivals: Vec<Option<i64>> = (0..10).map(|i| Some(4 * i)).collect();
+        let report = twcc::tests::report(0, 1, 0, &arrivals);
+        assert!(egress.read_feedback(&peer.sealed(0xa, &report), 20_000).is_some());
+        assert!(egress.estimate().is_some());
     }
 
     #[test]
@@ -447,18 +604,18 @@ mod tests {
 
         let mut slot = SlotOut::new(7, Some(8), vec![(111, 97)], "1".into(), ExtIds::default());
         slot.remember(&p);
-        let first = egress.reseal(&mut slot, 500, 1_000).expect("resent").to_vec();
+        let first = egress.reseal(&mut slot, 500, 1_000_000).expect("resent").to_vec();
         assert_eq!(&first[8..12], &8u32.to_be_bytes(), "on the RTX SSRC");
         assert_eq!(first[1] & 0x7f, 97, "with the RTX payload type of the packet's codec");
-        assert!(egress.reseal(&mut slot, 500, 1_050).is_none(), "NACKed again within 100 ms");
-        let again = egress.reseal(&mut slot, 500, 1_100).expect("resent after the gap").to_vec();
+        assert!(egress.reseal(&mut slot, 500, 1_050_000).is_none(), "NACKed again within 100 ms");
+        let again = egress.reseal(&mut slot, 500, 1_100_000).expect("resent after the gap").to_vec();
         assert_ne!(first[2..4], again[2..4], "each resend has its own RTX sequence number");
-        assert!(egress.reseal(&mut slot, 501, 2_000).is_none(), "never sent");
+        assert!(egress.reseal(&mut slot, 501, 2_000_000).is_none(), "never sent");
 
         p.pt = 100; // a codec without RTX on this slot
         p.seq = 502;
         slot.remember(&p);
-        assert!(egress.reseal(&mut slot, 502, 3_000).is_none());
+        assert!(egress.reseal(&mut slot, 502, 3_000_000).is_none());
     }
 
     fn counted_egress() -> (Egress, SfuMetrics) {
@@ -515,13 +672,13 @@ mod tests {
         p.seq = 500;
         let mut slot = SlotOut::new(7, Some(8), vec![(111, 97)], "1".into(), ExtIds::default());
         slot.remember(&p);
-        assert!(egress.reseal(&mut slot, 500, 1_000).is_some());
+        assert!(egress.reseal(&mut slot, 500, 1_000_000).is_some());
         let mut rebuilt = SlotOut::new(7, Some(8), vec![(111, 97)], "1".into(), ExtIds::default());
         rebuilt.remember(&p);
-        assert!(egress.reseal(&mut rebuilt, 500, 1_000).is_none());
+        assert!(egress.reseal(&mut rebuilt, 500, 1_000_000).is_none());
         assert_eq!(guard_count(&metrics, "seal_index_used"), 1);
         rebuilt.remember(&p);
-        assert!(egress.reseal(&mut rebuilt, 500, 2_000).is_some(), "past the first slot's numbers");
+        assert!(egress.reseal(&mut rebuilt, 500, 2_000_000).is_some(), "past the first slot's numbers");
     }
 
     /// The source packets of one stretch of a stream, in arrival order: every 100th sent
@@ -575,6 +732,8 @@ mod tests {
                     payload: &payload,
                     vp8: None,
                     audio_level: None,
+                    orientation: None,
+                    content_type: None,
                 };
                 let roc = (out.seq >> 16) as u32;
                 match egress.seal(&slot, &p) {
@@ -607,11 +766,15 @@ mod tests {
     fn a_replayed_nack_is_counted_and_not_answered() {
         let (mut egress, metrics) = counted_egress();
         let mut peer = srtp::tests::Peer::new(&[7; 56]);
-        assert!(egress.nacked(&[0u8; 40]).is_none(), "junk");
+        assert!(egress.read_feedback(&[0u8; 40], 0).is_none(), "junk");
         let nack = peer.srtcp(0xa, 0);
-        assert_eq!(egress.nacked(&nack), Some(vec![(42, 7)]));
-        assert_eq!(egress.nacked(&peer.srtcp(0xb, 0)), Some(vec![(42, 7)]), "another sender SSRC from 0");
-        assert_eq!(egress.nacked(&nack), None, "replayed");
+        assert_eq!(egress.read_feedback(&nack, 0), Some(vec![(42, 7)]));
+        assert_eq!(
+            egress.read_feedback(&peer.srtcp(0xb, 0), 0),
+            Some(vec![(42, 7)]),
+            "another sender SSRC from 0"
+        );
+        assert_eq!(egress.read_feedback(&nack, 0), None, "replayed");
         assert_eq!(guard_count(&metrics, "srtcp_replayed"), 1);
     }
 

@@ -539,11 +539,25 @@ pub(super) mod tests {
         pub(crate) fn srtcp(&mut self, ssrc: u32, index: u32) -> Vec<u8> {
             let mut packet = vec![0x81, 205, 0, 3];
             packet.extend_from_slice(&ssrc.to_be_bytes());
-            let body = [0, 0, 0, 42, 0, 7, 0, 0];
+            packet.extend_from_slice(&[0, 0, 0, 42, 0, 7, 0, 0]);
+            self.seal(packet, index)
+        }
+
+        /// A plain compound packet sealed with SRTCP index `index` (its first packet's
+        /// sender SSRC names the sender; set here to `ssrc`).
+        pub(crate) fn sealed(&mut self, ssrc: u32, plain: &[u8]) -> Vec<u8> {
+            let mut packet = plain.to_vec();
+            packet[4..8].copy_from_slice(&ssrc.to_be_bytes());
+            self.seal(packet, 0)
+        }
+
+        fn seal(&mut self, mut packet: Vec<u8>, index: u32) -> Vec<u8> {
+            let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+            let body = packet.split_off(8);
             let trailer = (0x8000_0000 | index).to_be_bytes();
             let aad = [&packet[..], &trailer[..]].concat();
             let iv = AeadAes128Gcm::rtcp_iv(self.salt, ssrc, index);
-            let mut sealed = [0u8; 8 + TAG_LEN];
+            let mut sealed = vec![0u8; body.len() + TAG_LEN];
             assert!(self.cipher.encrypt(&iv, &aad, &body, &mut sealed));
             packet.extend_from_slice(&sealed);
             packet.extend_from_slice(&trailer);

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use str0m::media::Mid;
 
-use super::select::allocator::UPGRADE_HEADROOM;
+use super::Router;
 use super::select::{AllocTrack, MAX_LAYERS, Priority, allocate, choose_layer};
 use super::source::{Fed, SourceKey};
-use super::{Output, Router};
 use crate::api::{SessionEvent, SessionId, TrackKind, TrackSource};
 
 /// Layer bitrates are measured over this interval.
@@ -20,8 +19,6 @@ const NOMINAL_LAYER_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_700_000];
 const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(2);
 /// What an audio sink is assumed to cost: it always goes, video gets the rest.
 const AUDIO_BPS: u64 = 50_000;
-/// The least an endpoint's estimate is asked to grow to.
-const MIN_DESIRED_BPS: u64 = 300_000;
 
 impl Router {
     /// Measure each layer's and each endpoint's bit rate over the last interval.
@@ -53,8 +50,7 @@ impl Router {
     }
 
     /// Fit each subscriber's video into its bandwidth estimate (and the share its media
-    /// thread can carry, `shed_video`), and say how much it would like to be sent so the
-    /// estimate can grow to it.
+    /// thread can carry, `shed_video`).
     pub(super) fn allocate_bandwidth(&mut self) {
         let now = self.now;
         let shedding = self.video_share < 1.0;
@@ -166,13 +162,6 @@ impl Router {
                 } else {
                     self.metrics.paused_by_bandwidth.inc_by(paused);
                 }
-            }
-            if estimate.is_some() {
-                // Ask for enough that an upgrade's headroom can be found by probing (no more
-                // than the share the thread sends while it sheds: probing is sending too).
-                let desired = if shedding { desired.min(budget) } else { desired };
-                let bps = ((desired as f64 / UPGRADE_HEADROOM) as u64).max(MIN_DESIRED_BPS);
-                self.outputs.push_back(Output::DesiredBitrate { to: id, bps });
             }
             for (key, layer) in keyframes {
                 self.request_keyframe(key, layer, now);

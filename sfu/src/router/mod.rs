@@ -85,8 +85,6 @@ pub enum Output {
     Event { to: SessionId, event: SessionEvent },
     /// The endpoint has sources waiting for new sinks: offer them (see `Router::slots_to_add`).
     OfferNeeded(SessionId),
-    /// The rate an endpoint's estimate should grow to (what its video would need).
-    DesiredBitrate { to: SessionId, bps: u64 },
     /// A relay link that feeds another node should carry this newly published source.
     RelaySource { to: SessionId, source: SourceKey },
 }
@@ -170,7 +168,12 @@ impl Router {
             }
             Input::Estimate { endpoint, bps } => {
                 if let Some(e) = self.endpoints.get_mut(&endpoint) {
+                    // A fall of a fifth or more is fitted now, not at the next round.
+                    let fell = e.estimate.is_some_and(|before| bps < before - before / 5);
                     e.estimate = Some(bps);
+                    if fell {
+                        self.allocate_bandwidth();
+                    }
                 }
             }
             Input::KeyframeWanted { sink } => {

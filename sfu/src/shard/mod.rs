@@ -548,7 +548,7 @@ impl Shard {
             }
         };
         if session.egress.is_some() && send::is_rtcp(data) {
-            self.answer_nacks(id, data);
+            self.read_feedback(id, data);
         }
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let input = Input::Receive(at, receive);
@@ -677,7 +677,6 @@ impl Shard {
                 }
             }
             router::Output::OfferNeeded(id) => self.offers_due.push(id),
-            router::Output::DesiredBitrate { to, bps } => self.set_desired_bitrate(to, bps),
             router::Output::RelaySource { to, source } => {
                 if let Some(track) = self.feed_source(to, source)
                     && let Some(relay) = self.relays.get(&to)

@@ -50,6 +50,12 @@ impl Shard {
                     if t.contents.first().is_some_and(|b| *b >= 20) {
                         session.dest = Some(t.destination);
                     }
+                    // On a numbered session str0m's RTP is a copy the fast path sent
+                    // already (ADR 0025); its RTCP goes.
+                    let rtp = t.contents.first().is_some_and(|b| b >> 6 == 2) && !is_rtcp(&t.contents);
+                    if rtp && session.numbered && session.egress.is_some() {
+                        continue;
+                    }
                     self.out.push(t.destination, &t.contents);
                 }
                 Output::Timeout(at) => {
@@ -100,7 +106,7 @@ impl Shard {
     /// fast path is on, and the profile is a GCM one; others keep str0m's send path).
     pub(super) fn take_srtp_keys(&mut self) {
         for captured in egress::keys::take_captured() {
-            if !self.config.fast_egress || self.config.bwe {
+            if !self.config.fast_egress {
                 continue;
             }
             // Only a session whose handshake str0m accepted (its peer's certificate matched).
@@ -115,7 +121,8 @@ impl Shard {
                 captured.local_is_client,
             ) {
                 Some((tx, rx)) => {
-                    session.egress = Some(Egress::new(tx, rx).counted(&self.metrics));
+                    let egress = Egress::new(tx, rx).with_initial_estimate(self.config.bwe_initial_bps);
+                    session.egress = Some(egress.counted(&self.metrics));
                     self.metrics.fast_path_sessions.inc();
                 }
                 None => {
@@ -125,13 +132,25 @@ impl Shard {
         }
     }
 
-    /// Resend what the fast path sent and the peer reports lost (str0m reads the same
-    /// feedback, but has none of those packets).
-    pub(super) fn answer_nacks(&mut self, id: SessionId, data: &[u8]) {
-        let now_ms = self.clock_ms(Instant::now());
+    /// Read the peer's feedback on what the fast path sent it (str0m reads the same, but
+    /// has none of those packets): resend what it reports lost, and move its bandwidth
+    /// estimate (given to the router when it changed, ADR 0025).
+    pub(super) fn read_feedback(&mut self, id: SessionId, data: &[u8]) {
+        let now = Instant::now();
+        let now_us = self.clock_us(now);
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(egress) = session.egress.as_mut() else { return };
+        let decreases = egress.estimate_decreases();
+        let Some(lost) = egress.read_feedback(data, now_us) else { return };
+        self.metrics.estimate_decreases.inc_by(egress.estimate_decreases() - decreases);
+        if let Some(bps) = egress.estimate().filter(|_| self.config.bwe)
+            && session.estimate_report.due(bps, now)
+        {
+            self.router.handle_input(router::Input::Estimate { endpoint: id, bps }, now);
+            self.carry_out();
+        }
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let (Some(egress), Some(dest)) = (session.egress.as_mut(), session.dest) else { return };
-        let Some(lost) = egress.nacked(data) else { return };
         let mut resent = 0;
         for (ssrc, seq) in lost {
             if resent == egress::MAX_RESENDS_PER_DATAGRAM {
@@ -139,7 +158,7 @@ impl Shard {
                 break;
             }
             let slot = session.sinks.values_mut().filter_map(|s| s.out.as_mut()).find(|o| o.ssrc == ssrc);
-            let Some(datagram) = slot.and_then(|slot| egress.reseal(slot, seq, now_ms)) else { continue };
+            let Some(datagram) = slot.and_then(|slot| egress.reseal(slot, seq, now_us)) else { continue };
             resent += 1;
             self.metrics.retransmitted.inc();
             self.out.push(dest, datagram);
@@ -225,25 +244,32 @@ impl Shard {
             payload: &f.payload,
             vp8: f.vp8,
             audio_level: f.audio_level,
+            orientation: ext.video_orientation.map(|o| o as u8),
+            content_type: ext.video_content_type,
         };
-        let fast = subscriber.egress.is_some()
-            && subscriber.dest.is_some()
-            && egress::fits(f.payload.len())
-            && ext.video_orientation.is_none()
-            && ext.video_content_type.is_none()
-            && sink.engine_ms.is_some_and(|at| arrival_ms.saturating_sub(at) < ENGINE_PACKET_EVERY_MS);
         if subscriber.egress.is_some() && sink.out.is_none() {
             let rtc = &mut subscriber.rtc;
             sink.out =
                 contained(&mut self.failed, &self.metrics, sub_id, || slot_out(rtc, mid, tx_ssrc)).flatten();
+            subscriber.numbered |= sink.out.as_ref().is_some_and(|o| o.ext.transport_cc.is_some());
         }
+        let fits = egress::fits(f.payload.len());
+        let refresh = sink.engine_ms.is_none_or(|at| arrival_ms.saturating_sub(at) >= ENGINE_PACKET_EVERY_MS);
+        let fast = subscriber.egress.is_some()
+            && subscriber.dest.is_some()
+            && fits
+            && (subscriber.numbered || !refresh);
         if let (Some(slot), true) = (sink.out.as_mut(), f.video) {
             slot.remember(&outgoing);
         }
         if let (true, Some(egress), Some(dest), Some(slot)) =
             (fast, subscriber.egress.as_mut(), subscriber.dest, sink.out.as_ref())
         {
-            match self.out.push_with(dest, egress::MAX_DATAGRAM, |buf| egress.seal_to(slot, &outgoing, buf)) {
+            let now_us = self.epoch.elapsed().as_micros() as u64;
+            match self
+                .out
+                .push_with(dest, egress::MAX_DATAGRAM, |buf| egress.seal_to(slot, &outgoing, buf, now_us))
+            {
                 Ok(()) => {}
                 Err(e) => {
                     self.metrics.not_forwarded.with_label_values(&[e.reason()]).inc();
@@ -251,15 +277,26 @@ impl Shard {
                 }
             }
             self.metrics.rtp_forwarded.inc();
+            if !(refresh && subscriber.numbered) {
+                return;
+            }
+            // A session whose packets carry transport-wide numbers gets every RTP packet
+            // from the fast path (one numbering, ADR 0025): str0m is written a copy for
+            // its sender reports, and what it sends of it is dropped (`drain`).
+        } else if subscriber.numbered {
+            // str0m's packets are not sent on this session: what the fast path cannot
+            // send (too large to seal, or no address yet) is not sent.
+            let reason = if fits { "no_destination" } else { "too_large" };
+            self.metrics.not_forwarded.with_label_values(&[reason]).inc();
             return;
-        }
-        // The engine seals with the fast path's keys: its index counts as used too.
-        if let Some(egress) = subscriber.egress.as_mut()
+        } else if let Some(egress) = subscriber.egress.as_mut()
             && let Err(e) = egress.claim_for_engine(*tx_ssrc, f.seq)
         {
+            // The engine seals with the fast path's keys: its index counts as used too.
             self.metrics.not_forwarded.with_label_values(&[e.reason()]).inc();
             return;
         }
+        let copy = fast;
         sink.engine_ms = Some(arrival_ms);
         // With the fast path on, its own history answers NACKs: str0m must not resend
         // on the retransmission SSRC whose sequence numbers the fast path owns.
@@ -282,7 +319,10 @@ impl Shard {
             stream.write_rtp(write);
             Some(())
         });
-        if written.flatten().is_none() {
+        if written.flatten().is_none() || copy {
+            if copy {
+                self.dirty.push(sub_id);
+            }
             return;
         }
         self.metrics.rtp_forwarded.inc();
@@ -291,6 +331,11 @@ impl Shard {
         } else {
             self.dirty.push(sub_id);
         }
+    }
+
+    /// An instant as microseconds on the shard's time line.
+    pub(super) fn clock_us(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
     /// An instant as milliseconds on the shard's time line.

@@ -6,9 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, CodecSpec};
 use str0m::media::{Direction, MediaKind, Mid, Rid};
@@ -56,8 +55,11 @@ pub(super) struct Session {
     pub published: HashMap<Mid, String>,
     /// Mids whose publication was refused (no grant, over the limit): told once.
     pub refused: HashSet<Mid>,
-    /// Its estimate comes from transport-cc (REMB reports are then ignored).
-    pub twcc: bool,
+    /// Its fast-path packets carry transport-wide sequence numbers (ADR 0025): then
+    /// every RTP packet it is sent comes from the fast path, none from str0m.
+    pub numbered: bool,
+    /// When its bandwidth estimate was last given to the router, and what it was.
+    pub estimate_report: EstimateReport,
     /// Incoming SSRC to its mid, simulcast layer and rid.
     pub rx_mid: FastMap<Ssrc, (Mid, u8, Option<Rid>)>,
     /// How its sinks go out: str0m's SSRC for each, and the fast path's state.
@@ -94,6 +96,26 @@ pub(super) struct SinkOut {
     pub engine_ms: Option<u64>,
 }
 
+/// A session's estimate goes to the router when it moved by a twentieth, or a second
+/// after the last time: feedback comes every 50-100 ms, and the router fits layers to it
+/// every 200 ms.
+#[derive(Default)]
+pub(super) struct EstimateReport {
+    last: Option<(u64, Instant)>,
+}
+
+impl EstimateReport {
+    pub fn due(&mut self, bps: u64, now: Instant) -> bool {
+        let due = self.last.is_none_or(|(last, at)| {
+            bps.abs_diff(last) * 20 > last || now.saturating_duration_since(at) >= Duration::from_secs(1)
+        });
+        if due {
+            self.last = Some((bps, now));
+        }
+        due
+    }
+}
+
 impl Session {
     pub fn new(
         room: String,
@@ -119,7 +141,8 @@ impl Session {
             newly_published: Vec::new(),
             published: HashMap::new(),
             refused: HashSet::new(),
-            twcc: false,
+            numbered: false,
+            estimate_report: EstimateReport::default(),
             rx_mid: FastMap::default(),
             sinks: PlacedMap::default(),
             egress: None,
@@ -440,24 +463,6 @@ impl Shard {
                 self.metrics.keyframe_requests.with_label_values(&["received"]).inc();
                 self.route(Input::KeyframeWanted { sink: (id, request.mid) });
             }
-            Event::EgressBitrateEstimate(estimate) => {
-                if !self.config.bwe {
-                    return;
-                }
-                let Some(s) = self.sessions.get_mut(&id) else { return };
-                let bps = match estimate {
-                    BweKind::Twcc { estimate, can_probe } => {
-                        s.twcc |= can_probe;
-                        s.twcc.then(|| estimate.as_u64())
-                    }
-                    // REMB only where transport-cc is not negotiated.
-                    BweKind::Remb { estimate, .. } if !s.twcc => Some(estimate.as_u64()),
-                    _ => None,
-                };
-                if let Some(bps) = bps {
-                    self.route(Input::Estimate { endpoint: id, bps });
-                }
-            }
             Event::MediaEgressStats(stats) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     let seen = s.nacks_seen.entry(stats.mid).or_insert(0);
@@ -549,16 +554,6 @@ impl Shard {
         session.rx_mid.insert(ssrc, (mid, layer, rid));
         Some((mid, layer, rid))
     }
-
-    /// Tell a session's engine how much it would like to send, so its estimate can grow.
-    pub(super) fn set_desired_bitrate(&mut self, id: SessionId, bps: u64) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
-        let rtc = &mut session.rtc;
-        contained(&mut self.failed, &self.metrics, id, || {
-            rtc.bwe().set_bitrate(Bitrate::bps(0), Bitrate::bps(bps))
-        });
-        self.dirty.push(id);
-    }
 }
 
 /// A session's WebRTC engine as every participant gets it: ICE-lite, RTP mode (we forward
@@ -589,9 +584,8 @@ pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -
             VideoCodec::H264 => codecs.add_h264(H264_PT.into(), Some(H264_RTX_PT.into()), true, 0x42e01f),
         }
     }
-    if config.bwe {
-        builder = builder.enable_bwe(Some(Bitrate::bps(config.bwe_initial_bps)));
-    }
+    // str0m's own estimator stays off: it would see none of the fast path's packets, and
+    // its probes would go out on the fast path's sequence numbers (ADR 0025).
     builder.build(now)
 }
 
@@ -628,9 +622,13 @@ pub(crate) fn slot_out(rtc: &mut Rtc, mid: Mid, ssrc: Ssrc) -> Option<SlotOut> {
     // One-byte header extensions (RFC 8285) have ids 1-14; the fast path writes no others.
     let one_byte = |id: Option<u8>| id.filter(|id| (1..=14).contains(id));
     let exts = media.remote_extmap();
+    use str0m::rtp::Extension;
     let ext = ExtIds {
-        mid: one_byte(exts.id_of(str0m::rtp::Extension::RtpMid)),
-        audio_level: one_byte(exts.id_of(str0m::rtp::Extension::AudioLevel)),
+        mid: one_byte(exts.id_of(Extension::RtpMid)),
+        audio_level: one_byte(exts.id_of(Extension::AudioLevel)),
+        transport_cc: one_byte(exts.id_of(Extension::TransportSequenceNumber)),
+        orientation: one_byte(exts.id_of(Extension::VideoOrientation)),
+        content_type: one_byte(exts.id_of(Extension::VideoContentType)),
     };
     let rtx_pts = rtc.codec_config().iter().filter_map(|p| Some((*p.pt(), *p.resend()?))).collect();
     let rtx_ssrc = rtc.direct_api().stream_tx(&ssrc).and_then(|s| s.rtx()).map(|s| *s);
