@@ -580,6 +580,8 @@ async fn finish(
     report.loss_pct =
         (total_expected > 0).then(|| 100.0 * (1.0 - total_received as f64 / total_expected as f64));
     report.frozen_subscriptions = clients.iter().map(|c| c.frozen).sum();
+    report.paused_tiles = clients.iter().map(|c| c.paused_tiles).sum();
+    report.tile_pauses = clients.iter().map(|c| c.tile_pauses as u64).sum();
     report.layer_pauses = clients.iter().map(|c| c.layer_pauses as u64).sum();
     let switches: Vec<f64> = clients.iter().flat_map(|c| c.switch_keyframe_ms.iter().copied()).collect();
     report.layer_switches = switches.len();

@@ -147,8 +147,13 @@ pub struct Report {
     pub duplicate_packets: u64,
     /// Packets received that nobody was expected to get (silence, the start of a talk turn).
     pub unexpected_packets: u64,
-    /// Tiles a view showed for more than 3 s that received nothing in the last 2 s.
+    /// Tiles a view showed for more than 3 s that received nothing in the last 2 s (and
+    /// that the server had not said it paused).
     pub frozen_subscriptions: usize,
+    /// Tiles shown at the end that the server said it paused (`trackPaused`: bandwidth
+    /// or load), and the pauses it told over the run.
+    pub paused_tiles: usize,
+    pub tile_pauses: u64,
     pub latency_ms: Percentiles,
     pub latency_parts_ms: LatencyParts,
     pub jitter_ms: P99,
@@ -322,8 +327,8 @@ impl Report {
         let _ = writeln!(out, "jitter p99      {}", f(self.jitter_ms.p99, " ms"));
         let _ = writeln!(
             out,
-            "frozen tiles    {}  ({} unexpected packets received)",
-            self.frozen_subscriptions, self.unexpected_packets
+            "frozen tiles    {}  ({} paused by the server at the end, {} pauses told; {} unexpected packets received)",
+            self.frozen_subscriptions, self.paused_tiles, self.tile_pauses, self.unexpected_packets
         );
         let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
         let _ = writeln!(

@@ -149,6 +149,15 @@ pub enum ServerMessage {
         track_id: String,
         active: Vec<String>,
     },
+    /// A video track the client shows is paused by the server (its bandwidth or the
+    /// node's load cannot carry it), or sent again: show it as paused, not frozen.
+    #[serde(rename_all = "camelCase")]
+    TrackPaused {
+        track_id: String,
+        paused: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     Pong,
     Error {
         code: String,
@@ -171,6 +180,7 @@ impl ServerMessage {
         "activeSpeaker",
         "slots",
         "layers",
+        "trackPaused",
         "pong",
         "error",
     ];

@@ -160,6 +160,13 @@ pub enum SessionEvent {
         track_id: String,
         active: Vec<String>,
     },
+    /// To a subscriber: a video track it shows is paused (or goes again): its bandwidth
+    /// estimate (`"bandwidth"`) or its media thread's load (`"load"`) cannot carry it.
+    TrackPaused {
+        track_id: String,
+        paused: bool,
+        reason: &'static str,
+    },
     /// The room's dominant speaker changed.
     ActiveSpeaker {
         participant_id: String,

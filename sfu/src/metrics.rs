@@ -149,7 +149,7 @@ impl SfuMetrics {
             ),
             estimate_decreases: counter(
                 "huiyi_bandwidth_estimate_decreases_total",
-                "Times a subscriber's bandwidth estimate fell because its path's queue grew (delay) or it lost more than 10% (ADR 0025)",
+                "Times a subscriber's bandwidth estimate fell because its path's queue grew (delay) or it lost more than 20% (ADR 0025)",
             ),
             paused_by_load: counter(
                 "huiyi_video_paused_for_load_total",

@@ -66,6 +66,11 @@ pub fn server_message(event: &SessionEvent) -> Option<ServerMessage> {
         SessionEvent::Layers { track_id, active } => {
             ServerMessage::Layers { track_id: track_id.clone(), active: active.clone() }
         }
+        SessionEvent::TrackPaused { track_id, paused, reason } => ServerMessage::TrackPaused {
+            track_id: track_id.clone(),
+            paused: *paused,
+            reason: (*paused).then(|| reason.to_string()),
+        },
         SessionEvent::Closed { .. } => return None,
     })
 }

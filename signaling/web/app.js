@@ -154,6 +154,24 @@ function forgetTrack(trackId) {
   if (tile) { dropTile(tile); state.screenTiles.delete(trackId); }
 }
 
+// The tile that shows a video track: its screen tile, or its owner's grid tile.
+function tileOfTrack(trackId) {
+  if (state.screenTiles.has(trackId)) return state.screenTiles.get(trackId);
+  const t = state.tracks.get(trackId);
+  const p = t && state.participants.get(t.participantId);
+  return p ? p.tile : null;
+}
+
+// The server paused a track this page shows (its bandwidth or the node's load cannot
+// carry it): the tile says so rather than freezing on its last frame.
+function setPaused(trackId, paused, reason) {
+  const tile = tileOfTrack(trackId);
+  if (!tile) return;
+  tile.el.classList.toggle("paused", paused);
+  if (paused) tile.el.dataset.paused = reason === "load" ? "server busy" : "low bandwidth";
+  else delete tile.el.dataset.paused;
+}
+
 function setMicMuted(participantId, muted) {
   const p = state.participants.get(participantId);
   if (p) p.tile.name.classList.toggle("muted", muted);
@@ -485,6 +503,7 @@ async function handleMessage(msg) {
       if (t && t.kind === "audio") setMicMuted(msg.participantId, msg.muted);
       break;
     }
+    case "trackPaused": setPaused(msg.trackId, msg.paused, msg.reason); break;
     case "activeSpeaker": state.activeSpeaker = msg.participantId; layout(); break;
     case "error": $("meeting-error").textContent = msg.code + ": " + msg.message; break;
   }

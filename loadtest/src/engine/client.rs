@@ -159,6 +159,8 @@ impl Worker {
                 rx_tracks: Placed::default(),
                 slots: HashMap::new(),
                 layer_pauses: 0,
+                paused_tiles: Default::default(),
+                tile_pauses: 0,
                 switch_keyframe_ms: Vec::new(),
                 timeout: now,
                 rtc_timer: None,
@@ -228,6 +230,13 @@ impl Worker {
             }
             ServerMessage::Error { code, message } => client.errors.push(format!("{code}: {message}")),
             ServerMessage::ActiveSpeaker { .. } => client.speaker_events += 1,
+            ServerMessage::TrackPaused { track_id, paused, .. } => {
+                if *paused {
+                    client.tile_pauses += u32::from(client.paused_tiles.insert(track_id.clone()));
+                } else {
+                    client.paused_tiles.remove(track_id);
+                }
+            }
             ServerMessage::Slots { slots } => {
                 for slot in slots {
                     match &slot.track_id {

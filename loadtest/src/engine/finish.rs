@@ -36,8 +36,13 @@ pub struct ClientResult {
     pub has_view: bool,
     pub twin: Option<u32>,
     pub publishing_half: bool,
-    /// Tracks it showed at the end of the window that had stopped arriving.
+    /// Tracks it showed at the end of the window that had stopped arriving (and that the
+    /// server had not said it paused).
     pub frozen: usize,
+    /// Tracks it showed at the end of the window that the server said it paused.
+    pub paused_tiles: usize,
+    /// Times the server paused a track it showed (`trackPaused`).
+    pub tile_pauses: u32,
     /// Times the server's `layers` paused one of its camera's layers.
     pub layer_pauses: u32,
     /// From a `subscribe` that resized a tile to the first keyframe of another layer.
@@ -92,6 +97,7 @@ impl Worker {
             !leaving && client.connected_at.is_some() && self.shared.us(Instant::now()) >= *end
         });
         let mut frozen_tracks = 0;
+        let mut paused_tiles = 0;
         let mut unfinished_switches = 0;
         if let Some(end) = window_end {
             let last_packet = |owner: u32| {
@@ -114,6 +120,10 @@ impl Worker {
                         .map(|(o, since)| (format!("of lt-{o}"), Some(*o), *since)),
                 );
             for (track, owner, since) in tiles {
+                if client.paused_tiles.contains(&track) {
+                    paused_tiles += 1;
+                    continue;
+                }
                 let shown =
                     Shown { since_us: self.shared.us(since), last_packet_us: owner.and_then(last_packet) };
                 if shown.frozen(end) {
@@ -168,6 +178,8 @@ impl Worker {
             twin: client.setup.twin,
             publishing_half: client.setup.publishing_half,
             frozen: frozen_tracks,
+            paused_tiles,
+            tile_pauses: client.tile_pauses,
             layer_pauses: client.layer_pauses,
             switch_keyframe_ms: client.switch_keyframe_ms,
             unfinished_switches,

@@ -303,6 +303,11 @@ struct Client {
     /// What each receiving mid carries by the server's last `slots`, and since when.
     slots: HashMap<String, (String, Instant)>,
     layer_pauses: u32,
+    /// Tracks the server said it paused for this client (`trackPaused`): shown as
+    /// paused, not frozen.
+    paused_tiles: std::collections::HashSet<String>,
+    /// `trackPaused` messages that paused a track.
+    tile_pauses: u32,
     switch_keyframe_ms: Vec<f64>,
     /// When the engine wants its next timeout.
     timeout: Instant,

@@ -4,8 +4,8 @@
 //! growth of each group's queuing delay is smoothed into a trend, and a trend above an
 //! adaptive threshold is overuse; the rate then drops below what the receiver got, holds
 //! while the queue drains, and grows again while there is no overuse (slowly near the rate
-//! where it last fell, faster away from it). Loss above 10% cuts the rate too; between 2%
-//! and 10% it may not grow. Sans-IO: times are microseconds on the caller's clock.
+//! where it last fell, faster away from it). Loss above 20% cuts the rate too; between 5%
+//! and 20% it may not grow. Sans-IO: times are microseconds on the caller's clock.
 
 use std::collections::VecDeque;
 
@@ -35,6 +35,12 @@ const MAX_BPS: f64 = 100_000_000.0;
 const ACKED_WINDOW_US: i64 = 500_000;
 /// Loss is judged over at least this many reported packets.
 const LOSS_MIN_PACKETS: u32 = 40;
+/// Loss above this cuts the rate; above `LOSS_HOLD` it may not grow. A queue that
+/// overflows shows as delay first (the delay signal acts on it); loss alone, without
+/// delay, is mostly a lossy radio link, where NACK repairs 10% and cutting the rate
+/// would not lower it.
+const LOSS_CUT: f64 = 0.2;
+const LOSS_HOLD: f64 = 0.05;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -344,7 +350,7 @@ impl Estimator {
                 decreased = true;
             }
         }
-        if fresh && loss > 0.1 && since_decrease >= 300_000 && !decreased {
+        if fresh && loss > LOSS_CUT && since_decrease >= 300_000 && !decreased {
             // From what got through (the estimate may be far above what is sent).
             let from = if acked > 0.0 { acked.min(self.bps) } else { self.bps };
             let target = from * (1.0 - 0.5 * loss);
@@ -357,7 +363,7 @@ impl Estimator {
         if decreased {
             self.decreases += 1;
             self.last_decrease_us = Some(now_us);
-        } else if self.trend.signal == Signal::Normal && loss < 0.02 && since_decrease >= 300_000 {
+        } else if self.trend.signal == Signal::Normal && loss < LOSS_HOLD && since_decrease >= 300_000 {
             let near = self.capacity.is_some_and(|c| self.bps < c * 1.15);
             // Away from the last drop, growth quickens the longer it goes unchecked.
             let calm_secs = since_decrease.min(60_000_000) as f64 / 1e6;

@@ -138,6 +138,7 @@ impl Router {
             }
             let mut keyframes = Vec::new();
             let mut paused = 0;
+            let mut told = Vec::new();
             for (mid, cap) in mids.into_iter().zip(allocation) {
                 let Some(sink) = endpoint.sinks.get_mut(&mid) else { continue };
                 sink.cap = if estimate.is_none() && !shedding { None } else { Some(cap) };
@@ -145,7 +146,19 @@ impl Router {
                     paused += 1;
                     sink.current = None;
                 }
-                let Some(source) = sink.source.and_then(|k| room.sources.get(&k)) else { continue };
+                let source = sink.source.and_then(|k| room.sources.get(&k));
+                // The subscriber shows a paused track as paused, not frozen: tell it.
+                let pause = (sink.cap == Some(None)).then(|| source.map(|s| s.track.id.clone())).flatten();
+                if pause != sink.told_paused {
+                    if let Some(track_id) = std::mem::replace(&mut sink.told_paused, pause.clone()) {
+                        told.push(SessionEvent::TrackPaused { track_id, paused: false, reason: "" });
+                    }
+                    if let Some(track_id) = pause {
+                        let reason = if shedding { "load" } else { "bandwidth" };
+                        told.push(SessionEvent::TrackPaused { track_id, paused: true, reason });
+                    }
+                }
+                let Some(source) = source else { continue };
                 let target = sink.choose_target(source.arriving(now));
                 if target != sink.target {
                     sink.target = target;
@@ -162,6 +175,9 @@ impl Router {
                 } else {
                     self.metrics.paused_by_bandwidth.inc_by(paused);
                 }
+            }
+            for event in told {
+                self.emit(id, event);
             }
             for (key, layer) in keyframes {
                 self.request_keyframe(key, layer, now);

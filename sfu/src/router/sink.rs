@@ -44,6 +44,8 @@ pub struct Sink {
     /// The bandwidth allocator's limit: None unlimited, Some(None) paused, Some(Some(l))
     /// at most layer l.
     pub cap: Option<Option<u8>>,
+    /// The track its subscriber was told is paused (`trackPaused`), until told it goes.
+    pub told_paused: Option<String>,
     /// Place in the client's list of shown tracks (its importance among equals).
     pub order: usize,
     /// It sent a packet of its source since it was given it.
@@ -67,6 +69,7 @@ impl Sink {
             current: None,
             target: None,
             cap: None,
+            told_paused: None,
             order: usize::MAX,
             sent: false,
         }

@@ -491,6 +491,24 @@ fn an_estimate_below_what_is_sent_steps_video_down_and_a_fall_is_fitted_at_once(
     room.router.handle_input(Input::Estimate { endpoint: bob, bps: 400_000 }, room.now);
     let (_, target) = bob_sink(&room).expect("bob's sink");
     assert!(target < Some(2), "400 kbps does not carry a 600 kbps layer, at once: target {target:?}");
+    // Not even q (600 kbps here): paused, and bob is told so (his tile is not frozen).
+    let told = |outputs: &[Output]| -> Vec<bool> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event { to, event: SessionEvent::TrackPaused { paused, .. } } if *to == bob => {
+                    Some(*paused)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let outputs = room.settle();
+    assert_eq!(target, None);
+    assert_eq!(told(&outputs), [true], "told once");
+    assert_eq!(told(&second(&mut room)), Vec::<bool>::new(), "and not again");
+    room.router.handle_input(Input::Estimate { endpoint: bob, bps: 10_000_000 }, room.now);
+    assert_eq!(told(&second(&mut room)), [false], "told it goes again");
 }
 
 #[test]
