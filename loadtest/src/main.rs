@@ -13,6 +13,7 @@ mod media;
 mod net;
 mod report;
 mod scenario;
+mod shape;
 mod signal;
 mod stats;
 mod view;
@@ -214,13 +215,21 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     // A participant against Janus takes two serials (its publishing and subscribing connections).
     let serials_per_participant = if cli.janus.is_some() { 2 } else { 1 };
     let max_clients = (scenario.participants + churn_joins.ceil() as usize + 64) * serials_per_participant;
-    let shared = Arc::new(Shared::new(max_clients));
+    let share_socket =
+        !cli.socket_per_client && matches!(server_ip, std::net::IpAddr::V4(ip) if ip.is_loopback());
+    if let Some(shape) = &scenario.shape {
+        if !share_socket || cli.janus.is_some() {
+            report.error =
+                Some("a shaped link needs Huiyi on a loopback address (each client its own)".into());
+            return (report, EXIT_ERROR);
+        }
+        report.shaped = Some(report::Shaped::new(shape, engine::address_of(shape.client)));
+    }
+    let shared = Arc::new(Shared::new(max_clients, scenario.shape.as_ref().map(|s| s.client)));
     let mut workers = Vec::new();
     let mut threads = Vec::new();
     // Every 127/8 address is this machine's: on loopback a thread's clients can share a
     // socket, each its own address, so one system call reads many clients' datagrams.
-    let share_socket =
-        !cli.socket_per_client && matches!(server_ip, std::net::IpAddr::V4(ip) if ip.is_loopback());
     for i in 0..cli.threads.max(1) {
         match Worker::spawn(
             i,
@@ -331,8 +340,29 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     let mut last_line = Instant::now();
     let mut last_counts = (sent0, received0);
     let mut churn_next = window_start;
+    let mut shaper: Option<shape::Shaper> = None;
+    let mut shaped_dropped = 0;
     while Instant::now() < window_end {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        if let (Some(plan), Some(shaped)) = (&scenario.shape, report.shaped.as_ref()) {
+            let t = window_start.elapsed().as_secs_f64();
+            if shaper.is_none() && t >= plan.from_s && t < plan.until_s {
+                match shape::Shaper::limit(shaped.address, plan.rate_kbit) {
+                    Ok(s) => shaper = Some(s),
+                    Err(e) => {
+                        error = Some(format!("cannot shape the link: {e}"));
+                        break;
+                    }
+                }
+                eprintln!("t={t:>4.0}s  link to {} limited to {} kbit/s", shaped.address, plan.rate_kbit);
+            } else if t >= plan.until_s
+                && let Some(s) = shaper.take()
+            {
+                shaped_dropped = s.dropped();
+                drop(s);
+                eprintln!("t={t:>4.0}s  link to {} no longer limited", shaped.address);
+            }
+        }
         if let Some(churn) = &scenario.churn
             && churn.leaves_per_s > 0.0
             && Instant::now() >= churn_next
@@ -373,6 +403,12 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
             error = Some("every signaling connection closed: the server went away mid-run".to_string());
             break;
         }
+    }
+    if let Some(s) = shaper.take() {
+        shaped_dropped = s.dropped();
+    }
+    if let Some(shaped) = report.shaped.as_mut() {
+        shaped.dropped = shaped_dropped;
     }
     let window = window_start.elapsed().as_secs_f64();
     report.duration_s = window;
@@ -554,6 +590,9 @@ async fn finish(
             &sent,
         );
         report.unexpected_packets += judged.unexpected;
+        if let (Some(shaped), Some(seconds)) = (report.shaped.as_mut(), c.followed.as_ref()) {
+            shaped.fill(seconds, &judged, c.frozen);
+        }
         if judged.audio.0 > 0 {
             audio_per_subscriber.push(judged.audio.1 as f64 / judged.audio.0 as f64);
         }

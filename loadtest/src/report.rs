@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::engine::RxPath;
+use crate::engine::{FollowedSecond, RxPath};
+use crate::expect::Judgement;
 use crate::floor::Floor;
 use crate::scenario::Targets;
 use crate::stats::percentile;
@@ -154,6 +155,8 @@ pub struct Report {
     /// or load), and the pauses it told over the run.
     pub paused_tiles: usize,
     pub tile_pauses: u64,
+    /// The client whose link the scenario shaped (`[shape]`), second by second.
+    pub shaped: Option<Shaped>,
     pub latency_ms: Percentiles,
     pub latency_parts_ms: LatencyParts,
     pub jitter_ms: P99,
@@ -330,6 +333,26 @@ impl Report {
             "frozen tiles    {}  ({} paused by the server at the end, {} pauses told; {} unexpected packets received)",
             self.frozen_subscriptions, self.paused_tiles, self.tile_pauses, self.unexpected_packets
         );
+        if let Some(s) = &self.shaped {
+            let kbps = |from: f64, until: f64| f(s.video_kbps(from, until), " kbit/s");
+            let paused = s.seconds.iter().map(|x| x.paused).max().unwrap_or(0);
+            let end = s.seconds.len() as f64;
+            let _ = writeln!(
+                out,
+                "shaped link     {} limited to {} kbit/s from {:.0} s to {:.0} s: video {} before, {} from 5 s in, {} in its last 5 s, {} in the last 5 s of the window; at most {} tiles paused; audio {}, {} dropped by the link",
+                s.address,
+                s.rate_kbit,
+                s.from_s,
+                s.until_s,
+                kbps(0.0, s.from_s),
+                kbps(s.from_s + 5.0, s.until_s),
+                kbps(s.until_s - 5.0, s.until_s),
+                kbps(end - 5.0, end),
+                paused,
+                s.audio_delivery.map_or("-".into(), |a| format!("{:.2}%", a * 100.0)),
+                s.dropped
+            );
+        }
         let _ = writeln!(out, "first keyframe  p99 {}", f(self.first_keyframe_ms.p99, " ms"));
         let _ = writeln!(
             out,
@@ -614,5 +637,86 @@ mod tests {
             .collect();
         let svg = r.svg();
         assert!(svg.contains("polyline") && svg.trim_end().ends_with("</svg>"));
+    }
+}
+
+/// The client whose link the scenario shaped (`[shape]`): its limit, what it lost to it,
+/// and each second of the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shaped {
+    pub client: u32,
+    pub address: std::net::Ipv4Addr,
+    pub rate_kbit: u32,
+    pub from_s: f64,
+    pub until_s: f64,
+    /// Datagrams to it the token bucket dropped (its queue was full).
+    pub dropped: u64,
+    pub audio_delivery: Option<f64>,
+    pub video_delivery: Option<f64>,
+    /// Tiles it showed at the end that had stopped arriving, untold.
+    pub frozen_tiles: usize,
+    pub seconds: Vec<ShapedSecond>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapedSecond {
+    /// Second of the window.
+    pub t: usize,
+    pub video_kbps: f64,
+    /// Of it, per layer (q, h, f).
+    pub layers_kbps: [f64; 3],
+    pub audio_packets: u64,
+    /// Cameras it got video of in that second.
+    pub cameras: u32,
+    /// Tracks the server had told it were paused.
+    pub paused: u64,
+}
+
+impl Shaped {
+    pub fn new(plan: &crate::scenario::ShapePlan, address: std::net::Ipv4Addr) -> Self {
+        Self {
+            client: plan.client,
+            address,
+            rate_kbit: plan.rate_kbit,
+            from_s: plan.from_s,
+            until_s: plan.until_s,
+            dropped: 0,
+            audio_delivery: None,
+            video_delivery: None,
+            frozen_tiles: 0,
+            seconds: Vec::new(),
+        }
+    }
+
+    pub fn fill(&mut self, seconds: &[FollowedSecond], judged: &Judgement, frozen: usize) {
+        let kbps = |bytes: u64| bytes as f64 * 8.0 / 1000.0;
+        self.seconds = seconds
+            .iter()
+            .enumerate()
+            .map(|(t, s)| ShapedSecond {
+                t,
+                video_kbps: kbps(s[0] + s[1] + s[2]),
+                layers_kbps: [kbps(s[0]), kbps(s[1]), kbps(s[2])],
+                audio_packets: s[3],
+                cameras: s[4].count_ones(),
+                paused: s[5],
+            })
+            .collect();
+        let (audio, video) =
+            (judged.audio, (judged.expected - judged.audio.0, judged.received - judged.audio.1));
+        self.audio_delivery = (audio.0 > 0).then(|| audio.1 as f64 / audio.0 as f64);
+        self.video_delivery = (video.0 > 0).then(|| video.1 as f64 / video.0 as f64);
+        self.frozen_tiles = frozen;
+    }
+
+    /// Mean video kbit/s over seconds `from..until` of the window.
+    pub fn video_kbps(&self, from: f64, until: f64) -> Option<f64> {
+        let picked: Vec<f64> = self
+            .seconds
+            .iter()
+            .filter(|s| s.t as f64 >= from && (s.t as f64) < until)
+            .map(|s| s.video_kbps)
+            .collect();
+        (!picked.is_empty()).then(|| picked.iter().sum::<f64>() / picked.len() as f64)
     }
 }

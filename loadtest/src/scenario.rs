@@ -43,6 +43,22 @@ pub struct Scenario {
     /// names it in the report.
     #[serde(default)]
     pub node_config: Option<String>,
+    /// One client's downlink limited for part of the window (`tc`, root only): the report
+    /// follows that client second by second (issue 12's shaped link).
+    #[serde(default)]
+    pub shape: Option<ShapePlan>,
+}
+
+/// A rate limit on what one client receives, for part of the measured window.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapePlan {
+    /// The client (its serial: the order of joining, from 0) whose link is shaped.
+    pub client: u32,
+    pub rate_kbit: u32,
+    /// Seconds into the window the limit starts and ends.
+    pub from_s: f64,
+    pub until_s: f64,
 }
 
 /// A scenario's targets: each one given is checked against the run's figure.
@@ -190,6 +206,17 @@ impl Scenario {
             }
             if view.speaker_tile.contains(&0) || view.tile.contains(&0) {
                 return Err("view tile sizes must be positive".into());
+            }
+        }
+        if let Some(shape) = &self.shape {
+            if shape.client as usize >= self.participants {
+                return Err("shape.client is not one of the participants".into());
+            }
+            if shape.rate_kbit == 0 || !(0.0 <= shape.from_s && shape.from_s < shape.until_s) {
+                return Err("shape needs a positive rate and 0 <= from_s < until_s".into());
+            }
+            if shape.until_s > self.duration_s || self.broadcast.is_some() || self.churn.is_some() {
+                return Err("shape must end within the window, in a meeting without churn".into());
             }
         }
         if self.video.keyframe_interval_s <= 0.0 {

@@ -373,6 +373,71 @@ fn ten_percent_loss_on_a_subscribers_link_is_repaired() {
     assert!(video >= 0.99, "repair brings back 99% of the video: {video}");
 }
 
+/// Issue 12's shaped link: one subscriber of a six-camera meeting (the speaker at h, the
+/// rest at q, about 1.4 Mbit/s with the audio) has its downlink limited to 1 Mbit/s (tc
+/// htb and tbf, applied by the generator) from 10 s to 25 s of the window. Within 5 s its
+/// video fits: lower layers or fewer tiles, each paused tile told (`trackPaused`), none
+/// frozen; its audio stays whole; within 15 s of the limit going its video climbs back.
+#[test]
+fn a_subscriber_on_a_narrowed_link_gets_less_video_and_climbs_back() {
+    let server = start_server(None);
+    let path = report_path("shaped-smoke");
+    let scenario = scenario("shaped-smoke.toml");
+    let args = ["--scenario", scenario.as_str(), "--url", server.url.as_str(), "--rx-path", "engine"];
+    let out = loadtest(&args, &path);
+    let decreases = metric(&server.url, "huiyi_bandwidth_estimate_decreases_total");
+    drop(server);
+    let report = out.report.unwrap_or_else(|| panic!("no report; stderr:\n{}", out.stderr));
+    let shaped = &report["shaped"];
+    let seconds = shaped["seconds"].as_array().unwrap_or_else(|| panic!("no seconds: {report}"));
+    let at = |t: usize, key: &str| seconds.get(t).and_then(|s| s[key].as_f64()).unwrap_or(0.0);
+    let layer = |t: usize, l: usize| seconds.get(t).and_then(|s| s["layers_kbps"][l].as_f64()).unwrap_or(0.0);
+    let mean = |from: usize, until: usize, f: &dyn Fn(usize) -> f64| {
+        (from..until).map(f).sum::<f64>() / (until - from) as f64
+    };
+    let (from, until) = (10, 25);
+    for t in 0..seconds.len() {
+        println!(
+            "{t:>2}s video {:>6.0} kbit/s (h {:>4.0}), {} cameras, {} paused, {} audio packets",
+            at(t, "video_kbps"),
+            layer(t, 1),
+            at(t, "cameras"),
+            at(t, "paused"),
+            at(t, "audio_packets")
+        );
+    }
+    println!(
+        "estimate decreases {decreases}; {}",
+        out.stderr.lines().filter(|l| l.contains("shaped")).collect::<String>()
+    );
+    assert!(seconds.len() >= 43, "the whole window followed: {}", seconds.len());
+    let cameras = (2..from).map(|t| at(t, "cameras")).fold(0.0, f64::max);
+    let before = mean(2, from, &|t| at(t, "video_kbps"));
+    let h_before = mean(2, from, &|t| layer(t, 1));
+    assert!(cameras >= 6.0 && h_before > 300.0, "before the limit: every camera, the speaker at h");
+    assert!(decreases >= 1.0, "the server's estimate fell");
+    // From 5 s in: the link's rate (its audio and headers included) is not exceeded, and
+    // the speaker's h stopped or some tiles are told paused.
+    for t in from + 5..until {
+        assert!(at(t, "video_kbps") <= 1000.0, "second {t}: more video than the link carries");
+        assert!(
+            layer(t, 1) < h_before / 2.0 || at(t, "paused") > 0.0,
+            "second {t}: neither a lower layer nor fewer tiles"
+        );
+    }
+    // No tile frozen: each camera either arrives or is told paused, in nearly every second.
+    let whole = (from + 5..until).filter(|t| at(*t, "cameras") + at(*t, "paused") >= cameras).count();
+    assert!(whole as f64 >= 0.8 * (until - from - 5) as f64, "tiles neither arriving nor told paused");
+    assert_eq!(shaped["frozen_tiles"], 0, "{}", out.stderr);
+    let audio = shaped["audio_delivery"].as_f64().expect("audio judged");
+    assert!(audio >= 0.99, "its audio stays whole: {audio}");
+    // Climbed back within 15 s of the limit going.
+    let after = mean(until + 15, until + 19, &|t| at(t, "video_kbps"));
+    let h_after = mean(until + 15, until + 19, &|t| layer(t, 1));
+    assert!(after >= 0.8 * before, "video back: {after:.0} of {before:.0} kbit/s");
+    assert!(h_after >= 0.5 * h_before, "the speaker back at h: {h_after:.0} of {h_before:.0} kbit/s");
+}
+
 struct CpuQuota {
     dir: PathBuf,
 }

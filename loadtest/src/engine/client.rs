@@ -161,6 +161,7 @@ impl Worker {
                 layer_pauses: 0,
                 paused_tiles: Default::default(),
                 tile_pauses: 0,
+                followed: (self.shared.followed == Some(serial)).then(Vec::new),
                 switch_keyframe_ms: Vec::new(),
                 timeout: now,
                 rtc_timer: None,

@@ -43,6 +43,8 @@ pub struct ClientResult {
     pub paused_tiles: usize,
     /// Times the server paused a track it showed (`trackPaused`).
     pub tile_pauses: u32,
+    /// The followed client's seconds (`Shared::followed`).
+    pub followed: Option<Vec<super::FollowedSecond>>,
     /// Times the server's `layers` paused one of its camera's layers.
     pub layer_pauses: u32,
     /// From a `subscribe` that resized a tile to the first keyframe of another layer.
@@ -180,6 +182,7 @@ impl Worker {
             frozen: frozen_tracks,
             paused_tiles,
             tile_pauses: client.tile_pauses,
+            followed: client.followed.take(),
             layer_pauses: client.layer_pauses,
             switch_keyframe_ms: client.switch_keyframe_ms,
             unfinished_switches,

@@ -31,7 +31,8 @@ use crate::signal::FromServer;
 use crate::srtp::{self, SrtpIn};
 use crate::stats::{DeliveryCounter, Jitter, LatencyHistogram};
 use crate::view::View;
-use receive::{SHARED, address_of};
+use receive::SHARED;
+pub use receive::address_of;
 
 mod client;
 mod finish;
@@ -63,7 +64,14 @@ pub struct Shared {
     pub max_timer_late_us: AtomicU64,
     /// Camera track ids (from each publisher's `answer`) and the client that publishes them.
     camera_tracks: Mutex<HashMap<String, u32>>,
+    /// The client followed second by second (the shaped one), by serial.
+    pub followed: Option<u32>,
 }
+
+/// One second of what the followed client received, inside the window: video bytes per
+/// layer (q, h, f), audio packets, the cameras it got video of (a bit per publisher's
+/// serial, modulo 64), and how many tracks the server had told it were paused.
+pub type FollowedSecond = [u64; 6];
 
 /// One sent stream (ids and kinds: `expect::StreamKind`): the first and last sequence
 /// numbers it sent inside the window.
@@ -76,7 +84,7 @@ pub struct StreamSlot {
 }
 
 impl Shared {
-    pub fn new(max_clients: usize) -> Self {
+    pub fn new(max_clients: usize, followed: Option<u32>) -> Self {
         let max_streams = max_clients * STREAMS_PER_CLIENT as usize;
         Self {
             epoch: Instant::now(),
@@ -98,6 +106,7 @@ impl Shared {
             live_p99_us: AtomicU64::new(0),
             max_timer_late_us: AtomicU64::new(0),
             camera_tracks: Mutex::new(HashMap::new()),
+            followed,
         }
     }
 
@@ -308,6 +317,8 @@ struct Client {
     paused_tiles: std::collections::HashSet<String>,
     /// `trackPaused` messages that paused a track.
     tile_pauses: u32,
+    /// Each second of the window, for the followed client only.
+    followed: Option<Vec<FollowedSecond>>,
     switch_keyframe_ms: Vec<f64>,
     /// When the engine wants its next timeout.
     timeout: Instant,

@@ -29,7 +29,7 @@ const BATCHES_PER_TURN: usize = 32;
 const FIRST_ADDRESS: u32 = 0x7f01_0001;
 
 /// The loopback address client `serial` sends from on a shared socket.
-pub(super) fn address_of(serial: u32) -> Ipv4Addr {
+pub fn address_of(serial: u32) -> Ipv4Addr {
     Ipv4Addr::from(FIRST_ADDRESS + serial)
 }
 
@@ -249,6 +249,23 @@ impl Worker {
                 (rx, track)
             }
         };
+        if let Some(seconds) = client.followed.as_mut()
+            && self.shared.in_window(received_us)
+        {
+            let at = ((received_us - self.shared.window_start_us()) / 1_000_000) as usize;
+            if seconds.len() <= at {
+                seconds.resize(at + 1, [0; 6]);
+            }
+            let second = &mut seconds[at];
+            match kind {
+                StreamKind::Video(layer) => {
+                    second[layer.min(2)] += media.payload.len() as u64;
+                    second[4] |= 1 << (owner % 64);
+                }
+                _ => second[3] += 1,
+            }
+            second[5] = second[5].max(client.paused_tiles.len() as u64);
+        }
         let Some(rx) = client.rx.at_mut(rx_at, stamp.stream) else { return };
         rx.jitter.record(stamp.sent_us, received_us);
         if self.shared.in_window(received_us) {

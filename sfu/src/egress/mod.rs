@@ -235,6 +235,11 @@ impl Egress {
         if self.transport_feedback { Some(self.estimator.bps()) } else { self.remb_bps }
     }
 
+    /// What the peer received per second lately, by its feedback.
+    pub fn acked_bps(&self) -> Option<u64> {
+        self.estimator.acked_bps()
+    }
+
     /// How many times the estimate fell for overuse or loss.
     pub fn estimate_decreases(&self) -> u64 {
         self.estimator.decreases()

@@ -71,9 +71,16 @@ impl Router {
             let Some(endpoint) = self.endpoints.get_mut(&id) else { continue };
             let Some(room) = self.rooms.get(&endpoint.room) else { continue };
             let estimate = endpoint.estimate;
+            // Audio sinks whose source is selected (a sink keeps a source top-N dropped
+            // until it is reused, and sends nothing of it).
             let audio_bps = AUDIO_BPS
-                * endpoint.sinks.values().filter(|s| s.kind == TrackKind::Audio && s.source.is_some()).count()
-                    as u64;
+                * endpoint
+                    .sinks
+                    .values()
+                    .filter(|s| {
+                        s.kind == TrackKind::Audio && s.source.is_some_and(|k| room.audio.is_selected(k))
+                    })
+                    .count() as u64;
             // (place in the client's list, mid, the track as the allocator sees it, its
             // current cap), sorted so ties (every track of a client without a list) keep one
             // order for all three.

@@ -146,6 +146,7 @@ impl Shard {
         if let Some(bps) = egress.estimate().filter(|_| self.config.bwe)
             && session.estimate_report.due(bps, now)
         {
+            debug!(participant = %session.participant_id, bps, acked_bps = ?egress.acked_bps(), "bandwidth estimate");
             self.router.handle_input(router::Input::Estimate { endpoint: id, bps }, now);
             self.carry_out();
         }
