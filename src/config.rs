@@ -51,6 +51,9 @@ pub struct LimitsSection {
     pub max_connections_per_ip: usize,
     /// A request's headers (and an idle connection's next request) must arrive within this.
     pub header_read_timeout_secs: u64,
+    /// A participant whose signaling connection drops stays in its room this long, its
+    /// media going on, for the client to resume it (`join` with `resume`); 0: it leaves.
+    pub resume_grace_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -60,6 +63,7 @@ impl Default for LimitsSection {
             max_connections: d.max_connections,
             max_connections_per_ip: d.max_connections_per_ip,
             header_read_timeout_secs: d.header_read_timeout.as_secs(),
+            resume_grace_secs: 10,
         }
     }
 }

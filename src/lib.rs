@@ -5,6 +5,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use signaling::{AppState, Registry, SignalingMetrics};
@@ -69,6 +70,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         draining: Default::default(),
         whip: Default::default(),
         turn: config.turn(),
+        resume_grace: Duration::from_secs(config.limits.resume_grace_secs),
     });
     let (app, admin) = match config.admin_http {
         None => (signaling::router(state.clone()), None),

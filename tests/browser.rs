@@ -143,6 +143,19 @@ async fn a_live_class_survives_the_death_of_an_edge() {
     drop(edges);
 }
 
+/// Issue 12: a page whose signaling connection drops (a network change, a proxy's
+/// timeout) comes back with its resume token within the grace period: the others' pages
+/// see no leave, and media flows on (its peer connection never stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_signaling_connection_resumes_without_a_leave() {
+    let result = run_script("meeting.mjs", "resume-test", &["2", "60", "0", "resume"]).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    let resume = &result["resume"];
+    assert!(resume["resumed_s"].as_f64().is_some_and(|s| s < 5.0), "resumed late or never: {result:#}");
+    assert_eq!(resume["departures"], 0, "{result:#}");
+    assert_eq!(resume["playing_after"], true, "{result:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_browsers_see_and_hear_each_other() {
     let result = run_script("meeting.mjs", "browser-test", &["3", "60", "0", "share,hide"]).await;

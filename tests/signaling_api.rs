@@ -112,6 +112,12 @@ async fn join(server: &Running, token: &str) -> (Ws, Value) {
     (ws, joined)
 }
 
+async fn resumes(server: &Running, outcome: &str) -> f64 {
+    let metrics = common::huiyi_metrics(server).await;
+    let series = format!("huiyi_signaling_resumes_total{{outcome=\"{outcome}\"}}");
+    common::metric_value(&metrics, &series).unwrap_or(0.0)
+}
+
 async fn assert_ping_pong(ws: &mut Ws, after: &str) {
     send(ws, json!({"type": "ping"})).await;
     let v = recv(ws).await;
@@ -361,20 +367,80 @@ async fn participants_see_each_other_join_and_leave() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_socket_is_a_participant_leaving() {
-    let server = common::start_server().await;
+async fn a_dropped_socket_is_a_participant_leaving_after_the_resume_grace() {
+    let server = common::start_server_with(|c| c.limits.resume_grace_secs = 1).await;
     let (mut ana, _) = join(&server, &common::token("room1", "ana")).await;
     let (mut bob, bob_joined) = join(&server, &common::token("room1", "bob")).await;
     let bob_id = bob_joined["participant"]["id"].as_str().expect("own participant id").to_string();
+    assert!(bob_joined["resume"].as_str().is_some_and(|r| r.len() >= 16), "a resume token: {bob_joined}");
     recv_type(&mut ana, "participantJoined").await;
 
     // Bob's client closes the socket without sending leave.
     tokio::time::timeout(WAIT, bob.close(None)).await.expect("closing took over 5 s").expect("close");
     drop(bob);
+    let dropped = std::time::Instant::now();
+    assert_eq!(listed_identities(&server, "room1").await, ["ana", "bob"], "bob is kept for a resume");
     let v = recv_type(&mut ana, "participantLeft").await;
+    assert!(dropped.elapsed() >= Duration::from_millis(900), "left only after the grace period");
     assert_eq!(v["participantId"], bob_id.as_str(), "{v}");
     assert_eq!(v["reason"], "disconnected", "{v}");
     assert_eq!(listed_identities(&server, "room1").await, ["ana"]);
+    assert_eq!(resumes(&server, "expired").await, 1.0);
+}
+
+/// Issue 12: a dropped signaling connection resumed within the grace period is the same
+/// participant: the others see no leave and no join, and what happened meanwhile reaches
+/// it after its `joined` (`resumed: true`). A stale or forged resume token joins anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_socket_resumed_within_the_grace_is_the_same_participant() {
+    let server = common::start_server_with(|c| c.limits.resume_grace_secs = 5).await;
+    let (mut ana, _) = join(&server, &common::token("room1", "ana")).await;
+    let bob_token = common::token("room1", "bob");
+    let (bob, bob_joined) = join(&server, &bob_token).await;
+    let bob_id = bob_joined["participant"]["id"].as_str().expect("own participant id").to_string();
+    assert!(bob_joined["resume"].as_str().is_some(), "{bob_joined}");
+    recv_type(&mut ana, "participantJoined").await;
+
+    // The connection drops (no close frame, no leave); meanwhile cy joins.
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_cy, _) = join(&server, &common::token("room1", "cy")).await;
+    recv_type(&mut ana, "participantJoined").await;
+
+    // A forged token resumes nothing.
+    let mut forged = connect(&server).await;
+    let wrong = json!({"type": "join", "token": common::token("room1", "bob"), "resume": "not-the-token"});
+    send(&mut forged, wrong).await;
+    let v = recv_type(&mut forged, "joined").await;
+    assert_ne!(v["participant"]["id"], bob_id.as_str(), "a new participant: {v}");
+    assert!(v.get("resumed").is_none(), "{v}");
+    // That join replaced the parked bob (same identity): ana sees him go and come.
+    let left = recv_type(&mut ana, "participantLeft").await;
+    assert_eq!(left["reason"], "replaced", "{left}");
+    recv_type(&mut ana, "participantJoined").await;
+    let resume_now = v["resume"].as_str().expect("a resume token").to_string();
+
+    // The new bob drops; he comes back with his token within the grace period.
+    drop(forged);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_dan, _) = join(&server, &common::token("room1", "dan")).await;
+    recv_type(&mut ana, "participantJoined").await;
+    let mut back = connect(&server).await;
+    send(&mut back, json!({"type": "join", "token": bob_token, "resume": resume_now})).await;
+    let v = recv_type(&mut back, "joined").await;
+    assert_eq!(v["resumed"], true, "{v}");
+    let joined_meanwhile = recv_type(&mut back, "participantJoined").await;
+    assert_eq!(
+        joined_meanwhile["participant"]["identity"], "dan",
+        "what happened while away: {joined_meanwhile}"
+    );
+    assert_ping_pong(&mut back, "a resume").await;
+    assert_eq!(resumes(&server, "resumed").await, 1.0);
+    assert_eq!(resumes(&server, "refused").await, 1.0);
+    // Ana saw nothing of the drop and the resume.
+    send(&mut ana, json!({"type": "ping"})).await;
+    let v = recv(&mut ana).await;
+    assert_eq!(v["type"], "pong", "no leave or join for a resumed participant: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -362,11 +362,15 @@ fn ten_percent_loss_on_a_subscribers_link_is_repaired() {
     let out = loadtest(&args, &path);
     let dropped = loss.dropped();
     let resent = metric(&server.url, "huiyi_rtp_retransmitted_total");
+    let decreases = metric(&server.url, "huiyi_bandwidth_estimate_decreases_total");
     drop(loss);
     drop(server);
     let report = out.report.unwrap_or_else(|| panic!("no report; stderr:\n{}", out.stderr));
     let video = report["video_delivery_min"].as_f64().expect("video delivery measured");
-    println!("dropped {dropped}, resent {resent}, video delivery min {video}, loss {}", report["loss_pct"]);
+    println!(
+        "dropped {dropped}, resent {resent}, video delivery min {video}, loss {}, estimate decreases {decreases}",
+        report["loss_pct"]
+    );
     assert!(dropped >= 50, "the link lost what it was told to: {dropped} datagrams");
     assert!(resent > 0.0, "the server resent what was asked for");
     assert_eq!(report["connected"], 8, "{}", out.stderr);

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 pub enum ClientMessage {
     Join {
         token: String,
+        /// The `resume` of an earlier `joined`: take that participant back (its signaling
+        /// connection dropped within the grace period) instead of joining anew.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     Offer {
         sdp: String,
@@ -104,6 +108,13 @@ pub enum ServerMessage {
         /// `iceServers` of its RTCPeerConnection; absent when none are configured.
         #[serde(rename = "iceServers", default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<crate::turn::IceServer>,
+        /// What to send in `join` to resume this participant if the connection drops.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
+        /// This join resumed a participant: its media session went on; `participants` is
+        /// empty and what happened meanwhile follows as the usual messages.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     },
     Answer {
         sdp: String,

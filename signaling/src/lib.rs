@@ -46,6 +46,9 @@ pub struct AppState {
     pub whip: WhipSessions,
     /// TURN servers handed to clients with credentials of their own (`[turn]`).
     pub turn: Option<Turn>,
+    /// How long a participant whose signaling connection dropped stays in its room for
+    /// a resume (`join` with `resume`); zero: it leaves at once.
+    pub resume_grace: std::time::Duration,
 }
 
 /// TURN servers for clients whose network lets nothing else through, with time-limited

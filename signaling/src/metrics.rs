@@ -21,6 +21,11 @@ pub struct SignalingMetrics {
     pub tls_failures: IntCounterVec,
     /// WHEP requests an origin sent on to one of its edges (`307`).
     pub whep_redirects: IntCounter,
+    /// Participants whose signaling connection dropped, waiting for a resume now.
+    pub parked: IntGauge,
+    /// What came of parked participants and resume requests: `resumed`, `expired` (the
+    /// grace period ended: they left), `refused` (a resume token that named none).
+    pub resumes: IntCounterVec,
 }
 
 impl SignalingMetrics {
@@ -78,8 +83,23 @@ impl SignalingMetrics {
             "WHEP requests an origin sent on to the least loaded of its edges (307)",
         )
         .expect("metric");
+        let parked = IntGauge::new(
+            "huiyi_signaling_parked",
+            "Participants whose signaling connection dropped and whose session waits for a resume",
+        )
+        .expect("metric");
+        let resumes = IntCounterVec::new(
+            Opts::new(
+                "huiyi_signaling_resumes_total",
+                "Parked participants resumed or expired, and resume requests refused",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
         for m in [
             Box::new(whep_redirects.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(parked.clone()),
+            Box::new(resumes.clone()),
             Box::new(connections.clone()),
             Box::new(messages.clone()),
             Box::new(errors.clone()),
@@ -105,6 +125,8 @@ impl SignalingMetrics {
             accept_errors,
             tls_failures,
             whep_redirects,
+            parked,
+            resumes,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use sfu::api::LeaveReason;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// A request to the connection's task to end the participant's session.
 pub type Kick = mpsc::Sender<LeaveReason>;
@@ -18,7 +18,13 @@ struct Entry {
     name: String,
     joined_at: u64,
     ends: Ends,
+    /// Its signaling connection dropped: the task holding its session, waiting for a
+    /// `join` with this resume token (ws.rs).
+    parked: Option<(String, Claim)>,
 }
+
+/// Asks a parked participant's task for its session: the task answers on the sender given.
+pub(crate) type Claim = oneshot::Sender<oneshot::Sender<crate::ws::Live>>;
 
 /// How to end a connection, and when it has left its room.
 pub struct Ends {
@@ -56,6 +62,11 @@ pub struct Registry {
     rooms: Mutex<HashMap<String, RoomEntry>>,
 }
 
+/// Equal bytes, compared in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -83,9 +94,29 @@ impl Registry {
                 name: name.to_string(),
                 joined_at: unix_now(),
                 ends,
+                parked: None,
             },
         );
         previous.map(|p| p.ends)
+    }
+
+    /// The connection of `identity` dropped; its session waits for a resume with `resume`.
+    pub(crate) fn park(&self, room: &str, identity: &str, connection: u64, resume: &str, claim: Claim) {
+        let mut rooms = self.rooms.lock().expect("registry lock");
+        if let Some(entry) = rooms.get_mut(room).and_then(|r| r.participants.get_mut(identity))
+            && entry.connection == connection
+        {
+            entry.parked = Some((resume.to_string(), claim));
+        }
+    }
+
+    /// How to take back `identity`'s parked session, if it is parked under `resume`.
+    pub(crate) fn claim(&self, room: &str, identity: &str, resume: &str) -> Option<Claim> {
+        let mut rooms = self.rooms.lock().expect("registry lock");
+        let entry = rooms.get_mut(room)?.participants.get_mut(identity)?;
+        let matches =
+            entry.parked.as_ref().is_some_and(|(token, _)| same(token.as_bytes(), resume.as_bytes()));
+        if matches { entry.parked.take().map(|(_, claim)| claim) } else { None }
     }
 
     /// Forget a connection (only if it still holds its identity's entry).

@@ -10,7 +10,7 @@ use proto::quality::{quality_for_tile, quality_named};
 // The protocol's qualities are the media node's layers.
 const _: () = assert!(proto::quality::MAX_LAYERS == sfu::api::MAX_LAYERS);
 use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackSource};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -41,6 +41,11 @@ pub const TRANSPORT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// Bytes waiting to be written to one client beyond which a send fails.
 const MAX_WRITE_BUFFER: usize = 2 * TRANSPORT_MAX_MESSAGE;
 const MAX_MESSAGES_PER_SECOND: u32 = 200;
+
+/// Events a parked participant's session may queue for its return; more end it.
+const MAX_PARKED_EVENTS: usize = 512;
+/// How long a resuming connection waits for the parked session to be handed over.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// Numbers each admitted connection (WebSocket or WHIP session) for the registry.
 pub(crate) static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
@@ -183,14 +188,15 @@ pub async fn serve(socket: Socket, limit: InputLimit, admitted: Option<Admitted>
     state.metrics.connections.dec();
 }
 
-/// Wait for the join message; `None` when the connection ended or was refused.
-async fn await_join(conn: &mut Connection) -> Option<String> {
+/// Wait for the join message (its token and resume token); `None` when the connection
+/// ended or was refused.
+async fn await_join(conn: &mut Connection) -> Option<(String, Option<String>)> {
     loop {
         let frame = conn.socket.next().await;
         match conn.read(frame).await {
             Incoming::Closed => return None,
             Incoming::Refused => continue,
-            Incoming::Message(ClientMessage::Join { token }) => return Some(token),
+            Incoming::Message(ClientMessage::Join { token, resume }) => return Some((token, resume)),
             Incoming::Message(_) => {
                 if !conn.send(&ServerMessage::error("not_joined", "send join first")).await {
                     return None;
@@ -210,9 +216,9 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
             None => std::future::pending().await,
         }
     };
-    let token = tokio::select! {
+    let (token, resume) = tokio::select! {
         waited = tokio::time::timeout(JOIN_TIMEOUT, await_join(conn)) => match waited {
-            Ok(Some(token)) => token,
+            Ok(Some(join)) => join,
             Ok(None) => return,
             Err(_) => {
                 conn.state.metrics.join_timeouts.inc();
@@ -241,10 +247,22 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
     if conn.state.is_draining() {
         return conn.close(1001, "shutting down").await;
     }
+    if let Some(resume) = resume {
+        match take_parked(&conn.state, &claims.room, &claims.sub, &resume).await {
+            Some(live) => {
+                conn.state.metrics.resumes.with_label_values(&["resumed"]).inc();
+                info!(room = %live.room, participant = %live.participant_id, "resumed");
+                limit.lift();
+                return serve_live(conn, live, Vec::new(), true).await;
+            }
+            // Gone (the grace period ended, or another connection took it): a new join.
+            None => conn.state.metrics.resumes.with_label_values(&["refused"]).inc(),
+        }
+    }
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let participant_id = format!("PA_{}", random_id());
     let name = claims.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| claims.sub.clone());
-    let (kick_tx, mut kick) = mpsc::channel(4);
+    let (kick_tx, kick) = mpsc::channel(4);
     let (departed, departure) = watch::channel(false);
     let previous = conn.state.registry.insert(
         &claims.room,
@@ -295,33 +313,151 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
             return conn.close(code, reason).await;
         }
     };
-    let me = Participant { id: participant_id.clone(), identity: claims.sub.clone(), name, tracks: vec![] };
-    let message = ServerMessage::Joined {
-        room: claims.room.clone(),
-        participant: me,
-        participants: joined.others.iter().map(participant).collect(),
-        ice_servers: conn.state.ice_servers(&claims.sub),
-    };
     conn.state.metrics.join_seconds.observe(started.elapsed().as_secs_f64());
     info!(room = %claims.room, identity = %claims.sub, participant = %participant_id, "joined");
-    let session = joined.session;
-    let mut events = joined.events;
+    let live = Live {
+        room: claims.room,
+        identity: claims.sub,
+        participant_id,
+        name,
+        connection,
+        resume: random_id() + &random_id(),
+        session: joined.session,
+        events: joined.events,
+        kick,
+        departed,
+        waiting: Vec::new(),
+    };
     limit.lift();
-    let end = if conn.send(&message).await {
-        relay(conn, &*session, &mut events, &mut kick).await
+    let others = joined.others.iter().map(participant).collect();
+    serve_live(conn, live, others, false).await
+}
+
+/// A participant in its room, with or without a signaling connection: what a dropped
+/// connection leaves parked for a resume, and a resuming one takes over.
+pub(crate) struct Live {
+    room: String,
+    identity: String,
+    participant_id: String,
+    name: String,
+    connection: u64,
+    resume: String,
+    session: Box<dyn MediaSession>,
+    events: mpsc::Receiver<SessionEvent>,
+    kick: mpsc::Receiver<LeaveReason>,
+    departed: watch::Sender<bool>,
+    /// Events that came while it was parked, in order.
+    waiting: Vec<SessionEvent>,
+}
+
+impl Live {
+    /// Leave the room: queued to the media node ahead of any later join, so a reconnect
+    /// waiting for this one may go on.
+    fn leave(self, state: &AppState, end: LeaveReason) {
+        info!(room = %self.room, participant = %self.participant_id, reason = end.as_str(), "left");
+        self.session.leave(end);
+        self.departed.send_replace(true);
+        state.registry.remove(&self.room, &self.identity, self.connection);
+    }
+}
+
+/// Tell the client it is in (`joined`, with what happened while it was away when it
+/// resumed), then relay until it leaves; a dropped connection parks the participant for
+/// the resume grace period.
+async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participant>, resumed: bool) {
+    let me = Participant {
+        id: live.participant_id.clone(),
+        identity: live.identity.clone(),
+        name: live.name.clone(),
+        tracks: vec![],
+    };
+    let message = ServerMessage::Joined {
+        room: live.room.clone(),
+        participant: me,
+        participants: others,
+        ice_servers: conn.state.ice_servers(&live.identity),
+        resume: Some(live.resume.clone()),
+        resumed,
+    };
+    let mut sent = conn.send(&message).await;
+    for event in std::mem::take(&mut live.waiting) {
+        if !sent {
+            break;
+        }
+        if let Some(message) = server_message(&event) {
+            sent = conn.send(&message).await;
+        }
+    }
+    let end = if sent {
+        relay(conn, &*live.session, &mut live.events, &mut live.kick).await
     } else {
         LeaveReason::Disconnected
     };
-    info!(room = %claims.room, participant = %participant_id, reason = end.as_str(), "left");
-    session.leave(end);
-    // The leave is queued to the media node ahead of any later join: a reconnect waiting
-    // for this one may go on.
-    departed.send_replace(true);
-    conn.state.registry.remove(&claims.room, &claims.sub, connection);
+    let grace = conn.state.resume_grace;
+    if end == LeaveReason::Disconnected && !grace.is_zero() && !conn.state.is_draining() {
+        park(conn.state.clone(), live, grace);
+        return;
+    }
+    live.leave(&conn.state, end);
     if end != LeaveReason::Disconnected {
         let (code, reason) = close_code(end);
         conn.close(code, reason).await;
     }
+}
+
+/// The participant's signaling connection dropped: its session goes on (the client's
+/// media may well be fine) for `grace`, keeping its events, until a `join` with its resume
+/// token takes it back; then, or when kicked or its media ends, it leaves.
+fn park(state: Arc<AppState>, mut live: Live, grace: Duration) {
+    let (claim, mut claimed) = oneshot::channel();
+    state.registry.park(&live.room, &live.identity, live.connection, &live.resume, claim);
+    state.metrics.parked.inc();
+    debug!(room = %live.room, participant = %live.participant_id, "signaling dropped; parked for a resume");
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        let mut claimable = true;
+        let end = loop {
+            tokio::select! {
+                () = &mut deadline => {
+                    state.metrics.resumes.with_label_values(&["expired"]).inc();
+                    break LeaveReason::Disconnected;
+                }
+                asked = &mut claimed, if claimable => match asked {
+                    Ok(reply) => match reply.send(live) {
+                        Ok(()) => {
+                            state.metrics.parked.dec();
+                            return;
+                        }
+                        // The resuming connection went before taking it.
+                        Err(back) => {
+                            live = back;
+                            break LeaveReason::Disconnected;
+                        }
+                    },
+                    // Its entry was taken by a new join of the same identity (a kick follows).
+                    Err(_) => claimable = false,
+                },
+                event = live.events.recv() => match event {
+                    None => break LeaveReason::MediaTimeout,
+                    Some(SessionEvent::Closed { reason }) => break reason,
+                    Some(event) if live.waiting.len() < MAX_PARKED_EVENTS => live.waiting.push(event),
+                    Some(_) => break LeaveReason::Disconnected,
+                },
+                reason = live.kick.recv() => break reason.unwrap_or(LeaveReason::Removed),
+            }
+        };
+        state.metrics.parked.dec();
+        live.leave(&state, end);
+    });
+}
+
+/// The parked participant `identity` of `room`, if `resume` is its token.
+async fn take_parked(state: &AppState, room: &str, identity: &str, resume: &str) -> Option<Live> {
+    let claim = state.registry.claim(room, identity, resume)?;
+    let (reply, handed) = oneshot::channel();
+    claim.send(reply).ok()?;
+    tokio::time::timeout(CLAIM_WAIT, handed).await.ok()?.ok()
 }
 
 /// A reconnect takes the place of the connection it replaces: that one leaves the room

@@ -58,6 +58,11 @@ const state = {
   resizeObserver: null,
   makingOffer: false,
   left: false,
+  token: null,
+  resume: null,            // from `joined`: sent in `join` to take this participant back after a drop
+  resumeUntil: null,       // while reconnecting: when to give up (the server's grace is 10 s)
+  resumes: 0,              // signaling connections resumed (for tests and debugging)
+  departures: 0,           // participantLeft messages received (for tests)
 };
 
 function setConn(text, cls) {
@@ -471,6 +476,16 @@ function createPeerConnection(iceServers = []) {
 async function handleMessage(msg) {
   switch (msg.type) {
     case "joined": {
+      if (state.pc) {
+        // A reconnect: the server kept us (our media went on) or, past its grace, did not.
+        if (!msg.resumed) { location.reload(); return; }
+        state.resume = msg.resume || null;
+        state.resumeUntil = null;
+        state.resumes++;
+        setConn("connected", "connected");
+        break;
+      }
+      state.resume = msg.resume || null;
       state.me = msg.participant;
       state.localTile = makeTile(msg.participant.id, msg.participant.name + " (you)", { local: true });
       if (state.local) state.localTile.video.srcObject = state.local;
@@ -490,7 +505,7 @@ async function handleMessage(msg) {
       break;
     }
     case "participantJoined": addRemoteParticipant(msg.participant); layout(); break;
-    case "participantLeft": removeParticipant(msg.participantId); layout(); break;
+    case "participantLeft": state.departures++; removeParticipant(msg.participantId); layout(); break;
     case "trackPublished":
       if (!state.participants.has(msg.participantId)) addRemoteParticipant({ id: msg.participantId, name: msg.participantId, tracks: [] });
       noteTrack(msg.participantId, msg.track);
@@ -520,16 +535,36 @@ async function join(room, name) {
   setConn("connecting", "connecting");
   state.left = false;
   state.resizeObserver = new ResizeObserver(scheduleSubscribe);
+  state.token = token;
+  openSignaling(null);
+}
+
+// Close codes with which the server ended the participant on purpose (docs/protocol.md):
+// no resume after these.
+const FINAL_CLOSE = (code) => (code >= 4000 && code <= 4999) || code === 1013 || code === 1008 || code === 1000;
+
+function openSignaling(resume) {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/rtc");
   state.ws = ws;
   let queue = Promise.resolve();
-  ws.onopen = () => send({ type: "join", token });
+  ws.onopen = () => send(resume ? { type: "join", token: state.token, resume } : { type: "join", token: state.token });
   ws.onmessage = (e) => {
     let msg;
     try { msg = JSON.parse(e.data); } catch { return; }
     queue = queue.then(() => handleMessage(msg)).catch((err) => console.warn("message failed", msg.type, err));
   };
   ws.onclose = (e) => {
+    if (state.ws !== ws) return;
+    // The connection dropped (a network change, a proxy's timeout): the server keeps us
+    // for a while, our media going on; come back with the resume token.
+    if (!state.left && state.resume && state.pc && !FINAL_CLOSE(e.code)) {
+      if (state.resumeUntil === null) state.resumeUntil = Date.now() + 9000;
+      if (Date.now() < state.resumeUntil) {
+        setConn("reconnecting", "connecting");
+        setTimeout(() => { if (state.ws === ws && !state.left) openSignaling(state.resume); }, 500);
+        return;
+      }
+    }
     setConn(state.left ? "left" : "disconnected" + (e.reason ? ": " + e.reason : ""), "closed");
     if (state.pc) state.pc.close();
   };
@@ -642,6 +677,8 @@ async function tileVideo(participantId, source = "camera") {
 
 window.huiyi = {
   state,
+  // Drop the signaling connection without leaving, as a network change would (tests).
+  dropSignaling: () => state.ws && state.ws.close(3000, "dropped"),
   stats: () => state.pc ? state.pc.getStats() : Promise.resolve(new Map()),
   tileVideo,
   // Every remote tile's video, keyed "participantId" or "participantId/screen".

@@ -6,7 +6,9 @@
 // every other page must play it in a screen tile, and the tile must go away when sharing
 // stops; and muting the first page's microphone must show on the others. With "hide",
 // the second page's tab is hidden: it must stop receiving video (it subscribes to none),
-// and receive and decode video again once shown.
+// and receive and decode video again once shown. With "resume", the first page's
+// signaling connection is dropped: it must resume, the others must see no leave, and media
+// must flow on.
 // Video arrives on slots (docs/protocol.md, Receiving: slots): the page maps each slot's
 // mid to the tile of the participant it carries, so "playing" is judged per tile.
 // With hold-seconds, the pages stay in the meeting that long after they all play media
@@ -50,6 +52,34 @@ async function observe(page) {
     const slotted = [...st.participants.values()].filter((p) => p.tile.mid !== null && st.slots.get(p.tile.mid)).length;
     return { videos, lobbyShown, audio, video, slotted, connection: pc ? pc.connectionState : "none", error: document.getElementById("meeting-error").textContent };
   });
+}
+
+// Drop the first page's signaling connection (as a network change would) and wait for it
+// to resume: the others must see no leave, and every page must still play and hear the
+// others afterwards.
+async function dropAndResume(opened) {
+  const departures = () => Promise.all(opened.slice(1).map((p) => p.evaluate(() => window.huiyi.state.departures)));
+  const before = await departures();
+  await opened[0].evaluate(() => window.huiyi.dropSignaling());
+  const start = Date.now();
+  let resumed_s = null;
+  while (Date.now() < deadline && Date.now() - start < 15000) {
+    if (await opened[0].evaluate(() => window.huiyi.state.resumes > 0)) { resumed_s = (Date.now() - start) / 1000; break; }
+    await sleep(200);
+  }
+  // Past the server's grace period too: a leave would have come by now.
+  await sleep(Math.max(0, 11000 - (Date.now() - start)));
+  const after = await departures();
+  const first = await Promise.all(opened.map(observe));
+  await sleep(2000);
+  const then = await Promise.all(opened.map(observe));
+  const playing_after = then.every((obs, i) => {
+    const b = first[i];
+    const playing = obs.videos.filter((v) => { const x = b.videos.find((y) => y.participant === v.participant); return v.width > 0 && x && v.time > x.time; }).length;
+    const hearing = obs.audio.filter((a) => { const x = b.audio.find((y) => y.mid === a.mid); return x && a.packets > x.packets; }).length;
+    return playing >= opened.length - 1 && hearing >= opened.length - 1;
+  });
+  return { resumed_s, departures: after.reduce((n, d, i) => n + d - before[i], 0), playing_after };
 }
 
 // Wait until every other page plays a screen-share tile (or, with gone=true, has none).
@@ -192,6 +222,13 @@ try {
         result.hide = await hideAndShow(opened[1]);
         if (result.hide.stopped_s === null) { result.ok = false; result.reason = "a hidden page kept receiving video"; }
         else if (result.hide.resumed_s === null) { result.ok = false; result.reason = "video did not come back when the page was shown again"; }
+        result.logs = logs.slice(-20);
+      }
+      if (checks.has("resume") && pages >= 2) {
+        result.resume = await dropAndResume(opened);
+        if (result.resume.resumed_s === null) { result.ok = false; result.reason = "the dropped page never resumed"; }
+        else if (result.resume.departures > 0) { result.ok = false; result.reason = "the others saw the resumed page leave"; }
+        else if (!result.resume.playing_after) { result.ok = false; result.reason = "media did not flow after the resume"; }
         result.logs = logs.slice(-20);
       }
       if (Number(holdArg) > 0) {

@@ -34,7 +34,7 @@ const MAX_BPS: f64 = 100_000_000.0;
 /// The receive rate is measured over this much of the receiver's clock.
 const ACKED_WINDOW_US: i64 = 500_000;
 /// Loss is judged over at least this many reported packets.
-const LOSS_MIN_PACKETS: u32 = 40;
+const LOSS_MIN_PACKETS: u32 = 100;
 /// Loss above this cuts the rate; above `LOSS_HOLD` it may not grow. A queue that
 /// overflows shows as delay first (the delay signal acts on it); loss alone, without
 /// delay, is mostly a lossy radio link, where NACK repairs 10% and cutting the rate
