@@ -156,6 +156,19 @@ async fn a_dropped_signaling_connection_resumes_without_a_leave() {
     assert_eq!(resume["playing_after"], true, "{result:#}");
 }
 
+/// Issue 12: a reloaded page comes back as the same participant (a new peer connection
+/// and media session, the same participant id): the others see no leave, and media flows
+/// again both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_page_rejoins_as_the_same_participant_without_a_leave() {
+    let result = run_script("meeting.mjs", "reload-test", &["2", "60", "0", "reload"]).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    let reload = &result["reload"];
+    assert!(reload["rejoined_s"].as_f64().is_some_and(|s| s < 8.0), "came back late or never: {result:#}");
+    assert_eq!(reload["departures"], 0, "{result:#}");
+    assert_eq!(reload["playing_after"], true, "{result:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_browsers_see_and_hear_each_other() {
     let result = run_script("meeting.mjs", "browser-test", &["3", "60", "0", "share,hide"]).await;

@@ -161,7 +161,8 @@ async fn everyone_leaving_frees_rooms_tracks_and_participants() {
 }
 
 async fn everyone_leaving() {
-    let server = common::start_server().await;
+    // A dropped connection is kept a second for a resume (docs/protocol.md, Resuming).
+    let server = common::start_server_with(|c| c.limits.resume_grace_secs = 1).await;
     let room = "leaving";
     let mut xena = join_and_send(&server, room, "xena", 0, VideoCodec::Vp8).await;
     let mut yuri = join_and_send(&server, room, "yuri", 1, VideoCodec::Vp8).await;

@@ -135,8 +135,9 @@ pub async fn join(url: &ServerUrl, token: &str) -> Result<(ServerMessage, Connec
     .await
     .map_err(|_| SignalError::Timeout(Duration::from_secs(10)))?
     .map_err(|e| SignalError::WebSocket(ws_url.clone(), e.to_string()))?;
-    let join = serde_json::to_string(&ClientMessage::Join { token: token.into(), resume: None })
-        .map_err(|e| SignalError::Protocol(e.to_string()))?;
+    let join =
+        serde_json::to_string(&ClientMessage::Join { token: token.into(), resume: None, new_media: false })
+            .map_err(|e| SignalError::Protocol(e.to_string()))?;
     ws.send(Message::Text(join.into()))
         .await
         .map_err(|e| SignalError::WebSocket(ws_url.clone(), e.to_string()))?;

@@ -7,12 +7,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ClientMessage {
+    #[serde(rename_all = "camelCase")]
     Join {
         token: String,
         /// The `resume` of an earlier `joined`: take that participant back (its signaling
         /// connection dropped within the grace period) instead of joining anew.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<String>,
+        /// With `resume`: the client's peer connection is new (a page reload), so the
+        /// participant gets a new media session; the others see its tracks change, not
+        /// a leave and a join.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        new_media: bool,
     },
     Offer {
         sdp: String,

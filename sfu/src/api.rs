@@ -23,6 +23,9 @@ pub struct JoinRequest {
     /// It takes the place of the same identity's earlier connection, which has just left:
     /// a reconnect adds no load, so the load budget does not refuse it (ADR 0020).
     pub replaces: bool,
+    /// It continues the same participant, whose earlier session just left with
+    /// `LeaveReason::Reloaded` (a page reload): the others are not told it joined.
+    pub continues: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +105,9 @@ pub enum LeaveReason {
     RoomClosed,
     /// The session's WebRTC engine failed (a panic contained to this session).
     MediaError,
+    /// The client's page reloaded: a new session of the same participant follows at
+    /// once (`JoinRequest::continues`), so the others are not told it left.
+    Reloaded,
 }
 
 impl LeaveReason {
@@ -114,6 +120,7 @@ impl LeaveReason {
             LeaveReason::Replaced => "replaced",
             LeaveReason::RoomClosed => "room_closed",
             LeaveReason::MediaError => "media_error",
+            LeaveReason::Reloaded => "reloaded",
         }
     }
 }

@@ -23,8 +23,9 @@ pub struct SignalingMetrics {
     pub whep_redirects: IntCounter,
     /// Participants whose signaling connection dropped, waiting for a resume now.
     pub parked: IntGauge,
-    /// What came of parked participants and resume requests: `resumed`, `expired` (the
-    /// grace period ended: they left), `refused` (a resume token that named none).
+    /// What came of parked participants and resume requests: `resumed`, `reloaded` (back
+    /// with a new peer connection), `expired` (the grace period ended: they left),
+    /// `refused` (a resume token that named none).
     pub resumes: IntCounterVec,
 }
 

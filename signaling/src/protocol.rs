@@ -85,5 +85,6 @@ pub fn close_code(reason: LeaveReason) -> (u16, &'static str) {
         LeaveReason::Replaced => (4005, "replaced by a new connection"),
         LeaveReason::RoomClosed => (4004, "room closed"),
         LeaveReason::MediaError => (4008, "media session failed"),
+        LeaveReason::Reloaded => (4009, "reloaded"),
     }
 }

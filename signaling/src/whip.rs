@@ -302,6 +302,7 @@ async fn start(
         identity: identity.clone(),
         name,
         replaces,
+        continues: false,
         can_publish: role == Role::Publisher,
         can_subscribe: role == Role::Viewer,
     };

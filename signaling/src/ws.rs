@@ -190,13 +190,15 @@ pub async fn serve(socket: Socket, limit: InputLimit, admitted: Option<Admitted>
 
 /// Wait for the join message (its token and resume token); `None` when the connection
 /// ended or was refused.
-async fn await_join(conn: &mut Connection) -> Option<(String, Option<String>)> {
+async fn await_join(conn: &mut Connection) -> Option<(String, Option<String>, bool)> {
     loop {
         let frame = conn.socket.next().await;
         match conn.read(frame).await {
             Incoming::Closed => return None,
             Incoming::Refused => continue,
-            Incoming::Message(ClientMessage::Join { token, resume }) => return Some((token, resume)),
+            Incoming::Message(ClientMessage::Join { token, resume, new_media }) => {
+                return Some((token, resume, new_media));
+            }
             Incoming::Message(_) => {
                 if !conn.send(&ServerMessage::error("not_joined", "send join first")).await {
                     return None;
@@ -216,7 +218,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
             None => std::future::pending().await,
         }
     };
-    let (token, resume) = tokio::select! {
+    let (token, resume, new_media) = tokio::select! {
         waited = tokio::time::timeout(JOIN_TIMEOUT, await_join(conn)) => match waited {
             Ok(Some(join)) => join,
             Ok(None) => return,
@@ -249,6 +251,10 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
     }
     if let Some(resume) = resume {
         match take_parked(&conn.state, &claims.room, &claims.sub, &resume).await {
+            Some(live) if new_media => {
+                conn.state.metrics.resumes.with_label_values(&["reloaded"]).inc();
+                return rejoin(conn, live, &claims, limit).await;
+            }
             Some(live) => {
                 conn.state.metrics.resumes.with_label_values(&["resumed"]).inc();
                 info!(room = %live.room, participant = %live.participant_id, "resumed");
@@ -287,6 +293,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
             can_publish: claims.grants.can_publish,
             can_subscribe: claims.grants.can_subscribe,
             replaces,
+            continues: false,
         })
         .await;
     let joined = match joined {
@@ -331,6 +338,51 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
     limit.lift();
     let others = joined.others.iter().map(participant).collect();
     serve_live(conn, live, others, false).await
+}
+
+/// A parked participant whose client came back with a new peer connection (a page
+/// reload): its old media session leaves without the others being told, and a new one
+/// joins as the same participant; the client is told the room as on a first join.
+async fn rejoin(conn: &mut Connection, mut live: Live, claims: &auth::Claims, limit: InputLimit) {
+    info!(room = %live.room, participant = %live.participant_id, "rejoined with new media");
+    let (old, old_events) = (live.session, std::mem::replace(&mut live.events, mpsc::channel(1).1));
+    old.leave(LeaveReason::Reloaded);
+    drop(old_events);
+    let joined = conn
+        .state
+        .media
+        .join(JoinRequest {
+            room: live.room.clone(),
+            participant_id: live.participant_id.clone(),
+            identity: live.identity.clone(),
+            name: live.name.clone(),
+            can_publish: claims.grants.can_publish,
+            can_subscribe: claims.grants.can_subscribe,
+            replaces: true,
+            continues: true,
+        })
+        .await;
+    match joined {
+        Ok(joined) => {
+            let others = joined.others.iter().map(participant).collect();
+            let live = Live {
+                session: joined.session,
+                events: joined.events,
+                waiting: Vec::new(),
+                resume: random_id() + &random_id(),
+                ..live
+            };
+            limit.lift();
+            serve_live(conn, live, others, true).await;
+        }
+        Err(e) => {
+            // Its old session is gone and no new one came: it has left.
+            live.departed.send_replace(true);
+            conn.state.registry.remove(&live.room, &live.identity, live.connection);
+            conn.send(&ServerMessage::error("overloaded", format!("could not rejoin: {e}"))).await;
+            conn.close(1013, "rejoin refused").await;
+        }
+    }
 }
 
 /// A participant in its room, with or without a signaling connection: what a dropped

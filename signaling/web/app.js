@@ -62,6 +62,7 @@ const state = {
   resume: null,            // from `joined`: sent in `join` to take this participant back after a drop
   resumeUntil: null,       // while reconnecting: when to give up (the server's grace is 10 s)
   resumes: 0,              // signaling connections resumed (for tests and debugging)
+  rejoined: false,         // this page load came back as the participant of the one before (a reload)
   departures: 0,           // participantLeft messages received (for tests)
 };
 
@@ -482,10 +483,13 @@ async function handleMessage(msg) {
         state.resume = msg.resume || null;
         state.resumeUntil = null;
         state.resumes++;
+        remember();
         setConn("connected", "connected");
         break;
       }
       state.resume = msg.resume || null;
+      state.rejoined = !!msg.resumed;
+      remember();
       state.me = msg.participant;
       state.localTile = makeTile(msg.participant.id, msg.participant.name + " (you)", { local: true });
       if (state.local) state.localTile.video.srcObject = state.local;
@@ -524,10 +528,30 @@ async function handleMessage(msg) {
   }
 }
 
-async function join(room, name) {
+// What a reload of this tab needs to come back as the same participant: the token (a dev
+// token names a fresh identity each time), the room and the resume token (sessionStorage:
+// this tab only). `at` is set when the page goes away.
+function remember(at = null) {
+  if (!state.resume || state.left) return;
+  const room = $("room-title").textContent;
+  sessionStorage.setItem("huiyi.rejoin", JSON.stringify({ room, token: state.token, resume: state.resume, at }));
+}
+
+// A reload within the server's grace period (10 s) rejoins as the same participant.
+function rejoinable(room) {
+  let saved = null;
+  try { saved = JSON.parse(sessionStorage.getItem("huiyi.rejoin") || "null"); } catch { saved = null; }
+  sessionStorage.removeItem("huiyi.rejoin");
+  if (!saved || saved.room !== room || !saved.at || Date.now() - saved.at > 9000) return null;
+  return saved;
+}
+
+async function join(room, name, rejoin = null) {
   $("lobby-error").textContent = "";
-  let token;
-  try { token = await fetchToken(room, name); } catch (e) { $("lobby-error").textContent = e.message; return; }
+  let token = rejoin && rejoin.token;
+  if (!token) {
+    try { token = await fetchToken(room, name); } catch (e) { $("lobby-error").textContent = e.message; return; }
+  }
   history.replaceState(null, "", "/room/" + encodeURIComponent(room) + "?name=" + encodeURIComponent(name));
   $("room-title").textContent = room;
   $("lobby").hidden = true;
@@ -536,18 +560,20 @@ async function join(room, name) {
   state.left = false;
   state.resizeObserver = new ResizeObserver(scheduleSubscribe);
   state.token = token;
-  openSignaling(null);
+  openSignaling(rejoin && rejoin.resume, !!rejoin);
 }
 
 // Close codes with which the server ended the participant on purpose (docs/protocol.md):
 // no resume after these.
 const FINAL_CLOSE = (code) => (code >= 4000 && code <= 4999) || code === 1013 || code === 1008 || code === 1000;
 
-function openSignaling(resume) {
+function openSignaling(resume, newMedia = false) {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/rtc");
   state.ws = ws;
   let queue = Promise.resolve();
-  ws.onopen = () => send(resume ? { type: "join", token: state.token, resume } : { type: "join", token: state.token });
+  const join = { type: "join", token: state.token };
+  if (resume) Object.assign(join, { resume }, newMedia ? { newMedia: true } : {});
+  ws.onopen = () => send(join);
   ws.onmessage = (e) => {
     let msg;
     try { msg = JSON.parse(e.data); } catch { return; }
@@ -614,6 +640,7 @@ function stopShare() {
 
 function leave() {
   state.left = true;
+  sessionStorage.removeItem("huiyi.rejoin");
   send({ type: "leave" });
   if (state.pc) state.pc.close();
   if (state.local) state.local.getTracks().forEach((t) => t.stop());
@@ -744,9 +771,16 @@ document.addEventListener("visibilitychange", scheduleSubscribe);
 // Zooming changes devicePixelRatio without resizing any tile in CSS pixels.
 window.addEventListener("resize", scheduleSubscribe);
 
+// Going away (a reload, a closed tab): no leave is sent, so a reload can come back as the
+// same participant; a closed tab leaves when the server's grace period ends.
+window.addEventListener("pagehide", () => remember(Date.now()));
+
 (async () => {
   await startPreview();
-  if (params.get("autojoin") === "1" && $("room").value && $("name").value) {
+  const rejoin = $("room").value && rejoinable($("room").value);
+  if (rejoin) {
+    join($("room").value, $("name").value, rejoin);
+  } else if (params.get("autojoin") === "1" && $("room").value && $("name").value) {
     join($("room").value, $("name").value);
   }
 })();

@@ -8,7 +8,8 @@
 // the second page's tab is hidden: it must stop receiving video (it subscribes to none),
 // and receive and decode video again once shown. With "resume", the first page's
 // signaling connection is dropped: it must resume, the others must see no leave, and media
-// must flow on.
+// must flow on. With "reload", the first page reloads: it must come back as the same
+// participant, the others must see no leave, and media must flow again.
 // Video arrives on slots (docs/protocol.md, Receiving: slots): the page maps each slot's
 // mid to the tile of the participant it carries, so "playing" is judged per tile.
 // With hold-seconds, the pages stay in the meeting that long after they all play media
@@ -80,6 +81,44 @@ async function dropAndResume(opened) {
     return playing >= opened.length - 1 && hearing >= opened.length - 1;
   });
   return { resumed_s, departures: after.reduce((n, d, i) => n + d - before[i], 0), playing_after };
+}
+
+// Every page plays and hears every other page, over two seconds from now.
+async function allPlaying(opened) {
+  const first = await Promise.all(opened.map(observe));
+  await sleep(2000);
+  const then = await Promise.all(opened.map(observe));
+  return then.every((obs, i) => {
+    const b = first[i];
+    const playing = obs.videos.filter((v) => { const x = b.videos.find((y) => y.participant === v.participant); return v.width > 0 && x && v.time > x.time; }).length;
+    const hearing = obs.audio.filter((a) => { const x = b.audio.find((y) => y.mid === a.mid); return x && a.packets > x.packets; }).length;
+    return playing >= opened.length - 1 && hearing >= opened.length - 1;
+  });
+}
+
+// Reload the first page: it must come back as the same participant (a new peer
+// connection, the same participant id) with no leave seen by the others, and every page
+// must play and hear the others again.
+async function reloadAndRejoin(opened) {
+  const departures = () => Promise.all(opened.slice(1).map((p) => p.evaluate(() => window.huiyi.state.departures)));
+  const before = await departures();
+  const id = await opened[0].evaluate(() => window.huiyi.state.me.id);
+  const start = Date.now();
+  await opened[0].reload();
+  let rejoined_s = null;
+  while (Date.now() < deadline && Date.now() - start < 20000) {
+    const back = await opened[0].evaluate((id) => !!window.huiyi && window.huiyi.state.rejoined && window.huiyi.state.me && window.huiyi.state.me.id === id, id).catch(() => false);
+    if (back) { rejoined_s = (Date.now() - start) / 1000; break; }
+    await sleep(200);
+  }
+  let playing_after = false;
+  while (rejoined_s !== null && Date.now() < deadline && Date.now() - start < 30000 && !playing_after) {
+    playing_after = await allPlaying(opened);
+  }
+  // Past the server's grace period too: a leave would have come by now.
+  await sleep(Math.max(0, 11000 - (Date.now() - start)));
+  const after = await departures();
+  return { rejoined_s, departures: after.reduce((n, d, i) => n + d - before[i], 0), playing_after, played_s: (Date.now() - start) / 1000 };
 }
 
 // Wait until every other page plays a screen-share tile (or, with gone=true, has none).
@@ -229,6 +268,13 @@ try {
         if (result.resume.resumed_s === null) { result.ok = false; result.reason = "the dropped page never resumed"; }
         else if (result.resume.departures > 0) { result.ok = false; result.reason = "the others saw the resumed page leave"; }
         else if (!result.resume.playing_after) { result.ok = false; result.reason = "media did not flow after the resume"; }
+        result.logs = logs.slice(-20);
+      }
+      if (checks.has("reload") && pages >= 2) {
+        result.reload = await reloadAndRejoin(opened);
+        if (result.reload.rejoined_s === null) { result.ok = false; result.reason = "the reloaded page did not come back as the same participant"; }
+        else if (result.reload.departures > 0) { result.ok = false; result.reason = "the others saw the reloaded page leave"; }
+        else if (!result.reload.playing_after) { result.ok = false; result.reason = "media did not flow after the reload"; }
         result.logs = logs.slice(-20);
       }
       if (Number(holdArg) > 0) {

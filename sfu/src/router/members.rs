@@ -66,7 +66,8 @@ impl Router {
             .and_then(|d| room.members.iter().find(|m| m.session == d))
             .map(|m| m.participant_id.clone());
         room.members.push(member);
-        let told: Vec<SessionId> = if relay { Vec::new() } else { room.others(id).collect() };
+        let told: Vec<SessionId> =
+            if relay || request.continues { Vec::new() } else { room.others(id).collect() };
         for other in told {
             self.emit(other, SessionEvent::ParticipantJoined(me.clone()));
         }
@@ -119,7 +120,11 @@ impl Router {
         let Some(endpoint) = self.endpoints.remove(&id) else { return Departure::default() };
         let Some(room) = self.rooms.get(&room_name) else { return Departure::default() };
         let room_closed = room.members.is_empty();
-        let told: Vec<SessionId> = if endpoint.relay { Vec::new() } else { room.others(id).collect() };
+        let told: Vec<SessionId> = if endpoint.relay || reason == LeaveReason::Reloaded {
+            Vec::new()
+        } else {
+            room.others(id).collect()
+        };
         for other in told {
             let event =
                 SessionEvent::ParticipantLeft { participant_id: endpoint.participant_id.clone(), reason };

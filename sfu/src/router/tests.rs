@@ -58,6 +58,11 @@ impl Room {
     }
 
     fn enter(&mut self, name: &str, relay: bool) -> SessionId {
+        self.enter_as(name, relay, false)
+    }
+
+    /// `continues`: the same participant's next session (a page reload).
+    fn enter_as(&mut self, name: &str, relay: bool, continues: bool) -> SessionId {
         let id = self.next_id;
         self.next_id += 1;
         let request = JoinRequest {
@@ -67,7 +72,8 @@ impl Room {
             name: name.into(),
             can_publish: true,
             can_subscribe: true,
-            replaces: false,
+            replaces: continues,
+            continues,
         };
         self.router.join(id, &request, relay, self.now).expect("joins");
         self.router.set_codecs(id, codecs());
@@ -197,6 +203,7 @@ fn a_class_audience_is_limited_apart_from_the_meeting() {
         can_publish,
         can_subscribe: true,
         replaces: false,
+        continues: false,
     };
     let now = room.now;
     for (id, name) in [(1, "a"), (2, "b")] {
@@ -559,6 +566,7 @@ fn a_relayed_track_that_comes_back_reaches_the_viewers_who_showed_it() {
             can_publish: false,
             can_subscribe: true,
             replaces: false,
+            continues: false,
         },
         false,
         room.now,
@@ -597,6 +605,7 @@ fn a_late_viewer_of_a_broadcast_starts_from_the_cached_keyframe() {
         can_publish: true,
         can_subscribe: false,
         replaces: false,
+        continues: false,
     };
     room.router.join(teacher, &request, false, room.now).expect("joins");
     room.router.set_codecs(teacher, codecs());
@@ -686,4 +695,35 @@ fn shed_video_pauses_the_least_important_tiles_first_keeps_audio_and_lifts_again
     // Lifted: no caps, both aim at f again (from their next keyframes).
     room.router.shed_video(1.0);
     assert_eq!(video(&room), vec![(None, Some(2)); 2]);
+}
+
+/// A page reload: the participant's session leaves as `Reloaded` and its next one joins as
+/// `continues`; the others see its tracks go and come, never a leave or a join.
+#[test]
+fn a_reloaded_participant_neither_leaves_nor_joins_for_the_others() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    let bob = room.join("bob");
+    room.publish(bob, TrackKind::Audio);
+    room.settle();
+    let told_alice = |out: &[Output]| -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Event { to, event } if *to == alice => Some(format!("{event:?}")),
+                _ => None,
+            })
+            .collect()
+    };
+    room.router.leave(bob, crate::api::LeaveReason::Reloaded);
+    let out = room.settle();
+    let told = told_alice(&out);
+    assert!(told.iter().any(|e| e.starts_with("TrackUnpublished")), "{told:?}");
+    assert!(!told.iter().any(|e| e.starts_with("ParticipantLeft")), "{told:?}");
+    let again = room.enter_as("bob", false, true);
+    room.router.negotiated(again, room.now);
+    room.negotiate(again);
+    room.publish(again, TrackKind::Audio);
+    let told = told_alice(&room.settle());
+    assert!(told.iter().any(|e| e.starts_with("TrackPublished")), "{told:?}");
+    assert!(!told.iter().any(|e| e.starts_with("ParticipantJoined")), "{told:?}");
 }

@@ -706,7 +706,7 @@ impl Shard {
         self.by_ufrag.remove(&session.ufrag);
         self.routes.remove_ufrag(&session.ufrag);
         info!(participant = %session.participant_id, room = %session.room, reason = reason.as_str(), "session ended");
-        if reason != LeaveReason::Disconnected && reason != LeaveReason::Left {
+        if !matches!(reason, LeaveReason::Disconnected | LeaveReason::Left | LeaveReason::Reloaded) {
             session.emit(SessionEvent::Closed { reason }, &self.metrics);
         }
         let departure = self.router.leave(id, reason);

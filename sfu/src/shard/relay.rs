@@ -178,6 +178,7 @@ impl Shard {
             can_publish: brings.is_some(),
             can_subscribe: brings.is_none(),
             replaces: false,
+            continues: false,
         };
         self.router.join(id, &request, true, now)?;
         self.room_placement.insert(room.clone(), self.index);
