@@ -156,6 +156,18 @@ async fn a_dropped_signaling_connection_resumes_without_a_leave() {
     assert_eq!(resume["playing_after"], true, "{result:#}");
 }
 
+/// Issue 12: a page that restarts ICE (what the page does after a network change) gets new
+/// credentials from the server, and its media flows on over the new pair, with no leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_keeps_the_participant_and_its_media() {
+    let result = run_script("meeting.mjs", "ice-restart-test", &["2", "60", "0", "icerestart"]).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    let restart = &result["ice_restart"];
+    assert!(restart["restarted_s"].as_f64().is_some_and(|s| s < 5.0), "restarted late or never: {result:#}");
+    assert_eq!(restart["departures"], 0, "{result:#}");
+    assert_eq!(restart["playing_after"], true, "{result:#}");
+}
+
 /// Issue 12: a reloaded page comes back as the same participant (a new peer connection
 /// and media session, the same participant id): the others see no leave, and media flows
 /// again both ways.

@@ -33,6 +33,8 @@ pub struct SfuMetrics {
     pub paused_by_bandwidth: IntCounter,
     /// Times a subscriber's estimate fell for overuse or loss (ADR 0025).
     pub estimate_decreases: IntCounter,
+    /// Offers that restarted ICE (a client's network changed).
+    pub ice_restarts: IntCounter,
     pub paused_by_load: IntCounter,
     pub shard_video_share: GaugeVec,
     pub sessions_ended: IntCounterVec,
@@ -146,6 +148,10 @@ impl SfuMetrics {
             paused_by_bandwidth: counter(
                 "huiyi_video_paused_for_bandwidth_total",
                 "Allocation rounds (every 200 ms) in which a subscriber's video slot was paused to fit its bandwidth estimate",
+            ),
+            ice_restarts: counter(
+                "huiyi_ice_restarts_total",
+                "Client offers that restarted ICE (new credentials: the client's network changed), answered with new credentials of ours",
             ),
             estimate_decreases: counter(
                 "huiyi_bandwidth_estimate_decreases_total",

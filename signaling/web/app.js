@@ -63,6 +63,7 @@ const state = {
   resumeUntil: null,       // while reconnecting: when to give up (the server's grace is 10 s)
   resumes: 0,              // signaling connections resumed (for tests and debugging)
   rejoined: false,         // this page load came back as the participant of the one before (a reload)
+  iceRestartTimer: null,
   departures: 0,           // participantLeft messages received (for tests)
 };
 
@@ -460,6 +461,17 @@ function createPeerConnection(iceServers = []) {
     setConn(s, s === "connected" ? "connected" : (s === "failed" || s === "closed") ? "failed" : "connecting");
   };
   pc.onnegotiationneeded = negotiate;
+  // A network change (Wi-Fi to 4G, a new address): the old candidate pair stops. After two
+  // seconds of that, or at once when ICE failed, gather anew and restart ICE (the offer
+  // that follows carries new credentials; the server answers with new ones of its own).
+  pc.oniceconnectionstatechange = () => {
+    const s = pc.iceConnectionState;
+    clearTimeout(state.iceRestartTimer);
+    if (s === "failed") pc.restartIce();
+    else if (s === "disconnected") {
+      state.iceRestartTimer = setTimeout(() => { if (pc.iceConnectionState === "disconnected") pc.restartIce(); }, 2000);
+    }
+  };
   const local = state.local;
   if (local) {
     for (const track of local.getTracks()) {
@@ -706,6 +718,13 @@ window.huiyi = {
   state,
   // Drop the signaling connection without leaving, as a network change would (tests).
   dropSignaling: () => state.ws && state.ws.close(3000, "dropped"),
+  // Restart ICE as after a network change (tests); the local ICE username, to see it change.
+  restartIce: () => state.pc && state.pc.restartIce(),
+  iceUfrag: () => {
+    const sdp = state.pc && state.pc.localDescription ? state.pc.localDescription.sdp : "";
+    const m = sdp.match(/a=ice-ufrag:(\S+)/);
+    return m ? m[1] : null;
+  },
   stats: () => state.pc ? state.pc.getStats() : Promise.resolve(new Map()),
   tileVideo,
   // Every remote tile's video, keyed "participantId" or "participantId/screen".

@@ -9,7 +9,8 @@
 // and receive and decode video again once shown. With "resume", the first page's
 // signaling connection is dropped: it must resume, the others must see no leave, and media
 // must flow on. With "reload", the first page reloads: it must come back as the same
-// participant, the others must see no leave, and media must flow again.
+// participant, the others must see no leave, and media must flow again. With "icerestart",
+// the first page restarts ICE: new credentials both ways, media flowing on.
 // Video arrives on slots (docs/protocol.md, Receiving: slots): the page maps each slot's
 // mid to the tile of the participant it carries, so "playing" is judged per tile.
 // With hold-seconds, the pages stay in the meeting that long after they all play media
@@ -94,6 +95,38 @@ async function allPlaying(opened) {
     const hearing = obs.audio.filter((a) => { const x = b.audio.find((y) => y.mid === a.mid); return x && a.packets > x.packets; }).length;
     return playing >= opened.length - 1 && hearing >= opened.length - 1;
   });
+}
+
+// Restart ICE on the first page (as after a network change): new credentials both ways,
+// the connection back, no leave seen by the others, media flowing on.
+async function restartIce(opened) {
+  const departures = () => Promise.all(opened.slice(1).map((p) => p.evaluate(() => window.huiyi.state.departures)));
+  const before = await departures();
+  const ufrag = await opened[0].evaluate(() => window.huiyi.iceUfrag());
+  const remoteUfrag = () => opened[0].evaluate(() => {
+    const pc = window.huiyi.state.pc;
+    const m = pc && pc.remoteDescription ? pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/) : null;
+    return m ? m[1] : null;
+  });
+  const remote = await remoteUfrag();
+  const start = Date.now();
+  await opened[0].evaluate(() => window.huiyi.restartIce());
+  let restarted_s = null;
+  while (Date.now() < deadline && Date.now() - start < 15000) {
+    const now = await opened[0].evaluate(() => ({ ufrag: window.huiyi.iceUfrag(), state: window.huiyi.state.pc.iceConnectionState }));
+    const theirs = await remoteUfrag();
+    if (now.ufrag !== ufrag && theirs !== remote && (now.state === "connected" || now.state === "completed")) {
+      restarted_s = (Date.now() - start) / 1000;
+      break;
+    }
+    await sleep(200);
+  }
+  let playing_after = false;
+  while (restarted_s !== null && Date.now() < deadline && Date.now() - start < 25000 && !playing_after) {
+    playing_after = await allPlaying(opened);
+  }
+  const after = await departures();
+  return { restarted_s, departures: after.reduce((n, d, i) => n + d - before[i], 0), playing_after };
 }
 
 // Reload the first page: it must come back as the same participant (a new peer
@@ -268,6 +301,13 @@ try {
         if (result.resume.resumed_s === null) { result.ok = false; result.reason = "the dropped page never resumed"; }
         else if (result.resume.departures > 0) { result.ok = false; result.reason = "the others saw the resumed page leave"; }
         else if (!result.resume.playing_after) { result.ok = false; result.reason = "media did not flow after the resume"; }
+        result.logs = logs.slice(-20);
+      }
+      if (checks.has("icerestart") && pages >= 2) {
+        result.ice_restart = await restartIce(opened);
+        if (result.ice_restart.restarted_s === null) { result.ok = false; result.reason = "ICE did not restart"; }
+        else if (result.ice_restart.departures > 0) { result.ok = false; result.reason = "the others saw the restarting page leave"; }
+        else if (!result.ice_restart.playing_after) { result.ok = false; result.reason = "media did not flow after the ICE restart"; }
         result.logs = logs.slice(-20);
       }
       if (checks.has("reload") && pages >= 2) {

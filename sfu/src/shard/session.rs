@@ -217,6 +217,7 @@ impl Shard {
             }
         };
         session.negotiated = true;
+        self.follow_ice_restart(id);
         self.renegotiated(id);
         // Publications follow the SDP now, so the answer can name the tracks it accepted.
         for mid in mids {
@@ -232,6 +233,29 @@ impl Shard {
         // Done with the client's offer: its next one (or its answer to ours) may come.
         drop(ticket);
         self.offer_if_needed(id);
+    }
+
+    /// An offer with new ICE credentials (the client restarted ICE: its network changed)
+    /// gave the session new local credentials too: its connectivity checks now name the
+    /// new username, so datagrams are routed to it by that one (the old goes).
+    fn follow_ice_restart(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let rtc = &mut session.rtc;
+        let Some(ufrag) =
+            contained(&mut self.failed, &self.metrics, id, || rtc.direct_api().local_ice_credentials().ufrag)
+        else {
+            return;
+        };
+        if ufrag == session.ufrag {
+            return;
+        }
+        info!(participant = %session.participant_id, "ICE restarted");
+        self.metrics.ice_restarts.inc();
+        let old = std::mem::replace(&mut session.ufrag, ufrag.clone());
+        self.by_ufrag.remove(&old);
+        self.routes.remove_ufrag(&old);
+        self.routes.add_ufrag(&ufrag, self.index);
+        self.by_ufrag.insert(ufrag, id);
     }
 
     /// A client that receives without renegotiating (a WHEP player) offers the m-lines it
