@@ -225,6 +225,14 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
         }
         report.shaped = Some(report::Shaped::new(shape, engine::address_of(shape.client)));
     }
+    if let Some(loss) = &scenario.loss {
+        if !share_socket || cli.janus.is_some() {
+            report.error =
+                Some("a lossy link needs Huiyi on a loopback address (each client its own)".into());
+            return (report, EXIT_ERROR);
+        }
+        report.lossy = Some(report::LossyLink::new(loss, engine::address_of(loss.client)));
+    }
     let shared = Arc::new(Shared::new(max_clients, scenario.shape.as_ref().map(|s| s.client)));
     let mut workers = Vec::new();
     let mut threads = Vec::new();
@@ -342,6 +350,16 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     let mut churn_next = window_start;
     let mut shaper: Option<shape::Shaper> = None;
     let mut shaped_dropped = 0;
+    let mut lossy = None;
+    if let Some(link) = &report.lossy {
+        match shape::Lossy::on(link.address, link.percent) {
+            Ok(l) => {
+                eprintln!("t=   0s  link of {} losing {}% each way", link.address, link.percent);
+                lossy = Some(l);
+            }
+            Err(e) => error = Some(format!("cannot make the link lossy: {e}")),
+        }
+    }
     while Instant::now() < window_end {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if let (Some(plan), Some(shaped)) = (&scenario.shape, report.shaped.as_ref()) {
@@ -406,6 +424,9 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     }
     if let Some(s) = shaper.take() {
         shaped_dropped = s.dropped();
+    }
+    if let (Some(l), Some(link)) = (lossy.take(), report.lossy.as_mut()) {
+        link.dropped = l.dropped();
     }
     if let Some(shaped) = report.shaped.as_mut() {
         shaped.dropped = shaped_dropped;
@@ -592,6 +613,9 @@ async fn finish(
         report.unexpected_packets += judged.unexpected;
         if let (Some(shaped), Some(seconds)) = (report.shaped.as_mut(), c.followed.as_ref()) {
             shaped.fill(seconds, &judged, c.frozen);
+        }
+        if let Some(link) = report.lossy.as_mut().filter(|l| l.client == c.serial) {
+            link.fill(&judged);
         }
         if judged.audio.0 > 0 {
             audio_per_subscriber.push(judged.audio.1 as f64 / judged.audio.0 as f64);

@@ -157,6 +157,8 @@ pub struct Report {
     pub tile_pauses: u64,
     /// The client whose link the scenario shaped (`[shape]`), second by second.
     pub shaped: Option<Shaped>,
+    /// The client whose link lost datagrams (`[loss]`), and what repair brought back.
+    pub lossy: Option<LossyLink>,
     pub latency_ms: Percentiles,
     pub latency_parts_ms: LatencyParts,
     pub jitter_ms: P99,
@@ -333,6 +335,18 @@ impl Report {
             "frozen tiles    {}  ({} paused by the server at the end, {} pauses told; {} unexpected packets received)",
             self.frozen_subscriptions, self.paused_tiles, self.tile_pauses, self.unexpected_packets
         );
+        if let Some(l) = &self.lossy {
+            let pct = |d: Option<f64>| d.map_or("-".into(), |d| format!("{:.2}%", d * 100.0));
+            let _ = writeln!(
+                out,
+                "lossy link      {} losing {}% each way: {} datagrams dropped; its video {} after repair, audio {}",
+                l.address,
+                l.percent,
+                l.dropped,
+                pct(l.video_delivery),
+                pct(l.audio_delivery)
+            );
+        }
         if let Some(s) = &self.shaped {
             let kbps = |from: f64, until: f64| f(s.video_kbps(from, until), " kbit/s");
             let paused = s.seconds.iter().map(|x| x.paused).max().unwrap_or(0);
@@ -718,5 +732,37 @@ impl Shaped {
             .map(|s| s.video_kbps)
             .collect();
         (!picked.is_empty()).then(|| picked.iter().sum::<f64>() / picked.len() as f64)
+    }
+}
+
+/// The client whose link the scenario made lossy (`[loss]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LossyLink {
+    pub client: u32,
+    pub address: std::net::Ipv4Addr,
+    pub percent: u32,
+    /// Datagrams nftables dropped, both ways.
+    pub dropped: u64,
+    pub audio_delivery: Option<f64>,
+    pub video_delivery: Option<f64>,
+}
+
+impl LossyLink {
+    pub fn new(plan: &crate::scenario::LossPlan, address: std::net::Ipv4Addr) -> Self {
+        Self {
+            client: plan.client,
+            address,
+            percent: plan.percent,
+            dropped: 0,
+            audio_delivery: None,
+            video_delivery: None,
+        }
+    }
+
+    pub fn fill(&mut self, judged: &Judgement) {
+        let (audio, video) =
+            (judged.audio, (judged.expected - judged.audio.0, judged.received - judged.audio.1));
+        self.audio_delivery = (audio.0 > 0).then(|| audio.1 as f64 / audio.0 as f64);
+        self.video_delivery = (video.0 > 0).then(|| video.1 as f64 / video.0 as f64);
     }
 }

@@ -47,6 +47,20 @@ pub struct Scenario {
     /// follows that client second by second (issue 12's shaped link).
     #[serde(default)]
     pub shape: Option<ShapePlan>,
+    /// Random loss on one client's link, both ways, for the whole measured window
+    /// (nftables, root only): the report follows that client's delivery.
+    #[serde(default)]
+    pub loss: Option<LossPlan>,
+}
+
+/// Random loss on one client's link, both ways.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossPlan {
+    /// The client (its serial: the order of joining, from 0).
+    pub client: u32,
+    /// Datagrams dropped each way, in percent.
+    pub percent: u32,
 }
 
 /// A rate limit on what one client receives, for part of the measured window.
@@ -217,6 +231,14 @@ impl Scenario {
             }
             if shape.until_s > self.duration_s || self.broadcast.is_some() || self.churn.is_some() {
                 return Err("shape must end within the window, in a meeting without churn".into());
+            }
+        }
+        if let Some(loss) = &self.loss {
+            if loss.client as usize >= self.participants || loss.percent == 0 || loss.percent >= 100 {
+                return Err("loss needs one of the participants and 1 to 99 percent".into());
+            }
+            if self.broadcast.is_some() || self.churn.is_some() {
+                return Err("loss is for a meeting without churn".into());
             }
         }
         if self.video.keyframe_interval_s <= 0.0 {

@@ -1,8 +1,11 @@
-//! A rate limit on one client's downlink (scenario `[shape]`): on the loopback device an
-//! HTB root sends the datagrams to that client's address through a token bucket (tbf)
-//! of the given rate, and everything else through a class as fast as the device. netem
-//! is not on every kernel; htb, tbf and u32 are. Needs root; the limit goes when the
-//! shaper is dropped.
+//! Faults on one client's link, made with the kernel's own tools (root only; each goes
+//! when dropped). A rate limit on its downlink (scenario `[shape]`): on the loopback
+//! device an HTB root sends the datagrams to that client's address through a token bucket
+//! (tbf) of the given rate, and everything else through a class as fast as the device.
+//! Random loss both ways (scenario `[loss]`): nftables drops that share of the UDP
+//! datagrams to and from its address as they arrive (on the input hook: a drop on the
+//! output hook fails the sender's send, and a sender that tries again sees less loss than
+//! asked). netem is not on every kernel; htb, tbf, u32 and nftables are.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -64,4 +67,59 @@ fn tc(args: &[&str]) -> Result<(), String> {
     } else {
         Err(format!("tc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
+}
+
+/// Random loss of `percent` of the UDP datagrams to and from one address, both ways.
+pub struct Lossy {
+    table: String,
+}
+
+impl Lossy {
+    pub fn on(address: Ipv4Addr, percent: u32) -> Result<Self, String> {
+        let table = format!("huiyi_loadtest_loss_{}", std::process::id());
+        let rules = format!(
+            "table inet {table} {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  \
+             iifname \"lo\" ip daddr {address} meta l4proto udp numgen random mod 100 < {percent} counter drop\n  \
+             iifname \"lo\" ip saddr {address} meta l4proto udp numgen random mod 100 < {percent} counter drop\n }}\n}}\n"
+        );
+        let mut child = Command::new(nft()?)
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run nft: {e}"))?;
+        use std::io::Write;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(rules.as_bytes()).map_err(|e| format!("nft: {e}"))?;
+        }
+        match child.wait() {
+            Ok(status) if status.success() => Ok(Self { table }),
+            _ => Err("nft refused the rules (root needed)".into()),
+        }
+    }
+
+    /// Datagrams dropped so far, both ways.
+    pub fn dropped(&self) -> u64 {
+        let Ok(nft) = nft() else { return 0 };
+        let out = Command::new(nft).args(["list", "table", "inet", &self.table]).output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        text.split("counter packets ")
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Lossy {
+    fn drop(&mut self) {
+        if let Ok(nft) = nft() {
+            let _ = Command::new(nft).args(["delete", "table", "inet", &self.table]).status();
+        }
+    }
+}
+
+fn nft() -> Result<&'static str, String> {
+    ["/usr/sbin/nft", "nft"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok())
+        .ok_or_else(|| "nft not found (Debian: nftables)".to_string())
 }
