@@ -443,6 +443,28 @@ async fn a_dropped_socket_resumed_within_the_grace_is_the_same_participant() {
     assert_eq!(v["type"], "pong", "no leave or join for a resumed participant: {v}");
 }
 
+/// After a network change the server may still hold the old connection (half-open: no
+/// close ever came). A join with its resume token takes the participant over anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_takes_over_a_connection_the_server_still_holds() {
+    let server = common::start_server().await;
+    let (mut ana, _) = join(&server, &common::token("room1", "ana")).await;
+    let bob_token = common::token("room1", "bob");
+    let (_old, bob_joined) = join(&server, &bob_token).await;
+    let resume = bob_joined["resume"].as_str().expect("a resume token").to_string();
+    recv_type(&mut ana, "participantJoined").await;
+
+    let mut back = connect(&server).await;
+    send(&mut back, json!({"type": "join", "token": bob_token, "resume": resume})).await;
+    let v = recv_type(&mut back, "joined").await;
+    assert_eq!(v["resumed"], true, "{v}");
+    assert_eq!(v["participant"]["id"], bob_joined["participant"]["id"], "{v}");
+    assert_ping_pong(&mut back, "a takeover").await;
+    send(&mut ana, json!({"type": "ping"})).await;
+    let v = recv(&mut ana).await;
+    assert_eq!(v["type"], "pong", "no leave or join for the taken-over participant: {v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_lists_removes_and_closes() {
     let server = common::start_server().await;

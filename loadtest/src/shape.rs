@@ -76,6 +76,16 @@ pub struct Lossy {
 
 impl Lossy {
     pub fn on(address: Ipv4Addr, percent: u32) -> Result<Self, String> {
+        // Tables a killed run left behind would drop this run's datagrams unasked.
+        if let Ok(listed) = Command::new(nft()?).args(["list", "tables"]).output() {
+            for line in String::from_utf8_lossy(&listed.stdout).lines() {
+                if let Some(stale) =
+                    line.strip_prefix("table inet ").filter(|t| t.starts_with("huiyi_loadtest_loss_"))
+                {
+                    let _ = Command::new(nft()?).args(["delete", "table", "inet", stale]).status();
+                }
+            }
+        }
         let table = format!("huiyi_loadtest_loss_{}", std::process::id());
         let rules = format!(
             "table inet {table} {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  \

@@ -21,6 +21,8 @@ struct Entry {
     /// Its signaling connection dropped: the task holding its session, waiting for a
     /// `join` with this resume token (ws.rs).
     parked: Option<(String, Claim)>,
+    /// The token that resumes it (set once it joined over a WebSocket).
+    resume: Option<String>,
 }
 
 /// Asks a parked participant's task for its session: the task answers on the sender given.
@@ -95,9 +97,30 @@ impl Registry {
                 joined_at: unix_now(),
                 ends,
                 parked: None,
+                resume: None,
             },
         );
         previous.map(|p| p.ends)
+    }
+
+    /// The token that resumes `identity`'s connection `connection`.
+    pub(crate) fn set_resume(&self, room: &str, identity: &str, connection: u64, resume: &str) {
+        let mut rooms = self.rooms.lock().expect("registry lock");
+        if let Some(entry) = rooms.get_mut(room).and_then(|r| r.participants.get_mut(identity))
+            && entry.connection == connection
+        {
+            entry.resume = Some(resume.to_string());
+        }
+    }
+
+    /// How to end `identity`'s connection if it is not parked yet and `resume` is its
+    /// token: a client back on a new connection while the server still holds the old one
+    /// (half-open after a network change) parks that one first.
+    pub(crate) fn live_kick(&self, room: &str, identity: &str, resume: &str) -> Option<Kick> {
+        let rooms = self.rooms.lock().expect("registry lock");
+        let entry = rooms.get(room)?.participants.get(identity)?;
+        let matches = entry.resume.as_ref().is_some_and(|token| same(token.as_bytes(), resume.as_bytes()));
+        (matches && entry.parked.is_none()).then(|| entry.ends.kick.clone())
     }
 
     /// The connection of `identity` dropped; its session waits for a resume with `resume`.

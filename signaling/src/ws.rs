@@ -278,6 +278,8 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
         &name,
         Ends { kick: kick_tx, departed: departure },
     );
+    let resume = resume_token();
+    conn.state.registry.set_resume(&claims.room, &claims.sub, connection, &resume);
     let replaces = previous.is_some();
     if let Some(previous) = previous {
         replace(previous, &claims.sub).await;
@@ -328,7 +330,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
         participant_id,
         name,
         connection,
-        resume: random_id() + &random_id(),
+        resume,
         session: joined.session,
         events: joined.events,
         kick,
@@ -343,11 +345,10 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
 /// A parked participant whose client came back with a new peer connection (a page
 /// reload): its old media session leaves without the others being told, and a new one
 /// joins as the same participant; the client is told the room as on a first join.
-async fn rejoin(conn: &mut Connection, mut live: Live, claims: &auth::Claims, limit: InputLimit) {
+async fn rejoin(conn: &mut Connection, live: Live, claims: &auth::Claims, limit: InputLimit) {
     info!(room = %live.room, participant = %live.participant_id, "rejoined with new media");
-    let (old, old_events) = (live.session, std::mem::replace(&mut live.events, mpsc::channel(1).1));
-    old.leave(LeaveReason::Reloaded);
-    drop(old_events);
+    // The new session joins before the old leaves: if it cannot, the old one leaves as
+    // a participant does, and the others are told.
     let joined = conn
         .state
         .media
@@ -364,21 +365,32 @@ async fn rejoin(conn: &mut Connection, mut live: Live, claims: &auth::Claims, li
         .await;
     match joined {
         Ok(joined) => {
-            let others = joined.others.iter().map(participant).collect();
+            let others =
+                joined.others.iter().filter(|p| p.id != live.participant_id).map(participant).collect();
+            let resume = resume_token();
+            conn.state.registry.set_resume(&live.room, &live.identity, live.connection, &resume);
+            let Live {
+                room, identity, participant_id, name, connection, session: old, kick, departed, ..
+            } = live;
+            old.leave(LeaveReason::Reloaded);
             let live = Live {
+                room,
+                identity,
+                participant_id,
+                name,
+                connection,
+                resume,
                 session: joined.session,
                 events: joined.events,
+                kick,
+                departed,
                 waiting: Vec::new(),
-                resume: random_id() + &random_id(),
-                ..live
             };
             limit.lift();
             serve_live(conn, live, others, true).await;
         }
         Err(e) => {
-            // Its old session is gone and no new one came: it has left.
-            live.departed.send_replace(true);
-            conn.state.registry.remove(&live.room, &live.identity, live.connection);
+            live.leave(&conn.state, LeaveReason::Disconnected);
             conn.send(&ServerMessage::error("overloaded", format!("could not rejoin: {e}"))).await;
             conn.close(1013, "rejoin refused").await;
         }
@@ -432,16 +444,22 @@ async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participa
         resumed,
     };
     let mut sent = conn.send(&message).await;
-    for event in std::mem::take(&mut live.waiting) {
-        if !sent {
-            break;
-        }
-        if let Some(message) = server_message(&event) {
-            sent = conn.send(&message).await;
+    // What came while it was away, in order; what a failed send did not deliver is kept
+    // for the next resume.
+    let mut waiting = std::mem::take(&mut live.waiting).into_iter();
+    while sent && let Some(event) = waiting.next() {
+        if let Some(message) = server_message(&event)
+            && !conn.send(&message).await
+        {
+            live.waiting.push(event);
+            sent = false;
         }
     }
+    live.waiting.extend(waiting);
     let end = if sent {
-        relay(conn, &*live.session, &mut live.events, &mut live.kick).await
+        let (end, unsent) = relay(conn, &*live.session, &mut live.events, &mut live.kick).await;
+        live.waiting.extend(unsent);
+        end
     } else {
         LeaveReason::Disconnected
     };
@@ -505,11 +523,36 @@ fn park(state: Arc<AppState>, mut live: Live, grace: Duration) {
 }
 
 /// The parked participant `identity` of `room`, if `resume` is its token.
+/// A connection the server still holds (half-open after the client's network changed)
+/// is first told to end, which parks it.
 async fn take_parked(state: &AppState, room: &str, identity: &str, resume: &str) -> Option<Live> {
-    let claim = state.registry.claim(room, identity, resume)?;
+    let deadline = Instant::now() + CLAIM_WAIT;
+    let claim = loop {
+        if let Some(claim) = state.registry.claim(room, identity, resume) {
+            break claim;
+        }
+        let kick = state.registry.live_kick(room, identity, resume)?;
+        let _ = kick.try_send(LeaveReason::Disconnected);
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let (reply, handed) = oneshot::channel();
     claim.send(reply).ok()?;
-    tokio::time::timeout(CLAIM_WAIT, handed).await.ok()?.ok()
+    // The parked task answers at once (no timeout: a session handed over here must not be
+    // dropped unseen).
+    handed.await.ok()
+}
+
+/// A resume token: 192 bits from the operating system's generator.
+fn resume_token() -> String {
+    let mut bytes = [0u8; 24];
+    let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    if random.fill(&mut bytes).is_err() {
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A reconnect takes the place of the connection it replaces: that one leaves the room
@@ -539,12 +582,12 @@ async fn relay(
     session: &dyn MediaSession,
     events: &mut mpsc::Receiver<SessionEvent>,
     kick: &mut mpsc::Receiver<LeaveReason>,
-) -> LeaveReason {
+) -> (LeaveReason, Option<SessionEvent>) {
     loop {
         tokio::select! {
             frame = conn.socket.next() => {
                 let message = match conn.read(frame).await {
-                    Incoming::Closed => return LeaveReason::Disconnected,
+                    Incoming::Closed => return (LeaveReason::Disconnected, None),
                     Incoming::Refused => continue,
                     Incoming::Message(m) => m,
                 };
@@ -554,7 +597,7 @@ async fn relay(
                         conn.send(&ServerMessage::error("already_joined", "this connection already joined")).await;
                         Ok(())
                     }
-                    ClientMessage::Leave => return LeaveReason::Left,
+                    ClientMessage::Leave => return (LeaveReason::Left, None),
                     ClientMessage::Ping => {
                         conn.send(&ServerMessage::Pong).await;
                         Ok(())
@@ -603,18 +646,19 @@ async fn relay(
                 }
             }
             event = events.recv() => {
-                let Some(event) = event else { return LeaveReason::MediaTimeout };
+                let Some(event) = event else { return (LeaveReason::MediaTimeout, None) };
                 if let SessionEvent::Closed { reason } = event {
-                    return reason;
+                    return (reason, None);
                 }
                 if let Some(message) = server_message(&event)
                     && !conn.send(&message).await
                 {
-                    return LeaveReason::Disconnected;
+                    // Not delivered: kept for a resume.
+                    return (LeaveReason::Disconnected, Some(event));
                 }
             }
             reason = kick.recv() => {
-                return reason.unwrap_or(LeaveReason::Removed);
+                return (reason.unwrap_or(LeaveReason::Removed), None);
             }
         }
     }

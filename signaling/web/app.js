@@ -61,6 +61,7 @@ const state = {
   token: null,
   resume: null,            // from `joined`: sent in `join` to take this participant back after a drop
   resumeUntil: null,       // while reconnecting: when to give up (the server's grace is 10 s)
+  outbox: [],              // messages made while reconnecting, sent once back
   resumes: 0,              // signaling connections resumed (for tests and debugging)
   rejoined: false,         // this page load came back as the participant of the one before (a reload)
   iceRestartTimer: null,
@@ -76,6 +77,11 @@ function setConn(text, cls) {
 function send(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) {
     state.ws.send(JSON.stringify(msg));
+    return true;
+  }
+  // Reconnecting: an offer, answer or candidate made meanwhile goes once we are back.
+  if (state.resumeUntil !== null && msg.type !== "join" && msg.type !== "ping") {
+    state.outbox.push(msg);
     return true;
   }
   return false;
@@ -156,6 +162,7 @@ function noteTrack(participantId, track) {
 }
 
 function forgetTrack(trackId) {
+  setPaused(trackId, false);
   state.tracks.delete(trackId);
   const tile = state.screenTiles.get(trackId);
   if (tile) { dropTile(tile); state.screenTiles.delete(trackId); }
@@ -490,12 +497,14 @@ async function handleMessage(msg) {
   switch (msg.type) {
     case "joined": {
       if (state.pc) {
-        // A reconnect: the server kept us (our media went on) or, past its grace, did not.
-        if (!msg.resumed) { location.reload(); return; }
+        // A reconnect: the server kept us (our media went on) or, past its grace, did not:
+        // then this connection is a new participant, and the reload takes it over.
         state.resume = msg.resume || null;
+        if (!msg.resumed) { location.reload(); return; }
         state.resumeUntil = null;
         state.resumes++;
         remember();
+        for (const m of state.outbox.splice(0)) send(m);
         setConn("connected", "connected");
         break;
       }

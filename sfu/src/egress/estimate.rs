@@ -33,6 +33,11 @@ const MIN_BPS: f64 = 50_000.0;
 const MAX_BPS: f64 = 100_000_000.0;
 /// The receive rate is measured over this much of the receiver's clock.
 const ACKED_WINDOW_US: i64 = 500_000;
+/// A receive time this far behind the last one is a new time line, not reordering.
+const CLOCK_JUMP_US: i64 = 10_000_000;
+/// For this long after a fall the estimate grows no further than 1.5 times what got
+/// through; then freely (at the growth rate), so that a layer upgrade can be tried.
+const CEILING_FOR_US: u64 = 10_000_000;
 /// Loss is judged over at least this many reported packets.
 const LOSS_MIN_PACKETS: u32 = 100;
 /// Loss above this cuts the rate; above `LOSS_HOLD` it may not grow. A queue that
@@ -290,6 +295,14 @@ impl Estimator {
     }
 
     fn on_arrival(&mut self, send_us: u64, recv_us: i64, size: u16) {
+        // The receiver's clock went back (its 24-bit reference time wrapped, or a peer
+        // says so): what was measured on the old time line is dropped.
+        if self.acked.back().is_some_and(|(last, _)| recv_us < last - CLOCK_JUMP_US) {
+            self.acked.clear();
+            self.acked_bytes = 0;
+            self.group = None;
+            self.last_group = None;
+        }
         self.acked.push_back((recv_us, size));
         self.acked_bytes += u64::from(size);
         while let Some(&(at, bytes)) = self.acked.front() {
@@ -374,9 +387,16 @@ impl Estimator {
             }
         }
         if acked > 0.0 && !decreased {
-            // Growth stops short of what was never sent; it is not a fall (the estimate of
-            // a path limited by what we send stays where it was).
-            let ceiling = acked * ACKED_HEADROOM + 100_000.0;
+            // Growth stops short of what was never sent (it is not a fall itself: the
+            // estimate of a path limited by what we send stays where it was): soon after a
+            // fall at 1.5 times what got through; later at four times and a megabit, so the
+            // allocator can try the next layer up (from h to f is three times the rate)
+            // and the path's queue says if it fits.
+            let ceiling = if since_decrease < CEILING_FOR_US {
+                acked * ACKED_HEADROOM + 100_000.0
+            } else {
+                acked * 4.0 + 1_000_000.0
+            };
             self.bps = self.bps.min(before.max(ceiling));
         }
         self.bps = self.bps.clamp(MIN_BPS, MAX_BPS);
@@ -418,11 +438,17 @@ mod tests {
 
         /// Run for `secs`, sending up to `demand_bps`; each second's estimate.
         fn run(&mut self, secs: u64, demand_bps: u64, capacity_bps: u64) -> Vec<u64> {
+            self.run_with(secs, &|_| demand_bps, capacity_bps)
+        }
+
+        /// As `run`, with the demand a function of the estimate (an allocator's layers).
+        fn run_with(&mut self, secs: u64, demand: &dyn Fn(u64) -> u64, capacity_bps: u64) -> Vec<u64> {
             let mut each_second = Vec::new();
             let end = self.now_us + secs * 1_000_000;
             while self.now_us < end {
                 self.now_us += 1_000;
-                let rate = demand_bps.min(self.estimator.bps()) as f64;
+                let estimate = self.estimator.bps();
+                let rate = demand(estimate).min(estimate) as f64;
                 self.credit += rate / 8.0 / 1000.0;
                 while self.credit >= 1200.0 {
                     self.credit -= 1200.0;
@@ -492,6 +518,20 @@ mod tests {
         let climb = path.run(15, 3_000_000, 20_000_000);
         println!("climb {climb:?}");
         assert!(climb[14] >= 2_700_000, "back to the demand within 15 s: {climb:?}");
+    }
+
+    /// One tile: h (600 kbit/s) unless the estimate carries f (1.8 Mbit/s) with the
+    /// allocator's 15% headroom. After a narrow spell the estimate must grow past what h
+    /// sends, or f never comes back.
+    #[test]
+    fn after_a_fall_the_estimate_grows_past_a_layer_step() {
+        let layers = |estimate: u64| if estimate as f64 * 0.85 >= 1_800_000.0 { 1_800_000 } else { 600_000 };
+        let mut path = Path::new(10_000_000);
+        path.run_with(5, &layers, 20_000_000);
+        path.run_with(10, &layers, 500_000);
+        let wide = path.run_with(30, &layers, 20_000_000);
+        println!("wide again {wide:?}");
+        assert!(wide[25..].iter().all(|bps| *bps as f64 * 0.85 >= 1_800_000.0), "f back: {wide:?}");
     }
 
     #[test]

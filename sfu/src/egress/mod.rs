@@ -25,7 +25,10 @@ use srtp::{SrtcpError, SrtcpReceiver, SrtpSender, TAG_LEN, WindowHint};
 
 /// Packets kept per video slot for retransmission (about 2 s of a camera's top layer).
 const HISTORY: usize = 256;
-const MAX_PACKET: usize = 1500;
+/// Larger than an Ethernet MTU: a publisher that packetizes for 1,500-byte datagrams (a
+/// WHIP encoder) leaves no room for our header extensions and the RTX prefix, and a
+/// numbered session's packets can only go out this way (ADR 0025).
+const MAX_PACKET: usize = 2048;
 /// Where a session's estimate starts, before any feedback.
 pub const INITIAL_ESTIMATE_BPS: u64 = 10_000_000;
 /// Room a sealed datagram may need (`seal_to` is given this much).

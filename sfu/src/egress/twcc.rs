@@ -16,9 +16,13 @@ pub struct Report {
 /// this is far beyond any real report, and bounds the work a forged one can cause.
 const MAX_STATUSES: usize = 4096;
 
+/// Statuses read from one datagram at most, all its reports together.
+const MAX_STATUSES_PER_DATAGRAM: usize = 8192;
+
 /// Every transport-wide report and the last REMB bitrate in the packet. Malformed parts
 /// end the walk; what was read before them stands.
 pub fn read(compound: &[u8], reports: &mut Vec<Report>, remb: &mut Option<u64>) {
+    let mut budget = MAX_STATUSES_PER_DATAGRAM;
     let mut rest = compound;
     while rest.len() >= 4 {
         if rest[0] >> 6 != 2 {
@@ -32,8 +36,11 @@ pub fn read(compound: &[u8], reports: &mut Vec<Report>, remb: &mut Option<u64>) 
         }
         let packet = &rest[..len];
         match (pt, fmt) {
-            (205, 15) => match transport_report(packet) {
-                Some(report) => reports.push(report),
+            (205, 15) => match transport_report(packet, budget) {
+                Some(report) => {
+                    budget -= report.arrivals.len();
+                    reports.push(report);
+                }
                 None => break,
             },
             (206, 15) if packet.len() >= 20 && &packet[12..16] == b"REMB" => {
@@ -52,7 +59,7 @@ pub fn read(compound: &[u8], reports: &mut Vec<Report>, remb: &mut Option<u64>) 
 
 /// One report: header, sender and media SSRC, then base sequence number, status count,
 /// reference time (24 bits, 64 ms units), feedback count, packet chunks, receive deltas.
-fn transport_report(packet: &[u8]) -> Option<Report> {
+fn transport_report(packet: &[u8], budget: usize) -> Option<Report> {
     let padded = packet[0] & 0x20 != 0;
     let body_end =
         if padded { packet.len().checked_sub(usize::from(*packet.last()?))? } else { packet.len() };
@@ -62,11 +69,12 @@ fn transport_report(packet: &[u8]) -> Option<Report> {
     }
     let base_seq = u16::from_be_bytes([packet[12], packet[13]]);
     let statuses = usize::from(u16::from_be_bytes([packet[14], packet[15]]));
-    if statuses > MAX_STATUSES {
+    if statuses > MAX_STATUSES.min(budget) {
         return None;
     }
-    // 24-bit signed reference time.
-    let reference = (i32::from_be_bytes([packet[16], packet[17], packet[18], 0]) >> 8) as i64;
+    // 24-bit reference time: it wraps after 12.4 days of the receiver's clock (the
+    // estimate starts a new time line then).
+    let reference = i64::from(u32::from_be_bytes([0, packet[16], packet[17], packet[18]]));
     let count = packet[19];
     let mut symbols: Vec<u8> = Vec::with_capacity(statuses);
     let mut at = 20;
@@ -194,6 +202,18 @@ pub(crate) mod tests {
         assert_eq!(&got[4..7], &[None, None, Some(1500)]);
         assert_eq!(got[19], Some(2250));
         assert_eq!(got.iter().flatten().count(), 6);
+    }
+
+    #[test]
+    fn one_datagram_is_read_for_so_many_statuses_at_most() {
+        let lost = vec![None; 4000];
+        let mut compound = Vec::new();
+        for count in 0..3 {
+            compound.extend(report(count * 4000, count as u8, 0, &lost));
+        }
+        let (mut reports, mut remb) = (Vec::new(), None);
+        read(&compound, &mut reports, &mut remb);
+        assert_eq!(reports.len(), 2, "8,192 statuses a datagram");
     }
 
     #[test]

@@ -146,7 +146,8 @@ impl Router {
             let mut keyframes = Vec::new();
             let mut paused = 0;
             let mut told = Vec::new();
-            for (mid, cap) in mids.into_iter().zip(allocation) {
+            let wanted: Vec<bool> = tracks.iter().map(|t| t.wanted.is_some()).collect();
+            for ((mid, cap), wanted) in mids.into_iter().zip(allocation).zip(wanted) {
                 let Some(sink) = endpoint.sinks.get_mut(&mid) else { continue };
                 sink.cap = if estimate.is_none() && !shedding { None } else { Some(cap) };
                 if cap.is_none() {
@@ -155,7 +156,9 @@ impl Router {
                 }
                 let source = sink.source.and_then(|k| room.sources.get(&k));
                 // The subscriber shows a paused track as paused, not frozen: tell it.
-                let pause = (sink.cap == Some(None)).then(|| source.map(|s| s.track.id.clone())).flatten();
+                // (A track with nothing arriving to take is not paused for bandwidth.)
+                let pause =
+                    (sink.cap == Some(None) && wanted).then(|| source.map(|s| s.track.id.clone())).flatten();
                 if pause != sink.told_paused {
                     if let Some(track_id) = std::mem::replace(&mut sink.told_paused, pause.clone()) {
                         told.push(SessionEvent::TrackPaused { track_id, paused: false, reason: "" });
@@ -181,6 +184,13 @@ impl Router {
                     self.metrics.paused_by_load.inc_by(paused);
                 } else {
                     self.metrics.paused_by_bandwidth.inc_by(paused);
+                }
+            }
+            // A sink whose source went was told its pause ends (its tile shows another
+            // track, or none).
+            for sink in endpoint.sinks.values_mut().filter(|s| s.source.is_none()) {
+                if let Some(track_id) = sink.told_paused.take() {
+                    told.push(SessionEvent::TrackPaused { track_id, paused: false, reason: "" });
                 }
             }
             for event in told {

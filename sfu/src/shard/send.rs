@@ -287,7 +287,13 @@ impl Shard {
         } else if subscriber.numbered {
             // str0m's packets are not sent on this session: what the fast path cannot
             // send (too large to seal, or no address yet) is not sent.
-            let reason = if fits { "no_destination" } else { "too_large" };
+            let reason = if !fits {
+                "too_large"
+            } else if subscriber.dest.is_none() {
+                "no_destination"
+            } else {
+                "no_fast_path_slot"
+            };
             self.metrics.not_forwarded.with_label_values(&[reason]).inc();
             return;
         } else if let Some(egress) = subscriber.egress.as_mut()
