@@ -59,9 +59,13 @@ async function observe(page) {
 // Drop the first page's signaling connection (as a network change would) and wait for it
 // to resume: the others must see no leave, and every page must still play and hear the
 // others afterwards.
+// participantLeft messages each page but the first has had.
+function departures(opened) {
+  return Promise.all(opened.slice(1).map((p) => p.evaluate(() => window.huiyi.state.departures)));
+}
+
 async function dropAndResume(opened) {
-  const departures = () => Promise.all(opened.slice(1).map((p) => p.evaluate(() => window.huiyi.state.departures)));
-  const before = await departures();
+  const before = await departures(opened);
   await opened[0].evaluate(() => window.huiyi.dropSignaling());
   const start = Date.now();
   let resumed_s = null;
@@ -71,16 +75,8 @@ async function dropAndResume(opened) {
   }
   // Past the server's grace period too: a leave would have come by now.
   await sleep(Math.max(0, 11000 - (Date.now() - start)));
-  const after = await departures();
-  const first = await Promise.all(opened.map(observe));
-  await sleep(2000);
-  const then = await Promise.all(opened.map(observe));
-  const playing_after = then.every((obs, i) => {
-    const b = first[i];
-    const playing = obs.videos.filter((v) => { const x = b.videos.find((y) => y.participant === v.participant); return v.width > 0 && x && v.time > x.time; }).length;
-    const hearing = obs.audio.filter((a) => { const x = b.audio.find((y) => y.mid === a.mid); return x && a.packets > x.packets; }).length;
-    return playing >= opened.length - 1 && hearing >= opened.length - 1;
-  });
+  const after = await departures(opened);
+  const playing_after = await allPlaying(opened);
   return { resumed_s, departures: after.reduce((n, d, i) => n + d - before[i], 0), playing_after };
 }
 
@@ -100,8 +96,7 @@ async function allPlaying(opened) {
 // Restart ICE on the first page (as after a network change): new credentials both ways,
 // the connection back, no leave seen by the others, media flowing on.
 async function restartIce(opened) {
-  const departures = () => Promise.all(opened.slice(1).map((p) => p.evaluate(() => window.huiyi.state.departures)));
-  const before = await departures();
+  const before = await departures(opened);
   const ufrag = await opened[0].evaluate(() => window.huiyi.iceUfrag());
   const remoteUfrag = () => opened[0].evaluate(() => {
     const pc = window.huiyi.state.pc;
@@ -125,7 +120,7 @@ async function restartIce(opened) {
   while (restarted_s !== null && Date.now() < deadline && Date.now() - start < 25000 && !playing_after) {
     playing_after = await allPlaying(opened);
   }
-  const after = await departures();
+  const after = await departures(opened);
   return { restarted_s, departures: after.reduce((n, d, i) => n + d - before[i], 0), playing_after };
 }
 
@@ -133,8 +128,7 @@ async function restartIce(opened) {
 // connection, the same participant id) with no leave seen by the others, and every page
 // must play and hear the others again.
 async function reloadAndRejoin(opened) {
-  const departures = () => Promise.all(opened.slice(1).map((p) => p.evaluate(() => window.huiyi.state.departures)));
-  const before = await departures();
+  const before = await departures(opened);
   const id = await opened[0].evaluate(() => window.huiyi.state.me.id);
   const start = Date.now();
   await opened[0].reload();
@@ -150,7 +144,7 @@ async function reloadAndRejoin(opened) {
   }
   // Past the server's grace period too: a leave would have come by now.
   await sleep(Math.max(0, 11000 - (Date.now() - start)));
-  const after = await departures();
+  const after = await departures(opened);
   return { rejoined_s, departures: after.reduce((n, d, i) => n + d - before[i], 0), playing_after, played_s: (Date.now() - start) / 1000 };
 }
 

@@ -1,21 +1,28 @@
 //! Generic NACKs (RFC 4585 §6.2.1) in a plain compound RTCP packet.
 
+/// The packets of a plain compound RTCP packet: (FMT or count, payload type, the whole
+/// packet). A malformed one ends the walk; what came before it stands.
+pub fn packets(compound: &[u8]) -> impl Iterator<Item = (u8, u8, &[u8])> {
+    let mut rest = compound;
+    std::iter::from_fn(move || {
+        if rest.len() < 4 || rest[0] >> 6 != 2 {
+            return None;
+        }
+        let len = (u16::from_be_bytes([rest[2], rest[3]]) as usize + 1) * 4;
+        if len > rest.len() {
+            return None;
+        }
+        let (packet, after) = rest.split_at(len);
+        rest = after;
+        Some((packet[0] & 0x1f, packet[1], packet))
+    })
+}
+
 /// Every (media SSRC, lost sequence number) the packet's generic NACKs name. Malformed
 /// parts end the walk; what was read before them stands.
 pub fn lost_packets(compound: &[u8]) -> Vec<(u32, u16)> {
     let mut lost = Vec::new();
-    let mut rest = compound;
-    while rest.len() >= 4 {
-        if rest[0] >> 6 != 2 {
-            break;
-        }
-        let fmt = rest[0] & 0x1f;
-        let pt = rest[1];
-        let len = (u16::from_be_bytes([rest[2], rest[3]]) as usize + 1) * 4;
-        if len > rest.len() {
-            break;
-        }
-        let packet = &rest[..len];
+    for (fmt, pt, packet) in packets(compound) {
         // RTPFB, FMT 1: sender SSRC, media SSRC, then (PID, BLP) pairs.
         if pt == 205 && fmt == 1 && packet.len() >= 12 {
             let media = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
@@ -30,7 +37,6 @@ pub fn lost_packets(compound: &[u8]) -> Vec<(u32, u16)> {
                 }
             }
         }
-        rest = &rest[len..];
     }
     lost
 }

@@ -23,18 +23,7 @@ const MAX_STATUSES_PER_DATAGRAM: usize = 8192;
 /// end the walk; what was read before them stands.
 pub fn read(compound: &[u8], reports: &mut Vec<Report>, remb: &mut Option<u64>) {
     let mut budget = MAX_STATUSES_PER_DATAGRAM;
-    let mut rest = compound;
-    while rest.len() >= 4 {
-        if rest[0] >> 6 != 2 {
-            break;
-        }
-        let fmt = rest[0] & 0x1f;
-        let pt = rest[1];
-        let len = (u16::from_be_bytes([rest[2], rest[3]]) as usize + 1) * 4;
-        if len > rest.len() {
-            break;
-        }
-        let packet = &rest[..len];
+    for (fmt, pt, packet) in super::nack::packets(compound) {
         match (pt, fmt) {
             (205, 15) => match transport_report(packet, budget) {
                 Some(report) => {
@@ -53,7 +42,6 @@ pub fn read(compound: &[u8], reports: &mut Vec<Report>, remb: &mut Option<u64>) 
             }
             _ => {}
         }
-        rest = &rest[len..];
     }
 }
 
