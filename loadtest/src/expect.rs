@@ -121,6 +121,13 @@ pub struct Judgement {
 }
 
 impl Judgement {
+    /// The share of the audio and of the video it should have received that it did.
+    pub fn deliveries(&self) -> (Option<f64>, Option<f64>) {
+        let share =
+            |(expected, received): (u64, u64)| (expected > 0).then(|| received as f64 / expected as f64);
+        (share(self.audio), share((self.expected - self.audio.0, self.received - self.audio.1)))
+    }
+
     fn add(&mut self, (expected, received): (u64, u64)) {
         self.expected += expected;
         self.received += received;

@@ -217,22 +217,13 @@ async fn run(cli: &Cli, scenario: Scenario, url: ServerUrl) -> (Report, i32) {
     let max_clients = (scenario.participants + churn_joins.ceil() as usize + 64) * serials_per_participant;
     let share_socket =
         !cli.socket_per_client && matches!(server_ip, std::net::IpAddr::V4(ip) if ip.is_loopback());
-    if let Some(shape) = &scenario.shape {
-        if !share_socket || cli.janus.is_some() {
-            report.error =
-                Some("a shaped link needs Huiyi on a loopback address (each client its own)".into());
-            return (report, EXIT_ERROR);
-        }
-        report.shaped = Some(report::Shaped::new(shape, engine::address_of(shape.client)));
+    if (scenario.shape.is_some() || scenario.loss.is_some()) && (!share_socket || cli.janus.is_some()) {
+        report.error =
+            Some("a shaped or lossy link needs Huiyi on a loopback address (each client its own)".into());
+        return (report, EXIT_ERROR);
     }
-    if let Some(loss) = &scenario.loss {
-        if !share_socket || cli.janus.is_some() {
-            report.error =
-                Some("a lossy link needs Huiyi on a loopback address (each client its own)".into());
-            return (report, EXIT_ERROR);
-        }
-        report.lossy = Some(report::LossyLink::new(loss, engine::address_of(loss.client)));
-    }
+    report.shaped = scenario.shape.as_ref().map(|s| report::Shaped::new(s, engine::address_of(s.client)));
+    report.lossy = scenario.loss.as_ref().map(|l| report::LossyLink::new(l, engine::address_of(l.client)));
     let shared = Arc::new(Shared::new(max_clients, scenario.shape.as_ref().map(|s| s.client)));
     let mut workers = Vec::new();
     let mut threads = Vec::new();
@@ -611,18 +602,14 @@ async fn finish(
             &sent,
         );
         report.unexpected_packets += judged.unexpected;
+        let (audio, video) = judged.deliveries();
+        audio_per_subscriber.extend(audio);
+        video_per_subscriber.extend(video);
         if let (Some(shaped), Some(seconds)) = (report.shaped.as_mut(), c.followed.as_ref()) {
             shaped.fill(seconds, &judged, c.frozen);
         }
         if let Some(link) = report.lossy.as_mut().filter(|l| l.client == c.serial) {
             link.fill(&judged);
-        }
-        if judged.audio.0 > 0 {
-            audio_per_subscriber.push(judged.audio.1 as f64 / judged.audio.0 as f64);
-        }
-        let video = (judged.expected - judged.audio.0, judged.received - judged.audio.1);
-        if video.0 > 0 {
-            video_per_subscriber.push(video.1 as f64 / video.0 as f64);
         }
         if judged.expected > 0 {
             per_subscriber.push(judged.received as f64 / judged.expected as f64);

@@ -716,10 +716,7 @@ impl Shaped {
                 paused: s[5],
             })
             .collect();
-        let (audio, video) =
-            (judged.audio, (judged.expected - judged.audio.0, judged.received - judged.audio.1));
-        self.audio_delivery = (audio.0 > 0).then(|| audio.1 as f64 / audio.0 as f64);
-        self.video_delivery = (video.0 > 0).then(|| video.1 as f64 / video.0 as f64);
+        (self.audio_delivery, self.video_delivery) = judged.deliveries();
         self.frozen_tiles = frozen;
     }
 
@@ -760,9 +757,6 @@ impl LossyLink {
     }
 
     pub fn fill(&mut self, judged: &Judgement) {
-        let (audio, video) =
-            (judged.audio, (judged.expected - judged.audio.0, judged.received - judged.audio.1));
-        self.audio_delivery = (audio.0 > 0).then(|| audio.1 as f64 / audio.0 as f64);
-        self.video_delivery = (video.0 > 0).then(|| video.1 as f64 / video.0 as f64);
+        (self.audio_delivery, self.video_delivery) = judged.deliveries();
     }
 }

@@ -345,7 +345,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
 /// A parked participant whose client came back with a new peer connection (a page
 /// reload): its old media session leaves without the others being told, and a new one
 /// joins as the same participant; the client is told the room as on a first join.
-async fn rejoin(conn: &mut Connection, live: Live, claims: &auth::Claims, limit: InputLimit) {
+async fn rejoin(conn: &mut Connection, mut live: Live, claims: &auth::Claims, limit: InputLimit) {
     info!(room = %live.room, participant = %live.participant_id, "rejoined with new media");
     // The new session joins before the old leaves: if it cannot, the old one leaves as
     // a participant does, and the others are told.
@@ -367,25 +367,12 @@ async fn rejoin(conn: &mut Connection, live: Live, claims: &auth::Claims, limit:
         Ok(joined) => {
             let others =
                 joined.others.iter().filter(|p| p.id != live.participant_id).map(participant).collect();
-            let resume = resume_token();
-            conn.state.registry.set_resume(&live.room, &live.identity, live.connection, &resume);
-            let Live {
-                room, identity, participant_id, name, connection, session: old, kick, departed, ..
-            } = live;
-            old.leave(LeaveReason::Reloaded);
-            let live = Live {
-                room,
-                identity,
-                participant_id,
-                name,
-                connection,
-                resume,
-                session: joined.session,
-                events: joined.events,
-                kick,
-                departed,
-                waiting: Vec::new(),
-            };
+            live.resume = resume_token();
+            conn.state.registry.set_resume(&live.room, &live.identity, live.connection, &live.resume);
+            std::mem::replace(&mut live.session, joined.session).leave(LeaveReason::Reloaded);
+            live.events = joined.events;
+            // What the old session was told is not the new page's business.
+            live.waiting.clear();
             limit.lift();
             serve_live(conn, live, others, true).await;
         }
