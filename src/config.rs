@@ -103,6 +103,8 @@ pub struct MediaSection {
     pub bwe: bool,
     /// Send forwarded media through Huiyi's own SRTP path rather than str0m's.
     pub fast_egress: bool,
+    /// Offer RED beside Opus (redundant audio; passed through or unwrapped per subscriber).
+    pub opus_red: bool,
     /// Video codecs offered and accepted, most preferred first.
     pub video_codecs: Vec<VideoCodecName>,
 }
@@ -285,6 +287,7 @@ impl Default for MediaSection {
             audio_top_n_above: d.audio_top_n_above,
             bwe: d.bwe,
             fast_egress: d.fast_egress,
+            opus_red: d.opus_red,
             video_codecs: d
                 .video_codecs
                 .iter()
@@ -388,6 +391,7 @@ impl Config {
             audio_top_n_above: self.media.audio_top_n_above,
             bwe: self.media.bwe,
             fast_egress: self.media.fast_egress,
+            opus_red: self.media.opus_red,
             video_codecs: self.video_codecs(),
             panic_on_join_to: self.test_panic_room.clone(),
             relay: self.relay_settings(),

@@ -181,10 +181,33 @@ async fn a_reloaded_page_rejoins_as_the_same_participant_without_a_leave() {
     assert_eq!(reload["playing_after"], true, "{result:#}");
 }
 
+/// Three pages see and hear each other; two take RED (as Chromium does) and one does not:
+/// RED passes between the first two and is unwrapped to Opus for the third, and every
+/// remote audio stream decodes. Then screen share, mute, and a hidden tab.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_browsers_see_and_hear_each_other() {
-    let result = run_script("meeting.mjs", "browser-test", &["3", "60", "0", "share,hide"]).await;
+    let server = common::start_server_with(|c| c.auth.api_secret = String::new()).await;
+    let base = format!("http://{}", server.http_addr);
+    let result =
+        run_script_on(&base, &[], "", "meeting.mjs", "browser-test", &["3", "60", "0", "red,share,hide"])
+            .await;
     assert_eq!(result["ok"], true, "browser pages did not all see and hear each other: {result:#}");
+    assert_eq!(
+        result["red"]["problems"],
+        serde_json::json!([]),
+        "RED pass-through or unwrapping: {result:#}"
+    );
+    let metrics = common::huiyi_metrics(&server).await;
+    let red = |as_: &str| {
+        common::metric_value(&metrics, &format!("huiyi_red_packets_forwarded_total{{as=\"{as_}\"}}"))
+            .unwrap_or(0.0)
+    };
+    assert!(
+        red("red") > 100.0 && red("opus") > 100.0,
+        "RED passed {} and unwrapped {}: {result:#}",
+        red("red"),
+        red("opus")
+    );
     assert!(result["screen_seen_s"].is_number(), "shared screen never played on the other pages: {result:#}");
     assert!(result["screen_gone_s"].is_number(), "screen tile stayed after sharing stopped: {result:#}");
     assert!(result["mute_seen_s"].is_number(), "muting the mic did not show on the other pages: {result:#}");

@@ -67,6 +67,10 @@ pub struct MediaConfig {
     pub fast_egress: bool,
     /// Where each estimate starts, bits per second.
     pub bwe_initial_bps: u64,
+    /// Offer and accept RED (RFC 2198) beside Opus: a publisher that takes it sends each
+    /// audio frame again in the next packet, and the router passes that through to
+    /// subscribers that took it too and unwraps it for the others (ADR 0026).
+    pub opus_red: bool,
     /// The video codecs every session offers and accepts, most preferred first (ADR 0018):
     /// the ones whose keyframes the router finds, so a subscriber switched to another
     /// layer or camera waits for a picture it can decode.
@@ -110,6 +114,7 @@ impl Default for MediaConfig {
             bwe: true,
             fast_egress: true,
             bwe_initial_bps: 10_000_000,
+            opus_red: true,
             video_codecs: vec![crate::VideoCodec::Vp8, crate::VideoCodec::H264],
             relay: Default::default(),
             relay_linger: Duration::from_secs(30),

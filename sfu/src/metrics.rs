@@ -28,6 +28,9 @@ pub struct SfuMetrics {
     pub shard_restarts: IntCounter,
     pub fast_path_sessions: IntCounter,
     pub audio_not_selected: IntCounter,
+    /// RED audio sent to subscribers as it came, and unwrapped to its Opus (ADR 0026).
+    pub red_passed: IntCounter,
+    pub red_unwrapped: IntCounter,
     pub layer_switches: IntCounter,
     pub layer_pauses: IntCounter,
     pub paused_by_bandwidth: IntCounter,
@@ -85,6 +88,11 @@ impl SfuMetrics {
             registry.register(Box::new(c.clone())).expect("register metric");
             c
         };
+        let red_forwarded = counter_vec(
+            "huiyi_red_packets_forwarded_total",
+            "RED audio packets (RFC 2198) sent to subscribers, by what they got: red as it came, opus its primary alone",
+            &["as"],
+        );
         Self {
             rooms: gauge("huiyi_rooms", "Rooms with at least one participant on this media node"),
             participants: gauge("huiyi_participants", "Participants with a media session"),
@@ -137,6 +145,8 @@ impl SfuMetrics {
                 "huiyi_audio_not_selected_total",
                 "Audio packets not forwarded because their track is not among the room's loudest (top-N)",
             ),
+            red_passed: red_forwarded.with_label_values(&["red"]),
+            red_unwrapped: red_forwarded.with_label_values(&["opus"]),
             layer_switches: counter(
                 "huiyi_layer_switches_total",
                 "Switches of a subscriber's video slot from one simulcast layer to another",

@@ -10,7 +10,11 @@
 // signaling connection is dropped: it must resume, the others must see no leave, and media
 // must flow on. With "reload", the first page reloads: it must come back as the same
 // participant, the others must see no leave, and media must flow again. With "icerestart",
-// the first page restarts ICE: new credentials both ways, media flowing on.
+// the first page restarts ICE: new credentials both ways, media flowing on. With "red",
+// the last page is a browser without RED (RFC 2198 redundant audio: its codec lists lack
+// audio/red) and the others take it as Chromium does (RED first, so they send it): every
+// remote audio stream on every page decodes with little concealed, the server passing
+// RED between the first pages and unwrapping it for the last (its counters tell).
 // Video arrives on slots (docs/protocol.md, Receiving: slots): the page maps each slot's
 // mid to the tile of the participant it carries, so "playing" is judged per tile.
 // With hold-seconds, the pages stay in the meeting that long after they all play media
@@ -168,6 +172,65 @@ async function screenSeen(opened, gone) {
   return null;
 }
 
+// A browser that never takes RED: every audio transceiver's codecs exclude audio/red,
+// set before the page's offer or answer is made (runs in the page before its scripts).
+function withoutRed() {
+  const drop = (t) => {
+    const kind = t.receiver && t.receiver.track && t.receiver.track.kind;
+    if (kind !== "audio" || t.direction === "stopped" || t.currentDirection === "stopped") return;
+    const codecs = RTCRtpReceiver.getCapabilities("audio").codecs.filter((c) => c.mimeType.toLowerCase() !== "audio/red");
+    t.setCodecPreferences(codecs);
+  };
+  const proto = RTCPeerConnection.prototype;
+  const addTransceiver = proto.addTransceiver;
+  proto.addTransceiver = function (...args) { const t = addTransceiver.apply(this, args); drop(t); return t; };
+  const setRemote = proto.setRemoteDescription;
+  proto.setRemoteDescription = async function (...args) {
+    await setRemote.apply(this, args);
+    if (this.signalingState === "have-remote-offer") this.getTransceivers().forEach(drop);
+  };
+}
+
+// What a page negotiated for audio (whether RED comes first in the answer or offer it was
+// given, so that it sends RED and takes it) and each remote audio stream's samples received
+// and concealed so far. (getStats names RED's primary codec, so the server's counters tell
+// what was passed through and what unwrapped.)
+function audioState(page) {
+  return page.evaluate(async () => {
+    const pc = window.huiyi.state.pc;
+    const m = pc.remoteDescription.sdp.match(/^m=audio \S+ \S+ (\d+)/m);
+    const red = m ? /^a=rtpmap:(\d+) red\//m.exec(pc.remoteDescription.sdp) : null;
+    const received = [];
+    (await window.huiyi.stats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio") received.push({ mid: s.mid, samples: s.totalSamplesReceived || 0, concealed: s.concealedSamples || 0 });
+    });
+    return { red_first: !!(m && red && m[1] === red[1]), received };
+  });
+}
+
+// Over three seconds of the meeting: what the "red" check expects (see the top).
+async function redCheck(opened) {
+  const first = await Promise.all(opened.map(audioState));
+  await sleep(3000);
+  const then = await Promise.all(opened.map(audioState));
+  const last = opened.length - 1;
+  const pages = then.map((now, i) => {
+    const streams = now.received
+      .map((r) => { const b = first[i].received.find((x) => x.mid === r.mid); return b ? { samples: r.samples - b.samples, concealed: r.concealed - b.concealed } : null; })
+      .filter((r) => r && r.samples > 0)
+      .map((r) => ({ ...r, concealed_ratio: r.concealed / r.samples }));
+    return { red_first: now.red_first, streams };
+  });
+  const problems = [];
+  pages.forEach((p, i) => {
+    if (p.red_first !== (i !== last)) problems.push(`page${i} negotiated RED first: ${p.red_first}`);
+    if (p.streams.length < opened.length - 1) problems.push(`page${i} decodes ${p.streams.length} remote audio streams`);
+    const worst = Math.max(0, ...p.streams.map((r) => r.concealed_ratio));
+    if (worst > 0.2) problems.push(`page${i} concealed ${(worst * 100).toFixed(1)}% of a stream`);
+  });
+  return { pages, problems };
+}
+
 // Inbound video on one page, summed over its slots.
 async function videoReceived(page) {
   return page.evaluate(async () => {
@@ -232,6 +295,7 @@ try {
   const logs = [];
   for (let i = 0; i < pages; i++) {
     const context = await browser.newContext();
+    if (checks.has("red") && i === pages - 1) await context.addInitScript(withoutRed);
     const page = await context.newPage();
     page.on("console", (m) => { if (m.type() === "warning" || m.type() === "error") logs.push(`page${i}: ${m.text()}`); });
     page.on("pageerror", (e) => logs.push(`page${i} error: ${e.message}`));
@@ -283,6 +347,10 @@ try {
         result.mute_seen_s = (await shownMuted()) ? (Date.now() - muteStart) / 1000 : null;
         if (result.mute_seen_s === null) { result.ok = false; result.reason = "others never showed the mic as muted"; }
         result.logs = logs.slice(-20);
+      }
+      if (checks.has("red") && pages >= 3) {
+        result.red = await redCheck(opened);
+        if (result.red.problems.length > 0) { result.ok = false; result.reason = "RED: " + result.red.problems.join("; "); }
       }
       if (checks.has("hide") && pages >= 2) {
         result.hide = await hideAndShow(opened[1]);

@@ -26,6 +26,11 @@ impl CodecKey {
             && (self.codec != Codec::H264 || self.h264 == sent.h264)
     }
 
+    /// RED (RFC 2198) carrying Opus, as a session negotiated it beside Opus.
+    pub fn opus_red() -> Self {
+        CodecKey { codec: Codec::Red, clock_rate: 48_000, h264: None }
+    }
+
     pub fn video_codec(&self) -> Option<VideoCodec> {
         match self.codec {
             Codec::Vp8 => Some(VideoCodec::Vp8),
@@ -46,6 +51,26 @@ pub type PayloadTypes = Vec<(u8, CodecKey)>;
 /// The payload type in `negotiated` that plays `sent`.
 pub fn matching_pt(negotiated: &PayloadTypes, sent: &CodecKey) -> Option<u8> {
     negotiated.iter().find(|(_, key)| key.plays(sent)).map(|(pt, _)| *pt)
+}
+
+/// How a sink takes what a source sends: its payload type, and whether the source's RED
+/// is unwrapped to its primary Opus first (a peer that negotiated Opus without RED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutFormat {
+    pub pt: u8,
+    pub unwrap_red: bool,
+}
+
+/// The format a peer that negotiated `negotiated` gets `sent` in, if any.
+pub fn out_format(negotiated: &PayloadTypes, sent: &CodecKey) -> Option<OutFormat> {
+    if let Some(pt) = matching_pt(negotiated, sent) {
+        return Some(OutFormat { pt, unwrap_red: false });
+    }
+    if sent.codec != Codec::Red {
+        return None;
+    }
+    let primary = CodecKey { codec: Codec::Opus, ..*sent };
+    matching_pt(negotiated, &primary).map(|pt| OutFormat { pt, unwrap_red: true })
 }
 
 #[cfg(test)]
@@ -73,5 +98,21 @@ mod tests {
         assert_eq!(matching_pt(&table, &opus), Some(111));
         assert_eq!(matching_pt(&table, &vp8), Some(96));
         assert_eq!(matching_pt(&table, &CodecKey { codec: Codec::Vp9, ..vp8 }), None);
+    }
+
+    #[test]
+    fn red_passes_to_a_red_peer_and_is_unwrapped_for_an_opus_one() {
+        let opus = CodecKey { codec: Codec::Opus, clock_rate: 48_000, h264: None };
+        let red = CodecKey::opus_red();
+        let with_red = vec![(111, opus), (63, red)];
+        let without = vec![(109, opus)];
+        assert_eq!(out_format(&with_red, &red), Some(OutFormat { pt: 63, unwrap_red: false }));
+        assert_eq!(out_format(&without, &red), Some(OutFormat { pt: 109, unwrap_red: true }));
+        assert_eq!(
+            out_format(&with_red, &opus),
+            Some(OutFormat { pt: 111, unwrap_red: false }),
+            "Opus stays Opus"
+        );
+        assert_eq!(out_format(&vec![], &red), None);
     }
 }

@@ -19,8 +19,10 @@ mod source;
 pub mod speaker;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::format::Codec;
 use str0m::media::{Mid, Rid};
 
 pub use codec::{CodecKey, PayloadTypes, h264_profile};
@@ -277,6 +279,19 @@ impl Router {
         let Some(room) = endpoints.get(&key.0).and_then(|e| rooms.get(&e.room)) else { return };
         let Some(source) = room.sources.get(&key) else { return };
         let Some(format) = source.format else { return };
+        let red_primary = if format.1.codec == Codec::Red {
+            let Some(start) = rtp::red::primary_start(&packet.payload) else {
+                metrics.not_forwarded.with_label_values(&["malformed_red"]).inc();
+                tracing::debug!(
+                    session = key.0,
+                    "RED payload whose blocks run past its end; packet not forwarded"
+                );
+                return;
+            };
+            Some(start)
+        } else {
+            None
+        };
         let arrived = Arrived {
             packet,
             layer,
@@ -285,6 +300,8 @@ impl Router {
             video: source.track.kind == TrackKind::Video,
             vp8: source.video_codec == Some(rtp::VideoCodec::Vp8),
             arrival_ms: packet.arrival.saturating_duration_since(*epoch).as_millis() as u64,
+            red_primary,
+            unwrapped: Default::default(),
         };
         let mut wants_keyframe = false;
         let mut retarget = false;
@@ -298,6 +315,12 @@ impl Router {
                         metrics.layer_switches.inc();
                     }
                     endpoint.sent_bytes += packet.payload.len() as u64 + RTP_OVERHEAD_BYTES;
+                    if arrived.red_primary.is_some() {
+                        match Arc::ptr_eq(&packet.payload, &arrived.packet.payload) {
+                            true => metrics.red_passed.inc(),
+                            false => metrics.red_unwrapped.inc(),
+                        }
+                    }
                     outputs.push_back(Output::Forward { sink: sink_key, at, packet });
                 }
                 Decision::Skip => {}
@@ -373,6 +396,8 @@ impl Router {
                     vp8: codec == Some(rtp::VideoCodec::Vp8),
                     // As if it came now: the sink's clock runs on into the live packets.
                     arrival_ms,
+                    red_primary: None,
+                    unwrapped: Default::default(),
                 };
                 if let Decision::Send { mut packet, .. } = forward::decide(sink, &arrived) {
                     sink.sent = true;

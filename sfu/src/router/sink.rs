@@ -2,7 +2,7 @@
 //! or a flow of a relay link), carrying one source at a time. Reusing slots means showing
 //! another track needs no renegotiation.
 
-use super::codec::{CodecKey, PayloadTypes, matching_pt};
+use super::codec::{CodecKey, OutFormat, PayloadTypes, out_format};
 use super::rtp::{RtpRewriter, SeqExtender, Vp8Rewriter};
 use super::select::{MAX_LAYERS, Quality, choose_layer};
 use super::source::SourceKey;
@@ -29,8 +29,8 @@ pub struct Sink {
     pub active: bool,
     /// The payload types the peer negotiated on it, with their codecs.
     pub payload_types: PayloadTypes,
-    /// Source payload type and this sink's payload type for the same codec.
-    pt_map: Option<(u8, u8)>,
+    /// Source payload type and how this sink takes it.
+    pt_map: Option<(u8, OutFormat)>,
     pub rewriter: RtpRewriter,
     pub vp8: Vp8Rewriter,
     /// Relay sinks: each layer's sequence numbers, extended to 64 bits.
@@ -116,16 +116,16 @@ impl Sink {
         }
     }
 
-    /// This sink's payload type for a source sending `pt` as `codec` (found once per
-    /// source format): None when the peer negotiated nothing that plays it.
-    pub fn payload_type(&mut self, pt: u8, codec: &CodecKey) -> Option<u8> {
+    /// How this sink takes a source sending `pt` as `codec` (found once per source
+    /// format): None when the peer negotiated nothing that plays it.
+    pub fn payload_type(&mut self, pt: u8, codec: &CodecKey) -> Option<OutFormat> {
         match self.pt_map {
             Some((src, dst)) if src == pt => Some(dst),
             _ => {
                 let dst = if self.strategy == Strategy::Relay {
-                    pt
+                    OutFormat { pt, unwrap_red: false }
                 } else {
-                    matching_pt(&self.payload_types, codec)?
+                    out_format(&self.payload_types, codec)?
                 };
                 self.pt_map = Some((pt, dst));
                 Some(dst)

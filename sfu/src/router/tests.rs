@@ -13,12 +13,20 @@ use crate::api::{JoinRequest, TrackInfo, TrackSource};
 
 const VP8: u8 = 96;
 const OPUS: u8 = 111;
+const RED: u8 = 63;
 
 fn codecs() -> PayloadTypes {
     vec![
         (VP8, CodecKey { codec: Codec::Vp8, clock_rate: 90_000, h264: None }),
         (OPUS, CodecKey { codec: Codec::Opus, clock_rate: 48_000, h264: None }),
     ]
+}
+
+/// What a browser that takes RED negotiates.
+fn codecs_with_red() -> PayloadTypes {
+    let mut codecs = codecs();
+    codecs.push((RED, CodecKey::opus_red()));
+    codecs
 }
 
 /// A VP8 payload: descriptor with the start bit, then the frame header's P bit.
@@ -41,6 +49,8 @@ struct Room {
     next_mid: u32,
     metrics: SfuMetrics,
     kinds: std::collections::HashMap<SourceKey, TrackKind>,
+    /// Endpoints whose sinks negotiate RED beside Opus.
+    red_takers: Vec<SessionId>,
 }
 
 impl Room {
@@ -54,7 +64,15 @@ impl Room {
             audio: AudioSelectConfig::default(),
         };
         let router = Router::new(config, metrics.clone(), now);
-        Self { router, now, next_id: 1, next_mid: 0, metrics, kinds: Default::default() }
+        Self {
+            router,
+            now,
+            next_id: 1,
+            next_mid: 0,
+            metrics,
+            kinds: Default::default(),
+            red_takers: Vec::new(),
+        }
     }
 
     fn enter(&mut self, name: &str, relay: bool) -> SessionId {
@@ -76,7 +94,7 @@ impl Room {
             continues,
         };
         self.router.join(id, &request, relay, self.now).expect("joins");
-        self.router.set_codecs(id, codecs());
+        self.router.set_codecs(id, codecs_with_red());
         id
     }
 
@@ -111,8 +129,9 @@ impl Room {
         let wanted = self.router.slots_to_add(id);
         let added: Vec<(Mid, SourceKey)> = wanted.iter().map(|w| (self.mid(), w.source)).collect();
         self.router.slots_added(id, &added, self.now);
+        let taken = if self.red_takers.contains(&id) { codecs_with_red() } else { codecs() };
         for (mid, _) in &added {
-            self.router.sink_negotiated(id, *mid, codecs(), self.now);
+            self.router.sink_negotiated(id, *mid, taken.clone(), self.now);
         }
         added.into_iter().map(|(mid, _)| mid).collect()
     }
@@ -138,12 +157,24 @@ impl Room {
 
     fn packet(&mut self, source: SourceKey, layer: u8, seq: u16, payload: Arc<[u8]>) -> Vec<Output> {
         let video = self.kinds.get(&source) == Some(&TrackKind::Video);
+        self.packet_as(source, layer, seq, if video { VP8 } else { OPUS }, payload)
+    }
+
+    fn packet_as(
+        &mut self,
+        source: SourceKey,
+        layer: u8,
+        seq: u16,
+        pt: u8,
+        payload: Arc<[u8]>,
+    ) -> Vec<Output> {
+        let video = self.kinds.get(&source) == Some(&TrackKind::Video);
         let packet = SourcePacket {
             ssrc: ssrc(source, layer),
             seq,
             timestamp: seq as u32 * 3000,
             marker: true,
-            pt: if video { VP8 } else { OPUS },
+            pt,
             payload,
             audio_level: (!video).then_some(-20),
             voice_activity: (!video).then_some(true),
@@ -253,6 +284,37 @@ fn audio_reaches_every_sink_numbered_continuously_across_a_change_of_source() {
     let next = to(&out, bob);
     assert_eq!(next.len(), 1, "the new source reaches bob on a reused sink");
     assert!(next[0].seq > *seqs.last().unwrap(), "no jump back: {} after {:?}", next[0].seq, seqs);
+}
+
+#[test]
+fn red_audio_passes_to_who_took_red_and_its_primary_to_the_others() {
+    let mut room = Room::new();
+    let alice = room.join("alice");
+    room.red_takers.push(3);
+    let bob = room.join("bob");
+    let carol = room.join("carol");
+    assert_eq!(carol, 3);
+    let mic = room.publish(alice, TrackKind::Audio);
+    // One redundant block (the frame before, 3 bytes), then the primary (2 bytes).
+    let red: Arc<[u8]> = vec![0x80 | OPUS, 0x0f, 0x00, 3, OPUS, 1, 1, 1, 7, 7].into();
+    room.packet_as(mic, 0, 100, RED, red.clone());
+    let mut seqs = Vec::new();
+    for seq in 101..=103 {
+        let out = room.packet_as(mic, 0, seq, RED, red.clone());
+        let (b, c) = (to(&out, bob), to(&out, carol));
+        assert_eq!((b.len(), c.len()), (1, 1), "packet {seq} to bob and carol");
+        assert_eq!((b[0].pt, &b[0].payload[..]), (OPUS, &[7, 7][..]), "bob took Opus only: the primary");
+        assert_eq!((c[0].pt, &c[0].payload[..]), (RED, &red[..]), "carol took RED: as it came");
+        seqs.push(b[0].seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "continuous: {seqs:?}");
+    assert_eq!((room.metrics.red_passed.get(), room.metrics.red_unwrapped.get()), (3, 3));
+    // Blocks that run past the payload's end: nobody gets the packet, and it is counted.
+    let out = room.packet_as(mic, 0, 104, RED, vec![0x80 | OPUS, 0, 0, 200, OPUS, 1].into());
+    assert!(forwarded(&out).is_empty());
+    assert_eq!(room.metrics.not_forwarded.with_label_values(&["malformed_red"]).get(), 1);
+    let out = room.packet_as(mic, 0, 105, RED, red.clone());
+    assert_eq!(to(&out, bob)[0].seq, seqs[2] + 2, "the dropped packet is a gap, as a loss would be");
 }
 
 #[test]

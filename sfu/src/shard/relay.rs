@@ -448,6 +448,7 @@ fn wire_track(track: u32, relayed: &RelayedTrack) -> WireTrack {
 fn wire_codec(pt: u8, c: &CodecKey) -> Option<WireCodec> {
     let name = match c.codec {
         Codec::Opus => "opus",
+        Codec::Red => "red",
         Codec::Vp8 => "vp8",
         Codec::Vp9 => "vp9",
         Codec::H264 => "h264",
@@ -474,6 +475,7 @@ fn relayed_from_wire(w: &WireTrack) -> Option<RelayedTrack> {
         .filter_map(|c| {
             let codec = match c.name.as_str() {
                 "opus" => Codec::Opus,
+                "red" => Codec::Red,
                 "vp8" => Codec::Vp8,
                 "vp9" => Codec::Vp9,
                 "h264" => Codec::H264,
@@ -513,6 +515,18 @@ mod tests {
         assert_eq!(back.track, relayed.track);
         assert_eq!(back.participant, relayed.participant);
         assert_eq!(back.codecs, relayed.codecs);
+        let opus = CodecKey { codec: Codec::Opus, clock_rate: 48_000, h264: None };
+        let microphone = RelayedTrack {
+            track: TrackInfo {
+                kind: TrackKind::Audio,
+                source: TrackSource::Microphone,
+                ..relayed.track.clone()
+            },
+            codecs: vec![(111, opus), (63, CodecKey::opus_red())],
+            ..relayed
+        };
+        let back = relayed_from_wire(&wire_track(5, &microphone)).expect("parses");
+        assert_eq!(back.codecs, microphone.codecs, "RED crosses as a format of its own");
     }
 
     #[test]

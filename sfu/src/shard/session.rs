@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpPendingOffer;
-use str0m::format::{Codec, CodecSpec};
+use str0m::format::{Codec, CodecSpec, PayloadParams};
 use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Rtc};
@@ -582,7 +582,8 @@ impl Shard {
 
 /// A session's WebRTC engine as every participant gets it: ICE-lite, RTP mode (we forward
 /// packets, not frames), a NACK cache sized from the config, and only the codecs the
-/// config names (ADR 0018): Opus, and the video codecs each with its RTX.
+/// config names (ADR 0018): Opus (with RED beside it unless the config says no, ADR 0026),
+/// and the video codecs each with its RTX.
 pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -> Rtc {
     let mut builder = Rtc::builder()
         .set_ice_lite(true)
@@ -592,7 +593,7 @@ pub(crate) fn session_rtc(config: &MediaConfig, creds: IceCreds, now: Instant) -
         .set_stats_interval(Some(super::STATS_INTERVAL))
         .set_crypto_provider(egress::keys::crypto_provider())
         .clear_codecs()
-        .enable_opus(true, false);
+        .enable_opus(true, config.opus_red);
     let mut added = Vec::new();
     for codec in &config.video_codecs {
         // Once each: a payload type added twice would be offered twice.
@@ -626,7 +627,7 @@ fn codec_key(spec: &CodecSpec) -> CodecKey {
 /// What every payload type of the session's codec configuration means (for the media it
 /// sends us).
 pub(super) fn sent_payload_types(rtc: &Rtc) -> PayloadTypes {
-    rtc.codec_config().iter().map(|p| (*p.pt(), codec_key(&p.spec()))).collect()
+    rtc.codec_config().iter().flat_map(payload_types_of).collect()
 }
 
 /// The payload types the peer takes on `mid`, and their codecs.
@@ -636,8 +637,17 @@ pub(super) fn received_payload_types(rtc: &Rtc, mid: Mid) -> PayloadTypes {
     media
         .remote_pts()
         .iter()
-        .filter_map(|pt| config.find(|p| p.pt() == *pt).map(|p| (**pt, codec_key(&p.spec()))))
+        .filter_map(|pt| config.find(|p| p.pt() == *pt))
+        .flat_map(payload_types_of)
         .collect()
+}
+
+/// A negotiated format's payload type and codec, and its RED's where both sides took RED
+/// (str0m folds RED onto the Opus it carries; the router keeps it a format of its own).
+fn payload_types_of(p: &PayloadParams) -> impl Iterator<Item = (u8, CodecKey)> {
+    let main = (*p.pt(), codec_key(&p.spec()));
+    let red = p.red().filter(|_| p.spec().codec == Codec::Opus).map(|red| (*red, CodecKey::opus_red()));
+    std::iter::once(main).chain(red)
 }
 
 /// The fast-path state of a sink: str0m's SSRCs for its mid and the peer's extension ids.

@@ -6,6 +6,7 @@ mod plain;
 mod relay;
 mod simulcast;
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,6 +60,10 @@ pub struct Arrived<'a> {
     pub vp8: bool,
     /// Arrival in ms on the router's own time line.
     pub arrival_ms: u64,
+    /// RED audio: where its primary block starts (`rtp::red`).
+    pub red_primary: Option<usize>,
+    /// The primary block alone, made once for every sink that negotiated no RED.
+    pub unwrapped: OnceCell<Arc<[u8]>>,
 }
 
 /// What a strategy made of one packet for one sink.
@@ -92,6 +97,15 @@ pub fn decide(sink: &mut Sink, arrived: &Arrived) -> Decision {
 }
 
 impl Arrived<'_> {
+    /// The payload a sink gets: the packet's own, or the primary of its RED.
+    fn payload(&self, unwrap_red: bool) -> Option<Arc<[u8]>> {
+        if !unwrap_red {
+            return Some(self.packet.payload.clone());
+        }
+        let start = self.red_primary?;
+        Some(self.unwrapped.get_or_init(|| Arc::from(&self.packet.payload[start..])).clone())
+    }
+
     fn forwarded(&self, pt: u8, seq: u64, timestamp: u32, vp8: Option<Vp8Renumber>) -> Forwarded {
         let p = self.packet;
         Forwarded {

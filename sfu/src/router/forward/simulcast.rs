@@ -23,7 +23,7 @@ pub fn forward(sink: &mut Sink, arrived: &Arrived) -> Decision {
         sink.rewriter.allow(p.ssrc);
     }
     let (pt, codec) = arrived.format;
-    let Some(out_pt) = sink.payload_type(pt, &codec) else {
+    let Some(out_pt) = sink.payload_type(pt, &codec).map(|f| f.pt) else {
         return Decision::NoCodec;
     };
     let Some(out) = sink.rewriter.rewrite(p.ssrc, p.seq, p.timestamp, arrived.arrival_ms) else {

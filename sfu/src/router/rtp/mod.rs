@@ -1,8 +1,10 @@
 //! What the router reads and rewrites in an RTP packet: keyframes (and throttled
 //! requests for them), sequence numbers and timestamps continued across changes of
-//! source, and VP8 picture ids. Pure helpers, time as an argument.
+//! source, VP8 picture ids, and the primary block of redundant audio. Pure helpers, time
+//! as an argument.
 
 pub mod keyframe;
+pub mod red;
 pub mod rewrite;
 pub mod vp8;
 
