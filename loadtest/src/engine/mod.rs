@@ -333,7 +333,11 @@ struct Client {
 
 /// A received media packet's fields the measurement reads.
 struct Media<'a> {
+    /// The payload, or (from our own path) its first bytes: enough for the stamp and the
+    /// VP8 descriptor and frame tag (`srtp::PREFIX`).
     payload: &'a [u8],
+    /// The whole payload's length.
+    len: usize,
     timestamp: u32,
     /// The extended sequence number.
     seq: u64,
@@ -638,6 +642,7 @@ impl Worker {
                 }
                 let media = Media {
                     payload: &packet.payload,
+                    len: packet.payload.len(),
                     timestamp: packet.header.timestamp,
                     seq: *packet.seq_no,
                     marker: packet.header.marker,

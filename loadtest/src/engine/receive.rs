@@ -153,6 +153,7 @@ impl Worker {
                     self.counts.opened_own += 1;
                     let media = Media {
                         payload: opened.payload,
+                        len: opened.payload_len,
                         timestamp: opened.timestamp,
                         seq: opened.seq,
                         marker: opened.marker,
@@ -210,7 +211,7 @@ impl Worker {
         let now = self.arrival.unwrap_or(fallback);
         let received_us = self.shared.us(now);
         self.counts.packets_received += 1;
-        self.counts.bytes_received += media.payload.len() as u64;
+        self.counts.bytes_received += media.len as u64;
         if client.join_ms.is_none() && client.setup.join_measurable {
             client.join_ms = Some(now.duration_since(client.setup.ws_open_at).as_secs_f64() * 1000.0);
         }
@@ -218,7 +219,7 @@ impl Worker {
         let second = received_us / 1_000_000;
         let entry = second_entry(&mut self.seconds, second);
         entry.0 += 1;
-        entry.1 += media.payload.len() as u64;
+        entry.1 += media.len as u64;
         entry.2.record(latency_us);
         // Where this stream and its camera are measured: known from the last packet on the
         // same SSRC, unless the server moved another stream onto it.
@@ -259,7 +260,7 @@ impl Worker {
             let second = &mut seconds[at];
             match kind {
                 StreamKind::Video(layer) => {
-                    second[layer.min(2)] += media.payload.len() as u64;
+                    second[layer.min(2)] += media.len as u64;
                     second[4] |= 1 << (owner % 64);
                 }
                 _ => second[3] += 1,
