@@ -103,6 +103,15 @@ def verdict_cell(r):
     return "FAIL" + (": missed " + ", ".join(missed) if missed else "")
 
 
+def join_parts_cell(r):
+    """Join p99 split into signaling / connecting (ICE and DTLS) / first media, in ms
+    (reports before the split have none)."""
+    parts = r.get("join_phases_ms")
+    if not parts:
+        return "-"
+    return " / ".join(fmt((parts.get(k) or {}).get("p99"), "", 0) for k in ("signaling", "connecting", "first_media")) + " ms"
+
+
 def rx_cell(g):
     """The generator's CPU per received packet and who opened them (reports before the own
     receive path have neither)."""
@@ -254,8 +263,7 @@ def broadcast_table(name, rows):
         d = r.get("delivery", {})
         lat = r.get("latency_ms", {})
         ff = r.get("first_frame_ms", {})
-        parts = r.get("join_phases_ms")
-        parts_cell = " / ".join(fmt((parts.get(k) or {}).get("p99"), "", 0) for k in ("signaling", "connecting", "first_media")) + " ms" if parts else "-"
+        parts_cell = join_parts_cell(r)
         g = r.get("generator", {})
         server = r.get("server") or []
         tier = sum((p.get("cpu_cores") or 0.0 for p in server), 0.0)
@@ -303,8 +311,8 @@ def main():
             out += broadcast_table(name, rows)
             continue
         out += [f"## {name}", ""]
-        out += ["| date | commit | connected | failed / refused (node full) joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | server ns per forwarded packet = x floor | generator cores / busiest thread (joining) | complete | targets |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += ["| date | commit | connected | failed / refused (node full) joins | delivery min / p1 / median | frozen tiles | loss | latency p50 / p99 / max | jitter p99 | join p99 | join p99 in parts: signaling / connecting / first media | first keyframe p99 | pps in / out | server cores | server peak RSS | forwarded pkts per CPU-s | server ns per forwarded packet = x floor | generator cores / busiest thread (joining) | generator ns per received packet | complete | targets |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for path, meta, r in rows:
             server = r.get("server") or [{}]
             s = server[0]
@@ -314,18 +322,19 @@ def main():
             complete = "yes" if r.get("complete") else "no: " + str(r.get("error"))
             if g.get("bottleneck"):
                 complete += " (generator-bound)"
-            out.append("| {} | {} | {} / {} | {} / {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} | {} / {}% ({}) | {} | {} |".format(
+            out.append("| {} | {} | {} / {} | {} / {} | {} / {} / {} | {} | {} | {} / {} / {} ms | {} ms | {} ms | {} | {} ms | {:.0f} / {:.0f} | {} | {} MiB | {} | {} | {} / {}% ({}) | {} | {} | {} |".format(
                 r.get("date"), meta.get("commit", "?"), r.get("connected"), r.get("participants"), r.get("failed_joins"),
                 r.get("refused_joins", "-"),
                 pct(d.get("min")), pct(d.get("p1")), pct(d.get("median")),
                 r.get("frozen_subscriptions", "-"), fmt(r.get("loss_pct"), "%", 3),
                 fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")), fmt(r.get("jitter_ms", {}).get("p99")),
-                fmt((r.get("join_ms") or {}).get("p99"), "", 0), fmt((r.get("first_keyframe_ms") or {}).get("p99"), "", 0),
+                fmt((r.get("join_ms") or {}).get("p99"), "", 0), join_parts_cell(r),
+                fmt((r.get("first_keyframe_ms") or {}).get("p99"), "", 0),
                 r.get("pps_in", 0), r.get("pps_out", 0), fmt(s.get("cpu_cores")), fmt(s.get("peak_rss_mb"), "", 1),
                 fmt(r.get("forwarded_packets_per_cpu_second"), "", 0), floor_cell(r), fmt(g.get("cpu_cores")),
                 fmt((g.get("busiest_thread") or 0) * 100, "", 0),
-                fmt(g["busiest_thread_joining"] * 100, "%", 0) if "busiest_thread_joining" in g else "-", complete,
-                verdict_cell(r)))
+                fmt(g["busiest_thread_joining"] * 100, "%", 0) if "busiest_thread_joining" in g else "-", rx_cell(g),
+                complete, verdict_cell(r)))
         out.append("")
         commands = sorted({m.get("command") for _, m, _ in rows if m.get("command")})
         machines = sorted({m.get("machine") for _, m, _ in rows if m.get("machine")})
