@@ -113,18 +113,35 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     Ok(Running { http_addr, admin_addr, media_addr, media_tcp_addr, relay_addr, state, task, tls })
 }
 
-/// Stop taking participants (`/readyz` says `draining`, joins are closed with 1001) and
-/// wait until everyone has left, or `grace` has passed.
+/// Stop taking participants (`/readyz` and `/healthz` say `draining`, joins are closed
+/// with 1001) and wait until everyone has left, or `grace` has passed; then close every
+/// room: each participant still in is told the server is shutting down (close 1001
+/// "server shutting down", which the page shows with a rejoin button) rather than having
+/// its connection dropped, and the close frames get up to two seconds to go out.
 pub async fn drain(state: &AppState, grace: std::time::Duration) {
     state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     state.media.drain();
-    let until = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < until {
+    if wait_until_empty(state, grace).await {
+        return;
+    }
+    let left: usize = state.registry.rooms().iter().map(|r| r.participants).sum();
+    tracing::info!(participants = left, "closing every room: the server is shutting down");
+    state.registry.close_all(sfu::api::LeaveReason::ShuttingDown);
+    wait_until_empty(state, std::time::Duration::from_secs(2)).await;
+}
+
+/// Whether every participant left within `limit`.
+async fn wait_until_empty(state: &AppState, limit: std::time::Duration) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
         let left: usize = state.registry.rooms().iter().map(|r| r.participants).sum();
         if left == 0 {
-            return;
+            return true;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

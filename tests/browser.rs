@@ -12,6 +12,9 @@
 //!   live on the origin, four viewers open the origin's page and are sent on to the edges;
 //!   one edge is killed and its viewers play again from the other within 5 s.
 //!
+//! - The lobby (lobby.mjs): leaving and joining again three times, a full room, a bad
+//!   token, a server stopped with SIGTERM: each told in the lobby, devices stopped.
+//!
 //! Needs Debian's chromium and `npm install` in tests/browser (scripts/test does both).
 
 mod common;
@@ -342,4 +345,70 @@ async fn a_live_class_plays_in_every_viewer() {
     for viewer in result["viewers"].as_array().expect("viewers") {
         assert!(viewer["width"].as_u64() > Some(0), "{result:#}");
     }
+}
+
+/// Issue 13: a page that leaves and joins again, three times, is seen again each time:
+/// the other page decodes its video anew; while it was out its camera and microphone
+/// were stopped, and joining opened them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_leaves_and_rejoins_three_times_is_seen_each_time() {
+    let result = run_script("lobby.mjs", "rejoin-test", &["rejoin", "120"]).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["rounds"].as_array().map(Vec::len), Some(3), "{result:#}");
+}
+
+/// Issue 13: a room that is full and a link whose token is no token each send the page
+/// back to its lobby with a plain message, its camera and microphone stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_room_and_a_bad_token_are_told_in_the_lobby() {
+    let server = common::start_server_with(|c| {
+        c.auth.api_secret = String::new();
+        c.media.max_participants_per_room = 2;
+    })
+    .await;
+    let base = format!("http://{}", server.http_addr);
+    let full = run_script_on(&base, &[], "", "lobby.mjs", "full-test", &["full", "60"]).await;
+    assert_eq!(full["ok"], true, "the third page was not told the meeting is full: {full:#}");
+    let bad = run_script_on(&base, &[], "", "lobby.mjs", "token-test", &["badtoken", "60"]).await;
+    assert_eq!(bad["ok"], true, "a bad token was not told in the lobby: {bad:#}");
+}
+
+/// Issue 13: SIGTERM closes every room with "server shutting down" (close 1001 after the
+/// drain period) instead of dropping connections: each page says so in its lobby, offers
+/// to rejoin, and has stopped its camera and microphone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_with_sigterm_tells_every_page() {
+    use common::process::{Huiyi, Options};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (chromium, script_dir) = browser_setup();
+    let server = Huiyi::start(&Options { config: "drain_secs = 1\n", ..Default::default() });
+    let mut script = tokio::process::Command::new("node")
+        .arg("lobby.mjs")
+        .arg(server.url())
+        .args(["shutdown-test", "shutdown", "60"])
+        .current_dir(&script_dir)
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(script.stdout.take().expect("stdout")).lines();
+    let mut result = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line == "READY" {
+            let health = common::http_request(server.http, "GET", "/healthz", &[]).await;
+            assert_eq!(health.1.trim(), "ok", "before: {health:?}");
+            server.terminate();
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let draining = common::http_request(server.http, "GET", "/healthz", &[]).await;
+            assert_eq!((draining.0, draining.1.trim()), (200, "draining"), "healthz while draining");
+        } else if let Some(r) = line.strip_prefix("RESULT ") {
+            result = Some(serde_json::from_str::<serde_json::Value>(r).expect("RESULT is JSON"));
+        }
+    }
+    let _ = script.wait().await;
+    let result = result.expect("the script printed a RESULT");
+    println!("{result:#}");
+    assert_eq!(result["ok"], true, "the pages did not say the server is shutting down: {result:#}");
 }

@@ -108,6 +108,8 @@ pub enum LeaveReason {
     /// The client's page reloaded: a new session of the same participant follows at
     /// once (`JoinRequest::continues`), so the others are not told it left.
     Reloaded,
+    /// The server is stopping (SIGTERM): every room is closed.
+    ShuttingDown,
 }
 
 impl LeaveReason {
@@ -121,6 +123,7 @@ impl LeaveReason {
             LeaveReason::RoomClosed => "room_closed",
             LeaveReason::MediaError => "media_error",
             LeaveReason::Reloaded => "reloaded",
+            LeaveReason::ShuttingDown => "shutting_down",
         }
     }
 }

@@ -106,6 +106,7 @@ pub fn client_router(state: Arc<AppState>) -> Router {
         .route("/", get(page))
         .route("/room/{room}", get(page))
         .route("/app.js", get(script))
+        .route("/lobby.js", get(lobby_script))
         .route("/live/{room}", get(live_page))
         .route("/live/{room}/go", get(live_page))
         .route("/live/{room}/events", get(live::events))
@@ -161,13 +162,19 @@ async fn script() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/app.js"))
 }
 
+async fn lobby_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/lobby.js"))
+}
+
 async fn style() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../web/style.css"))
 }
 
-/// Liveness: the process answers and every media thread went round its loop recently.
+/// Liveness: the process answers and every media thread went round its loop recently
+/// (`draining` once it was asked to stop: still alive, finishing its rooms).
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     match state.media.health() {
+        Ok(()) if state.is_draining() => "draining".into_response(),
         Ok(()) => "ok".into_response(),
         Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),
     }

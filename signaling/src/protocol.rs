@@ -86,5 +86,6 @@ pub fn close_code(reason: LeaveReason) -> (u16, &'static str) {
         LeaveReason::RoomClosed => (4004, "room closed"),
         LeaveReason::MediaError => (4008, "media session failed"),
         LeaveReason::Reloaded => (4009, "reloaded"),
+        LeaveReason::ShuttingDown => (1001, "server shutting down"),
     }
 }

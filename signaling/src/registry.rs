@@ -209,4 +209,13 @@ impl Registry {
             None => false,
         }
     }
+
+    /// The server stops: every participant of every room is told so and leaves (their
+    /// connections close with 1001 "server shutting down"; parked ones just leave).
+    pub fn close_all(&self, reason: LeaveReason) {
+        let rooms = self.rooms.lock().expect("registry lock");
+        for e in rooms.values().flat_map(|r| r.participants.values()) {
+            let _ = e.ends.kick.try_send(reason);
+        }
+    }
 }

@@ -1,7 +1,13 @@
 // Huiyi web client: lobby with preview, then a paginated grid of participants and a stage
 // for screen shares. Talks the signaling protocol in docs/protocol.md over one WebSocket
 // and one RTCPeerConnection: publishes the camera in simulcast, receives on slots, and
-// subscribes to the videos its visible tiles show, at their size.
+// subscribes to the videos its visible tiles show, at their size. The lobby's devices,
+// tokens and messages are in lobby.js.
+
+import {
+  closeMessage, ensureLocal, forgetToken, keepToken, keptToken, liveDevices, play, playBlocked, showLobbyError,
+  soundBlocked, stopLocal,
+} from "./lobby.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -24,7 +30,6 @@ const roomFromPath = decodeURIComponent((location.pathname.match(/^\/room\/([^/]
 const PAGE_SIZE = 25;
 // Resizes and page flips come in bursts; one `subscribe` per burst.
 const SUBSCRIBE_DEBOUNCE_MS = 200;
-const CAMERA_CONSTRAINTS = { width: { ideal: 1280 }, height: { ideal: 720 } };
 // Quarter, half and full resolution; the server ranks q < h < f (docs/protocol.md, Simulcast).
 const CAMERA_ENCODINGS = [
   { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
@@ -66,6 +71,7 @@ const state = {
   rejoined: false,         // this page load came back as the participant of the one before (a reload)
   iceRestartTimer: null,
   departures: 0,           // participantLeft messages received (for tests)
+  ended: null,             // how the last meeting ended: {kind, code, text}, or null
 };
 
 function setConn(text, cls) {
@@ -88,23 +94,13 @@ function send(msg) {
 }
 
 async function startPreview() {
-  const wantMic = $("with-mic").checked, wantCam = $("with-cam").checked;
-  if (state.local) state.local.getTracks().forEach((t) => t.stop());
-  state.local = null;
-  if (!wantMic && !wantCam) { $("preview").srcObject = null; return; }
-  try {
-    state.local = await navigator.mediaDevices.getUserMedia({
-      audio: wantMic,
-      video: wantCam ? CAMERA_CONSTRAINTS : false,
-    });
-    $("preview").srcObject = state.local;
-  } catch (e) {
-    $("lobby-error").textContent = "Camera or microphone unavailable: " + e.message;
-  }
+  state.local = await ensureLocal();
 }
 
 async function fetchToken(room, name) {
   if (linkToken) return linkToken;
+  const kept = keptToken(room);
+  if (kept) return kept;
   const identity = name.toLowerCase().replace(/[^a-z0-9]+/g, "-").slice(0, 32) + "-" +
     Math.random().toString(36).slice(2, 7);
   const q = new URLSearchParams({ room, identity, name });
@@ -307,7 +303,7 @@ function onRemoteTrack(ev) {
     rx.audio.dataset.mid = mid;
     rx.audio.srcObject = rx.stream;
     $("audio").append(rx.audio);
-    rx.audio.play().catch(() => {});
+    play(rx.audio);
   }
   state.receivers.set(mid, rx);
   placeVideos();
@@ -568,11 +564,16 @@ function rejoinable(room) {
 }
 
 async function join(room, name, rejoin = null) {
-  $("lobby-error").textContent = "";
+  showLobbyError("");
   let token = rejoin && rejoin.token;
   if (!token) {
-    try { token = await fetchToken(room, name); } catch (e) { $("lobby-error").textContent = e.message; return; }
+    try { token = await fetchToken(room, name); } catch (e) { showLobbyError(e.message); return; }
   }
+  // The devices again: a leave or an error stopped them.
+  state.local = await ensureLocal();
+  keepToken(room, token);
+  state.ended = null;
+  $("join").textContent = "Join";
   history.replaceState(null, "", "/room/" + encodeURIComponent(room) + "?name=" + encodeURIComponent(name));
   $("room-title").textContent = room;
   $("lobby").hidden = true;
@@ -586,7 +587,7 @@ async function join(room, name, rejoin = null) {
 
 // Close codes with which the server ended the participant on purpose (docs/protocol.md):
 // no resume after these.
-const FINAL_CLOSE = (code) => (code >= 4000 && code <= 4999) || code === 1013 || code === 1008 || code === 1000;
+const FINAL_CLOSE = (code) => (code >= 4000 && code <= 4999) || [1000, 1001, 1008, 1013].includes(code);
 
 function openSignaling(resume, newMedia = false) {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/rtc");
@@ -612,8 +613,8 @@ function openSignaling(resume, newMedia = false) {
         return;
       }
     }
-    setConn(state.left ? "left" : "disconnected" + (e.reason ? ": " + e.reason : ""), "closed");
-    if (state.pc) state.pc.close();
+    if (state.left) { setConn("left", "closed"); return; }
+    endMeeting(e.code, e.reason);
   };
   const hb = setInterval(() => ws.readyState === WebSocket.OPEN ? send({ type: "ping" }) : clearInterval(hb), 20000);
 }
@@ -662,9 +663,41 @@ function stopShare() {
 function leave() {
   state.left = true;
   sessionStorage.removeItem("huiyi.rejoin");
+  forgetToken();
   send({ type: "leave" });
+  backToLobby();
+}
+
+// The server ended the meeting for us, or we lost it: say why in the lobby, with the
+// camera and microphone stopped, and offer to join again where that may work.
+function endMeeting(code, reason) {
+  const end = closeMessage(code, reason);
+  state.left = true;
+  state.ended = { kind: end.kind, code, text: end.text };
+  sessionStorage.removeItem("huiyi.rejoin");
+  if (!end.retry) forgetToken();
+  setConn("disconnected", "closed");
+  backToLobby();
+  showLobbyError(end.text);
+  $("join").textContent = end.retry ? "Rejoin" : "Join";
+}
+
+function backToLobby() {
+  if (state.ws) {
+    state.ws.onclose = null;
+    state.ws.close(1000, "left");
+  }
+  state.ws = null;
+  state.resume = null;
+  state.resumeUntil = null;
+  state.outbox = [];
   if (state.pc) state.pc.close();
-  if (state.local) state.local.getTracks().forEach((t) => t.stop());
+  state.pc = null;
+  stopLocal();
+  state.local = null;
+  if (state.screen) state.screen.getTracks().forEach((t) => t.stop());
+  state.screen = null;
+  $("share").textContent = "Share screen";
   if (state.resizeObserver) state.resizeObserver.disconnect();
   clearTimeout(state.subscribeTimer);
   Object.assign(state, {
@@ -677,6 +710,7 @@ function leave() {
   $("audio").replaceChildren();
   $("meeting").hidden = true;
   $("lobby").hidden = false;
+  $("enable-sound").hidden = true;
 }
 
 // ---- Test and debugging hook ---------------------------------------------------------
@@ -735,6 +769,8 @@ window.huiyi = {
     return m ? m[1] : null;
   },
   stats: () => state.pc ? state.pc.getStats() : Promise.resolve(new Map()),
+  soundBlocked,
+  liveDevices,
   tileVideo,
   // Every remote tile's video, keyed "participantId" or "participantId/screen".
   videos: async () => {
@@ -791,6 +827,7 @@ $("join-form").onsubmit = (e) => { e.preventDefault(); join($("room").value.trim
 $("toggle-mic").onclick = (e) => toggle("audio", e.target, "Mute mic", "Unmute mic");
 $("toggle-cam").onclick = (e) => toggle("video", e.target, "Stop camera", "Start camera");
 $("share").onclick = shareScreen;
+$("enable-sound").onclick = playBlocked;
 $("leave").onclick = leave;
 $("prev-page").onclick = () => setPage(state.page - 1);
 $("next-page").onclick = () => setPage(state.page + 1);

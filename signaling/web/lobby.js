@@ -1,0 +1,114 @@
+// The lobby's part of the Huiyi web client: the camera and microphone (the preview, and
+// acquiring them again for every join), the token a tab keeps for reloads, what each way
+// a meeting can end means in plain words, and playback the browser blocked until a click.
+
+const $ = (id) => document.getElementById(id);
+const CAMERA_CONSTRAINTS = { width: { ideal: 1280 }, height: { ideal: 720 } };
+
+// The devices this page holds (camera and microphone), or null; and every track it ever
+// opened, to tell whether any is still live (a camera light on).
+let local = null;
+const opened = [];
+
+export function localStream() {
+  return local;
+}
+
+// Stop the camera and microphone: their lights go off, and the next join asks anew.
+export function stopLocal() {
+  if (local) local.getTracks().forEach((t) => t.stop());
+  local = null;
+  $("preview").srcObject = null;
+}
+
+// The camera and microphone the lobby's boxes ask for, opened now unless open and live.
+// A device that cannot be had is said in the lobby; the join goes on without it.
+export async function ensureLocal() {
+  const wantMic = $("with-mic").checked, wantCam = $("with-cam").checked;
+  const live = local && local.getTracks().length > 0 && local.getTracks().every((t) => t.readyState === "live");
+  const matches = live && local.getAudioTracks().length === Number(wantMic) && local.getVideoTracks().length === Number(wantCam);
+  if (matches) return local;
+  stopLocal();
+  if (!wantMic && !wantCam) return null;
+  try {
+    local = await navigator.mediaDevices.getUserMedia({ audio: wantMic, video: wantCam ? CAMERA_CONSTRAINTS : false });
+    opened.push(...local.getTracks());
+    $("preview").srcObject = local;
+  } catch (e) {
+    showLobbyError("Camera or microphone unavailable: " + e.message);
+  }
+  return local;
+}
+
+// How many of the tracks this page opened are still live, by kind.
+export function liveDevices() {
+  const live = opened.filter((t) => t.readyState === "live");
+  return { audio: live.filter((t) => t.kind === "audio").length, video: live.filter((t) => t.kind === "video").length };
+}
+
+export function showLobbyError(text) {
+  $("lobby-error").textContent = text;
+}
+
+// The token of this tab's meeting, kept for a reload (this tab only: sessionStorage).
+export function keepToken(room, token) {
+  sessionStorage.setItem("huiyi.token", JSON.stringify({ room, token }));
+}
+
+export function keptToken(room) {
+  try {
+    const kept = JSON.parse(sessionStorage.getItem("huiyi.token") || "null");
+    return kept && kept.room === room ? kept.token : null;
+  } catch {
+    return null;
+  }
+}
+
+export function forgetToken() {
+  sessionStorage.removeItem("huiyi.token");
+}
+
+// What a close of the signaling connection says to the person (docs/protocol.md, Close
+// codes), and whether joining again may work as it is (a rejoin button) or needs
+// something else first (a new link).
+export function closeMessage(code, reason) {
+  switch (code) {
+    case 4001:
+      return { text: /expired/.test(reason)
+        ? "Your link has expired. Ask for a new one."
+        : "This link is not valid for the meeting (" + (reason || "unauthorized") + "). Ask for a new one.", retry: false, kind: "token" };
+    case 4007: return { text: "This meeting is full.", retry: true, kind: "room_full" };
+    case 1013: return { text: "The server is full right now. Try again in a minute.", retry: true, kind: "node_full" };
+    case 1001: return { text: "The server is shutting down. Rejoin in a moment.", retry: true, kind: "shutting_down" };
+    case 4003: return { text: "You were removed from the meeting.", retry: false, kind: "removed" };
+    case 4004: return { text: "The meeting was ended.", retry: false, kind: "ended" };
+    case 4005: return { text: "You joined this meeting from another tab or device.", retry: true, kind: "replaced" };
+    case 4006: return { text: "Your media could not get through to the server (a firewall?).", retry: true, kind: "media" };
+    case 4008: return { text: "Your media session failed on the server.", retry: true, kind: "media" };
+    case 1008: return { text: "The server refused to let you join" + (reason ? " (" + reason + ")" : "") + ".", retry: true, kind: "refused" };
+    default: return { text: "The connection to the server was lost.", retry: true, kind: "lost" };
+  }
+}
+
+// Media the browser would not start without a gesture (autoplay policy): one prompt, and
+// a click plays everything held back.
+const blocked = new Set();
+
+export function play(el) {
+  el.play().then(() => blocked.delete(el)).catch((e) => {
+    if (e && e.name === "NotAllowedError") {
+      blocked.add(el);
+      $("enable-sound").hidden = false;
+    }
+  });
+}
+
+export function playBlocked() {
+  for (const el of blocked) el.play().catch(() => {});
+  blocked.clear();
+  $("enable-sound").hidden = true;
+}
+
+export function soundBlocked() {
+  return blocked.size > 0;
+}
