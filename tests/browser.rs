@@ -412,3 +412,12 @@ async fn a_server_stopped_with_sigterm_tells_every_page() {
     println!("{result:#}");
     assert_eq!(result["ok"], true, "the pages did not say the server is shutting down: {result:#}");
 }
+
+/// Issue 13: chat from one page reaches the other two in order and a late joiner gets the
+/// lines said before it came; a raised hand shows on every page; a reaction shows on the
+/// sender's tile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_hands_and_reactions_reach_every_page_and_a_late_joiner() {
+    let result = run_script("talk.mjs", "talk-test", &["60"]).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+}

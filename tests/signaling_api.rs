@@ -366,6 +366,51 @@ async fn participants_see_each_other_join_and_leave() {
     assert_ping_pong(&mut ana, "another participant left").await;
 }
 
+/// Chat (docs/protocol.md, Talking): a bad line, an unknown reaction and talking faster
+/// than the limit each get an error, and the connection stays usable; the lines that were
+/// taken reach everyone in one order, and a later joiner gets them after its `joined`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_is_checked_and_limited_and_kept_for_later_joiners() {
+    let server = common::start_server().await;
+    let (mut ana, _) = join(&server, &common::token("talk", "ana")).await;
+    for (bad, code) in [
+        (json!({"type": "chat", "text": "   "}), "bad_request"),
+        (json!({"type": "chat", "text": "x".repeat(1001)}), "bad_request"),
+        (json!({"type": "chat", "text": "bell \u{7}"}), "bad_request"),
+        (json!({"type": "reaction", "emoji": "<b>"}), "bad_request"),
+        (json!({"type": "chat"}), "bad_request"),
+    ] {
+        send(&mut ana, bad.clone()).await;
+        let v = recv_type(&mut ana, "error").await;
+        assert_eq!(v["code"], code, "{bad} -> {v}");
+    }
+    // Ten in the window (those refused above count too): the rest are refused.
+    let mut taken = Vec::new();
+    let mut refused = 0;
+    for i in 0..10 {
+        send(&mut ana, json!({"type": "chat", "text": format!("line {i}")})).await;
+        let v = recv(&mut ana).await;
+        match v["type"].as_str() {
+            Some("chat") => taken.push(v["text"].as_str().unwrap_or_default().to_string()),
+            Some("error") if v["code"] == "rate_limited" => refused += 1,
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert!(!taken.is_empty() && refused > 0, "taken {taken:?}, refused {refused}");
+    assert_ping_pong(&mut ana, "talking too fast").await;
+    // A later joiner gets the lines said before it came, right after `joined`, in order.
+    let (mut bo, _) = join(&server, &common::token("talk", "bo")).await;
+    let mut kept = Vec::new();
+    let mut seqs = Vec::new();
+    for _ in 0..taken.len() {
+        let line = recv_type(&mut bo, "chat").await;
+        kept.push(line["text"].as_str().unwrap_or_default().to_string());
+        seqs.push(line["seq"].as_u64().unwrap_or_default());
+    }
+    assert_eq!(kept, taken);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "numbered in order: {seqs:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_socket_is_a_participant_leaving_after_the_resume_grace() {
     let server = common::start_server_with(|c| c.limits.resume_grace_secs = 1).await;

@@ -42,6 +42,35 @@ pub enum ClientMessage {
     },
     Leave,
     Ping,
+    /// A line of chat to the room (docs/protocol.md, Talking).
+    Chat {
+        text: String,
+    },
+    RaiseHand {
+        raised: bool,
+    },
+    /// A reaction shown for a moment on the sender's tile: one of [`REACTIONS`].
+    Reaction {
+        emoji: String,
+    },
+}
+
+/// The reactions a client may send.
+pub const REACTIONS: &[&str] = &["👍", "👏", "😂", "❤️", "🎉", "😮"];
+
+/// Longest chat line, in characters.
+pub const MAX_CHAT_CHARS: usize = 1000;
+
+/// One line of a room's chat, as the room got it: numbered in the order the server took it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatLine {
+    pub seq: u64,
+    pub participant_id: String,
+    pub name: String,
+    pub text: String,
+    /// When the server took it, ms since the Unix epoch.
+    pub at: u64,
 }
 
 /// One video track a client shows, with its tile's size in device pixels or a quality.
@@ -175,6 +204,18 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// A chat line, to everyone in the room (its sender too).
+    Chat(ChatLine),
+    #[serde(rename_all = "camelCase")]
+    HandRaised {
+        participant_id: String,
+        raised: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    Reaction {
+        participant_id: String,
+        emoji: String,
+    },
     Pong,
     Error {
         code: String,
@@ -198,6 +239,9 @@ impl ServerMessage {
         "slots",
         "layers",
         "trackPaused",
+        "chat",
+        "handRaised",
+        "reaction",
         "pong",
         "error",
     ];

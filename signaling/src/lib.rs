@@ -8,6 +8,7 @@ mod live;
 mod metrics;
 pub mod protocol;
 mod registry;
+mod talk;
 mod upgrade;
 mod whip;
 mod ws;
@@ -107,6 +108,7 @@ pub fn client_router(state: Arc<AppState>) -> Router {
         .route("/room/{room}", get(page))
         .route("/app.js", get(script))
         .route("/lobby.js", get(lobby_script))
+        .route("/talk.js", get(talk_script))
         .route("/live/{room}", get(live_page))
         .route("/live/{room}/go", get(live_page))
         .route("/live/{room}/events", get(live::events))
@@ -164,6 +166,10 @@ async fn script() -> impl IntoResponse {
 
 async fn lobby_script() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/lobby.js"))
+}
+
+async fn talk_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/talk.js"))
 }
 
 async fn style() -> impl IntoResponse {

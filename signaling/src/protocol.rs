@@ -3,7 +3,8 @@
 //! WebSocket close codes.
 
 pub use proto::messages::{
-    ClientMessage, OwnTrack, Participant, ServerMessage, ShownTrack, Slot, Track, TrackLabel,
+    ChatLine, ClientMessage, MAX_CHAT_CHARS, OwnTrack, Participant, REACTIONS, ServerMessage, ShownTrack,
+    Slot, Track, TrackLabel,
 };
 use sfu::api::{LeaveReason, ParticipantInfo, PublishedTrack, SessionEvent, SlotInfo, TrackInfo};
 

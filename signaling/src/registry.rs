@@ -9,6 +9,8 @@ use serde::Serialize;
 use sfu::api::LeaveReason;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::talk::{Heard, Said, Talk};
+
 /// A request to the connection's task to end the participant's session.
 pub type Kick = mpsc::Sender<LeaveReason>;
 
@@ -38,6 +40,7 @@ pub struct Ends {
 struct RoomEntry {
     created_at: u64,
     participants: HashMap<String, Entry>,
+    talk: Talk,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,9 +88,11 @@ impl Registry {
         ends: Ends,
     ) -> Option<Ends> {
         let mut rooms = self.rooms.lock().expect("registry lock");
-        let entry = rooms
-            .entry(room.to_string())
-            .or_insert_with(|| RoomEntry { created_at: unix_now(), participants: HashMap::new() });
+        let entry = rooms.entry(room.to_string()).or_insert_with(|| RoomEntry {
+            created_at: unix_now(),
+            participants: HashMap::new(),
+            talk: Talk::default(),
+        });
         let previous = entry.participants.insert(
             identity.to_string(),
             Entry {
@@ -146,11 +151,27 @@ impl Registry {
     pub fn remove(&self, room: &str, identity: &str, connection: u64) {
         let mut rooms = self.rooms.lock().expect("registry lock");
         let Some(entry) = rooms.get_mut(room) else { return };
-        if entry.participants.get(identity).is_some_and(|e| e.connection == connection) {
-            entry.participants.remove(identity);
+        if entry.participants.get(identity).is_some_and(|e| e.connection == connection)
+            && let Some(gone) = entry.participants.remove(identity)
+        {
+            entry.talk.gone(&gone.participant_id);
         }
         if entry.participants.is_empty() {
             rooms.remove(room);
+        }
+    }
+
+    /// Listen to `room`'s talk from now on, with its chat lines and raised hands so far.
+    pub(crate) fn listen(&self, room: &str) -> Option<Heard> {
+        let rooms = self.rooms.lock().expect("registry lock");
+        rooms.get(room).map(|r| r.talk.listen())
+    }
+
+    /// Tell `room` what one of its participants said.
+    pub(crate) fn say(&self, room: &str, participant_id: &str, name: &str, said: Said) {
+        let mut rooms = self.rooms.lock().expect("registry lock");
+        if let Some(r) = rooms.get_mut(room) {
+            r.talk.say(participant_id, name, said);
         }
     }
 

@@ -10,15 +10,16 @@ use proto::quality::{quality_for_tile, quality_named};
 // The protocol's qualities are the media node's layers.
 const _: () = assert!(proto::quality::MAX_LAYERS == sfu::api::MAX_LAYERS);
 use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackSource};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::auth;
 use crate::http::Admitted;
 use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code, participant, server_message};
+use crate::talk::{Said, TALK_PER_WINDOW, TALK_WINDOW, TalkLimit, checked_chat, checked_reaction};
 use crate::upgrade::{InputLimit, Socket};
 use crate::{AppState, Ends};
 
@@ -154,6 +155,9 @@ fn message_type(m: &ClientMessage) -> &'static str {
         ClientMessage::Subscribe { .. } => "subscribe",
         ClientMessage::Leave => "leave",
         ClientMessage::Ping => "ping",
+        ClientMessage::Chat { .. } => "chat",
+        ClientMessage::RaiseHand { .. } => "raiseHand",
+        ClientMessage::Reaction { .. } => "reaction",
     }
 }
 
@@ -171,7 +175,19 @@ fn classify_json_error(text: &str, e: serde_json::Error) -> ServerMessage {
     }
 }
 
-const KNOWN_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "subscribe", "leave", "ping"];
+const KNOWN_TYPES: &[&str] = &[
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "mute",
+    "subscribe",
+    "leave",
+    "ping",
+    "chat",
+    "raiseHand",
+    "reaction",
+];
 
 /// `text` cut to [`MAX_ERROR_TEXT`] characters.
 fn bounded_text(text: &str) -> String {
@@ -422,6 +438,18 @@ async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participa
         name: live.name.clone(),
         tracks: vec![],
     };
+    // The room's talk from here on; what was said before follows `joined` as `chat` and
+    // `handRaised` messages (a resumed participant gets the last lines again: it may have
+    // missed some while away, and lines are numbered).
+    let heard = conn.state.registry.listen(&live.room);
+    let (chat, raised_hands) = heard.as_ref().map(|h| (h.lines.clone(), h.hands.clone())).unwrap_or_default();
+    let mut talking = Talking {
+        room: live.room.clone(),
+        participant_id: live.participant_id.clone(),
+        name: live.name.clone(),
+        bus: heard.map(|h| h.bus),
+        limit: TalkLimit::default(),
+    };
     let message = ServerMessage::Joined {
         room: live.room.clone(),
         participant: me,
@@ -431,6 +459,14 @@ async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participa
         resumed,
     };
     let mut sent = conn.send(&message).await;
+    let before = chat.into_iter().map(ServerMessage::Chat).chain(
+        raised_hands
+            .into_iter()
+            .map(|participant_id| ServerMessage::HandRaised { participant_id, raised: true }),
+    );
+    for message in before {
+        sent = sent && conn.send(&message).await;
+    }
     // What came while it was away, in order; what a failed send did not deliver is kept
     // for the next resume.
     let mut waiting = std::mem::take(&mut live.waiting).into_iter();
@@ -444,7 +480,7 @@ async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participa
     }
     live.waiting.extend(waiting);
     let end = if sent {
-        let (end, unsent) = relay(conn, &*live.session, &mut live.events, &mut live.kick).await;
+        let (end, unsent) = relay(conn, &*live.session, &mut live.events, &mut live.kick, &mut talking).await;
         live.waiting.extend(unsent);
         end
     } else {
@@ -563,12 +599,50 @@ fn unauthorized_reason(e: &auth::TokenError) -> &'static str {
     }
 }
 
+/// A connection's part in its room's talk (talk.rs).
+struct Talking {
+    room: String,
+    participant_id: String,
+    name: String,
+    bus: Option<broadcast::Receiver<ServerMessage>>,
+    limit: TalkLimit,
+}
+
+impl Talking {
+    /// Take what the client said, or say why not.
+    fn said(&mut self, state: &AppState, said: Result<Said, String>) -> Result<(), (&'static str, String)> {
+        if !self.limit.allow(Instant::now()) {
+            let message =
+                format!("at most {TALK_PER_WINDOW} chat lines, hands and reactions in {TALK_WINDOW:?}");
+            return Err(("rate_limited", message));
+        }
+        let said = said.map_err(|why| ("bad_request", why))?;
+        state.registry.say(&self.room, &self.participant_id, &self.name, said);
+        Ok(())
+    }
+
+    /// The next message on the room's bus (never, without one).
+    async fn heard(&mut self) -> Option<ServerMessage> {
+        let Some(bus) = self.bus.as_mut() else { return std::future::pending().await };
+        loop {
+            match bus.recv().await {
+                Ok(message) => return Some(message),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(room = %self.room, participant = %self.participant_id, missed, "fell behind the room's chat; messages missed");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
 /// Relay until the client leaves, the socket drops, the media session ends or an admin kicks.
 async fn relay(
     conn: &mut Connection,
     session: &dyn MediaSession,
     events: &mut mpsc::Receiver<SessionEvent>,
     kick: &mut mpsc::Receiver<LeaveReason>,
+    talking: &mut Talking,
 ) -> (LeaveReason, Option<SessionEvent>) {
     loop {
         tokio::select! {
@@ -615,6 +689,11 @@ async fn relay(
                             Ok(())
                         }
                     },
+                    ClientMessage::Chat { text } => talk(conn, talking, checked_chat(&text).map(Said::Chat)).await,
+                    ClientMessage::RaiseHand { raised } => talk(conn, talking, Ok(Said::Hand(raised))).await,
+                    ClientMessage::Reaction { emoji } => {
+                        talk(conn, talking, checked_reaction(&emoji).map(Said::Reaction)).await
+                    }
                 };
                 if let Err(e) = result {
                     let code = match (&e, kind) {
@@ -647,8 +726,30 @@ async fn relay(
             reason = kick.recv() => {
                 return (reason.unwrap_or(LeaveReason::Removed), None);
             }
+            heard = talking.heard() => {
+                match heard {
+                    Some(message) => if !conn.send(&message).await {
+                        return (LeaveReason::Disconnected, None);
+                    },
+                    None => talking.bus = None,
+                }
+            }
         }
     }
+}
+
+/// What the client said to its room, told to the room, or the reason it was not (an
+/// `error` to the client, counted with the other errors, and a debug line).
+async fn talk(
+    conn: &mut Connection,
+    talking: &mut Talking,
+    said: Result<Said, String>,
+) -> Result<(), MediaError> {
+    if let Err((code, why)) = talking.said(&conn.state, said) {
+        debug!(participant = %talking.participant_id, code, why, "talk refused");
+        conn.send(&ServerMessage::error(code, why)).await;
+    }
+    Ok(())
 }
 
 /// Most tracks one `subscribe` may name: a page of tiles plus a screen share, with room.

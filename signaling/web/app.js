@@ -8,6 +8,7 @@ import {
   closeMessage, ensureLocal, forgetToken, keepToken, keptToken, liveDevices, play, playBlocked, showLobbyError,
   soundBlocked, stopLocal,
 } from "./lobby.js";
+import { initTalk, onChat, onHand, onReaction, renderHands, renderPeople, resetTalk, talkState } from "./talk.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -185,6 +186,12 @@ function setPaused(trackId, paused, reason) {
 function setMicMuted(participantId, muted) {
   const p = state.participants.get(participantId);
   if (p) p.tile.name.classList.toggle("muted", muted);
+}
+
+// Whether a participant's microphone is muted (or it has none published).
+function micOff(participantId) {
+  const mics = [...state.tracks.values()].filter((t) => t.participantId === participantId && t.kind === "audio");
+  return mics.length > 0 && mics.every((t) => t.muted);
 }
 
 function removeParticipant(id) {
@@ -511,6 +518,7 @@ async function handleMessage(msg) {
       state.localTile = makeTile(msg.participant.id, msg.participant.name + " (you)", { local: true });
       if (state.local) state.localTile.video.srcObject = state.local;
       for (const p of msg.participants) addRemoteParticipant(p);
+      resetTalk();
       createPeerConnection(msg.iceServers || []);
       layout();
       break;
@@ -525,8 +533,11 @@ async function handleMessage(msg) {
       applyLayers(msg.trackId, active);
       break;
     }
-    case "participantJoined": addRemoteParticipant(msg.participant); layout(); break;
-    case "participantLeft": state.departures++; removeParticipant(msg.participantId); layout(); break;
+    case "participantJoined": addRemoteParticipant(msg.participant); layout(); renderHands(); break;
+    case "participantLeft": state.departures++; removeParticipant(msg.participantId); onHand(msg.participantId, false); layout(); break;
+    case "chat": onChat(msg); break;
+    case "handRaised": onHand(msg.participantId, msg.raised); break;
+    case "reaction": onReaction(msg.participantId, msg.emoji); break;
     case "trackPublished":
       if (!state.participants.has(msg.participantId)) addRemoteParticipant({ id: msg.participantId, name: msg.participantId, tracks: [] });
       noteTrack(msg.participantId, msg.track);
@@ -537,6 +548,7 @@ async function handleMessage(msg) {
       const t = state.tracks.get(msg.trackId);
       if (t) t.muted = msg.muted;
       if (t && t.kind === "audio") setMicMuted(msg.participantId, msg.muted);
+      renderPeople();
       break;
     }
     case "trackPaused": setPaused(msg.trackId, msg.paused, msg.reason); break;
@@ -771,6 +783,9 @@ window.huiyi = {
   stats: () => state.pc ? state.pc.getStats() : Promise.resolve(new Map()),
   soundBlocked,
   liveDevices,
+  talk: talkState,
+  // Say something in the chat, raise or lower the hand (tests; the page's controls do the same).
+  chat: (text) => send({ type: "chat", text }),
   tileVideo,
   // Every remote tile's video, keyed "participantId" or "participantId/screen".
   videos: async () => {
@@ -828,6 +843,15 @@ $("toggle-mic").onclick = (e) => toggle("audio", e.target, "Mute mic", "Unmute m
 $("toggle-cam").onclick = (e) => toggle("video", e.target, "Stop camera", "Start camera");
 $("share").onclick = shareScreen;
 $("enable-sound").onclick = playBlocked;
+initTalk({
+  send,
+  me: () => state.me && state.me.id,
+  tileOf: (id) => findTile(id, "camera"),
+  people: () => [
+    ...(state.me ? [{ id: state.me.id, name: state.me.name, me: true }] : []),
+    ...[...state.participants.entries()].map(([id, p]) => ({ id, name: p.info.name || id, micOff: micOff(id) })),
+  ],
+});
 $("leave").onclick = leave;
 $("prev-page").onclick = () => setPage(state.page - 1);
 $("next-page").onclick = () => setPage(state.page + 1);

@@ -1,0 +1,114 @@
+// Talking besides media (docs/protocol.md, Talking): the chat, raised hands, reactions on
+// the tiles, and the list of people. The meeting (app.js) gives it how to send and how
+// to find a participant's tile and name.
+
+const $ = (id) => document.getElementById(id);
+
+let ctx = null;             // {send, tileOf(participantId), people() -> [{id, name, me}]}
+const hands = new Set();    // participant ids with a hand up
+let lines = [];             // the chat so far: {seq, participantId, name, text, at}
+let unread = 0;
+
+export function initTalk(context) {
+  ctx = context;
+  $("chat-form").onsubmit = (e) => {
+    e.preventDefault();
+    const input = $("chat-text");
+    const text = input.value.trim();
+    if (!text) return;
+    if (ctx.send({ type: "chat", text })) input.value = "";
+  };
+  $("raise-hand").onclick = () => {
+    const me = ctx.me();
+    if (me) ctx.send({ type: "raiseHand", raised: !hands.has(me) });
+  };
+  for (const b of document.querySelectorAll("#reactions button")) {
+    b.onclick = () => ctx.send({ type: "reaction", emoji: b.textContent });
+  }
+  $("toggle-side").onclick = () => {
+    const side = $("side");
+    side.hidden = !side.hidden;
+    $("toggle-side").setAttribute("aria-pressed", String(!side.hidden));
+    if (!side.hidden) { unread = 0; showUnread(); }
+  };
+}
+
+// A new meeting: nothing said yet (what the room said before we came follows `joined`
+// as the usual messages).
+export function resetTalk() {
+  lines = [];
+  hands.clear();
+  $("chat-lines").replaceChildren();
+  unread = 0;
+  showUnread();
+  renderHands();
+}
+
+export function onChat(line) {
+  addLine(line);
+  if ($("side").hidden) { unread++; showUnread(); }
+}
+
+export function onHand(participantId, raised) {
+  if (raised) hands.add(participantId); else hands.delete(participantId);
+  renderHands();
+}
+
+// A reaction floats over the sender's tile for three seconds.
+export function onReaction(participantId, emoji) {
+  const tile = ctx.tileOf(participantId);
+  if (!tile) return;
+  const el = document.createElement("span");
+  el.className = "reaction";
+  el.textContent = emoji;
+  tile.el.append(el);
+  setTimeout(() => el.remove(), 3000);
+}
+
+// The list of people, and each tile's raised hand.
+export function renderHands() {
+  const me = ctx.me();
+  $("raise-hand").textContent = me && hands.has(me) ? "Lower hand" : "Raise hand";
+  $("raise-hand").setAttribute("aria-pressed", String(!!(me && hands.has(me))));
+  for (const person of ctx.people()) {
+    const tile = ctx.tileOf(person.id);
+    if (tile) tile.el.classList.toggle("hand", hands.has(person.id));
+  }
+  renderPeople();
+}
+
+export function renderPeople() {
+  const list = $("people-list");
+  const people = ctx.people();
+  list.replaceChildren(...people.map((p) => {
+    const li = document.createElement("li");
+    li.dataset.participant = p.id;
+    li.textContent = (hands.has(p.id) ? "✋ " : "") + p.name + (p.me ? " (you)" : "") + (p.micOff ? " · mic off" : "");
+    return li;
+  }));
+  $("people-count").textContent = String(people.length);
+}
+
+function addLine(line) {
+  if (lines.some((l) => l.seq === line.seq)) return;
+  lines.push(line);
+  const li = document.createElement("li");
+  const who = document.createElement("b");
+  who.textContent = line.name + " ";
+  const when = document.createElement("time");
+  when.textContent = new Date(line.at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const text = document.createElement("span");
+  text.textContent = line.text;
+  li.append(who, when, document.createElement("br"), text);
+  $("chat-lines").append(li);
+  li.scrollIntoView({ block: "end" });
+}
+
+function showUnread() {
+  $("toggle-side").textContent = unread > 0 ? `Chat and people (${unread})` : "Chat and people";
+}
+
+// What the page shows of the talk (tests).
+export function talkState() {
+  return { lines: lines.map((l) => ({ seq: l.seq, name: l.name, text: l.text })), hands: [...hands] };
+}
