@@ -421,3 +421,20 @@ async fn chat_hands_and_reactions_reach_every_page_and_a_late_joiner() {
     let result = run_script("talk.mjs", "talk-test", &["60"]).await;
     assert_eq!(result["ok"], true, "{result:#}");
 }
+
+/// Issue 13: "Stop camera" and "Mute mic" stop the devices themselves (no live track: the
+/// camera light goes off); the others see initials and the muted mark; starting the camera
+/// again brings its video back to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_off_and_mute_stop_the_devices_and_show_on_the_tiles() {
+    let result = run_script("lobby.mjs", "devices-test", &["devices", "90"]).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+}
+
+/// Issue 13: a phone-sized window gets the phone layout: four large tiles a page and a
+/// pager, and no share button where the browser cannot share a screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_sized_window_gets_the_phone_layout() {
+    let result = run_script("lobby.mjs", "phone-test", &["phone", "90"]).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+}

@@ -5,8 +5,8 @@
 // tokens and messages are in lobby.js.
 
 import {
-  closeMessage, ensureLocal, forgetToken, keepToken, keptToken, liveDevices, play, playBlocked, showLobbyError,
-  soundBlocked, stopLocal,
+  closeMessage, ensureLocal, forgetToken, keepToken, keptToken, liveDevices, openDevice, play, playBlocked,
+  showLobbyError, soundBlocked, stopLocal,
 } from "./lobby.js";
 import { initTalk, onChat, onHand, onReaction, renderHands, renderPeople, resetTalk, talkState } from "./talk.js";
 
@@ -27,8 +27,9 @@ const linkToken = (() => {
 })();
 const roomFromPath = decodeURIComponent((location.pathname.match(/^\/room\/([^/]+)/) || [])[1] || "");
 
-// 5x5: beyond that, tiles are too small to be worth a video each.
-const PAGE_SIZE = 25;
+// 5x5: beyond that, tiles are too small to be worth a video each; on a phone, 2x2.
+const PHONE = window.matchMedia("(max-width: 600px)");
+const pageSize = () => (PHONE.matches ? 4 : 25);
 // Resizes and page flips come in bursts; one `subscribe` per burst.
 const SUBSCRIBE_DEBOUNCE_MS = 200;
 // Quarter, half and full resolution; the server ranks q < h < f (docs/protocol.md, Simulcast).
@@ -53,6 +54,7 @@ const state = {
   slots: new Map(),        // mid -> {participantId, trackId} or null: from `slots`, authoritative
   msids: new Map(),        // mid -> {participantId, trackId}: the remote SDP's a=msid, until `slots` names the mid
   ownTracks: new Map(),    // mid -> published track id
+  ownKinds: new Map(),     // mid -> "audio" or "video": the microphone's and the camera's senders
   pendingLayers: new Map(), // own track id -> rids, for a `layers` that arrived before the answer naming the track
   layersHistory: [],       // the last few `layers` received, for debugging: {at, trackId, active}
   layersQueue: Promise.resolve(),
@@ -122,7 +124,11 @@ function makeTile(participantId, label, opts = {}) {
   const name = document.createElement("span");
   name.className = "label";
   name.textContent = label;
-  el.append(video, name);
+  // Shown instead of the picture while the camera is off (or there is none).
+  const initials = document.createElement("span");
+  initials.className = "initials";
+  initials.textContent = label.replace(/\(.*\)/g, "").trim().split(/\s+/).map((w) => w[0] || "").join("").slice(0, 2).toUpperCase();
+  el.append(video, initials, name);
   (opts.screen ? $("stage") : $("grid")).append(el);
   const tile = { el, video, name, participantId, screenTrackId: opts.trackId || null, mid: null };
   if (!opts.local && state.resizeObserver) state.resizeObserver.observe(el);
@@ -151,6 +157,7 @@ function addRemoteParticipant(info) {
 function noteTrack(participantId, track) {
   state.tracks.set(track.id, { participantId, kind: track.kind, source: track.source, muted: track.muted });
   if (track.kind === "audio") setMicMuted(participantId, track.muted);
+  showCamera(participantId);
   if (track.kind === "video" && track.source === "screen" && !state.screenTiles.has(track.id)) {
     const p = state.participants.get(participantId);
     const name = p ? p.info.name || participantId : participantId;
@@ -188,6 +195,14 @@ function setMicMuted(participantId, muted) {
   if (p) p.tile.name.classList.toggle("muted", muted);
 }
 
+// A participant's tile shows initials while it publishes no camera or has it off.
+function showCamera(participantId) {
+  const p = state.participants.get(participantId);
+  if (!p) return;
+  const on = [...state.tracks.values()].some((t) => t.participantId === participantId && t.kind === "video" && t.source === "camera" && !t.muted);
+  p.tile.el.classList.toggle("video-off", !on);
+}
+
 // Whether a participant's microphone is muted (or it has none published).
 function micOff(participantId) {
   const mics = [...state.tracks.values()].filter((t) => t.participantId === participantId && t.kind === "audio");
@@ -220,26 +235,28 @@ function orderedGridTiles() {
   const speaker = state.participants.get(state.activeSpeaker);
   if (speaker) {
     const at = tiles.indexOf(speaker.tile);
-    if (at >= PAGE_SIZE) { tiles.splice(at, 1); tiles.splice(state.localTile ? 1 : 0, 0, speaker.tile); }
+    if (at >= pageSize()) { tiles.splice(at, 1); tiles.splice(state.localTile ? 1 : 0, 0, speaker.tile); }
   }
   return tiles;
 }
 
 // Shows the current page, sizes the grid for it, and puts every video where it belongs.
 function layout() {
+  const size = pageSize();
+  document.body.classList.toggle("phone", PHONE.matches);
   const tiles = orderedGridTiles();
-  state.pages = Math.max(1, Math.ceil(tiles.length / PAGE_SIZE));
+  state.pages = Math.max(1, Math.ceil(tiles.length / size));
   state.page = Math.min(state.page, state.pages - 1);
-  const first = state.page * PAGE_SIZE;
-  const onPage = tiles.slice(first, first + PAGE_SIZE);
+  const first = state.page * size;
+  const onPage = tiles.slice(first, first + size);
   tiles.forEach((tile, i) => {
     // CSS order instead of moving DOM nodes: a <video> removed from the document pauses.
     tile.el.style.order = String(i);
-    tile.el.hidden = i < first || i >= first + PAGE_SIZE;
+    tile.el.hidden = i < first || i >= first + size;
     tile.onPage = !tile.el.hidden;
     tile.el.classList.toggle("speaking", tile.participantId === state.activeSpeaker && state.activeSpeaker !== null);
   });
-  const cols = Math.max(1, Math.ceil(Math.sqrt(onPage.length)));
+  const cols = PHONE.matches && onPage.length <= 2 ? 1 : Math.max(1, Math.ceil(Math.sqrt(onPage.length)));
   const grid = $("grid");
   grid.style.setProperty("--cols", String(cols));
   grid.style.setProperty("--rows", String(Math.max(1, Math.ceil(onPage.length / cols))));
@@ -447,7 +464,10 @@ async function onServerAnswer(msg) {
   if (state.pc.signalingState !== "have-local-offer") return;
   await state.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
   readMsids(msg.sdp);
-  for (const t of msg.tracks || []) state.ownTracks.set(t.mid, t.id);
+  for (const t of msg.tracks || []) {
+    state.ownTracks.set(t.mid, t.id);
+    if (t.source !== "screen") state.ownKinds.set(t.mid, t.kind);
+  }
   for (const [trackId, rids] of [...state.pendingLayers]) if (ownTransceiver(trackId)) applyLayers(trackId, rids);
   pruneReceivers();
 }
@@ -517,6 +537,7 @@ async function handleMessage(msg) {
       state.me = msg.participant;
       state.localTile = makeTile(msg.participant.id, msg.participant.name + " (you)", { local: true });
       if (state.local) state.localTile.video.srcObject = state.local;
+      state.localTile.el.classList.toggle("video-off", !state.local || state.local.getVideoTracks().length === 0);
       for (const p of msg.participants) addRemoteParticipant(p);
       resetTalk();
       createPeerConnection(msg.iceServers || []);
@@ -548,6 +569,7 @@ async function handleMessage(msg) {
       const t = state.tracks.get(msg.trackId);
       if (t) t.muted = msg.muted;
       if (t && t.kind === "audio") setMicMuted(msg.participantId, msg.muted);
+      showCamera(msg.participantId);
       renderPeople();
       break;
     }
@@ -638,14 +660,38 @@ function ownTrackId(track) {
   return undefined;
 }
 
-function toggle(kind, button, onText, offText) {
-  const track = state.local && state.local.getTracks().find((t) => t.kind === kind);
-  if (!track) return;
-  track.enabled = !track.enabled;
-  button.textContent = track.enabled ? onText : offText;
-  button.setAttribute("aria-pressed", String(!track.enabled));
-  const id = ownTrackId(track);
-  if (id) send({ type: "mute", trackId: id, muted: !track.enabled });
+// Mute and camera off stop the device itself (its light goes off) and send nothing in
+// its place; turning it on opens the device again and puts the new track on the same
+// sender: no renegotiation, and the camera's simulcast layers stay as negotiated.
+async function toggle(kind, button, onText, offText) {
+  if (!state.pc || !state.local || button.disabled) return;
+  const tr = state.pc.getTransceivers().find((t) => state.ownKinds.get(t.mid) === kind);
+  if (!tr) return;
+  const id = state.ownTracks.get(tr.mid);
+  const current = state.local.getTracks().find((t) => t.kind === kind && t.readyState === "live");
+  button.disabled = true;
+  try {
+    if (current) {
+      await tr.sender.replaceTrack(null);
+      current.stop();
+      state.local.removeTrack(current);
+    } else {
+      const track = await openDevice(kind);
+      if (!track) return;
+      await tr.sender.replaceTrack(track);
+      state.local.addTrack(track);
+    }
+  } finally {
+    button.disabled = false;
+  }
+  const off = !!current;
+  button.textContent = off ? offText : onText;
+  button.setAttribute("aria-pressed", String(off));
+  if (state.localTile) {
+    if (kind === "video") state.localTile.el.classList.toggle("video-off", off);
+    else state.localTile.name.classList.toggle("muted", off);
+  }
+  if (id) send({ type: "mute", trackId: id, muted: off });
 }
 
 async function shareScreen() {
@@ -710,13 +756,16 @@ function backToLobby() {
   if (state.screen) state.screen.getTracks().forEach((t) => t.stop());
   state.screen = null;
   $("share").textContent = "Share screen";
+  $("toggle-mic").textContent = "Mute mic";
+  $("toggle-cam").textContent = "Stop camera";
+  for (const b of [$("toggle-mic"), $("toggle-cam")]) b.setAttribute("aria-pressed", "false");
   if (state.resizeObserver) state.resizeObserver.disconnect();
   clearTimeout(state.subscribeTimer);
   Object.assign(state, {
     me: null, localTile: null, activeSpeaker: null, page: 0, pages: 1,
     subscribeTimer: null, lastSubscribe: null, resizeObserver: null,
   });
-  for (const m of [state.participants, state.tracks, state.screenTiles, state.receivers, state.slots, state.msids, state.ownTracks, state.pendingLayers]) m.clear();
+  for (const m of [state.participants, state.tracks, state.screenTiles, state.receivers, state.slots, state.msids, state.ownTracks, state.ownKinds, state.pendingLayers]) m.clear();
   $("grid").replaceChildren();
   $("stage").replaceChildren();
   $("audio").replaceChildren();
@@ -843,6 +892,9 @@ $("toggle-mic").onclick = (e) => toggle("audio", e.target, "Mute mic", "Unmute m
 $("toggle-cam").onclick = (e) => toggle("video", e.target, "Stop camera", "Start camera");
 $("share").onclick = shareScreen;
 $("enable-sound").onclick = playBlocked;
+// Where the browser cannot share a screen (phones), it is not offered.
+$("share").hidden = !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
+PHONE.addEventListener("change", () => { if (state.me) layout(); });
 initTalk({
   send,
   me: () => state.me && state.me.id,

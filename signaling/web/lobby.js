@@ -40,6 +40,19 @@ export async function ensureLocal() {
   return local;
 }
 
+// Open one device again (a microphone unmuted, a camera started): its track, or null.
+export async function openDevice(kind) {
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia(kind === "audio" ? { audio: true } : { video: CAMERA_CONSTRAINTS });
+    const track = stream.getTracks()[0];
+    opened.push(track);
+    return track;
+  } catch (e) {
+    document.getElementById("meeting-error").textContent = (kind === "audio" ? "Microphone" : "Camera") + " unavailable: " + e.message;
+    return null;
+  }
+}
+
 // How many of the tracks this page opened are still live, by kind.
 export function liveDevices() {
   const live = opened.filter((t) => t.readyState === "live");

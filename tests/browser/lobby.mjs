@@ -8,6 +8,11 @@
 //   badtoken  a page with a token that is no token is told its link is not valid
 //   shutdown  two pages join, the script prints READY, the test stops the server
 //             (SIGTERM), and both pages must say the server is shutting down
+//   devices   two pages; the first stops its camera (its light goes off: no live video
+//             track; the second shows its initials), starts it again (the second decodes
+//             it again), and mutes its microphone (no live audio track; shown muted)
+//   phone     a phone-sized page (390x844, no screen sharing) among five others: four
+//             large tiles a page, a pager, no share button
 // Prints RESULT {ok, ...}.
 import { launch } from "./chromium.mjs";
 
@@ -17,12 +22,14 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const browser = await launch();
 const logs = [];
 
-async function open(name, hash = "") {
-  const context = await browser.newContext();
+async function open(name, hash = "", options = {}, init = null) {
+  const context = await browser.newContext(options);
+  if (init) await context.addInitScript(init);
   const page = await context.newPage();
   page.on("console", (m) => { if (m.type() === "error") logs.push(`${name}: ${m.text()}`); });
   page.on("pageerror", (e) => logs.push(`${name} error: ${e.message}`));
-  await page.goto(`${base}/room/${encodeURIComponent(room)}?name=${name}&autojoin=1${hash}`);
+  const query = options.query || "";
+  await page.goto(`${base}/room/${encodeURIComponent(room)}?name=${name}&autojoin=1${query}${hash}`);
   return page;
 }
 
@@ -104,6 +111,41 @@ try {
     const ends = [];
     for (const p of pages) ends.push(await endedAs(p, "shutting_down"));
     result = { ok: ends.every((e) => e.ok && /shutting down/.test(e.message) && e.button === "Rejoin"), pages: ends };
+  } else if (which === "devices") {
+    const first = await open("first");
+    const second = await open("second");
+    for (const p of [first, second]) await until(p, () => window.huiyi.state.pc && window.huiyi.state.pc.connectionState === "connected", 20000);
+    const id = await me(first);
+    const before = await decodes(second, id);
+    await first.click("#toggle-cam");
+    const camOff = await until(first, () => window.huiyi.liveDevices().video === 0, 5000);
+    const initials = await until(second, (id) => !!document.querySelector(`.tile.video-off[data-participant="${id}"] .initials`), 10000, id);
+    await first.click("#toggle-cam");
+    const camOn = await until(first, () => window.huiyi.liveDevices().video === 1, 10000);
+    const back = await until(second, (id) => !document.querySelector(`.tile.video-off[data-participant="${id}"]`), 10000, id) && await decodes(second, id);
+    await first.click("#toggle-mic");
+    const micOff = await until(first, () => window.huiyi.liveDevices().audio === 0, 5000);
+    const shownMuted = await until(second, (id) => !!document.querySelector(`.tile[data-participant="${id}"] .label.muted`), 10000, id);
+    result = { ok: before && camOff && initials && camOn && back && micOff && shownMuted, before, camOff, initials, camOn, back, micOff, shownMuted };
+  } else if (which === "phone") {
+    const others = [];
+    for (let i = 0; i < 5; i++) others.push(await open("p" + i, "", { query: "&cam=0&mic=0" }));
+    const noShare = () => { delete MediaDevices.prototype.getDisplayMedia; };
+    const phone = await open("phone", "", { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true }, noShare);
+    await until(phone, () => window.huiyi.state.participants.size >= 5, 30000);
+    await sleep(500);
+    const seen = await phone.evaluate(() => {
+      const tiles = [...document.querySelectorAll("#grid .tile")].filter((t) => !t.hidden);
+      return {
+        phone: document.body.classList.contains("phone"),
+        tiles: tiles.length,
+        smallest: Math.min(...tiles.map((t) => Math.round(t.getBoundingClientRect().width))),
+        pager: !document.getElementById("pager").hidden,
+        share: !document.getElementById("share").hidden,
+        page: window.huiyi.page(),
+      };
+    });
+    result = { ok: seen.phone && seen.tiles <= 4 && seen.tiles >= 2 && seen.smallest >= 150 && seen.pager && !seen.share, ...seen };
   } else {
     result = { ok: false, reason: "unknown case " + which };
   }
