@@ -328,6 +328,11 @@ try {
     const done = verdicts.every((v) => v.playing >= pages - 1 && v.hearing >= pages - 1 && !v.lobbyShown);
     if (done) {
       result = { ok: true, seconds: (Date.now() - started) / 1000, verdicts, pages: now };
+      // Before "share": it mutes the first page's microphone, which then sends nothing.
+      if (checks.has("red") && pages >= 3) {
+        result.red = await redCheck(opened);
+        if (result.red.problems.length > 0) { result.ok = false; result.reason = "RED: " + result.red.problems.join("; "); }
+      }
       if (checks.has("share")) {
         await opened[0].click("#share");
         result.screen_seen_s = await screenSeen(opened, false);
@@ -347,10 +352,6 @@ try {
         result.mute_seen_s = (await shownMuted()) ? (Date.now() - muteStart) / 1000 : null;
         if (result.mute_seen_s === null) { result.ok = false; result.reason = "others never showed the mic as muted"; }
         result.logs = logs.slice(-20);
-      }
-      if (checks.has("red") && pages >= 3) {
-        result.red = await redCheck(opened);
-        if (result.red.problems.length > 0) { result.ok = false; result.reason = "RED: " + result.red.problems.join("; "); }
       }
       if (checks.has("hide") && pages >= 2) {
         result.hide = await hideAndShow(opened[1]);
