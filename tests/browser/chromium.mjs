@@ -16,3 +16,18 @@ export function launch(extraArgs = []) {
     ],
   });
 }
+
+// Ends a script: runs its checks, prints RESULT (with the pages' last logged problems),
+// closes the browser and exits 0 when ok. A check that throws is a failed result.
+export async function finish(browser, logs, checks) {
+  let result;
+  try {
+    result = await checks();
+  } catch (e) {
+    result = { ok: false, reason: String(e && e.stack || e) };
+  }
+  result.logs = logs.slice(-20);
+  await browser.close();
+  console.log("RESULT " + JSON.stringify(result));
+  process.exit(result.ok ? 0 : 1);
+}

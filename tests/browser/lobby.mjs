@@ -14,7 +14,7 @@
 //   phone     a phone-sized page (390x844, no screen sharing) among five others: four
 //             large tiles a page, a pager, no share button
 // Prints RESULT {ok, ...}.
-import { launch } from "./chromium.mjs";
+import { finish, launch } from "./chromium.mjs";
 
 const [base, room, which, timeoutArg = "60"] = process.argv.slice(2);
 const deadline = Date.now() + Number(timeoutArg) * 1000;
@@ -74,8 +74,8 @@ async function endedAs(page, kind) {
   return { ok, ...seen };
 }
 
-let result = { ok: false };
-try {
+await finish(browser, logs, async () => {
+  let result = { ok: false };
   if (which === "rejoin") {
     const first = await open("first");
     const second = await open("second");
@@ -149,11 +149,5 @@ try {
   } else {
     result = { ok: false, reason: "unknown case " + which };
   }
-} catch (e) {
-  result = { ok: false, reason: String(e && e.stack || e) };
-} finally {
-  result.logs = logs.slice(-20);
-  await browser.close();
-}
-console.log("RESULT " + JSON.stringify(result));
-process.exit(result.ok ? 0 : 1);
+  return result;
+});

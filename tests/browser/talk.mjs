@@ -3,7 +3,7 @@
 // raises its hand and every page shows it; a reaction shows on the sender's tile; a page
 // that joins late gets the lines said before it came and the raised hand.
 // Usage: node talk.mjs <base-url> <room> [timeout-seconds=60]. Prints RESULT {ok, ...}.
-import { launch } from "./chromium.mjs";
+import { finish, launch } from "./chromium.mjs";
 
 const [base, room, timeoutArg = "60"] = process.argv.slice(2);
 const deadline = Date.now() + Number(timeoutArg) * 1000;
@@ -29,8 +29,8 @@ async function until(page, f, arg) {
 const talk = (page) => page.evaluate(() => window.huiyi.talk());
 const said = ["hello everyone", "line two", "line three", "line four", "the last line"];
 
-let result = { ok: false };
-try {
+await finish(browser, logs, async () => {
+  let result = { ok: false };
   const pages = [await open("ana"), await open("bo"), await open("cy")];
   for (const p of pages) await until(p, () => window.huiyi.state.participants.size >= 2);
   const [ana, bo] = pages;
@@ -67,11 +67,5 @@ try {
     ok: inOrder.every(Boolean) && handShown.every(Boolean) && reaction && lateOk && names.length === 4,
     inOrder, handShown, reaction, late: lateTalk, people: names,
   };
-} catch (e) {
-  result = { ok: false, reason: String(e && e.stack || e) };
-} finally {
-  result.logs = logs.slice(-20);
-  await browser.close();
-}
-console.log("RESULT " + JSON.stringify(result));
-process.exit(result.ok ? 0 : 1);
+  return result;
+});
