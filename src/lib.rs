@@ -127,7 +127,13 @@ pub async fn drain(state: &AppState, grace: std::time::Duration) {
     let left: usize = state.registry.rooms().iter().map(|r| r.participants).sum();
     tracing::info!(participants = left, "closing every room: the server is shutting down");
     state.registry.close_all(sfu::api::LeaveReason::ShuttingDown);
+    // A participant leaves the registry before its close frame is sent: wait for the
+    // connections themselves to end too.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     wait_until_empty(state, std::time::Duration::from_secs(2)).await;
+    while state.metrics.connections.get() > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether every participant left within `limit`.

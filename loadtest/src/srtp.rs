@@ -316,9 +316,15 @@ impl SrtpIn {
         let (header, body) = datagram.split_at_mut(header_len);
         let padded = header[0] & 0x20 != 0;
         let sealed_len = body.len() - TAG_LEN;
-        self.unchecked += 1;
-        let (plain, payload_len) = if padded || sealed_len <= 2 * PREFIX || self.unchecked >= CHECK_EVERY {
-            self.unchecked = 0;
+        // Short and padded datagrams are always checked; one in CHECK_EVERY of the others.
+        let always = padded || sealed_len <= 2 * PREFIX;
+        if !always {
+            self.unchecked += 1;
+        }
+        let (plain, payload_len) = if always || self.unchecked >= CHECK_EVERY {
+            if !always {
+                self.unchecked = 0;
+            }
             let plain = self
                 .key
                 .open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(&*header), body)

@@ -93,6 +93,12 @@ impl Registry {
             participants: HashMap::new(),
             talk: Talk::default(),
         });
+        if let Some(previous) = entry.participants.get(identity) {
+            // Replaced by a new connection with a participant id of its own: the old one's
+            // hand goes down (its own remove will no longer match it).
+            let gone = previous.participant_id.clone();
+            entry.talk.gone(&gone);
+        }
         let previous = entry.participants.insert(
             identity.to_string(),
             Entry {

@@ -6,9 +6,11 @@
 
 import {
   closeMessage, ensureLocal, forgetToken, keepToken, keptToken, liveDevices, openDevice, play, playBlocked,
-  showLobbyError, soundBlocked, stopLocal,
+  resetPlayback, showLobbyError, soundBlocked, stopLocal,
 } from "./lobby.js";
-import { initTalk, onChat, onHand, onReaction, renderHands, renderPeople, resetTalk, talkState } from "./talk.js";
+import {
+  clearHands, initTalk, onChat, onHand, onReaction, renderHands, renderPeople, resetTalk, talkState,
+} from "./talk.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -526,6 +528,7 @@ async function handleMessage(msg) {
         if (!msg.resumed) { location.reload(); return; }
         state.resumeUntil = null;
         state.resumes++;
+        clearHands();
         remember();
         for (const m of state.outbox.splice(0)) send(m);
         setConn("connected", "connected");
@@ -676,9 +679,17 @@ async function toggle(kind, button, onText, offText) {
       current.stop();
       state.local.removeTrack(current);
     } else {
+      // The meeting may end while the device opens: then the track is not kept.
+      const pc = state.pc;
       const track = await openDevice(kind);
       if (!track) return;
-      await tr.sender.replaceTrack(track);
+      if (state.pc !== pc || !state.local) { track.stop(); return; }
+      try {
+        await tr.sender.replaceTrack(track);
+      } catch (e) {
+        track.stop();
+        return;
+      }
       state.local.addTrack(track);
     }
   } finally {
@@ -771,7 +782,7 @@ function backToLobby() {
   $("audio").replaceChildren();
   $("meeting").hidden = true;
   $("lobby").hidden = false;
-  $("enable-sound").hidden = true;
+  resetPlayback();
 }
 
 // ---- Test and debugging hook ---------------------------------------------------------

@@ -122,6 +122,12 @@ export function playBlocked() {
   $("enable-sound").hidden = true;
 }
 
+// A meeting ended: nothing of it is waiting to play.
+export function resetPlayback() {
+  blocked.clear();
+  $("enable-sound").hidden = true;
+}
+
 export function soundBlocked() {
   return blocked.size > 0;
 }

@@ -45,8 +45,14 @@ export function resetTalk() {
 }
 
 export function onChat(line) {
-  addLine(line);
-  if ($("side").hidden) { unread++; showUnread(); }
+  // A resume sends the last lines again: only new ones are unread.
+  if (addLine(line) && $("side").hidden) { unread++; showUnread(); }
+}
+
+// After a resume the hands up now follow: those lowered meanwhile must go down.
+export function clearHands() {
+  hands.clear();
+  renderHands();
 }
 
 export function onHand(participantId, raised) {
@@ -90,7 +96,7 @@ export function renderPeople() {
 }
 
 function addLine(line) {
-  if (lines.some((l) => l.seq === line.seq)) return;
+  if (lines.some((l) => l.seq === line.seq)) return false;
   lines.push(line);
   const li = document.createElement("li");
   const who = document.createElement("b");
@@ -102,6 +108,7 @@ function addLine(line) {
   li.append(who, when, document.createElement("br"), text);
   $("chat-lines").append(li);
   li.scrollIntoView({ block: "end" });
+  return true;
 }
 
 function showUnread() {
