@@ -103,12 +103,14 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// What participants need: the web client, signaling, the dev token endpoint, health.
 /// With an admin listener of its own (`--admin-http`) this is all the public port serves.
 pub fn client_router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    for &(path, body) in SCRIPTS {
+        let script = ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], body);
+        router = router.route(path, get(move || async move { script }));
+    }
+    router
         .route("/", get(page))
         .route("/room/{room}", get(page))
-        .route("/app.js", get(script))
-        .route("/lobby.js", get(lobby_script))
-        .route("/talk.js", get(talk_script))
         .route("/live/{room}", get(live_page))
         .route("/live/{room}/go", get(live_page))
         .route("/live/{room}/events", get(live::events))
@@ -160,17 +162,16 @@ async fn live_script() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/live.js"))
 }
 
-async fn script() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/app.js"))
-}
-
-async fn lobby_script() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/lobby.js"))
-}
-
-async fn talk_script() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/talk.js"))
-}
+/// The meeting page's modules (app.js imports the others).
+const SCRIPTS: &[(&str, &str)] = &[
+    ("/app.js", include_str!("../web/app.js")),
+    ("/state.js", include_str!("../web/state.js")),
+    ("/lobby.js", include_str!("../web/lobby.js")),
+    ("/tiles.js", include_str!("../web/tiles.js")),
+    ("/publish.js", include_str!("../web/publish.js")),
+    ("/talk.js", include_str!("../web/talk.js")),
+    ("/hook.js", include_str!("../web/hook.js")),
+];
 
 async fn style() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../web/style.css"))
