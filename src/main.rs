@@ -106,6 +106,10 @@ enum Command {
         /// Grant roomAdmin (for the admin API) instead of publish and subscribe.
         #[arg(long)]
         admin: bool,
+        /// A participant who may also use the host controls: publish, subscribe and
+        /// roomAdmin for its room.
+        #[arg(long, conflicts_with_all = ["admin", "subscribe_only"])]
+        host: bool,
         /// Receive only: no publish grant.
         #[arg(long)]
         subscribe_only: bool,
@@ -117,7 +121,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = Config::load(cli.serve.config.as_deref())?;
     apply_flags(&mut config, &cli.serve);
     match cli.command {
-        Some(Command::Token { room, identity, name, ttl, admin, subscribe_only }) => {
+        Some(Command::Token { room, identity, name, ttl, admin, host, subscribe_only }) => {
             let claims = auth::Claims {
                 sub: identity,
                 name,
@@ -127,7 +131,7 @@ fn main() -> anyhow::Result<()> {
                 grants: auth::Grants {
                     can_publish: !admin && !subscribe_only,
                     can_subscribe: !admin,
-                    room_admin: admin,
+                    room_admin: admin || host,
                 },
             };
             println!("{}", auth::mint(config.secret(), &claims));

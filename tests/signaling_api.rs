@@ -8,120 +8,18 @@ mod common;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use huiyi::Running;
 use serde_json::{Value, json};
 use signaling::auth::{self, Claims, Grants};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// The longest any single wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(5);
-
-/// What the server sent next.
-#[derive(Debug)]
-enum Received {
-    Json(Value),
-    Binary,
-    /// A close frame: code and reason (`None` for a close frame without a payload).
-    Close(Option<(u16, String)>),
-}
-
-async fn connect(server: &Running) -> Ws {
-    let url = common::ws_url(server);
-    let (ws, _) = tokio::time::timeout(WAIT, connect_async(url.as_str()))
-        .await
-        .unwrap_or_else(|_| panic!("WebSocket handshake with {url} took over 5 s"))
-        .unwrap_or_else(|e| panic!("WebSocket handshake with {url} failed: {e}"));
-    ws
-}
-
-async fn send_text(ws: &mut Ws, text: impl Into<String>) {
-    let text: String = text.into();
-    tokio::time::timeout(WAIT, ws.send(Message::text(text)))
-        .await
-        .expect("sending took over 5 s")
-        .expect("send a text frame");
-}
-
-async fn send(ws: &mut Ws, message: Value) {
-    send_text(ws, message.to_string()).await;
-}
-
-/// The next text, binary or close frame (pings and pongs skipped), within 5 s.
-async fn next(ws: &mut Ws) -> Received {
-    let read = async {
-        loop {
-            match ws.next().await {
-                None => panic!("the connection ended without a close frame"),
-                Some(Err(e)) => panic!("the connection failed without a close frame: {e}"),
-                Some(Ok(Message::Text(t))) => {
-                    let value = serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("server sent non-JSON text {:?}: {e}", t.as_str()));
-                    return Received::Json(value);
-                }
-                Some(Ok(Message::Binary(_))) => return Received::Binary,
-                Some(Ok(Message::Close(frame))) => {
-                    return Received::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
-                }
-                Some(Ok(_)) => continue,
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read).await.expect("nothing from the server within 5 s")
-}
-
-/// The next message, which must be a JSON message (not a close).
-async fn recv(ws: &mut Ws) -> Value {
-    match next(ws).await {
-        Received::Json(v) => v,
-        other => panic!("expected a JSON message, got {other:?}"),
-    }
-}
-
-/// The next message, which must have `type` equal to `expected`.
-async fn recv_type(ws: &mut Ws, expected: &str) -> Value {
-    let v = recv(ws).await;
-    assert_eq!(v["type"], expected, "expected a {expected:?} message, got {v}");
-    v
-}
-
-/// Read until a close frame and return its code and reason. Room events
-/// (`participantJoined`, `participantLeft`) that arrive first are skipped; anything else fails.
-async fn expect_close(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match next(ws).await {
-            Received::Close(Some(frame)) => return frame,
-            Received::Close(None) => panic!("close frame without a code"),
-            Received::Json(v) if v["type"] == "participantJoined" || v["type"] == "participantLeft" => {
-                continue;
-            }
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-}
-
-/// Connect and join with `token`; answers the socket and the `joined` message.
-async fn join(server: &Running, token: &str) -> (Ws, Value) {
-    let mut ws = connect(server).await;
-    send(&mut ws, json!({"type": "join", "token": token})).await;
-    let joined = recv_type(&mut ws, "joined").await;
-    (ws, joined)
-}
+use common::signal::*;
 
 async fn resumes(server: &Running, outcome: &str) -> f64 {
     let metrics = common::huiyi_metrics(server).await;
     let series = format!("huiyi_signaling_resumes_total{{outcome=\"{outcome}\"}}");
     common::metric_value(&metrics, &series).unwrap_or(0.0)
-}
-
-async fn assert_ping_pong(ws: &mut Ws, after: &str) {
-    send(ws, json!({"type": "ping"})).await;
-    let v = recv(ws).await;
-    assert_eq!(v["type"], "pong", "after {after}, ping got {v} instead of pong");
 }
 
 fn claims(room: &str, identity: &str, exp: u64, grants: Grants) -> Claims {
@@ -556,7 +454,17 @@ async fn admin_api_lists_removes_and_closes() {
     assert_eq!(code, 4003, "bob's close code (reason {reason:?})");
     assert_eq!(reason, "removed by admin");
     for (who, ws) in [("ana", &mut ana), ("cy", &mut cy)] {
-        let v = recv_type(ws, "participantLeft").await;
+        // Told who removed whom (docs/protocol.md, Host controls) and that it left: two
+        // messages on two paths (the room's bus, the media node), in either order.
+        let mut two = [recv(ws).await, recv(ws).await];
+        two.sort_by_key(|m| m["type"].as_str().unwrap_or_default().to_string());
+        let [told, v] = two;
+        assert_eq!(
+            (told["action"].as_str(), told["byName"].as_str()),
+            (Some("remove"), Some("admin")),
+            "{told}"
+        );
+        assert_eq!(v["type"], "participantLeft", "{v}");
         assert_eq!(v["participantId"], bob_id.as_str(), "{who}: {v}");
         assert_eq!(v["reason"], "removed", "{who}: {v}");
     }

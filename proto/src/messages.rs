@@ -53,6 +53,19 @@ pub enum ClientMessage {
     Reaction {
         emoji: String,
     },
+    /// Host controls (a token with the `roomAdmin` grant): mute one participant's
+    /// microphone (held by the server until that participant unmutes), everyone's but
+    /// the host's, remove a participant, end the meeting for everyone.
+    #[serde(rename_all = "camelCase")]
+    MuteParticipant {
+        participant_id: String,
+    },
+    MuteAll,
+    #[serde(rename_all = "camelCase")]
+    RemoveParticipant {
+        participant_id: String,
+    },
+    EndMeeting,
 }
 
 /// The reactions a client may send.
@@ -150,6 +163,9 @@ pub enum ServerMessage {
         /// empty and what happened meanwhile follows as the usual messages.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         resumed: bool,
+        /// This participant may use the host controls (its token has `roomAdmin`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        host: bool,
     },
     Answer {
         sdp: String,
@@ -216,6 +232,17 @@ pub enum ServerMessage {
         participant_id: String,
         emoji: String,
     },
+    /// What a host did, to everyone in the room: `action` is `mute`, `muteAll`,
+    /// `remove` or `end`; `participantId` and `name` say to whom (`mute`, `remove`).
+    #[serde(rename_all = "camelCase")]
+    HostAction {
+        action: String,
+        by_name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        participant_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
     Pong,
     Error {
         code: String,
@@ -242,6 +269,7 @@ impl ServerMessage {
         "chat",
         "handRaised",
         "reaction",
+        "hostAction",
         "pong",
         "error",
     ];

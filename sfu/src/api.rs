@@ -299,6 +299,9 @@ pub trait MediaSession: Send + Sync + Debug {
     /// A trickled ICE candidate.
     fn candidate(&self, candidate: String) -> Result<(), MediaError>;
     fn set_muted(&self, track_id: String, muted: bool) -> Result<(), MediaError>;
+    /// A host muted this participant: its microphone is muted, everyone (itself too) is
+    /// told with `TrackMuted`, and nothing of it is forwarded until it unmutes itself.
+    fn hold_audio(&self) -> Result<(), MediaError>;
     /// The video tracks the client shows now (replacing the previous list).
     fn subscribe(&self, tracks: Vec<ShownTrack>) -> Result<(), MediaError>;
     /// End the session with a reason the others are told.

@@ -412,6 +412,10 @@ impl MediaSession for SessionHandle {
         self.shard.command(ShardInput::Mute { session: self.id, track_id, muted })
     }
 
+    fn hold_audio(&self) -> Result<(), MediaError> {
+        self.shard.command(ShardInput::HoldAudio { session: self.id })
+    }
+
     fn subscribe(&self, tracks: Vec<ShownTrack>) -> Result<(), MediaError> {
         self.shard.command(ShardInput::Subscribe { session: self.id, tracks })
     }

@@ -3,6 +3,7 @@
 
 /// Access tokens (the `proto` crate's): signaling mints and verifies them.
 pub use proto::token as auth;
+mod host;
 pub mod http;
 mod live;
 mod metrics;
@@ -26,7 +27,7 @@ use serde_json::json;
 use sfu::api::NodeApi;
 
 pub use metrics::SignalingMetrics;
-pub use registry::{Ends, Registry};
+pub use registry::{Ends, Order, Registry, Who};
 
 /// How long a token from the dev endpoint lasts.
 const DEV_TOKEN_TTL_SECS: u64 = 6 * 3600;
@@ -147,6 +148,8 @@ fn admin_routes(state: Arc<AppState>) -> Router {
         .route("/v1/rooms/{room}", delete(close_room))
         .route("/v1/rooms/{room}/participants", get(list_participants))
         .route("/v1/rooms/{room}/participants/{identity}", delete(remove_participant))
+        .route("/v1/rooms/{room}/participants/{identity}/mute", post(mute_participant))
+        .route("/v1/rooms/{room}/mute", post(mute_all))
         .with_state(state)
 }
 
@@ -218,6 +221,8 @@ struct DevTokenQuery {
     room: String,
     identity: String,
     name: Option<String>,
+    /// `1`: the participant may also use the host controls (roomAdmin for its room).
+    host: Option<String>,
 }
 
 async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQuery>) -> Response {
@@ -236,7 +241,11 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQ
         room: q.room,
         exp: auth::now_unix() + DEV_TOKEN_TTL_SECS,
         nbf: None,
-        grants: auth::Grants { can_publish: true, can_subscribe: true, room_admin: false },
+        grants: auth::Grants {
+            can_publish: true,
+            can_subscribe: true,
+            room_admin: q.host.as_deref() == Some("1"),
+        },
     };
     Json(json!({ "token": auth::mint(&state.secret, &claims) })).into_response()
 }
@@ -261,15 +270,36 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// Admin requests carry a bearer token with the roomAdmin grant for that room or `*`.
 /// Returns the refusal to send, if any.
 fn admin_refusal(state: &AppState, headers: &HeaderMap, room: Option<&str>) -> Option<Response> {
-    let claims = match bearer_claims(state, headers) {
-        Ok(c) => c,
-        Err(why) => return Some(error(StatusCode::UNAUTHORIZED, &why)),
-    };
+    admin_claims(state, headers, room).err().map(|(status, why)| error(status, &why))
+}
+
+/// The claims of an admin request's token, or the refusal to send.
+fn admin_claims(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: Option<&str>,
+) -> Result<auth::Claims, (StatusCode, String)> {
+    let claims = bearer_claims(state, headers).map_err(|why| (StatusCode::UNAUTHORIZED, why))?;
     let room_ok = claims.room == "*" || room.is_some_and(|r| r == claims.room);
     if !claims.grants.room_admin || !room_ok {
-        return Some(error(StatusCode::FORBIDDEN, "token lacks the roomAdmin grant for this room"));
+        return Err((StatusCode::FORBIDDEN, "token lacks the roomAdmin grant for this room".into()));
     }
-    None
+    Ok(claims)
+}
+
+/// A host control from the admin API, told to the room as done by the token's name (or
+/// identity): 204, or 404 when nobody of that name is here.
+fn host_control(state: &AppState, headers: &HeaderMap, room: &str, action: host::Action) -> Response {
+    let claims = match admin_claims(state, headers, Some(room)) {
+        Ok(c) => c,
+        Err((status, why)) => return error(status, &why),
+    };
+    let name = claims.name.as_deref().unwrap_or(&claims.sub);
+    let by = host::Host { participant_id: None, name, via: "api" };
+    match host::act(state, room, &by, action) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(why) => error(StatusCode::NOT_FOUND, &why),
+    }
 }
 
 /// The verified claims of the request's `Authorization: Bearer` token, or why not (said
@@ -330,29 +360,35 @@ async fn remove_participant(
     headers: HeaderMap,
     Path((room, identity)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = admin_refusal(&state, &headers, Some(&room)) {
-        return r;
-    }
-    if state.registry.kick_participant(&room, &identity) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, "no such participant")
-    }
+    host_control(&state, &headers, &room, host::Action::Remove(Who::Identity(&identity)))
 }
 
+/// `POST /v1/rooms/{room}/participants/{identity}/mute`: its microphone is muted and held
+/// until it unmutes itself.
+async fn mute_participant(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((room, identity)): Path<(String, String)>,
+) -> Response {
+    host_control(&state, &headers, &room, host::Action::Mute(Who::Identity(&identity)))
+}
+
+/// `POST /v1/rooms/{room}/mute`: everyone's microphone, as [`mute_participant`].
+async fn mute_all(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Response {
+    host_control(&state, &headers, &room, host::Action::MuteAll)
+}
+
+/// `DELETE /v1/rooms/{room}`: the meeting ends for everyone (4004).
 async fn close_room(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Response {
-    if let Some(r) = admin_refusal(&state, &headers, Some(&room)) {
-        return r;
-    }
-    if state.registry.close_room(&room) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, "no such room")
-    }
+    host_control(&state, &headers, &room, host::Action::End)
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub struct SignalingMetrics {
     /// with a new peer connection), `expired` (the grace period ended: they left),
     /// `refused` (a resume token that named none).
     pub resumes: IntCounterVec,
+    /// Host controls carried out, by action (mute, muteAll, remove, end) and from where
+    /// (page, api).
+    pub host_actions: IntCounterVec,
 }
 
 impl SignalingMetrics {
@@ -97,8 +100,14 @@ impl SignalingMetrics {
             &["outcome"],
         )
         .expect("metric");
+        let host_actions = IntCounterVec::new(
+            Opts::new("huiyi_host_actions_total", "Host controls carried out, by action and from where"),
+            &["action", "via"],
+        )
+        .expect("metric");
         for m in [
-            Box::new(whep_redirects.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(host_actions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(whep_redirects.clone()),
             Box::new(parked.clone()),
             Box::new(resumes.clone()),
             Box::new(connections.clone()),
@@ -128,6 +137,7 @@ impl SignalingMetrics {
             whep_redirects,
             parked,
             resumes,
+            host_actions,
         }
     }
 }

@@ -11,8 +11,25 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::talk::{Heard, Said, Talk};
 
-/// A request to the connection's task to end the participant's session.
-pub type Kick = mpsc::Sender<LeaveReason>;
+/// What a participant's connection task is asked from outside it: by an admin, a host,
+/// or a new connection of the same identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// End the participant's session with this reason.
+    Leave(LeaveReason),
+    /// A host muted it: its microphone is held until it unmutes.
+    HoldAudio,
+}
+
+/// How to give a participant's connection task an [`Order`].
+pub type Kick = mpsc::Sender<Order>;
+
+/// A participant of a room, named by its token's identity or by its participant id.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    Identity(&'a str),
+    Participant(&'a str),
+}
 
 struct Entry {
     connection: u64,
@@ -213,14 +230,48 @@ impl Registry {
         Some(list)
     }
 
-    pub fn kick_participant(&self, room: &str, identity: &str) -> bool {
+    /// The participant id and name of `who` in `room`, if it is there.
+    pub fn named(&self, room: &str, who: Who) -> Option<(String, String)> {
         let rooms = self.rooms.lock().expect("registry lock");
-        match rooms.get(room).and_then(|r| r.participants.get(identity)) {
-            Some(e) => {
-                let _ = e.ends.kick.try_send(LeaveReason::Removed);
-                true
-            }
-            None => false,
+        let entry = Self::find(&rooms, room, who)?;
+        Some((entry.participant_id.clone(), entry.name.clone()))
+    }
+
+    /// Give `who` of `room` an order; false when it is not there.
+    pub fn order(&self, room: &str, who: Who, order: Order) -> bool {
+        let rooms = self.rooms.lock().expect("registry lock");
+        Self::find(&rooms, room, who).is_some_and(|entry| {
+            let _ = entry.ends.kick.try_send(order);
+            true
+        })
+    }
+
+    fn find<'a>(rooms: &'a HashMap<String, RoomEntry>, room: &str, who: Who) -> Option<&'a Entry> {
+        let participants = &rooms.get(room)?.participants;
+        match who {
+            Who::Identity(identity) => participants.get(identity),
+            Who::Participant(id) => participants.values().find(|e| e.participant_id == id),
+        }
+    }
+
+    /// Mute everyone in `room` but `except` (a participant id: the host who asks);
+    /// returns how many were told.
+    pub fn hold_all(&self, room: &str, except: Option<&str>) -> Option<usize> {
+        let rooms = self.rooms.lock().expect("registry lock");
+        let r = rooms.get(room)?;
+        let mut told = 0;
+        for e in r.participants.values().filter(|e| except != Some(e.participant_id.as_str())) {
+            let _ = e.ends.kick.try_send(Order::HoldAudio);
+            told += 1;
+        }
+        Some(told)
+    }
+
+    /// Tell everyone in `room` (on its talk bus, in order with the chat).
+    pub fn announce(&self, room: &str, message: crate::protocol::ServerMessage) {
+        let rooms = self.rooms.lock().expect("registry lock");
+        if let Some(r) = rooms.get(room) {
+            r.talk.announce(message);
         }
     }
 
@@ -229,7 +280,7 @@ impl Registry {
         match rooms.get(room) {
             Some(r) => {
                 for e in r.participants.values() {
-                    let _ = e.ends.kick.try_send(LeaveReason::RoomClosed);
+                    let _ = e.ends.kick.try_send(Order::Leave(LeaveReason::RoomClosed));
                 }
                 true
             }
@@ -242,7 +293,7 @@ impl Registry {
     pub fn close_all(&self, reason: LeaveReason) {
         let rooms = self.rooms.lock().expect("registry lock");
         for e in rooms.values().flat_map(|r| r.participants.values()) {
-            let _ = e.ends.kick.try_send(reason);
+            let _ = e.ends.kick.try_send(Order::Leave(reason));
         }
     }
 }

@@ -100,6 +100,11 @@ impl Talk {
         let _ = self.bus.send(message);
     }
 
+    /// Tell the room something besides talk (what a host did).
+    pub fn announce(&self, message: ServerMessage) {
+        let _ = self.bus.send(message);
+    }
+
     /// A participant left: its hand goes down with it (the others were told it left).
     pub fn gone(&mut self, participant_id: &str) {
         self.hands.remove(participant_id);

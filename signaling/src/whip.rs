@@ -20,6 +20,7 @@ use sfu::api::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 
+use crate::registry::Order;
 use crate::ws::{CONNECTIONS, random_id, replace};
 use crate::{AppState, Ends, auth};
 
@@ -63,7 +64,7 @@ pub(crate) struct Resource {
     pub identity: String,
     pub ice_ufrag: Option<String>,
     pub commands: mpsc::Sender<Command>,
-    pub kick: mpsc::Sender<LeaveReason>,
+    pub kick: mpsc::Sender<Order>,
 }
 
 /// A refusal, made into its response at the handler.
@@ -462,7 +463,7 @@ async fn own(
     session: &dyn MediaSession,
     mut events: mpsc::Receiver<SessionEvent>,
     mut commands: mpsc::Receiver<Command>,
-    mut kick: mpsc::Receiver<LeaveReason>,
+    mut kick: mpsc::Receiver<Order>,
 ) -> LeaveReason {
     loop {
         tokio::select! {
@@ -478,7 +479,14 @@ async fn own(
                     let _ = reply.send(taken);
                 }
             },
-            reason = kick.recv() => return reason.unwrap_or(LeaveReason::Removed),
+            order = kick.recv() => match order {
+                None => return LeaveReason::Removed,
+                Some(Order::Leave(reason)) => return reason,
+                // Held until it publishes again: a WHIP client has no way to unmute.
+                Some(Order::HoldAudio) => {
+                    let _ = session.hold_audio();
+                }
+            },
         }
     }
 }
@@ -529,7 +537,7 @@ async fn end(
         Ok(r) => r.kick,
         Err(refusal) => return refusal.into_response(),
     };
-    let _ = kick.try_send(LeaveReason::Left);
+    let _ = kick.try_send(Order::Leave(LeaveReason::Left));
     let mut response = StatusCode::OK.into_response();
     cors(response.headers_mut());
     response

@@ -17,8 +17,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
 use crate::auth;
+use crate::host::{self, Action, Host};
 use crate::http::Admitted;
 use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code, participant, server_message};
+use crate::registry::{Order, Who};
 use crate::talk::{Said, TALK_PER_WINDOW, TALK_WINDOW, TalkLimit, checked_chat, checked_reaction};
 use crate::upgrade::{InputLimit, Socket};
 use crate::{AppState, Ends};
@@ -158,6 +160,10 @@ fn message_type(m: &ClientMessage) -> &'static str {
         ClientMessage::Chat { .. } => "chat",
         ClientMessage::RaiseHand { .. } => "raiseHand",
         ClientMessage::Reaction { .. } => "reaction",
+        ClientMessage::MuteParticipant { .. } => "muteParticipant",
+        ClientMessage::MuteAll => "muteAll",
+        ClientMessage::RemoveParticipant { .. } => "removeParticipant",
+        ClientMessage::EndMeeting => "endMeeting",
     }
 }
 
@@ -352,6 +358,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
         kick,
         departed,
         waiting: Vec::new(),
+        host: claims.grants.room_admin,
     };
     limit.lift();
     let others = joined.others.iter().map(participant).collect();
@@ -411,10 +418,12 @@ pub(crate) struct Live {
     resume: String,
     session: Box<dyn MediaSession>,
     events: mpsc::Receiver<SessionEvent>,
-    kick: mpsc::Receiver<LeaveReason>,
+    kick: mpsc::Receiver<Order>,
     departed: watch::Sender<bool>,
     /// Events that came while it was parked, in order.
     waiting: Vec<SessionEvent>,
+    /// Its token has `roomAdmin`: it may use the host controls.
+    host: bool,
 }
 
 impl Live {
@@ -449,6 +458,7 @@ async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participa
         name: live.name.clone(),
         bus: heard.map(|h| h.bus),
         limit: TalkLimit::default(),
+        host: live.host,
     };
     let message = ServerMessage::Joined {
         room: live.room.clone(),
@@ -457,6 +467,7 @@ async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participa
         ice_servers: conn.state.ice_servers(&live.identity),
         resume: Some(live.resume.clone()),
         resumed,
+        host: live.host,
     };
     let mut sent = conn.send(&message).await;
     let before = chat.into_iter().map(ServerMessage::Chat).chain(
@@ -537,7 +548,13 @@ fn park(state: Arc<AppState>, mut live: Live, grace: Duration) {
                     Some(event) if live.waiting.len() < MAX_PARKED_EVENTS => live.waiting.push(event),
                     Some(_) => break LeaveReason::Disconnected,
                 },
-                reason = live.kick.recv() => break reason.unwrap_or(LeaveReason::Removed),
+                order = live.kick.recv() => match order {
+                    Some(Order::HoldAudio) => {
+                        let _ = live.session.hold_audio();
+                    }
+                    Some(Order::Leave(reason)) => break reason,
+                    None => break LeaveReason::Removed,
+                },
             }
         };
         state.metrics.parked.dec();
@@ -555,7 +572,7 @@ async fn take_parked(state: &AppState, room: &str, identity: &str, resume: &str)
             break claim;
         }
         let kick = state.registry.live_kick(room, identity, resume)?;
-        let _ = kick.try_send(LeaveReason::Disconnected);
+        let _ = kick.try_send(Order::Leave(LeaveReason::Disconnected));
         if Instant::now() >= deadline {
             return None;
         }
@@ -582,7 +599,7 @@ fn resume_token() -> String {
 /// first, so a full room admits the returning participant.
 pub(crate) async fn replace(previous: Ends, identity: &str) {
     let mut gone = previous.departed;
-    let _ = previous.kick.try_send(LeaveReason::Replaced);
+    let _ = previous.kick.try_send(Order::Leave(LeaveReason::Replaced));
     if tokio::time::timeout(REPLACE_WAIT, gone.wait_for(|left| *left)).await.is_err() {
         debug!(%identity, "the replaced connection did not leave in time");
     }
@@ -606,6 +623,8 @@ struct Talking {
     name: String,
     bus: Option<broadcast::Receiver<ServerMessage>>,
     limit: TalkLimit,
+    /// It may use the host controls.
+    host: bool,
 }
 
 impl Talking {
@@ -619,6 +638,16 @@ impl Talking {
         let said = said.map_err(|why| ("bad_request", why))?;
         state.registry.say(&self.room, &self.participant_id, &self.name, said);
         Ok(())
+    }
+
+    /// Send what is waiting on the room's bus now.
+    async fn flush(&mut self, conn: &mut Connection) {
+        let Some(bus) = self.bus.as_mut() else { return };
+        while let Ok(message) = bus.try_recv() {
+            if !conn.send(&message).await {
+                return;
+            }
+        }
     }
 
     /// The next message on the room's bus (never, without one).
@@ -641,7 +670,7 @@ async fn relay(
     conn: &mut Connection,
     session: &dyn MediaSession,
     events: &mut mpsc::Receiver<SessionEvent>,
-    kick: &mut mpsc::Receiver<LeaveReason>,
+    kick: &mut mpsc::Receiver<Order>,
     talking: &mut Talking,
 ) -> (LeaveReason, Option<SessionEvent>) {
     loop {
@@ -694,6 +723,14 @@ async fn relay(
                     ClientMessage::Reaction { emoji } => {
                         talk(conn, talking, checked_reaction(&emoji).map(Said::Reaction)).await
                     }
+                    ClientMessage::MuteParticipant { participant_id } => {
+                        host_action(conn, talking, Action::Mute(Who::Participant(&participant_id))).await
+                    }
+                    ClientMessage::MuteAll => host_action(conn, talking, Action::MuteAll).await,
+                    ClientMessage::RemoveParticipant { participant_id } => {
+                        host_action(conn, talking, Action::Remove(Who::Participant(&participant_id))).await
+                    }
+                    ClientMessage::EndMeeting => host_action(conn, talking, Action::End).await,
                 };
                 if let Err(e) = result {
                     let code = match (&e, kind) {
@@ -723,9 +760,19 @@ async fn relay(
                     return (LeaveReason::Disconnected, Some(event));
                 }
             }
-            reason = kick.recv() => {
-                return (reason.unwrap_or(LeaveReason::Removed), None);
-            }
+            order = kick.recv() => match order {
+                Some(Order::HoldAudio) => {
+                    if let Err(e) = session.hold_audio() {
+                        debug!(participant = %talking.participant_id, error = %e, "a host's mute not carried out");
+                    }
+                }
+                Some(Order::Leave(reason)) => {
+                    // What the room was told before (a host's "end" or "remove") goes first.
+                    talking.flush(conn).await;
+                    return (reason, None);
+                }
+                None => return (LeaveReason::Removed, None),
+            },
             heard = talking.heard() => {
                 match heard {
                     Some(message) => if !conn.send(&message).await {
@@ -747,6 +794,22 @@ async fn talk(
 ) -> Result<(), MediaError> {
     if let Err((code, why)) = talking.said(&conn.state, said) {
         debug!(participant = %talking.participant_id, code, why, "talk refused");
+        conn.send(&ServerMessage::error(code, why)).await;
+    }
+    Ok(())
+}
+
+/// A host control from the page, carried out, or refused with an `error` (`forbidden`
+/// without the `roomAdmin` grant, `not_found` for nobody of that id) and a debug line.
+async fn host_action(conn: &mut Connection, talking: &Talking, action: Action<'_>) -> Result<(), MediaError> {
+    let refusal = if talking.host {
+        let host = Host { participant_id: Some(&talking.participant_id), name: &talking.name, via: "page" };
+        host::act(&conn.state, &talking.room, &host, action).err().map(|why| ("not_found", why))
+    } else {
+        Some(("forbidden", "host controls need a token with the roomAdmin grant".to_string()))
+    };
+    if let Some((code, why)) = refusal {
+        debug!(participant = %talking.participant_id, code, why, "host control refused");
         conn.send(&ServerMessage::error(code, why)).await;
     }
     Ok(())

@@ -4,6 +4,7 @@
 // A WebRTC client on an independent stack (webrtc-rs); unused items are fine for test
 // files that only need the server helpers.
 pub mod process;
+pub mod signal;
 #[allow(dead_code, unused_imports)]
 pub mod webrtc_client;
 

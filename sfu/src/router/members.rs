@@ -252,6 +252,10 @@ impl Router {
         else {
             return Err(format!("no track {track_id} published by you"));
         };
+        if !muted {
+            // Its owner unmutes it: a host's hold ends with that.
+            source.held = false;
+        }
         if source.track.muted == muted {
             return Ok(());
         }
@@ -266,6 +270,37 @@ impl Router {
             self.emit(other, event.clone());
         }
         Ok(())
+    }
+
+    /// A host muted `id`: its microphone tracks are muted and held (not forwarded) until
+    /// `id` unmutes them itself; everyone in the room is told, `id` too. Returns the
+    /// tracks it held.
+    pub fn hold_audio(&mut self, id: SessionId) -> Vec<String> {
+        let Some(endpoint) = self.endpoints.get(&id) else { return Vec::new() };
+        let Some(room) = self.rooms.get_mut(&endpoint.room) else { return Vec::new() };
+        let mut held = Vec::new();
+        for ((owner, _), source) in room.sources.iter_mut() {
+            if *owner != id || source.track.kind != crate::api::TrackKind::Audio {
+                continue;
+            }
+            source.held = true;
+            if !std::mem::replace(&mut source.track.muted, true) {
+                held.push(source.track.id.clone());
+            }
+        }
+        let everyone: Vec<SessionId> = room.others(id).chain([id]).collect();
+        let participant_id = endpoint.participant_id.clone();
+        for track_id in &held {
+            let event = SessionEvent::TrackMuted {
+                participant_id: participant_id.clone(),
+                track_id: track_id.clone(),
+                muted: true,
+            };
+            for &to in &everyone {
+                self.emit(to, event.clone());
+            }
+        }
+        held
     }
 
     /// The video tracks `id` shows now, replacing the previous list.

@@ -240,6 +240,11 @@ impl Router {
             source.video_codec = codec.video_codec();
             source.format = Some((packet.pt, codec));
         }
+        if source.held {
+            // A host muted it; its owner has not unmuted it yet.
+            self.metrics.not_forwarded.with_label_values(&["held"]).inc();
+            return;
+        }
         let keyframe = source.video_codec.is_some_and(|c| starts_keyframe(c, &packet.payload));
         if keyframe {
             source.layers[layer as usize].keyframe_throttle.keyframe_received();

@@ -45,6 +45,8 @@ pub struct Layer {
 
 pub struct Source {
     pub track: TrackInfo,
+    /// Muted by a host: nothing of it is forwarded until its owner unmutes it.
+    pub held: bool,
     pub owner_participant: String,
     /// The sinks carrying it.
     pub sinks: Vec<Fed>,
@@ -65,6 +67,7 @@ impl Source {
     pub fn new(track: TrackInfo, owner_participant: String, keyframe_interval: Duration) -> Self {
         Self {
             track,
+            held: false,
             owner_participant,
             sinks: Vec::new(),
             layers: std::array::from_fn(|_| Layer {

@@ -429,6 +429,10 @@ impl Shard {
             ShardInput::Answer { session, answer } => self.handle_answer(session, answer),
             ShardInput::Candidate { session, candidate } => self.handle_candidate(session, &candidate),
             ShardInput::Mute { session, track_id, muted } => self.handle_mute(session, &track_id, muted),
+            ShardInput::HoldAudio { session } => {
+                self.router.hold_audio(session);
+                self.carry_out();
+            }
             ShardInput::Subscribe { session, tracks } => {
                 self.router.set_view(session, tracks, Instant::now());
                 self.carry_out();

@@ -56,6 +56,10 @@ pub(crate) enum ShardInput {
         track_id: String,
         muted: bool,
     },
+    /// A host muted the session's microphone (held until it unmutes).
+    HoldAudio {
+        session: SessionId,
+    },
     Subscribe {
         session: SessionId,
         tracks: Vec<ShownTrack>,

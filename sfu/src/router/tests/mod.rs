@@ -789,3 +789,5 @@ fn a_reloaded_participant_neither_leaves_nor_joins_for_the_others() {
     assert!(told.iter().any(|e| e.starts_with("TrackPublished")), "{told:?}");
     assert!(!told.iter().any(|e| e.starts_with("ParticipantJoined")), "{told:?}");
 }
+
+mod hold;
