@@ -10,19 +10,19 @@
 //   hook.js     window.huiyi, for tests and debugging
 
 import {
-  closeMessage, ensureLocal, forgetToken, keepToken, keptToken, playBlocked, resetPlayback, showLobbyError,
-  stopLocal,
+  closeMessage, ensureLocal, forgetToken, initDevices, keepToken, keptToken, playBlocked, resetPlayback,
+  routeSound, showLobbyError, stopLocal,
 } from "./lobby.js";
 import { $, PHONE, params, send, setConn, state } from "./state.js";
 import {
-  clearHands, initTalk, onChat, onHand, onReaction, renderHands, renderPeople, resetTalk,
+  clearHands, initTalk, onChat, onHand, onHostAction, onReaction, renderHands, renderPeople, resetTalk,
 } from "./talk.js";
 import {
   addRemoteParticipant, findTile, forgetTrack, layout, makeTile, micOff, noteTrack, onSlots, removeParticipant,
-  scheduleSubscribe, setMicMuted, setPage, setPaused, showCamera,
+  scheduleSubscribe, setMicMuted, setPage, setPaused, setView, showCamera,
 } from "./tiles.js";
 import {
-  applyLayers, createPeerConnection, onServerAnswer, onServerOffer, shareScreen, toggle,
+  applyLayers, createPeerConnection, mutedByHost, onServerAnswer, onServerOffer, shareScreen, switchDevice, toggle,
 } from "./publish.js";
 import "./hook.js";
 
@@ -53,6 +53,8 @@ async function fetchToken(room, name) {
   const identity = name.toLowerCase().replace(/[^a-z0-9]+/g, "-").slice(0, 32) + "-" +
     Math.random().toString(36).slice(2, 7);
   const q = new URLSearchParams({ room, identity, name });
+  // ?host=1: a dev token with the host controls (a server with a secret gives them in the link's token).
+  if (params.get("host") === "1") q.set("host", "1");
   const res = await fetch("/v1/dev/token?" + q);
   if (!res.ok) throw new Error("no token: this server needs one in the link (#token=...)");
   return (await res.json()).token;
@@ -80,6 +82,9 @@ async function handleMessage(msg) {
       state.rejoined = !!msg.resumed;
       remember();
       state.me = msg.participant;
+      state.host = !!msg.host;
+      // The device lists go to the side panel while in the meeting.
+      $("devices-here").append($("devices"));
       state.localTile = makeTile(msg.participant.id, msg.participant.name + " (you)", { local: true });
       if (state.local) state.localTile.video.srcObject = state.local;
       state.localTile.el.classList.toggle("video-off", !state.local || state.local.getVideoTracks().length === 0);
@@ -104,6 +109,7 @@ async function handleMessage(msg) {
     case "chat": onChat(msg); break;
     case "handRaised": onHand(msg.participantId, msg.raised); break;
     case "reaction": onReaction(msg.participantId, msg.emoji); break;
+    case "hostAction": onHostAction(msg); break;
     case "trackPublished":
       if (!state.participants.has(msg.participantId)) addRemoteParticipant({ id: msg.participantId, name: msg.participantId, tracks: [] });
       noteTrack(msg.participantId, msg.track);
@@ -111,6 +117,11 @@ async function handleMessage(msg) {
       break;
     case "trackUnpublished": forgetTrack(msg.trackId); layout(); break;
     case "trackMuted": {
+      // One's own track muted by the server: a host muted this participant.
+      if (state.me && msg.participantId === state.me.id) {
+        if (msg.muted && [...state.ownTracks.values()].includes(msg.trackId)) mutedByHost();
+        break;
+      }
       const t = state.tracks.get(msg.trackId);
       if (t) t.muted = msg.muted;
       if (t && t.kind === "audio") setMicMuted(msg.participantId, msg.muted);
@@ -241,8 +252,9 @@ function backToLobby() {
   for (const b of [$("toggle-mic"), $("toggle-cam")]) b.setAttribute("aria-pressed", "false");
   if (state.resizeObserver) state.resizeObserver.disconnect();
   clearTimeout(state.subscribeTimer);
+  $("join").before($("devices"));
   Object.assign(state, {
-    me: null, localTile: null, activeSpeaker: null, page: 0, pages: 1,
+    me: null, localTile: null, activeSpeaker: null, page: 0, pages: 1, view: "grid", pinned: null, host: false,
     subscribeTimer: null, lastSubscribe: null, resizeObserver: null,
   });
   for (const m of [state.participants, state.tracks, state.screenTiles, state.receivers, state.slots, state.msids, state.ownTracks, state.ownKinds, state.pendingLayers]) m.clear();
@@ -273,6 +285,7 @@ PHONE.addEventListener("change", () => { if (state.me) layout(); });
 initTalk({
   send,
   me: () => state.me && state.me.id,
+  host: () => state.host,
   tileOf: (id) => findTile(id, "camera"),
   people: () => [
     ...(state.me ? [{ id: state.me.id, name: state.me.name, me: true }] : []),
@@ -280,6 +293,14 @@ initTalk({
   ],
 });
 $("leave").onclick = leave;
+$("toggle-view").onclick = () => setView(state.view === "speaker" ? "grid" : "speaker");
+// Another device chosen: in the lobby the preview opens it; in a meeting it replaces the
+// one being sent; a speaker applies to every sound playing.
+initDevices((kind) => {
+  if (kind === "speaker") for (const el of $("audio").children) routeSound(el);
+  else if (state.pc) switchDevice(kind);
+  else startPreview();
+});
 $("prev-page").onclick = () => setPage(state.page - 1);
 $("next-page").onclick = () => setPage(state.page + 1);
 // A hidden tab shows nothing: it subscribes to no video until it is shown again.

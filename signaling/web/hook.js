@@ -42,6 +42,16 @@ async function tileVideo(participantId, source = "camera") {
   };
 }
 
+// Audio packets received from a participant, over the audio slots that carry its tracks now.
+async function audioFrom(participantId) {
+  let packets = 0;
+  for (const [mid, s] of await statsByMid("audio", "inbound-rtp")) {
+    const carried = carriedBy(mid);
+    if (carried && carried.participantId === participantId) packets += s.packetsReceived || 0;
+  }
+  return packets;
+}
+
 window.huiyi = {
   state,
   // Drop the signaling connection without leaving, as a network change would (tests).
@@ -60,6 +70,7 @@ window.huiyi = {
   // Say something in the chat, raise or lower the hand (tests; the page's controls do the same).
   chat: (text) => send({ type: "chat", text }),
   tileVideo,
+  audioFrom,
   // Every remote tile's video, keyed "participantId" or "participantId/screen".
   videos: async () => {
     const out = {};

@@ -1,6 +1,7 @@
-// The lobby's part of the Huiyi web client: the camera and microphone (the preview, and
-// acquiring them again for every join), the token a tab keeps for reloads, what each way
-// a meeting can end means in plain words, and playback the browser blocked until a click.
+// The lobby's part of the Huiyi web client: the camera and microphone (the preview,
+// acquiring them again for every join, which of them), the token a tab keeps for reloads,
+// what each way a meeting can end means in plain words, and playback the browser blocked
+// until a click.
 
 const $ = (id) => document.getElementById(id);
 const CAMERA_CONSTRAINTS = { width: { ideal: 1280 }, height: { ideal: 720 } };
@@ -19,6 +20,7 @@ export function stopLocal() {
   if (local) local.getTracks().forEach((t) => t.stop());
   local = null;
   $("preview").srcObject = null;
+  $("preview").hidden = true;
 }
 
 // The camera and microphone the lobby's boxes ask for, opened now unless open and live.
@@ -26,24 +28,85 @@ export function stopLocal() {
 export async function ensureLocal() {
   const wantMic = $("with-mic").checked, wantCam = $("with-cam").checked;
   const live = local && local.getTracks().length > 0 && local.getTracks().every((t) => t.readyState === "live");
-  const matches = live && local.getAudioTracks().length === Number(wantMic) && local.getVideoTracks().length === Number(wantCam);
+  const matches = live && local.getAudioTracks().length === Number(wantMic) && local.getVideoTracks().length === Number(wantCam) &&
+    local.getTracks().every((t) => !chosen(t.kind) || t.getSettings().deviceId === chosen(t.kind));
   if (matches) return local;
   stopLocal();
   if (!wantMic && !wantCam) return null;
   try {
-    local = await navigator.mediaDevices.getUserMedia({ audio: wantMic, video: wantCam ? CAMERA_CONSTRAINTS : false });
+    local = await navigator.mediaDevices.getUserMedia({ audio: wantMic && constraints("audio"), video: wantCam && constraints("video") });
     opened.push(...local.getTracks());
     $("preview").srcObject = local;
+    $("preview").hidden = local.getVideoTracks().length === 0;
   } catch (e) {
     showLobbyError("Camera or microphone unavailable: " + e.message);
   }
+  await listDevices();
   return local;
 }
 
-// Open one device again (a microphone unmuted, a camera started): its track, or null.
+// ---- Which devices -------------------------------------------------------------------
+
+// The camera, microphone and speaker chosen (device ids), kept for the next visit.
+const SELECTS = { video: "cam-device", audio: "mic-device", speaker: "speaker-device" };
+const choice = (() => {
+  try { return JSON.parse(localStorage.getItem("huiyi.devices") || "{}"); } catch { return {}; }
+})();
+
+function chosen(kind) {
+  return choice[kind] || undefined;
+}
+
+function constraints(kind) {
+  const id = chosen(kind);
+  const base = kind === "video" ? { ...CAMERA_CONSTRAINTS } : {};
+  if (id) base.deviceId = { exact: id };
+  return Object.keys(base).length ? base : true;
+}
+
+// Fill the device lists (their names show once the page may use a device). A chosen
+// device that is gone falls back to the default.
+export async function listDevices() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+  const devices = await navigator.mediaDevices.enumerateDevices().catch(() => []);
+  const kinds = { video: "videoinput", audio: "audioinput", speaker: "audiooutput" };
+  for (const [kind, id] of Object.entries(SELECTS)) {
+    const select = $(id);
+    const found = devices.filter((d) => d.kind === kinds[kind] && d.deviceId);
+    select.replaceChildren(...found.map((d, i) => {
+      const option = document.createElement("option");
+      option.value = d.deviceId;
+      option.textContent = d.label || `${kind === "video" ? "Camera" : kind === "audio" ? "Microphone" : "Speaker"} ${i + 1}`;
+      return option;
+    }));
+    if (found.some((d) => d.deviceId === choice[kind])) select.value = choice[kind];
+    // A speaker can be chosen only where the browser lets a page route its sound.
+    select.closest("label").hidden = found.length === 0 || (kind === "speaker" && !("setSinkId" in HTMLMediaElement.prototype));
+  }
+}
+
+// Wire the device lists: `onChange(kind)` runs after a choice was kept.
+export function initDevices(onChange) {
+  for (const [kind, id] of Object.entries(SELECTS)) {
+    $(id).onchange = () => {
+      choice[kind] = $(id).value;
+      localStorage.setItem("huiyi.devices", JSON.stringify(choice));
+      onChange(kind);
+    };
+  }
+  if (navigator.mediaDevices) navigator.mediaDevices.addEventListener("devicechange", listDevices);
+}
+
+// Play an element's sound on the chosen speaker.
+export function routeSound(el) {
+  if (choice.speaker && el.setSinkId) el.setSinkId(choice.speaker).catch(() => {});
+}
+
+// Open one device again (a microphone unmuted, a camera started, another one chosen):
+// its track, or null.
 export async function openDevice(kind) {
   try {
-    const stream = await navigator.mediaDevices.getUserMedia(kind === "audio" ? { audio: true } : { video: CAMERA_CONSTRAINTS });
+    const stream = await navigator.mediaDevices.getUserMedia(kind === "audio" ? { audio: constraints("audio") } : { video: constraints("video") });
     const track = stream.getTracks()[0];
     opened.push(track);
     return track;

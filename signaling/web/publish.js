@@ -167,6 +167,36 @@ export async function toggle(kind, button, onText, offText) {
   if (id) send({ type: "mute", trackId: id, muted: off });
 }
 
+// Another camera or microphone chosen in the meeting: the new device's track takes the
+// old one's place on the same sender (no renegotiation) and the old device is stopped.
+// A device that is off now is opened from the new choice when it is turned on.
+export async function switchDevice(kind) {
+  if (!state.pc || !state.local) return;
+  const tr = state.pc.getTransceivers().find((t) => state.ownKinds.get(t.mid) === kind);
+  const current = state.local.getTracks().find((t) => t.kind === kind && t.readyState === "live");
+  if (!tr || !current) return;
+  const pc = state.pc;
+  const track = await openDevice(kind);
+  if (!track) return;
+  if (state.pc !== pc || !state.local || !state.local.getTracks().includes(current)) { track.stop(); return; }
+  try {
+    await tr.sender.replaceTrack(track);
+  } catch (e) {
+    track.stop();
+    $("meeting-error").textContent = "Could not switch devices: " + e.message;
+    return;
+  }
+  current.stop();
+  state.local.removeTrack(current);
+  state.local.addTrack(track);
+}
+
+// The host muted this participant: its microphone goes off as if it had muted itself.
+export function mutedByHost() {
+  const mic = state.local && state.local.getAudioTracks().find((t) => t.readyState === "live");
+  if (mic) toggle("audio", $("toggle-mic"), "Mute mic", "Unmute mic");
+}
+
 export async function shareScreen() {
   if (state.screen) return stopShare();
   try {

@@ -28,6 +28,9 @@ export const state = {
   layersHistory: [],       // the last few `layers` received, for debugging: {at, trackId, active}
   layersQueue: Promise.resolve(),
   activeSpeaker: null,
+  view: "grid",            // "grid", or "speaker": one large tile over a strip of the others
+  pinned: null,            // the participant id pinned as the large tile (speaker view), or null
+  host: false,             // this participant may use the host controls (`joined.host`)
   page: 0,
   pages: 1,
   subscribeTimer: null,

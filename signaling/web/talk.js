@@ -1,10 +1,11 @@
 // Talking besides media (docs/protocol.md, Talking): the chat, raised hands, reactions on
-// the tiles, and the list of people. The meeting (app.js) gives it how to send and how
-// to find a participant's tile and name.
+// the tiles, the list of people, and for a host the controls beside each person and for
+// the whole room (docs/protocol.md, Host controls), with what hosts did told to all.
+// The meeting (app.js) gives it how to send and how to find a participant's tile and name.
 
 const $ = (id) => document.getElementById(id);
 
-let ctx = null;             // {send, tileOf(participantId), people() -> [{id, name, me}]}
+let ctx = null;             // {send, me(), host(), tileOf(participantId), people() -> [{id, name, me, micOff}]}
 const hands = new Set();    // participant ids with a hand up
 let lines = [];             // the chat so far: {seq, participantId, name, text, at}
 let unread = 0;
@@ -25,6 +26,10 @@ export function initTalk(context) {
   for (const b of document.querySelectorAll("#reactions button")) {
     b.onclick = () => ctx.send({ type: "reaction", emoji: b.textContent });
   }
+  $("mute-all").onclick = () => ctx.send({ type: "muteAll" });
+  $("end-meeting").onclick = () => {
+    if (confirm("End the meeting for everyone?")) ctx.send({ type: "endMeeting" });
+  };
   $("toggle-side").onclick = () => {
     const side = $("side");
     side.hidden = !side.hidden;
@@ -37,6 +42,8 @@ export function initTalk(context) {
 // as the usual messages).
 export function resetTalk() {
   lines = [];
+  notices.length = 0;
+  $("notice").hidden = true;
   hands.clear();
   $("chat-lines").replaceChildren();
   unread = 0;
@@ -86,13 +93,59 @@ export function renderHands() {
 export function renderPeople() {
   const list = $("people-list");
   const people = ctx.people();
+  const host = ctx.host();
+  $("host-tools").hidden = !host;
   list.replaceChildren(...people.map((p) => {
     const li = document.createElement("li");
     li.dataset.participant = p.id;
     li.textContent = (hands.has(p.id) ? "✋ " : "") + p.name + (p.me ? " (you)" : "") + (p.micOff ? " · mic off" : "");
+    if (host && !p.me) {
+      const mute = button("Mute", "mute " + p.name, () => ctx.send({ type: "muteParticipant", participantId: p.id }));
+      mute.className = "mute";
+      mute.disabled = !!p.micOff;
+      const remove = button("Remove", "remove " + p.name, () => {
+        if (confirm(`Remove ${p.name} from the meeting?`)) ctx.send({ type: "removeParticipant", participantId: p.id });
+      });
+      remove.className = "remove danger";
+      li.append(mute, remove);
+    }
     return li;
   }));
   $("people-count").textContent = String(people.length);
+}
+
+function button(text, label, onclick) {
+  const b = document.createElement("button");
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.onclick = onclick;
+  return b;
+}
+
+// What a host did, said to everyone for a few seconds (and kept in the chat).
+const notices = [];
+let noticeTimer = null;
+
+export function onHostAction(msg) {
+  const me = ctx.me();
+  const whom = msg.participantId === me ? "you" : msg.name || "someone";
+  const text = {
+    mute: `${msg.byName} muted ${whom}`,
+    muteAll: `${msg.byName} muted everyone`,
+    remove: `${msg.byName} removed ${whom} from the meeting`,
+    end: `${msg.byName} ended the meeting`,
+  }[msg.action];
+  if (!text) return;
+  notices.push(text);
+  const el = $("notice");
+  el.textContent = text;
+  el.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { el.hidden = true; }, 5000);
+  const li = document.createElement("li");
+  li.className = "notice";
+  li.textContent = text;
+  $("chat-lines").append(li);
 }
 
 function addLine(line) {
@@ -117,5 +170,5 @@ function showUnread() {
 
 // What the page shows of the talk (tests).
 export function talkState() {
-  return { lines: lines.map((l) => ({ seq: l.seq, name: l.name, text: l.text })), hands: [...hands] };
+  return { lines: lines.map((l) => ({ seq: l.seq, name: l.name, text: l.text })), hands: [...hands], notices: [...notices] };
 }

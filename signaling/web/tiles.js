@@ -1,12 +1,16 @@
-// The meeting's tiles: one per participant in a paginated grid and one per screen share
-// on the stage, the videos the receiving slots carry put on them, and the subscription
-// that follows what is on screen (docs/protocol.md, Slots and Subscribing).
+// The meeting's tiles: one per participant in a paginated grid (or, in speaker view, one
+// large tile, the pinned participant or the one speaking, over a strip of the others)
+// and one per screen share on the stage; the videos the receiving slots carry put on
+// them, and the subscription that follows what is on screen (docs/protocol.md, Slots
+// and Subscribing): a large tile asks for more than a small one.
 
 import { $, PHONE, pageSize, send, state } from "./state.js";
-import { play } from "./lobby.js";
+import { play, routeSound } from "./lobby.js";
 
 // Resizes and page flips come in bursts; one `subscribe` per burst.
 const SUBSCRIBE_DEBOUNCE_MS = 200;
+// Tiles in the strip under the large one, in speaker view.
+const stripSize = () => (PHONE.matches ? 3 : 6);
 
 export function makeTile(participantId, label, opts = {}) {
   const el = document.createElement("div");
@@ -23,8 +27,17 @@ export function makeTile(participantId, label, opts = {}) {
   initials.className = "initials";
   initials.textContent = label.replace(/\(.*\)/g, "").trim().split(/\s+/).map((w) => w[0] || "").join("").slice(0, 2).toUpperCase();
   el.append(video, initials, name);
+  let pin = null;
+  if (!opts.local && !opts.screen) {
+    pin = document.createElement("button");
+    pin.className = "pin";
+    pin.textContent = "Pin";
+    pin.setAttribute("aria-label", "pin " + label);
+    pin.onclick = () => togglePin(participantId);
+    el.append(pin);
+  }
   (opts.screen ? $("stage") : $("grid")).append(el);
-  const tile = { el, video, name, participantId, screenTrackId: opts.trackId || null, mid: null };
+  const tile = { el, video, name, pin, participantId, screenTrackId: opts.trackId || null, mid: null };
   if (!opts.local && state.resizeObserver) state.resizeObserver.observe(el);
   return tile;
 }
@@ -110,6 +123,31 @@ export function removeParticipant(id) {
   for (const [trackId, t] of [...state.tracks]) if (t.participantId === id) forgetTrack(trackId);
   state.participants.delete(id);
   if (state.activeSpeaker === id) state.activeSpeaker = null;
+  if (state.pinned === id) state.pinned = null;
+}
+
+// Pin a participant: speaker view, with its tile the large one; again: unpinned.
+export function togglePin(participantId) {
+  state.pinned = state.pinned === participantId ? null : participantId;
+  if (state.pinned) state.view = "speaker";
+  layout();
+}
+
+// "grid" or "speaker".
+export function setView(view) {
+  state.view = view;
+  if (view === "grid") state.pinned = null;
+  layout();
+}
+
+// The large tile of speaker view: the pinned participant, else the one speaking, else
+// the first other participant, else oneself.
+function mainTile(tiles) {
+  const pinned = state.participants.get(state.pinned);
+  if (pinned) return pinned.tile;
+  const speaker = state.participants.get(state.activeSpeaker);
+  if (speaker) return speaker.tile;
+  return tiles.find((t) => t !== state.localTile) || tiles[0] || null;
 }
 
 // The camera track a participant's grid tile shows.
@@ -136,9 +174,12 @@ function orderedGridTiles() {
 
 // Shows the current page, sizes the grid for it, and puts every video where it belongs.
 export function layout() {
-  const size = pageSize();
   document.body.classList.toggle("phone", PHONE.matches);
-  const tiles = orderedGridTiles();
+  const speakerView = state.view === "speaker";
+  const all = orderedGridTiles();
+  const main = speakerView ? mainTile(all) : null;
+  const tiles = all.filter((t) => t !== main);
+  const size = speakerView ? stripSize() : pageSize();
   state.pages = Math.max(1, Math.ceil(tiles.length / size));
   state.page = Math.min(state.page, state.pages - 1);
   const first = state.page * size;
@@ -148,12 +189,26 @@ export function layout() {
     tile.el.style.order = String(i);
     tile.el.hidden = i < first || i >= first + size;
     tile.onPage = !tile.el.hidden;
-    tile.el.classList.toggle("speaking", tile.participantId === state.activeSpeaker && state.activeSpeaker !== null);
   });
-  const cols = PHONE.matches && onPage.length <= 2 ? 1 : Math.max(1, Math.ceil(Math.sqrt(onPage.length)));
+  if (main) {
+    main.el.style.order = "-1";
+    main.el.hidden = false;
+    main.onPage = true;
+  }
+  for (const tile of all) {
+    tile.el.classList.toggle("speaking", tile.participantId === state.activeSpeaker && state.activeSpeaker !== null);
+    tile.el.classList.toggle("main", tile === main);
+    tile.el.classList.toggle("pinned", tile.participantId === state.pinned);
+    if (tile.pin) tile.pin.textContent = tile.participantId === state.pinned ? "Unpin" : "Pin";
+  }
   const grid = $("grid");
+  grid.classList.toggle("speaker", speakerView);
+  const cols = speakerView ? Math.max(1, onPage.length)
+    : PHONE.matches && onPage.length <= 2 ? 1 : Math.max(1, Math.ceil(Math.sqrt(onPage.length)));
   grid.style.setProperty("--cols", String(cols));
   grid.style.setProperty("--rows", String(Math.max(1, Math.ceil(onPage.length / cols))));
+  $("toggle-view").textContent = speakerView ? "Grid view" : "Speaker view";
+  $("toggle-view").setAttribute("aria-pressed", String(speakerView));
   $("stage").hidden = state.screenTiles.size === 0;
   $("pager").hidden = state.pages <= 1;
   $("page-label").textContent = `page ${state.page + 1} of ${state.pages}`;
@@ -221,6 +276,7 @@ export function onRemoteTrack(ev) {
     rx.audio.dataset.mid = mid;
     rx.audio.srcObject = rx.stream;
     $("audio").append(rx.audio);
+    routeSound(rx.audio);
     play(rx.audio);
   }
   state.receivers.set(mid, rx);
@@ -265,7 +321,9 @@ export function onSlots(slots) {
 
 // ---- Subscriptions -------------------------------------------------------------------
 
-// The video tracks of the tiles on screen, with their size in device pixels.
+// The video tracks of the tiles on screen, with their size in device pixels, most
+// important first (the server pauses the end of the list first when the bandwidth is
+// short): the pinned participant, then larger tiles before smaller ones.
 function visibleVideoTracks() {
   if (document.visibilityState === "hidden") return [];
   const dpr = window.devicePixelRatio || 1;
@@ -278,9 +336,16 @@ function visibleVideoTracks() {
     const r = tile.el.getBoundingClientRect();
     const width = Math.round(r.width * dpr), height = Math.round(r.height * dpr);
     if (width === 0 || height === 0) continue;
-    out.push({ trackId, width, height });
+    const pinned = !tile.screenTrackId && tile.participantId === state.pinned;
+    out.push({ trackId, width, height, pinned });
   }
-  return out.sort((a, b) => (a.trackId < b.trackId ? -1 : a.trackId > b.trackId ? 1 : 0));
+  const rank = (t) => [t.pinned ? 0 : 1, -t.width * t.height, t.trackId];
+  out.sort((a, b) => {
+    const [x, y] = [rank(a), rank(b)];
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return x[i] < y[i] ? -1 : 1;
+    return 0;
+  });
+  return out.map(({ trackId, width, height }) => ({ trackId, width, height }));
 }
 
 export function scheduleSubscribe() {
