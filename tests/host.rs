@@ -122,3 +122,16 @@ async fn host_controls_need_the_grant_and_every_one_is_told_to_the_room() {
         assert_eq!(host_actions(&server, action, via).await, n, "{action} via {via}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_host_token_names_one_room_and_a_join_with_it_is_a_host() {
+    let server = common::start_server_with(|c| c.auth.api_secret = String::new()).await;
+    let get = |q: &'static str| common::http_request(server.http_addr, "GET", q, &[]);
+    let (status, body) = get("/v1/dev/token?room=*&identity=x&host=1").await;
+    assert_eq!(status, 400, "an admin token for every room is not a host's: {body}");
+    let (status, body) = get("/v1/dev/token?room=class&identity=ana&host=1").await;
+    assert_eq!(status, 200, "{body}");
+    let token: Value = serde_json::from_str(&body).expect("JSON");
+    let (_ana, joined) = join(&server, token["token"].as_str().expect("a token")).await;
+    assert_eq!(joined["host"], true, "{joined}");
+}

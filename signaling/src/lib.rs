@@ -235,17 +235,18 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQ
     if q.room.is_empty() || q.identity.is_empty() || q.room.len() > 128 || q.identity.len() > 128 {
         return error(StatusCode::BAD_REQUEST, "room and identity must be 1 to 128 characters");
     }
+    let host = q.host.as_deref() == Some("1");
+    if host && q.room == "*" {
+        // roomAdmin for `*` is an admin token for every room, not a host's.
+        return error(StatusCode::BAD_REQUEST, "a host token names one room");
+    }
     let claims = auth::Claims {
         sub: q.identity,
         name: q.name.map(|n| n.chars().take(64).collect()),
         room: q.room,
         exp: auth::now_unix() + DEV_TOKEN_TTL_SECS,
         nbf: None,
-        grants: auth::Grants {
-            can_publish: true,
-            can_subscribe: true,
-            room_admin: q.host.as_deref() == Some("1"),
-        },
+        grants: auth::Grants { can_publish: true, can_subscribe: true, room_admin: host },
     };
     Json(json!({ "token": auth::mint(&state.secret, &claims) })).into_response()
 }

@@ -27,7 +27,7 @@ pub struct SignalingMetrics {
     /// with a new peer connection), `expired` (the grace period ended: they left),
     /// `refused` (a resume token that named none).
     pub resumes: IntCounterVec,
-    /// Host controls carried out, by action (mute, muteAll, remove, end) and from where
+    /// Host controls taken (told to the room and ordered), by action (mute, muteAll, remove, end) and from where
     /// (page, api).
     pub host_actions: IntCounterVec,
 }
@@ -101,7 +101,10 @@ impl SignalingMetrics {
         )
         .expect("metric");
         let host_actions = IntCounterVec::new(
-            Opts::new("huiyi_host_actions_total", "Host controls carried out, by action and from where"),
+            Opts::new(
+                "huiyi_host_actions_total",
+                "Host controls taken (told to the room), by action and from where",
+            ),
             &["action", "via"],
         )
         .expect("metric");

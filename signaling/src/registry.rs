@@ -2,12 +2,12 @@
 //! the admin API and replaces a participant who joins again with the same identity.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
 use sfu::api::LeaveReason;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::talk::{Heard, Said, Talk};
 
@@ -21,8 +21,9 @@ pub enum Order {
     HoldAudio,
 }
 
-/// How to give a participant's connection task an [`Order`].
-pub type Kick = mpsc::Sender<Order>;
+/// A request to the connection's task to end the participant's session (any of them
+/// ends it: one dropped for a full channel loses nothing).
+pub type Kick = mpsc::Sender<LeaveReason>;
 
 /// A participant of a room, named by its token's identity or by its participant id.
 #[derive(Debug, Clone, Copy)]
@@ -50,8 +51,30 @@ pub(crate) type Claim = oneshot::Sender<oneshot::Sender<crate::ws::Live>>;
 /// How to end a connection, and when it has left its room.
 pub struct Ends {
     pub kick: Kick,
+    /// A host muted it: one permit, however many mutes came (they are all the same).
+    pub hold: Arc<Notify>,
     /// Turns true once the connection's leave is queued to the media node.
     pub departed: watch::Receiver<bool>,
+}
+
+impl Ends {
+    /// A new connection's ends, and what its task listens to: its kicks and its holds.
+    pub fn new() -> (Self, mpsc::Receiver<LeaveReason>, Arc<Notify>, watch::Sender<bool>) {
+        let (kick, kicks) = mpsc::channel(4);
+        let hold = Arc::new(Notify::new());
+        let (departed, departure) = watch::channel(false);
+        (Ends { kick, hold: hold.clone(), departed: departure }, kicks, hold, departed)
+    }
+
+    /// Give the connection's task an order.
+    pub fn give(&self, order: Order) {
+        match order {
+            Order::Leave(reason) => {
+                let _ = self.kick.try_send(reason);
+            }
+            Order::HoldAudio => self.hold.notify_one(),
+        }
+    }
 }
 
 struct RoomEntry {
@@ -241,7 +264,7 @@ impl Registry {
     pub fn order(&self, room: &str, who: Who, order: Order) -> bool {
         let rooms = self.rooms.lock().expect("registry lock");
         Self::find(&rooms, room, who).is_some_and(|entry| {
-            let _ = entry.ends.kick.try_send(order);
+            entry.ends.give(order);
             true
         })
     }
@@ -261,7 +284,7 @@ impl Registry {
         let r = rooms.get(room)?;
         let mut told = 0;
         for e in r.participants.values().filter(|e| except != Some(e.participant_id.as_str())) {
-            let _ = e.ends.kick.try_send(Order::HoldAudio);
+            e.ends.give(Order::HoldAudio);
             told += 1;
         }
         Some(told)
@@ -280,7 +303,7 @@ impl Registry {
         match rooms.get(room) {
             Some(r) => {
                 for e in r.participants.values() {
-                    let _ = e.ends.kick.try_send(Order::Leave(LeaveReason::RoomClosed));
+                    e.ends.give(Order::Leave(LeaveReason::RoomClosed));
                 }
                 true
             }
@@ -293,7 +316,34 @@ impl Registry {
     pub fn close_all(&self, reason: LeaveReason) {
         let rooms = self.rooms.lock().expect("registry lock");
         for e in rooms.values().flat_map(|r| r.participants.values()) {
-            let _ = e.ends.kick.try_send(Order::Leave(reason));
+            e.ends.give(Order::Leave(reason));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn holds_never_crowd_out_a_leave_and_reach_only_their_room() {
+        let registry = Registry::default();
+        let (ends, mut kicks, hold, _departed) = Ends::new();
+        assert!(registry.insert("r", "ana", 1, "PA_a", "Ana", ends).is_none());
+        let (other, _, other_hold, _) = Ends::new();
+        registry.insert("s", "bo", 2, "PA_b", "Bo", other);
+        for _ in 0..100 {
+            assert!(registry.order("r", Who::Participant("PA_a"), Order::HoldAudio));
+        }
+        assert!(registry.order("r", Who::Identity("ana"), Order::Leave(LeaveReason::Removed)));
+        assert_eq!(kicks.try_recv().ok(), Some(LeaveReason::Removed), "the leave got through");
+        let now = std::time::Duration::ZERO;
+        assert!(tokio::time::timeout(now, hold.notified()).await.is_ok(), "held");
+        assert!(tokio::time::timeout(now, hold.notified()).await.is_err(), "a hundred mutes are one");
+        // Another room's participant is nobody here, by id or identity.
+        assert!(!registry.order("r", Who::Participant("PA_b"), Order::HoldAudio));
+        assert!(!registry.order("r", Who::Identity("bo"), Order::HoldAudio));
+        assert_eq!(registry.hold_all("r", Some("PA_a")), Some(0), "the host spared");
+        assert!(tokio::time::timeout(now, other_hold.notified()).await.is_err(), "room s untouched");
     }
 }

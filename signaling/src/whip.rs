@@ -17,10 +17,9 @@ use proto::quality::quality_for_tile;
 use sfu::api::{
     JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackKind, TrackSource,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info};
 
-use crate::registry::Order;
 use crate::ws::{CONNECTIONS, random_id, replace};
 use crate::{AppState, Ends, auth};
 
@@ -64,7 +63,7 @@ pub(crate) struct Resource {
     pub identity: String,
     pub ice_ufrag: Option<String>,
     pub commands: mpsc::Sender<Command>,
-    pub kick: mpsc::Sender<Order>,
+    pub kick: mpsc::Sender<LeaveReason>,
 }
 
 /// A refusal, made into its response at the handler.
@@ -289,9 +288,8 @@ async fn start(
         Role::Publisher => claims.sub.clone(),
         Role::Viewer => format!("{}~{}", claims.sub, random_id()),
     };
-    let (kick_tx, kick) = mpsc::channel(4);
-    let (departed, departure) = watch::channel(false);
-    let ends = Ends { kick: kick_tx.clone(), departed: departure };
+    let (ends, kick, hold, departed) = Ends::new();
+    let kick_tx = ends.kick.clone();
     let previous = state.registry.insert(&room, &identity, connection, &participant_id, &name, ends);
     let replaces = previous.is_some();
     if let Some(previous) = previous {
@@ -391,7 +389,7 @@ async fn start(
     let ice_servers = state.ice_servers(&identity);
     let owner = state.clone();
     tokio::spawn(async move {
-        let end = own(session.as_ref(), events, commands, kick).await;
+        let end = own(session.as_ref(), events, commands, kick, &hold).await;
         info!(%room, participant = %participant_id, reason = end.as_str(), kind, "HTTP media session ended");
         owner.whip.lock().remove(&participant_id);
         session.leave(end);
@@ -463,7 +461,8 @@ async fn own(
     session: &dyn MediaSession,
     mut events: mpsc::Receiver<SessionEvent>,
     mut commands: mpsc::Receiver<Command>,
-    mut kick: mpsc::Receiver<Order>,
+    mut kick: mpsc::Receiver<LeaveReason>,
+    hold: &Notify,
 ) -> LeaveReason {
     loop {
         tokio::select! {
@@ -479,14 +478,11 @@ async fn own(
                     let _ = reply.send(taken);
                 }
             },
-            order = kick.recv() => match order {
-                None => return LeaveReason::Removed,
-                Some(Order::Leave(reason)) => return reason,
-                // Held until it publishes again: a WHIP client has no way to unmute.
-                Some(Order::HoldAudio) => {
-                    let _ = session.hold_audio();
-                }
-            },
+            reason = kick.recv() => return reason.unwrap_or(LeaveReason::Removed),
+            // Held until it publishes again: a WHIP client has no way to unmute.
+            () = hold.notified() => {
+                let _ = session.hold_audio();
+            }
         }
     }
 }
@@ -537,7 +533,7 @@ async fn end(
         Ok(r) => r.kick,
         Err(refusal) => return refusal.into_response(),
     };
-    let _ = kick.try_send(Order::Leave(LeaveReason::Left));
+    let _ = kick.try_send(LeaveReason::Left);
     let mut response = StatusCode::OK.into_response();
     cors(response.headers_mut());
     response

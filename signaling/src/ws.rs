@@ -10,7 +10,7 @@ use proto::quality::{quality_for_tile, quality_named};
 // The protocol's qualities are the media node's layers.
 const _: () = assert!(proto::quality::MAX_LAYERS == sfu::api::MAX_LAYERS);
 use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackSource};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -20,7 +20,7 @@ use crate::auth;
 use crate::host::{self, Action, Host};
 use crate::http::Admitted;
 use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code, participant, server_message};
-use crate::registry::{Order, Who};
+use crate::registry::Who;
 use crate::talk::{Said, TALK_PER_WINDOW, TALK_WINDOW, TalkLimit, checked_chat, checked_reaction};
 use crate::upgrade::{InputLimit, Socket};
 use crate::{AppState, Ends};
@@ -34,6 +34,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a reconnect waits for the connection it replaces to leave the room.
 const REPLACE_WAIT: Duration = Duration::from_secs(2);
+/// How long a connection closed on purpose may take to be sent what its room was told
+/// just before (a host's `hostAction`) ahead of its close frame.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// Error texts sent to clients are cut to this many characters: they may quote input.
 const MAX_ERROR_TEXT: usize = 200;
 /// Messages above this get an error; the transport's own limit (which closes) is higher.
@@ -193,6 +196,10 @@ const KNOWN_TYPES: &[&str] = &[
     "chat",
     "raiseHand",
     "reaction",
+    "muteParticipant",
+    "muteAll",
+    "removeParticipant",
+    "endMeeting",
 ];
 
 /// `text` cut to [`MAX_ERROR_TEXT`] characters.
@@ -290,16 +297,9 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let participant_id = format!("PA_{}", random_id());
     let name = claims.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| claims.sub.clone());
-    let (kick_tx, kick) = mpsc::channel(4);
-    let (departed, departure) = watch::channel(false);
-    let previous = conn.state.registry.insert(
-        &claims.room,
-        &claims.sub,
-        connection,
-        &participant_id,
-        &name,
-        Ends { kick: kick_tx, departed: departure },
-    );
+    let (ends, kick, hold, departed) = Ends::new();
+    let previous =
+        conn.state.registry.insert(&claims.room, &claims.sub, connection, &participant_id, &name, ends);
     let resume = resume_token();
     conn.state.registry.set_resume(&claims.room, &claims.sub, connection, &resume);
     let replaces = previous.is_some();
@@ -356,6 +356,7 @@ async fn run(conn: &mut Connection, limit: InputLimit, admitted: Option<Admitted
         session: joined.session,
         events: joined.events,
         kick,
+        hold,
         departed,
         waiting: Vec::new(),
         host: claims.grants.room_admin,
@@ -418,7 +419,9 @@ pub(crate) struct Live {
     resume: String,
     session: Box<dyn MediaSession>,
     events: mpsc::Receiver<SessionEvent>,
-    kick: mpsc::Receiver<Order>,
+    kick: mpsc::Receiver<LeaveReason>,
+    /// A host muted it (registry::Order::HoldAudio).
+    hold: Arc<Notify>,
     departed: watch::Sender<bool>,
     /// Events that came while it was parked, in order.
     waiting: Vec<SessionEvent>,
@@ -491,7 +494,8 @@ async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participa
     }
     live.waiting.extend(waiting);
     let end = if sent {
-        let (end, unsent) = relay(conn, &*live.session, &mut live.events, &mut live.kick, &mut talking).await;
+        let orders = Orders { kick: &mut live.kick, hold: &live.hold };
+        let (end, unsent) = relay(conn, &*live.session, &mut live.events, orders, &mut talking).await;
         live.waiting.extend(unsent);
         end
     } else {
@@ -504,6 +508,9 @@ async fn serve_live(conn: &mut Connection, mut live: Live, others: Vec<Participa
     }
     live.leave(&conn.state, end);
     if end != LeaveReason::Disconnected {
+        // What the room was told just before (a host's "remove" or "end") goes ahead of the
+        // close frame; the session has left already, and a slow reader delays only this.
+        let _ = tokio::time::timeout(FLUSH_WAIT, talking.flush(conn)).await;
         let (code, reason) = close_code(end);
         conn.close(code, reason).await;
     }
@@ -548,13 +555,10 @@ fn park(state: Arc<AppState>, mut live: Live, grace: Duration) {
                     Some(event) if live.waiting.len() < MAX_PARKED_EVENTS => live.waiting.push(event),
                     Some(_) => break LeaveReason::Disconnected,
                 },
-                order = live.kick.recv() => match order {
-                    Some(Order::HoldAudio) => {
-                        let _ = live.session.hold_audio();
-                    }
-                    Some(Order::Leave(reason)) => break reason,
-                    None => break LeaveReason::Removed,
-                },
+                () = live.hold.notified() => {
+                    let _ = live.session.hold_audio();
+                }
+                reason = live.kick.recv() => break reason.unwrap_or(LeaveReason::Removed),
             }
         };
         state.metrics.parked.dec();
@@ -572,7 +576,7 @@ async fn take_parked(state: &AppState, room: &str, identity: &str, resume: &str)
             break claim;
         }
         let kick = state.registry.live_kick(room, identity, resume)?;
-        let _ = kick.try_send(Order::Leave(LeaveReason::Disconnected));
+        let _ = kick.try_send(LeaveReason::Disconnected);
         if Instant::now() >= deadline {
             return None;
         }
@@ -599,7 +603,7 @@ fn resume_token() -> String {
 /// first, so a full room admits the returning participant.
 pub(crate) async fn replace(previous: Ends, identity: &str) {
     let mut gone = previous.departed;
-    let _ = previous.kick.try_send(Order::Leave(LeaveReason::Replaced));
+    let _ = previous.kick.try_send(LeaveReason::Replaced);
     if tokio::time::timeout(REPLACE_WAIT, gone.wait_for(|left| *left)).await.is_err() {
         debug!(%identity, "the replaced connection did not leave in time");
     }
@@ -640,10 +644,11 @@ impl Talking {
         Ok(())
     }
 
-    /// Send what is waiting on the room's bus now.
+    /// Send what is waiting on the room's bus now (not what comes meanwhile).
     async fn flush(&mut self, conn: &mut Connection) {
         let Some(bus) = self.bus.as_mut() else { return };
-        while let Ok(message) = bus.try_recv() {
+        for _ in 0..bus.len() {
+            let Ok(message) = bus.try_recv() else { return };
             if !conn.send(&message).await {
                 return;
             }
@@ -665,12 +670,18 @@ impl Talking {
     }
 }
 
+/// What a connection's task is told from outside it: to end, or that a host muted it.
+struct Orders<'a> {
+    kick: &'a mut mpsc::Receiver<LeaveReason>,
+    hold: &'a Notify,
+}
+
 /// Relay until the client leaves, the socket drops, the media session ends or an admin kicks.
 async fn relay(
     conn: &mut Connection,
     session: &dyn MediaSession,
     events: &mut mpsc::Receiver<SessionEvent>,
-    kick: &mut mpsc::Receiver<Order>,
+    orders: Orders<'_>,
     talking: &mut Talking,
 ) -> (LeaveReason, Option<SessionEvent>) {
     loop {
@@ -760,19 +771,12 @@ async fn relay(
                     return (LeaveReason::Disconnected, Some(event));
                 }
             }
-            order = kick.recv() => match order {
-                Some(Order::HoldAudio) => {
-                    if let Err(e) = session.hold_audio() {
-                        debug!(participant = %talking.participant_id, error = %e, "a host's mute not carried out");
-                    }
+            () = orders.hold.notified() => {
+                if let Err(e) = session.hold_audio() {
+                    warn!(participant = %talking.participant_id, error = %e, "a host's mute not carried out");
                 }
-                Some(Order::Leave(reason)) => {
-                    // What the room was told before (a host's "end" or "remove") goes first.
-                    talking.flush(conn).await;
-                    return (reason, None);
-                }
-                None => return (LeaveReason::Removed, None),
-            },
+            }
+            reason = orders.kick.recv() => return (reason.unwrap_or(LeaveReason::Removed), None),
             heard = talking.heard() => {
                 match heard {
                     Some(message) => if !conn.send(&message).await {

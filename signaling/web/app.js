@@ -114,8 +114,9 @@ async function handleMessage(msg) {
       if (!state.participants.has(msg.participantId)) addRemoteParticipant({ id: msg.participantId, name: msg.participantId, tracks: [] });
       noteTrack(msg.participantId, msg.track);
       layout();
+      renderPeople();
       break;
-    case "trackUnpublished": forgetTrack(msg.trackId); layout(); break;
+    case "trackUnpublished": forgetTrack(msg.trackId); layout(); renderPeople(); break;
     case "trackMuted": {
       // One's own track muted by the server: a host muted this participant.
       if (state.me && msg.participantId === state.me.id) {

@@ -172,27 +172,38 @@ export async function toggle(kind, button, onText, offText) {
 // A device that is off now is opened from the new choice when it is turned on.
 export async function switchDevice(kind) {
   if (!state.pc || !state.local) return;
+  // One change of a device at a time: its mute or camera button waits meanwhile.
+  const button = $(kind === "audio" ? "toggle-mic" : "toggle-cam");
+  if (button.disabled) return;
   const tr = state.pc.getTransceivers().find((t) => state.ownKinds.get(t.mid) === kind);
   const current = state.local.getTracks().find((t) => t.kind === kind && t.readyState === "live");
   if (!tr || !current) return;
   const pc = state.pc;
-  const track = await openDevice(kind);
-  if (!track) return;
-  if (state.pc !== pc || !state.local || !state.local.getTracks().includes(current)) { track.stop(); return; }
+  button.disabled = true;
   try {
-    await tr.sender.replaceTrack(track);
-  } catch (e) {
-    track.stop();
-    $("meeting-error").textContent = "Could not switch devices: " + e.message;
-    return;
+    const track = await openDevice(kind);
+    if (!track) return;
+    if (state.pc !== pc || !state.local || !state.local.getTracks().includes(current)) { track.stop(); return; }
+    try {
+      await tr.sender.replaceTrack(track);
+    } catch (e) {
+      track.stop();
+      $("meeting-error").textContent = "Could not switch devices: " + e.message;
+      return;
+    }
+    current.stop();
+    state.local.removeTrack(current);
+    state.local.addTrack(track);
+  } finally {
+    button.disabled = false;
   }
-  current.stop();
-  state.local.removeTrack(current);
-  state.local.addTrack(track);
 }
 
 // The host muted this participant: its microphone goes off as if it had muted itself.
 export function mutedByHost() {
+  const pc = state.pc;
+  // The microphone is being switched or toggled: once that is done.
+  if ($("toggle-mic").disabled) { setTimeout(() => { if (state.pc === pc) mutedByHost(); }, 200); return; }
   const mic = state.local && state.local.getAudioTracks().find((t) => t.readyState === "live");
   if (mic) toggle("audio", $("toggle-mic"), "Mute mic", "Unmute mic");
 }
