@@ -112,10 +112,19 @@ async fn host_controls_need_the_grant_and_every_one_is_told_to_the_room() {
         assert_eq!(until(ws, "hostAction").await["action"], "end");
         assert_eq!(expect_close(ws).await.0, 4004);
     }
+    // A host's controls are told to the room, so they are limited as talk is.
+    let (mut eve, _) = join(&server, &host_token("other", "eve")).await;
+    let mut limited = false;
+    for _ in 0..11 {
+        send(&mut eve, json!({"type": "muteAll"})).await;
+        let v = recv(&mut eve).await;
+        limited |= v["type"] == "error" && v["code"] == "rate_limited";
+    }
+    assert!(limited, "eleven mute-alls in a moment are not all taken");
     for (action, via, n) in [
         ("mute", "page", 1.0),
         ("mute", "api", 1.0),
-        ("muteAll", "page", 1.0),
+        ("muteAll", "page", 11.0),
         ("remove", "page", 1.0),
         ("end", "page", 1.0),
     ] {

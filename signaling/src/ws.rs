@@ -805,12 +805,22 @@ async fn talk(
 
 /// A host control from the page, carried out, or refused with an `error` (`forbidden`
 /// without the `roomAdmin` grant, `not_found` for nobody of that id) and a debug line.
-async fn host_action(conn: &mut Connection, talking: &Talking, action: Action<'_>) -> Result<(), MediaError> {
-    let refusal = if talking.host {
+async fn host_action(
+    conn: &mut Connection,
+    talking: &mut Talking,
+    action: Action<'_>,
+) -> Result<(), MediaError> {
+    let refusal = if !talking.host {
+        Some(("forbidden", "host controls need a token with the roomAdmin grant".to_string()))
+    } else if !talking.limit.allow(Instant::now()) {
+        // Each is told to the room: they count with chat lines, hands and reactions.
+        let why = format!(
+            "at most {TALK_PER_WINDOW} chat lines, hands, reactions and host controls in {TALK_WINDOW:?}"
+        );
+        Some(("rate_limited", why))
+    } else {
         let host = Host { participant_id: Some(&talking.participant_id), name: &talking.name, via: "page" };
         host::act(&conn.state, &talking.room, &host, action).err().map(|why| ("not_found", why))
-    } else {
-        Some(("forbidden", "host controls need a token with the roomAdmin grant".to_string()))
     };
     if let Some((code, why)) = refusal {
         debug!(participant = %talking.participant_id, code, why, "host control refused");
