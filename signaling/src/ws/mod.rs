@@ -10,20 +10,23 @@ use proto::quality::{quality_for_tile, quality_named};
 // The protocol's qualities are the media node's layers.
 const _: () = assert!(proto::quality::MAX_LAYERS == sfu::api::MAX_LAYERS);
 use sfu::api::{JoinRequest, LeaveReason, MediaError, MediaSession, SessionEvent, ShownTrack, TrackSource};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
 use crate::auth;
-use crate::host::{self, Action, Host};
+use crate::host::Action;
 use crate::http::Admitted;
 use crate::protocol::{ClientMessage, Participant, ServerMessage, close_code, participant, server_message};
 use crate::registry::Who;
-use crate::talk::{Said, TALK_PER_WINDOW, TALK_WINDOW, TalkLimit, checked_chat, checked_reaction};
+use crate::talk::{Said, TalkLimit, checked_chat, checked_reaction};
 use crate::upgrade::{InputLimit, Socket};
 use crate::{AppState, Ends};
+
+mod talking;
+use talking::{Talking, host_action, talk};
 
 /// From the handshake to the `joined` answer, sends included.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -620,56 +623,6 @@ fn unauthorized_reason(e: &auth::TokenError) -> &'static str {
     }
 }
 
-/// A connection's part in its room's talk (talk.rs).
-struct Talking {
-    room: String,
-    participant_id: String,
-    name: String,
-    bus: Option<broadcast::Receiver<ServerMessage>>,
-    limit: TalkLimit,
-    /// It may use the host controls.
-    host: bool,
-}
-
-impl Talking {
-    /// Take what the client said, or say why not.
-    fn said(&mut self, state: &AppState, said: Result<Said, String>) -> Result<(), (&'static str, String)> {
-        if !self.limit.allow(Instant::now()) {
-            let message =
-                format!("at most {TALK_PER_WINDOW} chat lines, hands and reactions in {TALK_WINDOW:?}");
-            return Err(("rate_limited", message));
-        }
-        let said = said.map_err(|why| ("bad_request", why))?;
-        state.registry.say(&self.room, &self.participant_id, &self.name, said);
-        Ok(())
-    }
-
-    /// Send what is waiting on the room's bus now (not what comes meanwhile).
-    async fn flush(&mut self, conn: &mut Connection) {
-        let Some(bus) = self.bus.as_mut() else { return };
-        for _ in 0..bus.len() {
-            let Ok(message) = bus.try_recv() else { return };
-            if !conn.send(&message).await {
-                return;
-            }
-        }
-    }
-
-    /// The next message on the room's bus (never, without one).
-    async fn heard(&mut self) -> Option<ServerMessage> {
-        let Some(bus) = self.bus.as_mut() else { return std::future::pending().await };
-        loop {
-            match bus.recv().await {
-                Ok(message) => return Some(message),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(room = %self.room, participant = %self.participant_id, missed, "fell behind the room's chat; messages missed");
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-}
-
 /// What a connection's task is told from outside it: to end, or that a host muted it.
 struct Orders<'a> {
     kick: &'a mut mpsc::Receiver<LeaveReason>,
@@ -787,46 +740,6 @@ async fn relay(
             }
         }
     }
-}
-
-/// What the client said to its room, told to the room, or the reason it was not (an
-/// `error` to the client, counted with the other errors, and a debug line).
-async fn talk(
-    conn: &mut Connection,
-    talking: &mut Talking,
-    said: Result<Said, String>,
-) -> Result<(), MediaError> {
-    if let Err((code, why)) = talking.said(&conn.state, said) {
-        debug!(participant = %talking.participant_id, code, why, "talk refused");
-        conn.send(&ServerMessage::error(code, why)).await;
-    }
-    Ok(())
-}
-
-/// A host control from the page, carried out, or refused with an `error` (`forbidden`
-/// without the `roomAdmin` grant, `not_found` for nobody of that id) and a debug line.
-async fn host_action(
-    conn: &mut Connection,
-    talking: &mut Talking,
-    action: Action<'_>,
-) -> Result<(), MediaError> {
-    let refusal = if !talking.host {
-        Some(("forbidden", "host controls need a token with the roomAdmin grant".to_string()))
-    } else if !talking.limit.allow(Instant::now()) {
-        // Each is told to the room: they count with chat lines, hands and reactions.
-        let why = format!(
-            "at most {TALK_PER_WINDOW} chat lines, hands, reactions and host controls in {TALK_WINDOW:?}"
-        );
-        Some(("rate_limited", why))
-    } else {
-        let host = Host { participant_id: Some(&talking.participant_id), name: &talking.name, via: "page" };
-        host::act(&conn.state, &talking.room, &host, action).err().map(|why| ("not_found", why))
-    };
-    if let Some((code, why)) = refusal {
-        debug!(participant = %talking.participant_id, code, why, "host control refused");
-        conn.send(&ServerMessage::error(code, why)).await;
-    }
-    Ok(())
 }
 
 /// Most tracks one `subscribe` may name: a page of tiles plus a screen share, with room.
