@@ -167,6 +167,7 @@ async function join(room, name, rejoin = null) {
   $("join").textContent = "Join";
   history.replaceState(null, "", "/room/" + encodeURIComponent(room) + "?name=" + encodeURIComponent(name));
   $("room-title").textContent = room;
+  $("copy-link").hidden = false;
   $("lobby").hidden = true;
   $("meeting").hidden = false;
   setConn("connecting", "connecting");
@@ -263,6 +264,7 @@ function backToLobby() {
   $("stage").replaceChildren();
   $("audio").replaceChildren();
   $("meeting").hidden = true;
+  $("copy-link").hidden = true;
   $("lobby").hidden = false;
   resetPlayback();
 }
@@ -294,6 +296,18 @@ initTalk({
   ],
 });
 $("leave").onclick = leave;
+// The meeting's address, without anyone's token: on a server with a secret, each invitee
+// needs a link with a token of their own.
+$("copy-link").onclick = async () => {
+  const link = location.origin + "/room/" + encodeURIComponent($("room-title").textContent);
+  try {
+    await navigator.clipboard.writeText(link);
+    $("copy-link").textContent = "Link copied";
+    setTimeout(() => { $("copy-link").textContent = "Copy invite link"; }, 2000);
+  } catch {
+    window.prompt("Copy this link", link);
+  }
+};
 $("toggle-view").onclick = () => setView(state.view === "speaker" ? "grid" : "speaker");
 // Another device chosen: in the lobby the preview opens it; in a meeting it replaces the
 // one being sent; a speaker applies to every sound playing.

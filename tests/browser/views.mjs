@@ -84,6 +84,11 @@ await finish(browser, logs, async () => {
   }
   await ines.click("#join");
   await getIn(ines);
+  // The invite link: the meeting's address, no token in it. (The grant replaces the
+  // context's: without the camera and microphone in it, Chromium ends their tracks.)
+  await ines.context().grantPermissions(["camera", "microphone", "clipboard-read", "clipboard-write"], { origin: base });
+  await ines.click("#copy-link");
+  const invite = await ines.evaluate(() => navigator.clipboard.readText()).catch((e) => String(e));
   const allIn = await until(ines, (n) => window.huiyi.state.participants.size >= n, names.length, 60000);
   const decoding = async () => Object.values(await window.huiyi.videos()).filter((v) => v && v.videoWidth > 0 && v.framesDecoded > 0).length;
   const gridShown = await until(ines, (n) => window.huiyi.videos().then((all) =>
@@ -116,11 +121,12 @@ await finish(browser, logs, async () => {
   }, chenId);
   let seen = await sizes();
   const end = Math.min(deadline, Date.now() + 30000);
-  // Chen's tile is the large one and is asked for first and largest; it gets a higher
-  // layer than the strip's when the estimate of Ines's downlink carries one (on two busy
-  // cores it may not, for a while), and never a lower one: the first listed pauses last.
+  // Chen's tile is the large one, shown, and asked for first and largest; it gets a
+  // higher layer than the strip's when the estimate of Ines's downlink carries one (on two
+  // busy cores it may not, for a while: reported as `higher`, not required; the layer a
+  // tile's size gets is checked by simulcast.mjs).
   const larger = (s) => s.main && s.strip.length > 0 && s.strip.every((v) => s.main.tileWidth > 3 * v.tileWidth && s.main.frameWidth > v.frameWidth);
-  const notSmaller = (s) => s.main && s.main.frameWidth > 0 && s.strip.every((v) => s.main.frameWidth >= v.frameWidth);
+  const shown = (s) => s.main && s.main.frameWidth > 0 && s.strip.every((v) => s.main.tileWidth > 3 * v.tileWidth);
   while (!larger(seen) && Date.now() < end) { await sleep(1000); seen = await sizes(); }
   const chenTrack = await ines.evaluate((id) => {
     for (const [track, t] of window.huiyi.state.tracks) if (t.participantId === id && t.kind === "video") return track;
@@ -162,10 +168,10 @@ await finish(browser, logs, async () => {
   const told = await until(bad, () => !document.getElementById("lobby").hidden && /not valid/.test(document.getElementById("lobby-error").textContent));
   await shot(bad, "error");
 
-  const result = { lobbyReady, devices, rejoins, allIn, gridShown, inGrid, refused, unpaused, speakerView, sizes: seen, chenSends, chenAsked, switched, heardAfterSwitch, routed, told, shots };
+  const result = { invite, lobbyReady, devices, rejoins, allIn, gridShown, inGrid, refused, unpaused, speakerView, sizes: seen, chenSends, chenAsked, switched, heardAfterSwitch, routed, told, shots };
   result.higher = larger(seen);
   result.askedFirst = askedFirst;
-  result.ok = lobbyReady && devices[1] >= 2 && allIn && gridShown && speakerView && askedFirst && notSmaller(seen) && switched &&
+  result.ok = invite === `${base}/room/${encodeURIComponent(room)}` && lobbyReady && devices[1] >= 2 && allIn && gridShown && speakerView && askedFirst && shown(seen) && switched &&
     heardAfterSwitch > 50 && routed && told;
   return result;
 });
