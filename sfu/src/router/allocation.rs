@@ -203,8 +203,9 @@ impl Router {
     }
 
     /// Tell a simulcast publisher which layers someone takes, so it stops encoding the
-    /// others: a layer is paused after nobody took it for `LAYER_PAUSE_AFTER`, and resumed
-    /// as soon as someone wants it. The lowest layer always stays on, for a fast start.
+    /// others: a layer is paused after nobody wanted it or was sent it for
+    /// `LAYER_PAUSE_AFTER`, and resumed as soon as someone wants it. The lowest layer always
+    /// stays on, for a fast start.
     pub(super) fn pause_unneeded_layers(&mut self, key: SourceKey, now: Instant) {
         let Some(room) = self.endpoints.get(&key.0).and_then(|e| self.rooms.get_mut(&e.room)) else { return };
         let Some(source) = room.sources.get(&key) else { return };
@@ -220,8 +221,16 @@ impl Router {
             if sink.strategy == super::Strategy::Relay {
                 // The next node chooses for its own viewers: it needs every layer.
                 needed = offered;
-            } else if let Some(l) = choose_layer(sink.wanted, offered) {
-                needed[l as usize] = true;
+            } else {
+                if let Some(l) = choose_layer(sink.wanted, offered) {
+                    needed[l as usize] = true;
+                }
+                // The layer it is sent now, until it switches (at a keyframe of the one it
+                // wants, which an encoder may take seconds to start): without it the sink
+                // would fall to the lowest layer meanwhile.
+                if let Some(sent) = sink.current.and_then(|l| needed.get_mut(l as usize)) {
+                    *sent = true;
+                }
             }
         }
         let lowest = offered.iter().position(|o| *o).unwrap_or(0);

@@ -791,3 +791,4 @@ fn a_reloaded_participant_neither_leaves_nor_joins_for_the_others() {
 }
 
 mod hold;
+mod layers;
