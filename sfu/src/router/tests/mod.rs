@@ -351,45 +351,6 @@ fn simulcast_starts_and_switches_layers_only_at_keyframes() {
 }
 
 #[test]
-fn a_layer_nobody_takes_is_paused_and_resumed_when_wanted() {
-    let mut room = Room::new();
-    let alice = room.join("alice");
-    let bob = room.join("bob");
-    let cam = room.publish(alice, TrackKind::Video);
-    room.settle();
-    let track = format!("TR_{alice}_{}", cam.1);
-    room.router.set_view(bob, vec![ShownTrack { track_id: track.clone(), quality: 0 }], room.now);
-    room.settle();
-    let mut layers_told = Vec::new();
-    for step in 0..15u16 {
-        for layer in 0..3 {
-            room.packet(cam, layer, step, vp8(step == 0, layer));
-        }
-        for out in room.advance(Duration::from_millis(200)) {
-            if let Output::Event { to, event: SessionEvent::Layers { active, .. } } = out {
-                assert_eq!(to, alice, "only the publisher is told");
-                layers_told.push(active);
-            }
-        }
-    }
-    // Nothing carries rids here, so the publisher is told an empty list: h and f paused.
-    assert_eq!(layers_told.len(), 1, "told once after two seconds: {layers_told:?}");
-    let source = &room.router.rooms["r"].sources[&cam];
-    assert_eq!(source.layers.iter().map(|l| l.paused).collect::<Vec<_>>(), vec![false, true, true]);
-
-    room.router.set_view(bob, vec![ShownTrack { track_id: track, quality: 2 }], room.now);
-    let out = room.settle();
-    assert!(
-        out.iter()
-            .any(|o| matches!(o, Output::Event { to, event: SessionEvent::Layers { .. } } if *to == alice)),
-        "resumed at once when wanted"
-    );
-    let source = &room.router.rooms["r"].sources[&cam];
-    let paused: Vec<bool> = source.layers.iter().map(|l| l.paused).collect();
-    assert_eq!(paused, vec![false, true, false], "f is wanted again; h still is not");
-}
-
-#[test]
 fn large_rooms_forward_only_the_places_of_top_n() {
     let mut room = Room::new();
     let ids: Vec<SessionId> = (0..12).map(|i| room.join(&format!("p{i}"))).collect();
