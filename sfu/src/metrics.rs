@@ -23,6 +23,8 @@ pub struct SfuMetrics {
     pub tcp_accepted: IntCounter,
     pub dropped_events: IntCounter,
     pub not_forwarded: IntCounterVec,
+    /// `not_forwarded{reason="held"}`, kept at hand: it counts on the packet path (ADR 0028).
+    pub held: IntCounter,
     pub bad_input: IntCounterVec,
     pub session_panics: IntCounter,
     pub shard_restarts: IntCounter,
@@ -93,6 +95,11 @@ impl SfuMetrics {
             "RED audio packets (RFC 2198) sent to subscribers, by what they got: red as it came, opus its primary alone",
             &["as"],
         );
+        let not_forwarded = counter_vec(
+            "huiyi_rtp_not_forwarded_total",
+            "RTP packets a subscriber could not be sent, by reason",
+            &["reason"],
+        );
         Self {
             rooms: gauge("huiyi_rooms", "Rooms with at least one participant on this media node"),
             participants: gauge("huiyi_participants", "Participants with a media session"),
@@ -131,11 +138,8 @@ impl SfuMetrics {
                 "huiyi_dropped_session_events_total",
                 "Session events not delivered because a signaling connection fell behind",
             ),
-            not_forwarded: counter_vec(
-                "huiyi_rtp_not_forwarded_total",
-                "RTP packets a subscriber could not be sent, by reason",
-                &["reason"],
-            ),
+            held: not_forwarded.with_label_values(&["held"]),
+            not_forwarded,
             bad_input: counter_vec(
                 "huiyi_bad_signaling_input_total",
                 "Client input the media node refused (an unparseable ICE candidate, ...), by kind",

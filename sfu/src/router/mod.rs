@@ -242,7 +242,7 @@ impl Router {
         }
         if source.held {
             // A host muted it; its owner has not unmuted it yet.
-            self.metrics.not_forwarded.with_label_values(&["held"]).inc();
+            self.metrics.held.inc();
             return;
         }
         let keyframe = source.video_codec.is_some_and(|c| starts_keyframe(c, &packet.payload));

@@ -38,8 +38,7 @@ fn a_layer_nobody_takes_is_paused_and_resumed_when_wanted() {
     }
     // Nothing carries rids here, so the publisher is told an empty list: h and f paused.
     assert_eq!(layers_told.len(), 1, "told once after two seconds: {layers_told:?}");
-    let source = &room.router.rooms["r"].sources[&cam];
-    assert_eq!(source.layers.iter().map(|l| l.paused).collect::<Vec<_>>(), vec![false, true, true]);
+    assert_eq!(paused(&room, cam), vec![false, true, true]);
 
     room.router.set_view(bob, vec![ShownTrack { track_id: track, quality: 2 }], room.now);
     let out = room.settle();
@@ -48,9 +47,7 @@ fn a_layer_nobody_takes_is_paused_and_resumed_when_wanted() {
             .any(|o| matches!(o, Output::Event { to, event: SessionEvent::Layers { .. } } if *to == alice)),
         "resumed at once when wanted"
     );
-    let source = &room.router.rooms["r"].sources[&cam];
-    let paused: Vec<bool> = source.layers.iter().map(|l| l.paused).collect();
-    assert_eq!(paused, vec![false, true, false], "f is wanted again; h still is not");
+    assert_eq!(paused(&room, cam), vec![false, true, false], "f is wanted again; h still is not");
 }
 
 #[test]
